@@ -1,0 +1,9 @@
+//! Tributary: multi-source replication over Kafka.
+//!
+//! The data path reads top to bottom: [`normalize`] turns a source record
+//! into a [`merge::ChangeEvent`], [`merge`] applies it to the key's state
+//! (pure, no I/O), [`output`] encodes the merged record, and [`pipeline`]
+//! strings them together for every front end (`replay` now, `run` later).
+#![deny(missing_docs)]
+
+pub mod merge;

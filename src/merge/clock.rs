@@ -1,0 +1,196 @@
+//! Version vectors: a map from source name to the number of that source's
+//! updates a version has seen. Missing entries count as zero, and zero entries
+//! are never stored, so two clocks that mean the same thing compare and
+//! serialize the same.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// How two version vectors relate in the causal (pointwise) order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Causality {
+    /// Every entry is equal.
+    Equal,
+    /// Every entry of the left is ≤ the right, one strictly less: the left happened before.
+    Before,
+    /// The left dominates the right: the right happened before.
+    After,
+    /// Neither dominates: concurrent updates.
+    Concurrent,
+}
+
+/// A version vector (source name → counter), ordered pointwise.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct VersionVector(BTreeMap<String, u64>);
+
+impl VersionVector {
+    /// The empty clock: nothing seen from any source.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A clock with a single entry, as derived clocks are.
+    pub fn single(source: &str, counter: u64) -> Self {
+        let mut vv = Self::new();
+        vv.set(source, counter);
+        vv
+    }
+
+    /// The entry for `source` (zero when absent).
+    pub fn get(&self, source: &str) -> u64 {
+        self.0.get(source).copied().unwrap_or(0)
+    }
+
+    /// Sets the entry for `source`; zero removes it.
+    pub fn set(&mut self, source: &str, counter: u64) {
+        if counter == 0 {
+            self.0.remove(source);
+        } else if let Some(slot) = self.0.get_mut(source) {
+            *slot = counter;
+        } else {
+            self.0.insert(source.to_owned(), counter);
+        }
+    }
+
+    /// True when no source has an entry.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Iterates the non-zero entries in source-name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    /// Pointwise maximum with `other`, in place.
+    pub fn join(&mut self, other: &VersionVector) {
+        for (source, &counter) in &other.0 {
+            if counter > self.get(source) {
+                self.set(source, counter);
+            }
+        }
+    }
+
+    /// Compares two clocks in the causal order.
+    pub fn causality(&self, other: &VersionVector) -> Causality {
+        // Walk both sorted maps at once: one pass, no allocation.
+        let mut less = false;
+        let mut greater = false;
+        let mut a = self.0.iter().peekable();
+        let mut b = other.0.iter().peekable();
+        loop {
+            let (x, y) = match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some((_, &x)), None) => {
+                    a.next();
+                    (x, 0)
+                }
+                (None, Some((_, &y))) => {
+                    b.next();
+                    (0, y)
+                }
+                (Some((ka, &x)), Some((kb, &y))) => match ka.cmp(kb) {
+                    Ordering::Less => {
+                        a.next();
+                        (x, 0)
+                    }
+                    Ordering::Greater => {
+                        b.next();
+                        (0, y)
+                    }
+                    Ordering::Equal => {
+                        a.next();
+                        b.next();
+                        (x, y)
+                    }
+                },
+            };
+            match x.cmp(&y) {
+                Ordering::Less => less = true,
+                Ordering::Greater => greater = true,
+                Ordering::Equal => {}
+            }
+            if less && greater {
+                return Causality::Concurrent;
+            }
+        }
+        match (less, greater) {
+            (false, false) => Causality::Equal,
+            (true, false) => Causality::Before,
+            (false, true) => Causality::After,
+            (true, true) => Causality::Concurrent,
+        }
+    }
+
+    /// True when `self < other` strictly in the causal order.
+    pub fn happened_before(&self, other: &VersionVector) -> bool {
+        self.causality(other) == Causality::Before
+    }
+
+    /// The clock as a compact JSON object, e.g. `{"eu":3,"us":5}`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.0).expect("a map of integers always serializes")
+    }
+}
+
+impl fmt::Display for VersionVector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_json())
+    }
+}
+
+impl FromIterator<(String, u64)> for VersionVector {
+    fn from_iter<I: IntoIterator<Item = (String, u64)>>(iter: I) -> Self {
+        let mut vv = VersionVector::new();
+        for (k, v) in iter {
+            vv.set(&k, v);
+        }
+        vv
+    }
+}
+
+impl<'de> Deserialize<'de> for VersionVector {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Go through `set` so stored zero entries are dropped.
+        let map = BTreeMap::<String, u64>::deserialize(d)?;
+        Ok(map.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vv(entries: &[(&str, u64)]) -> VersionVector {
+        entries.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn compares_pointwise() {
+        assert_eq!(vv(&[("a", 1)]).causality(&vv(&[("a", 1)])), Causality::Equal);
+        assert_eq!(vv(&[("a", 1)]).causality(&vv(&[("a", 2)])), Causality::Before);
+        assert_eq!(vv(&[("a", 2)]).causality(&vv(&[("a", 1)])), Causality::After);
+        assert_eq!(vv(&[("a", 1)]).causality(&vv(&[("b", 1)])), Causality::Concurrent);
+        assert_eq!(vv(&[("a", 1)]).causality(&vv(&[("a", 1), ("b", 1)])), Causality::Before);
+        assert_eq!(vv(&[("a", 2), ("b", 1)]).causality(&vv(&[("a", 1), ("b", 2)])), Causality::Concurrent);
+        assert_eq!(vv(&[]).causality(&vv(&[("z", 1)])), Causality::Before);
+    }
+
+    #[test]
+    fn zero_entries_mean_absent() {
+        assert_eq!(vv(&[("a", 0), ("b", 1)]), vv(&[("b", 1)]));
+        let parsed: VersionVector = serde_json::from_str(r#"{"a":0,"b":1}"#).unwrap();
+        assert_eq!(parsed.to_json(), r#"{"b":1}"#);
+    }
+
+    #[test]
+    fn join_is_pointwise_max() {
+        let mut a = vv(&[("a", 3), ("b", 1)]);
+        a.join(&vv(&[("b", 4), ("c", 2)]));
+        assert_eq!(a, vv(&[("a", 3), ("b", 4), ("c", 2)]));
+    }
+}

@@ -1,0 +1,508 @@
+//! The merge engine: Tributary's semantics, and nothing else.
+//!
+//! This module knows no Kafka, no async runtime and no disk. It turns a
+//! normalized [`ChangeEvent`] plus the stored [`KeyState`] of its key into a
+//! new state, and renders a state into the merged record. Everything here is a
+//! pure function of its inputs, which is what makes replays, restores and
+//! rebalances agree (see `doc/DESIGN.md`).
+//!
+//! The state of a key is the *antichain* of maximal versions seen so far:
+//! no stored version's clock is ≤ another's. Because "supersedes" is a strict
+//! partial order, the maximal elements of a set do not depend on the order the
+//! elements arrived in, so every interleaving of the same events converges.
+
+mod clock;
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use clock::{Causality, VersionVector};
+
+/// A row image: a flat JSON object (column → value).
+pub type Row = serde_json::Map<String, Value>;
+
+/// Whether an event writes or removes the entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Debezium `c`, `u` or `r`: the entity exists with the `after` image.
+    Upsert,
+    /// Debezium `d`: the entity is gone.
+    Delete,
+}
+
+/// A normalized change event: what every input format is turned into.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    /// The configured source name.
+    pub source: String,
+    /// The canonical key (sorted-field JSON object, no whitespace).
+    pub key: String,
+    /// Upsert or delete.
+    pub op: Op,
+    /// The `after` image (upserts only). In carried mode the clock column is removed.
+    pub row: Option<Row>,
+    /// The `before` image, when the source sent one.
+    pub before: Option<Row>,
+    /// True for `c`/`r` events and whenever no `before` image came: every field
+    /// of `row` counts as written (used by `field-lww`).
+    pub full_image: bool,
+    /// Source commit time in milliseconds since the epoch.
+    pub ts: i64,
+    /// The event's version vector.
+    pub vv: VersionVector,
+}
+
+/// How the merged output is chosen from a key's version set (`[merge] policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Last writer wins by source commit time (ties: priority, name, own clock entry, content).
+    #[default]
+    Lww,
+    /// Larger source priority wins, then as `lww`.
+    SourcePriority,
+    /// Column-level merge: every field resolves by `lww` among its own writes.
+    FieldLww,
+}
+
+/// How deletes compete with concurrent updates (`[merge] deletes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeletePolicy {
+    /// A delete is a version like any other.
+    #[default]
+    Lww,
+    /// Any delete in the set makes the entity deleted.
+    DeleteWins,
+    /// The entity is deleted only when every version in the set is a delete.
+    UpdateWins,
+}
+
+impl Policy {
+    /// The configuration spelling (`lww`, `source-priority`, `field-lww`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Lww => "lww",
+            Policy::SourcePriority => "source-priority",
+            Policy::FieldLww => "field-lww",
+        }
+    }
+}
+
+impl DeletePolicy {
+    /// The configuration spelling (`lww`, `delete-wins`, `update-wins`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeletePolicy::Lww => "lww",
+            DeletePolicy::DeleteWins => "delete-wins",
+            DeletePolicy::UpdateWins => "update-wins",
+        }
+    }
+}
+
+/// One maximal version of a key, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    /// The source that wrote it.
+    pub source: String,
+    /// Its version vector.
+    pub vv: VersionVector,
+    /// Source commit time (ms).
+    pub ts: i64,
+    /// Upsert or delete.
+    pub op: Op,
+    /// The row image (upserts); `None` for deletes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<Row>,
+}
+
+/// One maximal write of a single column (`field-lww`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldVersion {
+    /// The source that wrote it.
+    pub source: String,
+    /// The writing event's version vector.
+    pub vv: VersionVector,
+    /// The writing event's commit time (ms).
+    pub ts: i64,
+    /// The column value.
+    pub value: Value,
+}
+
+/// Column-level state for `field-lww`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FieldState {
+    /// Per column, the antichain of its maximal writes.
+    pub fields: BTreeMap<String, Vec<FieldVersion>>,
+    /// The antichain of delete clocks seen: a column write that happened
+    /// before a delete is hidden, so a re-created row does not bring back
+    /// columns of its previous life.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cleared: Vec<VersionVector>,
+}
+
+/// Everything stored for one key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyState {
+    /// The antichain of maximal versions, sorted winner-first by the `lww` order.
+    pub versions: Vec<Version>,
+    /// Column state, kept only under `field-lww`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<FieldState>,
+}
+
+impl KeyState {
+    /// True when nothing is stored (such a state need not be kept).
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty() && self.fields.is_none()
+    }
+
+    /// The merged clock: pointwise maximum over the version set.
+    pub fn merged_clock(&self) -> VersionVector {
+        let mut vv = VersionVector::new();
+        for v in &self.versions {
+            vv.join(&v.vv);
+        }
+        vv
+    }
+}
+
+/// What applying an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The state changed: a new output record is due.
+    Changed,
+    /// A stored version supersedes the event: nothing changes.
+    Stale,
+    /// The same clock and content is stored already (a redelivery or an echo of
+    /// a merged record): nothing is emitted.
+    Duplicate,
+}
+
+/// The merged view of one key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved<'a> {
+    /// The merged row, or `None` when the entity resolves to deleted.
+    pub row: Option<Cow<'a, Row>>,
+    /// Pointwise maximum over the version set.
+    pub vv: VersionVector,
+    /// The winning source (row-level policies only).
+    pub winner: Option<&'a str>,
+    /// The number of versions in the set.
+    pub siblings: usize,
+}
+
+impl Resolved<'_> {
+    /// More than one version: concurrent updates are live.
+    pub fn conflict(&self) -> bool {
+        self.siblings > 1
+    }
+}
+
+/// The merge settings: policy, delete policy, source priorities, clock column.
+#[derive(Debug, Clone, Default)]
+pub struct MergeSettings {
+    /// Row or column resolution policy.
+    pub policy: Policy,
+    /// Delete policy.
+    pub deletes: DeletePolicy,
+    /// Source priorities (absent sources count as 0).
+    pub priorities: HashMap<String, i64>,
+    /// In carried mode, the output row's clock column (set to the merged clock).
+    pub clock_field: Option<String>,
+    /// How long a deleted key's state is kept, in milliseconds.
+    pub tombstone_retention_ms: i64,
+}
+
+/// Anything that takes part in an antichain: versions and column writes.
+trait Versioned {
+    fn source(&self) -> &str;
+    fn vv(&self) -> &VersionVector;
+    fn ts(&self) -> i64;
+    fn same_content(&self, other: &Self) -> bool;
+    /// Canonical JSON of the content (sorted keys), the last tie-breaker.
+    fn content_json(&self) -> String;
+}
+
+impl Versioned for Version {
+    fn source(&self) -> &str {
+        &self.source
+    }
+    fn vv(&self) -> &VersionVector {
+        &self.vv
+    }
+    fn ts(&self) -> i64 {
+        self.ts
+    }
+    fn same_content(&self, other: &Self) -> bool {
+        self.op == other.op && self.row == other.row
+    }
+    fn content_json(&self) -> String {
+        // serde_json's map is a BTreeMap: keys come out sorted.
+        serde_json::to_string(&self.row).expect("rows serialize")
+    }
+}
+
+impl Versioned for FieldVersion {
+    fn source(&self) -> &str {
+        &self.source
+    }
+    fn vv(&self) -> &VersionVector {
+        &self.vv
+    }
+    fn ts(&self) -> i64 {
+        self.ts
+    }
+    fn same_content(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+    fn content_json(&self) -> String {
+        serde_json::to_string(&self.value).expect("values serialize")
+    }
+}
+
+/// Outcome of inserting into an antichain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Insert {
+    Added,
+    Duplicate,
+    Stale,
+}
+
+/// The merge engine: applies events to key states and renders merged rows.
+#[derive(Debug, Clone, Default)]
+pub struct MergeEngine {
+    settings: MergeSettings,
+}
+
+impl MergeEngine {
+    /// An engine with these settings.
+    pub fn new(settings: MergeSettings) -> Self {
+        Self { settings }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &MergeSettings {
+        &self.settings
+    }
+
+    fn priority(&self, source: &str) -> i64 {
+        self.settings.priorities.get(source).copied().unwrap_or(0)
+    }
+
+    /// The `lww` order: larger `ts`, then larger priority, then the source
+    /// name that sorts first, then the larger own clock entry, then the larger
+    /// canonical content. `Greater` means `a` wins.
+    fn lww_cmp<T: Versioned>(&self, a: &T, b: &T) -> Ordering {
+        a.ts()
+            .cmp(&b.ts())
+            .then_with(|| self.priority(a.source()).cmp(&self.priority(b.source())))
+            .then_with(|| b.source().cmp(a.source()))
+            .then_with(|| a.vv().get(a.source()).cmp(&b.vv().get(b.source())))
+            .then_with(|| a.content_json().cmp(&b.content_json()))
+            // Beyond the design's order: two distinct versions of one set can
+            // agree on all of the above in carried mode; the clock decides, so
+            // the order is total and set order never depends on arrival.
+            .then_with(|| a.vv().to_json().cmp(&b.vv().to_json()))
+    }
+
+    /// The order of the configured row policy. `Greater` means `a` wins.
+    fn policy_cmp(&self, a: &Version, b: &Version) -> Ordering {
+        match self.settings.policy {
+            Policy::SourcePriority => self
+                .priority(&a.source)
+                .cmp(&self.priority(&b.source))
+                .then_with(|| self.lww_cmp(a, b)),
+            Policy::Lww | Policy::FieldLww => self.lww_cmp(a, b),
+        }
+    }
+
+    /// The order among versions with equal clocks (which only a misbehaving
+    /// source or an echo of a merged record produces): the larger canonical
+    /// content, then the earlier commit, then the source name that sorts
+    /// first. `Greater` means `a` supersedes `b`.
+    ///
+    /// Content comes first so that the order is total and transitive, and
+    /// the earlier copy wins among equal contents so that an echo (which
+    /// commits after the record it echoes) never displaces that record:
+    /// it is dropped as a duplicate and emits nothing, which stops
+    /// bidirectional setups from ping-ponging. See README, "Deviations".
+    fn equal_clock_cmp<T: Versioned>(&self, a: &T, b: &T) -> Ordering {
+        let content = if a.same_content(b) { Ordering::Equal } else { a.content_json().cmp(&b.content_json()) };
+        content.then_with(|| b.ts().cmp(&a.ts())).then_with(|| b.source().cmp(a.source()))
+    }
+
+    /// Inserts `e` into the antichain `set` (design §1, "State per key").
+    fn insert<T: Versioned>(&self, set: &mut Vec<T>, e: T) -> Insert {
+        for v in set.iter() {
+            match v.vv().causality(e.vv()) {
+                Causality::After => return Insert::Stale,
+                Causality::Equal if self.equal_clock_cmp(v, &e) != Ordering::Less => {
+                    return if v.same_content(&e) { Insert::Duplicate } else { Insert::Stale };
+                }
+                _ => {}
+            }
+        }
+        // Nothing supersedes `e`: drop what `e` supersedes (everything before
+        // it, and the equal clock it beats, if any).
+        set.retain(|v| !matches!(v.vv().causality(e.vv()), Causality::Before | Causality::Equal));
+        set.push(e);
+        self.sort_winner_first(set);
+        Insert::Added
+    }
+
+    /// Keeps a set in one canonical order (winner first by `lww`), so equal
+    /// sets serialize to equal bytes whatever order their members came in.
+    fn sort_winner_first<T: Versioned>(&self, set: &mut [T]) {
+        if set.len() > 1 {
+            set.sort_by(|a, b| self.lww_cmp(b, a));
+        }
+    }
+
+    /// Applies one event to the key's state.
+    pub fn apply(&self, state: &mut KeyState, event: ChangeEvent) -> Applied {
+        if self.settings.policy != Policy::FieldLww {
+            let version = Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row };
+            return match self.insert(&mut state.versions, version) {
+                Insert::Added => Applied::Changed,
+                Insert::Duplicate => Applied::Duplicate,
+                Insert::Stale => Applied::Stale,
+            };
+        }
+        self.apply_fields(state, event)
+    }
+
+    /// `field-lww`: the row-existence register plus one antichain per column.
+    fn apply_fields(&self, state: &mut KeyState, event: ChangeEvent) -> Applied {
+        let fields = state.fields.get_or_insert_with(FieldState::default);
+        let mut fields_changed = false;
+        match event.op {
+            Op::Delete => {
+                // Every delete clock is recorded, stale at row level or not, so
+                // the set of delete clocks converges like everything else.
+                if !fields.cleared.iter().any(|c| matches!(c.causality(&event.vv), Causality::After | Causality::Equal)) {
+                    fields.cleared.retain(|c| c.causality(&event.vv) != Causality::Before);
+                    fields.cleared.push(event.vv.clone());
+                    fields.cleared.sort_by(|a, b| a.to_json().cmp(&b.to_json()));
+                    fields_changed = true;
+                }
+            }
+            Op::Upsert => {
+                if let Some(row) = &event.row {
+                    for (name, value) in row {
+                        let changed = event.full_image
+                            || event.before.as_ref().map_or(true, |before| before.get(name) != Some(value));
+                        if !changed {
+                            continue;
+                        }
+                        let write = FieldVersion {
+                            source: event.source.clone(),
+                            vv: event.vv.clone(),
+                            ts: event.ts,
+                            value: value.clone(),
+                        };
+                        let set = fields.fields.entry(name.clone()).or_default();
+                        // A row-stale event's column writes still apply: a later
+                        // version that did not change this column does not carry
+                        // this write, so dropping it would depend on arrival order.
+                        if self.insert(set, write) == Insert::Added {
+                            fields_changed = true;
+                        }
+                    }
+                }
+            }
+        }
+        let version = Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row };
+        match self.insert(&mut state.versions, version) {
+            Insert::Added => Applied::Changed,
+            _ if fields_changed => Applied::Changed,
+            Insert::Duplicate => Applied::Duplicate,
+            Insert::Stale => Applied::Stale,
+        }
+    }
+
+    /// Picks the deciding version of the set under the delete policy, with
+    /// `cmp` as the order among candidates. Returns the index.
+    fn decide(&self, versions: &[Version], cmp: impl Fn(&Version, &Version) -> Ordering) -> Option<usize> {
+        let best_of = |want: Option<Op>| {
+            versions
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| want.map_or(true, |op| v.op == op))
+                .max_by(|(_, a), (_, b)| cmp(a, b))
+                .map(|(i, _)| i)
+        };
+        match self.settings.deletes {
+            DeletePolicy::Lww => best_of(None),
+            DeletePolicy::DeleteWins => best_of(Some(Op::Delete)).or_else(|| best_of(None)),
+            DeletePolicy::UpdateWins => best_of(Some(Op::Upsert)).or_else(|| best_of(None)),
+        }
+    }
+
+    /// Renders the merged view of a key: a pure function of its state.
+    pub fn resolve<'a>(&self, state: &'a KeyState) -> Resolved<'a> {
+        let vv = state.merged_clock();
+        let siblings = state.versions.len();
+        let (mut row, winner): (Option<Cow<'a, Row>>, Option<&'a str>) = match self.settings.policy {
+            Policy::FieldLww => {
+                let exists = self
+                    .decide(&state.versions, |a, b| self.lww_cmp(a, b))
+                    .is_some_and(|i| state.versions[i].op == Op::Upsert);
+                let row = if exists { Some(Cow::Owned(self.render_fields(state))) } else { None };
+                (row, None)
+            }
+            Policy::Lww | Policy::SourcePriority => match self.decide(&state.versions, |a, b| self.policy_cmp(a, b)) {
+                Some(i) => {
+                    let w = &state.versions[i];
+                    let row = match w.op {
+                        Op::Upsert => Some(Cow::Borrowed(w.row.as_ref().expect("upserts carry a row"))),
+                        Op::Delete => None,
+                    };
+                    (row, Some(w.source.as_str()))
+                }
+                None => (None, None),
+            },
+        };
+        if let (Some(field), Some(r)) = (&self.settings.clock_field, row.as_mut()) {
+            // Carried mode: the output carries the merged clock, so a sink that
+            // writes the row back into a region writes the clock with it.
+            r.to_mut().insert(field.clone(), Value::String(vv.to_json()));
+        }
+        Resolved { row, vv, winner, siblings }
+    }
+
+    fn render_fields(&self, state: &KeyState) -> Row {
+        let mut row = Row::new();
+        let Some(fields) = &state.fields else { return row };
+        for (name, writes) in &fields.fields {
+            let visible = writes
+                .iter()
+                .filter(|w| !fields.cleared.iter().any(|c| w.vv.happened_before(c)))
+                .max_by(|a, b| self.lww_cmp(*a, *b));
+            if let Some(w) = visible {
+                row.insert(name.clone(), w.value.clone());
+            }
+        }
+        row
+    }
+
+    /// True when the key resolves to deleted and its newest version is older
+    /// than `tombstone_retention` at `now_ms`: its state may then be dropped.
+    pub fn tombstone_expired(&self, state: &KeyState, now_ms: i64) -> bool {
+        let newest = state.versions.iter().map(|v| v.ts).max();
+        match newest {
+            None => true,
+            Some(ts) => {
+                self.resolve(state).row.is_none() && ts.saturating_add(self.settings.tombstone_retention_ms) < now_ms
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
