@@ -6,4 +6,5 @@
 //! strings them together for every front end (`replay` now, `run` later).
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod merge;

@@ -1,0 +1,608 @@
+//! Configuration: the TOML file of design §5, environment overrides, and
+//! validation that names the offending key.
+//!
+//! Loading goes file → TOML table → environment overrides → typed structs
+//! (`deny_unknown_fields` everywhere) → semantic checks. Every problem found
+//! by the checks is reported at once, each with the key it is about.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::merge::{DeletePolicy, MergeSettings, Policy};
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "TRIBUTARY_";
+
+/// A configuration problem. Each variant names where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or a key/type problem found while parsing the file.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file (or other origin) of the text.
+        origin: String,
+        /// The parser's message, with line and column where it has them.
+        message: String,
+    },
+    /// An environment override is malformed or names no known key.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Semantic checks failed; every problem is listed with its key.
+    #[error("{origin}: invalid configuration:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        origin: String,
+        /// One line per problem, each starting with the key.
+        problems: Vec<String>,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Kafka connection and consumer group.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// The merged output topic.
+    pub output: OutputConfig,
+    /// Merge policy.
+    #[serde(default)]
+    pub merge: MergeConfig,
+    /// Processing guarantees and local state (used by `tributary run`).
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// The source topics, one per source database.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap_servers: String,
+    /// Consumer group id; also names the changelog, DLQ and audit topics.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Passed to librdkafka unchanged (SASL, SSL, tuning).
+    #[serde(default, serialize_with = "serialize_redacted")]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self { bootstrap_servers: default_bootstrap(), group_id: default_group_id(), properties: BTreeMap::new() }
+    }
+}
+
+fn default_bootstrap() -> String {
+    "localhost:9092".into()
+}
+
+fn default_group_id() -> String {
+    "tributary".into()
+}
+
+/// `[output]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// The compacted output topic.
+    pub topic: String,
+    /// Value encoding of the merged records.
+    #[serde(default)]
+    pub format: OutputFormat,
+    /// Carried mode: the output column that receives the merged clock.
+    /// Defaults to the sources' common `clock_field`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_field: Option<String>,
+}
+
+/// Output value encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    /// A flat JSON object per record, null for tombstones.
+    #[default]
+    Json,
+}
+
+/// `[merge]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeConfig {
+    /// Resolution policy.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Delete policy.
+    #[serde(default)]
+    pub deletes: DeletePolicy,
+    /// How long deleted keys keep their tombstone versions (like gc_grace).
+    #[serde(default = "default_retention", with = "duration_text")]
+    pub tombstone_retention: Duration,
+}
+
+impl Default for MergeConfig {
+    fn default() -> Self {
+        Self { policy: Policy::default(), deletes: DeletePolicy::default(), tombstone_retention: default_retention() }
+    }
+}
+
+fn default_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+/// `[runtime]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `exactly-once` (transactions) or `at-least-once`.
+    #[serde(default)]
+    pub processing: Processing,
+    /// How often the open transaction is committed.
+    #[serde(default = "default_commit_interval", with = "duration_text")]
+    pub commit_interval: Duration,
+    /// Where the local state store lives.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            processing: Processing::default(),
+            commit_interval: default_commit_interval(),
+            state_dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_commit_interval() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("tributary-state")
+}
+
+/// Processing guarantee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Processing {
+    /// Kafka transactions: output, changelog and offsets commit together.
+    #[default]
+    ExactlyOnce,
+    /// Idempotent producer, offsets committed after delivery.
+    AtLeastOnce,
+}
+
+/// `[[sources]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Source name: the version-vector entry and the `tributary.winner` value.
+    pub name: String,
+    /// The Kafka topic the source publishes to.
+    pub topic: String,
+    /// Input format.
+    #[serde(default)]
+    pub format: SourceFormat,
+    /// Tie-break and `source-priority` rank (larger wins).
+    #[serde(default)]
+    pub priority: i64,
+    /// Derived clocks: dotted path of the sequence field (default: Kafka offset + 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<String>,
+    /// Carried clocks: the column that holds the row's version vector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_field: Option<String>,
+    /// Build the canonical key from these row fields instead of the record key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fields: Option<Vec<String>>,
+    /// `json` format: dotted path of the commit-time field (ms); default: Kafka timestamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts_field: Option<String>,
+    /// `json` format: the field that marks a rewritten delete (`"true"`).
+    #[serde(default = "default_deleted_field")]
+    pub deleted_field: String,
+}
+
+fn default_deleted_field() -> String {
+    "__deleted".into()
+}
+
+/// Input formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceFormat {
+    /// Debezium JSON envelope, with or without the `schema`/`payload` wrapper.
+    #[default]
+    DebeziumJson,
+    /// A flat row (e.g. after `ExtractNewRecordState`); deletes as tombstones
+    /// or a `__deleted: "true"` field.
+    Json,
+}
+
+impl Config {
+    /// Loads a file and applies `TRIBUTARY_…` overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// Parses configuration text, applies overrides from `env` (name, value
+    /// pairs; only `TRIBUTARY_<SECTION>__<KEY>` names are considered) and
+    /// validates the result.
+    pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        // First the file alone, so key and type errors point at a line.
+        let parsed: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.into(), message: e.to_string() })?;
+        let overrides: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__")).collect();
+        let config = if overrides.is_empty() {
+            parsed
+        } else {
+            let mut table: toml::Table = toml::from_str(text).expect("parsed above");
+            for (var, value) in &overrides {
+                apply_override(&mut table, var, value)?;
+            }
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+                origin: format!("{origin} with environment overrides"),
+                message: format!("{}: {}", e.path(), e.inner()),
+            })?
+        };
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Semantic checks. Reports every problem, each naming its key.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.sources.is_empty() {
+            problems.push("sources: at least one [[sources]] entry is required".to_string());
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            problems.push("kafka.group_id: must not be empty".into());
+        }
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            problems.push("kafka.bootstrap_servers: must not be empty".into());
+        }
+        if self.output.topic.trim().is_empty() {
+            problems.push("output.topic: must not be empty".into());
+        }
+        if self.runtime.commit_interval.is_zero() {
+            problems.push("runtime.commit_interval: must be greater than zero".into());
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut topics: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let at = format!("sources[{i}]");
+            if s.name.trim().is_empty() {
+                problems.push(format!("{at}.name: must not be empty"));
+            } else if let Some(j) = names.insert(&s.name, i) {
+                problems.push(format!("{at}.name: duplicate source name \"{}\" (also sources[{j}])", s.name));
+            }
+            if s.topic.trim().is_empty() {
+                problems.push(format!("{at}.topic: must not be empty"));
+            } else if let Some(j) = topics.insert(&s.topic, i) {
+                problems.push(format!("{at}.topic: topic \"{}\" is already read by sources[{j}]", s.topic));
+            }
+            if s.topic == self.output.topic {
+                problems.push(format!("{at}.topic: \"{}\" is also the output topic", s.topic));
+            }
+            if let Some(seq) = &s.sequence {
+                if seq.split('.').any(str::is_empty) {
+                    problems.push(format!("{at}.sequence: \"{seq}\" is not a dotted path such as \"source.lsn\""));
+                }
+                if s.clock_field.is_some() {
+                    problems.push(format!(
+                        "{at}.sequence: set together with clock_field; a source's clock is either derived or carried"
+                    ));
+                }
+            }
+            if let Some(f) = &s.clock_field {
+                if f.is_empty() {
+                    problems.push(format!("{at}.clock_field: must not be empty"));
+                }
+            }
+            if let Some(k) = &s.key_fields {
+                if k.is_empty() || k.iter().any(String::is_empty) {
+                    problems.push(format!("{at}.key_fields: must list at least one non-empty field name"));
+                }
+                if k.iter().collect::<HashSet<_>>().len() != k.len() {
+                    problems.push(format!("{at}.key_fields: lists a field twice"));
+                }
+            }
+            if s.ts_field.is_some() && s.format != SourceFormat::Json {
+                problems.push(format!(
+                    "{at}.ts_field: only applies to format = \"json\" (Debezium events carry source.ts_ms)"
+                ));
+            }
+        }
+        let carried: Vec<&str> = self.sources.iter().filter_map(|s| s.clock_field.as_deref()).collect();
+        if self.output.clock_field.is_none() && carried.iter().collect::<HashSet<_>>().len() > 1 {
+            problems.push(format!(
+                "output.clock_field: sources carry clocks in different columns ({}); name the output column",
+                carried.join(", ")
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { origin: origin.into(), problems })
+        }
+    }
+
+    /// The source configured for `topic`.
+    pub fn source_for_topic(&self, topic: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.topic == topic)
+    }
+
+    /// The output column that receives the merged clock in carried mode.
+    pub fn output_clock_field(&self) -> Option<String> {
+        self.output.clock_field.clone().or_else(|| self.sources.iter().find_map(|s| s.clock_field.clone()))
+    }
+
+    /// The merge engine's settings.
+    pub fn merge_settings(&self) -> MergeSettings {
+        MergeSettings {
+            policy: self.merge.policy,
+            deletes: self.merge.deletes,
+            priorities: self.sources.iter().map(|s| (s.name.clone(), s.priority)).collect(),
+            clock_field: self.output_clock_field(),
+            tombstone_retention_ms: i64::try_from(self.merge.tombstone_retention.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The resolved configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the configuration serializes")
+    }
+}
+
+/// Applies one `TRIBUTARY_<SECTION>__<KEY>` override to the parsed table.
+///
+/// `TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS`, `TRIBUTARY_MERGE__POLICY`,
+/// `TRIBUTARY_KAFKA__PROPERTIES__SASL_PASSWORD` (→ `sasl.password`),
+/// `TRIBUTARY_SOURCES__EU__PRIORITY` (source by name; `_` matches `-`).
+fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError::Env { var: var.into(), message };
+    let parts: Vec<String> = var[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect();
+    let value = parse_env_value(raw);
+    match parts.as_slice() {
+        [section, props, name] if section == "kafka" && props == "properties" => {
+            let kafka = table_mut(table, "kafka").map_err(&err)?;
+            let properties = table_mut(kafka, "properties").map_err(&err)?;
+            properties.insert(name.replace('_', "."), toml::Value::String(raw.to_string()));
+        }
+        [section, name, key] if section == "sources" => {
+            let sources = table
+                .get_mut("sources")
+                .and_then(toml::Value::as_array_mut)
+                .ok_or_else(|| err("the file has no [[sources]]".into()))?;
+            let wanted = name.replace('_', "-");
+            let source = sources
+                .iter_mut()
+                .filter_map(toml::Value::as_table_mut)
+                .find(|t| {
+                    t.get("name")
+                        .and_then(toml::Value::as_str)
+                        .is_some_and(|n| n.to_ascii_lowercase().replace('_', "-") == wanted)
+                })
+                .ok_or_else(|| err(format!("no source named \"{name}\" in the file")))?;
+            source.insert(key.clone(), value);
+        }
+        [section, key] if section != "sources" => {
+            table_mut(table, section).map_err(&err)?.insert(key.clone(), value);
+        }
+        _ => {
+            return Err(err(
+                "expected TRIBUTARY_<SECTION>__<KEY>, TRIBUTARY_KAFKA__PROPERTIES__<NAME> or TRIBUTARY_SOURCES__<NAME>__<KEY>"
+                    .into(),
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn table_mut<'a>(table: &'a mut toml::Table, key: &str) -> Result<&'a mut toml::Table, String> {
+    table
+        .entry(key.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| format!("`{key}` is not a table"))
+}
+
+/// An override value: a TOML literal when it parses as one (numbers,
+/// booleans, arrays, quoted strings), otherwise the raw text as a string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    #[derive(Deserialize)]
+    struct Holder {
+        v: toml::Value,
+    }
+    match toml::from_str::<Holder>(&format!("v = {raw}")) {
+        Ok(h) if !matches!(h.v, toml::Value::Datetime(_)) => h.v,
+        _ => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// True for librdkafka property names that hold secrets.
+pub fn is_secret_property(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["password", "secret", "jaas", "token", "key.pem", "private"].iter().any(|s| n.contains(s))
+}
+
+fn serialize_redacted<S: Serializer>(props: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    let redacted: BTreeMap<&str, &str> =
+        props.iter().map(|(k, v)| (k.as_str(), if is_secret_property(k) { "<redacted>" } else { v.as_str() })).collect();
+    redacted.serialize(s)
+}
+
+/// Durations written as text: `"100ms"`, `"30s"`, `"7d"`.
+mod duration_text {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"100ms\", \"30s\" or \"7d\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+                humantime::parse_duration(v).map_err(|e| E::custom(format!("invalid duration \"{v}\": {e}")))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+group_id = "customers-merge"
+[kafka.properties]
+"security.protocol" = "sasl_ssl"
+"sasl.password" = "hunter2"
+
+[output]
+topic = "customers.merged"
+
+[merge]
+policy = "field-lww"
+deletes = "delete-wins"
+tombstone_retention = "2d"
+
+[[sources]]
+name = "eu"
+topic = "eu.public.customers"
+priority = 2
+
+[[sources]]
+name = "us-east"
+topic = "us.public.customers"
+sequence = "source.lsn"
+"#;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn parses_the_design_sketch() {
+        let c = parse(BASE, &[]).unwrap();
+        assert_eq!(c.merge.policy, Policy::FieldLww);
+        assert_eq!(c.merge.deletes, DeletePolicy::DeleteWins);
+        assert_eq!(c.merge.tombstone_retention, Duration::from_secs(2 * 86400));
+        assert_eq!(c.runtime.commit_interval, Duration::from_millis(100));
+        assert_eq!(c.sources[1].sequence.as_deref(), Some("source.lsn"));
+        assert_eq!(c.merge_settings().priorities["eu"], 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name_and_line() {
+        let text = BASE.replace("priority = 2", "prority = 2");
+        let e = parse(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("prority") && e.contains("line 20"), "{e}");
+        let e = parse(&format!("{BASE}\n[bogus]\nx = 1\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn unknown_policy_and_bad_duration_are_named() {
+        let e = parse(&BASE.replace("\"field-lww\"", "\"newest\""), &[]).unwrap_err().to_string();
+        assert!(e.contains("newest") && e.contains("source-priority"), "{e}");
+        let e = parse(&BASE.replace("\"2d\"", "\"two days\""), &[]).unwrap_err().to_string();
+        assert!(e.contains("invalid duration \"two days\""), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_topics_and_empty_sources_are_reported_together() {
+        let text = format!("{BASE}\n[[sources]]\nname = \"eu\"\ntopic = \"eu.public.customers\"\n");
+        match parse(&text, &[]).unwrap_err() {
+            ConfigError::Invalid { problems, .. } => {
+                assert!(problems.iter().any(|p| p.starts_with("sources[2].name: duplicate source name \"eu\"")), "{problems:?}");
+                assert!(problems.iter().any(|p| p.starts_with("sources[2].topic:")), "{problems:?}");
+            }
+            other => panic!("{other}"),
+        }
+        let e = parse("[output]\ntopic = \"o\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("sources: at least one"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_apply_by_section_source_and_property() {
+        let c = parse(
+            BASE,
+            &[
+                ("TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS", "broker:9093"),
+                ("TRIBUTARY_MERGE__POLICY", "lww"),
+                ("TRIBUTARY_RUNTIME__COMMIT_INTERVAL", "250ms"),
+                ("TRIBUTARY_SOURCES__US_EAST__PRIORITY", "7"),
+                ("TRIBUTARY_KAFKA__PROPERTIES__SASL_USERNAME", "svc"),
+                ("TRIBUTARY_TEST_BOOTSTRAP", "ignored: not an override"),
+                ("PATH", "/bin"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "broker:9093");
+        assert_eq!(c.merge.policy, Policy::Lww);
+        assert_eq!(c.runtime.commit_interval, Duration::from_millis(250));
+        assert_eq!(c.sources[1].priority, 7);
+        assert_eq!(c.kafka.properties["sasl.username"], "svc");
+    }
+
+    #[test]
+    fn bad_environment_overrides_name_the_variable() {
+        let e = parse(BASE, &[("TRIBUTARY_SOURCES__APAC__PRIORITY", "1")]).unwrap_err().to_string();
+        assert!(e.contains("TRIBUTARY_SOURCES__APAC__PRIORITY") && e.contains("apac"), "{e}");
+        let e = parse(BASE, &[("TRIBUTARY_MERGE__POLCY", "lww")]).unwrap_err().to_string();
+        assert!(e.contains("polcy"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_printed() {
+        let c = parse(BASE, &[]).unwrap();
+        let text = c.to_redacted_toml();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("<redacted>") && text.contains("sasl_ssl"));
+    }
+
+    #[test]
+    fn carried_clock_columns_must_agree_or_be_named() {
+        let text = BASE.replace("priority = 2", "clock_field = \"_vv\"").replace("sequence = \"source.lsn\"", "clock_field = \"vclock\"");
+        let e = parse(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("output.clock_field"), "{e}");
+        let text = text.replace("topic = \"customers.merged\"", "topic = \"customers.merged\"\nclock_field = \"_vv\"");
+        assert_eq!(parse(&text, &[]).unwrap().output_clock_field().as_deref(), Some("_vv"));
+    }
+}
