@@ -8,3 +8,7 @@
 
 pub mod config;
 pub mod merge;
+pub mod normalize;
+pub mod output;
+pub mod pipeline;
+pub mod replay;

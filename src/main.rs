@@ -1,1 +1,132 @@
-fn main(){}
+//! The `tributary` command line. Parsing only: the work is in the library.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tributary::config::Config;
+
+#[derive(Parser)]
+#[command(name = "tributary", version, about = "Multi-source replication over Kafka: per-key version vectors, convergent merge")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `tributary=debug`.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the resolved configuration (secrets redacted), or every problem with it.
+    CheckConfig {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the merge offline over a kcat -J dump and write the output records.
+    Replay {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The dump (JSON lines, kcat -J shape); `-` for stdin.
+        #[arg(long, short)]
+        input: PathBuf,
+        /// Where to write the output records (same shape); `-` for stdout.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Where to write records that fail (JSON lines: the record plus `error`).
+        #[arg(long)]
+        dead_letters: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn is_std(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => {
+                print!("{}", c.to_redacted_toml());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Replay { config, input, output, dead_letters } => {
+            let config = Config::load(&config)?;
+            let reader: Box<dyn BufRead> = if is_std(&input) {
+                Box::new(io::stdin().lock())
+            } else {
+                Box::new(BufReader::with_capacity(
+                    1 << 20,
+                    File::open(&input).with_context(|| format!("cannot open dump {}", input.display()))?,
+                ))
+            };
+            let writer: Box<dyn Write> = if is_std(&output) {
+                Box::new(BufWriter::new(io::stdout().lock()))
+            } else {
+                Box::new(BufWriter::with_capacity(
+                    1 << 20,
+                    File::create(&output).with_context(|| format!("cannot create {}", output.display()))?,
+                ))
+            };
+            let mut dl_file = match &dead_letters {
+                Some(p) => Some(BufWriter::new(
+                    File::create(p).with_context(|| format!("cannot create dead-letter file {}", p.display()))?,
+                )),
+                None => None,
+            };
+            let name = if is_std(&input) { "<stdin>".to_string() } else { input.display().to_string() };
+            let mut stderr = io::stderr().lock();
+            let summary = tributary::replay::replay(
+                &config,
+                reader,
+                &name,
+                writer,
+                dl_file.as_mut().map(|f| f as &mut dyn Write),
+                &mut stderr,
+            )
+            .context("replay failed")?;
+            eprintln!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Normalization: a source record (bytes from a topic) → a [`ChangeEvent`].
+//!
+//! Each input format is a small [`Format`] adapter that only parses its
+//! envelope into a [`RawChange`]; everything the formats share — the
+//! canonical key, derived or carried clocks, the timestamp fallback — lives
+//! in [`SourceNormalizer`], so a new format is one new file.
+
+mod debezium_json;
+mod flat_json;
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::config::{SourceConfig, SourceFormat};
+use crate::merge::{ChangeEvent, Op, Row, VersionVector};
+
+pub use debezium_json::DebeziumJson;
+pub use flat_json::FlatJson;
+
+/// One consumed record, whatever its origin (a broker, a dump file).
+#[derive(Debug, Clone, Copy)]
+pub struct InputRecord<'a> {
+    /// Topic it was read from.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// Kafka record timestamp (ms), if any.
+    pub timestamp: Option<i64>,
+    /// Key bytes (`None` for a null key).
+    pub key: Option<&'a [u8]>,
+    /// Value bytes (`None` for a tombstone).
+    pub value: Option<&'a [u8]>,
+}
+
+/// Where a record came from: topic, partition and offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordPosition {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+impl fmt::Display for RecordPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "topic {} partition {} offset {}", self.topic, self.partition, self.offset)
+    }
+}
+
+impl From<&InputRecord<'_>> for RecordPosition {
+    fn from(r: &InputRecord<'_>) -> Self {
+        Self { topic: r.topic.to_string(), partition: r.partition, offset: r.offset }
+    }
+}
+
+/// A record that cannot be normalized: where it is and what is wrong with it.
+/// Such records go to the dead-letter path; processing continues.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{position}: {kind}")]
+pub struct NormalizeError {
+    /// The record's position.
+    pub position: RecordPosition,
+    /// The configured source name, when the topic belongs to one.
+    pub source_name: Option<String>,
+    /// What is wrong.
+    pub kind: NormalizeErrorKind,
+}
+
+/// What is wrong with a record.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NormalizeErrorKind {
+    /// The topic belongs to no configured source.
+    #[error("no source is configured for this topic")]
+    UnknownTopic,
+    /// The value is not JSON, or not the expected shape.
+    #[error("value is not a valid {format} record: {detail}")]
+    BadValue {
+        /// Expected format.
+        format: &'static str,
+        /// The parser's message.
+        detail: String,
+    },
+    /// The key is not JSON, or not an object.
+    #[error("key is not a valid JSON object: {0}")]
+    BadKey(String),
+    /// No key could be found.
+    #[error("missing key: the record has no key and no key_fields are configured")]
+    MissingKey,
+    /// A configured key field is absent from the row.
+    #[error("key field `{0}` is missing from the row")]
+    MissingKeyField(String),
+    /// The Debezium envelope has no `op`.
+    #[error("missing `op` in the Debezium envelope")]
+    MissingOp,
+    /// An `op` Tributary does not handle.
+    #[error("unsupported op `{0}` (expected c, u, r or d)")]
+    UnsupportedOp(String),
+    /// Truncate events cannot be merged per key.
+    #[error("truncate events (op `t`) are not supported: a truncate has no key to merge; replay the table instead")]
+    Truncate,
+    /// An upsert without an `after` image.
+    #[error("op `{0}` without an `after` row image")]
+    MissingAfter(String),
+    /// No commit time anywhere.
+    #[error("no timestamp: source.ts_ms, ts_ms and the record timestamp are all missing")]
+    MissingTimestamp,
+    /// The configured timestamp field is bad.
+    #[error("timestamp field `{path}`: {problem}")]
+    BadTimestamp {
+        /// Configured path.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The configured sequence field is missing or not a positive integer.
+    #[error("sequence field `{path}`: {problem}")]
+    BadSequence {
+        /// Configured path.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The carried clock is missing or malformed.
+    #[error("clock field `{field}`: {problem}")]
+    BadClock {
+        /// Configured column.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl NormalizeErrorKind {
+    /// A short, bounded label for metrics (`reason`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownTopic => "unknown_topic",
+            Self::BadValue { .. } => "bad_value",
+            Self::BadKey(_) => "bad_key",
+            Self::MissingKey | Self::MissingKeyField(_) => "missing_key",
+            Self::MissingOp | Self::UnsupportedOp(_) => "bad_op",
+            Self::Truncate => "truncate",
+            Self::MissingAfter(_) => "bad_value",
+            Self::MissingTimestamp | Self::BadTimestamp { .. } => "bad_timestamp",
+            Self::BadSequence { .. } => "bad_sequence",
+            Self::BadClock { .. } => "bad_clock",
+        }
+    }
+}
+
+/// What normalizing a record gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Normalized {
+    /// A change event to merge.
+    Event(ChangeEvent),
+    /// A Debezium tombstone (null value after a delete): nothing to do.
+    Tombstone,
+}
+
+/// The kind of change as the source reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawOp {
+    /// Insert (`c`).
+    Create,
+    /// Update (`u`).
+    Update,
+    /// Snapshot read (`r`).
+    Read,
+    /// Delete (`d`).
+    Delete,
+}
+
+/// A parsed envelope, before keys and clocks are worked out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawChange {
+    /// The change kind.
+    pub op: RawOp,
+    /// `before` image.
+    pub before: Option<Row>,
+    /// `after` image.
+    pub after: Option<Row>,
+    /// The commit time the envelope carries, if any.
+    pub ts: Option<i64>,
+    /// The configured sequence field's value, if one is configured.
+    pub sequence: Option<Value>,
+}
+
+/// A format adapter: parses one record's value into a [`RawChange`].
+pub trait Format: Send + Sync + fmt::Debug {
+    /// The format's configuration name, for messages.
+    fn name(&self) -> &'static str;
+    /// Parses the value. `Ok(None)` is a tombstone to ignore.
+    fn parse(&self, record: &InputRecord<'_>, sequence: Option<&[String]>) -> Result<Option<RawChange>, NormalizeErrorKind>;
+}
+
+/// Looks up a dotted path (already split) in a JSON value.
+pub(crate) fn lookup<'v>(value: &'v Value, path: &[String]) -> Option<&'v Value> {
+    path.iter().try_fold(value, |v, segment| v.get(segment.as_str()))
+}
+
+/// Normalizes the records of one configured source.
+#[derive(Debug)]
+pub struct SourceNormalizer {
+    name: String,
+    format: Box<dyn Format>,
+    sequence: Option<(String, Vec<String>)>,
+    clock_field: Option<String>,
+    key_fields: Option<Vec<String>>,
+}
+
+impl SourceNormalizer {
+    /// Builds the normalizer of a configured source.
+    pub fn new(config: &SourceConfig) -> Self {
+        let format: Box<dyn Format> = match config.format {
+            SourceFormat::DebeziumJson => Box::new(DebeziumJson),
+            SourceFormat::Json => Box::new(FlatJson::new(config.ts_field.as_deref(), &config.deleted_field)),
+        };
+        Self {
+            name: config.name.clone(),
+            format,
+            sequence: config.sequence.as_ref().map(|p| (p.clone(), p.split('.').map(String::from).collect())),
+            clock_field: config.clock_field.clone(),
+            key_fields: config.key_fields.clone(),
+        }
+    }
+
+    /// The source name.
+    pub fn source(&self) -> &str {
+        &self.name
+    }
+
+    /// Normalizes one record.
+    pub fn normalize(&self, record: &InputRecord<'_>) -> Result<Normalized, NormalizeError> {
+        self.normalize_inner(record).map_err(|kind| NormalizeError {
+            position: record.into(),
+            source_name: Some(self.name.clone()),
+            kind,
+        })
+    }
+
+    fn normalize_inner(&self, record: &InputRecord<'_>) -> Result<Normalized, NormalizeErrorKind> {
+        let seq_path = self.sequence.as_ref().map(|(_, p)| p.as_slice());
+        let Some(mut raw) = self.format.parse(record, seq_path)? else {
+            return Ok(Normalized::Tombstone);
+        };
+        let op = match raw.op {
+            RawOp::Delete => Op::Delete,
+            _ => Op::Upsert,
+        };
+        if op == Op::Upsert && raw.after.is_none() {
+            return Err(NormalizeErrorKind::MissingAfter(format!("{:?}", raw.op).to_lowercase()));
+        }
+        let key = self.key(record, &raw)?;
+        let ts = raw.ts.or(record.timestamp.filter(|t| *t >= 0)).ok_or(NormalizeErrorKind::MissingTimestamp)?;
+        let vv = match &self.clock_field {
+            Some(field) => {
+                // Carried: the clock column is metadata. Take it out of both
+                // images so it never takes part in comparisons or merges.
+                let after_clock = raw.after.as_mut().and_then(|r| r.remove(field));
+                let before_clock = raw.before.as_mut().and_then(|r| r.remove(field));
+                match op {
+                    Op::Upsert => parse_clock(field, after_clock.as_ref(), "the after image")?,
+                    Op::Delete => {
+                        if raw.before.is_none() {
+                            return Err(NormalizeErrorKind::BadClock {
+                                field: field.clone(),
+                                problem: "a delete needs the before image to carry its clock (set REPLICA IDENTITY FULL on the table)".into(),
+                            });
+                        }
+                        let mut vv = parse_clock(field, before_clock.as_ref(), "the before image")?;
+                        vv.set(&self.name, vv.get(&self.name) + 1);
+                        vv
+                    }
+                }
+            }
+            None => {
+                let seq = match &self.sequence {
+                    None => u64::try_from(record.offset).ok().map(|o| o + 1).ok_or_else(|| {
+                        NormalizeErrorKind::BadSequence { path: "<kafka offset>".into(), problem: "negative offset".into() }
+                    })?,
+                    Some((path, _)) => parse_sequence(path, raw.sequence.as_ref())?,
+                };
+                VersionVector::single(&self.name, seq)
+            }
+        };
+        let full_image = matches!(raw.op, RawOp::Create | RawOp::Read) || raw.before.is_none();
+        Ok(Normalized::Event(ChangeEvent {
+            source: self.name.clone(),
+            key,
+            op,
+            row: if op == Op::Upsert { raw.after } else { None },
+            before: raw.before,
+            full_image,
+            ts,
+            vv,
+        }))
+    }
+
+    /// The canonical key: configured row fields, or the record key's fields,
+    /// as a JSON object with sorted names and no whitespace.
+    fn key(&self, record: &InputRecord<'_>, raw: &RawChange) -> Result<String, NormalizeErrorKind> {
+        if let Some(fields) = &self.key_fields {
+            // A delete without a before image still has the record key: pick
+            // the same fields from it, so both paths give the same key.
+            let from_key;
+            let row = match raw.after.as_ref().or(raw.before.as_ref()) {
+                Some(row) => row,
+                None => {
+                    from_key = serde_json::from_str::<Row>(&record_key(record)?)
+                        .map_err(|e| NormalizeErrorKind::BadKey(e.to_string()))?;
+                    &from_key
+                }
+            };
+            let mut key = Row::new();
+            for f in fields {
+                let v = row.get(f).ok_or_else(|| NormalizeErrorKind::MissingKeyField(f.clone()))?;
+                key.insert(f.clone(), v.clone());
+            }
+            return Ok(Value::Object(key).to_string());
+        }
+        record_key(record)
+    }
+}
+
+/// The record key as a canonical JSON object (Debezium `payload` unwrapped).
+pub(crate) fn record_key(record: &InputRecord<'_>) -> Result<String, NormalizeErrorKind> {
+    let bytes = record.key.filter(|k| !k.is_empty()).ok_or(NormalizeErrorKind::MissingKey)?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| NormalizeErrorKind::BadKey(e.to_string()))?;
+    let value = match value {
+        Value::Object(mut o) if o.contains_key("payload") && o.contains_key("schema") => o.remove("payload").unwrap_or(Value::Null),
+        v => v,
+    };
+    match value {
+        // serde_json's map keeps keys sorted, and `to_string` is compact.
+        Value::Object(o) if !o.is_empty() => Ok(Value::Object(o).to_string()),
+        Value::Object(_) => Err(NormalizeErrorKind::BadKey("the key object has no fields".into())),
+        other => Err(NormalizeErrorKind::BadKey(format!("expected an object, found {}", json_kind(&other)))),
+    }
+}
+
+pub(crate) fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A carried clock: a JSON object of non-negative integers, or a string holding one.
+fn parse_clock(field: &str, value: Option<&Value>, image: &str) -> Result<VersionVector, NormalizeErrorKind> {
+    let bad = |problem: String| NormalizeErrorKind::BadClock { field: field.to_string(), problem };
+    let value = value.ok_or_else(|| bad(format!("missing from {image}")))?;
+    let parsed;
+    let object = match value {
+        Value::Object(o) => o,
+        Value::String(s) => {
+            parsed = serde_json::from_str::<Value>(s).map_err(|e| bad(format!("the string is not JSON: {e}")))?;
+            parsed.as_object().ok_or_else(|| bad(format!("expected a JSON object, found {}", json_kind(&parsed))))?
+        }
+        other => return Err(bad(format!("expected a JSON object or a string holding one, found {}", json_kind(other)))),
+    };
+    let mut vv = VersionVector::new();
+    for (source, counter) in object {
+        let n = counter
+            .as_u64()
+            .ok_or_else(|| bad(format!("entry \"{source}\" is {counter}, expected a non-negative integer")))?;
+        vv.set(source, n);
+    }
+    if vv.is_empty() {
+        return Err(bad("the clock is empty; every write must count at least itself".into()));
+    }
+    Ok(vv)
+}
+
+/// A sequence value: a positive integer (or a string of digits).
+fn parse_sequence(path: &str, value: Option<&Value>) -> Result<u64, NormalizeErrorKind> {
+    let bad = |problem: String| NormalizeErrorKind::BadSequence { path: path.to_string(), problem };
+    let n = match value {
+        None | Some(Value::Null) => return Err(bad("missing".into())),
+        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| bad(format!("{n} is not a positive integer")))?,
+        Some(Value::String(s)) => s.parse::<u64>().map_err(|_| bad(format!("\"{s}\" is not a positive integer")))?,
+        Some(other) => return Err(bad(format!("expected a positive integer, found {}", json_kind(other)))),
+    };
+    if n == 0 {
+        return Err(bad("must be positive (zero means \"nothing seen\")".into()));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests;

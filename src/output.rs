@@ -1,0 +1,40 @@
+//! The merged output record (design §1, "Output record").
+
+use crate::merge::Resolved;
+
+/// Header carrying the merged clock as a JSON object.
+pub const HEADER_VV: &str = "tributary.vv";
+/// Header: `true` when concurrent versions are live.
+pub const HEADER_CONFLICT: &str = "tributary.conflict";
+/// Header: the winning source (row-level policies).
+pub const HEADER_WINNER: &str = "tributary.winner";
+/// Header: the number of versions in the set.
+pub const HEADER_SIBLINGS: &str = "tributary.siblings";
+
+/// One record for the compacted output topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRecord {
+    /// Output partition: the partition number the input came from.
+    pub partition: i32,
+    /// The canonical key.
+    pub key: String,
+    /// The merged row as flat JSON, or `None` for a tombstone.
+    pub value: Option<String>,
+    /// `tributary.*` headers, in a fixed order.
+    pub headers: Vec<(&'static str, String)>,
+    /// Record timestamp: the commit time of the event that produced it.
+    pub timestamp: i64,
+}
+
+/// Encodes a merged view as an output record.
+pub fn encode(partition: i32, key: &str, resolved: &Resolved<'_>, timestamp: i64) -> OutputRecord {
+    let value = resolved.row.as_ref().map(|r| serde_json::to_string(r.as_ref()).expect("rows serialize"));
+    let mut headers = Vec::with_capacity(4);
+    headers.push((HEADER_VV, resolved.vv.to_json()));
+    headers.push((HEADER_CONFLICT, resolved.conflict().to_string()));
+    if let Some(w) = resolved.winner {
+        headers.push((HEADER_WINNER, w.to_string()));
+    }
+    headers.push((HEADER_SIBLINGS, resolved.siblings.to_string()));
+    OutputRecord { partition, key: key.to_string(), value, headers, timestamp }
+}

@@ -1,0 +1,152 @@
+//! The data path, front-end independent: normalize → merge → encode.
+//!
+//! `tributary replay` drives it from a dump file; `tributary run` will drive
+//! it from a consumer. Both call [`Pipeline::process`], so what a replay
+//! shows is what the processor does.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use crate::config::Config;
+use crate::merge::{Applied, KeyState, MergeEngine};
+use crate::normalize::{InputRecord, NormalizeError, NormalizeErrorKind, Normalized, SourceNormalizer};
+use crate::output::{encode, OutputRecord};
+
+/// Where key states live. The processor's store is on disk with a
+/// changelog; replay keeps them in memory.
+pub trait StateStore {
+    /// Store failure.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Runs `f` on the state of `key` (empty when none is stored) and keeps the
+    /// result; an empty state afterwards is not kept.
+    fn update<R>(&mut self, key: &str, f: impl FnOnce(&mut KeyState) -> R) -> Result<R, Self::Error>;
+}
+
+/// An in-memory state store.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    states: HashMap<String, KeyState>,
+}
+
+impl MemoryStore {
+    /// Number of keys held.
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    /// True when no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// The state of a key.
+    pub fn get(&self, key: &str) -> Option<&KeyState> {
+        self.states.get(key)
+    }
+}
+
+impl StateStore for MemoryStore {
+    type Error = Infallible;
+
+    fn update<R>(&mut self, key: &str, f: impl FnOnce(&mut KeyState) -> R) -> Result<R, Infallible> {
+        if let Some(state) = self.states.get_mut(key) {
+            return Ok(f(state));
+        }
+        let mut state = KeyState::default();
+        let r = f(&mut state);
+        if !state.is_empty() {
+            self.states.insert(key.to_string(), state);
+        }
+        Ok(r)
+    }
+}
+
+/// What one input record did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// A Debezium tombstone: nothing to do.
+    Ignored {
+        /// Source name.
+        source: String,
+    },
+    /// Superseded by a stored version: dropped.
+    Stale {
+        /// Source name.
+        source: String,
+    },
+    /// Same clock and content as a stored version: dropped.
+    Duplicate {
+        /// Source name.
+        source: String,
+    },
+    /// The state changed: a new merged record.
+    Emitted {
+        /// Source name.
+        source: String,
+        /// The record for the output topic.
+        record: OutputRecord,
+        /// Versions in the key's set after the event (> 1: a live conflict).
+        siblings: usize,
+    },
+}
+
+/// Why a record could not be processed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError<E: std::error::Error + 'static> {
+    /// The record is bad: dead-letter it and go on.
+    #[error(transparent)]
+    Normalize(#[from] NormalizeError),
+    /// The state store failed: not the record's fault.
+    #[error("state store: {0}")]
+    Store(#[source] E),
+}
+
+/// Normalizers per topic plus the merge engine.
+#[derive(Debug)]
+pub struct Pipeline {
+    sources: HashMap<String, SourceNormalizer>,
+    engine: MergeEngine,
+}
+
+impl Pipeline {
+    /// Builds the pipeline of a (validated) configuration.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            sources: config.sources.iter().map(|s| (s.topic.clone(), SourceNormalizer::new(s))).collect(),
+            engine: MergeEngine::new(config.merge_settings()),
+        }
+    }
+
+    /// The merge engine.
+    pub fn engine(&self) -> &MergeEngine {
+        &self.engine
+    }
+
+    /// Processes one record against `store`.
+    pub fn process<S: StateStore>(&self, record: &InputRecord<'_>, store: &mut S) -> Result<Step, ProcessError<S::Error>> {
+        let normalizer = self.sources.get(record.topic).ok_or_else(|| NormalizeError {
+            position: record.into(),
+            source_name: None,
+            kind: NormalizeErrorKind::UnknownTopic,
+        })?;
+        let source = normalizer.source().to_string();
+        let event = match normalizer.normalize(record)? {
+            Normalized::Tombstone => return Ok(Step::Ignored { source }),
+            Normalized::Event(e) => e,
+        };
+        let key = event.key.clone();
+        let ts = event.ts;
+        let engine = &self.engine;
+        store
+            .update(&key, |state| match engine.apply(state, event) {
+                Applied::Stale => Step::Stale { source },
+                Applied::Duplicate => Step::Duplicate { source },
+                Applied::Changed => {
+                    let resolved = engine.resolve(state);
+                    let record = encode(record.partition, &key, &resolved, ts);
+                    Step::Emitted { source, record, siblings: resolved.siblings }
+                }
+            })
+            .map_err(ProcessError::Store)
+    }
+}
