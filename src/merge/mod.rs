@@ -388,7 +388,7 @@ impl MergeEngine {
                 if !fields.cleared.iter().any(|c| matches!(c.causality(&event.vv), Causality::After | Causality::Equal)) {
                     fields.cleared.retain(|c| c.causality(&event.vv) != Causality::Before);
                     fields.cleared.push(event.vv.clone());
-                    fields.cleared.sort_by(|a, b| a.to_json().cmp(&b.to_json()));
+                    fields.cleared.sort_by_key(VersionVector::to_json);
                     fields_changed = true;
                 }
             }
