@@ -315,6 +315,15 @@ impl Config {
                 if seq.split('.').any(str::is_empty) {
                     problems.push(format!("{at}.sequence: \"{seq}\" is not a dotted path such as \"source.lsn\""));
                 }
+                if s.format == SourceFormat::Json {
+                    problems.push(format!(
+                        "{at}.sequence: not supported with format = \"json\": a delete (tombstone) carries no sequence; use the Kafka offset (the default) or clock_field"
+                    ));
+                } else if !seq.starts_with("source.") {
+                    problems.push(format!(
+                        "{at}.sequence: \"{seq}\" must be a field of the Debezium `source` block, e.g. \"source.lsn\" (row fields are absent from deletes)"
+                    ));
+                }
                 if s.clock_field.is_some() {
                     problems.push(format!(
                         "{at}.sequence: set together with clock_field; a source's clock is either derived or carried"
@@ -587,6 +596,15 @@ sequence = "source.lsn"
         assert!(e.contains("TRIBUTARY_SOURCES__APAC__PRIORITY") && e.contains("apac"), "{e}");
         let e = parse(BASE, &[("TRIBUTARY_MERGE__POLCY", "lww")]).unwrap_err().to_string();
         assert!(e.contains("polcy"), "{e}");
+    }
+
+    #[test]
+    fn sequence_must_come_from_the_source_block_of_debezium_envelopes() {
+        let e = parse(&BASE.replace("source.lsn", "after.version"), &[]).unwrap_err().to_string();
+        assert!(e.contains("sources[1].sequence") && e.contains("`source` block"), "{e}");
+        let text = BASE.replace("sequence = \"source.lsn\"", "sequence = \"version\"\nformat = \"json\"");
+        let e = parse(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("not supported with format = \"json\""), "{e}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub struct OutputRecord {
     pub value: Option<String>,
     /// `tributary.*` headers, in a fixed order.
     pub headers: Vec<(&'static str, String)>,
-    /// Record timestamp: the commit time of the event that produced it.
+    /// Record timestamp: the newest commit time in the key's version set.
     pub timestamp: i64,
 }
 

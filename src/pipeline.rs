@@ -135,7 +135,6 @@ impl Pipeline {
             Normalized::Event(e) => e,
         };
         let key = event.key.clone();
-        let ts = event.ts;
         let engine = &self.engine;
         store
             .update(&key, |state| match engine.apply(state, event) {
@@ -143,6 +142,9 @@ impl Pipeline {
                 Applied::Duplicate => Step::Duplicate { source },
                 Applied::Changed => {
                     let resolved = engine.resolve(state);
+                    // The newest commit time in the set: a function of the state,
+                    // so the last record per key is the same in every interleaving.
+                    let ts = state.versions.iter().map(|v| v.ts).max().unwrap_or(0).max(0);
                     let record = encode(record.partition, &key, &resolved, ts);
                     Step::Emitted { source, record, siblings: resolved.siblings }
                 }

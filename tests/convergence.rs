@@ -128,14 +128,14 @@ fn interleave(queues: &[Vec<DumpRecord>], picks: &[usize]) -> String {
     out
 }
 
-fn compacted(config: &Config, dump: &str) -> BTreeMap<String, (Value, Value)> {
+fn compacted(config: &Config, dump: &str) -> BTreeMap<String, (Value, Value, Value)> {
     let mut out = Vec::new();
     let mut log = Vec::new();
     let summary = replay(config, dump.as_bytes(), "dump", &mut out, None, &mut log).unwrap();
     assert_eq!(summary.dead_lettered, 0, "{}", String::from_utf8_lossy(&log));
     common::json_lines(&String::from_utf8(out).unwrap())
         .into_iter()
-        .map(|r| (r["key"].as_str().unwrap().to_string(), (r["payload"].clone(), r["headers"].clone())))
+        .map(|r| (r["key"].as_str().unwrap().to_string(), (r["payload"].clone(), r["headers"].clone(), r["ts"].clone())))
         .collect()
 }
 

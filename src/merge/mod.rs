@@ -240,7 +240,9 @@ impl Versioned for Version {
         self.ts
     }
     fn same_content(&self, other: &Self) -> bool {
-        self.op == other.op && self.row == other.row
+        // Canonical text, not `Value ==` (which equates 0.0 and -0.0), so
+        // equality agrees with the content order in `equal_clock_cmp`.
+        self.op == other.op && (self.row == other.row && self.content_json() == other.content_json())
     }
     fn content_json(&self) -> String {
         // serde_json's map is a BTreeMap: keys come out sorted.
@@ -259,7 +261,7 @@ impl Versioned for FieldVersion {
         self.ts
     }
     fn same_content(&self, other: &Self) -> bool {
-        self.value == other.value
+        self.value == other.value && self.content_json() == other.content_json()
     }
     fn content_json(&self) -> String {
         serde_json::to_string(&self.value).expect("values serialize")

@@ -42,7 +42,12 @@ impl Format for DebeziumJson {
             return Ok(None); // Debezium's tombstone after a delete.
         };
         let bad = |detail: String| NormalizeErrorKind::BadValue { format: "debezium-json", detail };
-        let mut env: Envelope = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        // The path names the offending field (`payload.ts_ms: invalid type…`).
+        let mut env: Envelope = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+            .map_err(|e| match e.path().to_string().as_str() {
+                "." => bad(e.inner().to_string()),
+                path => bad(format!("{path}: {}", e.inner())),
+            })?;
         if env.op.is_none() {
             match env.payload.take() {
                 Some(inner) => env = *inner,
@@ -60,19 +65,18 @@ impl Format for DebeziumJson {
             Some(other) => return Err(NormalizeErrorKind::UnsupportedOp(other.to_string())),
             None => return Err(NormalizeErrorKind::MissingOp),
         };
-        let source_ts = env.source.as_ref().and_then(|s| s.get("ts_ms")).and_then(Value::as_i64);
-        // The sequence path starts at an envelope field: `source.lsn`,
-        // `after.version`, or the top-level `ts_ms`.
+        let source_ts = match env.source.as_ref().and_then(|s| s.get("ts_ms")) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_i64().ok_or_else(|| NormalizeErrorKind::BadTimestamp {
+                path: "source.ts_ms".into(),
+                problem: format!("{v} is not an integer number of milliseconds"),
+            })?),
+        };
+        // The sequence path starts at `source` (e.g. `source.lsn`); the
+        // configuration rejects other roots, which deletes could not carry.
         let sequence = sequence.and_then(|path| match path {
-            [only] if only == "ts_ms" => env.ts_ms.map(Value::from),
-            [first, second, rest @ ..] => {
-                let root = match first.as_str() {
-                    "source" => env.source.as_ref(),
-                    "after" => env.after.as_ref(),
-                    "before" => env.before.as_ref(),
-                    _ => None,
-                }?;
-                lookup(root.get(second.as_str())?, rest).cloned()
+            [first, second, rest @ ..] if first == "source" => {
+                lookup(env.source.as_ref()?.get(second.as_str())?, rest).cloned()
             }
             _ => None,
         });

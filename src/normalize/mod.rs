@@ -272,8 +272,16 @@ impl SourceNormalizer {
                                 problem: "a delete needs the before image to carry its clock (set REPLICA IDENTITY FULL on the table)".into(),
                             });
                         }
-                        let mut vv = parse_clock(field, before_clock.as_ref(), "the before image")?;
-                        vv.set(&self.name, vv.get(&self.name) + 1);
+                        let mut vv = parse_clock(
+                            field,
+                            before_clock.as_ref(),
+                            "the before image (a delete's before image must hold every column: REPLICA IDENTITY FULL)",
+                        )?;
+                        let own = vv.get(&self.name).checked_add(1).ok_or_else(|| NormalizeErrorKind::BadClock {
+                            field: field.clone(),
+                            problem: format!("entry \"{}\" is at the largest counter and cannot be incremented", self.name),
+                        })?;
+                        vv.set(&self.name, own);
                         vv
                     }
                 }

@@ -162,3 +162,19 @@ fn flat_json_rows_tombstones_and_rewritten_deletes() {
     let e = err(n.normalize(&rec(Some(r#"{"id":1}"#), Some("[1,2]"))));
     assert_eq!(e.kind.reason(), "bad_value");
 }
+
+#[test]
+fn type_errors_name_the_field() {
+    let n = source("");
+    let e = err(n.normalize(&rec(Some(r#"{"id":1}"#), Some(r#"{"after":{"id":1},"op":"c","ts_ms":"soon"}"#))));
+    assert!(e.to_string().contains("ts_ms: invalid type"), "{e}");
+    let e = err(n.normalize(&rec(Some(r#"{"id":1}"#), Some(r#"{"after":{"id":1},"op":"c","source":{"ts_ms":"x"}}"#))));
+    assert!(e.to_string().contains("timestamp field `source.ts_ms`"), "{e}");
+}
+
+#[test]
+fn a_carried_clock_at_the_largest_counter_is_a_dead_letter_not_a_panic() {
+    let n = source(r#"clock_field = "_vv""#);
+    let del = format!(r#"{{"before":{{"id":1,"_vv":{{"eu":{}}}}},"op":"d","source":{{"ts_ms":1}}}}"#, u64::MAX);
+    assert_eq!(err(n.normalize(&rec(Some(r#"{"id":1}"#), Some(&del)))).kind.reason(), "bad_clock");
+}
