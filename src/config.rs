@@ -84,6 +84,14 @@ pub struct KafkaConfig {
     /// Consumer group id; also names the changelog, DLQ and audit topics.
     #[serde(default = "default_group_id")]
     pub group_id: String,
+    /// This instance's stable id: static group membership
+    /// (`group.instance.id`) and the transactional id. Default: derived from
+    /// the host name and the state directory, with dynamic membership.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Replication factor of the topics Tributary creates (default: the broker's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<i32>,
     /// Passed to librdkafka unchanged (SASL, SSL, tuning).
     #[serde(default, serialize_with = "serialize_redacted")]
     pub properties: BTreeMap<String, String>,
@@ -91,7 +99,13 @@ pub struct KafkaConfig {
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        Self { bootstrap_servers: default_bootstrap(), group_id: default_group_id(), properties: BTreeMap::new() }
+        Self {
+            bootstrap_servers: default_bootstrap(),
+            group_id: default_group_id(),
+            instance_id: None,
+            replication_factor: None,
+            properties: BTreeMap::new(),
+        }
     }
 }
 
@@ -287,6 +301,14 @@ impl Config {
         }
         if self.kafka.bootstrap_servers.trim().is_empty() {
             problems.push("kafka.bootstrap_servers: must not be empty".into());
+        }
+        if let Some(id) = &self.kafka.instance_id {
+            if id.trim().is_empty() {
+                problems.push("kafka.instance_id: must not be empty when set".into());
+            }
+        }
+        if matches!(self.kafka.replication_factor, Some(n) if n < 1) {
+            problems.push("kafka.replication_factor: must be at least 1".into());
         }
         if self.output.topic.trim().is_empty() {
             problems.push("output.topic: must not be empty".into());

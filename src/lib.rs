@@ -12,3 +12,5 @@ pub mod normalize;
 pub mod output;
 pub mod pipeline;
 pub mod replay;
+pub mod run;
+pub mod store;

@@ -1,0 +1,634 @@
+//! `tributary run`: the stream processor of design §2.
+//!
+//! One consumer group subscribes to every source topic with the `range`
+//! assignor, so partition p of every source lands on the same member; that
+//! partition number is one *task* with its own keyspace in the local store,
+//! its partition of the changelog and its partition of the output topic.
+//!
+//! Exactly-once: each cycle is one Kafka transaction holding the output
+//! records, the changelog records and the consumed offsets
+//! (`send_offsets_to_transaction` with the consumer's group metadata, so a
+//! zombie from an older generation is fenced). The local store is written
+//! only after the transaction commits; an abort drops the cache and rewinds
+//! the consumer to the committed offsets, so nothing is applied twice.
+
+pub mod topics;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::config::{Config, Processing};
+use crate::normalize::{InputRecord, NormalizeError};
+use crate::pipeline::{Pipeline, ProcessError, Step};
+use crate::store::{decode_state, encode_state, StateDb, StoreError, TaskStore};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the processor stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A Kafka call failed.
+    #[error("{context}: {source}")]
+    Kafka {
+        /// What was being done.
+        context: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// Source topics have different partition counts.
+    #[error(
+        "co-partitioning violated: every source topic must have the same partition count so that key k lives in partition p of every source ({0})"
+    )]
+    CoPartitioning(String),
+    /// A topic is missing or misconfigured.
+    #[error("{0}")]
+    Topics(String),
+    /// The group handed this member an assignment that splits a task.
+    #[error("assignment violates co-partitioning: {0}")]
+    Assignment(String),
+    /// The local state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Fenced by a newer instance, or a fatal producer error: stop.
+    #[error("fatal producer error (fenced by another instance with the same transactional.id, or unrecoverable): {0}")]
+    Fatal(String),
+}
+
+impl RunError {
+    fn kafka(context: impl Into<String>, source: KafkaError) -> Self {
+        RunError::Kafka { context: context.into(), source }
+    }
+}
+
+/// The changelog topic of a group.
+pub fn changelog_topic(group_id: &str) -> String {
+    format!("{group_id}-state-changelog")
+}
+
+/// The dead-letter topic of a group.
+pub fn dlq_topic(group_id: &str) -> String {
+    format!("{group_id}-dlq")
+}
+
+/// The instance id: configured, or derived from the host name and the state
+/// directory, so it is stable across restarts of one instance and distinct
+/// between instances on one host.
+pub fn instance_id(config: &Config) -> String {
+    if let Some(id) = &config.kafka.instance_id {
+        return id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tributary".into());
+    let dir = std::fs::canonicalize(&config.runtime.state_dir).unwrap_or_else(|_| config.runtime.state_dir.clone());
+    // FNV-1a: stable across Rust versions, unlike DefaultHasher.
+    let hash = dir.to_string_lossy().bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    format!("{host}-{:08x}", hash as u32)
+}
+
+fn client_config(config: &Config, defaults: &[(&str, &str)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.bootstrap_servers);
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
+    // User properties last: they override Tributary's defaults.
+    for (k, v) in &config.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Counts the delivery reports of the open cycle.
+#[derive(Default)]
+struct Deliveries {
+    /// Highest delivered changelog offset per partition.
+    changelog: HashMap<i32, i64>,
+    /// Delivery failures (the cycle must not commit).
+    failures: Vec<String>,
+}
+
+struct DeliveryTracker {
+    changelog_topic: String,
+    state: Mutex<Deliveries>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let mut st = self.state.lock().expect("delivery state");
+        match result {
+            Ok(m) if m.topic() == self.changelog_topic => {
+                let e = st.changelog.entry(m.partition()).or_insert(-1);
+                *e = (*e).max(m.offset());
+            }
+            Ok(_) => {}
+            Err((e, m)) => st.failures.push(format!("{} partition {}: {e}", m.topic(), m.partition())),
+        }
+    }
+}
+
+type Producer_ = BaseProducer<DeliveryTracker>;
+
+/// Counters of one run, logged on exit and read by tests through the logs.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Records consumed.
+    pub consumed: u64,
+    /// Output records produced (committed or not).
+    pub emitted: u64,
+    /// Stale or duplicate events.
+    pub dropped: u64,
+    /// Dead letters produced.
+    pub dead_letters: u64,
+    /// Committed cycles.
+    pub commits: u64,
+    /// Aborted cycles.
+    pub aborts: u64,
+}
+
+struct Worker {
+    config: Config,
+    pipeline: Pipeline,
+    producer: Producer_,
+    db: StateDb,
+    tasks: BTreeMap<i32, TaskStore>,
+    /// Next offset per consumed topic-partition in the open cycle.
+    positions: HashMap<(String, i32), i64>,
+    txn_open: bool,
+    exactly_once: bool,
+    changelog: String,
+    dlq: String,
+    sources: BTreeSet<String>,
+    last_commit: Instant,
+    fatal: Option<RunError>,
+    counters: Counters,
+}
+
+struct GroupContext {
+    worker: Arc<Mutex<Worker>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut w = self.worker.lock().expect("worker");
+            if let Err(e) = w.on_revoke(consumer, tpl) {
+                w.fatal.get_or_insert(e);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut w = self.worker.lock().expect("worker");
+            if let Err(e) = w.on_assign(tpl) {
+                w.fatal.get_or_insert(e);
+            }
+        }
+    }
+}
+
+type GroupConsumer = BaseConsumer<GroupContext>;
+
+impl Worker {
+    fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), RunError> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(20));
+                }
+                Err((e, r)) => return Err(RunError::kafka(format!("produce to {}", r.topic), e)),
+            }
+        }
+    }
+
+    fn begin(&mut self) -> Result<(), RunError> {
+        if self.exactly_once && !self.txn_open {
+            self.producer.begin_transaction().map_err(|e| RunError::kafka("begin transaction", e))?;
+        }
+        self.txn_open = true;
+        Ok(())
+    }
+
+    fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), RunError> {
+        self.begin()?;
+        self.counters.consumed += 1;
+        let partition = msg.partition();
+        let record = InputRecord {
+            topic: msg.topic(),
+            partition,
+            offset: msg.offset(),
+            timestamp: msg.timestamp().to_millis(),
+            key: msg.key(),
+            value: msg.payload(),
+        };
+        let Some(task) = self.tasks.get_mut(&partition) else {
+            return Err(RunError::Assignment(format!(
+                "received {} partition {partition} but task {partition} is not open",
+                msg.topic()
+            )));
+        };
+        match self.pipeline.process(&record, task) {
+            Ok(Step::Emitted { record: out, siblings, source }) => {
+                let state = encode_state(task.cached(&out.key).expect("an emitting update leaves a state"));
+                let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+                for (k, v) in &out.headers {
+                    headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+                }
+                let output = BaseRecord::to(&self.config.output.topic)
+                    .partition(out.partition)
+                    .key(out.key.as_bytes())
+                    .timestamp(out.timestamp)
+                    .headers(headers);
+                let output = match &out.value {
+                    Some(v) => output.payload(v.as_bytes()),
+                    None => output,
+                };
+                self.send(output)?;
+                self.send(BaseRecord::to(&self.changelog).partition(partition).key(out.key.as_bytes()).payload(&state))?;
+                self.counters.emitted += 1;
+                if siblings > 1 {
+                    tracing::debug!(source, topic = msg.topic(), partition, offset = msg.offset(), siblings, "conflict");
+                }
+            }
+            Ok(Step::Stale { .. } | Step::Duplicate { .. }) => self.counters.dropped += 1,
+            Ok(Step::Ignored { .. }) => {}
+            Err(ProcessError::Normalize(e)) => self.dead_letter(msg, &e)?,
+            Err(ProcessError::Store(e)) => return Err(e.into()),
+        }
+        self.positions.insert((msg.topic().to_string(), partition), msg.offset() + 1);
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, e: &NormalizeError) -> Result<(), RunError> {
+        tracing::warn!(
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            reason = e.kind.reason(),
+            "dead letter: {e}"
+        );
+        let (partition, offset, error) = (msg.partition().to_string(), msg.offset().to_string(), e.to_string());
+        let headers = OwnedHeaders::new_with_capacity(5)
+            .insert(Header { key: "tributary.error", value: Some(error.as_bytes()) })
+            .insert(Header { key: "tributary.error.reason", value: Some(e.kind.reason().as_bytes()) })
+            .insert(Header { key: "tributary.source.topic", value: Some(msg.topic().as_bytes()) })
+            .insert(Header { key: "tributary.source.partition", value: Some(partition.as_bytes()) })
+            .insert(Header { key: "tributary.source.offset", value: Some(offset.as_bytes()) });
+        let mut record = BaseRecord::to(&self.dlq).partition(msg.partition()).headers(headers);
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        if let Some(v) = msg.payload() {
+            record = record.payload(v);
+        }
+        self.send(record)?;
+        self.counters.dead_letters += 1;
+        Ok(())
+    }
+
+    /// Ends the open cycle: commit (output, changelog, offsets), then write
+    /// the local store. On an abortable failure, abort and rewind.
+    fn commit(&mut self, consumer: &GroupConsumer) -> Result<(), RunError> {
+        self.last_commit = Instant::now();
+        if !self.txn_open {
+            return Ok(());
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.positions {
+            offsets
+                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(|e| RunError::kafka("build offsets", e))?;
+        }
+        let result = if self.exactly_once {
+            self.commit_transaction(consumer, &offsets)
+        } else {
+            self.commit_at_least_once(consumer, &offsets)
+        };
+        match result {
+            Ok(()) => {
+                let delivered = std::mem::take(&mut self.producer.context().state.lock().expect("deliveries").changelog);
+                for (p, task) in self.tasks.iter_mut() {
+                    let checkpoint = delivered.get(p).map_or(task.checkpoint(), |o| o + 1);
+                    task.commit(checkpoint)?;
+                }
+                self.positions.clear();
+                self.txn_open = false;
+                self.counters.commits += 1;
+                Ok(())
+            }
+            Err(e) => self.abort(consumer, e),
+        }
+    }
+
+    fn take_delivery_failures(&self) -> Vec<String> {
+        std::mem::take(&mut self.producer.context().state.lock().expect("deliveries").failures)
+    }
+
+    fn commit_transaction(&mut self, consumer: &GroupConsumer, offsets: &TopicPartitionList) -> Result<(), KafkaError> {
+        if offsets.count() > 0 {
+            let metadata = consumer.group_metadata().ok_or(KafkaError::NoMessageReceived)?;
+            self.producer.send_offsets_to_transaction(offsets, &metadata, TIMEOUT)?;
+        }
+        self.producer.commit_transaction(TIMEOUT)
+    }
+
+    fn commit_at_least_once(&mut self, consumer: &GroupConsumer, offsets: &TopicPartitionList) -> Result<(), KafkaError> {
+        self.producer.flush(TIMEOUT)?;
+        let failures = self.take_delivery_failures();
+        if let Some(f) = failures.first() {
+            tracing::warn!(failures = failures.len(), "delivery failed: {f}");
+            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut));
+        }
+        if offsets.count() > 0 {
+            consumer.commit(offsets, rdkafka::consumer::CommitMode::Sync)?;
+        }
+        Ok(())
+    }
+
+    /// Classifies a failed commit the way librdkafka says: fatal → stop;
+    /// otherwise abort, drop the cache and rewind to the committed offsets.
+    fn abort(&mut self, consumer: &GroupConsumer, error: KafkaError) -> Result<(), RunError> {
+        if let KafkaError::Transaction(rd) = &error {
+            if rd.is_fatal() {
+                return Err(RunError::Fatal(error.to_string()));
+            }
+        }
+        tracing::warn!(error = %error, "cycle failed; aborting and rewinding to the committed offsets");
+        self.counters.aborts += 1;
+        if self.exactly_once {
+            if let Err(e) = self.producer.abort_transaction(TIMEOUT) {
+                return Err(RunError::Fatal(format!("abort after `{error}` failed: {e}")));
+            }
+        }
+        self.take_delivery_failures();
+        self.producer.context().state.lock().expect("deliveries").changelog.clear();
+        for task in self.tasks.values_mut() {
+            task.abort();
+        }
+        self.positions.clear();
+        self.txn_open = false;
+        self.rewind(consumer)
+    }
+
+    fn rewind(&mut self, consumer: &GroupConsumer) -> Result<(), RunError> {
+        let committed = consumer.committed(TIMEOUT).map_err(|e| RunError::kafka("read committed offsets", e))?;
+        for el in committed.elements() {
+            let offset = match el.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            consumer
+                .seek(el.topic(), el.partition(), offset, TIMEOUT)
+                .map_err(|e| RunError::kafka(format!("seek {} partition {}", el.topic(), el.partition()), e))?;
+        }
+        Ok(())
+    }
+
+    fn on_revoke(&mut self, consumer: &GroupConsumer, tpl: &TopicPartitionList) -> Result<(), RunError> {
+        self.commit(consumer)?;
+        let revoked: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        for p in &revoked {
+            if self.tasks.remove(p).is_some() {
+                tracing::info!(partition = p, "task closed (revoked)");
+            }
+        }
+        Ok(())
+    }
+
+    fn on_assign(&mut self, tpl: &TopicPartitionList) -> Result<(), RunError> {
+        let mut by_partition: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+        for el in tpl.elements() {
+            by_partition.entry(el.partition()).or_default().insert(el.topic().to_string());
+        }
+        for (p, topics) in &by_partition {
+            if topics != &self.sources {
+                let missing: Vec<&String> = self.sources.difference(topics).collect();
+                return Err(RunError::Assignment(format!(
+                    "partition {p} was assigned for {topics:?} but not for {missing:?}; use partition.assignment.strategy=range and equal partition counts"
+                )));
+            }
+        }
+        for p in by_partition.keys() {
+            if self.tasks.contains_key(p) {
+                continue;
+            }
+            let mut task = self.db.task(*p)?;
+            let started = Instant::now();
+            let restored = self.restore(&mut task)?;
+            tracing::info!(
+                partition = p,
+                restored,
+                checkpoint = task.checkpoint(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "task opened"
+            );
+            self.tasks.insert(*p, task);
+        }
+        Ok(())
+    }
+
+    /// Reads the task's changelog partition from its checkpoint to the end
+    /// (committed records only) into the local store.
+    fn restore(&self, task: &mut TaskStore) -> Result<u64, RunError> {
+        let p = task.partition();
+        let consumer: BaseConsumer = client_config(
+            &self.config,
+            &[("isolation.level", "read_committed"), ("enable.partition.eof", "true"), ("enable.auto.commit", "false"), ("group.id", "tributary-restore")],
+        )
+        .create()
+        .map_err(|e| RunError::kafka("create restore consumer", e))?;
+        let (low, high) = consumer
+            .fetch_watermarks(&self.changelog, p, TIMEOUT)
+            .map_err(|e| RunError::kafka(format!("watermarks of {} partition {p}", self.changelog), e))?;
+        let start = task.checkpoint().max(low);
+        if start >= high {
+            return Ok(0);
+        }
+        tracing::info!(partition = p, from = start, to = high, "restoring state from the changelog");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.changelog, p, Offset::Offset(start)).map_err(|e| RunError::kafka("restore", e))?;
+        consumer.assign(&tpl).map_err(|e| RunError::kafka("assign changelog", e))?;
+        let mut next = start;
+        let mut restored = 0u64;
+        let mut last_log = Instant::now();
+        while next < high {
+            match consumer.poll(Duration::from_millis(500)) {
+                None => continue,
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => return Err(RunError::kafka(format!("restore {} partition {p}", self.changelog), e)),
+                Some(Ok(m)) => {
+                    let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                    let state = match m.payload() {
+                        Some(v) => Some(decode_state(v).map_err(|source| StoreError::Decode { partition: p, key: key.clone(), source })?),
+                        None => None,
+                    };
+                    task.put_restored(key, state);
+                    next = m.offset() + 1;
+                    restored += 1;
+                    if last_log.elapsed() > Duration::from_secs(5) {
+                        tracing::info!(partition = p, at = next, to = high, restored, "restoring");
+                        last_log = Instant::now();
+                    }
+                }
+            }
+        }
+        task.commit(next)?;
+        Ok(restored)
+    }
+}
+
+/// Runs the processor until `shutdown` is set (SIGINT/SIGTERM) or a fatal error.
+pub async fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Counters, RunError> {
+    let group = config.kafka.group_id.clone();
+    let instance = instance_id(&config);
+    let exactly_once = config.runtime.processing == Processing::ExactlyOnce;
+    let source_topics: Vec<String> = config.sources.iter().map(|s| s.topic.clone()).collect();
+    tracing::info!(
+        group = %group,
+        instance = %instance,
+        processing = ?config.runtime.processing,
+        policy = config.merge.policy.as_str(),
+        deletes = config.merge.deletes.as_str(),
+        "starting with configuration:\n{}",
+        config.to_redacted_toml()
+    );
+
+    // Start-up checks and topics.
+    let probe: BaseConsumer = client_config(&config, &[]).create().map_err(|e| RunError::kafka("create client", e))?;
+    let partitions = topics::check_co_partitioning(&probe, &source_topics, TIMEOUT)?;
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(&config, &[]).create().map_err(|e| RunError::kafka("create admin client", e))?;
+    let changelog = changelog_topic(&group);
+    let dlq = dlq_topic(&group);
+    let specs = [
+        topics::TopicSpec { name: config.output.topic.clone(), role: "output", cleanup_policy: "compact" },
+        topics::TopicSpec { name: changelog.clone(), role: "changelog", cleanup_policy: "compact" },
+        topics::TopicSpec { name: dlq.clone(), role: "dead-letter", cleanup_policy: "delete" },
+    ];
+    topics::ensure_topics(&admin, &probe, &specs, partitions, config.kafka.replication_factor.unwrap_or(-1), TIMEOUT).await?;
+    drop(probe);
+    tracing::info!(partitions, "source topics are co-partitioned");
+
+    let db = StateDb::open(&config.runtime.state_dir)?;
+    let transactional_id = format!("{group}-{instance}");
+    let mut producer_defaults = vec![("enable.idempotence", "true"), ("linger.ms", "5"), ("compression.type", "lz4")];
+    if exactly_once {
+        producer_defaults.extend([
+            ("transactional.id", transactional_id.as_str()),
+            ("transaction.timeout.ms", "10000"),
+            ("message.timeout.ms", "10000"),
+        ]);
+    }
+    let producer: Producer_ = client_config(&config, &producer_defaults)
+        .create_with_context(DeliveryTracker { changelog_topic: changelog.clone(), state: Mutex::default() })
+        .map_err(|e| RunError::kafka("create producer", e))?;
+    if exactly_once {
+        // Fences an older incarnation with the same transactional.id and
+        // aborts whatever transaction it left open (e.g. after kill -9).
+        producer
+            .init_transactions(TIMEOUT)
+            .map_err(|e| RunError::kafka(format!("init transactions (transactional.id {transactional_id})"), e))?;
+    }
+
+    let worker = Arc::new(Mutex::new(Worker {
+        pipeline: Pipeline::new(&config),
+        config: config.clone(),
+        producer,
+        db: db.clone(),
+        tasks: BTreeMap::new(),
+        positions: HashMap::new(),
+        txn_open: false,
+        exactly_once,
+        changelog,
+        dlq,
+        sources: source_topics.iter().cloned().collect(),
+        last_commit: Instant::now(),
+        fatal: None,
+        counters: Counters::default(),
+    }));
+    let mut consumer_defaults = vec![
+        ("group.id", group.as_str()),
+        ("partition.assignment.strategy", "range"),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("isolation.level", "read_committed"),
+        ("auto.offset.reset", "earliest"),
+    ];
+    if let Some(id) = &config.kafka.instance_id {
+        consumer_defaults.push(("group.instance.id", id.as_str()));
+    }
+    let consumer: GroupConsumer = client_config(&config, &consumer_defaults)
+        .create_with_context(GroupContext { worker: worker.clone() })
+        .map_err(|e| RunError::kafka("create consumer", e))?;
+    let topic_refs: Vec<&str> = source_topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs).map_err(|e| RunError::kafka("subscribe", e))?;
+    let interval = config.runtime.commit_interval;
+
+    tokio::task::spawn_blocking(move || {
+        let result = main_loop(&consumer, &worker, interval, &shutdown);
+        // Leave the group (the revocation callback commits what is open).
+        consumer.unsubscribe();
+        drop(consumer);
+        let counters = worker.lock().expect("worker").counters.clone();
+        if let Err(e) = db.persist() {
+            tracing::warn!("persisting the state store on exit: {e}");
+        }
+        result.map(|()| counters)
+    })
+    .await
+    .expect("the processing thread does not panic")
+}
+
+fn main_loop(consumer: &GroupConsumer, worker: &Mutex<Worker>, interval: Duration, shutdown: &AtomicBool) -> Result<(), RunError> {
+    while !shutdown.load(Ordering::Relaxed) {
+        let msg = consumer.poll(Duration::from_millis(20));
+        let mut w = worker.lock().expect("worker");
+        if let Some(e) = w.fatal.take() {
+            return Err(e);
+        }
+        match msg {
+            Some(Ok(m)) => w.process(&m)?,
+            Some(Err(e)) => tracing::warn!("consumer: {e}"),
+            None => {}
+        }
+        if w.last_commit.elapsed() >= interval {
+            w.commit(consumer)?;
+        }
+    }
+    let mut w = worker.lock().expect("worker");
+    w.commit(consumer)?;
+    let c = &w.counters;
+    tracing::info!(
+        consumed = c.consumed,
+        emitted = c.emitted,
+        dropped = c.dropped,
+        dead_letters = c.dead_letters,
+        commits = c.commits,
+        aborts = c.aborts,
+        "stopped"
+    );
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Start-up checks and topic management: co-partitioning of the sources,
+//! and the output, changelog and dead-letter topics (created when missing,
+//! validated when present).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+
+use super::RunError;
+
+/// What a topic must look like.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// Its role, for messages ("output", "changelog", "dead-letter").
+    pub role: &'static str,
+    /// `compact` or `delete`.
+    pub cleanup_policy: &'static str,
+}
+
+/// Reads the partition count of every source topic and checks they agree.
+/// Returns the common count.
+pub fn check_co_partitioning(consumer: &BaseConsumer, topics: &[String], timeout: Duration) -> Result<i32, RunError> {
+    let mut counts: BTreeMap<String, Option<i32>> = BTreeMap::new();
+    for topic in topics {
+        let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| RunError::kafka(format!("metadata of source topic {topic}"), e))?;
+        let count = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .filter(|t| t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .filter(|n| *n > 0);
+        counts.insert(topic.clone(), count);
+    }
+    let missing: Vec<&str> = counts.iter().filter(|(_, c)| c.is_none()).map(|(t, _)| t.as_str()).collect();
+    if !missing.is_empty() {
+        return Err(RunError::Topics(format!("source topic(s) do not exist: {}", missing.join(", "))));
+    }
+    let distinct: std::collections::BTreeSet<i32> = counts.values().flatten().copied().collect();
+    if distinct.len() > 1 {
+        let listing =
+            counts.iter().map(|(t, c)| format!("{t}: {} partitions", c.unwrap_or(0))).collect::<Vec<_>>().join(", ");
+        return Err(RunError::CoPartitioning(listing));
+    }
+    Ok(*distinct.iter().next().expect("at least one source topic"))
+}
+
+/// Creates each topic that is missing (with `partitions` partitions) and
+/// validates those that exist (partition count and cleanup policy).
+pub async fn ensure_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    consumer: &BaseConsumer,
+    specs: &[TopicSpec],
+    partitions: i32,
+    replication_factor: i32,
+    timeout: Duration,
+) -> Result<(), RunError> {
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    for spec in specs {
+        let md = consumer
+            .fetch_metadata(Some(&spec.name), timeout)
+            .map_err(|e| RunError::kafka(format!("metadata of {} topic {}", spec.role, spec.name), e))?;
+        let existing = md.topics().iter().find(|t| t.name() == spec.name).filter(|t| t.error().is_none()).map(|t| t.partitions().len() as i32);
+        match existing {
+            Some(n) if n > 0 => {
+                if n != partitions {
+                    return Err(RunError::Topics(format!(
+                        "{} topic {} has {n} partitions, the source topics have {partitions}: partition p of the output must belong to task p",
+                        spec.role, spec.name
+                    )));
+                }
+                let described = admin
+                    .describe_configs([&ResourceSpecifier::Topic(&spec.name)], &opts)
+                    .await
+                    .map_err(|e| RunError::kafka(format!("describe {} topic {}", spec.role, spec.name), e))?;
+                let policy = described
+                    .into_iter()
+                    .next()
+                    .and_then(|r| r.ok())
+                    .and_then(|r| r.get("cleanup.policy").and_then(|e| e.value.clone()))
+                    .unwrap_or_default();
+                if spec.cleanup_policy == "compact" && !policy.split(',').any(|p| p.trim() == "compact") {
+                    return Err(RunError::Topics(format!(
+                        "{} topic {} has cleanup.policy={policy}; it must be compacted (cleanup.policy=compact)",
+                        spec.role, spec.name
+                    )));
+                }
+            }
+            _ => {
+                let topic = NewTopic::new(&spec.name, partitions, TopicReplication::Fixed(replication_factor))
+                    .set("cleanup.policy", spec.cleanup_policy);
+                let results = admin
+                    .create_topics([&topic], &opts)
+                    .await
+                    .map_err(|e| RunError::kafka(format!("create {} topic {}", spec.role, spec.name), e))?;
+                for r in results {
+                    match r {
+                        Ok(_) => tracing::info!(topic = %spec.name, role = spec.role, partitions, "created topic"),
+                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((name, code)) => {
+                            return Err(RunError::Topics(format!("cannot create {} topic {name}: {code}", spec.role)))
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

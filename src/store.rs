@@ -1,0 +1,239 @@
+//! The local state store: one fjall keyspace per task (partition number),
+//! with an in-memory write-back cache for the open transaction.
+//!
+//! Nothing reaches disk until [`TaskStore::commit`] is called, which the
+//! processor does only after the Kafka transaction that carried the same
+//! changes (as changelog records) has committed. An aborted transaction just
+//! drops the cache. Every commit also stores the task's *checkpoint*: the
+//! changelog offset up to which the local keyspace is known to be complete,
+//! so a restart restores only what came after it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::merge::KeyState;
+use crate::pipeline::StateStore;
+
+/// A state store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The embedded store failed.
+    #[error("state store at {path}: {source}")]
+    Db {
+        /// The state directory.
+        path: String,
+        /// fjall's error.
+        source: fjall::Error,
+    },
+    /// A stored value does not decode (disk corruption or an incompatible version).
+    #[error("state store: the stored state of key {key} in partition {partition} does not decode: {source}")]
+    Decode {
+        /// Task partition.
+        partition: i32,
+        /// The key.
+        key: String,
+        /// The decoder's error.
+        source: serde_json::Error,
+    },
+}
+
+/// Encodes a key state for the store and the changelog.
+pub fn encode_state(state: &KeyState) -> Vec<u8> {
+    serde_json::to_vec(state).expect("key states serialize")
+}
+
+/// Decodes a key state from the store or the changelog.
+pub fn decode_state(bytes: &[u8]) -> Result<KeyState, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+/// The on-disk database holding every task's keyspace.
+#[derive(Clone)]
+pub struct StateDb {
+    db: Database,
+    meta: Keyspace,
+    path: String,
+}
+
+impl StateDb {
+    /// Opens (or creates) the store under `dir`.
+    pub fn open(dir: &Path) -> Result<StateDb, StoreError> {
+        let path = dir.display().to_string();
+        let err = |source| StoreError::Db { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(|e| err(fjall::Error::from(e)))?;
+        let db = Database::builder(dir).open().map_err(err)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(err)?;
+        Ok(StateDb { db, meta, path })
+    }
+
+    /// Opens the task store of partition `p`.
+    pub fn task(&self, partition: i32) -> Result<TaskStore, StoreError> {
+        let keyspace = self
+            .db
+            .keyspace(&format!("task-{partition}"), KeyspaceCreateOptions::default)
+            .map_err(|source| StoreError::Db { path: self.path.clone(), source })?;
+        let checkpoint = self
+            .meta
+            .get(checkpoint_key(partition))
+            .map_err(|source| StoreError::Db { path: self.path.clone(), source })?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, i64::from_be_bytes);
+        Ok(TaskStore { db: self.clone(), keyspace, partition, checkpoint, cache: HashMap::new() })
+    }
+
+    /// Makes every committed write durable (on shutdown).
+    pub fn persist(&self) -> Result<(), StoreError> {
+        self.db.persist(PersistMode::SyncAll).map_err(|source| StoreError::Db { path: self.path.clone(), source })
+    }
+}
+
+fn checkpoint_key(partition: i32) -> String {
+    format!("checkpoint/{partition}")
+}
+
+/// One task's slice of the store plus the open transaction's changes.
+pub struct TaskStore {
+    db: StateDb,
+    keyspace: Keyspace,
+    partition: i32,
+    checkpoint: i64,
+    /// Changes of the open transaction: key → new state (`None`: removed).
+    cache: HashMap<String, Option<KeyState>>,
+}
+
+impl TaskStore {
+    /// The task's partition number.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The changelog offset the local keyspace is complete up to.
+    pub fn checkpoint(&self) -> i64 {
+        self.checkpoint
+    }
+
+    /// The state of `key`, as the open transaction sees it.
+    pub fn get(&mut self, key: &str) -> Result<Option<KeyState>, StoreError> {
+        if let Some(cached) = self.cache.get(key) {
+            return Ok(cached.clone());
+        }
+        self.load(key)
+    }
+
+    fn load(&self, key: &str) -> Result<Option<KeyState>, StoreError> {
+        let bytes = self.keyspace.get(key).map_err(|source| StoreError::Db { path: self.db.path.clone(), source })?;
+        bytes
+            .map(|b| {
+                decode_state(&b).map_err(|source| StoreError::Decode { partition: self.partition, key: key.to_string(), source })
+            })
+            .transpose()
+    }
+
+    /// The state the cache holds for `key` (after an update in the open transaction).
+    pub fn cached(&self, key: &str) -> Option<&KeyState> {
+        self.cache.get(key).and_then(Option::as_ref)
+    }
+
+    /// Puts a restored state (from the changelog) into the open cache.
+    pub fn put_restored(&mut self, key: String, state: Option<KeyState>) {
+        self.cache.insert(key, state);
+    }
+
+    /// Number of keys changed in the open transaction.
+    pub fn pending(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Writes the open transaction's changes and the new checkpoint
+    /// atomically, then clears the cache. Call only after the Kafka
+    /// transaction carrying the same changes committed.
+    pub fn commit(&mut self, checkpoint: i64) -> Result<(), StoreError> {
+        let mut batch = self.db.db.batch();
+        for (key, state) in self.cache.drain() {
+            match state {
+                Some(s) => batch.insert(&self.keyspace, key, encode_state(&s)),
+                None => batch.remove(&self.keyspace, key),
+            }
+        }
+        let checkpoint = checkpoint.max(self.checkpoint);
+        batch.insert(&self.db.meta, checkpoint_key(self.partition), checkpoint.to_be_bytes().to_vec());
+        batch.commit().map_err(|source| StoreError::Db { path: self.db.path.clone(), source })?;
+        self.checkpoint = checkpoint;
+        Ok(())
+    }
+
+    /// Drops the open transaction's changes (after an abort).
+    pub fn abort(&mut self) {
+        self.cache.clear();
+    }
+
+    /// Number of keys on disk (approximate; for metrics and logs).
+    pub fn approximate_keys(&self) -> usize {
+        self.keyspace.approximate_len()
+    }
+}
+
+impl StateStore for TaskStore {
+    type Error = StoreError;
+
+    fn update<R>(&mut self, key: &str, f: impl FnOnce(&mut KeyState) -> R) -> Result<R, StoreError> {
+        if let Some(Some(state)) = self.cache.get_mut(key) {
+            return Ok(f(state));
+        }
+        let mut state = match self.cache.get(key) {
+            Some(None) => KeyState::default(),
+            _ => self.load(key)?.unwrap_or_default(),
+        };
+        // Cached even when `f` changed nothing (a stale event): rewriting
+        // the same state at commit is harmless and saves a comparison per event.
+        let r = f(&mut state);
+        let keep = if state.is_empty() { None } else { Some(state) };
+        self.cache.insert(key.to_string(), keep);
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merge::{Op, Version, VersionVector};
+
+    fn state(n: u64) -> KeyState {
+        KeyState {
+            versions: vec![Version {
+                source: "eu".into(),
+                vv: VersionVector::single("eu", n),
+                ts: n as i64,
+                op: Op::Delete,
+                row: None,
+            }],
+            fields: None,
+        }
+    }
+
+    #[test]
+    fn writes_reach_disk_only_on_commit_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = StateDb::open(dir.path()).unwrap();
+            let mut t = db.task(3).unwrap();
+            assert_eq!(t.checkpoint(), 0);
+            t.update("k1", |s| *s = state(1)).unwrap();
+            t.update("k2", |s| *s = state(2)).unwrap();
+            t.abort();
+            assert_eq!(t.get("k1").unwrap(), None, "an abort drops the cache");
+            t.update("k1", |s| *s = state(5)).unwrap();
+            assert_eq!(t.cached("k1"), Some(&state(5)));
+            t.commit(42).unwrap();
+            db.persist().unwrap();
+        }
+        let db = StateDb::open(dir.path()).unwrap();
+        let mut t = db.task(3).unwrap();
+        assert_eq!(t.checkpoint(), 42);
+        assert_eq!(t.get("k1").unwrap(), Some(state(5)));
+        assert_eq!(t.get("k2").unwrap(), None);
+        assert_eq!(db.task(4).unwrap().checkpoint(), 0, "tasks are separate keyspaces");
+    }
+}
