@@ -35,6 +35,10 @@ use tributary::merge::{Applied, ChangeEvent, KeyState, MergeEngine, MergeSetting
 use tributary::normalize::InputRecord;
 use tributary::pipeline::{MemoryStore, Pipeline, Step};
 
+/// The allocator the `tributary` binary runs with, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SOURCES: [&str; 3] = ["eu", "us", "ap"];
 const TOPICS: [&str; 3] = ["eu.public.customers", "us.public.customers", "ap.public.customers"];
 /// Records per topic per poll.

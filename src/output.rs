@@ -28,13 +28,18 @@ pub struct OutputRecord {
 
 /// Encodes a merged view as an output record.
 pub fn encode(partition: i32, key: &str, resolved: &Resolved<'_>, timestamp: i64) -> OutputRecord {
+    encode_owned(partition, key.to_string(), resolved, timestamp)
+}
+
+/// [`encode`], taking the key by value.
+pub fn encode_owned(partition: i32, key: String, resolved: &Resolved<'_>, timestamp: i64) -> OutputRecord {
     let value = resolved.row.as_ref().map(|r| serde_json::to_string(r.as_ref()).expect("rows serialize"));
     let mut headers = Vec::with_capacity(4);
     headers.push((HEADER_VV, resolved.vv.to_json()));
-    headers.push((HEADER_CONFLICT, resolved.conflict().to_string()));
+    headers.push((HEADER_CONFLICT, String::from(if resolved.conflict() { "true" } else { "false" })));
     if let Some(w) = resolved.winner {
         headers.push((HEADER_WINNER, w.to_string()));
     }
     headers.push((HEADER_SIBLINGS, resolved.siblings.to_string()));
-    OutputRecord { partition, key: key.to_string(), value, headers, timestamp }
+    OutputRecord { partition, key, value, headers, timestamp }
 }

@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use crate::config::Config;
 use crate::merge::{Applied, KeyState, MergeEngine};
 use crate::normalize::{InputRecord, NormalizeError, NormalizeErrorKind, Normalized, SourceNormalizer};
-use crate::output::{encode, OutputRecord};
+use crate::output::{encode_owned, OutputRecord};
 
 /// Where key states live. The processor's store is on disk with a
 /// changelog; replay keeps them in memory.
@@ -112,7 +112,11 @@ impl Pipeline {
     /// Builds the pipeline of a (validated) configuration.
     pub fn new(config: &Config) -> Self {
         Self {
-            sources: config.sources.iter().map(|s| (s.topic.clone(), SourceNormalizer::new(s))).collect(),
+            sources: config
+                .sources
+                .iter()
+                .map(|s| (s.topic.clone(), SourceNormalizer::new(s, config.merge.policy)))
+                .collect(),
             engine: MergeEngine::new(config.merge_settings()),
         }
     }
@@ -130,13 +134,14 @@ impl Pipeline {
             kind: NormalizeErrorKind::UnknownTopic,
         })?;
         let source = normalizer.source().to_string();
-        let event = match normalizer.normalize(record)? {
+        let mut event = match normalizer.normalize(record)? {
             Normalized::Tombstone => return Ok(Step::Ignored { source }),
             Normalized::Event(e) => e,
         };
-        let key = event.key.clone();
+        // `apply` does not read the key: move it out, to end in the output record.
+        let key = std::mem::take(&mut event.key);
         let engine = &self.engine;
-        store
+        let step = store
             .update(&key, |state| match engine.apply(state, event) {
                 Applied::Stale => Step::Stale { source },
                 Applied::Duplicate => Step::Duplicate { source },
@@ -145,10 +150,18 @@ impl Pipeline {
                     // The newest commit time in the set: a function of the state,
                     // so the last record per key is the same in every interleaving.
                     let ts = state.versions.iter().map(|v| v.ts).max().unwrap_or(0).max(0);
-                    let record = encode(record.partition, &key, &resolved, ts);
+                    // The key is filled in below, once the store has done with it.
+                    let record = encode_owned(record.partition, String::new(), &resolved, ts);
                     Step::Emitted { source, record, siblings: resolved.siblings }
                 }
             })
-            .map_err(ProcessError::Store)
+            .map_err(ProcessError::Store)?;
+        Ok(match step {
+            Step::Emitted { source, mut record, siblings } => {
+                record.key = key;
+                Step::Emitted { source, record, siblings }
+            }
+            other => other,
+        })
     }
 }

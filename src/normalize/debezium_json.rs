@@ -1,11 +1,22 @@
 //! Debezium's JSON envelope, with or without the `schema`/`payload` wrapper
 //! that the JSON converter adds when `schemas.enable=true`.
+//!
+//! The envelope is decoded in one pass that builds only what is used: the
+//! `after` image, `source.ts_ms` (the whole `source` block only when a
+//! sequence path is configured) and the `before` image only when the caller
+//! needs it (always for deletes). What is skipped is still checked exactly as
+//! if it were built ([`SkippedRow`], [`SourceTs`]), so the same records are
+//! accepted and rejected. Only a rejected record is decoded a second time,
+//! with the full envelope and the field path tracked, to word the error.
 
-use serde::de::IgnoredAny;
-use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use super::{lookup, Format, InputRecord, NormalizeErrorKind, RawChange, RawOp};
+use super::{Format, InputRecord, NormalizeErrorKind, Parsed, RawChange, RawOp};
 use crate::merge::Row;
 
 /// The `debezium-json` format.
@@ -13,41 +24,220 @@ use crate::merge::Row;
 pub struct DebeziumJson;
 
 /// The envelope fields Tributary reads; the rest (e.g. `transaction`) is
-/// skipped without building values for it.
+/// skipped without building values for it. `S` is how `source` is read
+/// ([`Row`] or [`SourceTs`]), `B` how `before` is read ([`Row`] or
+/// [`SkippedRow`]); `Envelope<Row, Row>` is the complete envelope.
 #[derive(Deserialize)]
-struct Envelope {
+#[serde(bound(deserialize = "S: Deserialize<'de>, B: Deserialize<'de>"))]
+struct Envelope<'a, S, B> {
     #[serde(default)]
     schema: Option<IgnoredAny>,
     #[serde(default)]
-    payload: Option<Box<Envelope>>,
+    payload: Option<Box<Envelope<'a, S, B>>>,
+    #[serde(default, borrow)]
+    op: Option<Cow<'a, str>>,
     #[serde(default)]
-    op: Option<String>,
-    #[serde(default)]
-    before: Option<Row>,
+    before: Option<B>,
     #[serde(default)]
     after: Option<Row>,
     #[serde(default)]
-    source: Option<Row>,
+    source: Option<S>,
     #[serde(default)]
     ts_ms: Option<i64>,
 }
 
-impl Format for DebeziumJson {
-    fn name(&self) -> &'static str {
-        "debezium-json"
-    }
+/// How the `source` block is kept.
+trait SourceBlock {
+    /// `source.ts_ms`, as a JSON value.
+    fn ts_ms(&self) -> Option<&Value>;
+    /// Takes a field out (for the sequence path).
+    fn take(&mut self, field: &str) -> Option<Value>;
+}
 
-    fn parse(&self, record: &InputRecord<'_>, sequence: Option<&[String]>) -> Result<Option<RawChange>, NormalizeErrorKind> {
-        let Some(bytes) = record.value.filter(|v| !v.is_empty()) else {
-            return Ok(None); // Debezium's tombstone after a delete.
-        };
-        let bad = |detail: String| NormalizeErrorKind::BadValue { format: "debezium-json", detail };
-        // The path names the offending field (`payload.ts_ms: invalid type…`).
-        let mut env: Envelope = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
-            .map_err(|e| match e.path().to_string().as_str() {
-                "." => bad(e.inner().to_string()),
-                path => bad(format!("{path}: {}", e.inner())),
-            })?;
+impl SourceBlock for Row {
+    fn ts_ms(&self) -> Option<&Value> {
+        self.get("ts_ms")
+    }
+    fn take(&mut self, field: &str) -> Option<Value> {
+        self.remove(field)
+    }
+}
+
+/// The `source` block when only `ts_ms` is used: the other fields are
+/// checked as a [`Row`] would check them, but not kept.
+struct SourceTs {
+    ts_ms: Option<Value>,
+}
+
+impl SourceBlock for SourceTs {
+    fn ts_ms(&self) -> Option<&Value> {
+        self.ts_ms.as_ref()
+    }
+    fn take(&mut self, _field: &str) -> Option<Value> {
+        None
+    }
+}
+
+/// How the `before` image is kept.
+trait BeforeImage {
+    /// True when the image is built.
+    const KEPT: bool;
+    fn into_row(self) -> Option<Row>;
+}
+
+impl BeforeImage for Row {
+    const KEPT: bool = true;
+    fn into_row(self) -> Option<Row> {
+        Some(self)
+    }
+}
+
+/// A row image that was checked like a [`Row`] (same accepted inputs, same
+/// errors) but not built.
+struct SkippedRow;
+
+impl BeforeImage for SkippedRow {
+    const KEPT: bool = false;
+    fn into_row(self) -> Option<Row> {
+        None
+    }
+}
+
+/// The expectation of [`Row`]'s own visitor, so type errors read the same.
+const A_MAP: &str = "a map";
+
+impl<'de> Deserialize<'de> for SkippedRow {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RowVisitor;
+        impl<'de> Visitor<'de> for RowVisitor {
+            type Value = SkippedRow;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(A_MAP)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<SkippedRow, E> {
+                Ok(SkippedRow) // as `Row` (an empty map)
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<SkippedRow, M::Error> {
+                while map.next_key::<CheckedKey>()?.is_some() {
+                    map.next_value::<CheckedValue>()?;
+                }
+                Ok(SkippedRow)
+            }
+        }
+        d.deserialize_map(RowVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for SourceTs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SourceVisitor;
+        impl<'de> Visitor<'de> for SourceVisitor {
+            type Value = SourceTs;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(A_MAP)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<SourceTs, E> {
+                Ok(SourceTs { ts_ms: None })
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<SourceTs, M::Error> {
+                let mut ts_ms = None;
+                while let Some(CheckedKey(is_ts_ms)) = map.next_key()? {
+                    if is_ts_ms {
+                        // A repeated field: the last one counts, as in a `Row`.
+                        ts_ms = Some(map.next_value::<Value>()?);
+                    } else {
+                        map.next_value::<CheckedValue>()?;
+                    }
+                }
+                Ok(SourceTs { ts_ms })
+            }
+        }
+        d.deserialize_map(SourceVisitor)
+    }
+}
+
+/// A map key, read as a `Row` reads it; true when it is `ts_ms`.
+struct CheckedKey(bool);
+
+impl<'de> Deserialize<'de> for CheckedKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = CheckedKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CheckedKey, E> {
+                Ok(CheckedKey(v == "ts_ms"))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Any JSON value, read as a [`Value`] reads it (the parser does every
+/// check: syntax, UTF-8, escapes, number range, nesting depth), not built.
+struct CheckedValue;
+
+impl<'de> Deserialize<'de> for CheckedValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = CheckedValue;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<CheckedValue, E> {
+        Ok(CheckedValue)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<CheckedValue, E> {
+        Ok(CheckedValue)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<CheckedValue, E> {
+        Ok(CheckedValue)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<CheckedValue, E> {
+        Ok(CheckedValue)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<CheckedValue, E> {
+        Ok(CheckedValue)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<CheckedValue, E> {
+        Ok(CheckedValue)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<CheckedValue, E> {
+        Ok(CheckedValue)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<CheckedValue, D::Error> {
+        CheckedValue::deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CheckedValue, A::Error> {
+        while seq.next_element::<CheckedValue>()?.is_some() {}
+        Ok(CheckedValue)
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<CheckedValue, M::Error> {
+        while map.next_key::<CheckedKey>()?.is_some() {
+            map.next_value::<CheckedValue>()?;
+        }
+        Ok(CheckedValue)
+    }
+}
+
+impl DebeziumJson {
+    /// Parses `bytes` with `source` read as `S` and `before` as `B`.
+    fn parse_as<'a, S, B>(bytes: &'a [u8], sequence: Option<&[String]>) -> Result<Option<Parsed>, NormalizeErrorKind>
+    where
+        S: SourceBlock + Deserialize<'a>,
+        B: BeforeImage + Deserialize<'a>,
+    {
+        // No trailing-bytes check: only the envelope value is read.
+        let mut env = Envelope::<S, B>::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+            .map_err(|e| describe_error(bytes, e))?;
         if env.op.is_none() {
             match env.payload.take() {
                 Some(inner) => env = *inner,
@@ -65,7 +255,12 @@ impl Format for DebeziumJson {
             Some(other) => return Err(NormalizeErrorKind::UnsupportedOp(other.to_string())),
             None => return Err(NormalizeErrorKind::MissingOp),
         };
-        let source_ts = match env.source.as_ref().and_then(|s| s.get("ts_ms")) {
+        if op == RawOp::Delete && !B::KEPT {
+            // A delete's before image is its key and its carried clock: read
+            // the record again, keeping it (deletes are the minority).
+            return Self::parse_as::<S, Row>(bytes, sequence);
+        }
+        let source_ts = match env.source.as_ref().and_then(S::ts_ms) {
             None | Some(Value::Null) => None,
             Some(v) => Some(v.as_i64().ok_or_else(|| NormalizeErrorKind::BadTimestamp {
                 path: "source.ts_ms".into(),
@@ -76,10 +271,70 @@ impl Format for DebeziumJson {
         // configuration rejects other roots, which deletes could not carry.
         let sequence = sequence.and_then(|path| match path {
             [first, second, rest @ ..] if first == "source" => {
-                lookup(env.source.as_ref()?.get(second.as_str())?, rest).cloned()
+                let top = env.source.as_mut()?.take(second)?;
+                if rest.is_empty() {
+                    Some(top)
+                } else {
+                    super::lookup(&top, rest).cloned()
+                }
             }
             _ => None,
         });
-        Ok(Some(RawChange { op, before: env.before, after: env.after, ts: source_ts.or(env.ts_ms), sequence }))
+        let had_before = env.before.is_some();
+        Ok(Some(Parsed {
+            raw: RawChange {
+                op,
+                before: env.before.and_then(B::into_row),
+                after: env.after,
+                ts: source_ts.or(env.ts_ms),
+                sequence,
+            },
+            had_before,
+        }))
+    }
+}
+
+/// The message for a record the envelope decoder rejected: decoded again as
+/// the complete envelope with the field path tracked, so it names the
+/// offending field (`payload.ts_ms: invalid type…`).
+#[cold]
+fn describe_error(bytes: &[u8], first: serde_json::Error) -> NormalizeErrorKind {
+    let bad = |detail: String| NormalizeErrorKind::BadValue { format: "debezium-json", detail };
+    let full = serde_path_to_error::deserialize::<_, Envelope<'_, Row, Row>>(&mut serde_json::Deserializer::from_slice(bytes));
+    match full {
+        Err(e) => match e.path().to_string().as_str() {
+            "." => bad(e.inner().to_string()),
+            path => bad(format!("{path}: {}", e.inner())),
+        },
+        // Unreachable: the lean decoders accept exactly what the full one accepts.
+        Ok(_) => bad(first.to_string()),
+    }
+}
+
+impl Format for DebeziumJson {
+    fn name(&self) -> &'static str {
+        "debezium-json"
+    }
+
+    fn parse(&self, record: &InputRecord<'_>, sequence: Option<&[String]>) -> Result<Option<RawChange>, NormalizeErrorKind> {
+        Ok(self.parse_lean(record, sequence, true)?.map(|p| p.raw))
+    }
+
+    fn parse_lean(
+        &self,
+        record: &InputRecord<'_>,
+        sequence: Option<&[String]>,
+        upsert_before: bool,
+    ) -> Result<Option<Parsed>, NormalizeErrorKind> {
+        let Some(bytes) = record.value.filter(|v| !v.is_empty()) else {
+            return Ok(None); // Debezium's tombstone after a delete.
+        };
+        // The whole `source` block only when a sequence path reads from it.
+        match (sequence.is_some(), upsert_before) {
+            (true, true) => Self::parse_as::<Row, Row>(bytes, sequence),
+            (true, false) => Self::parse_as::<Row, SkippedRow>(bytes, sequence),
+            (false, true) => Self::parse_as::<SourceTs, Row>(bytes, sequence),
+            (false, false) => Self::parse_as::<SourceTs, SkippedRow>(bytes, sequence),
+        }
     }
 }

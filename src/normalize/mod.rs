@@ -13,7 +13,7 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::config::{SourceConfig, SourceFormat};
-use crate::merge::{ChangeEvent, Op, Row, VersionVector};
+use crate::merge::{ChangeEvent, Op, Policy, Row, VersionVector};
 
 pub use debezium_json::DebeziumJson;
 pub use flat_json::FlatJson;
@@ -190,12 +190,35 @@ pub struct RawChange {
     pub sequence: Option<Value>,
 }
 
+/// What [`Format::parse_lean`] gives: the parsed envelope, whose `before`
+/// image may have been left out, and whether the record had one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    /// The parsed envelope.
+    pub raw: RawChange,
+    /// True when the record carried a `before` image (kept or not).
+    pub had_before: bool,
+}
+
 /// A format adapter: parses one record's value into a [`RawChange`].
 pub trait Format: Send + Sync + fmt::Debug {
     /// The format's configuration name, for messages.
     fn name(&self) -> &'static str;
     /// Parses the value. `Ok(None)` is a tombstone to ignore.
     fn parse(&self, record: &InputRecord<'_>, sequence: Option<&[String]>) -> Result<Option<RawChange>, NormalizeErrorKind>;
+    /// As [`parse`](Format::parse), except that when `upsert_before` is false
+    /// the `before` image of an upsert may be left out (`raw.before` is then
+    /// `None`, `had_before` still tells). Deletes always keep it. Accepts and
+    /// rejects exactly the records `parse` does, with the same errors.
+    fn parse_lean(
+        &self,
+        record: &InputRecord<'_>,
+        sequence: Option<&[String]>,
+        upsert_before: bool,
+    ) -> Result<Option<Parsed>, NormalizeErrorKind> {
+        let _ = upsert_before;
+        Ok(self.parse(record, sequence)?.map(|raw| Parsed { had_before: raw.before.is_some(), raw }))
+    }
 }
 
 /// Looks up a dotted path (already split) in a JSON value.
@@ -211,11 +234,19 @@ pub struct SourceNormalizer {
     sequence: Option<(String, Vec<String>)>,
     clock_field: Option<String>,
     key_fields: Option<Vec<String>>,
+    /// Whether upserts need their `before` image: only `field-lww` reads it
+    /// (changed-column detection). Deletes always keep theirs (key fields,
+    /// carried clocks).
+    upsert_before: bool,
 }
 
 impl SourceNormalizer {
-    /// Builds the normalizer of a configured source.
-    pub fn new(config: &SourceConfig) -> Self {
+    /// Builds the normalizer of a configured source for the merge `policy`
+    /// in force. Events are the same under every policy except that row-level
+    /// policies (`lww`, `source-priority`), which never read an upsert's
+    /// `before` image, get upserts without it ([`ChangeEvent::full_image`]
+    /// still reflects whether the record had one).
+    pub fn new(config: &SourceConfig, policy: Policy) -> Self {
         let format: Box<dyn Format> = match config.format {
             SourceFormat::DebeziumJson => Box::new(DebeziumJson),
             SourceFormat::Json => Box::new(FlatJson::new(config.ts_field.as_deref(), &config.deleted_field)),
@@ -226,6 +257,7 @@ impl SourceNormalizer {
             sequence: config.sequence.as_ref().map(|p| (p.clone(), p.split('.').map(String::from).collect())),
             clock_field: config.clock_field.clone(),
             key_fields: config.key_fields.clone(),
+            upsert_before: policy == Policy::FieldLww,
         }
     }
 
@@ -245,7 +277,7 @@ impl SourceNormalizer {
 
     fn normalize_inner(&self, record: &InputRecord<'_>) -> Result<Normalized, NormalizeErrorKind> {
         let seq_path = self.sequence.as_ref().map(|(_, p)| p.as_slice());
-        let Some(mut raw) = self.format.parse(record, seq_path)? else {
+        let Some(Parsed { mut raw, had_before }) = self.format.parse_lean(record, seq_path, self.upsert_before)? else {
             return Ok(Normalized::Tombstone);
         };
         let op = match raw.op {
@@ -296,7 +328,7 @@ impl SourceNormalizer {
                 VersionVector::single(&self.name, seq)
             }
         };
-        let full_image = matches!(raw.op, RawOp::Create | RawOp::Read) || raw.before.is_none();
+        let full_image = matches!(raw.op, RawOp::Create | RawOp::Read) || !had_before;
         Ok(Normalized::Event(ChangeEvent {
             source: self.name.clone(),
             key,
@@ -338,6 +370,14 @@ impl SourceNormalizer {
 /// The record key as a canonical JSON object (Debezium `payload` unwrapped).
 pub(crate) fn record_key(record: &InputRecord<'_>) -> Result<String, NormalizeErrorKind> {
     let bytes = record.key.filter(|k| !k.is_empty()).ok_or(NormalizeErrorKind::MissingKey)?;
+    if let Some(key) = already_canonical(bytes) {
+        return Ok(key.to_string());
+    }
+    canonicalize_key(bytes)
+}
+
+/// [`record_key`] the long way: parse, unwrap, re-serialize.
+fn canonicalize_key(bytes: &[u8]) -> Result<String, NormalizeErrorKind> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| NormalizeErrorKind::BadKey(e.to_string()))?;
     let value = match value {
         Value::Object(mut o) if o.contains_key("payload") && o.contains_key("schema") => o.remove("payload").unwrap_or(Value::Null),
@@ -349,6 +389,87 @@ pub(crate) fn record_key(record: &InputRecord<'_>) -> Result<String, NormalizeEr
         Value::Object(_) => Err(NormalizeErrorKind::BadKey("the key object has no fields".into())),
         other => Err(NormalizeErrorKind::BadKey(format!("expected an object, found {}", json_kind(&other)))),
     }
+}
+
+/// `bytes` as text when they are, byte for byte, what [`canonicalize_key`]
+/// would return: a non-empty flat object without whitespace, with strictly
+/// increasing field names, no `payload` field, and only values serde_json
+/// writes back unchanged — `true`, `false`, `null`, integers of at most 18
+/// digits without leading zeros (not `-0`), and strings of printable ASCII
+/// without escapes (names likewise). `None` means "not sure": take the long way.
+fn already_canonical(bytes: &[u8]) -> Option<&str> {
+    fn plain_string(b: &[u8], i: &mut usize) -> Option<usize> {
+        // At the opening quote; returns the end (exclusive) of the content.
+        if b.get(*i) != Some(&b'"') {
+            return None;
+        }
+        *i += 1;
+        let start = *i;
+        while let Some(&c) = b.get(*i) {
+            match c {
+                b'"' => {
+                    let end = *i;
+                    *i += 1;
+                    return Some(end - start);
+                }
+                b'\\' => return None,
+                0x20..=0x7e => *i += 1,
+                _ => return None,
+            }
+        }
+        None
+    }
+    let (&b'{', _) = bytes.split_first()? else { return None };
+    let mut i = 1;
+    let mut prev: Option<&[u8]> = None;
+    loop {
+        let name_start = i + 1;
+        let name_len = plain_string(bytes, &mut i)?;
+        let name = &bytes[name_start..name_start + name_len];
+        if prev.is_some_and(|p| p >= name) || name == b"payload" {
+            return None;
+        }
+        prev = Some(name);
+        if bytes.get(i) != Some(&b':') {
+            return None;
+        }
+        i += 1;
+        match *bytes.get(i)? {
+            b'"' => {
+                plain_string(bytes, &mut i)?;
+            }
+            b't' if bytes[i..].starts_with(b"true") => i += 4,
+            b'f' if bytes[i..].starts_with(b"false") => i += 5,
+            b'n' if bytes[i..].starts_with(b"null") => i += 4,
+            c @ (b'-' | b'0'..=b'9') => {
+                if c == b'-' {
+                    i += 1;
+                }
+                let digits_start = i;
+                while bytes.get(i).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                }
+                let digits = &bytes[digits_start..i];
+                let ok = match digits {
+                    [] => false,
+                    [b'0'] => c != b'-',
+                    [b'0', ..] => false,
+                    _ => digits.len() <= 18,
+                };
+                if !ok {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+        match *bytes.get(i)? {
+            b',' => i += 1,
+            b'}' if i + 1 == bytes.len() => break,
+            _ => return None,
+        }
+    }
+    // Printable ASCII throughout, so this cannot fail.
+    std::str::from_utf8(bytes).ok()
 }
 
 pub(crate) fn json_kind(v: &Value) -> &'static str {

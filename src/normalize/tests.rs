@@ -1,11 +1,18 @@
 use super::*;
 use crate::config::SourceConfig;
+use proptest::strategy::{Just, Strategy as _};
 use serde_json::json;
 
 fn source(extra: &str) -> SourceNormalizer {
     let text = format!("name = \"eu\"\ntopic = \"eu.t\"\n{extra}");
     let cfg: SourceConfig = toml::from_str(&text).unwrap();
-    SourceNormalizer::new(&cfg)
+    SourceNormalizer::new(&cfg, Policy::Lww)
+}
+
+fn source_with(extra: &str, policy: Policy) -> SourceNormalizer {
+    let text = format!("name = \"eu\"\ntopic = \"eu.t\"\n{extra}");
+    let cfg: SourceConfig = toml::from_str(&text).unwrap();
+    SourceNormalizer::new(&cfg, policy)
 }
 
 fn rec<'a>(key: Option<&'a str>, value: Option<&'a str>) -> InputRecord<'a> {
@@ -177,4 +184,295 @@ fn a_carried_clock_at_the_largest_counter_is_a_dead_letter_not_a_panic() {
     let n = source(r#"clock_field = "_vv""#);
     let del = format!(r#"{{"before":{{"id":1,"_vv":{{"eu":{}}}}},"op":"d","source":{{"ts_ms":1}}}}"#, u64::MAX);
     assert_eq!(err(n.normalize(&rec(Some(r#"{"id":1}"#), Some(&del)))).kind.reason(), "bad_clock");
+}
+
+// ------------------------------------------------------------------------
+// The lean Debezium decoder against the straightforward one it replaced.
+
+/// The envelope decoder as first written: every field built, the field path
+/// tracked. The lean decoder must accept and reject the same records, with
+/// the same messages, and give the same values.
+mod reference {
+    use serde::de::IgnoredAny;
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    use super::super::{lookup, NormalizeErrorKind, RawChange, RawOp};
+    use crate::merge::Row;
+
+    #[derive(Deserialize)]
+    struct Envelope {
+        #[serde(default)]
+        schema: Option<IgnoredAny>,
+        #[serde(default)]
+        payload: Option<Box<Envelope>>,
+        #[serde(default)]
+        op: Option<String>,
+        #[serde(default)]
+        before: Option<Row>,
+        #[serde(default)]
+        after: Option<Row>,
+        #[serde(default)]
+        source: Option<Row>,
+        #[serde(default)]
+        ts_ms: Option<i64>,
+    }
+
+    pub fn parse(bytes: &[u8], sequence: Option<&[String]>) -> Result<Option<RawChange>, NormalizeErrorKind> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let bad = |detail: String| NormalizeErrorKind::BadValue { format: "debezium-json", detail };
+        let mut env: Envelope = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+            .map_err(|e| match e.path().to_string().as_str() {
+                "." => bad(e.inner().to_string()),
+                path => bad(format!("{path}: {}", e.inner())),
+            })?;
+        if env.op.is_none() {
+            match env.payload.take() {
+                Some(inner) => env = *inner,
+                None if env.schema.is_some() => return Ok(None),
+                None => return Err(NormalizeErrorKind::MissingOp),
+            }
+        }
+        let op = match env.op.as_deref() {
+            Some("c") => RawOp::Create,
+            Some("u") => RawOp::Update,
+            Some("r") => RawOp::Read,
+            Some("d") => RawOp::Delete,
+            Some("t") => return Err(NormalizeErrorKind::Truncate),
+            Some(other) => return Err(NormalizeErrorKind::UnsupportedOp(other.to_string())),
+            None => return Err(NormalizeErrorKind::MissingOp),
+        };
+        let source_ts = match env.source.as_ref().and_then(|s| s.get("ts_ms")) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_i64().ok_or_else(|| NormalizeErrorKind::BadTimestamp {
+                path: "source.ts_ms".into(),
+                problem: format!("{v} is not an integer number of milliseconds"),
+            })?),
+        };
+        let sequence = sequence.and_then(|path| match path {
+            [first, second, rest @ ..] if first == "source" => {
+                lookup(env.source.as_ref()?.get(second.as_str())?, rest).cloned()
+            }
+            _ => None,
+        });
+        Ok(Some(RawChange { op, before: env.before, after: env.after, ts: source_ts.or(env.ts_ms), sequence }))
+    }
+}
+
+/// Checks every decoding mode of `bytes` against the reference.
+fn check_against_reference(bytes: &[u8]) {
+    let seq_paths: [Option<Vec<String>>; 3] = [
+        None,
+        Some(vec!["source".into(), "lsn".into()]),
+        Some(vec!["source".into(), "a".into(), "b".into()]),
+    ];
+    let record = InputRecord { topic: "t", partition: 0, offset: 0, timestamp: None, key: None, value: Some(bytes) };
+    let text = String::from_utf8_lossy(bytes);
+    for seq in &seq_paths {
+        let seq = seq.as_deref();
+        let want = reference::parse(bytes, seq);
+        assert_eq!(DebeziumJson.parse(&record, seq), want, "parse, sequence {seq:?}: {text}");
+        for upsert_before in [false, true] {
+            let got = DebeziumJson.parse_lean(&record, seq, upsert_before);
+            let want = want.clone().map(|o| {
+                o.map(|raw| {
+                    let had_before = raw.before.is_some();
+                    let keep = upsert_before || raw.op == RawOp::Delete;
+                    Parsed { raw: RawChange { before: if keep { raw.before } else { None }, ..raw }, had_before }
+                })
+            });
+            assert_eq!(got, want, "parse_lean, sequence {seq:?}, upsert_before {upsert_before}: {text}");
+        }
+    }
+}
+
+#[test]
+fn lean_decoding_matches_the_reference_on_edge_cases() {
+    let cases: &[&str] = &[
+        UPDATE,
+        r#"{"schema":{"type":"struct"},"payload":{"before":{"id":1},"after":{"id":1,"v":2},"op":"u","source":{"ts_ms":5,"lsn":9}}}"#,
+        r#"{"before":{"id":1,"_vv":"{}"},"after":null,"op":"d","source":{"ts_ms":1,"lsn":7}}"#,
+        r#"{"before":null,"after":{"id":1},"op":"u","source":{"ts_ms":1}}"#,
+        r#"{"before":5,"after":{"id":1},"op":"u"}"#,
+        r#"{"before":[1],"after":{"id":1},"op":"u"}"#,
+        r#"{"before":"x","after":{"id":1},"op":"u"}"#,
+        r#"{"before":{"a":1e400},"after":{"id":1},"op":"u"}"#,
+        r#"{"before":{"a":"\ud800"},"after":{"id":1},"op":"u"}"#,
+        r#"{"before":{"a":"\uZZZZ"},"after":{"id":1},"op":"u"}"#,
+        r#"{"before":{"a\n":1},"after":{"id":1},"op":"u"}"#,
+        r#"{"before":{"a":[1,{"b":[null,true,-0,1.5e-3]}],"a":2},"after":{"id":1},"op":"u"}"#,
+        r#"{"before":{"a":1,},"after":{"id":1},"op":"u"}"#,
+        r#"{"before":{"a" 1},"after":{"id":1},"op":"u"}"#,
+        r#"{"before":{1:1},"after":{"id":1},"op":"u"}"#,
+        r#"{"source":5,"after":{"id":1},"op":"u"}"#,
+        r#"{"source":[],"after":{"id":1},"op":"u"}"#,
+        r#"{"source":{"ts_ms":1,"ts_ms":"x"},"after":{"id":1},"op":"u"}"#,
+        r#"{"source":{"ts_ms":"x","ts_ms":2},"after":{"id":1},"op":"u"}"#,
+        r#"{"source":{"ts\u005fms":3},"after":{"id":1},"op":"u"}"#,
+        r#"{"source":{"ts_ms":1.5},"after":{"id":1},"op":"u"}"#,
+        r#"{"source":{"ts_ms":null},"after":{"id":1},"op":"u","ts_ms":4}"#,
+        r#"{"source":{"ts_ms":1,"x":1e999},"after":{"id":1},"op":"u"}"#,
+        r#"{"source":{"ts_ms":1,"lsn":{"x":1}, "a":{"b":"deep"}},"after":{"id":1},"op":"u"}"#,
+        r#"{"source":null,"after":{"id":1},"op":"u"}"#,
+        r#"{"after":{"id":1},"op":"u"} trailing"#,
+        r#"{"after":{"id":1},"op":"u","op":"c"}"#,
+        r#"{"after":{"id":1},"op":5}"#,
+        r#"{"after":{"id":1},"op":"\u0063"}"#,
+        r#"{"after":{"id":1},"op":"t"}"#,
+        r#"{"after":{"id":1},"op":"zz"}"#,
+        r#"{"after":{"id":1},"ts_ms":"soon","op":"c"}"#,
+        r#"{"schema":{},"payload":null}"#,
+        r#"{"schema":{},"payload":5}"#,
+        r#"{"payload":{"op":"d","before":{"id":1}},"op":"u","after":{"id":2}}"#,
+        r#"{"payload":{"op":"d","before":[]},"op":"u","after":{"id":2}}"#,
+        r#"{"payload":{"payload":{"op":"c","after":{}}}}"#,
+        r#"[null,null,"c",null,{"id":1},{"ts_ms":1},7]"#,
+        r#"["s"]"#,
+        r#"null"#,
+        r#"5"#,
+        r#"{"#,
+        r#"{"before":{"id":1"#,
+    ];
+    for case in cases {
+        check_against_reference(case.as_bytes());
+    }
+    let deep = format!(r#"{{"before":{{"a":{}1{}}},"after":{{"id":1}},"op":"u"}}"#, "[".repeat(200), "]".repeat(200));
+    check_against_reference(deep.as_bytes());
+    // Invalid UTF-8 (not expressible in a `&str` literal).
+    check_against_reference(b"{\"before\":{\"a\":\"\xff\"},\"after\":{\"id\":1},\"op\":\"u\"}");
+    check_against_reference(b"{\"before\":{\"\xff\":1},\"after\":{\"id\":1},\"op\":\"u\"}");
+    check_against_reference(b"{\"source\":{\"ts_ms\":1,\"v\":\"\xfe\"},\"after\":{\"id\":1},\"op\":\"u\"}");
+    check_against_reference(b"{\"source\":{\"x\":\"\xc3\x28\"},\"after\":{\"id\":1},\"op\":\"u\"}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(3000))]
+
+    /// Random edits of valid envelopes: whatever comes out, the lean decoder
+    /// agrees with the reference (values, errors, messages).
+    #[test]
+    fn lean_decoding_matches_the_reference_on_mangled_records(
+        base in 0usize..4,
+        edits in proptest::collection::vec((0usize..400, 0usize..3, proptest::sample::select(vec![
+            "\"", "{", "}", "[", "]", ":", ",", "1", "-0", "1e400", "x", "\\", "\\u0000", "\\ud800", "null", " ",
+            "\"ts_ms\"", "\"lsn\"", "\"op\"", "\"d\"", "\"before\"", "\"source\"", "\u{e9}", "\u{ff}",
+        ])), 1..4),
+    ) {
+        let bases = [
+            UPDATE.to_string(),
+            r#"{"schema":{"type":"struct"},"payload":{"before":{"id":1,"n":"a"},"after":{"id":1,"n":"b"},"op":"u","source":{"ts_ms":5,"lsn":9,"a":{"b":3}},"ts_ms":6}}"#.to_string(),
+            r#"{"before":{"id":1,"_vv":{"eu":1}},"after":null,"source":{"ts_ms":1,"lsn":"7"},"op":"d","transaction":null}"#.to_string(),
+            r#"{"before":null,"after":{"id":1,"l":[1,2,{"x":null}]},"source":{"ts_ms":1},"op":"c","ts_ms":3}"#.to_string(),
+        ];
+        let mut bytes = bases[base].clone().into_bytes();
+        for (at, kind, text) in edits {
+            let at = at % (bytes.len() + 1);
+            let text: &[u8] = if text == "\u{ff}" { b"\xff" } else { text.as_bytes() };
+            match kind {
+                0 => { bytes.splice(at..at, text.iter().copied()); }
+                1 => { let end = (at + text.len()).min(bytes.len()); bytes.splice(at..end, text.iter().copied()); }
+                _ => { let end = (at + 1 + at % 7).min(bytes.len()); bytes.drain(at..end); }
+            }
+        }
+        check_against_reference(&bytes);
+    }
+}
+
+#[test]
+fn row_level_policies_drop_only_the_upsert_before_image() {
+    let del = r#"{"before":{"id":7,"name":"a"},"after":null,"op":"d","source":{"ts_ms":1700}}"#;
+    let create = r#"{"after":{"id":7,"name":"b"},"op":"c","source":{"ts_ms":1700}}"#;
+    for extra in ["", r#"sequence = "source.lsn""#, r#"key_fields = ["name"]"#] {
+        for value in [UPDATE, del, create] {
+            let r = rec(Some(r#"{"id":7}"#), Some(value));
+            let full = source_with(extra, Policy::FieldLww).normalize(&r);
+            for policy in [Policy::Lww, Policy::SourcePriority] {
+                let lean = source_with(extra, policy).normalize(&r);
+                let want = full.clone().map_err(|e| e.to_string()).map(|n| match n {
+                    Normalized::Event(mut e) if e.op == Op::Upsert => {
+                        e.before = None;
+                        Normalized::Event(e)
+                    }
+                    other => other,
+                });
+                assert_eq!(lean.map_err(|e| e.to_string()), want, "{policy:?} {extra} {value}");
+            }
+        }
+    }
+    let e = event(source("").normalize(&rec(Some(r#"{"id":7}"#), Some(UPDATE))));
+    assert_eq!((e.before, e.full_image), (None, false), "the update had a before image");
+    let e = event(source("").normalize(&rec(Some(r#"{"id":7}"#), Some(del))));
+    assert_eq!(e.before.unwrap(), json!({"id":7,"name":"a"}).as_object().unwrap().clone());
+}
+
+#[test]
+fn canonical_keys_are_taken_as_they_are_only_when_identical() {
+    for key in [
+        r#"{"id":7}"#,
+        r#"{"a":"x","b":-12,"c":true,"d":false,"e":null,"f":0}"#,
+        r#"{"":1,"id":123456789012345678}"#,
+        r#"{"schema":1}"#,
+    ] {
+        assert_eq!(already_canonical(key.as_bytes()), Some(key), "{key}");
+        assert_eq!(canonicalize_key(key.as_bytes()).unwrap(), key);
+    }
+    for key in [
+        r#"{}"#,
+        r#"{"id":7} "#,
+        r#"{"id": 7}"#,
+        r#"{"b":1,"a":2}"#,
+        r#"{"a":1,"a":2}"#,
+        r#"{"a":-0}"#,
+        r#"{"a":007}"#,
+        r#"{"a":1.0}"#,
+        r#"{"a":1e2}"#,
+        r#"{"a":1234567890123456789}"#,
+        r#"{"a":"\u0041"}"#,
+        r#"{"a":"é"}"#,
+        r#"{"a":{"b":1}}"#,
+        r#"{"a":[1]}"#,
+        r#"{"payload":{"id":1},"schema":{}}"#,
+        r#"{"a":1,}"#,
+        r#"{"a":tru}"#,
+        r#"{"a":truex}"#,
+        r#"[1]"#,
+    ] {
+        assert_eq!(already_canonical(key.as_bytes()), None, "{key}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(3000))]
+
+    /// Whenever the key is taken as it is, the long way gives the same text.
+    #[test]
+    fn canonical_key_shortcut_agrees_with_the_long_way(
+        parts in proptest::collection::vec(proptest::sample::select(vec![
+            "{", "}", "\"", ":", ",", "a", "b", "id", "payload", "schema", "0", "1", "-", "9", "e", ".",
+            "true", "false", "null", " ", "\\", "\\\"", "\\u0041", "\u{e9}", "[", "]", "123456789012345678",
+            "1234567890123456789", "99999999999999999999",
+        ]), 0..24),
+    ) {
+        let text: String = parts.concat();
+        if let Some(fast) = already_canonical(text.as_bytes()) {
+            proptest::prop_assert_eq!(Ok(fast.to_string()), canonicalize_key(text.as_bytes()), "{}", text);
+        }
+    }
+
+    /// Generated plain keys: the shortcut is taken, and agrees.
+    #[test]
+    fn canonical_key_shortcut_is_taken_for_plain_keys(
+        fields in proptest::collection::btree_map("[a-z_]{0,6}", proptest::prop_oneof![
+            (-99_999_999_999_999_999i64..=99_999_999_999_999_999).prop_map(|n| json!(n)),
+            "[a-zA-Z0-9 ./:-]{0,8}".prop_map(|s| json!(s)),
+            proptest::bool::ANY.prop_map(|b| json!(b)),
+            Just(json!(null)),
+        ], 1..5),
+    ) {
+        let text = serde_json::Value::Object(fields.into_iter().collect()).to_string();
+        proptest::prop_assert_eq!(already_canonical(text.as_bytes()).map(str::to_string), Some(text.clone()));
+        proptest::prop_assert_eq!(canonicalize_key(text.as_bytes()), Ok(text));
+    }
 }
