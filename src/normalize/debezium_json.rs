@@ -303,7 +303,7 @@ fn describe_error(bytes: &[u8], first: serde_json::Error) -> NormalizeErrorKind 
     let full = serde_path_to_error::deserialize::<_, Envelope<'_, Row, Row>>(&mut serde_json::Deserializer::from_slice(bytes));
     match full {
         Err(e) => match e.path().to_string().as_str() {
-            "." => bad(e.inner().to_string()),
+            "." | "?" => bad(e.inner().to_string()),
             path => bad(format!("{path}: {}", e.inner())),
         },
         // Unreachable: the lean decoders accept exactly what the full one accepts.

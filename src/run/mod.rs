@@ -322,16 +322,22 @@ impl Worker {
                 .add_partition_offset(topic, *partition, Offset::Offset(*offset))
                 .map_err(|e| RunError::kafka("build offsets", e))?;
         }
+        let started = Instant::now();
         let result = if self.exactly_once {
             self.commit_transaction(consumer, &offsets)
         } else {
             self.commit_at_least_once(consumer, &offsets)
         };
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "cycle committed");
         match result {
             Ok(()) => {
                 let delivered = std::mem::take(&mut self.producer.context().state.lock().expect("deliveries").changelog);
+                // Only this task's owner writes its changelog partition, so in
+                // exactly-once mode the transaction's commit marker directly
+                // follows its last record: the next offset is one further on.
+                let marker = i64::from(self.exactly_once);
                 for (p, task) in self.tasks.iter_mut() {
-                    let checkpoint = delivered.get(p).map_or(task.checkpoint(), |o| o + 1);
+                    let checkpoint = delivered.get(p).map_or(task.checkpoint(), |o| o + 1 + marker);
                     task.commit(checkpoint)?;
                 }
                 self.positions.clear();

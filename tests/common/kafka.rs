@@ -1,0 +1,269 @@
+//! A real Apache Kafka broker for integration tests, and small clients.
+//!
+//! `TRIBUTARY_TEST_BOOTSTRAP` points the tests at a running broker
+//! (`scripts/test` and `.ci/run` start one with `scripts/kafka/kafka`).
+//! Without it, the first test that needs a broker starts one with the same
+//! script and leaves it running for the rest of the test binary; it prints
+//! the directory to stop it with `scripts/kafka/kafka stop DIR --rm`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+use super::root;
+
+/// The broker's bootstrap address.
+pub fn bootstrap() -> String {
+    static BOOTSTRAP: OnceLock<String> = OnceLock::new();
+    BOOTSTRAP
+        .get_or_init(|| {
+            if let Ok(b) = std::env::var("TRIBUTARY_TEST_BOOTSTRAP") {
+                return b;
+            }
+            let out = Command::new(root().join("scripts/kafka/kafka"))
+                .arg("start")
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("scripts/kafka/kafka runs");
+            assert!(out.status.success(), "could not start a Kafka broker");
+            let text = String::from_utf8(out.stdout).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("started a Kafka broker in {}; stop it with scripts/kafka/kafka stop {} --rm", lines[0], lines[0]);
+            lines.last().unwrap().to_string()
+        })
+        .clone()
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{}-{}-{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Creates a topic.
+pub fn create_topic(name: &str, partitions: i32, config: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("admin client");
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in config {
+        topic = topic.set(k, v);
+    }
+    let res = rt().block_on(admin.create_topics([&topic], &AdminOptions::new())).expect("create topics");
+    for r in res {
+        r.expect("topic created");
+    }
+}
+
+/// One record to produce.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Key text.
+    pub key: Option<String>,
+    /// Value text (None: tombstone).
+    pub value: Option<String>,
+}
+
+/// Produces records in order and waits until all are acknowledged.
+pub fn produce(records: &[Rec]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    for r in records {
+        let mut rec = BaseRecord::to(&r.topic).partition(r.partition);
+        if let Some(k) = &r.key {
+            rec = rec.key(k.as_bytes());
+        }
+        if let Some(v) = &r.value {
+            rec = rec.payload(v.as_bytes());
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8]> = rec;
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Reads every record of `topic` (all partitions, from the beginning to the
+/// end) in kcat `-J` shape. `committed` selects `read_committed`.
+pub fn read_topic(topic: &str, committed: bool) -> Vec<Value> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("isolation.level", if committed { "read_committed" } else { "read_uncommitted" })
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .set("group.id", unique("reader"))
+        .create()
+        .expect("consumer");
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions = md.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0;
+    for p in 0..partitions {
+        let (lo, hi) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        if hi > lo {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+            remaining += 1;
+        }
+    }
+    let mut out = Vec::new();
+    if remaining == 0 {
+        return out;
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while remaining > 0 {
+        assert!(Instant::now() < deadline, "reading {topic} timed out");
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => remaining -= 1,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            Some(Ok(m)) => {
+                let mut headers = Vec::new();
+                if let Some(h) = m.headers() {
+                    for hd in h.iter() {
+                        headers.push(Value::from(hd.key));
+                        headers.push(hd.value.map_or(Value::Null, |v| Value::from(String::from_utf8_lossy(v).to_string())));
+                    }
+                }
+                out.push(serde_json::json!({
+                    "topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
+                    "tstype": "create", "ts": m.timestamp().to_millis(), "broker": 0,
+                    "headers": headers,
+                    "key": m.key().map(|k| String::from_utf8_lossy(k).to_string()),
+                    "payload": m.payload().map(|v| String::from_utf8_lossy(v).to_string()),
+                }));
+            }
+        }
+    }
+    out
+}
+
+/// Waits until `topic` holds at least `n` committed records; returns them.
+pub fn wait_for_records(topic: &str, n: usize, within: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let records = read_topic(topic, true);
+        if records.len() >= n || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A running `tributary run` process whose stderr goes to a file.
+pub struct Processor {
+    /// The child process.
+    pub child: Child,
+    /// Its log file.
+    pub log: std::path::PathBuf,
+}
+
+impl Processor {
+    /// Starts `tributary run -c CONFIG`, logging to `LOG`.
+    pub fn start(config: &Path, log: &Path) -> Processor {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = super::tributary()
+            .args(["run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", std::env::var("TEST_PROCESSOR_LOG").unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()))
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("tributary run starts");
+        Processor { child, log: log.to_path_buf() }
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "tributary did not stop on SIGTERM; log: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return (s, self.log_text());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("tributary did not exit; log: {}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- last lines of {} ---", self.log.display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The compacted view of kcat-shaped records: key → (payload, headers).
+pub fn compacted(records: &[Value]) -> BTreeMap<String, (Value, Value)> {
+    records
+        .iter()
+        .map(|r| (r["key"].as_str().unwrap().to_string(), (r["payload"].clone(), r["headers"].clone())))
+        .collect()
+}

@@ -1,0 +1,344 @@
+//! `tributary run` against a real Apache Kafka 4.x broker (KRaft, started by
+//! `scripts/kafka/kafka`), run as a user runs it: the binary, a config file,
+//! SIGTERM and kill -9. Every test has its own topics and group.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::kafka::{self, compacted, create_topic, produce, read_topic, unique, wait_for_records, Processor, Rec};
+use serde_json::{json, Value};
+use tributary::config::Config;
+
+const PARTITIONS: i32 = 3;
+const SOURCES: [&str; 3] = ["eu", "us", "ap"];
+
+struct Setup {
+    /// Commit times start here: real epoch milliseconds, as Debezium sends
+    /// (the broker applies retention and compaction lag to record times).
+    epoch_ms: i64,
+    dir: tempfile::TempDir,
+    group: String,
+    output: String,
+    topics: Vec<String>,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+                if entry.path().extension().is_some_and(|e| e == "log") {
+                    let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    eprintln!("--- {} (last 400 of {} lines) ---", entry.path().display(), lines.len());
+                    for l in &lines[lines.len().saturating_sub(400)..] {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Setup {
+    fn new(name: &str) -> Setup {
+        let group = unique(name);
+        let topics: Vec<String> = SOURCES.iter().map(|s| format!("{group}.{s}.customers")).collect();
+        for t in &topics {
+            create_topic(t, PARTITIONS, &[]);
+        }
+        // Compacted as Tributary requires, but with compaction held back for
+        // an hour so the tests can count every record that was written.
+        let output = format!("{group}.merged");
+        for t in [output.clone(), format!("{group}-state-changelog")] {
+            create_topic(&t, PARTITIONS, &[("cleanup.policy", "compact"), ("min.compaction.lag.ms", "3600000")]);
+        }
+        let epoch_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        Setup { epoch_ms, dir: tempfile::tempdir().unwrap(), output, group, topics }
+    }
+
+    fn config_text(&self, state: &str, extra: &str) -> String {
+        let mut text = format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{}\"\n\n[merge]\npolicy = \"lww\"\n\n[runtime]\ncommit_interval = \"100ms\"\nstate_dir = \"{}\"\n{extra}\n",
+            kafka::bootstrap(),
+            self.group,
+            self.output,
+            self.dir.path().join(state).display()
+        );
+        for (s, t) in SOURCES.iter().zip(&self.topics) {
+            text += &format!("\n[[sources]]\nname = \"{s}\"\ntopic = \"{t}\"\npriority = {}\n", s.len());
+        }
+        text
+    }
+
+    /// Writes a config whose state lives in `state` (one per instance).
+    fn config(&self, state: &str) -> PathBuf {
+        self.config_with(state, "")
+    }
+
+    fn config_with(&self, state: &str, extra: &str) -> PathBuf {
+        let p = self.dir.path().join(format!("{state}.toml"));
+        std::fs::write(&p, self.config_text(state, extra)).unwrap();
+        p
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// What `tributary replay` makes of everything in the source topics.
+    fn replay(&self) -> Vec<Value> {
+        let mut dump = String::new();
+        for t in &self.topics {
+            for r in read_topic(t, false) {
+                dump += &r.to_string();
+                dump.push('\n');
+            }
+        }
+        let config = Config::parse(&self.config_text("replay", ""), "test", std::iter::empty()).unwrap();
+        let (mut out, mut log) = (Vec::new(), Vec::new());
+        tributary::replay::replay(&config, dump.as_bytes(), "dump", &mut out, None, &mut log).unwrap();
+        common::json_lines(&String::from_utf8(out).unwrap())
+    }
+}
+
+/// A deterministic multi-source history: every source creates, updates and
+/// deletes the same keys (so there are conflicts), with Debezium tombstones
+/// after deletes. `round` numbers continue across calls.
+fn history(setup: &Setup, keys: u32, rounds: std::ops::Range<u32>, live: &mut HashMap<(usize, u32), Value>) -> Vec<Rec> {
+    let mut out = Vec::new();
+    for r in rounds {
+        for (si, topic) in setup.topics.iter().enumerate() {
+            for k in 0..keys {
+                let h = (r * 31 + si as u32 * 17 + k * 7) % 11;
+                if h < 3 {
+                    continue;
+                }
+                let partition = (k as i32) % PARTITIONS;
+                let key = json!({ "id": k }).to_string();
+                let before = live.get(&(si, k)).cloned();
+                let ts = setup.epoch_ms + i64::from(r) * 100 + si as i64 * 7 + i64::from(k % 5);
+                let (payload, tombstone) = match &before {
+                    Some(b) if h == 10 => {
+                        live.remove(&(si, k));
+                        (json!({"before": b, "after": null, "op": "d", "source": {"ts_ms": ts}}), true)
+                    }
+                    _ => {
+                        let after = json!({"id": k, "name": format!("n{k}"), "round": r, "by": SOURCES[si]});
+                        live.insert((si, k), after.clone());
+                        let op = if before.is_some() { "u" } else { "c" };
+                        (json!({"before": before, "after": after, "op": op, "source": {"ts_ms": ts}, "ts_ms": ts + 3}), false)
+                    }
+                };
+                out.push(Rec { topic: topic.clone(), partition, key: Some(key.clone()), value: Some(payload.to_string()) });
+                if tombstone {
+                    out.push(Rec { topic: topic.clone(), partition, key: Some(key), value: None });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Output records a history must produce: one per change event (derived
+/// clocks never make an event stale), tombstones excluded.
+fn expected_outputs(records: &[Rec]) -> usize {
+    records.iter().filter(|r| r.value.as_deref().is_some_and(|v| !v.contains("\"op\":\"t\"") && v.starts_with('{'))).count()
+}
+
+fn header(r: &Value, name: &str) -> String {
+    common::header(r, name).unwrap_or_default()
+}
+
+/// Exactly-once: no key carries the same merged clock twice (every accepted
+/// event raises it), and the count is exact.
+fn assert_exactly_once(output: &[Value], expected: usize) {
+    let mut seen = BTreeSet::new();
+    for r in output {
+        let id = (r["key"].as_str().unwrap().to_string(), header(r, "tributary.vv"));
+        assert!(seen.insert(id.clone()), "duplicate output record {id:?}");
+    }
+    assert_eq!(output.len(), expected, "one output record per change event");
+}
+
+fn assert_same_view(live: &[Value], replay: &[Value]) {
+    let (a, b) = (compacted(live), compacted(replay));
+    assert_eq!(a.len(), b.len());
+    for (k, v) in &b {
+        assert_eq!(a.get(k), Some(v), "key {k}");
+    }
+    // Outputs go to the input partition.
+    let part: BTreeMap<String, i64> = replay.iter().map(|r| (r["key"].as_str().unwrap().into(), r["partition"].as_i64().unwrap())).collect();
+    for r in live {
+        assert_eq!(Some(&r["partition"].as_i64().unwrap()), part.get(r["key"].as_str().unwrap()));
+    }
+}
+
+#[test]
+fn three_sources_with_conflicts_match_replay() {
+    let s = Setup::new("conflicts");
+    let mut live = HashMap::new();
+    let records = history(&s, 30, 0..6, &mut live);
+    produce(&records);
+    let expected = expected_outputs(&records);
+    let p = Processor::start(&s.config("a"), &s.log("a"));
+    let output = wait_for_records(&s.output, expected, Duration::from_secs(90));
+    assert!(p.stop().success());
+    let replay = s.replay();
+    assert_eq!(replay.len(), expected);
+    assert_exactly_once(&output, expected);
+    assert_same_view(&output, &replay);
+    assert!(output.iter().any(|r| header(r, "tributary.conflict") == "true"), "the history has conflicts");
+    // Output and changelog were created compacted; the changelog holds state.
+    let changelog = read_topic(&format!("{}-state-changelog", s.group), true);
+    assert_eq!(changelog.len(), expected);
+}
+
+#[test]
+fn kill_9_mid_stream_loses_and_duplicates_nothing() {
+    let s = Setup::new("kill9");
+    let config = s.config("a");
+    let mut live = HashMap::new();
+    let mut all = Vec::new();
+    for (i, rounds) in [0..3, 3..6, 6..9, 9..12].into_iter().enumerate() {
+        let batch = history(&s, 40, rounds, &mut live);
+        produce(&batch);
+        all.extend(batch);
+        let p = Processor::start(&config, &s.log("a"));
+        // Let it get some way into the batch, then crash it.
+        let before = read_topic(&s.output, true).len();
+        let _ = wait_for_records(&s.output, before + 20, Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(150 * (i as u64 + 1)));
+        p.kill9();
+    }
+    let expected = expected_outputs(&all);
+    let p = Processor::start(&config, &s.log("a"));
+    let output = wait_for_records(&s.output, expected, Duration::from_secs(90));
+    std::thread::sleep(Duration::from_secs(1));
+    let output = if output.len() == expected { read_topic(&s.output, true) } else { output };
+    assert!(p.stop().success());
+    assert_exactly_once(&output, expected);
+    assert_same_view(&output, &s.replay());
+    // Uncommitted work of the killed runs really reached the broker and was aborted.
+    let uncommitted = read_topic(&s.output, false);
+    assert!(uncommitted.len() >= output.len());
+}
+
+#[test]
+fn two_instances_share_the_partitions() {
+    let s = Setup::new("scaleout");
+    let mut live = HashMap::new();
+    let records = history(&s, 30, 0..6, &mut live);
+    let a = Processor::start(&s.config("a"), &s.log("a"));
+    let b = Processor::start(&s.config("b"), &s.log("b"));
+    std::thread::sleep(Duration::from_secs(4));
+    produce(&records);
+    let expected = expected_outputs(&records);
+    let output = wait_for_records(&s.output, expected, Duration::from_secs(90));
+    let (la, lb) = (a.log_text(), b.log_text());
+    assert!(a.stop().success());
+    assert!(b.stop().success());
+    assert!(la.contains("task opened") && lb.contains("task opened"), "both instances own tasks:\n{la}\n---\n{lb}");
+    assert_exactly_once(&output, expected);
+    assert_same_view(&output, &s.replay());
+}
+
+#[test]
+fn lost_state_directory_is_restored_from_the_changelog() {
+    let s = Setup::new("restore");
+    let config = s.config("a");
+    let mut live = HashMap::new();
+    let first = history(&s, 30, 0..4, &mut live);
+    produce(&first);
+    let p = Processor::start(&config, &s.log("a1"));
+    wait_for_records(&s.output, expected_outputs(&first), Duration::from_secs(90));
+    assert!(p.stop().success());
+    // A clean restart reuses the local state: nothing to restore.
+    let p = Processor::start(&config, &s.log("a2"));
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(p.stop().success());
+    let log2 = std::fs::read_to_string(s.log("a2")).unwrap();
+    assert!(log2.contains("task opened") && !log2.contains("restoring state from the changelog"), "{log2}");
+
+    std::fs::remove_dir_all(s.dir.path().join("a")).unwrap();
+    let second = history(&s, 30, 4..8, &mut live);
+    produce(&second);
+    let expected = expected_outputs(&first) + expected_outputs(&second);
+    let p = Processor::start(&config, &s.log("a3"));
+    let output = wait_for_records(&s.output, expected, Duration::from_secs(90));
+    assert!(p.stop().success());
+    let log3 = std::fs::read_to_string(s.log("a3")).unwrap();
+    assert!(log3.contains("restoring state from the changelog"), "{log3}");
+    assert_exactly_once(&output, expected);
+    assert_same_view(&output, &s.replay());
+}
+
+#[test]
+fn poison_records_go_to_the_dead_letter_topic() {
+    let s = Setup::new("poison");
+    let mut live = HashMap::new();
+    let mut records = history(&s, 12, 0..3, &mut live);
+    let expected = expected_outputs(&records);
+    let poison = [
+        (1, r#"{"before":null,"after":{"id":1},"op":"c","#.to_string()),
+        (2, r#"{"op":"t","source":{"ts_ms":5}}"#.to_string()),
+        (4, r#"{"after":{"id":4},"op":"x","source":{"ts_ms":5}}"#.to_string()),
+    ];
+    for (i, (k, v)) in poison.iter().enumerate() {
+        let at = records.len() / 2 + i;
+        records.insert(at, Rec { topic: s.topics[0].clone(), partition: k % PARTITIONS, key: Some(json!({"id": k}).to_string()), value: Some(v.clone()) });
+    }
+    produce(&records);
+    let p = Processor::start(&s.config("a"), &s.log("a"));
+    let dlq = wait_for_records(&format!("{}-dlq", s.group), 3, Duration::from_secs(90));
+    let output = wait_for_records(&s.output, expected, Duration::from_secs(60));
+    assert!(p.stop().success());
+    assert_eq!(dlq.len(), 3, "{dlq:?}");
+    for (k, v) in &poison {
+        let r = dlq.iter().find(|r| r["payload"].as_str() == Some(v.as_str())).expect("every poison record is in the DLQ");
+        assert_eq!(r["payload"].as_str(), Some(v.as_str()), "raw value kept");
+        assert_eq!(r["key"].as_str().unwrap(), json!({"id": k}).to_string());
+        assert_eq!(header(r, "tributary.source.topic"), s.topics[0]);
+        assert_eq!(header(r, "tributary.source.partition"), (k % PARTITIONS).to_string());
+        let offset = header(r, "tributary.source.offset");
+        assert!(header(r, "tributary.error").contains(&format!("offset {offset}")), "{r}");
+    }
+    let truncate = dlq.iter().find(|r| r["payload"].as_str() == Some(poison[1].1.as_str())).unwrap();
+    assert_eq!(header(truncate, "tributary.error.reason"), "truncate");
+    assert_exactly_once(&output, expected);
+    assert_same_view(&output, &s.replay());
+}
+
+#[test]
+fn co_partitioning_violation_is_refused() {
+    let group = unique("copart");
+    let dir = tempfile::tempdir().unwrap();
+    create_topic(&format!("{group}.a"), 2, &[]);
+    create_topic(&format!("{group}.b"), 3, &[]);
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n[output]\ntopic = \"{group}.out\"\n[runtime]\nstate_dir = \"{}\"\n[[sources]]\nname = \"a\"\ntopic = \"{group}.a\"\n[[sources]]\nname = \"b\"\ntopic = \"{group}.b\"\n",
+            kafka::bootstrap(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let p = Processor::start(&config, &dir.path().join("log"));
+    let (status, log) = p.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("co-partitioning violated"), "{log}");
+    assert!(log.contains(&format!("{group}.a: 2 partitions")) && log.contains(&format!("{group}.b: 3 partitions")), "{log}");
+    // Nothing was created for a refused configuration.
+    assert!(read_topic_exists(&format!("{group}.out")).is_none());
+}
+
+fn read_topic_exists(topic: &str) -> Option<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().unwrap();
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    md.topics().iter().find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()).map(|_| ())
+}
