@@ -398,7 +398,7 @@ impl MergeEngine {
                 if let Some(row) = &event.row {
                     for (name, value) in row {
                         let changed = event.full_image
-                            || event.before.as_ref().map_or(true, |before| before.get(name) != Some(value));
+                            || event.before.as_ref().is_none_or(|before| before.get(name) != Some(value));
                         if !changed {
                             continue;
                         }
@@ -435,7 +435,7 @@ impl MergeEngine {
             versions
                 .iter()
                 .enumerate()
-                .filter(|(_, v)| want.map_or(true, |op| v.op == op))
+                .filter(|(_, v)| want.is_none_or(|op| v.op == op))
                 .max_by(|(_, a), (_, b)| cmp(a, b))
                 .map(|(i, _)| i)
         };
