@@ -69,9 +69,57 @@ pub struct Config {
     /// Processing guarantees and local state (used by `tributary run`).
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The admin HTTP port (`tributary run`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// The conflict audit topic (`tributary run`).
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// The source topics, one per source database.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP port (`/metrics`, `/healthz`, `/readyz`, `/state/{key}`).
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// Serve it at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: default_admin_listen(), enabled: true }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "0.0.0.0:9464".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Write a record to `<group_id>-conflicts` for every accepted event that
+    /// leaves more than one version.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// `[kafka]`
@@ -312,6 +360,9 @@ impl Config {
         }
         if self.output.topic.trim().is_empty() {
             problems.push("output.topic: must not be empty".into());
+        }
+        if self.admin.enabled && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!("admin.listen: \"{}\" is not an address such as \"0.0.0.0:9464\"", self.admin.listen));
         }
         if self.runtime.commit_interval.is_zero() {
             problems.push("runtime.commit_interval: must be greater than zero".into());

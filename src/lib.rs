@@ -6,8 +6,10 @@
 //! strings them together for every front end (`replay` now, `run` later).
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod merge;
+pub mod metrics;
 pub mod normalize;
 pub mod output;
 pub mod pipeline;

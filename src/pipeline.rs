@@ -87,6 +87,8 @@ pub enum Step {
         record: OutputRecord,
         /// Versions in the key's set after the event (> 1: a live conflict).
         siblings: usize,
+        /// The event's own commit time (ms).
+        event_ts: i64,
     },
 }
 
@@ -140,6 +142,7 @@ impl Pipeline {
         };
         // `apply` does not read the key: move it out, to end in the output record.
         let key = std::mem::take(&mut event.key);
+        let event_ts = event.ts;
         let engine = &self.engine;
         let step = store
             .update(&key, |state| match engine.apply(state, event) {
@@ -152,14 +155,14 @@ impl Pipeline {
                     let ts = state.versions.iter().map(|v| v.ts).max().unwrap_or(0).max(0);
                     // The key is filled in below, once the store has done with it.
                     let record = encode_owned(record.partition, String::new(), &resolved, ts);
-                    Step::Emitted { source, record, siblings: resolved.siblings }
+                    Step::Emitted { source, record, siblings: resolved.siblings, event_ts }
                 }
             })
             .map_err(ProcessError::Store)?;
         Ok(match step {
-            Step::Emitted { source, mut record, siblings } => {
+            Step::Emitted { source, mut record, siblings, event_ts } => {
                 record.key = key;
-                Step::Emitted { source, record, siblings }
+                Step::Emitted { source, record, siblings, event_ts }
             }
             other => other,
         })

@@ -61,7 +61,7 @@ impl Setup {
 
     fn config_text(&self, state: &str, extra: &str) -> String {
         let mut text = format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{}\"\n\n[merge]\npolicy = \"lww\"\n\n[runtime]\ncommit_interval = \"100ms\"\nstate_dir = \"{}\"\n{extra}\n",
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{}\"\n\n[merge]\npolicy = \"lww\"\n\n[runtime]\ncommit_interval = \"100ms\"\nstate_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
             kafka::bootstrap(),
             self.group,
             self.output,
@@ -116,8 +116,9 @@ fn history(setup: &Setup, keys: u32, rounds: std::ops::Range<u32>, live: &mut Ha
                 if h < 3 {
                     continue;
                 }
-                let partition = (k as i32) % PARTITIONS;
                 let key = json!({ "id": k }).to_string();
+                // Where Debezium (a Java producer: murmur2) puts the key.
+                let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
                 let before = live.get(&(si, k)).cloned();
                 let ts = setup.epoch_ms + i64::from(r) * 100 + si as i64 * 7 + i64::from(k % 5);
                 let (payload, tombstone) = match &before {
@@ -288,7 +289,9 @@ fn poison_records_go_to_the_dead_letter_topic() {
     ];
     for (i, (k, v)) in poison.iter().enumerate() {
         let at = records.len() / 2 + i;
-        records.insert(at, Rec { topic: s.topics[0].clone(), partition: k % PARTITIONS, key: Some(json!({"id": k}).to_string()), value: Some(v.clone()) });
+        let key = json!({"id": k}).to_string();
+        let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
+        records.insert(at, Rec { topic: s.topics[0].clone(), partition, key: Some(key), value: Some(v.clone()) });
     }
     produce(&records);
     let p = Processor::start(&s.config("a"), &s.log("a"));
@@ -301,7 +304,8 @@ fn poison_records_go_to_the_dead_letter_topic() {
         assert_eq!(r["payload"].as_str(), Some(v.as_str()), "raw value kept");
         assert_eq!(r["key"].as_str().unwrap(), json!({"id": k}).to_string());
         assert_eq!(header(r, "tributary.source.topic"), s.topics[0]);
-        assert_eq!(header(r, "tributary.source.partition"), (k % PARTITIONS).to_string());
+        let partition = tributary::admin::murmur2_partition(json!({"id": k}).to_string().as_bytes(), PARTITIONS);
+        assert_eq!(header(r, "tributary.source.partition"), partition.to_string());
         let offset = header(r, "tributary.source.offset");
         assert!(header(r, "tributary.error").contains(&format!("offset {offset}")), "{r}");
     }
@@ -321,7 +325,7 @@ fn co_partitioning_violation_is_refused() {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n[output]\ntopic = \"{group}.out\"\n[runtime]\nstate_dir = \"{}\"\n[[sources]]\nname = \"a\"\ntopic = \"{group}.a\"\n[[sources]]\nname = \"b\"\ntopic = \"{group}.b\"\n",
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n[output]\ntopic = \"{group}.out\"\n[runtime]\nstate_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[sources]]\nname = \"a\"\ntopic = \"{group}.a\"\n[[sources]]\nname = \"b\"\ntopic = \"{group}.b\"\n",
             kafka::bootstrap(),
             dir.path().join("state").display()
         ),
@@ -341,4 +345,118 @@ fn read_topic_exists(topic: &str) -> Option<()> {
     let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().unwrap();
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
     md.topics().iter().find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()).map(|_| ())
+}
+
+/// `GET path` on the admin port; returns (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("admin port");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The admin address from the processor's log line.
+fn admin_addr(p: &Processor) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = p.log_text().replace("\u{1b}", "");
+        if let Some(line) = log.lines().find(|l| l.contains("admin HTTP listening")) {
+            let at = line.find("addr=").expect("addr field") + "addr=".len();
+            let rest = &line[at..];
+            let rest = rest.trim_start_matches(|c: char| !c.is_ascii_digit());
+            return rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+        }
+        assert!(std::time::Instant::now() < deadline, "no admin address in the log");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of one sample line, summed over label sets that contain `labels`.
+fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn metrics_health_state_query_and_conflict_audit() {
+    let s = Setup::new("operate");
+    let mut live = HashMap::new();
+    let mut records = history(&s, 20, 0..5, &mut live);
+    let expected = expected_outputs(&records);
+    let tombstones = records.iter().filter(|r| r.value.is_none()).count();
+    for (i, bad) in ["{oops", r#"{"op":"t","source":{"ts_ms":1}}"#].iter().enumerate() {
+        let key = json!({"id": 1000 + i}).to_string();
+        let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
+        records.push(Rec { topic: s.topics[1].clone(), partition, key: Some(key), value: Some(bad.to_string()) });
+    }
+    produce(&records);
+    let p = Processor::start(&s.config("a"), &s.log("a"));
+    let addr = admin_addr(&p);
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    let output = wait_for_records(&s.output, expected, Duration::from_secs(90));
+    assert_eq!(output.len(), expected);
+    // Ready once every task is restored and processing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while http_get(&addr, "/readyz").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Give the last cycle's bookkeeping a moment, then scrape.
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, text) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    let conflicts = output.iter().filter(|r| header(r, "tributary.conflict") == "true").count();
+    assert_eq!(metric(&text, "tributary_records_consumed_total", ""), records.len() as f64, "{text}");
+    assert_eq!(metric(&text, "tributary_records_emitted_total", ""), expected as f64);
+    assert_eq!(metric(&text, "tributary_conflicts_total", "policy=\"lww\""), conflicts as f64);
+    assert_eq!(metric(&text, "tributary_dead_letters_total", "source=\"us\""), 2.0);
+    assert_eq!(metric(&text, "tributary_dead_letters_total", "reason=\"truncate\""), 1.0);
+    assert_eq!(metric(&text, "tributary_events_dropped_total", "outcome=\"ignored\""), tombstones as f64);
+    assert_eq!(metric(&text, "tributary_siblings_count", ""), expected as f64);
+    assert_eq!(metric(&text, "tributary_ready", ""), 1.0);
+    assert!(metric(&text, "tributary_transactions_total", "outcome=\"committed\"") >= 1.0);
+    assert!(metric(&text, "tributary_state_keys", "") > 0.0);
+    assert!(text.contains("process_resident_memory_bytes"));
+
+    // The state of a key: the merged row, the version set, the winner, the partition.
+    let view = compacted(&output);
+    let (key, (payload, headers)) = view.iter().find(|(_, (p, _))| !p.is_null()).expect("a live key");
+    let (status, body) = http_get(&addr, &format!("/state/{}", key.replace('"', "%22").replace('{', "%7B").replace('}', "%7D").replace(':', "%3A")));
+    assert_eq!(status, 200, "{body}");
+    let st: Value = serde_json::from_str(&body).unwrap();
+    let row: Value = serde_json::from_str(payload.as_str().unwrap()).unwrap();
+    assert_eq!(st["row"], row);
+    let hdr = |n: &str| headers.as_array().unwrap().chunks(2).find(|kv| kv[0] == n).map(|kv| kv[1].clone()).unwrap();
+    assert_eq!(st["winner"], hdr("tributary.winner"));
+    assert_eq!(st["siblings"].to_string(), hdr("tributary.siblings").as_str().unwrap());
+    assert_eq!(st["vv"], serde_json::from_str::<Value>(hdr("tributary.vv").as_str().unwrap()).unwrap());
+    assert_eq!(st["versions"].as_array().unwrap().len(), st["siblings"].as_u64().unwrap() as usize);
+    let owner = output.iter().find(|r| r["key"] == key.as_str()).unwrap()["partition"].clone();
+    assert_eq!(st["partition"], owner);
+    let (status, body) = http_get(&addr, "/state/%7B%22id%22%3A99999%7D");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no state for key"), "{body}");
+
+    // One audit record per conflicting emission, with every version.
+    let audit = wait_for_records(&format!("{}-conflicts", s.group), conflicts, Duration::from_secs(30));
+    assert!(p.stop().success());
+    assert_eq!(audit.len(), conflicts);
+    for a in &audit {
+        let body: Value = serde_json::from_str(a["payload"].as_str().unwrap()).unwrap();
+        assert_eq!(body["policy"], "lww");
+        assert!(body["versions"].as_array().unwrap().len() > 1, "{body}");
+        for v in body["versions"].as_array().unwrap() {
+            assert!(v["source"].is_string() && v["vv"].is_object() && v["ts"].is_i64() && v["op"].is_string(), "{v}");
+        }
+        assert_eq!(body["key"], a["key"]);
+        assert!(body["event"]["offset"].is_i64());
+    }
 }

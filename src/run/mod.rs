@@ -29,6 +29,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::{Config, Processing};
+use crate::metrics::Metrics;
 use crate::normalize::{InputRecord, NormalizeError};
 use crate::pipeline::{Pipeline, ProcessError, Step};
 use crate::store::{decode_state, encode_state, StateDb, StoreError, TaskStore};
@@ -74,6 +75,11 @@ impl RunError {
 /// The changelog topic of a group.
 pub fn changelog_topic(group_id: &str) -> String {
     format!("{group_id}-state-changelog")
+}
+
+/// The conflict audit topic of a group.
+pub fn conflicts_topic(group_id: &str) -> String {
+    format!("{group_id}-conflicts")
 }
 
 /// The dead-letter topic of a group.
@@ -180,17 +186,39 @@ struct Worker {
     last_commit: Instant,
     fatal: Option<RunError>,
     counters: Counters,
+    metrics: Arc<Metrics>,
+    /// Topic → source name, for metric labels.
+    source_of: HashMap<String, String>,
+    /// The audit topic, when enabled.
+    audit: Option<String>,
+    /// The source partition count.
+    partitions: i32,
 }
 
 struct GroupContext {
     worker: Arc<Mutex<Worker>>,
+    metrics: Arc<Metrics>,
+    source_of: HashMap<String, String>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            let Some(source) = self.source_of.get(topic) else { continue };
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    self.metrics.lag(source, *p, part.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            self.metrics.rebalance("revoke");
+            self.metrics.set_ready(false);
             let mut w = self.worker.lock().expect("worker");
             if let Err(e) = w.on_revoke(consumer, tpl) {
                 w.fatal.get_or_insert(e);
@@ -200,9 +228,13 @@ impl ConsumerContext for GroupContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            self.metrics.rebalance("assign");
             let mut w = self.worker.lock().expect("worker");
-            if let Err(e) = w.on_assign(tpl) {
-                w.fatal.get_or_insert(e);
+            match w.on_assign(tpl) {
+                Ok(()) => self.metrics.set_ready(true),
+                Err(e) => {
+                    w.fatal.get_or_insert(e);
+                }
             }
         }
     }
@@ -236,6 +268,8 @@ impl Worker {
         self.begin()?;
         self.counters.consumed += 1;
         let partition = msg.partition();
+        let source_label = self.source_of.get(msg.topic()).map_or("unknown", String::as_str);
+        self.metrics.consumed(source_label);
         let record = InputRecord {
             topic: msg.topic(),
             partition,
@@ -251,8 +285,13 @@ impl Worker {
             )));
         };
         match self.pipeline.process(&record, task) {
-            Ok(Step::Emitted { record: out, siblings, source }) => {
-                let state = encode_state(task.cached(&out.key).expect("an emitting update leaves a state"));
+            Ok(Step::Emitted { record: out, siblings, source, event_ts }) => {
+                let key_state = task.cached(&out.key).expect("an emitting update leaves a state");
+                let state = encode_state(key_state);
+                let audit = match &self.audit {
+                    Some(topic) if siblings > 1 => Some((topic, audit_record(&self.config, &self.source_of, &out, key_state, msg))),
+                    _ => None,
+                };
                 let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
                 for (k, v) in &out.headers {
                     headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
@@ -268,13 +307,28 @@ impl Worker {
                 };
                 self.send(output)?;
                 self.send(BaseRecord::to(&self.changelog).partition(partition).key(out.key.as_bytes()).payload(&state))?;
+                if let Some((topic, body)) = audit {
+                    self.send(BaseRecord::to(topic.as_str()).partition(partition).key(out.key.as_bytes()).payload(body.as_bytes()))?;
+                }
                 self.counters.emitted += 1;
+                let now = now_ms();
+                let skew = msg.timestamp().to_millis().map(|t| t - event_ts);
+                self.metrics.emitted(&source, siblings, now - event_ts, skew);
                 if siblings > 1 {
+                    let winner = out.headers.iter().find(|(k, _)| *k == crate::output::HEADER_WINNER).map_or("-", |(_, v)| v.as_str());
+                    self.metrics.conflict(self.config.merge.policy.as_str(), winner);
                     tracing::debug!(source, topic = msg.topic(), partition, offset = msg.offset(), siblings, "conflict");
                 }
             }
-            Ok(Step::Stale { .. } | Step::Duplicate { .. }) => self.counters.dropped += 1,
-            Ok(Step::Ignored { .. }) => {}
+            Ok(Step::Stale { source }) => {
+                self.counters.dropped += 1;
+                self.metrics.dropped(&source, "stale");
+            }
+            Ok(Step::Duplicate { source }) => {
+                self.counters.dropped += 1;
+                self.metrics.dropped(&source, "duplicate");
+            }
+            Ok(Step::Ignored { source }) => self.metrics.dropped(&source, "ignored"),
             Err(ProcessError::Normalize(e)) => self.dead_letter(msg, &e)?,
             Err(ProcessError::Store(e)) => return Err(e.into()),
         }
@@ -306,7 +360,44 @@ impl Worker {
         }
         self.send(record)?;
         self.counters.dead_letters += 1;
+        let source = e.source_name.as_deref().unwrap_or("unknown");
+        self.metrics.dead_letter(source, e.kind.reason());
         Ok(())
+    }
+
+    /// Answers `GET /state/{key}` for the admin port.
+    fn query(&mut self, key: &str) -> (u16, String) {
+        // Debezium's JSON converter (schemas off) writes the key as this
+        // canonical JSON, and Java producers partition with murmur2.
+        let partition = crate::admin::murmur2_partition(key.as_bytes(), self.partitions);
+        let owned: Vec<i32> = self.tasks.keys().copied().collect();
+        let Some(task) = self.tasks.get_mut(&partition) else {
+            let body = serde_json::json!({
+                "error": format!("key {key} belongs to partition {partition}, which this instance does not own"),
+                "partition": partition,
+                "owned_partitions": owned,
+            });
+            return (404, body.to_string());
+        };
+        match task.get(key) {
+            Ok(Some(state)) => {
+                let r = self.pipeline.engine().resolve(&state);
+                let body = serde_json::json!({
+                    "key": key,
+                    "partition": partition,
+                    "row": r.row.as_deref(),
+                    "deleted": r.row.is_none(),
+                    "winner": r.winner,
+                    "vv": r.vv,
+                    "conflict": r.conflict(),
+                    "siblings": r.siblings,
+                    "versions": state.versions,
+                });
+                (200, body.to_string())
+            }
+            Ok(None) => (404, serde_json::json!({"error": format!("no state for key {key}"), "partition": partition}).to_string()),
+            Err(e) => (500, serde_json::json!({"error": e.to_string()}).to_string()),
+        }
     }
 
     /// Ends the open cycle: commit (output, changelog, offsets), then write
@@ -343,9 +434,16 @@ impl Worker {
                 self.positions.clear();
                 self.txn_open = false;
                 self.counters.commits += 1;
+                self.metrics.cycle(true, started.elapsed().as_secs_f64());
+                for (p, task) in &self.tasks {
+                    self.metrics.state_keys(*p, task.approximate_keys());
+                }
                 Ok(())
             }
-            Err(e) => self.abort(consumer, e),
+            Err(e) => {
+                self.metrics.cycle(false, 0.0);
+                self.abort(consumer, e)
+            }
         }
     }
 
@@ -471,8 +569,10 @@ impl Worker {
             .map_err(|e| RunError::kafka(format!("watermarks of {} partition {p}", self.changelog), e))?;
         let start = task.checkpoint().max(low);
         if start >= high {
+            self.metrics.restore(p, 0, 0.0);
             return Ok(0);
         }
+        let began = Instant::now();
         tracing::info!(partition = p, from = start, to = high, "restoring state from the changelog");
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.changelog, p, Offset::Offset(start)).map_err(|e| RunError::kafka("restore", e))?;
@@ -494,6 +594,9 @@ impl Worker {
                     task.put_restored(key, state);
                     next = m.offset() + 1;
                     restored += 1;
+                    if restored % 1000 == 0 {
+                        self.metrics.restore(p, high - next, restored as f64 / began.elapsed().as_secs_f64().max(1e-3));
+                    }
                     if last_log.elapsed() > Duration::from_secs(5) {
                         tracing::info!(partition = p, at = next, to = high, restored, "restoring");
                         last_log = Instant::now();
@@ -502,6 +605,7 @@ impl Worker {
             }
         }
         task.commit(next)?;
+        self.metrics.restore(p, 0, restored as f64 / began.elapsed().as_secs_f64().max(1e-3));
         Ok(restored)
     }
 }
@@ -534,6 +638,11 @@ pub async fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Counters, 
         topics::TopicSpec { name: changelog.clone(), role: "changelog", cleanup_policy: "compact" },
         topics::TopicSpec { name: dlq.clone(), role: "dead-letter", cleanup_policy: "delete" },
     ];
+    let audit = config.audit.enabled.then(|| conflicts_topic(&group));
+    let specs: Vec<topics::TopicSpec> = specs
+        .into_iter()
+        .chain(audit.iter().map(|t| topics::TopicSpec { name: t.clone(), role: "conflict audit", cleanup_policy: "delete" }))
+        .collect();
     topics::ensure_topics(&admin, &probe, &specs, partitions, config.kafka.replication_factor.unwrap_or(-1), TIMEOUT).await?;
     drop(probe);
     tracing::info!(partitions, "source topics are co-partitioned");
@@ -559,7 +668,13 @@ pub async fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Counters, 
             .map_err(|e| RunError::kafka(format!("init transactions (transactional.id {transactional_id})"), e))?;
     }
 
+    let metrics = Arc::new(Metrics::new());
+    let source_of: HashMap<String, String> = config.sources.iter().map(|s| (s.topic.clone(), s.name.clone())).collect();
     let worker = Arc::new(Mutex::new(Worker {
+        metrics: metrics.clone(),
+        source_of: source_of.clone(),
+        audit,
+        partitions,
         pipeline: Pipeline::new(&config),
         config: config.clone(),
         producer,
@@ -582,19 +697,31 @@ pub async fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Counters, 
         ("enable.auto.offset.store", "false"),
         ("isolation.level", "read_committed"),
         ("auto.offset.reset", "earliest"),
+        ("statistics.interval.ms", "5000"),
     ];
     if let Some(id) = &config.kafka.instance_id {
         consumer_defaults.push(("group.instance.id", id.as_str()));
     }
     let consumer: GroupConsumer = client_config(&config, &consumer_defaults)
-        .create_with_context(GroupContext { worker: worker.clone() })
+        .create_with_context(GroupContext { worker: worker.clone(), metrics: metrics.clone(), source_of })
         .map_err(|e| RunError::kafka("create consumer", e))?;
     let topic_refs: Vec<&str> = source_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs).map_err(|e| RunError::kafka("subscribe", e))?;
     let interval = config.runtime.commit_interval;
+    if config.admin.enabled {
+        let w = worker.clone();
+        let query: crate::admin::StateQuery = Arc::new(move |key: &str| w.lock().expect("worker").query(key));
+        crate::admin::serve(&config.admin.listen, metrics.clone(), query)
+            .await
+            .map_err(|e| RunError::Topics(format!("admin.listen {}: {e}", config.admin.listen)))?;
+    }
+    let down = metrics.clone();
 
     tokio::task::spawn_blocking(move || {
         let result = main_loop(&consumer, &worker, interval, &shutdown);
+        if result.is_err() {
+            down.set_down();
+        }
         // Leave the group (the revocation callback commits what is open).
         consumer.unsubscribe();
         drop(consumer);
@@ -638,3 +765,37 @@ fn main_loop(consumer: &GroupConsumer, worker: &Mutex<Worker>, interval: Duratio
     );
     Ok(())
 }
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The conflict audit record: every version in the set, the policy and
+/// the winner, so an operator can see why a row looks the way it does.
+fn audit_record(
+config: &Config,
+source_of: &HashMap<String, String>,
+out: &crate::output::OutputRecord,
+state: &crate::merge::KeyState,
+msg: &BorrowedMessage<'_>,
+) -> String {
+    let header = |name: &str| out.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
+    serde_json::json!({
+        "key": out.key,
+        "partition": out.partition,
+        "policy": config.merge.policy.as_str(),
+        "deletes": config.merge.deletes.as_str(),
+        "winner": header(crate::output::HEADER_WINNER),
+        "merged_vv": state.merged_clock(),
+        "deleted": out.value.is_none(),
+        "versions": state.versions,
+        "event": {
+            "source": source_of.get(msg.topic()),
+            "topic": msg.topic(),
+            "partition": msg.partition(),
+            "offset": msg.offset(),
+        },
+    })
+    .to_string()
+}
+

@@ -1,0 +1,236 @@
+//! Prometheus metrics. The naming rule (see README, "Metrics"):
+//! `tributary_<noun>_<unit>[_total]`, labels of bounded cardinality only
+//! (`source`, `partition`, `outcome`, `policy`, `winner`, `reason`, `kind`),
+//! never a key. Each happening has one method here that counts it, so call
+//! sites stay one line.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric Tributary exports.
+pub struct Metrics {
+    registry: Registry,
+    consumed: IntCounterVec,
+    emitted: IntCounterVec,
+    dropped: IntCounterVec,
+    conflicts: IntCounterVec,
+    dead_letters: IntCounterVec,
+    siblings: Histogram,
+    cycle: Histogram,
+    event_age: HistogramVec,
+    lag: IntGaugeVec,
+    skew: prometheus::GaugeVec,
+    state_keys: IntGaugeVec,
+    restore_remaining: IntGaugeVec,
+    restore_rate: prometheus::GaugeVec,
+    transactions: IntCounterVec,
+    rebalances: IntCounterVec,
+    ready: IntGauge,
+    up: Gauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn float_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+    let g = prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric (and the process collector) in a fresh registry.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("process metrics");
+        let siblings = Histogram::with_opts(
+            HistogramOpts::new("tributary_siblings", "Versions in a key's set after each emitted event (more than 1: a live conflict)")
+                .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(siblings.clone())).expect("registered once");
+        let cycle = Histogram::with_opts(
+            HistogramOpts::new("tributary_cycle_duration_seconds", "Time to commit one processing cycle (one transaction)")
+                .buckets(prometheus::exponential_buckets(0.002, 2.0, 12).expect("buckets")),
+        )
+        .expect("valid metric");
+        r.register(Box::new(cycle.clone())).expect("registered once");
+        let event_age = HistogramVec::new(
+            HistogramOpts::new("tributary_event_age_seconds", "Age of an event when its merged record is emitted: now minus the source commit time")
+                .buckets(prometheus::exponential_buckets(0.01, 2.5, 14).expect("buckets")),
+            &["source"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(event_age.clone())).expect("registered once");
+        let ready = IntGauge::new("tributary_ready", "1 when every assigned task is restored and processing").expect("valid metric");
+        r.register(Box::new(ready.clone())).expect("registered once");
+        let up = Gauge::new("tributary_up", "1 while the processor runs; 0 after a fatal error").expect("valid metric");
+        r.register(Box::new(up.clone())).expect("registered once");
+        up.set(1.0);
+        Metrics {
+            consumed: counter(&r, "tributary_records_consumed_total", "Source records consumed", &["source"]),
+            emitted: counter(&r, "tributary_records_emitted_total", "Merged records written to the output topic", &["source"]),
+            dropped: counter(&r, "tributary_events_dropped_total", "Events that changed nothing (stale, duplicate) or were ignored (Debezium tombstones)", &["source", "outcome"]),
+            conflicts: counter(&r, "tributary_conflicts_total", "State-changing events that left more than one version", &["policy", "winner"]),
+            dead_letters: counter(&r, "tributary_dead_letters_total", "Records sent to the dead-letter topic", &["source", "reason"]),
+            siblings,
+            cycle,
+            event_age,
+            lag: gauge(&r, "tributary_consumer_lag_records", "Consumer lag per source partition (librdkafka statistics)", &["source", "partition"]),
+            skew: float_gauge(&r, "tributary_clock_skew_seconds", "Kafka record time minus source commit time, last seen per source", &["source"]),
+            state_keys: gauge(&r, "tributary_state_keys", "Keys in a task's local state (approximate)", &["partition"]),
+            restore_remaining: gauge(&r, "tributary_restore_remaining_records", "Changelog records left to restore", &["partition"]),
+            restore_rate: float_gauge(&r, "tributary_restore_rate_records_per_second", "Restore speed", &["partition"]),
+            transactions: counter(&r, "tributary_transactions_total", "Processing cycles by outcome", &["outcome"]),
+            rebalances: counter(&r, "tributary_rebalances_total", "Group rebalance callbacks", &["kind"]),
+            ready,
+            up,
+            registry: r,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        String::from_utf8(buf).expect("utf-8")
+    }
+
+    /// A source record was consumed; `skew_ms` is record time minus commit time.
+    pub fn consumed(&self, source: &str) {
+        self.consumed.with_label_values(&[source]).inc();
+    }
+
+    /// A merged record was emitted for an event of `source`.
+    pub fn emitted(&self, source: &str, siblings: usize, age_ms: i64, skew_ms: Option<i64>) {
+        self.emitted.with_label_values(&[source]).inc();
+        self.siblings.observe(siblings as f64);
+        self.event_age.with_label_values(&[source]).observe(age_ms.max(0) as f64 / 1000.0);
+        if let Some(skew) = skew_ms {
+            self.skew.with_label_values(&[source]).set(skew as f64 / 1000.0);
+        }
+    }
+
+    /// An event was dropped (`stale`, `duplicate`) or ignored (`ignored`).
+    pub fn dropped(&self, source: &str, outcome: &str) {
+        self.dropped.with_label_values(&[source, outcome]).inc();
+    }
+
+    /// An accepted event left a conflict.
+    pub fn conflict(&self, policy: &str, winner: &str) {
+        self.conflicts.with_label_values(&[policy, winner]).inc();
+    }
+
+    /// A record was dead-lettered.
+    pub fn dead_letter(&self, source: &str, reason: &str) {
+        self.dead_letters.with_label_values(&[source, reason]).inc();
+    }
+
+    /// A cycle ended.
+    pub fn cycle(&self, committed: bool, seconds: f64) {
+        self.transactions.with_label_values(&[if committed { "committed" } else { "aborted" }]).inc();
+        if committed {
+            self.cycle.observe(seconds);
+        }
+    }
+
+    /// A rebalance callback ran (`assign` or `revoke`).
+    pub fn rebalance(&self, kind: &str) {
+        self.rebalances.with_label_values(&[kind]).inc();
+    }
+
+    /// Consumer lag of one source partition.
+    pub fn lag(&self, source: &str, partition: i32, lag: i64) {
+        self.lag.with_label_values(&[source, &partition.to_string()]).set(lag.max(0));
+    }
+
+    /// Keys in a task's state.
+    pub fn state_keys(&self, partition: i32, keys: usize) {
+        self.state_keys.with_label_values(&[&partition.to_string()]).set(keys as i64);
+    }
+
+    /// Restore progress of a task.
+    pub fn restore(&self, partition: i32, remaining: i64, rate: f64) {
+        let p = partition.to_string();
+        self.restore_remaining.with_label_values(&[&p]).set(remaining.max(0));
+        self.restore_rate.with_label_values(&[&p]).set(rate);
+    }
+
+    /// Readiness: every assigned task restored and processing.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// True when ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.get() == 1
+    }
+
+    /// A fatal error: the process is about to stop.
+    pub fn set_down(&self) {
+        self.up.set(0.0);
+    }
+
+    /// False after a fatal error.
+    pub fn is_up(&self) -> bool {
+        self.up.get() > 0.5
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_bounded_labels() {
+        let m = Metrics::new();
+        m.consumed("eu");
+        m.emitted("eu", 2, 1500, Some(-20));
+        m.dropped("eu", "stale");
+        m.conflict("lww", "eu");
+        m.dead_letter("eu", "bad_value");
+        m.cycle(true, 0.01);
+        m.cycle(false, 0.0);
+        m.rebalance("assign");
+        m.lag("eu", 0, 7);
+        m.state_keys(0, 3);
+        m.restore(0, 0, 0.0);
+        m.set_ready(true);
+        let text = m.render();
+        for name in [
+            "tributary_records_consumed_total{source=\"eu\"} 1",
+            "tributary_records_emitted_total{source=\"eu\"} 1",
+            "tributary_events_dropped_total{outcome=\"stale\",source=\"eu\"} 1",
+            "tributary_conflicts_total{policy=\"lww\",winner=\"eu\"} 1",
+            "tributary_dead_letters_total{reason=\"bad_value\",source=\"eu\"} 1",
+            "tributary_siblings_count 1",
+            "tributary_event_age_seconds_count{source=\"eu\"} 1",
+            "tributary_clock_skew_seconds{source=\"eu\"} -0.02",
+            "tributary_consumer_lag_records{partition=\"0\",source=\"eu\"} 7",
+            "tributary_transactions_total{outcome=\"aborted\"} 1",
+            "tributary_rebalances_total{kind=\"assign\"} 1",
+            "tributary_ready 1",
+        ] {
+            assert!(text.contains(name), "missing `{name}` in\n{text}");
+        }
+        assert!(text.contains("process_resident_memory_bytes"));
+    }
+}
