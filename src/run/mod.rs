@@ -799,3 +799,49 @@ msg: &BorrowedMessage<'_>,
     .to_string()
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_properties_reach_librdkafka_and_sasl_ssl_is_built_in() {
+        let text = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:1"
+[kafka.properties]
+"security.protocol" = "sasl_ssl"
+"sasl.mechanisms" = "SCRAM-SHA-512"
+"sasl.username" = "tributary"
+"sasl.password" = "secret"
+[output]
+topic = "o"
+[[sources]]
+name = "a"
+topic = "t"
+"#;
+        let config = Config::parse(text, "test", std::iter::empty()).unwrap();
+        let c = client_config(&config, &[("linger.ms", "5")]);
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+        // Creating the client validates every property: an unknown one, or
+        // SSL in a build without it, fails here.
+        let consumer: Result<BaseConsumer, _> = c.create();
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
+        let mut bad = client_config(&config, &[]);
+        bad.set("no.such.property", "1");
+        assert!(bad.create::<BaseConsumer>().is_err());
+    }
+
+    #[test]
+    fn instance_ids_are_stable_and_distinct_per_state_dir() {
+        let text = "[output]\ntopic = \"o\"\n[[sources]]\nname = \"a\"\ntopic = \"t\"\n";
+        let mut a = Config::parse(text, "test", std::iter::empty()).unwrap();
+        a.runtime.state_dir = "/var/lib/tributary/a".into();
+        let mut b = a.clone();
+        b.runtime.state_dir = "/var/lib/tributary/b".into();
+        assert_eq!(instance_id(&a), instance_id(&a.clone()));
+        assert_ne!(instance_id(&a), instance_id(&b));
+        a.kafka.instance_id = Some("merge-0".into());
+        assert_eq!(instance_id(&a), "merge-0");
+    }
+}
