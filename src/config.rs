@@ -75,6 +75,9 @@ pub struct Config {
     /// The conflict audit topic (`tributary run`).
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The table sink (`tributary sink`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<crate::sink::SinkConfig>,
     /// The source topics, one per source database.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
@@ -428,6 +431,11 @@ impl Config {
                 "output.clock_field: sources carry clocks in different columns ({}); name the output column",
                 carried.join(", ")
             ));
+        }
+        if let Some(sink) = &self.sink {
+            if let Err(e) = sink.table_spec() {
+                problems.push(e.to_string().trim_start_matches("sink configuration: ").to_string());
+            }
         }
         if problems.is_empty() {
             Ok(())

@@ -15,4 +15,5 @@ pub mod output;
 pub mod pipeline;
 pub mod replay;
 pub mod run;
+pub mod sink;
 pub mod store;

@@ -50,6 +50,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Materialize the output topic into a table ([sink]: SQLite or PostgreSQL).
+    Sink {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run the merge offline over a kcat -J dump and write the output records.
     Replay {
         /// The TOML configuration file.
@@ -128,6 +134,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     }
                 }
             })
+        }
+        Command::Sink { config } => {
+            let config = Config::load(&config)?;
+            let shutdown = Arc::new(AtomicBool::new(false));
+            let flag = shutdown.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            std::thread::spawn(move || {
+                runtime.block_on(wait_for_signal());
+                flag.store(true, Ordering::Relaxed);
+            });
+            match tributary::sink::run(&config, &shutdown) {
+                Ok(_) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
         Command::Replay { config, input, output, dead_letters } => {
             let config = Config::load(&config)?;

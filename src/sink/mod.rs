@@ -1,0 +1,565 @@
+//! `tributary sink`: materializes the compacted output topic into a table.
+//!
+//! Records are read with `read_committed` and applied in batches; each batch
+//! is one database transaction that upserts or deletes the rows *and* stores
+//! the next offset of every partition it covers, so a crash or restart
+//! neither loses nor repeats anything: on start the sink seeks to the offsets
+//! the database holds. A record whose value does not fit the table (a type
+//! mismatch) is written to a dead-letter table in the same transaction, and
+//! the stream goes on.
+//!
+//! Targets sit behind [`Target`]: SQLite (embedded default) and PostgreSQL.
+
+mod postgres;
+mod sqlite;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::Config;
+
+/// `[sink]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `sqlite` (default) or `postgres`.
+    #[serde(default)]
+    pub target: TargetKind,
+    /// SQLite file path, or a PostgreSQL URL (`postgres://user@host:port/db`).
+    pub url: String,
+    /// The table to materialize into (created when missing).
+    pub table: String,
+    /// Columns as `"name type"`, type one of text, bigint, integer, double, boolean, json.
+    pub columns: Vec<String>,
+    /// The primary key: the fields of the canonical key.
+    pub key_columns: Vec<String>,
+    /// Optional column that receives the merged version vector (`tributary.vv`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vv_column: Option<String>,
+    /// The topic to read (default: `[output] topic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Names this sink's offsets in the database (default `<group_id>-sink`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// Records per batch (one database transaction).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_batch_size() -> usize {
+    500
+}
+
+/// Sink targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// An SQLite file (embedded).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// A column's SQL type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// `text`
+    Text,
+    /// `bigint` (64-bit)
+    BigInt,
+    /// `integer` (32-bit)
+    Integer,
+    /// `double precision`
+    Double,
+    /// `boolean`
+    Boolean,
+    /// `json` / `jsonb`
+    Json,
+}
+
+/// A column of the target table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Name.
+    pub name: String,
+    /// Type.
+    pub ty: ColumnType,
+}
+
+/// The table layout, validated from `[sink]`.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Table name.
+    pub table: String,
+    /// Every column, key columns included, vv column last when configured.
+    pub columns: Vec<Column>,
+    /// Indexes of the key columns in `columns`.
+    pub key: Vec<usize>,
+    /// Index of the vv column.
+    pub vv: Option<usize>,
+}
+
+/// A value bound to a column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    /// NULL.
+    Null,
+    /// Integers.
+    Int(i64),
+    /// Floats.
+    Float(f64),
+    /// Text.
+    Text(String),
+    /// Booleans.
+    Bool(bool),
+    /// JSON (as text).
+    Json(Value),
+}
+
+/// One change to apply, after de-duplication per key within the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Insert or update the row (values in column order).
+    Upsert(Vec<SqlValue>),
+    /// Delete the row with this key (values in key order).
+    Delete(Vec<SqlValue>),
+}
+
+/// A record that does not fit the table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadRow {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key text.
+    pub key: Option<String>,
+    /// Value text.
+    pub value: Option<String>,
+    /// What was wrong.
+    pub error: String,
+}
+
+/// One database transaction's worth of work.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Row changes.
+    pub changes: Vec<Change>,
+    /// Dead letters.
+    pub dead: Vec<DeadRow>,
+    /// (topic, partition, next offset) to store.
+    pub offsets: Vec<(String, i32, i64)>,
+}
+
+/// Sink failures. Conversion problems are not errors: they become dead rows.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The `[sink]` section is missing or invalid.
+    #[error("sink configuration: {0}")]
+    Config(String),
+    /// The database failed.
+    #[error("{target} {url}: {message}")]
+    Db {
+        /// Target kind.
+        target: &'static str,
+        /// The URL or path (no password).
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// Kafka failed.
+    #[error("kafka: {0}")]
+    Kafka(String),
+}
+
+/// A database the sink writes to.
+pub trait Target {
+    /// Creates the table, the offsets table and the dead-letter table when missing.
+    fn prepare(&mut self, spec: &TableSpec) -> Result<(), SinkError>;
+    /// The stored next offsets of `group` for `topic`, per partition.
+    fn offsets(&mut self, group: &str, topic: &str) -> Result<HashMap<i32, i64>, SinkError>;
+    /// Applies a batch in one transaction (rows, dead letters, offsets).
+    fn apply(&mut self, spec: &TableSpec, group: &str, batch: &Batch) -> Result<(), SinkError>;
+}
+
+impl SinkConfig {
+    /// Validates the column list and builds the table layout.
+    pub fn table_spec(&self) -> Result<TableSpec, SinkError> {
+        let bad = |m: String| SinkError::Config(m);
+        if !is_identifier(&self.table) {
+            return Err(bad(format!("sink.table: \"{}\" is not a plain SQL identifier", self.table)));
+        }
+        let mut columns = Vec::new();
+        for (i, c) in self.columns.iter().enumerate() {
+            let mut parts = c.split_whitespace();
+            let (Some(name), Some(ty), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(bad(format!("sink.columns[{i}]: \"{c}\" must be \"name type\"")));
+            };
+            if !is_identifier(name) {
+                return Err(bad(format!("sink.columns[{i}]: \"{name}\" is not a plain SQL identifier")));
+            }
+            let ty = match ty.to_ascii_lowercase().as_str() {
+                "text" | "varchar" => ColumnType::Text,
+                "bigint" | "int8" => ColumnType::BigInt,
+                "integer" | "int" | "int4" => ColumnType::Integer,
+                "double" | "float8" | "real" | "float" => ColumnType::Double,
+                "boolean" | "bool" => ColumnType::Boolean,
+                "json" | "jsonb" => ColumnType::Json,
+                other => {
+                    return Err(bad(format!(
+                        "sink.columns[{i}]: unknown type \"{other}\" (text, bigint, integer, double, boolean, json)"
+                    )))
+                }
+            };
+            if columns.iter().any(|c: &Column| c.name == name) {
+                return Err(bad(format!("sink.columns[{i}]: column \"{name}\" listed twice")));
+            }
+            columns.push(Column { name: name.to_string(), ty });
+        }
+        let mut key = Vec::new();
+        for k in &self.key_columns {
+            let i = columns
+                .iter()
+                .position(|c| &c.name == k)
+                .ok_or_else(|| bad(format!("sink.key_columns: \"{k}\" is not in sink.columns")))?;
+            key.push(i);
+        }
+        if key.is_empty() {
+            return Err(bad("sink.key_columns: at least one key column is required".into()));
+        }
+        let vv = match &self.vv_column {
+            Some(v) if columns.iter().any(|c| &c.name == v) => {
+                return Err(bad(format!("sink.vv_column: \"{v}\" is also in sink.columns")))
+            }
+            Some(v) if !is_identifier(v) => return Err(bad(format!("sink.vv_column: \"{v}\" is not a plain SQL identifier"))),
+            Some(v) => {
+                columns.push(Column { name: v.clone(), ty: ColumnType::Text });
+                Some(columns.len() - 1)
+            }
+            None => None,
+        };
+        if self.batch_size == 0 {
+            return Err(bad("sink.batch_size: must be at least 1".into()));
+        }
+        Ok(TableSpec { table: self.table.clone(), columns, key, vv })
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Converts a JSON value to a column value, or says why it does not fit.
+pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, String> {
+    let v = match value {
+        None | Some(Value::Null) => return Ok(SqlValue::Null),
+        Some(v) => v,
+    };
+    let mismatch = |what: &str| format!("column `{}` ({}): {v} is not {what}", column.name, type_name(column.ty));
+    Ok(match column.ty {
+        ColumnType::Text => match v {
+            Value::String(s) => SqlValue::Text(s.clone()),
+            other => SqlValue::Text(other.to_string()),
+        },
+        ColumnType::BigInt | ColumnType::Integer => {
+            let n = match v {
+                Value::Number(n) => n.as_i64().ok_or_else(|| mismatch("an integer"))?,
+                Value::String(s) => s.trim().parse::<i64>().map_err(|_| mismatch("an integer"))?,
+                _ => return Err(mismatch("an integer")),
+            };
+            if column.ty == ColumnType::Integer && i32::try_from(n).is_err() {
+                return Err(mismatch("a 32-bit integer"));
+            }
+            SqlValue::Int(n)
+        }
+        ColumnType::Double => match v {
+            Value::Number(n) => SqlValue::Float(n.as_f64().ok_or_else(|| mismatch("a number"))?),
+            Value::String(s) => SqlValue::Float(s.trim().parse::<f64>().map_err(|_| mismatch("a number"))?),
+            _ => return Err(mismatch("a number")),
+        },
+        ColumnType::Boolean => match v {
+            Value::Bool(b) => SqlValue::Bool(*b),
+            Value::String(s) if s.eq_ignore_ascii_case("true") => SqlValue::Bool(true),
+            Value::String(s) if s.eq_ignore_ascii_case("false") => SqlValue::Bool(false),
+            _ => return Err(mismatch("a boolean")),
+        },
+        ColumnType::Json => SqlValue::Json(v.clone()),
+    })
+}
+
+fn type_name(t: ColumnType) -> &'static str {
+    match t {
+        ColumnType::Text => "text",
+        ColumnType::BigInt => "bigint",
+        ColumnType::Integer => "integer",
+        ColumnType::Double => "double",
+        ColumnType::Boolean => "boolean",
+        ColumnType::Json => "json",
+    }
+}
+
+/// Builds the batch for a run of records (already in offset order per
+/// partition): the last change per key wins, as on the compacted topic.
+pub fn build_batch(spec: &TableSpec, records: &[RawRecord]) -> Batch {
+    let mut batch = Batch::default();
+    let mut by_key: HashMap<&str, usize> = HashMap::new();
+    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    for r in records {
+        next.insert((&r.topic, r.partition), r.offset + 1);
+        match convert(spec, r) {
+            Ok(change) => {
+                let key = r.key.as_deref().unwrap_or_default();
+                match by_key.get(key) {
+                    Some(&i) => batch.changes[i] = change,
+                    None => {
+                        by_key.insert(key, batch.changes.len());
+                        batch.changes.push(change);
+                    }
+                }
+            }
+            Err(error) => batch.dead.push(DeadRow {
+                topic: r.topic.clone(),
+                partition: r.partition,
+                offset: r.offset,
+                key: r.key.clone(),
+                value: r.value.clone(),
+                error,
+            }),
+        }
+    }
+    batch.offsets = next.into_iter().map(|((t, p), o)| (t.to_string(), p, o)).collect();
+    batch.offsets.sort();
+    batch
+}
+
+/// A consumed output record.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key (canonical key JSON).
+    pub key: Option<String>,
+    /// Value (merged row JSON, or None for a tombstone).
+    pub value: Option<String>,
+    /// The `tributary.vv` header.
+    pub vv: Option<String>,
+}
+
+fn convert(spec: &TableSpec, r: &RawRecord) -> Result<Change, String> {
+    let key_text = r.key.as_deref().ok_or("the record has no key")?;
+    let key: serde_json::Map<String, Value> =
+        serde_json::from_str(key_text).map_err(|e| format!("the key is not a JSON object: {e}"))?;
+    let key_values = spec
+        .key
+        .iter()
+        .map(|&i| {
+            let c = &spec.columns[i];
+            match key.get(&c.name) {
+                Some(v) => to_sql(c, Some(v)),
+                None => Err(format!("key column `{}` is missing from the key {key_text}", c.name)),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(value) = r.value.as_deref() else {
+        return Ok(Change::Delete(key_values));
+    };
+    let row: serde_json::Map<String, Value> =
+        serde_json::from_str(value).map_err(|e| format!("the value is not a JSON object: {e}"))?;
+    let mut values = Vec::with_capacity(spec.columns.len());
+    for (i, c) in spec.columns.iter().enumerate() {
+        if let Some(k) = spec.key.iter().position(|&ki| ki == i) {
+            values.push(key_values[k].clone());
+        } else if Some(i) == spec.vv {
+            values.push(r.vv.clone().map_or(SqlValue::Null, SqlValue::Text));
+        } else {
+            values.push(to_sql(c, row.get(&c.name))?);
+        }
+    }
+    Ok(Change::Upsert(values))
+}
+
+/// Opens the configured target.
+pub fn open_target(sink: &SinkConfig) -> Result<Box<dyn Target>, SinkError> {
+    Ok(match sink.target {
+        TargetKind::Sqlite => Box::new(sqlite::Sqlite::open(&sink.url)?),
+        TargetKind::Postgres => Box::new(postgres::Postgres::open(&sink.url)?),
+    })
+}
+
+/// Counters of a sink run.
+#[derive(Debug, Default, Clone)]
+pub struct SinkStats {
+    /// Records applied (rows changed or dead-lettered).
+    pub records: u64,
+    /// Database transactions.
+    pub batches: u64,
+    /// Dead rows.
+    pub dead: u64,
+}
+
+/// Runs the sink until `shutdown` is set.
+pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkError> {
+    let sink = config.sink.as_ref().ok_or_else(|| SinkError::Config("the configuration has no [sink] section".into()))?;
+    let spec = sink.table_spec()?;
+    let topic = sink.topic.clone().unwrap_or_else(|| config.output.topic.clone());
+    let group = sink.group_id.clone().unwrap_or_else(|| format!("{}-sink", config.kafka.group_id));
+    let mut target = open_target(sink)?;
+    target.prepare(&spec)?;
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .set("group.id", &group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &config.kafka.properties {
+        client.set(k, v);
+    }
+    let consumer: BaseConsumer = client.create().map_err(|e| SinkError::Kafka(e.to_string()))?;
+    let md = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(30))
+        .map_err(|e| SinkError::Kafka(format!("metadata of {topic}: {e}")))?;
+    let partitions = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| SinkError::Kafka(format!("topic {topic} does not exist")))?;
+    // Offsets live in the database, next to the rows: assign every partition
+    // from there (one sink instance per group and table).
+    let stored = target.offsets(&group, &topic)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        let offset = stored.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+        tpl.add_partition_offset(&topic, p, offset).map_err(|e| SinkError::Kafka(e.to_string()))?;
+    }
+    consumer.assign(&tpl).map_err(|e| SinkError::Kafka(e.to_string()))?;
+    tracing::info!(topic = %topic, group = %group, table = %spec.table, partitions, resumed = stored.len(), "sink started");
+    let mut stats = SinkStats::default();
+    let mut pending: Vec<RawRecord> = Vec::new();
+    let mut first = Instant::now();
+    while !shutdown.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => {
+                if pending.is_empty() {
+                    first = Instant::now();
+                }
+                let vv = m.headers().and_then(|h| {
+                    h.iter().find(|x| x.key == crate::output::HEADER_VV).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).into_owned())
+                });
+                pending.push(RawRecord {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+                    vv,
+                });
+            }
+            Some(Err(e)) => tracing::warn!("sink consumer: {e}"),
+            None => {}
+        }
+        if !pending.is_empty() && (pending.len() >= sink.batch_size || first.elapsed() >= Duration::from_millis(100)) {
+            flush(&mut *target, &spec, &group, &mut pending, &mut stats)?;
+        }
+    }
+    flush(&mut *target, &spec, &group, &mut pending, &mut stats)?;
+    tracing::info!(records = stats.records, batches = stats.batches, dead = stats.dead, "sink stopped");
+    Ok(stats)
+}
+
+fn flush(target: &mut dyn Target, spec: &TableSpec, group: &str, pending: &mut Vec<RawRecord>, stats: &mut SinkStats) -> Result<(), SinkError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let batch = build_batch(spec, pending);
+    for d in &batch.dead {
+        tracing::warn!(topic = %d.topic, partition = d.partition, offset = d.offset, "sink dead letter: {}", d.error);
+    }
+    target.apply(spec, group, &batch)?;
+    stats.records += pending.len() as u64;
+    stats.batches += 1;
+    stats.dead += batch.dead.len() as u64;
+    pending.clear();
+    Ok(())
+}
+
+/// SQL text of a value list: `$1, $2…` (PostgreSQL) or `?1, ?2…` (SQLite).
+fn placeholders(prefix: char, start: usize, n: usize) -> String {
+    (start..start + n).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// `INSERT … ON CONFLICT (key) DO UPDATE …` for `rows` rows; both targets speak it.
+fn upsert_sql(spec: &TableSpec, rows: usize, prefix: char) -> String {
+    let cols: Vec<&str> = spec.columns.iter().map(|c| c.name.as_str()).collect();
+    let n = cols.len();
+    let values: Vec<String> = (0..rows).map(|r| format!("({})", placeholders(prefix, r * n + 1, n))).collect();
+    let keys: Vec<&str> = spec.key.iter().map(|&i| cols[i]).collect();
+    let updates: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !spec.key.contains(i))
+        .map(|(_, c)| format!("{c} = excluded.{c}"))
+        .collect();
+    let action = if updates.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", updates.join(", ")) };
+    format!(
+        "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO {action}",
+        spec.table,
+        cols.join(", "),
+        values.join(", "),
+        keys.join(", ")
+    )
+}
+
+fn delete_sql(spec: &TableSpec, prefix: char) -> String {
+    let cond: Vec<String> =
+        spec.key.iter().enumerate().map(|(i, &c)| format!("{} = {prefix}{}", spec.columns[c].name, i + 1)).collect();
+    format!("DELETE FROM {} WHERE {}", spec.table, cond.join(" AND "))
+}
+
+fn create_sql(spec: &TableSpec, pg: bool) -> String {
+    let cols: Vec<String> = spec
+        .columns
+        .iter()
+        .map(|c| {
+            let ty = match (c.ty, pg) {
+                (ColumnType::Text, _) => "TEXT",
+                (ColumnType::BigInt, _) => "BIGINT",
+                (ColumnType::Integer, _) => "INTEGER",
+                (ColumnType::Double, true) => "DOUBLE PRECISION",
+                (ColumnType::Double, false) => "REAL",
+                (ColumnType::Boolean, _) => "BOOLEAN",
+                (ColumnType::Json, true) => "JSONB",
+                (ColumnType::Json, false) => "TEXT",
+            };
+            format!("{} {ty}", c.name)
+        })
+        .collect();
+    let keys: Vec<&str> = spec.key.iter().map(|&i| spec.columns[i].name.as_str()).collect();
+    format!("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))", spec.table, cols.join(", "), keys.join(", "))
+}
+
+const OFFSETS_DDL: &str = "CREATE TABLE IF NOT EXISTS tributary_sink_offsets (consumer_group TEXT NOT NULL, topic TEXT NOT NULL, partition_id INTEGER NOT NULL, next_offset BIGINT NOT NULL, PRIMARY KEY (consumer_group, topic, partition_id))";
+const DEAD_DDL: &str = "CREATE TABLE IF NOT EXISTS tributary_sink_dead_letters (topic TEXT NOT NULL, partition_id INTEGER NOT NULL, record_offset BIGINT NOT NULL, record_key TEXT, record_value TEXT, error TEXT NOT NULL, PRIMARY KEY (topic, partition_id, record_offset))";
+
+#[cfg(test)]
+mod tests;

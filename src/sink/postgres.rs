@@ -1,0 +1,124 @@
+//! PostgreSQL target.
+
+use std::collections::HashMap;
+
+use postgres::types::ToSql;
+use postgres::{Client, NoTls};
+
+use super::{create_sql, delete_sql, upsert_sql, Batch, Change, ColumnType, SinkError, SqlValue, TableSpec, Target, DEAD_DDL, OFFSETS_DDL};
+
+/// A PostgreSQL database.
+pub struct Postgres {
+    client: Client,
+    url: String,
+}
+
+impl Postgres {
+    /// Connects (TLS is not built in: use a local socket, a sidecar or a tunnel).
+    pub fn open(url: &str) -> Result<Postgres, SinkError> {
+        let shown = redact(url);
+        let client = Client::connect(url, NoTls).map_err(|e| SinkError::Db { target: "postgres", url: shown.clone(), message: e.to_string() })?;
+        Ok(Postgres { client, url: shown })
+    }
+
+    fn err(&self, e: postgres::Error) -> SinkError {
+        SinkError::Db { target: "postgres", url: self.url.clone(), message: e.to_string() }
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A parameter typed for its column (PostgreSQL checks parameter types).
+fn param(ty: ColumnType, v: &SqlValue) -> Box<dyn ToSql + Sync> {
+    match (ty, v) {
+        (ColumnType::Integer, SqlValue::Int(i)) => Box::new(*i as i32),
+        (ColumnType::Integer, _) => Box::new(None::<i32>),
+        (ColumnType::BigInt, SqlValue::Int(i)) => Box::new(*i),
+        (ColumnType::BigInt, _) => Box::new(None::<i64>),
+        (ColumnType::Double, SqlValue::Float(f)) => Box::new(*f),
+        (ColumnType::Double, _) => Box::new(None::<f64>),
+        (ColumnType::Boolean, SqlValue::Bool(b)) => Box::new(*b),
+        (ColumnType::Boolean, _) => Box::new(None::<bool>),
+        (ColumnType::Json, SqlValue::Json(j)) => Box::new(j.clone()),
+        (ColumnType::Json, _) => Box::new(None::<serde_json::Value>),
+        (ColumnType::Text, SqlValue::Text(s)) => Box::new(s.clone()),
+        (ColumnType::Text, _) => Box::new(None::<String>),
+    }
+}
+
+/// Rows per multi-row upsert (PostgreSQL allows 65535 parameters).
+const CHUNK: usize = 500;
+
+impl Target for Postgres {
+    fn prepare(&mut self, spec: &TableSpec) -> Result<(), SinkError> {
+        let sql = format!("{};\n{OFFSETS_DDL};\n{DEAD_DDL};", create_sql(spec, true));
+        self.client.batch_execute(&sql).map_err(|e| self.err(e))
+    }
+
+    fn offsets(&mut self, group: &str, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+        let rows = self
+            .client
+            .query("SELECT partition_id, next_offset FROM tributary_sink_offsets WHERE consumer_group = $1 AND topic = $2", &[&group, &topic])
+            .map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1))).collect())
+    }
+
+    fn apply(&mut self, spec: &TableSpec, group: &str, batch: &Batch) -> Result<(), SinkError> {
+        let url = self.url.clone();
+        let e = |e: postgres::Error| SinkError::Db { target: "postgres", url: url.clone(), message: e.to_string() };
+        let mut tx = self.client.transaction().map_err(e)?;
+        let upserts: Vec<&Vec<SqlValue>> =
+            batch.changes.iter().filter_map(|c| if let Change::Upsert(v) = c { Some(v) } else { None }).collect();
+        for chunk in upserts.chunks(CHUNK) {
+            let params: Vec<Box<dyn ToSql + Sync>> =
+                chunk.iter().flat_map(|row| row.iter().zip(&spec.columns).map(|(v, c)| param(c.ty, v))).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
+            tx.execute(&upsert_sql(spec, chunk.len(), '$'), &refs).map_err(e)?;
+        }
+        let del = tx.prepare(&delete_sql(spec, '$')).map_err(e)?;
+        for c in &batch.changes {
+            if let Change::Delete(key) = c {
+                let params: Vec<Box<dyn ToSql + Sync>> =
+                    key.iter().zip(&spec.key).map(|(v, &i)| param(spec.columns[i].ty, v)).collect();
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
+                tx.execute(&del, &refs).map_err(e)?;
+            }
+        }
+        for d in &batch.dead {
+            tx.execute(
+                "INSERT INTO tributary_sink_dead_letters (topic, partition_id, record_offset, record_key, record_value, error) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[&d.topic, &d.partition, &d.offset, &d.key, &d.value, &d.error],
+            )
+            .map_err(e)?;
+        }
+        for (topic, p, o) in &batch.offsets {
+            tx.execute(
+                "INSERT INTO tributary_sink_offsets (consumer_group, topic, partition_id, next_offset) VALUES ($1, $2, $3, $4) ON CONFLICT (consumer_group, topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset",
+                &[&group, topic, p, o],
+            )
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(super::redact("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(super::redact("postgres://app@db/x"), "postgres://app@db/x");
+    }
+}
