@@ -610,8 +610,28 @@ impl Worker {
     }
 }
 
+/// How to run the processor beyond its configuration.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Create and validate the output, changelog, DLQ and audit topics.
+    /// Off only for brokers without the admin API (librdkafka's mock
+    /// cluster in `tributary demo`), where the caller creates them.
+    pub manage_topics: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { manage_topics: true }
+    }
+}
+
 /// Runs the processor until `shutdown` is set (SIGINT/SIGTERM) or a fatal error.
 pub async fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Counters, RunError> {
+    run_with(config, shutdown, RunOptions::default()).await
+}
+
+/// [`run`] with options.
+pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Result<Counters, RunError> {
     let group = config.kafka.group_id.clone();
     let instance = instance_id(&config);
     let exactly_once = config.runtime.processing == Processing::ExactlyOnce;
@@ -643,7 +663,10 @@ pub async fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Counters, 
         .into_iter()
         .chain(audit.iter().map(|t| topics::TopicSpec { name: t.clone(), role: "conflict audit", cleanup_policy: "delete" }))
         .collect();
-    topics::ensure_topics(&admin, &probe, &specs, partitions, config.kafka.replication_factor.unwrap_or(-1), TIMEOUT).await?;
+    if options.manage_topics {
+        topics::ensure_topics(&admin, &probe, &specs, partitions, config.kafka.replication_factor.unwrap_or(-1), TIMEOUT)
+            .await?;
+    }
     drop(probe);
     tracing::info!(partitions, "source topics are co-partitioned");
 
