@@ -193,9 +193,14 @@ pub struct Processor {
 impl Processor {
     /// Starts `tributary run -c CONFIG`, logging to `LOG`.
     pub fn start(config: &Path, log: &Path) -> Processor {
+        Self::start_with(config, log, "run")
+    }
+
+    /// Starts `tributary COMMAND -c CONFIG` (`run`, `sink`), logging to `LOG`.
+    pub fn start_with(config: &Path, log: &Path, command: &str) -> Processor {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = super::tributary()
-            .args(["run", "-c"])
+            .args([command, "-c"])
             .arg(config)
             .env("RUST_LOG", std::env::var("TEST_PROCESSOR_LOG").unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()))
             .stdout(Stdio::null())
