@@ -71,6 +71,22 @@ enum Command {
         #[arg(long)]
         dead_letters: Option<PathBuf>,
     },
+    /// Try everything with nothing installed: in-process Kafka (librdkafka's mock
+    /// cluster), three simulated regions, the processor and an SQLite sink, then a report.
+    Demo {
+        /// How long the regions write: seconds, or a duration such as `1m`.
+        #[arg(long, default_value = "20", value_parser = tributary::demo::parse_duration)]
+        duration: std::time::Duration,
+        /// Change events per second, all regions together.
+        #[arg(long, default_value_t = 300.0)]
+        rate: f64,
+        /// Merge policy: lww, source-priority or field-lww.
+        #[arg(long, default_value = "lww")]
+        policy: String,
+        /// Directory for the SQLite file and the state store (default: a new one under the system temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -189,6 +205,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             )
             .context("replay failed")?;
             eprintln!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { duration, rate, policy, dir } => {
+            tributary::demo::run(&tributary::demo::DemoOptions { duration, rate, policy, dir })?;
             Ok(ExitCode::SUCCESS)
         }
     }
