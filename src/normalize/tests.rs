@@ -225,7 +225,7 @@ mod reference {
         let bad = |detail: String| NormalizeErrorKind::BadValue { format: "debezium-json", detail };
         let mut env: Envelope = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
             .map_err(|e| match e.path().to_string().as_str() {
-                "." => bad(e.inner().to_string()),
+                "." | "?" => bad(e.inner().to_string()),
                 path => bad(format!("{path}: {}", e.inner())),
             })?;
         if env.op.is_none() {
