@@ -329,6 +329,22 @@ fn check_example_config(text: &str, origin: &str) {
 }
 
 #[test]
+fn pipeline_example_config_parses_with_its_sink() {
+    let path = deploy("examples/pipeline/tributary.toml");
+    let text = read(&path);
+    let config = parse_config(&text, &rel(&path), vec![]);
+    let sink = config.sink.as_ref().expect("[sink]");
+    sink.table_spec().expect("a valid table layout");
+    assert_eq!(config.sources.len(), 2);
+    for region in ["eu", "us"] {
+        let props = read(&deploy(&format!("examples/pipeline/debezium-{region}.properties")));
+        assert!(props.contains("plugin.name=pgoutput") && props.contains(&format!("topic.prefix={region}")), "{region}");
+        let topic = format!("{region}.public.customers");
+        assert!(config.sources.iter().any(|s| s.topic == topic), "{topic} is a source");
+    }
+}
+
+#[test]
 fn example_config_parses() {
     let path = deploy("examples/tributary.toml");
     let text = read(&path);
