@@ -18,12 +18,24 @@ pub async fn serve(listen: &str, metrics: Arc<Metrics>, state: StateQuery) -> st
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "admin HTTP listening (/metrics, /healthz, /readyz, /state/{{key}})");
+    // At most 64 connections at once: the port shares file descriptors with
+    // librdkafka and the state store.
+    let slots = Arc::new(tokio::sync::Semaphore::new(64));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok(permit) = slots.clone().acquire_owned().await else { return };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("admin accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let (metrics, state) = (metrics.clone(), state.clone());
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, &metrics, &state)).await;
+                drop(permit);
             });
         }
     });
@@ -87,8 +99,9 @@ pub fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
                 i += 3;
                 continue;
             }
@@ -157,5 +170,6 @@ mod tests {
     fn percent_decoding() {
         assert_eq!(percent_decode("%7B%22id%22%3A42%7D"), r#"{"id":42}"#);
         assert_eq!(percent_decode("plain%2"), "plain%2");
+        assert_eq!(percent_decode("%a\u{e9}x"), "%a\u{e9}x", "no panic on a multi-byte character after %");
     }
 }

@@ -353,6 +353,18 @@ impl Config {
         if self.kafka.bootstrap_servers.trim().is_empty() {
             problems.push("kafka.bootstrap_servers: must not be empty".into());
         }
+        for (name, why) in [
+            ("isolation.level", "the processor and the sink must read committed data only"),
+            ("partition.assignment.strategy", "co-partitioning needs the range assignor"),
+            ("enable.auto.commit", "offsets are committed with the output"),
+            ("transactional.id", "derived from group_id and instance_id"),
+            ("group.id", "set kafka.group_id"),
+            ("group.instance.id", "set kafka.instance_id"),
+        ] {
+            if self.kafka.properties.contains_key(name) {
+                problems.push(format!("kafka.properties.\"{name}\": Tributary sets it ({why})"));
+            }
+        }
         if let Some(id) = &self.kafka.instance_id {
             if id.trim().is_empty() {
                 problems.push("kafka.instance_id: must not be empty when set".into());

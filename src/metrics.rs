@@ -187,6 +187,7 @@ impl Metrics {
     /// A fatal error: the process is about to stop.
     pub fn set_down(&self) {
         self.up.set(0.0);
+        self.ready.set(0);
     }
 
     /// False after a fatal error.

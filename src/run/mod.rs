@@ -454,9 +454,9 @@ impl Worker {
     fn commit_transaction(&mut self, consumer: &GroupConsumer, offsets: &TopicPartitionList) -> Result<(), KafkaError> {
         if offsets.count() > 0 {
             let metadata = consumer.group_metadata().ok_or(KafkaError::NoMessageReceived)?;
-            self.producer.send_offsets_to_transaction(offsets, &metadata, TIMEOUT)?;
+            retrying(|| self.producer.send_offsets_to_transaction(offsets, &metadata, TIMEOUT))?;
         }
-        self.producer.commit_transaction(TIMEOUT)
+        retrying(|| self.producer.commit_transaction(TIMEOUT))
     }
 
     fn commit_at_least_once(&mut self, consumer: &GroupConsumer, offsets: &TopicPartitionList) -> Result<(), KafkaError> {
@@ -495,6 +495,19 @@ impl Worker {
         self.positions.clear();
         self.txn_open = false;
         self.rewind(consumer)
+    }
+
+    /// Drops the open cycle without rewinding (the process is stopping):
+    /// the transaction is aborted, nothing reaches the local store.
+    fn discard(&mut self) {
+        if self.txn_open && self.exactly_once {
+            let _ = self.producer.abort_transaction(Duration::from_secs(5));
+        }
+        for task in self.tasks.values_mut() {
+            task.abort();
+        }
+        self.positions.clear();
+        self.txn_open = false;
     }
 
     fn rewind(&mut self, consumer: &GroupConsumer) -> Result<(), RunError> {
@@ -560,14 +573,23 @@ impl Worker {
         let p = task.partition();
         let consumer: BaseConsumer = client_config(
             &self.config,
-            &[("isolation.level", "read_committed"), ("enable.partition.eof", "true"), ("enable.auto.commit", "false"), ("group.id", "tributary-restore")],
+            &[
+                ("isolation.level", "read_committed"),
+                ("enable.partition.eof", "true"),
+                ("enable.auto.commit", "false"),
+                ("auto.offset.reset", "error"),
+                ("group.id", "tributary-restore"),
+            ],
         )
         .create()
         .map_err(|e| RunError::kafka("create restore consumer", e))?;
         let (low, high) = consumer
             .fetch_watermarks(&self.changelog, p, TIMEOUT)
             .map_err(|e| RunError::kafka(format!("watermarks of {} partition {p}", self.changelog), e))?;
-        let start = task.checkpoint().max(low);
+        if task.checkpoint() > high {
+            tracing::warn!(partition = p, checkpoint = task.checkpoint(), high, "local checkpoint is past the changelog's end (was the changelog recreated?); restoring from its start");
+        }
+        let start = if task.checkpoint() > high { low } else { task.checkpoint().max(low) };
         if start >= high {
             self.metrics.restore(p, 0, 0.0);
             return Ok(0);
@@ -594,6 +616,10 @@ impl Worker {
                     task.put_restored(key, state);
                     next = m.offset() + 1;
                     restored += 1;
+                    if restored % 10_000 == 0 {
+                        // Bounded memory, and progress that survives a crash.
+                        task.commit(next)?;
+                    }
                     if restored % 1000 == 0 {
                         self.metrics.restore(p, high - next, restored as f64 / began.elapsed().as_secs_f64().max(1e-3));
                     }
@@ -733,7 +759,11 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
     let interval = config.runtime.commit_interval;
     if config.admin.enabled {
         let w = worker.clone();
-        let query: crate::admin::StateQuery = Arc::new(move |key: &str| w.lock().expect("worker").query(key));
+        // try_lock: a query never waits behind a restore or a slow commit.
+        let query: crate::admin::StateQuery = Arc::new(move |key: &str| match w.try_lock() {
+            Ok(mut worker) => worker.query(key),
+            Err(_) => (503, serde_json::json!({"error": "busy (restoring or committing); try again"}).to_string()),
+        });
         crate::admin::serve(&config.admin.listen, metrics.clone(), query)
             .await
             .map_err(|e| RunError::Topics(format!("admin.listen {}: {e}", config.admin.listen)))?;
@@ -765,17 +795,33 @@ fn main_loop(consumer: &GroupConsumer, worker: &Mutex<Worker>, interval: Duratio
         if let Some(e) = w.fatal.take() {
             return Err(e);
         }
-        match msg {
-            Some(Ok(m)) => w.process(&m)?,
-            Some(Err(e)) => tracing::warn!("consumer: {e}"),
-            None => {}
-        }
-        if w.last_commit.elapsed() >= interval {
-            w.commit(consumer)?;
+        let step = match msg {
+            Some(Ok(m)) => match w.process(&m) {
+                // A produce failure (e.g. the transaction entered an abortable
+                // state): abort, rewind and go on; `abort` stops on fatal ones.
+                Err(RunError::Kafka { source, .. }) => w.abort(consumer, source),
+                other => other,
+            },
+            Some(Err(e)) if is_fatal_consumer_error(&e) => Err(RunError::Fatal(format!("consumer: {e}"))),
+            Some(Err(e)) => {
+                tracing::warn!("consumer: {e}");
+                Ok(())
+            }
+            None => Ok(()),
+        };
+        let step = step.and_then(|()| if w.last_commit.elapsed() >= interval { w.commit(consumer) } else { Ok(()) });
+        if let Err(e) = step {
+            // Whatever the open cycle holds must not be committed by the
+            // revocation that leaving the group triggers.
+            w.discard();
+            return Err(e);
         }
     }
     let mut w = worker.lock().expect("worker");
-    w.commit(consumer)?;
+    if let Err(e) = w.commit(consumer) {
+        w.discard();
+        return Err(e);
+    }
     let c = &w.counters;
     tracing::info!(
         consumed = c.consumed,
@@ -867,4 +913,29 @@ topic = "t"
         a.kafka.instance_id = Some("merge-0".into());
         assert_eq!(instance_id(&a), "merge-0");
     }
+}
+
+/// Calls `f` again while librdkafka says its error is retriable (a timeout:
+/// the outcome is not known yet, and calling again is how to learn it).
+fn retrying(mut f: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
+    let mut attempts = 0;
+    loop {
+        match f() {
+            Err(KafkaError::Transaction(rd)) if rd.is_retriable() && !rd.txn_requires_abort() && attempts < 5 => {
+                attempts += 1;
+                tracing::warn!(attempt = attempts, "retriable transaction error: {rd}");
+                std::thread::sleep(Duration::from_millis(200 * attempts));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Consumer errors after which the member cannot go on (fenced static member,
+/// librdkafka's fatal state).
+fn is_fatal_consumer_error(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::FencedInstanceId | RDKafkaErrorCode::InvalidGroupId)
+    )
 }

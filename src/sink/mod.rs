@@ -271,10 +271,16 @@ pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, String
     };
     let mismatch = |what: &str| format!("column `{}` ({}): {v} is not {what}", column.name, type_name(column.ty));
     Ok(match column.ty {
-        ColumnType::Text => match v {
-            Value::String(s) => SqlValue::Text(s.clone()),
-            other => SqlValue::Text(other.to_string()),
-        },
+        ColumnType::Text => {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if text.contains('\0') {
+                return Err(format!("column `{}` (text): the value contains a NUL character, which databases reject", column.name));
+            }
+            SqlValue::Text(text)
+        }
         ColumnType::BigInt | ColumnType::Integer => {
             let n = match v {
                 Value::Number(n) => n.as_i64().ok_or_else(|| mismatch("an integer"))?,
@@ -297,7 +303,12 @@ pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, String
             Value::String(s) if s.eq_ignore_ascii_case("false") => SqlValue::Bool(false),
             _ => return Err(mismatch("a boolean")),
         },
-        ColumnType::Json => SqlValue::Json(v.clone()),
+        ColumnType::Json => {
+            if v.to_string().contains("\\u0000") {
+                return Err(format!("column `{}` (json): the value contains a NUL character, which databases reject", column.name));
+            }
+            SqlValue::Json(v.clone())
+        }
     })
 }
 
@@ -316,14 +327,19 @@ fn type_name(t: ColumnType) -> &'static str {
 /// partition): the last change per key wins, as on the compacted topic.
 pub fn build_batch(spec: &TableSpec, records: &[RawRecord]) -> Batch {
     let mut batch = Batch::default();
-    let mut by_key: HashMap<&str, usize> = HashMap::new();
+    // By the converted key values, not the key text: `{"id":1}` and
+    // `{"id":"1"}` are one row, and one statement must not touch it twice.
+    let mut by_key: HashMap<String, usize> = HashMap::new();
     let mut next: HashMap<(&str, i32), i64> = HashMap::new();
     for r in records {
         next.insert((&r.topic, r.partition), r.offset + 1);
         match convert(spec, r) {
             Ok(change) => {
-                let key = r.key.as_deref().unwrap_or_default();
-                match by_key.get(key) {
+                let key = match &change {
+                    Change::Upsert(values) => format!("{:?}", spec.key.iter().map(|&i| &values[i]).collect::<Vec<_>>()),
+                    Change::Delete(key) => format!("{:?}", key.iter().collect::<Vec<_>>()),
+                };
+                match by_key.get(&key) {
                     Some(&i) => batch.changes[i] = change,
                     None => {
                         by_key.insert(key, batch.changes.len());
@@ -373,8 +389,8 @@ fn convert(spec: &TableSpec, r: &RawRecord) -> Result<Change, String> {
         .map(|&i| {
             let c = &spec.columns[i];
             match key.get(&c.name) {
+                Some(Value::Null) | None => Err(format!("key column `{}` is missing or null in the key {key_text}", c.name)),
                 Some(v) => to_sql(c, Some(v)),
-                None => Err(format!("key column `{}` is missing from the key {key_text}", c.name)),
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -510,10 +526,10 @@ fn placeholders(prefix: char, start: usize, n: usize) -> String {
 
 /// `INSERT … ON CONFLICT (key) DO UPDATE …` for `rows` rows; both targets speak it.
 fn upsert_sql(spec: &TableSpec, rows: usize, prefix: char) -> String {
-    let cols: Vec<&str> = spec.columns.iter().map(|c| c.name.as_str()).collect();
+    let cols: Vec<String> = spec.columns.iter().map(|c| quote(&c.name)).collect();
     let n = cols.len();
     let values: Vec<String> = (0..rows).map(|r| format!("({})", placeholders(prefix, r * n + 1, n))).collect();
-    let keys: Vec<&str> = spec.key.iter().map(|&i| cols[i]).collect();
+    let keys: Vec<&str> = spec.key.iter().map(|&i| cols[i].as_str()).collect();
     let updates: Vec<String> = cols
         .iter()
         .enumerate()
@@ -523,7 +539,7 @@ fn upsert_sql(spec: &TableSpec, rows: usize, prefix: char) -> String {
     let action = if updates.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", updates.join(", ")) };
     format!(
         "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO {action}",
-        spec.table,
+        quote(&spec.table),
         cols.join(", "),
         values.join(", "),
         keys.join(", ")
@@ -532,8 +548,8 @@ fn upsert_sql(spec: &TableSpec, rows: usize, prefix: char) -> String {
 
 fn delete_sql(spec: &TableSpec, prefix: char) -> String {
     let cond: Vec<String> =
-        spec.key.iter().enumerate().map(|(i, &c)| format!("{} = {prefix}{}", spec.columns[c].name, i + 1)).collect();
-    format!("DELETE FROM {} WHERE {}", spec.table, cond.join(" AND "))
+        spec.key.iter().enumerate().map(|(i, &c)| format!("{} = {prefix}{}", quote(&spec.columns[c].name), i + 1)).collect();
+    format!("DELETE FROM {} WHERE {}", quote(&spec.table), cond.join(" AND "))
 }
 
 fn create_sql(spec: &TableSpec, pg: bool) -> String {
@@ -551,11 +567,17 @@ fn create_sql(spec: &TableSpec, pg: bool) -> String {
                 (ColumnType::Json, true) => "JSONB",
                 (ColumnType::Json, false) => "TEXT",
             };
-            format!("{} {ty}", c.name)
+            format!("{} {ty}", quote(&c.name))
         })
         .collect();
-    let keys: Vec<&str> = spec.key.iter().map(|&i| spec.columns[i].name.as_str()).collect();
-    format!("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))", spec.table, cols.join(", "), keys.join(", "))
+    let keys: Vec<String> = spec.key.iter().map(|&i| quote(&spec.columns[i].name)).collect();
+    format!("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))", quote(&spec.table), cols.join(", "), keys.join(", "))
+}
+
+/// A quoted identifier (names are validated as plain identifiers; quoting
+/// lets reserved words such as `user` or `order` be column names).
+fn quote(name: &str) -> String {
+    format!("\"{name}\"")
 }
 
 const OFFSETS_DDL: &str = "CREATE TABLE IF NOT EXISTS tributary_sink_offsets (consumer_group TEXT NOT NULL, topic TEXT NOT NULL, partition_id INTEGER NOT NULL, next_offset BIGINT NOT NULL, PRIMARY KEY (consumer_group, topic, partition_id))";

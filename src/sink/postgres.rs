@@ -68,6 +68,20 @@ impl Target for Postgres {
     }
 
     fn offsets(&mut self, group: &str, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+        // One sink per group and topic: a second one would interleave its
+        // batches with ours. The lock lasts as long as this session.
+        let locked: bool = self
+            .client
+            .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&format!("tributary-sink/{group}/{topic}")])
+            .map_err(|e| self.err(e))?
+            .get(0);
+        if !locked {
+            return Err(SinkError::Db {
+                target: "postgres",
+                url: self.url.clone(),
+                message: format!("another sink of group {group} is already writing topic {topic} here"),
+            });
+        }
         let rows = self
             .client
             .query("SELECT partition_id, next_offset FROM tributary_sink_offsets WHERE consumer_group = $1 AND topic = $2", &[&group, &topic])
@@ -105,7 +119,7 @@ impl Target for Postgres {
         }
         for (topic, p, o) in &batch.offsets {
             tx.execute(
-                "INSERT INTO tributary_sink_offsets (consumer_group, topic, partition_id, next_offset) VALUES ($1, $2, $3, $4) ON CONFLICT (consumer_group, topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset",
+                "INSERT INTO tributary_sink_offsets (consumer_group, topic, partition_id, next_offset) VALUES ($1, $2, $3, $4) ON CONFLICT (consumer_group, topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset WHERE tributary_sink_offsets.next_offset < excluded.next_offset",
                 &[&group, topic, p, o],
             )
             .map_err(e)?;

@@ -86,7 +86,7 @@ impl Target for Sqlite {
                 dead.execute(rusqlite::params![d.topic, d.partition, d.offset, d.key, d.value, d.error]).map_err(|e| err(&path, e))?;
             }
             let mut off = tx
-                .prepare_cached("INSERT INTO tributary_sink_offsets (consumer_group, topic, partition_id, next_offset) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (consumer_group, topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset")
+                .prepare_cached("INSERT INTO tributary_sink_offsets (consumer_group, topic, partition_id, next_offset) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (consumer_group, topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset WHERE tributary_sink_offsets.next_offset < excluded.next_offset")
                 .map_err(|e| err(&path, e))?;
             for (topic, p, o) in &batch.offsets {
                 off.execute(rusqlite::params![group, topic, p, o]).map_err(|e| err(&path, e))?;

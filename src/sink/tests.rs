@@ -97,3 +97,41 @@ fn sqlite_applies_batches_atomically_with_offsets() {
     let dead: i64 = conn.query_row("SELECT count(*) FROM tributary_sink_dead_letters", [], |r| r.get(0)).unwrap();
     assert_eq!(dead, 1);
 }
+
+#[test]
+fn keys_are_deduplicated_by_value_and_bad_keys_or_nul_text_are_dead_rows() {
+    let spec = sink("").table_spec().unwrap();
+    let mut a = rec(0, 1, Some(json!({"id":1,"name":"a"})));
+    a.key = Some(r#"{"id":"1"}"#.into());
+    let b = rec(1, 1, Some(json!({"id":1,"name":"b"})));
+    let mut null_key = rec(2, 0, Some(json!({"name":"x"})));
+    null_key.key = Some(r#"{"id":null}"#.into());
+    let nul = rec(3, 5, Some(json!({"id":5,"name":"a\u{0}b"})));
+    let batch = build_batch(&spec, &[a, b, null_key, nul]);
+    assert_eq!(batch.changes.len(), 1, "{{\"id\":\"1\"}} and {{\"id\":1}} are one row");
+    assert!(matches!(&batch.changes[0], Change::Upsert(v) if v[1] == SqlValue::Text("b".into())));
+    assert_eq!(batch.dead.len(), 2);
+    assert!(batch.dead[0].error.contains("missing or null"), "{}", batch.dead[0].error);
+    assert!(batch.dead[1].error.contains("NUL"), "{}", batch.dead[1].error);
+}
+
+#[test]
+fn reserved_words_work_as_column_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg: SinkConfig = toml::from_str(&format!(
+        "url = \"{}\"\ntable = \"order\"\ncolumns = [\"user bigint\", \"group text\"]\nkey_columns = [\"user\"]\n",
+        dir.path().join("r.sqlite").display()
+    ))
+    .unwrap();
+    let spec = cfg.table_spec().unwrap();
+    let mut t = open_target(&cfg).unwrap();
+    t.prepare(&spec).unwrap();
+    let mut r = rec(0, 0, Some(json!({"user":7,"group":"g"})));
+    r.key = Some(r#"{"user":7}"#.into());
+    t.apply(&spec, "g", &build_batch(&spec, &[r])).unwrap();
+    // Offsets never go backwards, even if an older batch is applied again.
+    let mut old = build_batch(&spec, &[]);
+    old.offsets = vec![("out".into(), 0, 0)];
+    t.apply(&spec, "g", &old).unwrap();
+    assert_eq!(t.offsets("g", "out").unwrap(), HashMap::from([(0, 1)]));
+}
