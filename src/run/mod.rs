@@ -403,7 +403,14 @@ impl Worker {
     /// Ends the open cycle: commit (output, changelog, offsets), then write
     /// the local store. On an abortable failure, abort and rewind.
     fn commit(&mut self, consumer: &GroupConsumer) -> Result<(), RunError> {
+        let result = self.commit_cycle(consumer);
+        // The interval runs from the end of a commit: a commit slower than the
+        // interval must not make the next cycle a single record.
         self.last_commit = Instant::now();
+        result
+    }
+
+    fn commit_cycle(&mut self, consumer: &GroupConsumer) -> Result<(), RunError> {
         if !self.txn_open {
             return Ok(());
         }
