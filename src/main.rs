@@ -24,8 +24,8 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `tributary=debug`.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
-    log_level: String,
+    #[arg(long, global = true, env = "RUST_LOG")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,7 +91,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
+    // The demo prints its own report; the processor's start-up lines would bury it.
+    let default_level = if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" };
+    init_logging(cli.log_format, cli.log_level.as_deref().unwrap_or(default_level));
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
