@@ -35,6 +35,8 @@ use crate::pipeline::{Pipeline, ProcessError, Step};
 use crate::store::{decode_state, encode_state, StateDb, StoreError, TaskStore};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// Events after which a cycle commits even before `commit_interval`.
+const MAX_CYCLE_EVENTS: usize = 20_000;
 
 /// Why the processor stopped.
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +186,8 @@ struct Worker {
     dlq: String,
     sources: BTreeSet<String>,
     last_commit: Instant,
+    /// Events in the open cycle.
+    cycle_events: usize,
     fatal: Option<RunError>,
     counters: Counters,
     metrics: Arc<Metrics>,
@@ -267,6 +271,7 @@ impl Worker {
     fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), RunError> {
         self.begin()?;
         self.counters.consumed += 1;
+        self.cycle_events += 1;
         let partition = msg.partition();
         let source_label = self.source_of.get(msg.topic()).map_or("unknown", String::as_str);
         self.metrics.consumed(source_label);
@@ -404,6 +409,7 @@ impl Worker {
     /// the local store. On an abortable failure, abort and rewind.
     fn commit(&mut self, consumer: &GroupConsumer) -> Result<(), RunError> {
         let result = self.commit_cycle(consumer);
+        self.cycle_events = 0;
         // The interval runs from the end of a commit: a commit slower than the
         // interval must not make the next cycle a single record.
         self.last_commit = Instant::now();
@@ -458,7 +464,19 @@ impl Worker {
         std::mem::take(&mut self.producer.context().state.lock().expect("deliveries").failures)
     }
 
+    /// Serves delivery reports until nothing is in flight. rdkafka's `flush`
+    /// (called by `commit_transaction`) waits in 100 ms steps whenever
+    /// anything is in flight; draining first with short polls makes a commit
+    /// take milliseconds instead.
+    fn drain_deliveries(&self) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(1));
+        }
+    }
+
     fn commit_transaction(&mut self, consumer: &GroupConsumer, offsets: &TopicPartitionList) -> Result<(), KafkaError> {
+        self.drain_deliveries();
         if offsets.count() > 0 {
             let metadata = consumer.group_metadata().ok_or(KafkaError::NoMessageReceived)?;
             retrying(|| self.producer.send_offsets_to_transaction(offsets, &metadata, TIMEOUT))?;
@@ -467,6 +485,7 @@ impl Worker {
     }
 
     fn commit_at_least_once(&mut self, consumer: &GroupConsumer, offsets: &TopicPartitionList) -> Result<(), KafkaError> {
+        self.drain_deliveries();
         self.producer.flush(TIMEOUT)?;
         let failures = self.take_delivery_failures();
         if let Some(f) = failures.first() {
@@ -743,6 +762,7 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         dlq,
         sources: source_topics.iter().cloned().collect(),
         last_commit: Instant::now(),
+        cycle_events: 0,
         fatal: None,
         counters: Counters::default(),
     }));
@@ -816,7 +836,10 @@ fn main_loop(consumer: &GroupConsumer, worker: &Mutex<Worker>, interval: Duratio
             }
             None => Ok(()),
         };
-        let step = step.and_then(|()| if w.last_commit.elapsed() >= interval { w.commit(consumer) } else { Ok(()) });
+        // A cycle ends on the interval, or when it holds enough events that a
+        // longer transaction would only grow the producer's queue.
+        let due = w.last_commit.elapsed() >= interval || w.cycle_events >= MAX_CYCLE_EVENTS;
+        let step = step.and_then(|()| if due { w.commit(consumer) } else { Ok(()) });
         if let Err(e) = step {
             // Whatever the open cycle holds must not be committed by the
             // revocation that leaving the group triggers.
@@ -903,6 +926,10 @@ topic = "t"
         // SSL in a build without it, fails here.
         let consumer: Result<BaseConsumer, _> = c.create();
         assert!(consumer.is_ok(), "{:?}", consumer.err());
+        // Kerberos (GSSAPI) needs librdkafka built with Cyrus SASL.
+        let mut kerberos = client_config(&config, &[]);
+        kerberos.set("sasl.mechanisms", "GSSAPI").set("sasl.kerberos.service.name", "kafka");
+        assert!(kerberos.create::<BaseConsumer>().is_ok(), "GSSAPI is built in");
         let mut bad = client_config(&config, &[]);
         bad.set("no.such.property", "1");
         assert!(bad.create::<BaseConsumer>().is_err());
