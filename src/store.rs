@@ -80,7 +80,15 @@ impl StateDb {
             .map_err(|source| StoreError::Db { path: self.path.clone(), source })?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(0, i64::from_be_bytes);
-        Ok(TaskStore { db: self.clone(), keyspace, partition, checkpoint, cache: HashMap::new() })
+        Ok(TaskStore {
+            db: self.clone(),
+            keyspace,
+            partition,
+            checkpoint,
+            cache: HashMap::new(),
+            encoded: HashMap::new(),
+            clean: HashMap::new(),
+        })
     }
 
     /// Makes every committed write durable (on shutdown).
@@ -101,7 +109,15 @@ pub struct TaskStore {
     checkpoint: i64,
     /// Changes of the open transaction: key → new state (`None`: removed).
     cache: HashMap<String, Option<KeyState>>,
+    /// Encodings of cached states already made for the changelog, reused at commit.
+    encoded: HashMap<String, Vec<u8>>,
+    /// Committed states kept decoded for the next cycles (bounded), so hot
+    /// keys skip the disk read and the decode.
+    clean: HashMap<String, KeyState>,
 }
+
+/// Committed states kept decoded per task.
+const CLEAN_CAPACITY: usize = 100_000;
 
 impl TaskStore {
     /// The task's partition number.
@@ -119,10 +135,16 @@ impl TaskStore {
         if let Some(cached) = self.cache.get(key) {
             return Ok(cached.clone());
         }
+        if let Some(state) = self.clean.get(key) {
+            return Ok(Some(state.clone()));
+        }
         self.load(key)
     }
 
-    fn load(&self, key: &str) -> Result<Option<KeyState>, StoreError> {
+    fn load(&mut self, key: &str) -> Result<Option<KeyState>, StoreError> {
+        if let Some(state) = self.clean.remove(key) {
+            return Ok(Some(state));
+        }
         let bytes = self.keyspace.get(key).map_err(|source| StoreError::Db { path: self.db.path.clone(), source })?;
         bytes
             .map(|b| {
@@ -138,7 +160,15 @@ impl TaskStore {
 
     /// Puts a restored state (from the changelog) into the open cache.
     pub fn put_restored(&mut self, key: String, state: Option<KeyState>) {
+        self.clean.remove(&key);
+        self.encoded.remove(&key);
         self.cache.insert(key, state);
+    }
+
+    /// Remembers the encoding of `key`'s cached state (made for the
+    /// changelog) so the commit writes the same bytes without encoding again.
+    pub fn remember_encoded(&mut self, key: &str, bytes: Vec<u8>) {
+        self.encoded.insert(key.to_string(), bytes);
     }
 
     /// Number of keys changed in the open transaction.
@@ -151,22 +181,37 @@ impl TaskStore {
     /// transaction carrying the same changes committed.
     pub fn commit(&mut self, checkpoint: i64) -> Result<(), StoreError> {
         let mut batch = self.db.db.batch();
+        let mut committed = Vec::with_capacity(self.cache.len());
         for (key, state) in self.cache.drain() {
-            match state {
-                Some(s) => batch.insert(&self.keyspace, key, encode_state(&s)),
-                None => batch.remove(&self.keyspace, key),
+            match &state {
+                Some(s) => {
+                    let bytes = self.encoded.remove(&key).unwrap_or_else(|| encode_state(s));
+                    batch.insert(&self.keyspace, key.as_str(), bytes);
+                }
+                None => batch.remove(&self.keyspace, key.as_str()),
             }
+            committed.push((key, state));
         }
+        self.encoded.clear();
         let checkpoint = checkpoint.max(self.checkpoint);
         batch.insert(&self.db.meta, checkpoint_key(self.partition), checkpoint.to_be_bytes().to_vec());
         batch.commit().map_err(|source| StoreError::Db { path: self.db.path.clone(), source })?;
         self.checkpoint = checkpoint;
+        if self.clean.len() + committed.len() > CLEAN_CAPACITY {
+            self.clean.clear();
+        }
+        for (key, state) in committed {
+            if let Some(s) = state {
+                self.clean.insert(key, s);
+            }
+        }
         Ok(())
     }
 
     /// Drops the open transaction's changes (after an abort).
     pub fn abort(&mut self) {
         self.cache.clear();
+        self.encoded.clear();
     }
 
     /// Number of keys on disk (approximate; for metrics and logs).
@@ -179,6 +224,9 @@ impl StateStore for TaskStore {
     type Error = StoreError;
 
     fn update<R>(&mut self, key: &str, f: impl FnOnce(&mut KeyState) -> R) -> Result<R, StoreError> {
+        if !self.encoded.is_empty() {
+            self.encoded.remove(key); // the state is about to change
+        }
         if let Some(Some(state)) = self.cache.get_mut(key) {
             return Ok(f(state));
         }
@@ -235,5 +283,24 @@ mod tests {
         assert_eq!(t.get("k1").unwrap(), Some(state(5)));
         assert_eq!(t.get("k2").unwrap(), None);
         assert_eq!(db.task(4).unwrap().checkpoint(), 0, "tasks are separate keyspaces");
+    }
+
+    #[test]
+    fn remembered_encodings_are_dropped_when_the_state_changes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let mut t = db.task(0).unwrap();
+        t.update("k", |s| *s = state(1)).unwrap();
+        t.remember_encoded("k", encode_state(&state(1)));
+        t.update("k", |s| *s = state(2)).unwrap();
+        t.commit(1).unwrap();
+        // From the decoded cache of committed states, then from disk.
+        assert_eq!(t.get("k").unwrap(), Some(state(2)));
+        let mut fresh = db.task(0).unwrap();
+        assert_eq!(fresh.get("k").unwrap(), Some(state(2)), "disk holds the new state, not the remembered bytes");
+        // An update after commit starts from the committed state.
+        t.update("k", |s| s.versions[0].ts += 10).unwrap();
+        t.abort();
+        assert_eq!(t.get("k").unwrap(), Some(state(2)), "an abort falls back to the committed state");
     }
 }

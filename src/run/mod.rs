@@ -312,6 +312,9 @@ impl Worker {
                 };
                 self.send(output)?;
                 self.send(BaseRecord::to(&self.changelog).partition(partition).key(out.key.as_bytes()).payload(&state))?;
+                if let Some(task) = self.tasks.get_mut(&partition) {
+                    task.remember_encoded(&out.key, state);
+                }
                 if let Some((topic, body)) = audit {
                     self.send(BaseRecord::to(topic.as_str()).partition(partition).key(out.key.as_bytes()).payload(body.as_bytes()))?;
                 }
@@ -871,31 +874,46 @@ fn now_ms() -> i64 {
 
 /// The conflict audit record: every version in the set, the policy and
 /// the winner, so an operator can see why a row looks the way it does.
+/// Serialized from borrowed data: no copy of the version set.
 fn audit_record(
-config: &Config,
-source_of: &HashMap<String, String>,
-out: &crate::output::OutputRecord,
-state: &crate::merge::KeyState,
-msg: &BorrowedMessage<'_>,
+    config: &Config,
+    source_of: &HashMap<String, String>,
+    out: &crate::output::OutputRecord,
+    state: &crate::merge::KeyState,
+    msg: &BorrowedMessage<'_>,
 ) -> String {
-    let header = |name: &str| out.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
-    serde_json::json!({
-        "key": out.key,
-        "partition": out.partition,
-        "policy": config.merge.policy.as_str(),
-        "deletes": config.merge.deletes.as_str(),
-        "winner": header(crate::output::HEADER_WINNER),
-        "merged_vv": state.merged_clock(),
-        "deleted": out.value.is_none(),
-        "versions": state.versions,
-        "event": {
-            "source": source_of.get(msg.topic()),
-            "topic": msg.topic(),
-            "partition": msg.partition(),
-            "offset": msg.offset(),
-        },
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        source: Option<&'a String>,
+        topic: &'a str,
+        partition: i32,
+        offset: i64,
+    }
+    #[derive(serde::Serialize)]
+    struct Audit<'a> {
+        key: &'a str,
+        partition: i32,
+        policy: &'static str,
+        deletes: &'static str,
+        winner: Option<&'a str>,
+        merged_vv: crate::merge::VersionVector,
+        deleted: bool,
+        versions: &'a [crate::merge::Version],
+        event: Event<'a>,
+    }
+    let winner = out.headers.iter().find(|(k, _)| *k == crate::output::HEADER_WINNER).map(|(_, v)| v.as_str());
+    serde_json::to_string(&Audit {
+        key: &out.key,
+        partition: out.partition,
+        policy: config.merge.policy.as_str(),
+        deletes: config.merge.deletes.as_str(),
+        winner,
+        merged_vv: state.merged_clock(),
+        deleted: out.value.is_none(),
+        versions: &state.versions,
+        event: Event { source: source_of.get(msg.topic()), topic: msg.topic(), partition: msg.partition(), offset: msg.offset() },
     })
-    .to_string()
+    .expect("audit records serialize")
 }
 
 
