@@ -645,11 +645,11 @@ impl Worker {
                     task.put_restored(key, state);
                     next = m.offset() + 1;
                     restored += 1;
-                    if restored % 10_000 == 0 {
+                    if restored.is_multiple_of(10_000) {
                         // Bounded memory, and progress that survives a crash.
                         task.commit(next)?;
                     }
-                    if restored % 1000 == 0 {
+                    if restored.is_multiple_of(1000) {
                         self.metrics.restore(p, high - next, restored as f64 / began.elapsed().as_secs_f64().max(1e-3));
                     }
                     if last_log.elapsed() > Duration::from_secs(5) {
@@ -917,6 +917,31 @@ fn audit_record(
 }
 
 
+/// Calls `f` again while librdkafka says its error is retriable (a timeout:
+/// the outcome is not known yet, and calling again is how to learn it).
+fn retrying(mut f: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
+    let mut attempts = 0;
+    loop {
+        match f() {
+            Err(KafkaError::Transaction(rd)) if rd.is_retriable() && !rd.txn_requires_abort() && attempts < 5 => {
+                attempts += 1;
+                tracing::warn!(attempt = attempts, "retriable transaction error: {rd}");
+                std::thread::sleep(Duration::from_millis(200 * attempts));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Consumer errors after which the member cannot go on (fenced static member,
+/// librdkafka's fatal state).
+fn is_fatal_consumer_error(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::FencedInstanceId | RDKafkaErrorCode::InvalidGroupId)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -970,29 +995,4 @@ topic = "t"
         a.kafka.instance_id = Some("merge-0".into());
         assert_eq!(instance_id(&a), "merge-0");
     }
-}
-
-/// Calls `f` again while librdkafka says its error is retriable (a timeout:
-/// the outcome is not known yet, and calling again is how to learn it).
-fn retrying(mut f: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
-    let mut attempts = 0;
-    loop {
-        match f() {
-            Err(KafkaError::Transaction(rd)) if rd.is_retriable() && !rd.txn_requires_abort() && attempts < 5 => {
-                attempts += 1;
-                tracing::warn!(attempt = attempts, "retriable transaction error: {rd}");
-                std::thread::sleep(Duration::from_millis(200 * attempts));
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Consumer errors after which the member cannot go on (fenced static member,
-/// librdkafka's fatal state).
-fn is_fatal_consumer_error(e: &KafkaError) -> bool {
-    matches!(
-        e.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::FencedInstanceId | RDKafkaErrorCode::InvalidGroupId)
-    )
 }
