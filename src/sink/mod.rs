@@ -450,30 +450,25 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
         client.set(k, v);
     }
     let consumer: BaseConsumer = client.create().map_err(|e| SinkError::Kafka(e.to_string()))?;
-    let md = consumer
-        .fetch_metadata(Some(&topic), Duration::from_secs(30))
-        .map_err(|e| SinkError::Kafka(format!("metadata of {topic}: {e}")))?;
-    let partitions = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len() as i32)
-        .filter(|n| *n > 0)
-        .ok_or_else(|| SinkError::Kafka(format!("topic {topic} does not exist")))?;
-    // Offsets live in the database, next to the rows: assign every partition
-    // from there (one sink instance per group and table).
-    let stored = target.offsets(&group, &topic)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        let offset = stored.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
-        tpl.add_partition_offset(&topic, p, offset).map_err(|e| SinkError::Kafka(e.to_string()))?;
-    }
-    consumer.assign(&tpl).map_err(|e| SinkError::Kafka(e.to_string()))?;
-    tracing::info!(topic = %topic, group = %group, table = %spec.table, partitions, resumed = stored.len(), "sink started");
+    let mut partitions = partition_count(&consumer, &topic)?;
+    let resumed = assign_from_database(&consumer, &mut *target, &group, &topic, partitions)?;
+    tracing::info!(topic = %topic, group = %group, table = %spec.table, partitions, resumed, "sink started");
     let mut stats = SinkStats::default();
     let mut pending: Vec<RawRecord> = Vec::new();
     let mut first = Instant::now();
+    let mut last_metadata = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
+        if last_metadata.elapsed() >= Duration::from_secs(30) {
+            // Partitions added to the topic later are picked up too.
+            last_metadata = Instant::now();
+            let now = partition_count(&consumer, &topic)?;
+            if now > partitions {
+                flush(&mut *target, &spec, &group, &mut pending, &mut stats)?;
+                assign_from_database(&consumer, &mut *target, &group, &topic, now)?;
+                tracing::info!(topic = %topic, from = partitions, to = now, "the topic grew; assigned the new partitions");
+                partitions = now;
+            }
+        }
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => {
                 if pending.is_empty() {
@@ -501,6 +496,38 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
     flush(&mut *target, &spec, &group, &mut pending, &mut stats)?;
     tracing::info!(records = stats.records, batches = stats.batches, dead = stats.dead, "sink stopped");
     Ok(stats)
+}
+
+fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<i32, SinkError> {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .map_err(|e| SinkError::Kafka(format!("metadata of {topic}: {e}")))?;
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| SinkError::Kafka(format!("topic {topic} does not exist")))
+}
+
+/// Offsets live in the database, next to the rows: assigns every partition
+/// from there (from the beginning when it has none). Call with nothing
+/// pending, so the database offsets are the consumer's positions.
+fn assign_from_database(
+    consumer: &BaseConsumer,
+    target: &mut dyn Target,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<usize, SinkError> {
+    let stored = target.offsets(group, topic)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        let offset = stored.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+        tpl.add_partition_offset(topic, p, offset).map_err(|e| SinkError::Kafka(e.to_string()))?;
+    }
+    consumer.assign(&tpl).map_err(|e| SinkError::Kafka(e.to_string()))?;
+    Ok(stored.len())
 }
 
 fn flush(target: &mut dyn Target, spec: &TableSpec, group: &str, pending: &mut Vec<RawRecord>, stats: &mut SinkStats) -> Result<(), SinkError> {
