@@ -562,14 +562,14 @@ fn serialize_redacted<S: Serializer>(props: &BTreeMap<String, String>, s: S) -> 
 }
 
 /// Durations written as text: `"100ms"`, `"30s"`, `"7d"`.
-mod duration_text {
+pub(crate) mod duration_text {
     use super::*;
 
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         struct V;
         impl serde::de::Visitor<'_> for V {
             type Value = Duration;

@@ -105,3 +105,43 @@ fn sqlite_offsets_safe(path: &std::path::Path) -> i64 {
     let Ok(conn) = rusqlite::Connection::open(path) else { return 0 };
     conn.query_row("SELECT coalesce(sum(next_offset), 0) FROM tributary_sink_offsets", [], |r| r.get(0)).unwrap_or(0)
 }
+
+#[test]
+fn sqlite_sink_picks_up_partitions_added_later() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let topic = unique("sink-grow");
+    create_topic(&topic, 2, &[]);
+    let row = |id: i64, p: i32| Rec {
+        topic: topic.clone(),
+        partition: p,
+        key: Some(json!({ "id": id }).to_string()),
+        value: Some(json!({"id": id, "name": format!("n{id}"), "seq": id}).to_string()),
+    };
+    produce(&[row(1, 0), row(2, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sink.sqlite");
+    let cfg = config(dir.path(), &topic, "sqlite", &db.display().to_string());
+    let text = std::fs::read_to_string(&cfg).unwrap() + "metadata_interval = \"1s\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    let p = Processor::start_with(&cfg, &dir.path().join("sink.log"), "sink");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sqlite_offsets_safe(&db) < 2 {
+        assert!(Instant::now() < deadline, "{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for r in rt.block_on(admin.create_partitions([&NewPartitions::new(&topic, 3)], &AdminOptions::new())).unwrap() {
+        r.unwrap();
+    }
+    produce(&[row(3, 2)]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sqlite_offsets_safe(&db) < 3 {
+        assert!(Instant::now() < deadline, "the new partition was not read; log:\n{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(p.stop().success());
+    assert_eq!(sqlite_rows(&db).keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+}

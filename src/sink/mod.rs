@@ -53,6 +53,13 @@ pub struct SinkConfig {
     /// Records per batch (one database transaction).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// How often to look for partitions added to the topic.
+    #[serde(default = "default_metadata_interval", with = "crate::config::duration_text")]
+    pub metadata_interval: Duration,
+}
+
+fn default_metadata_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_batch_size() -> usize {
@@ -458,7 +465,7 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
     let mut first = Instant::now();
     let mut last_metadata = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
-        if last_metadata.elapsed() >= Duration::from_secs(30) {
+        if last_metadata.elapsed() >= sink.metadata_interval {
             // Partitions added to the topic later are picked up too.
             last_metadata = Instant::now();
             let now = partition_count(&consumer, &topic)?;
