@@ -460,3 +460,25 @@ fn metrics_health_state_query_and_conflict_audit() {
         assert!(body["event"]["offset"].is_i64());
     }
 }
+
+#[test]
+fn an_event_whose_merged_record_is_too_large_is_set_aside_not_looped_on() {
+    let s = Setup::new("toolarge");
+    let mut live = HashMap::new();
+    let mut records = history(&s, 6, 0..2, &mut live);
+    let expected = expected_outputs(&records);
+    let key = json!({"id": 77}).to_string();
+    let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
+    let huge = "x".repeat(920_000);
+    let value = json!({"before": null, "after": {"id": 77, "blob": huge}, "op": "c", "source": {"ts_ms": s.epoch_ms}}).to_string();
+    records.insert(3, Rec { topic: s.topics[0].clone(), partition, key: Some(key), value: Some(value) });
+    produce(&records);
+    let p = Processor::start(&s.config("a"), &s.log("a"));
+    let dlq = wait_for_records(&format!("{}-dlq", s.group), 1, Duration::from_secs(60));
+    let output = wait_for_records(&s.output, expected, Duration::from_secs(60));
+    assert!(p.stop().success());
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(header(&dlq[0], "tributary.error.reason"), "too_large");
+    assert!(header(&dlq[0], "tributary.error").contains("record limit"), "{}", header(&dlq[0], "tributary.error"));
+    assert_exactly_once(&output, expected);
+}

@@ -125,6 +125,17 @@ pub enum NormalizeErrorKind {
         /// What is wrong.
         problem: String,
     },
+    /// Merging the event would make the key's output or changelog record
+    /// larger than a Kafka record may be.
+    #[error("the merged record of key {key} would be {bytes} bytes, over the {limit}-byte record limit; the event is set aside")]
+    TooLarge {
+        /// The canonical key.
+        key: String,
+        /// The size it would have.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The carried clock is missing or malformed.
     #[error("clock field `{field}`: {problem}")]
     BadClock {
@@ -149,6 +160,7 @@ impl NormalizeErrorKind {
             Self::MissingTimestamp | Self::BadTimestamp { .. } => "bad_timestamp",
             Self::BadSequence { .. } => "bad_sequence",
             Self::BadClock { .. } => "bad_clock",
+            Self::TooLarge { .. } => "too_large",
         }
     }
 }

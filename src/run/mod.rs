@@ -37,6 +37,9 @@ use crate::store::{decode_state, encode_state, StateDb, StoreError, TaskStore};
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Events after which a cycle commits even before `commit_interval`.
 const MAX_CYCLE_EVENTS: usize = 20_000;
+/// Largest output or changelog value Tributary writes (librdkafka's default
+/// `message.max.bytes` is 1 000 000, and the record needs headers and a key).
+const MAX_RECORD_BYTES: usize = 900_000;
 
 /// Why the processor stopped.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,9 @@ pub enum RunError {
     /// The local state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An event whose merged records would exceed the record size limit.
+    #[error("{0}")]
+    TooLarge(NormalizeError),
     /// Fenced by a newer instance, or a fatal producer error: stop.
     #[error("fatal producer error (fenced by another instance with the same transactional.id, or unrecoverable): {0}")]
     Fatal(String),
@@ -186,6 +192,9 @@ struct Worker {
     dlq: String,
     sources: BTreeSet<String>,
     last_commit: Instant,
+    /// Records set aside after their merged records turned out too large:
+    /// after the abort and rewind they go to the dead-letter topic.
+    set_aside: HashMap<(String, i32, i64), NormalizeError>,
     /// Events in the open cycle.
     cycle_events: usize,
     fatal: Option<RunError>,
@@ -283,6 +292,11 @@ impl Worker {
             key: msg.key(),
             value: msg.payload(),
         };
+        if let Some(e) = self.set_aside.remove(&(msg.topic().to_string(), partition, msg.offset())) {
+            self.dead_letter(msg, &e)?;
+            self.positions.insert((msg.topic().to_string(), partition), msg.offset() + 1);
+            return Ok(());
+        }
         let Some(task) = self.tasks.get_mut(&partition) else {
             return Err(RunError::Assignment(format!(
                 "received {} partition {partition} but task {partition} is not open",
@@ -293,6 +307,17 @@ impl Worker {
             Ok(Step::Emitted { record: out, siblings, source, event_ts }) => {
                 let key_state = task.cached(&out.key).expect("an emitting update leaves a state");
                 let state = encode_state(key_state);
+                let bytes = state.len().max(out.value.as_ref().map_or(0, String::len));
+                if bytes > MAX_RECORD_BYTES {
+                    // The cache already holds the merged state: only an abort
+                    // undoes it. The rewind then brings this record back, and
+                    // it goes to the dead letters instead.
+                    return Err(RunError::TooLarge(NormalizeError {
+                        position: (&record).into(),
+                        source_name: Some(source),
+                        kind: crate::normalize::NormalizeErrorKind::TooLarge { key: out.key, bytes, limit: MAX_RECORD_BYTES },
+                    }));
+                }
                 let audit = match &self.audit {
                     Some(topic) if siblings > 1 => Some((topic, audit_record(&self.config, &self.source_of, &out, key_state, msg))),
                     _ => None,
@@ -467,6 +492,20 @@ impl Worker {
         std::mem::take(&mut self.producer.context().state.lock().expect("deliveries").failures)
     }
 
+    /// Aborts the open transaction. librdkafka purges the queued records and
+    /// then waits for their delivery reports, which only `poll` serves on
+    /// this producer: so abort in short steps, polling in between.
+    fn abort_transaction(&self, within: Duration) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + within;
+        loop {
+            self.producer.poll(Duration::from_millis(10));
+            match self.producer.abort_transaction(Duration::from_millis(500)) {
+                Err(KafkaError::Transaction(rd)) if rd.is_retriable() && Instant::now() < deadline => continue,
+                other => return other,
+            }
+        }
+    }
+
     /// Serves delivery reports until nothing is in flight. rdkafka's `flush`
     /// (called by `commit_transaction`) waits in 100 ms steps whenever
     /// anything is in flight; draining first with short polls makes a commit
@@ -512,7 +551,7 @@ impl Worker {
         tracing::warn!(error = %error, "cycle failed; aborting and rewinding to the committed offsets");
         self.counters.aborts += 1;
         if self.exactly_once {
-            if let Err(e) = self.producer.abort_transaction(TIMEOUT) {
+            if let Err(e) = self.abort_transaction(TIMEOUT) {
                 return Err(RunError::Fatal(format!("abort after `{error}` failed: {e}")));
             }
         }
@@ -530,7 +569,7 @@ impl Worker {
     /// the transaction is aborted, nothing reaches the local store.
     fn discard(&mut self) {
         if self.txn_open && self.exactly_once {
-            let _ = self.producer.abort_transaction(Duration::from_secs(5));
+            let _ = self.abort_transaction(Duration::from_secs(5));
         }
         for task in self.tasks.values_mut() {
             task.abort();
@@ -765,6 +804,7 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         dlq,
         sources: source_topics.iter().cloned().collect(),
         last_commit: Instant::now(),
+        set_aside: HashMap::new(),
         cycle_events: 0,
         fatal: None,
         counters: Counters::default(),
@@ -830,6 +870,12 @@ fn main_loop(consumer: &GroupConsumer, worker: &Mutex<Worker>, interval: Duratio
                 // A produce failure (e.g. the transaction entered an abortable
                 // state): abort, rewind and go on; `abort` stops on fatal ones.
                 Err(RunError::Kafka { source, .. }) => w.abort(consumer, source),
+                Err(RunError::TooLarge(e)) => {
+                    tracing::warn!("{e}");
+                    let p = &e.position;
+                    w.set_aside.insert((p.topic.clone(), p.partition, p.offset), e);
+                    w.abort(consumer, KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
+                }
                 other => other,
             },
             Some(Err(e)) if is_fatal_consumer_error(&e) => Err(RunError::Fatal(format!("consumer: {e}"))),
