@@ -23,24 +23,42 @@ pub struct TopicSpec {
     pub cleanup_policy: &'static str,
 }
 
+/// How long a source topic may be missing from metadata before start-up
+/// fails: a topic created moments ago can be absent from a broker's metadata
+/// for a short while, and that is not the user's mistake.
+const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(10);
+
 /// Reads the partition count of every source topic and checks they agree.
 /// Returns the common count.
 pub fn check_co_partitioning(consumer: &BaseConsumer, topics: &[String], timeout: Duration) -> Result<i32, RunError> {
+    let deadline = std::time::Instant::now() + MISSING_TOPIC_GRACE;
     let mut counts: BTreeMap<String, Option<i32>> = BTreeMap::new();
-    for topic in topics {
-        let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| RunError::kafka(format!("metadata of source topic {topic}"), e))?;
-        let count = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .filter(|t| t.error().is_none())
-            .map(|t| t.partitions().len() as i32)
-            .filter(|n| *n > 0);
-        counts.insert(topic.clone(), count);
-    }
-    let missing: Vec<&str> = counts.iter().filter(|(_, c)| c.is_none()).map(|(t, _)| t.as_str()).collect();
-    if !missing.is_empty() {
-        return Err(RunError::Topics(format!("source topic(s) do not exist: {}", missing.join(", "))));
+    loop {
+        for topic in topics {
+            if counts.get(topic).is_some_and(|c| c.is_some()) {
+                continue;
+            }
+            let md = consumer
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(|e| RunError::kafka(format!("metadata of source topic {topic}"), e))?;
+            let count = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .filter(|t| t.error().is_none())
+                .map(|t| t.partitions().len() as i32)
+                .filter(|n| *n > 0);
+            counts.insert(topic.clone(), count);
+        }
+        let missing: Vec<&str> = counts.iter().filter(|(_, c)| c.is_none()).map(|(t, _)| t.as_str()).collect();
+        if missing.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(RunError::Topics(format!("source topic(s) do not exist: {}", missing.join(", "))));
+        }
+        tracing::info!(missing = %missing.join(", "), "source topic(s) not in metadata yet; checking again");
+        std::thread::sleep(Duration::from_millis(500));
     }
     let distinct: std::collections::BTreeSet<i32> = counts.values().flatten().copied().collect();
     if distinct.len() > 1 {

@@ -70,6 +70,22 @@ pub fn create_topic(name: &str, partitions: i32, config: &[(&str, &str)]) {
     for r in res {
         r.expect("topic created");
     }
+    // Creation is acknowledged by the controller before every broker's
+    // metadata shows the topic; wait until it does, so the process under
+    // test sees what the test set up.
+    let probe: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("metadata client");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let visible = probe.fetch_metadata(Some(name), Duration::from_secs(5)).ok().is_some_and(|md| {
+            md.topics().iter().any(|t| t.name() == name && t.error().is_none() && t.partitions().len() == partitions as usize)
+        });
+        if visible {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {name} not visible in metadata after 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// One record to produce.
