@@ -78,6 +78,9 @@ pub struct Config {
     /// The table sink (`tributary sink`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink: Option<crate::sink::SinkConfig>,
+    /// The Confluent Schema Registry (Avro input or output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_registry: Option<SchemaRegistryConfig>,
     /// The source topics, one per source database.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
@@ -190,6 +193,60 @@ pub enum OutputFormat {
     /// A flat JSON object per record, null for tombstones.
     #[default]
     Json,
+    /// Confluent-framed Avro, the schema derived from the sources' schemas
+    /// and registered under `<topic>-value` (key: `<topic>-key`).
+    Avro,
+}
+
+/// `[schema_registry]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// Base URL, e.g. `https://registry:8081`; several, comma-separated, are
+    /// tried in order.
+    pub url: String,
+    /// Basic authentication user (Confluent Cloud: the API key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth_user: Option<String>,
+    /// Basic authentication password (Confluent Cloud: the API secret).
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "serialize_secret")]
+    pub basic_auth_password: Option<String>,
+    /// PEM file of the CA certificates that sign the registry's TLS certificate
+    /// (default: the system's trust store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_location: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with `key_location`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_location: Option<PathBuf>,
+    /// PEM PKCS#8 private key of the client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_location: Option<PathBuf>,
+    /// Timeout of one HTTP request (connect and read).
+    #[serde(default = "default_registry_timeout", with = "duration_text")]
+    pub timeout: Duration,
+    /// Longest wait between retries while the registry is unavailable
+    /// (processing pauses; nothing is dead-lettered for it).
+    #[serde(default = "default_registry_backoff", with = "duration_text")]
+    pub max_backoff: Duration,
+}
+
+fn default_registry_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_registry_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl SchemaRegistryConfig {
+    /// The configured URLs, in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.url.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).filter(|u| !u.is_empty()).collect()
+    }
+}
+
+fn serialize_secret<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    value.as_ref().map(|_| "<redacted>").serialize(s)
 }
 
 /// `[merge]`
@@ -306,6 +363,9 @@ pub enum SourceFormat {
     /// A flat row (e.g. after `ExtractNewRecordState`); deletes as tombstones
     /// or a `__deleted: "true"` field.
     Json,
+    /// Debezium's envelope in Avro, Confluent wire format (magic byte, schema
+    /// id, body) for key and value; schemas from `[schema_registry]`.
+    DebeziumAvro,
 }
 
 impl Config {
@@ -444,6 +504,7 @@ impl Config {
                 carried.join(", ")
             ));
         }
+        self.validate_registry(&mut problems);
         if let Some(sink) = &self.sink {
             if let Err(e) = sink.table_spec() {
                 problems.push(e.to_string().trim_start_matches("sink configuration: ").to_string());
@@ -453,6 +514,61 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError::Invalid { origin: origin.into(), problems })
+        }
+    }
+
+    /// True when some source or the output is Avro (a registry is needed).
+    pub fn uses_avro(&self) -> bool {
+        self.output.format == OutputFormat::Avro || self.sources.iter().any(|s| s.format == SourceFormat::DebeziumAvro)
+    }
+
+    fn validate_registry(&self, problems: &mut Vec<String>) {
+        let Some(registry) = &self.schema_registry else {
+            if self.uses_avro() {
+                let who: Vec<String> = self
+                    .sources
+                    .iter()
+                    .filter(|s| s.format == SourceFormat::DebeziumAvro)
+                    .map(|s| format!("sources.{}.format", s.name))
+                    .chain((self.output.format == OutputFormat::Avro).then(|| "output.format".to_string()))
+                    .collect();
+                problems.push(format!("schema_registry: required by {} (Avro); add [schema_registry] url = \"http://…\"", who.join(", ")));
+            }
+            return;
+        };
+        if self.output.format == OutputFormat::Avro && !self.sources.iter().any(|s| s.format == SourceFormat::DebeziumAvro) {
+            problems.push(
+                "output.format: \"avro\" derives the output schema from the sources' Avro schemas; at least one source needs format = \"debezium-avro\"".into(),
+            );
+        }
+        let urls = registry.urls();
+        if urls.is_empty() {
+            problems.push("schema_registry.url: must not be empty".into());
+        }
+        for u in &urls {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                problems.push(format!("schema_registry.url: \"{u}\" must start with http:// or https://"));
+            }
+        }
+        if registry.basic_auth_password.is_some() && registry.basic_auth_user.is_none() {
+            problems.push("schema_registry.basic_auth_password: set without basic_auth_user".into());
+        }
+        if registry.certificate_location.is_some() != registry.key_location.is_some() {
+            problems.push("schema_registry.certificate_location/key_location: mutual TLS needs both".into());
+        }
+        for (key, path) in [
+            ("ca_location", &registry.ca_location),
+            ("certificate_location", &registry.certificate_location),
+            ("key_location", &registry.key_location),
+        ] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    problems.push(format!("schema_registry.{key}: {} is not a readable file", p.display()));
+                }
+            }
+        }
+        if registry.timeout.is_zero() {
+            problems.push("schema_registry.timeout: must be positive".into());
         }
     }
 

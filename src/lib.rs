@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod avro;
 pub mod config;
 pub mod demo;
 pub mod merge;

@@ -27,6 +27,7 @@ pub struct Metrics {
     restore_rate: prometheus::GaugeVec,
     transactions: IntCounterVec,
     rebalances: IntCounterVec,
+    registry_errors: IntCounterVec,
     ready: IntGauge,
     up: Gauge,
 }
@@ -101,6 +102,12 @@ impl Metrics {
             restore_rate: float_gauge(&r, "tributary_restore_rate_records_per_second", "Restore speed", &["partition"]),
             transactions: counter(&r, "tributary_transactions_total", "Processing cycles by outcome", &["outcome"]),
             rebalances: counter(&r, "tributary_rebalances_total", "Group rebalance callbacks", &["kind"]),
+            registry_errors: counter(
+                &r,
+                "tributary_schema_registry_errors_total",
+                "Schema Registry calls that failed while it was unavailable (processing paused and retried)",
+                &["operation"],
+            ),
             ready,
             up,
             registry: r,
@@ -139,7 +146,12 @@ impl Metrics {
         self.conflicts.with_label_values(&[policy, winner]).inc();
     }
 
-    /// A record was dead-lettered.
+    /// A Schema Registry call failed as unavailable (`operation`: decode, register, startup).
+    pub fn registry_error(&self, operation: &str) {
+        self.registry_errors.with_label_values(&[operation]).inc();
+    }
+
+    /// A record went to the dead-letter topic.
     pub fn dead_letter(&self, source: &str, reason: &str) {
         self.dead_letters.with_label_values(&[source, reason]).inc();
     }

@@ -18,8 +18,11 @@ pub struct OutputRecord {
     pub partition: i32,
     /// The canonical key.
     pub key: String,
-    /// The merged row as flat JSON, or `None` for a tombstone.
-    pub value: Option<String>,
+    /// The key as written, when it is not the canonical key's text (Avro).
+    pub key_bytes: Option<Vec<u8>>,
+    /// The merged row (flat JSON, or Confluent-framed Avro), or `None` for a
+    /// tombstone.
+    pub value: Option<Vec<u8>>,
     /// `tributary.*` headers, in a fixed order.
     pub headers: Vec<(&'static str, String)>,
     /// Record timestamp: the newest commit time in the key's version set.
@@ -33,7 +36,7 @@ pub fn encode(partition: i32, key: &str, resolved: &Resolved<'_>, timestamp: i64
 
 /// [`encode`], taking the key by value.
 pub fn encode_owned(partition: i32, key: String, resolved: &Resolved<'_>, timestamp: i64) -> OutputRecord {
-    let value = resolved.row.as_ref().map(|r| serde_json::to_string(r.as_ref()).expect("rows serialize"));
+    let value = resolved.row.as_ref().map(|r| serde_json::to_vec(r.as_ref()).expect("rows serialize"));
     let mut headers = Vec::with_capacity(4);
     headers.push((HEADER_VV, resolved.vv.to_json()));
     headers.push((HEADER_CONFLICT, String::from(if resolved.conflict() { "true" } else { "false" })));
@@ -41,5 +44,17 @@ pub fn encode_owned(partition: i32, key: String, resolved: &Resolved<'_>, timest
         headers.push((HEADER_WINNER, w.to_string()));
     }
     headers.push((HEADER_SIBLINGS, resolved.siblings.to_string()));
-    OutputRecord { partition, key, value, headers, timestamp }
+    OutputRecord { partition, key, key_bytes: None, value, headers, timestamp }
+}
+
+impl OutputRecord {
+    /// The key bytes to write.
+    pub fn key_bytes(&self) -> &[u8] {
+        self.key_bytes.as_deref().unwrap_or(self.key.as_bytes())
+    }
+
+    /// The value as text (JSON output).
+    pub fn value_text(&self) -> Option<&str> {
+        self.value.as_deref().and_then(|v| std::str::from_utf8(v).ok())
+    }
 }

@@ -101,6 +101,17 @@ pub enum ProcessError<E: std::error::Error + 'static> {
     /// The state store failed: not the record's fault.
     #[error("state store: {0}")]
     Store(#[source] E),
+    /// The merged record could not be encoded (Avro output). The key's state
+    /// has changed already: the caller must discard the open cycle.
+    #[error("{position}: {error}")]
+    Output {
+        /// The record whose event made the output.
+        position: crate::normalize::RecordPosition,
+        /// The configured source name.
+        source_name: String,
+        /// What went wrong.
+        error: crate::avro::output::OutputError,
+    },
 }
 
 /// Normalizers per topic plus the merge engine.
@@ -108,19 +119,42 @@ pub enum ProcessError<E: std::error::Error + 'static> {
 pub struct Pipeline {
     sources: HashMap<String, SourceNormalizer>,
     engine: MergeEngine,
+    avro_output: Option<std::sync::Arc<crate::avro::output::AvroOutput>>,
 }
 
 impl Pipeline {
     /// Builds the pipeline of a (validated) configuration.
     pub fn new(config: &Config) -> Self {
+        Self::with_avro(config, None)
+    }
+
+    /// [`new`](Self::new) with the registry connection Avro sources and
+    /// Avro output need (`output.format = "avro"` encodes with it).
+    pub fn with_avro(config: &Config, avro: Option<&crate::avro::AvroContext>) -> Self {
+        let avro_output = match (config.output.format, avro) {
+            (crate::config::OutputFormat::Avro, Some(ctx)) => Some(std::sync::Arc::new(crate::avro::output::AvroOutput::new(
+                ctx.registry.clone(),
+                ctx.catalog.clone(),
+                &config.output.topic,
+                config.sources.iter().map(|s| s.name.clone()).collect(),
+                config.sources.iter().find_map(|s| s.key_fields.clone()),
+            ))),
+            _ => None,
+        };
         Self {
             sources: config
                 .sources
                 .iter()
-                .map(|s| (s.topic.clone(), SourceNormalizer::new(s, config.merge.policy)))
+                .map(|s| (s.topic.clone(), SourceNormalizer::with_avro(s, config.merge.policy, avro)))
                 .collect(),
             engine: MergeEngine::new(config.merge_settings()),
+            avro_output,
         }
+    }
+
+    /// The Avro output encoder, when the output is Avro.
+    pub fn avro_output(&self) -> Option<&std::sync::Arc<crate::avro::output::AvroOutput>> {
+        self.avro_output.as_ref()
     }
 
     /// The merge engine.
@@ -144,21 +178,33 @@ impl Pipeline {
         let key = std::mem::take(&mut event.key);
         let event_ts = event.ts;
         let engine = &self.engine;
+        let avro = self.avro_output.as_deref();
+        let key_ref = &key;
         let step = store
             .update(&key, |state| match engine.apply(state, event) {
-                Applied::Stale => Step::Stale { source },
-                Applied::Duplicate => Step::Duplicate { source },
+                Applied::Stale => Ok(Step::Stale { source }),
+                Applied::Duplicate => Ok(Step::Duplicate { source }),
                 Applied::Changed => {
                     let resolved = engine.resolve(state);
                     // The newest commit time in the set: a function of the state,
                     // so the last record per key is the same in every interleaving.
                     let ts = state.versions.iter().map(|v| v.ts).max().unwrap_or(0).max(0);
                     // The key is filled in below, once the store has done with it.
-                    let record = encode_owned(record.partition, String::new(), &resolved, ts);
-                    Step::Emitted { source, record, siblings: resolved.siblings, event_ts }
+                    let mut out = encode_owned(record.partition, String::new(), &resolved, ts);
+                    if let Some(avro) = avro {
+                        match avro.encode(key_ref, resolved.row.as_deref()) {
+                            Ok((k, v)) => {
+                                out.key_bytes = Some(k);
+                                out.value = v;
+                            }
+                            Err(error) => return Err((source, error)),
+                        }
+                    }
+                    Ok(Step::Emitted { source, record: out, siblings: resolved.siblings, event_ts })
                 }
             })
-            .map_err(ProcessError::Store)?;
+            .map_err(ProcessError::Store)?
+            .map_err(|(source_name, error)| ProcessError::Output { position: record.into(), source_name, error })?;
         Ok(match step {
             Step::Emitted { source, mut record, siblings, event_ts } => {
                 record.key = key;

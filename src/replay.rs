@@ -129,6 +129,15 @@ pub fn replay(
     mut dead_letters: Option<&mut dyn Write>,
     log: &mut dyn Write,
 ) -> io::Result<Summary> {
+    if let Some(s) = config.sources.iter().find(|s| s.format == crate::config::SourceFormat::DebeziumAvro) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "sources.{}.format = \"debezium-avro\": replay reads kcat -J dumps of JSON sources; Avro sources are not supported by replay",
+                s.name
+            ),
+        ));
+    }
     let pipeline = Pipeline::new(config);
     let mut store = MemoryStore::default();
     let mut summary = Summary::default();
@@ -181,7 +190,7 @@ pub fn replay(
                     broker: -1,
                     headers: out.headers.into_iter().flat_map(|(k, v)| [Some(k.to_string()), Some(v)]).collect(),
                     key: Some(out.key),
-                    payload: out.value,
+                    payload: out.value.map(|v| String::from_utf8(v).expect("JSON output is UTF-8")),
                 };
                 *offset += 1;
                 serde_json::to_writer(&mut output, &dumped)?;
@@ -198,6 +207,8 @@ pub fn replay(
                 }
             }
             Err(ProcessError::Store(never)) => match never {},
+            // Replay writes JSON (kcat -J carries text); no Avro encoder here.
+            Err(ProcessError::Output { error, .. }) => unreachable!("replay encodes JSON only: {error}"),
         }
     }
     output.flush()?;

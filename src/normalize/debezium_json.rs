@@ -288,6 +288,7 @@ impl DebeziumJson {
                 after: env.after,
                 ts: source_ts.or(env.ts_ms),
                 sequence,
+                key: None,
             },
             had_before,
         }))

@@ -33,7 +33,7 @@ impl Format for FlatJson {
     fn parse(&self, record: &InputRecord<'_>, sequence: Option<&[String]>) -> Result<Option<RawChange>, NormalizeErrorKind> {
         let Some(bytes) = record.value.filter(|v| !v.is_empty()) else {
             // With flat rows a tombstone *is* the delete; the key comes from the record key.
-            return Ok(Some(RawChange { op: RawOp::Delete, before: None, after: None, ts: None, sequence: None }));
+            return Ok(Some(RawChange { op: RawOp::Delete, before: None, after: None, ts: None, sequence: None, key: None }));
         };
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| NormalizeErrorKind::BadValue { format: "json", detail: e.to_string() })?;
@@ -64,10 +64,10 @@ impl Format for FlatJson {
         let Value::Object(row) = row_value else { unreachable!("built as an object above") };
         let row: Row = row;
         Ok(Some(if deleted {
-            RawChange { op: RawOp::Delete, before: Some(row), after: None, ts, sequence }
+            RawChange { op: RawOp::Delete, before: Some(row), after: None, ts, sequence, key: None }
         } else {
             // No before image: every field counts as written.
-            RawChange { op: RawOp::Update, before: None, after: Some(row), ts, sequence }
+            RawChange { op: RawOp::Update, before: None, after: Some(row), ts, sequence, key: None }
         }))
     }
 }

@@ -5,6 +5,7 @@
 //! canonical key, derived or carried clocks, the timestamp fallback — lives
 //! in [`SourceNormalizer`], so a new format is one new file.
 
+mod debezium_avro;
 mod debezium_json;
 mod flat_json;
 
@@ -15,6 +16,7 @@ use serde_json::Value;
 use crate::config::{SourceConfig, SourceFormat};
 use crate::merge::{ChangeEvent, Op, Policy, Row, VersionVector};
 
+pub use debezium_avro::DebeziumAvro;
 pub use debezium_json::DebeziumJson;
 pub use flat_json::FlatJson;
 
@@ -136,6 +138,22 @@ pub enum NormalizeErrorKind {
         /// The limit.
         limit: usize,
     },
+    /// The merged record does not fit the Avro output schema, or the
+    /// schema the event brought conflicts with another source's.
+    #[error("{detail}")]
+    OutputSchema {
+        /// Short label (`schema_conflict`, `schema_misfit`, `schema_rejected`).
+        reason: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The Avro payload names a schema id the registry does not have.
+    #[error("{0}")]
+    UnknownSchema(String),
+    /// The schema registry cannot be reached: not the record's fault; the
+    /// processor pauses and retries instead of dead-lettering.
+    #[error("{0}")]
+    RegistryUnavailable(String),
     /// The carried clock is missing or malformed.
     #[error("clock field `{field}`: {problem}")]
     BadClock {
@@ -161,7 +179,16 @@ impl NormalizeErrorKind {
             Self::BadSequence { .. } => "bad_sequence",
             Self::BadClock { .. } => "bad_clock",
             Self::TooLarge { .. } => "too_large",
+            Self::UnknownSchema(_) => "unknown_schema",
+            Self::OutputSchema { reason, .. } => reason,
+            Self::RegistryUnavailable(_) => "registry_unavailable",
         }
+    }
+
+    /// True when the record is not at fault and processing it later may
+    /// succeed (the schema registry is unavailable).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::RegistryUnavailable(_))
     }
 }
 
@@ -200,6 +227,9 @@ pub struct RawChange {
     pub ts: Option<i64>,
     /// The configured sequence field's value, if one is configured.
     pub sequence: Option<Value>,
+    /// The canonical key, when the format decodes the record key itself
+    /// (Avro); `None`: the record key is JSON text.
+    pub key: Option<String>,
 }
 
 /// What [`Format::parse_lean`] gives: the parsed envelope, whose `before`
@@ -238,6 +268,22 @@ pub(crate) fn lookup<'v>(value: &'v Value, path: &[String]) -> Option<&'v Value>
     path.iter().try_fold(value, |v, segment| v.get(segment.as_str()))
 }
 
+/// `debezium-avro` without a registry: every record is an error saying so.
+#[derive(Debug)]
+struct NoRegistry;
+
+impl Format for NoRegistry {
+    fn name(&self) -> &'static str {
+        "debezium-avro"
+    }
+    fn parse(&self, _: &InputRecord<'_>, _: Option<&[String]>) -> Result<Option<RawChange>, NormalizeErrorKind> {
+        Err(NormalizeErrorKind::BadValue {
+            format: "debezium-avro",
+            detail: "no schema registry is available here ([schema_registry] is required; `replay` reads JSON sources only)".into(),
+        })
+    }
+}
+
 /// Normalizes the records of one configured source.
 #[derive(Debug)]
 pub struct SourceNormalizer {
@@ -259,9 +305,20 @@ impl SourceNormalizer {
     /// `before` image, get upserts without it ([`ChangeEvent::full_image`]
     /// still reflects whether the record had one).
     pub fn new(config: &SourceConfig, policy: Policy) -> Self {
-        let format: Box<dyn Format> = match config.format {
-            SourceFormat::DebeziumJson => Box::new(DebeziumJson),
-            SourceFormat::Json => Box::new(FlatJson::new(config.ts_field.as_deref(), &config.deleted_field)),
+        Self::with_avro(config, policy, None)
+    }
+
+    /// [`new`](Self::new), with the registry and schema catalog that
+    /// `debezium-avro` sources need. Without them such a source dead-letters
+    /// every record, naming the missing `[schema_registry]`.
+    pub fn with_avro(config: &SourceConfig, policy: Policy, avro: Option<&crate::avro::AvroContext>) -> Self {
+        let format: Box<dyn Format> = match (config.format, avro) {
+            (SourceFormat::DebeziumJson, _) => Box::new(DebeziumJson),
+            (SourceFormat::Json, _) => Box::new(FlatJson::new(config.ts_field.as_deref(), &config.deleted_field)),
+            (SourceFormat::DebeziumAvro, Some(ctx)) => {
+                Box::new(DebeziumAvro::new(&config.name, ctx.registry.clone(), ctx.catalog.clone()))
+            }
+            (SourceFormat::DebeziumAvro, None) => Box::new(NoRegistry),
         };
         Self {
             name: config.name.clone(),
@@ -363,7 +420,11 @@ impl SourceNormalizer {
             let row = match raw.after.as_ref().or(raw.before.as_ref()) {
                 Some(row) => row,
                 None => {
-                    from_key = serde_json::from_str::<Row>(&record_key(record)?)
+                    let text = match &raw.key {
+                        Some(k) => k.clone(),
+                        None => record_key(record)?,
+                    };
+                    from_key = serde_json::from_str::<Row>(&text)
                         .map_err(|e| NormalizeErrorKind::BadKey(e.to_string()))?;
                     &from_key
                 }
@@ -375,7 +436,10 @@ impl SourceNormalizer {
             }
             return Ok(Value::Object(key).to_string());
         }
-        record_key(record)
+        match &raw.key {
+            Some(k) => Ok(k.clone()),
+            None => record_key(record),
+        }
     }
 }
 

@@ -257,7 +257,7 @@ mod reference {
             }
             _ => None,
         });
-        Ok(Some(RawChange { op, before: env.before, after: env.after, ts: source_ts.or(env.ts_ms), sequence }))
+        Ok(Some(RawChange { op, before: env.before, after: env.after, ts: source_ts.or(env.ts_ms), sequence, key: None }))
     }
 }
 

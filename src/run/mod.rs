@@ -66,9 +66,14 @@ pub enum RunError {
     /// The local state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// An event whose merged records would exceed the record size limit.
+    /// An event that must be set aside after the open cycle is aborted: its
+    /// merged record would exceed the record size limit, or does not fit the
+    /// Avro output schema. After the rewind it goes to the dead letters.
     #[error("{0}")]
-    TooLarge(NormalizeError),
+    SetAside(NormalizeError),
+    /// The schema registry is unavailable: abort the cycle, wait, retry.
+    #[error("{0}")]
+    RegistryUnavailable(String),
     /// Fenced by a newer instance, or a fatal producer error: stop.
     #[error("fatal producer error (fenced by another instance with the same transactional.id, or unrecoverable): {0}")]
     Fatal(String),
@@ -206,6 +211,19 @@ struct Worker {
     audit: Option<String>,
     /// The source partition count.
     partitions: i32,
+    /// Avro output: the registered ids of the audit and dead-letter schemas.
+    avro_records: Option<AvroRecordIds>,
+    /// Consecutive cycles lost to an unavailable schema registry.
+    registry_failures: u32,
+    /// Longest wait between registry retries.
+    registry_max_backoff: Duration,
+}
+
+/// Schema ids of Tributary's own Avro records (Avro output).
+#[derive(Debug, Clone, Copy)]
+struct AvroRecordIds {
+    audit: u32,
+    dead_letter: u32,
 }
 
 struct GroupContext {
@@ -307,19 +325,21 @@ impl Worker {
             Ok(Step::Emitted { record: out, siblings, source, event_ts }) => {
                 let key_state = task.cached(&out.key).expect("an emitting update leaves a state");
                 let state = encode_state(key_state);
-                let bytes = state.len().max(out.value.as_ref().map_or(0, String::len));
+                let bytes = state.len().max(out.value.as_ref().map_or(0, Vec::len));
                 if bytes > MAX_RECORD_BYTES {
                     // The cache already holds the merged state: only an abort
                     // undoes it. The rewind then brings this record back, and
                     // it goes to the dead letters instead.
-                    return Err(RunError::TooLarge(NormalizeError {
+                    return Err(RunError::SetAside(NormalizeError {
                         position: (&record).into(),
                         source_name: Some(source),
                         kind: crate::normalize::NormalizeErrorKind::TooLarge { key: out.key, bytes, limit: MAX_RECORD_BYTES },
                     }));
                 }
                 let audit = match &self.audit {
-                    Some(topic) if siblings > 1 => Some((topic, audit_record(&self.config, &self.source_of, &out, key_state, msg))),
+                    Some(topic) if siblings > 1 => {
+                        Some((topic, audit_record(&self.config, &self.source_of, &out, key_state, msg, self.avro_records)))
+                    }
                     _ => None,
                 };
                 let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
@@ -328,11 +348,11 @@ impl Worker {
                 }
                 let output = BaseRecord::to(&self.config.output.topic)
                     .partition(out.partition)
-                    .key(out.key.as_bytes())
+                    .key(out.key_bytes())
                     .timestamp(out.timestamp)
                     .headers(headers);
                 let output = match &out.value {
-                    Some(v) => output.payload(v.as_bytes()),
+                    Some(v) => output.payload(v.as_slice()),
                     None => output,
                 };
                 self.send(output)?;
@@ -341,7 +361,7 @@ impl Worker {
                     task.remember_encoded(&out.key, state);
                 }
                 if let Some((topic, body)) = audit {
-                    self.send(BaseRecord::to(topic.as_str()).partition(partition).key(out.key.as_bytes()).payload(body.as_bytes()))?;
+                    self.send(BaseRecord::to(topic.as_str()).partition(partition).key(out.key.as_bytes()).payload(body.as_slice()))?;
                 }
                 self.counters.emitted += 1;
                 let now = now_ms();
@@ -362,8 +382,24 @@ impl Worker {
                 self.metrics.dropped(&source, "duplicate");
             }
             Ok(Step::Ignored { source }) => self.metrics.dropped(&source, "ignored"),
+            Err(ProcessError::Normalize(e)) if e.kind.is_retriable() => {
+                self.metrics.registry_error("decode");
+                return Err(RunError::RegistryUnavailable(e.to_string()));
+            }
             Err(ProcessError::Normalize(e)) => self.dead_letter(msg, &e)?,
             Err(ProcessError::Store(e)) => return Err(e.into()),
+            Err(ProcessError::Output { error, .. }) if error.is_retriable() => {
+                self.metrics.registry_error("register");
+                return Err(RunError::RegistryUnavailable(error.to_string()));
+            }
+            Err(ProcessError::Output { position, source_name, error }) => {
+                // The key's state changed already; only an abort undoes it.
+                return Err(RunError::SetAside(NormalizeError {
+                    position,
+                    source_name: Some(source_name),
+                    kind: crate::normalize::NormalizeErrorKind::OutputSchema { reason: error.reason(), detail: error.to_string() },
+                }));
+            }
         }
         self.positions.insert((msg.topic().to_string(), partition), msg.offset() + 1);
         Ok(())
@@ -388,8 +424,27 @@ impl Worker {
         if let Some(k) = msg.key() {
             record = record.key(k);
         }
-        if let Some(v) = msg.payload() {
-            record = record.payload(v);
+        // Avro output: the dead letter is a `schemas/dead-letter.avsc`
+        // envelope holding the raw bytes, so every topic Tributary writes
+        // has a registered schema.
+        let envelope = self.avro_records.map(|ids| {
+            let body = crate::avro::records::encode_dead_letter(&crate::avro::records::DeadLetter {
+                error: &error,
+                reason: e.kind.reason(),
+                source: e.source_name.as_deref(),
+                topic: msg.topic(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                timestamp: msg.timestamp().to_millis(),
+                key: msg.key(),
+                value: msg.payload(),
+            });
+            crate::avro::registry::frame(ids.dead_letter, &body)
+        });
+        match (&envelope, msg.payload()) {
+            (Some(env), _) => record = record.payload(env.as_slice()),
+            (None, Some(v)) => record = record.payload(v),
+            (None, None) => {}
         }
         self.send(record)?;
         self.counters.dead_letters += 1;
@@ -476,6 +531,11 @@ impl Worker {
                 self.txn_open = false;
                 self.counters.commits += 1;
                 self.metrics.cycle(true, started.elapsed().as_secs_f64());
+                if self.registry_failures > 0 {
+                    tracing::info!(after = self.registry_failures, "schema registry available again; processing resumed");
+                    self.registry_failures = 0;
+                    self.metrics.set_ready(true);
+                }
                 for (p, task) in &self.tasks {
                     self.metrics.state_keys(*p, task.approximate_keys());
                 }
@@ -549,10 +609,15 @@ impl Worker {
             }
         }
         tracing::warn!(error = %error, "cycle failed; aborting and rewinding to the committed offsets");
+        self.abort_cycle(consumer, &error.to_string())
+    }
+
+    /// Aborts the open cycle for `why` and rewinds to the committed offsets.
+    fn abort_cycle(&mut self, consumer: &GroupConsumer, why: &str) -> Result<(), RunError> {
         self.counters.aborts += 1;
-        if self.exactly_once {
+        if self.exactly_once && self.txn_open {
             if let Err(e) = self.abort_transaction(TIMEOUT) {
-                return Err(RunError::Fatal(format!("abort after `{error}` failed: {e}")));
+                return Err(RunError::Fatal(format!("abort after `{why}` failed: {e}")));
             }
         }
         self.take_delivery_failures();
@@ -563,6 +628,22 @@ impl Worker {
         self.positions.clear();
         self.txn_open = false;
         self.rewind(consumer)
+    }
+
+    /// The schema registry is unavailable: abort the cycle (nothing is
+    /// dead-lettered for it), report not ready, wait with a growing backoff
+    /// and let the rewind bring the records back.
+    fn registry_wait(&mut self, consumer: &GroupConsumer, why: &str, shutdown: &AtomicBool) -> Result<(), RunError> {
+        let wait = crate::avro::registry::backoff(self.registry_failures, self.registry_max_backoff);
+        self.registry_failures = self.registry_failures.saturating_add(1);
+        tracing::warn!(attempt = self.registry_failures, wait_ms = wait.as_millis() as u64, "{why}; pausing, then retrying");
+        self.metrics.set_ready(false);
+        self.abort_cycle(consumer, why)?;
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
+        }
+        Ok(())
     }
 
     /// Drops the open cycle without rewinding (the process is stopping):
@@ -704,6 +785,54 @@ impl Worker {
     }
 }
 
+/// Connects to the schema registry and reads what is registered already:
+/// each Avro source's latest key and value schemas and the output's previous
+/// value schema (the output schema never drops a column), and registers the
+/// audit and dead-letter schemas when the output is Avro. An unavailable
+/// registry is waited for (with backoff), not a reason to exit.
+fn avro_startup(config: &Config, shutdown: &AtomicBool) -> Result<(crate::avro::AvroContext, Option<AvroRecordIds>), RunError> {
+    use crate::avro::registry::{backoff, Registry, RegistryError};
+    let settings = config.schema_registry.as_ref().ok_or_else(|| RunError::Topics("[schema_registry] is required for Avro".into()))?;
+    let registry = Registry::new(settings).map_err(RunError::Topics)?;
+    let ctx = crate::avro::AvroContext { registry: registry.clone(), catalog: Default::default() };
+    let mut attempt = 0;
+    loop {
+        let result = (|| -> Result<Option<AvroRecordIds>, RegistryError> {
+            for s in config.sources.iter().filter(|s| s.format == crate::config::SourceFormat::DebeziumAvro) {
+                if let Some(v) = registry.latest(&format!("{}-value", s.topic))? {
+                    ctx.catalog.observe_value(&s.name, v.id, &v.schema);
+                }
+                if let Some(k) = registry.latest(&format!("{}-key", s.topic))? {
+                    ctx.catalog.observe_key(&s.name, k.id, &k.schema);
+                }
+            }
+            if config.output.format != crate::config::OutputFormat::Avro {
+                return Ok(None);
+            }
+            if let Some(prev) = registry.latest(&format!("{}-value", config.output.topic))? {
+                ctx.catalog.seed_previous_output(&prev.schema);
+            }
+            let group = &config.kafka.group_id;
+            let audit = registry.register(&format!("{}-value", conflicts_topic(group)), crate::avro::records::AUDIT_SCHEMA_JSON)?;
+            let dead_letter = registry.register(&format!("{}-value", dlq_topic(group)), crate::avro::records::DEAD_LETTER_SCHEMA_JSON)?;
+            Ok(Some(AvroRecordIds { audit, dead_letter }))
+        })();
+        match result {
+            Ok(ids) => {
+                tracing::info!(urls = ?registry.urls(), "schema registry connected");
+                return Ok((ctx, ids));
+            }
+            Err(e) if e.is_retriable() && !shutdown.load(Ordering::Relaxed) => {
+                let wait = backoff(attempt, settings.max_backoff);
+                attempt += 1;
+                tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, "start-up: {e}; retrying");
+                std::thread::sleep(wait);
+            }
+            Err(e) => return Err(RunError::Topics(format!("schema registry at start-up: {e}"))),
+        }
+    }
+}
+
 /// How to run the processor beyond its configuration.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -764,6 +893,14 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
     drop(probe);
     tracing::info!(partitions, "source topics are co-partitioned");
 
+    let avro = if config.uses_avro() {
+        // The registry client blocks on its own runtime: not on this one's threads.
+        let (c, s) = (config.clone(), shutdown.clone());
+        Some(tokio::task::spawn_blocking(move || avro_startup(&c, &s)).await.expect("start-up does not panic")?)
+    } else {
+        None
+    };
+
     let db = StateDb::open(&config.runtime.state_dir)?;
     let transactional_id = format!("{group}-{instance}");
     let mut producer_defaults = vec![("enable.idempotence", "true"), ("linger.ms", "5"), ("compression.type", "lz4")];
@@ -792,7 +929,7 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         source_of: source_of.clone(),
         audit,
         partitions,
-        pipeline: Pipeline::new(&config),
+        pipeline: Pipeline::with_avro(&config, avro.as_ref().map(|(ctx, _)| ctx)),
         config: config.clone(),
         producer,
         db: db.clone(),
@@ -808,6 +945,9 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         cycle_events: 0,
         fatal: None,
         counters: Counters::default(),
+        avro_records: avro.as_ref().and_then(|(_, ids)| *ids),
+        registry_failures: 0,
+        registry_max_backoff: config.schema_registry.as_ref().map_or(Duration::from_secs(30), |r| r.max_backoff),
     }));
     let mut consumer_defaults = vec![
         ("group.id", group.as_str()),
@@ -870,7 +1010,8 @@ fn main_loop(consumer: &GroupConsumer, worker: &Mutex<Worker>, interval: Duratio
                 // A produce failure (e.g. the transaction entered an abortable
                 // state): abort, rewind and go on; `abort` stops on fatal ones.
                 Err(RunError::Kafka { source, .. }) => w.abort(consumer, source),
-                Err(RunError::TooLarge(e)) => {
+                Err(RunError::RegistryUnavailable(why)) => w.registry_wait(consumer, &why, shutdown),
+                Err(RunError::SetAside(e)) => {
                     tracing::warn!("{e}");
                     let p = &e.position;
                     w.set_aside.insert((p.topic.clone(), p.partition, p.offset), e);
@@ -927,38 +1068,46 @@ fn audit_record(
     out: &crate::output::OutputRecord,
     state: &crate::merge::KeyState,
     msg: &BorrowedMessage<'_>,
-) -> String {
-    #[derive(serde::Serialize)]
-    struct Event<'a> {
-        source: Option<&'a String>,
-        topic: &'a str,
-        partition: i32,
-        offset: i64,
-    }
-    #[derive(serde::Serialize)]
-    struct Audit<'a> {
-        key: &'a str,
-        partition: i32,
-        policy: &'static str,
-        deletes: &'static str,
-        winner: Option<&'a str>,
-        merged_vv: crate::merge::VersionVector,
-        deleted: bool,
-        versions: &'a [crate::merge::Version],
-        event: Event<'a>,
-    }
+    avro: Option<AvroRecordIds>,
+) -> Vec<u8> {
     let winner = out.headers.iter().find(|(k, _)| *k == crate::output::HEADER_WINNER).map(|(_, v)| v.as_str());
-    serde_json::to_string(&Audit {
+    let merged_vv = state.merged_clock();
+    let record = crate::avro::records::AuditRecord {
         key: &out.key,
         partition: out.partition,
         policy: config.merge.policy.as_str(),
         deletes: config.merge.deletes.as_str(),
         winner,
-        merged_vv: state.merged_clock(),
+        merged_vv: &merged_vv,
         deleted: out.value.is_none(),
         versions: &state.versions,
-        event: Event { source: source_of.get(msg.topic()), topic: msg.topic(), partition: msg.partition(), offset: msg.offset() },
-    })
+        event: crate::avro::records::AuditEvent {
+            source: source_of.get(msg.topic()).map(String::as_str),
+            topic: msg.topic(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+        },
+    };
+    match avro {
+        Some(ids) => crate::avro::registry::frame(ids.audit, &crate::avro::records::encode_audit(&record)),
+        None => audit_json(&record),
+    }
+}
+
+/// The JSON audit record (README "Conflict audit"): the Avro record's
+/// fields, with rows as JSON objects.
+fn audit_json(r: &crate::avro::records::AuditRecord<'_>) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "key": r.key,
+        "partition": r.partition,
+        "policy": r.policy,
+        "deletes": r.deletes,
+        "winner": r.winner,
+        "merged_vv": r.merged_vv,
+        "deleted": r.deleted,
+        "versions": r.versions,
+        "event": {"source": r.event.source, "topic": r.event.topic, "partition": r.event.partition, "offset": r.event.offset},
+    }))
     .expect("audit records serialize")
 }
 

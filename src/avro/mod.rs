@@ -1,0 +1,30 @@
+//! Avro and the Confluent Schema Registry (design §4).
+//!
+//! - [`registry`]: the registry client (schema_registry_converter underneath),
+//!   with settings, caching and retriable/fatal error classification.
+//! - [`value`]: Avro values ↔ the JSON rows the merge engine works on, by
+//!   Debezium's type conventions.
+//! - [`output`]: the merged row's schema, derived from the sources' schemas,
+//!   and the Confluent-framed Avro encoding of output records.
+//! - [`state`]: the changelog/store encoding of key states
+//!   (`schemas/changelog-state.avsc`, Avro single-object encoding).
+//! - [`records`]: Tributary's own Avro records (`schemas/conflict-audit.avsc`,
+//!   `schemas/dead-letter.avsc`).
+
+pub mod records;
+pub mod registry;
+pub mod value;
+pub mod state;
+pub mod output;
+
+use std::sync::Arc;
+
+/// What Avro sources and outputs share: the registry connection and the
+/// catalog of source schemas seen.
+#[derive(Debug, Clone)]
+pub struct AvroContext {
+    /// The registry.
+    pub registry: Arc<registry::Registry>,
+    /// Every source schema seen.
+    pub catalog: Arc<output::SchemaCatalog>,
+}

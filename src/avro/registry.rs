@@ -1,0 +1,310 @@
+//! The Schema Registry client: `schema_registry_converter` underneath, a
+//! blocking face for the processing thread, and errors sorted into what the
+//! processor can do about them.
+//!
+//! The processing thread is synchronous (it owns the consumer and the
+//! transactional producer), so registry calls run on a small runtime owned
+//! here. Schemas are cached by the converter; a cached lookup completes
+//! without touching that runtime at all (`now_or_never`), which keeps the
+//! per-record cost of Avro decoding to the decoding itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use futures::FutureExt;
+use schema_registry_converter::async_impl::avro::AvroDecoder;
+use schema_registry_converter::async_impl::schema_registry::{
+    get_schema_by_subject_and_version, post_schema, SrSettings, SrSettingsBuilder,
+};
+use schema_registry_converter::avro_common::AvroSchema;
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{RawError, SchemaType, SuppliedSchema};
+
+use crate::config::SchemaRegistryConfig;
+
+/// What went wrong talking to the registry, sorted by what to do about it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry cannot answer now (unreachable, timeout, 5xx, refused
+    /// credentials): pause and retry; the records are not at fault.
+    #[error("schema registry unavailable: {0}")]
+    Unavailable(String),
+    /// The registry answered that the schema (id or subject) does not exist:
+    /// the record that names it is at fault.
+    #[error("{0}")]
+    NotFound(String),
+    /// The registry refused a schema as incompatible with the subject's
+    /// earlier versions (HTTP 409).
+    #[error("schema registry refused the schema as incompatible: {0}")]
+    Incompatible(String),
+    /// The schema or the bytes are invalid (not Avro, cannot be parsed or
+    /// decoded): the record is at fault.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl RegistryError {
+    /// True when retrying later may succeed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Sorts a converter error. The converter marks only 502/503 retriable; a
+/// 500, a connection failure, a timeout and a refused credential are
+/// retriable too from where the processor stands (nothing a record did), and
+/// "not found" and "cannot decode" are the record's.
+fn classify(e: &SRCError, what: &str) -> RegistryError {
+    let detail = match &e.cause {
+        Some(c) => format!("{what}: {}: {c}", e.error),
+        None => format!("{what}: {}", e.error),
+    };
+    if e.retriable {
+        return RegistryError::Unavailable(detail);
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(raw) = s.downcast_ref::<RawError>() {
+            return match raw.error_code {
+                40403 | 40401 | 40402 => RegistryError::NotFound(detail),
+                409 => RegistryError::Incompatible(detail),
+                42201..=42299 | 422 => RegistryError::Invalid(detail),
+                _ => RegistryError::Unavailable(detail),
+            };
+        }
+        if s.downcast_ref::<reqwest::Error>().is_some() {
+            return RegistryError::Unavailable(detail);
+        }
+        source = s.source();
+    }
+    // No registry answer to go by: an HTTP status in the message, or a
+    // schema/bytes problem.
+    if e.error.contains("failed with status") {
+        if e.error.contains("status 404") {
+            return RegistryError::NotFound(detail);
+        }
+        if e.error.contains("status 409") {
+            return RegistryError::Incompatible(detail);
+        }
+        if e.error.contains("status 422") {
+            return RegistryError::Invalid(detail);
+        }
+        return RegistryError::Unavailable(detail);
+    }
+    RegistryError::Invalid(detail)
+}
+
+/// A registered schema as read back from a subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubjectSchema {
+    /// Global schema id.
+    pub id: u32,
+    /// Version under the subject.
+    pub version: Option<u32>,
+    /// The schema text.
+    pub schema: String,
+}
+
+/// A connection to the Schema Registry.
+pub struct Registry {
+    settings: SrSettings,
+    decoder: AvroDecoder,
+    runtime: tokio::runtime::Runtime,
+    urls: Vec<String>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("urls", &self.urls).finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Builds the client from `[schema_registry]`. Reads the TLS files.
+    pub fn new(config: &SchemaRegistryConfig) -> Result<Arc<Self>, String> {
+        let urls = config.urls();
+        let (first, rest) = urls.split_first().ok_or("schema_registry.url: no URL")?;
+        let mut builder: SrSettingsBuilder = SrSettings::new_builder(first.clone());
+        for u in rest {
+            builder.add_url(u.clone());
+        }
+        if let Some(user) = &config.basic_auth_user {
+            builder.set_basic_authorization(user, config.basic_auth_password.as_deref());
+        }
+        builder.set_timeout(config.timeout);
+        let mut client = reqwest::Client::builder().connect_timeout(config.timeout);
+        if let Some(ca) = &config.ca_location {
+            let pem = std::fs::read(ca).map_err(|e| format!("schema_registry.ca_location {}: {e}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("schema_registry.ca_location {}: not PEM certificates: {e}", ca.display()))?;
+            for c in certs {
+                client = client.add_root_certificate(c);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&config.certificate_location, &config.key_location) {
+            let cert_pem =
+                std::fs::read(cert).map_err(|e| format!("schema_registry.certificate_location {}: {e}", cert.display()))?;
+            let key_pem = std::fs::read(key).map_err(|e| format!("schema_registry.key_location {}: {e}", key.display()))?;
+            let identity = reqwest::Identity::from_pkcs8_pem(&cert_pem, &key_pem)
+                .map_err(|e| format!("schema_registry.certificate_location/key_location: {e}"))?;
+            client = client.identity(identity);
+        }
+        let settings = builder.build_with(client).map_err(|e| format!("schema registry client: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("tributary-registry")
+            .build()
+            .map_err(|e| format!("schema registry runtime: {e}"))?;
+        Ok(Arc::new(Self { decoder: AvroDecoder::new(settings.clone()), settings, runtime, urls }))
+    }
+
+    /// The configured URLs (for messages).
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// Runs a registry future: at once when it needs no I/O (a cache hit),
+    /// else on the registry's runtime.
+    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        let mut f = Box::pin(f);
+        match f.as_mut().now_or_never() {
+            Some(out) => out,
+            None => self.runtime.block_on(f),
+        }
+    }
+
+    /// Decodes a Confluent-framed Avro payload: magic byte 0, a 4-byte
+    /// big-endian schema id, the Avro body. Returns the writer schema and
+    /// the value.
+    pub fn decode(&self, framed: &[u8]) -> Result<(Arc<AvroSchema>, Value), RegistryError> {
+        let id = frame_id(framed)?;
+        let result = self.block(self.decoder.decode_with_schema(Some(framed)));
+        match result {
+            Ok(Some(d)) => Ok((d.schema, d.value)),
+            Ok(None) => Err(RegistryError::Invalid("empty payload".into())),
+            Err(e) => {
+                let err = classify(&e, &format!("schema id {id}"));
+                if err.is_retriable() {
+                    // The converter caches errors it thinks final; this one is not.
+                    self.decoder.remove_errors_from_cache();
+                }
+                Err(match err {
+                    RegistryError::NotFound(d) => {
+                        RegistryError::NotFound(format!("unknown schema id {id} (the registry does not have it): {d}"))
+                    }
+                    other => other,
+                })
+            }
+        }
+    }
+
+    /// The schema with this id (cached).
+    pub fn schema(&self, id: u32) -> Result<Arc<AvroSchema>, RegistryError> {
+        self.block(self.decoder.get_schema(id)).map_err(|e| {
+            let err = classify(&e, &format!("schema id {id}"));
+            if err.is_retriable() {
+                self.decoder.remove_errors_from_cache();
+            }
+            err
+        })
+    }
+
+    /// The latest schema registered under `subject`, `None` when the subject
+    /// does not exist.
+    pub fn latest(&self, subject: &str) -> Result<Option<SubjectSchema>, RegistryError> {
+        let fut = get_schema_by_subject_and_version(&self.settings, subject, None);
+        match self.block(fut) {
+            Ok(s) => Ok(Some(SubjectSchema { id: s.id, version: s.version, schema: s.schema })),
+            Err(e) => match classify(&e, &format!("subject {subject}")) {
+                RegistryError::NotFound(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Registers `schema` (Avro JSON text) under `subject` and returns its
+    /// global id (the existing id when it is registered already).
+    pub fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+        let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_string());
+        self.block(post_schema(&self.settings, subject.to_string(), supplied))
+            .map(|r| r.id)
+            .map_err(|e| classify(&e, &format!("register under subject {subject}")))
+    }
+}
+
+/// The schema id of a Confluent-framed payload.
+pub fn frame_id(framed: &[u8]) -> Result<u32, RegistryError> {
+    match framed {
+        [0, a, b, c, d, ..] => Ok(u32::from_be_bytes([*a, *b, *c, *d])),
+        [] => Err(RegistryError::Invalid("empty payload".into())),
+        [m, ..] if framed.len() >= 5 => Err(RegistryError::Invalid(format!(
+            "not Confluent-framed Avro: the first byte is {m:#04x}, expected the magic byte 0x00"
+        ))),
+        _ => Err(RegistryError::Invalid(format!(
+            "not Confluent-framed Avro: {} bytes, shorter than the 5-byte header",
+            framed.len()
+        ))),
+    }
+}
+
+/// Frames an Avro body: magic byte 0, the schema id big-endian, the body.
+pub fn frame(id: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + body.len());
+    out.push(0);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// How long to wait before retry `attempt` (0-based) while the registry is
+/// unavailable: doubling from 100 ms up to `max`.
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1u64 << attempt.min(16))).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_round_trips_and_bad_frames_are_named() {
+        let f = frame(258, &[1, 2]);
+        assert_eq!(f, vec![0, 0, 0, 1, 2, 1, 2]);
+        assert_eq!(frame_id(&f), Ok(258));
+        assert!(frame_id(b"{\"a\":1}").unwrap_err().to_string().contains("magic byte"));
+        assert!(frame_id(&[0, 1]).unwrap_err().to_string().contains("shorter than the 5-byte header"));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let max = Duration::from_secs(5);
+        assert_eq!(backoff(0, max), Duration::from_millis(100));
+        assert_eq!(backoff(3, max), Duration::from_millis(800));
+        assert_eq!(backoff(40, max), max);
+    }
+
+    fn raw(code: u32, message: &str) -> RawError {
+        serde_json::from_value(serde_json::json!({"error_code": code, "message": message})).unwrap()
+    }
+
+    #[test]
+    fn converter_errors_are_sorted() {
+        let e = SRCError::retryable_with_cause(raw(50003, "x"), "status 503");
+        assert!(classify(&e, "id 1").is_retriable());
+        let e = SRCError::non_retryable_with_cause(
+            raw(40403, "Schema 7 not found"),
+            "HTTP request to schema registry failed with status 404 Not Found",
+        );
+        assert!(matches!(classify(&e, "id 7"), RegistryError::NotFound(_)));
+        let e = SRCError::non_retryable_with_cause(
+            raw(50001, "store"),
+            "HTTP request to schema registry failed with status 500 Internal Server Error",
+        );
+        assert!(classify(&e, "id 7").is_retriable(), "a 500 is the registry's problem, not the record's");
+        let e = SRCError::non_retryable_with_cause(raw(401, "Unauthorized"), "status 401");
+        assert!(classify(&e, "id 7").is_retriable());
+        let e = SRCError::non_retryable_without_cause("Could not transform bytes using schema");
+        assert!(matches!(classify(&e, "id 7"), RegistryError::Invalid(_)));
+    }
+}
