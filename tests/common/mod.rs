@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 
 pub mod kafka;
+pub mod registry;
 
 /// The crate root.
 pub fn root() -> PathBuf {
