@@ -101,8 +101,35 @@ pub struct Rec {
     pub value: Option<String>,
 }
 
+/// One record to produce, as bytes (Avro).
+#[derive(Debug, Clone)]
+pub struct BinRec {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes (None: tombstone).
+    pub value: Option<Vec<u8>>,
+}
+
 /// Produces records in order and waits until all are acknowledged.
 pub fn produce(records: &[Rec]) {
+    let bin: Vec<BinRec> = records
+        .iter()
+        .map(|r| BinRec {
+            topic: r.topic.clone(),
+            partition: r.partition,
+            key: r.key.as_ref().map(|k| k.as_bytes().to_vec()),
+            value: r.value.as_ref().map(|v| v.as_bytes().to_vec()),
+        })
+        .collect();
+    produce_bin(&bin);
+}
+
+/// [`produce`] for byte records.
+pub fn produce_bin(records: &[BinRec]) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("enable.idempotence", "true")
@@ -112,10 +139,10 @@ pub fn produce(records: &[Rec]) {
     for r in records {
         let mut rec = BaseRecord::to(&r.topic).partition(r.partition);
         if let Some(k) = &r.key {
-            rec = rec.key(k.as_bytes());
+            rec = rec.key(k.as_slice());
         }
         if let Some(v) = &r.value {
-            rec = rec.payload(v.as_bytes());
+            rec = rec.payload(v.as_slice());
         }
         let mut rec: BaseRecord<'_, [u8], [u8]> = rec;
         loop {
@@ -132,7 +159,8 @@ pub fn produce(records: &[Rec]) {
 }
 
 /// Reads every record of `topic` (all partitions, from the beginning to the
-/// end) in kcat `-J` shape. `committed` selects `read_committed`.
+/// end) in kcat `-J` shape, plus `key_hex` and `payload_hex` (binary-safe).
+/// `committed` selects `read_committed`.
 pub fn read_topic(topic: &str, committed: bool) -> Vec<Value> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
@@ -179,6 +207,8 @@ pub fn read_topic(topic: &str, committed: bool) -> Vec<Value> {
                     "headers": headers,
                     "key": m.key().map(|k| String::from_utf8_lossy(k).to_string()),
                     "payload": m.payload().map(|v| String::from_utf8_lossy(v).to_string()),
+                    "key_hex": m.key().map(hex),
+                    "payload_hex": m.payload().map(hex),
                 }));
             }
         }
@@ -287,4 +317,14 @@ pub fn compacted(records: &[Value]) -> BTreeMap<String, (Value, Value)> {
         .iter()
         .map(|r| (r["key"].as_str().unwrap().to_string(), (r["payload"].clone(), r["headers"].clone())))
         .collect()
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes of lower-case or upper-case hex text.
+pub fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect()
 }
