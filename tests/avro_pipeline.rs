@@ -327,6 +327,47 @@ fn avro_sources_to_avro_output_match_the_json_pipeline() {
         assert!(state["versions"].as_array().is_some_and(|v| !v.is_empty()), "{state}");
     }
     assert!(p.stop().success());
+
+    // `tributary sink` reads the Avro output into SQLite.
+    let db = s.dir.path().join("customers.db");
+    let sink_config = s.dir.path().join("sink.toml");
+    let sink_section = format!(
+        "\n[sink]\ntarget = \"sqlite\"\nurl = \"{}\"\ntable = \"customers\"\ncolumns = [\"id bigint\", \"name text\", \"balance text\", \"visits bigint\", \"email text\"]\nkey_columns = [\"id\"]\n",
+        db.display()
+    );
+    std::fs::write(&sink_config, s.config_text(true).replacen("[[sources]]", &format!("{sink_section}\n[[sources]]"), 1)).unwrap();
+    let sink = Processor::start_with(&sink_config, &s.dir.path().join("sink.log"), "sink");
+    let expected: BTreeMap<i64, Value> = s
+        .expected()
+        .into_iter()
+        .filter(|(_, row)| !row.is_null())
+        .map(|(k, row)| (serde_json::from_str::<Value>(&k).unwrap()["id"].as_i64().unwrap(), row))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = sqlite_rows(&db);
+        if rows == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sink table {rows:#?}\nexpected {expected:#?}\nlog:\n{}", sink.log_text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(sink.stop().success());
+}
+
+/// The sink's table, rows as JSON without nulls.
+fn sqlite_rows(path: &std::path::Path) -> BTreeMap<i64, Value> {
+    let Ok(conn) = rusqlite::Connection::open(path) else { return BTreeMap::new() };
+    let Ok(mut stmt) = conn.prepare("SELECT id, name, balance, visits, email FROM customers") else { return BTreeMap::new() };
+    let rows = stmt
+        .query_map([], |r| {
+            let id: i64 = r.get(0)?;
+            let row = json!({"id": id, "name": r.get::<_, Option<String>>(1)?, "balance": r.get::<_, Option<String>>(2)?,
+                "visits": r.get::<_, Option<i64>>(3)?, "email": r.get::<_, Option<String>>(4)?});
+            Ok((id, without_nulls(row)))
+        })
+        .unwrap();
+    rows.map(Result::unwrap).collect()
 }
 
 fn latest(registry: &Registry, subject: &str) -> (u16, Value) {

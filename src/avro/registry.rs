@@ -168,7 +168,13 @@ impl Registry {
     /// else on the registry's runtime.
     fn block<F: std::future::Future>(&self, f: F) -> F::Output {
         let mut f = Box::pin(f);
-        match f.as_mut().now_or_never() {
+        // The first poll may start I/O and timers: they must belong to this
+        // runtime, whichever thread (and runtime context) calls.
+        let first = {
+            let _context = self.runtime.enter();
+            f.as_mut().now_or_never()
+        };
+        match first {
             Some(out) => out,
             None => self.runtime.block_on(f),
         }
@@ -230,6 +236,56 @@ impl Registry {
         self.block(post_schema(&self.settings, subject.to_string(), supplied))
             .map(|r| r.id)
             .map_err(|e| classify(&e, &format!("register under subject {subject}")))
+    }
+}
+
+/// Reads Confluent-framed Avro into JSON by [`crate::avro::value`]'s
+/// mapping, one [`Shape`](crate::avro::value::Shape) per schema id (used by
+/// `tributary sink` on Avro output).
+#[derive(Debug)]
+pub struct JsonReader {
+    registry: Arc<Registry>,
+    shapes: std::collections::HashMap<u32, crate::avro::value::Shape>,
+}
+
+impl JsonReader {
+    /// A reader over `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry, shapes: Default::default() }
+    }
+
+    /// Decodes one payload.
+    pub fn read(&mut self, framed: &[u8]) -> Result<serde_json::Value, RegistryError> {
+        let (schema, value) = self.registry.decode(framed)?;
+        let shape = self.shapes.entry(schema.id).or_insert_with(|| {
+            let names = apache_avro::schema::ResolvedSchema::try_from(&schema.parsed)
+                .map(|r| r.get_names().clone())
+                .unwrap_or_default();
+            crate::avro::value::Shape::of(&schema.parsed, &names)
+        });
+        shape.to_json(&value).map_err(|e| RegistryError::Invalid(format!("schema id {}: {e}", schema.id)))
+    }
+
+    /// [`read`](Self::read), waiting out an unavailable registry (with
+    /// backoff, up to `max_backoff` between tries) until `stop` is set.
+    pub fn read_patiently(
+        &mut self,
+        framed: &[u8],
+        max_backoff: Duration,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<serde_json::Value, RegistryError> {
+        let mut attempt = 0;
+        loop {
+            match self.read(framed) {
+                Err(e) if e.is_retriable() && !stop.load(std::sync::atomic::Ordering::Relaxed) => {
+                    let wait = backoff(attempt, max_backoff);
+                    attempt += 1;
+                    tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, "{e}; retrying");
+                    std::thread::sleep(wait);
+                }
+                other => return other,
+            }
+        }
     }
 }
 

@@ -384,9 +384,15 @@ pub struct RawRecord {
     pub value: Option<String>,
     /// The `tributary.vv` header.
     pub vv: Option<String>,
+    /// Why the record could not be read (an undecodable Avro payload): it
+    /// becomes a dead row.
+    pub error: Option<String>,
 }
 
 fn convert(spec: &TableSpec, r: &RawRecord) -> Result<Change, String> {
+    if let Some(e) = &r.error {
+        return Err(e.clone());
+    }
     let key_text = r.key.as_deref().ok_or("the record has no key")?;
     let key: serde_json::Map<String, Value> =
         serde_json::from_str(key_text).map_err(|e| format!("the key is not a JSON object: {e}"))?;
@@ -460,6 +466,15 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
     let mut partitions = partition_count(&consumer, &topic)?;
     let resumed = assign_from_database(&consumer, &mut *target, &group, &topic, partitions)?;
     tracing::info!(topic = %topic, group = %group, table = %spec.table, partitions, resumed, "sink started");
+    // Avro output: keys and values are decoded through the registry into
+    // the same JSON the JSON output carries.
+    let mut avro = match (config.output.format, &config.schema_registry) {
+        (crate::config::OutputFormat::Avro, Some(r)) => Some((
+            crate::avro::registry::JsonReader::new(crate::avro::registry::Registry::new(r).map_err(SinkError::Config)?),
+            r.max_backoff,
+        )),
+        _ => None,
+    };
     let mut stats = SinkStats::default();
     let mut pending: Vec<RawRecord> = Vec::new();
     let mut first = Instant::now();
@@ -484,14 +499,35 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
                 let vv = m.headers().and_then(|h| {
                     h.iter().find(|x| x.key == crate::output::HEADER_VV).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).into_owned())
                 });
-                pending.push(RawRecord {
+                let mut record = RawRecord {
                     topic: m.topic().to_string(),
                     partition: m.partition(),
                     offset: m.offset(),
-                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    value: m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
+                    key: None,
+                    value: None,
                     vv,
-                });
+                    error: None,
+                };
+                match &mut avro {
+                    None => {
+                        record.key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+                        record.value = m.payload().map(|v| String::from_utf8_lossy(v).into_owned());
+                    }
+                    Some((reader, max_backoff)) => {
+                        let mut read = |bytes: &[u8], what: &str| match reader.read_patiently(bytes, *max_backoff, shutdown) {
+                            Ok(json) => Some(json.to_string()),
+                            Err(e) => {
+                                record.error.get_or_insert(format!("{what}: {e}"));
+                                None
+                            }
+                        };
+                        let key = m.key().and_then(|k| read(k, "key"));
+                        let value = m.payload().and_then(|v| read(v, "value"));
+                        record.key = key;
+                        record.value = value;
+                    }
+                }
+                pending.push(record);
             }
             Some(Err(e)) => tracing::warn!("sink consumer: {e}"),
             None => {}
