@@ -16,6 +16,7 @@ fn rec(offset: i64, key: i64, value: Option<Value>) -> RawRecord {
         key: Some(json!({"id": key}).to_string()),
         value: value.map(|v| v.to_string()),
         vv: Some(r#"{"eu":1}"#.into()),
+        error: None,
     }
 }
 
