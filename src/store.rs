@@ -35,18 +35,20 @@ pub enum StoreError {
         /// The key.
         key: String,
         /// The decoder's error.
-        source: serde_json::Error,
+        source: crate::avro::state::StateDecodeError,
     },
 }
 
-/// Encodes a key state for the store and the changelog.
+/// Encodes a key state for the store and the changelog: Avro single-object
+/// encoding of `schemas/changelog-state.avsc` (see [`crate::avro::state`]).
 pub fn encode_state(state: &KeyState) -> Vec<u8> {
-    serde_json::to_vec(state).expect("key states serialize")
+    crate::avro::state::encode_state(state)
 }
 
-/// Decodes a key state from the store or the changelog.
-pub fn decode_state(bytes: &[u8]) -> Result<KeyState, serde_json::Error> {
-    serde_json::from_slice(bytes)
+/// Decodes a key state from the store or the changelog; values written in
+/// the earlier JSON encoding still decode, so existing stores keep working.
+pub fn decode_state(bytes: &[u8]) -> Result<KeyState, crate::avro::state::StateDecodeError> {
+    crate::avro::state::decode_state(bytes)
 }
 
 /// The on-disk database holding every task's keyspace.
@@ -283,6 +285,39 @@ mod tests {
         assert_eq!(t.get("k1").unwrap(), Some(state(5)));
         assert_eq!(t.get("k2").unwrap(), None);
         assert_eq!(db.task(4).unwrap().checkpoint(), 0, "tasks are separate keyspaces");
+    }
+
+    #[test]
+    fn states_are_stored_avro_single_object_encoded() {
+        let bytes = encode_state(&state(1));
+        assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+        assert_eq!(decode_state(&bytes).unwrap(), state(1));
+    }
+
+    #[test]
+    fn states_stored_as_json_by_earlier_versions_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let mut t = db.task(0).unwrap();
+        // The value the earlier serde_json encoding left on disk.
+        t.keyspace.insert("k", serde_json::to_vec(&state(3)).unwrap()).unwrap();
+        assert_eq!(t.get("k").unwrap(), Some(state(3)));
+        // Updated and committed, it is rewritten in the new encoding.
+        t.update("k", |s| s.versions[0].ts = 4).unwrap();
+        t.commit(1).unwrap();
+        let stored = t.keyspace.get("k").unwrap().unwrap();
+        assert_eq!(&stored[..2], &[0xC3, 0x01]);
+    }
+
+    #[test]
+    fn undecodable_values_are_decode_errors_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let mut t = db.task(5).unwrap();
+        t.keyspace.insert("bad", vec![0xC3, 0x01, 0x00]).unwrap();
+        let err = t.get("bad").unwrap_err();
+        assert!(matches!(&err, StoreError::Decode { partition: 5, key, .. } if key == "bad"), "{err}");
+        assert!(err.to_string().contains("truncated"), "{err}");
     }
 
     #[test]
