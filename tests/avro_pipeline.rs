@@ -26,6 +26,9 @@ const COLUMNS: &str = "id:int32:key,name:string:optional,balance:decimal(10,2):o
 const COLUMNS_V2: &str =
     "id:int32:key,name:string:optional,balance:decimal(10,2):optional,visits:int64:optional,email:string:optional";
 
+/// A change to send: id, op, before, after, commit time offset (ms).
+type Change<'a> = (i64, &'a str, Option<Value>, Option<Value>, i64);
+
 /// One source event, kept as the JSON equivalent of what went out as Avro.
 struct Event {
     topic: String,
@@ -105,7 +108,7 @@ impl Pipeline {
 
     /// Encodes and produces `events` (id, op, before, after, ts offset) of
     /// `source` with the key and envelope schemas of `columns`.
-    fn send(&mut self, source: usize, columns: &str, events: &[(i64, &str, Option<Value>, Option<Value>, i64)]) {
+    fn send(&mut self, source: usize, columns: &str, events: &[Change<'_>]) {
         let schemas = self.schemas(source, columns);
         let topic = self.topics[source].clone();
         let keys: Vec<String> = events.iter().map(|(id, ..)| json!({"id": id}).to_string()).collect();

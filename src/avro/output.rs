@@ -537,7 +537,7 @@ impl Encoder {
     }
 
     fn encode(&self, json: &Json) -> Result<Vec<u8>, OutputError> {
-        let value = self.shape.from_json(json).map_err(OutputError::Misfit)?;
+        let value = self.shape.to_avro(json).map_err(OutputError::Misfit)?;
         let body = self.writer.write_value_to_vec(value).map_err(|e| OutputError::Misfit(e.to_string()))?;
         Ok(frame(self.id, &body))
     }

@@ -67,7 +67,7 @@ fn classify(e: &SRCError, what: &str) -> RegistryError {
     while let Some(s) = source {
         if let Some(raw) = s.downcast_ref::<RawError>() {
             return match raw.error_code {
-                40403 | 40401 | 40402 => RegistryError::NotFound(detail),
+                40401..=40403 => RegistryError::NotFound(detail),
                 409 => RegistryError::Incompatible(detail),
                 42201..=42299 | 422 => RegistryError::Invalid(detail),
                 _ => RegistryError::Unavailable(detail),

@@ -282,7 +282,7 @@ impl Shape {
     }
 
     /// Converts JSON to a value of this shape.
-    pub fn from_json(&self, json: &Json) -> Result<Value, String> {
+    pub fn to_avro(&self, json: &Json) -> Result<Value, String> {
         let mismatch = || format!("{} does not fit {}", kind(json), self.describe());
         Ok(match self {
             Shape::Null => match json {
@@ -358,12 +358,12 @@ impl Shape {
             }
             Shape::Duration => return Err("writing the Avro duration type is not supported".into()),
             Shape::Array(item) => match json {
-                Json::Array(items) => Value::Array(items.iter().map(|v| item.from_json(v)).collect::<Result<_, _>>()?),
+                Json::Array(items) => Value::Array(items.iter().map(|v| item.to_avro(v)).collect::<Result<_, _>>()?),
                 _ => return Err(mismatch()),
             },
             Shape::Map(inner) => match json {
                 Json::Object(o) => Value::Map(
-                    o.iter().map(|(k, v)| Ok((k.clone(), inner.from_json(v)?))).collect::<Result<HashMap<_, _>, String>>()?,
+                    o.iter().map(|(k, v)| Ok((k.clone(), inner.to_avro(v)?))).collect::<Result<HashMap<_, _>, String>>()?,
                 ),
                 _ => return Err(mismatch()),
             },
@@ -376,7 +376,7 @@ impl Shape {
                 }
                 let mut last = None;
                 for (i, b) in branches.iter().enumerate().filter(|(_, b)| **b != Shape::Null) {
-                    match b.from_json(json) {
+                    match b.to_avro(json) {
                         Ok(v) => return Ok(Value::Union(i as u32, Box::new(v))),
                         Err(e) => last = Some(e),
                     }
@@ -388,9 +388,9 @@ impl Shape {
                 let mut out = Vec::with_capacity(fields.len());
                 for f in fields {
                     let v = match (o.get(&f.name), &f.default) {
-                        (Some(v), _) => f.shape.from_json(v),
-                        (None, Some(d)) => f.shape.from_default(d),
-                        (None, None) => f.shape.from_json(&Json::Null),
+                        (Some(v), _) => f.shape.to_avro(v),
+                        (None, Some(d)) => f.shape.default_to_avro(d),
+                        (None, None) => f.shape.to_avro(&Json::Null),
                     }
                     .map_err(|e| format!("{}: {e}", f.name))?;
                     out.push((f.name.clone(), v));
@@ -403,17 +403,17 @@ impl Shape {
 
     /// A default value in Avro's JSON notation (a union's default is of its
     /// first branch; bytes defaults are ISO-8859-1 strings).
-    fn from_default(&self, json: &Json) -> Result<Value, String> {
+    fn default_to_avro(&self, json: &Json) -> Result<Value, String> {
         match self {
             Shape::Union(branches) => {
                 let first = branches.first().ok_or("empty union")?;
-                Ok(Value::Union(0, Box::new(first.from_default(json)?)))
+                Ok(Value::Union(0, Box::new(first.default_to_avro(json)?)))
             }
             Shape::Bytes | Shape::Fixed(_) => match json {
                 Json::String(s) => Ok(Value::Bytes(s.chars().map(|c| c as u32 as u8).collect())),
-                _ => self.from_json(json),
+                _ => self.to_avro(json),
             },
-            _ => self.from_json(json),
+            _ => self.to_avro(json),
         }
     }
 
@@ -554,7 +554,7 @@ mod tests {
         );
         let row = json!({"id": 7, "name": "Zoë", "balance": "-12.30", "updated": 1_700_000_000_000_123i64,
             "born": 19000, "photo": "AAEC", "tier": "GOLD", "tags": ["a", "b"], "ratio": "NaN"});
-        let value = shape.from_json(&row).unwrap();
+        let value = shape.to_avro(&row).unwrap();
         let bytes = apache_avro::writer::datum::GenericDatumWriter::builder(&schema).build().unwrap().write_value_to_vec(value).unwrap();
         let back = apache_avro::reader::datum::GenericDatumReader::builder(&schema).build().unwrap().read_value(&mut &bytes[..]).unwrap();
         assert_eq!(shape.to_json(&back).unwrap(), row);
@@ -563,9 +563,9 @@ mod tests {
     #[test]
     fn misfits_are_named() {
         let (_, shape) = shape(r#"{"type":"record","name":"R","fields":[{"name":"n","type":"int"}]}"#);
-        let e = shape.from_json(&json!({"n": "x"})).unwrap_err();
+        let e = shape.to_avro(&json!({"n": "x"})).unwrap_err();
         assert!(e.contains("n:") && e.contains("int"), "{e}");
-        let e = shape.from_json(&json!({"n": 1u64 << 40})).unwrap_err();
+        let e = shape.to_avro(&json!({"n": 1u64 << 40})).unwrap_err();
         assert!(e.contains("int"), "{e}");
     }
 }
