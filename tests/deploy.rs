@@ -492,3 +492,22 @@ fn compose_stack_fits_together() {
         .expect("docker compose");
     assert!(out.status.success(), "docker compose config:\n{}", output_text(&out));
 }
+
+#[test]
+fn avro_pipeline_example_parses_and_redacts_the_registry_password() {
+    let path = deploy("examples/pipeline/tributary-avro.toml");
+    let text = read(&path);
+    check_example_config(&text, &rel(&path));
+    let config = parse_config(&text, &rel(&path), vec![("TRIBUTARY_SCHEMA_REGISTRY__BASIC_AUTH_PASSWORD", "s3cret")]);
+    assert_eq!(config.output.format, tributary::config::OutputFormat::Avro);
+    assert!(config.sources.iter().all(|s| s.format == tributary::config::SourceFormat::DebeziumAvro));
+    let registry = config.schema_registry.as_ref().expect("[schema_registry]");
+    assert_eq!(registry.basic_auth_password.as_deref(), Some("s3cret"));
+    let printed = config.to_redacted_toml();
+    assert!(!printed.contains("s3cret") && printed.contains("<redacted>"), "{printed}");
+    // Without the registry, Avro is refused naming the keys that need it.
+    let (head, rest) = text.split_once("[schema_registry]").unwrap();
+    let without = format!("{head}[output]{}", rest.split_once("[output]").unwrap().1);
+    let err = Config::parse(&without, "x.toml", Vec::new()).unwrap_err().to_string();
+    assert!(err.contains("schema_registry: required by sources.eu.format, sources.us.format, output.format"), "{err}");
+}
