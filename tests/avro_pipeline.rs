@@ -15,7 +15,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::kafka::{self, create_topic, produce_bin, read_topic, unhex, unique, BinRec, Processor};
+use common::kafka::{self, admin_addr, create_topic, http_get, produce_bin, read_topic, unhex, unique, BinRec, Processor};
 use common::registry::{fastavro, Registry};
 use serde_json::{json, Value};
 use tributary::config::Config;
@@ -300,6 +300,21 @@ fn avro_sources_to_avro_output_match_the_json_pipeline() {
     s.converge(&p);
     let log = p.log_text();
     assert!(log.contains("pausing, then retrying"), "the registry outage paused processing:\n{log}");
+    let addr = admin_addr(&p);
+    let (status, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.lines().any(|l| l.starts_with("tributary_schema_registry_errors_total{operation=\"decode\"}")), "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("tributary_dead_letters_total") && l.contains("reason=\"unknown_schema\"")),
+        "{metrics}"
+    );
+    // The state query finds an Avro-keyed entity (its partition cannot be
+    // computed from the key text, so every owned task is searched).
+    let (status, body) = http_get(&addr, "/state/%7B%22id%22%3A1%7D");
+    assert_eq!(status, 200, "{body}");
+    let state: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["row"]["email"], "1@us.example", "{state}");
+    assert_eq!(state["partition"], 1);
 
     let (_, v2) = latest(&s.registry, &format!("{}-value", s.output));
     assert!(v2["version"].as_i64() > v1["version"].as_i64(), "a new output schema version: {v1} → {v2}");

@@ -455,17 +455,38 @@ impl Worker {
 
     /// Answers `GET /state/{key}` for the admin port.
     fn query(&mut self, key: &str) -> (u16, String) {
+        let owned: Vec<i32> = self.tasks.keys().copied().collect();
+        // Avro source keys are Confluent-framed bytes whose murmur2 hash
+        // cannot be computed from the key's text: look in every owned task.
+        if self.config.sources.iter().any(|s| s.format == crate::config::SourceFormat::DebeziumAvro) {
+            let found = owned.iter().find(|p| self.tasks.get_mut(p).is_some_and(|t| matches!(t.get(key), Ok(Some(_)))));
+            let Some(&partition) = found else {
+                let body = serde_json::json!({
+                    "error": format!("no state for key {key} in the partitions this instance owns; with Avro sources the owning partition cannot be computed from the key text, so ask the other instances"),
+                    "owned_partitions": owned,
+                });
+                return (404, body.to_string());
+            };
+            return self.answer(key, partition);
+        }
         // Debezium's JSON converter (schemas off) writes the key as this
         // canonical JSON, and Java producers partition with murmur2.
         let partition = crate::admin::murmur2_partition(key.as_bytes(), self.partitions);
-        let owned: Vec<i32> = self.tasks.keys().copied().collect();
-        let Some(task) = self.tasks.get_mut(&partition) else {
+        if !self.tasks.contains_key(&partition) {
             let body = serde_json::json!({
                 "error": format!("key {key} belongs to partition {partition}, which this instance does not own"),
                 "partition": partition,
                 "owned_partitions": owned,
             });
             return (404, body.to_string());
+        }
+        self.answer(key, partition)
+    }
+
+    /// The state query's answer for a key of an owned `partition`.
+    fn answer(&mut self, key: &str, partition: i32) -> (u16, String) {
+        let Some(task) = self.tasks.get_mut(&partition) else {
+            return (500, serde_json::json!({"error": format!("task {partition} is not open")}).to_string());
         };
         match task.get(key) {
             Ok(Some(state)) => {

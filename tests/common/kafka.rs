@@ -328,3 +328,32 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn unhex(text: &str) -> Vec<u8> {
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect()
 }
+
+/// `GET path` on the admin port; returns (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("admin port");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The admin address from the processor's log line.
+pub fn admin_addr(p: &Processor) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = p.log_text().replace("\u{1b}", "");
+        if let Some(line) = log.lines().find(|l| l.contains("admin HTTP listening")) {
+            let at = line.find("addr=").expect("addr field") + "addr=".len();
+            let rest = &line[at..];
+            let rest = rest.trim_start_matches(|c: char| !c.is_ascii_digit());
+            return rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+        }
+        assert!(std::time::Instant::now() < deadline, "no admin address in the log");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
