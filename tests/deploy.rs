@@ -30,6 +30,7 @@ const SCALARS: &[&str] = &[
     "tributary_restore_rate_records_per_second",
     "tributary_transactions_total",
     "tributary_rebalances_total",
+    "tributary_schema_registry_errors_total",
     "tributary_ready",
 ];
 
