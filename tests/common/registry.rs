@@ -40,10 +40,26 @@ impl Registry {
         Registry::spawn(Some((user.to_string(), pass.to_string())))
     }
 
+    /// Starts a stand-in serving HTTPS with `cert`/`key`; with `client_ca`,
+    /// it requires client certificates signed by it (mutual TLS). The
+    /// harness's own HTTP helpers speak plain HTTP only: talk to this one
+    /// through the product's client.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, client_ca: Option<&std::path::Path>) -> Registry {
+        let mut extra = vec!["--tls-cert".to_string(), cert.display().to_string(), "--tls-key".into(), key.display().to_string()];
+        if let Some(ca) = client_ca {
+            extra.extend(["--tls-client-ca".to_string(), ca.display().to_string()]);
+        }
+        Registry::spawn_with(None, &extra)
+    }
+
     fn spawn(auth: Option<(String, String)>) -> Registry {
+        Registry::spawn_with(auth, &[])
+    }
+
+    fn spawn_with(auth: Option<(String, String)>, extra: &[String]) -> Registry {
         let log = tempfile::NamedTempFile::new().expect("a log file for the registry stand-in");
         let mut cmd = Command::new("python3");
-        cmd.arg(root().join(STANDIN)).args(["--port", "0", "--watch-stdin"]);
+        cmd.arg(root().join(STANDIN)).args(["--port", "0", "--watch-stdin"]).args(extra);
         if let Some((u, p)) = &auth {
             cmd.arg("--basic-auth").arg(format!("{u}:{p}"));
         }

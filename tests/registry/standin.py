@@ -9,6 +9,7 @@ error codes, so that real clients (schema_registry_converter in the product,
 fastavro_tool.py in the tests) talk to it as they would to the real one.
 
 Run:  python3 tests/registry/standin.py --port 0 [--basic-auth user:password]
+      [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]   (HTTPS, optionally mutual TLS)
 It listens on 127.0.0.1, prints exactly one line
 `listening on http://127.0.0.1:PORT` to stdout once ready, logs one line per
 request to stderr and exits on SIGTERM/SIGINT (and, with --watch-stdin, when
@@ -972,9 +973,24 @@ def main():
     ap.add_argument(
         "--watch-stdin", action="store_true", help="exit when standard input closes (the parent died or let go)"
     )
+    ap.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain) ...")
+    ap.add_argument("--tls-key", metavar="PEM", help="... and this private key")
+    ap.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by these CAs (mutual TLS)")
     args = ap.parse_args()
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    scheme = "http"
+    if args.tls_cert:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(args.tls_client_ca)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+
     server.daemon_threads = True
     server.registry = Registry()
     server.auth = None
@@ -1006,7 +1022,7 @@ def main():
 
         threading.Thread(target=watch, daemon=True).start()
 
-    print(f"listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
+    print(f"listening on {scheme}://127.0.0.1:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
