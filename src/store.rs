@@ -90,6 +90,7 @@ impl StateDb {
             cache: HashMap::new(),
             encoded: HashMap::new(),
             clean: HashMap::new(),
+            sweep_cursor: None,
         })
     }
 
@@ -116,6 +117,8 @@ pub struct TaskStore {
     /// Committed states kept decoded for the next cycles (bounded), so hot
     /// keys skip the disk read and the decode.
     clean: HashMap<String, KeyState>,
+    /// Where the tombstone sweep goes on from (`None`: the start).
+    sweep_cursor: Option<Vec<u8>>,
 }
 
 /// Committed states kept decoded per task.
@@ -208,6 +211,50 @@ impl TaskStore {
             }
         }
         Ok(())
+    }
+
+    /// Removes `key`'s state in the open transaction (tombstone collection).
+    pub fn remove(&mut self, key: &str) {
+        self.clean.remove(key);
+        self.encoded.remove(key);
+        self.cache.insert(key.to_string(), None);
+    }
+
+    /// Looks at up to `limit` stored keys, going on from where the previous
+    /// call stopped and wrapping around at the end, and returns those whose
+    /// state (as the open transaction sees it) `expired` says may be dropped.
+    /// A state that does not decode is skipped with a warning: reading it
+    /// for an event reports it properly.
+    pub fn sweep(&mut self, limit: usize, expired: impl Fn(&KeyState) -> bool) -> Result<Vec<String>, StoreError> {
+        use std::ops::Bound;
+        let iter = match &self.sweep_cursor {
+            Some(c) => self.keyspace.range::<&[u8], _>((Bound::Excluded(c.as_slice()), Bound::Unbounded)),
+            None => self.keyspace.iter(),
+        };
+        let mut found = Vec::new();
+        let mut seen = 0;
+        let mut last = None;
+        for item in iter.take(limit) {
+            let (k, v) = item.into_inner().map_err(|source| StoreError::Db { path: self.db.path.clone(), source })?;
+            seen += 1;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let state = match self.cache.get(&key) {
+                Some(cached) => cached.clone(),
+                None => match decode_state(&v) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::warn!(partition = self.partition, key = %key, "tombstone sweep: skipping a state that does not decode: {e}");
+                        None
+                    }
+                },
+            };
+            if state.as_ref().is_some_and(&expired) {
+                found.push(key);
+            }
+            last = Some(k.to_vec());
+        }
+        self.sweep_cursor = if seen < limit { None } else { last };
+        Ok(found)
     }
 
     /// Drops the open transaction's changes (after an abort).

@@ -453,3 +453,57 @@ fn an_event_whose_merged_record_is_too_large_is_set_aside_not_looped_on() {
     assert!(header(&dlq[0], "tributary.error").contains("record limit"), "{}", header(&dlq[0], "tributary.error"));
     assert_exactly_once(&output, expected);
 }
+
+#[test]
+fn deleted_keys_are_dropped_after_tombstone_retention() {
+    let s = Setup::new("gc");
+    let cfg = s.dir.path().join("gc.toml");
+    let text = s.config_text("gc", "").replace("policy = \"lww\"\n", "policy = \"lww\"\ntombstone_retention = \"1s\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let rec = |si: usize, id: u32, payload: Value| {
+        let key = json!({ "id": id }).to_string();
+        let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
+        Rec { topic: s.topics[si].clone(), partition, key: Some(key), value: Some(payload.to_string()) }
+    };
+    let row = |id: u32, by: &str| json!({"id": id, "name": format!("n{id}"), "by": by});
+    let t = s.epoch_ms;
+    produce(&[
+        rec(0, 1, json!({"before": null, "after": row(1, "eu"), "op": "c", "source": {"ts_ms": t}})),
+        rec(0, 1, json!({"before": row(1, "eu"), "after": null, "op": "d", "source": {"ts_ms": t + 10}})),
+        rec(0, 2, json!({"before": null, "after": row(2, "eu"), "op": "c", "source": {"ts_ms": t}})),
+    ]);
+    let p = Processor::start(&cfg, &s.log("gc"));
+    let changelog = format!("{}-state-changelog", s.group);
+    let key1 = json!({ "id": 1 }).to_string();
+    // The deleted key's state goes: a null record on the changelog.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let records = read_topic(&changelog, true);
+        if records.iter().any(|r| r["key"] == key1.as_str() && r["payload"].is_null()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no changelog tombstone for {key1}: {records:#?}\n{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let addr = admin_addr(&p);
+    let (status, body) = http_get(&addr, "/state/%7B%22id%22%3A1%7D");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http_get(&addr, "/state/%7B%22id%22%3A2%7D");
+    assert_eq!(status, 200, "a live key stays: {body}");
+
+    // Past the retention a late concurrent update is no longer held back by
+    // the delete (Cassandra's gc_grace): the row comes back. Before the
+    // collection the delete (newer) would have kept it deleted.
+    produce(&[rec(1, 1, json!({"before": null, "after": row(1, "us"), "op": "u", "source": {"ts_ms": t + 5}}))]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = common::last_per_key(&read_topic(&s.output, true));
+        if out.get(&key1).is_some_and(|r| r["payload"].as_str().is_some_and(|v| v.contains("\"by\":\"us\""))) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the late update did not come back: {out:#?}\n{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(p.log_text().contains("dropped deleted keys past tombstone_retention"));
+    assert!(p.stop().success());
+}

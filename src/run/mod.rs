@@ -37,6 +37,8 @@ use crate::store::{decode_state, encode_state, StateDb, StoreError, TaskStore};
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Events after which a cycle commits even before `commit_interval`.
 const MAX_CYCLE_EVENTS: usize = 20_000;
+/// Keys one tombstone sweep looks at per task.
+const SWEEP_BATCH: usize = 2_000;
 /// Largest output or changelog value Tributary writes (librdkafka's default
 /// `message.max.bytes` is 1 000 000, and the record needs headers and a key).
 const MAX_RECORD_BYTES: usize = 900_000;
@@ -181,6 +183,8 @@ pub struct Counters {
     pub commits: u64,
     /// Aborted cycles.
     pub aborts: u64,
+    /// Deleted keys dropped after `tombstone_retention`.
+    pub tombstones_dropped: u64,
 }
 
 struct Worker {
@@ -217,6 +221,8 @@ struct Worker {
     registry_failures: u32,
     /// Longest wait between registry retries.
     registry_max_backoff: Duration,
+    /// When deleted keys past `tombstone_retention` were last collected.
+    last_sweep: Instant,
 }
 
 /// Schema ids of Tributary's own Avro records (Avro output).
@@ -651,6 +657,45 @@ impl Worker {
         self.rewind(consumer)
     }
 
+    /// How often deleted keys are collected: a quarter of the retention,
+    /// between 100 ms and a minute.
+    fn sweep_interval(&self) -> Duration {
+        (self.config.merge.tombstone_retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+    }
+
+    /// Drops the states of keys that resolve to deleted and whose newest
+    /// version is older than `tombstone_retention` (design §1, "Deleted
+    /// keys"), a bounded batch per task: removed from the local store at the
+    /// commit, and a null record on the changelog so compaction forgets them
+    /// too. The output topic already holds the key's tombstone.
+    fn sweep_tombstones(&mut self) -> Result<(), RunError> {
+        self.last_sweep = Instant::now();
+        let now = now_ms();
+        let engine = self.pipeline.engine();
+        let mut expired: Vec<(i32, Vec<String>)> = Vec::new();
+        for (p, task) in self.tasks.iter_mut() {
+            let keys = task.sweep(SWEEP_BATCH, |s| engine.tombstone_expired(s, now))?;
+            if !keys.is_empty() {
+                expired.push((*p, keys));
+            }
+        }
+        if expired.is_empty() {
+            return Ok(());
+        }
+        self.begin()?;
+        for (p, keys) in expired {
+            for key in &keys {
+                self.send(BaseRecord::to(&self.changelog).partition(p).key(key.as_bytes()))?;
+                if let Some(task) = self.tasks.get_mut(&p) {
+                    task.remove(key);
+                }
+            }
+            self.counters.tombstones_dropped += keys.len() as u64;
+            tracing::info!(partition = p, keys = keys.len(), "dropped deleted keys past tombstone_retention");
+        }
+        Ok(())
+    }
+
     /// The schema registry is unavailable: abort the cycle (nothing is
     /// dead-lettered for it), report not ready, wait with a growing backoff
     /// and let the rewind bring the records back.
@@ -969,6 +1014,7 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         avro_records: avro.as_ref().and_then(|(_, ids)| *ids),
         registry_failures: 0,
         registry_max_backoff: config.schema_registry.as_ref().map_or(Duration::from_secs(30), |r| r.max_backoff),
+        last_sweep: Instant::now(),
     }));
     let mut consumer_defaults = vec![
         ("group.id", group.as_str()),
@@ -1047,6 +1093,7 @@ fn main_loop(consumer: &GroupConsumer, worker: &Mutex<Worker>, interval: Duratio
             }
             None => Ok(()),
         };
+        let step = step.and_then(|()| if w.last_sweep.elapsed() >= w.sweep_interval() { w.sweep_tombstones() } else { Ok(()) });
         // A cycle ends on the interval, or when it holds enough events that a
         // longer transaction would only grow the producer's queue.
         let due = w.last_commit.elapsed() >= interval || w.cycle_events >= MAX_CYCLE_EVENTS;
