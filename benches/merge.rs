@@ -20,16 +20,42 @@
 //! iterations and the per-source offsets (hence the clocks) keep increasing,
 //! so no timed event is stale or a duplicate.
 //!
+//! `decode_merge_encode` also runs the same logical events as Debezium Avro
+//! (Confluent framing, schemas in a registry) in the same process:
+//!
+//! * `process/debezium-avro/lww/3src`: Avro key and value in, JSON out.
+//! * `process/debezium-avro→avro/lww/3src`: Avro in, `output.format = "avro"`
+//!   out (the output schema is derived and registered during the untimed set-up).
+//!
+//! There is no Confluent Schema Registry here: the Avro benches start the
+//! test stand-in (`python3 tests/registry/standin.py`), register the sources'
+//! schemas with [`Registry::register`], and stop it at the end. Schemas are
+//! cached after the first lookup; the bench checks, through the stand-in's
+//! request log, that no registry request happens while timing.
+//!
 //! Run: `cargo bench -j2 --bench merge`; `TRIBUTARY_BENCH_KEYS=10000 cargo bench …`
-//! for a smaller state.
+//! for a smaller state; `cargo bench -j2 --bench merge -- process/` for the
+//! JSON/Avro comparison only.
 
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use apache_avro::types::Value as AvroValue;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema as AvroSchema;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::{json, Value};
 
+use tributary::avro::output::SchemaCatalog;
+use tributary::avro::registry::{frame, Registry};
+use tributary::avro::value::Shape;
+use tributary::avro::AvroContext;
 use tributary::config::Config;
 use tributary::merge::{Applied, ChangeEvent, KeyState, MergeEngine, MergeSettings, Op, Policy, Row, VersionVector};
 use tributary::normalize::InputRecord;
@@ -256,6 +282,7 @@ fn merge_only(c: &mut Criterion) {
 // ------------------------------------------------------- decode_merge_encode
 
 /// One pre-built Kafka record of a round.
+#[derive(Clone)]
 struct Record {
     source: usize,
     /// Position in the source's round: offset = round * keys + position.
@@ -290,6 +317,16 @@ fn debezium_update(k: usize, s: usize, keys: usize) -> (i64, Vec<u8>) {
         "transaction": null,
     });
     (ts + 37, serde_json::to_vec(&v).unwrap())
+}
+
+/// The Debezium JSON records of `order` (source index, key).
+fn json_records(keys: usize, order: impl Iterator<Item = (usize, usize)>) -> Vec<Record> {
+    order
+        .map(|(s, k)| {
+            let (timestamp, value) = debezium_update(k, s, keys);
+            Record { source: s, position: k, timestamp, key: format!("{{\"id\":{k}}}").into_bytes(), value }
+        })
+        .collect()
 }
 
 const PIPELINE_CONFIG: &str = r#"
@@ -328,12 +365,7 @@ impl PipelineFixture {
     fn new(keys: usize) -> Self {
         let config = Config::parse(PIPELINE_CONFIG, "bench", std::iter::empty()).expect("bench config");
         let pipeline = Pipeline::new(&config);
-        let records: Vec<Record> = round_order(keys)
-            .map(|(s, k)| {
-                let (timestamp, value) = debezium_update(k, s, keys);
-                Record { source: s, position: k, timestamp, key: format!("{{\"id\":{k}}}").into_bytes(), value }
-            })
-            .collect();
+        let records: Vec<Record> = json_records(keys, round_order(keys));
         eprintln!(
             "decode_merge_encode: {keys} keys x {} sources, value {} bytes (row {} bytes), {} MB of records",
             SOURCES.len(),
@@ -341,6 +373,12 @@ impl PipelineFixture {
             serialized_len(&row(0, 0, 1, T0)),
             records.iter().map(|r| r.value.len() + r.key.len()).sum::<usize>() >> 20
         );
+        Self::populated(keys, pipeline, records)
+    }
+
+    /// A fixture over `records` (one round, in consumption order), with the
+    /// store populated and checked as described above.
+    fn populated(keys: usize, pipeline: Pipeline, records: Vec<Record>) -> Self {
         let mut f = Self { keys, pipeline, records, store: MemoryStore::default(), round: 0, next: 0 };
         // Round 0 populates the store; round 1 is checked: every record emits,
         // with three siblings (the steady state the timed rounds see).
@@ -376,6 +414,352 @@ impl PipelineFixture {
     }
 }
 
+// ------------------------------------------------- decode_merge_encode, Avro
+
+const REGISTRY_STANDIN: &str = "tests/registry/standin.py";
+const OUTPUT_TOPIC: &str = "customers.merged";
+
+/// The columns of [`row`] as Debezium's Avro converter declares them for
+/// `customers (id int primary key, name text not null, email text, phone
+/// text, city text, country text, tier text not null, balance numeric(10,2),
+/// updated_at timestamptz not null)`: NOT NULL columns plain, nullable ones
+/// `["null", T]`. `balance` is a decimal (bytes, scale 2), which Tributary
+/// reads as the exact text `"1234.50"` where the JSON bench has the number
+/// `1234.5`; every other column decodes to the same JSON value.
+fn value_fields() -> Value {
+    let optional = |t: Value| json!(["null", t]);
+    let decimal = json!({
+        "type": "bytes", "scale": 2, "precision": 10, "connect.version": 1,
+        "connect.parameters": {"scale": "2", "connect.decimal.precision": "10"},
+        "connect.name": "org.apache.kafka.connect.data.Decimal", "logicalType": "decimal",
+    });
+    let zoned = json!({"type": "string", "connect.version": 1, "connect.name": "io.debezium.time.ZonedTimestamp"});
+    json!([
+        {"name": "id", "type": "int"},
+        {"name": "name", "type": "string"},
+        {"name": "email", "type": optional(json!("string")), "default": null},
+        {"name": "phone", "type": optional(json!("string")), "default": null},
+        {"name": "city", "type": optional(json!("string")), "default": null},
+        {"name": "country", "type": optional(json!("string")), "default": null},
+        {"name": "tier", "type": "string"},
+        {"name": "balance", "type": optional(decimal), "default": null},
+        {"name": "updated_at", "type": zoned},
+    ])
+}
+
+/// Debezium's PostgreSQL envelope schema for a topic (namespace = topic).
+fn envelope_schema(topic: &str) -> Value {
+    let optional_long = json!(["null", "long"]);
+    let source = json!({
+        "type": "record", "name": "Source", "namespace": "io.debezium.connector.postgresql",
+        "fields": [
+            {"name": "version", "type": "string"},
+            {"name": "connector", "type": "string"},
+            {"name": "name", "type": "string"},
+            {"name": "ts_ms", "type": "long"},
+            {"name": "snapshot", "type": [{
+                "type": "string", "connect.version": 1,
+                "connect.parameters": {"allowed": "true,first,first_in_data_collection,last_in_data_collection,last,false,incremental"},
+                "connect.default": "false", "connect.name": "io.debezium.data.Enum",
+            }, "null"], "default": "false"},
+            {"name": "db", "type": "string"},
+            {"name": "sequence", "type": ["null", "string"], "default": null},
+            {"name": "schema", "type": "string"},
+            {"name": "table", "type": "string"},
+            {"name": "txId", "type": optional_long, "default": null},
+            {"name": "lsn", "type": optional_long, "default": null},
+            {"name": "xmin", "type": optional_long, "default": null},
+        ],
+        "connect.name": "io.debezium.connector.postgresql.Source",
+    });
+    let block = json!({
+        "type": "record", "name": "block", "namespace": "event",
+        "fields": [
+            {"name": "id", "type": "string"},
+            {"name": "total_order", "type": "long"},
+            {"name": "data_collection_order", "type": "long"},
+        ],
+        "connect.version": 1, "connect.name": "event.block",
+    });
+    let value =
+        json!({"type": "record", "name": "Value", "fields": value_fields(), "connect.name": format!("{topic}.Value")});
+    json!({
+        "type": "record", "name": "Envelope", "namespace": topic,
+        "fields": [
+            {"name": "before", "type": ["null", value], "default": null},
+            {"name": "after", "type": ["null", "Value"], "default": null},
+            {"name": "source", "type": source},
+            {"name": "transaction", "type": ["null", block], "default": null},
+            {"name": "op", "type": "string"},
+            {"name": "ts_ms", "type": optional_long, "default": null},
+        ],
+        "connect.version": 2, "connect.name": format!("{topic}.Envelope"),
+    })
+}
+
+/// Debezium's key schema for a topic.
+fn key_schema(topic: &str) -> Value {
+    json!({
+        "type": "record", "name": "Key", "namespace": topic,
+        "fields": [{"name": "id", "type": "int"}], "connect.name": format!("{topic}.Key"),
+    })
+}
+
+/// Minimal big-endian two's complement, as Avro decimals are written.
+fn decimal_bytes(unscaled: i64) -> Vec<u8> {
+    let b = unscaled.to_be_bytes();
+    let mut start = 0;
+    while start < 7 && ((b[start] == 0 && b[start + 1] < 0x80) || (b[start] == 0xff && b[start + 1] >= 0x80)) {
+        start += 1;
+    }
+    b[start..].to_vec()
+}
+
+/// The Avro `Value` record of a [`row`], column by column.
+fn avro_row(row: &Row) -> AvroValue {
+    let text = |name: &str| AvroValue::String(row[name].as_str().expect("a text column").to_string());
+    let some = |v: AvroValue| AvroValue::Union(1, Box::new(v));
+    let balance = (row["balance"].as_f64().expect("balance") * 100.0).round() as i64;
+    AvroValue::Record(vec![
+        ("id".into(), AvroValue::Int(row["id"].as_i64().expect("id") as i32)),
+        ("name".into(), text("name")),
+        ("email".into(), some(text("email"))),
+        ("phone".into(), some(text("phone"))),
+        ("city".into(), some(text("city"))),
+        ("country".into(), some(text("country"))),
+        ("tier".into(), text("tier")),
+        ("balance".into(), some(AvroValue::Decimal(apache_avro::Decimal::from(decimal_bytes(balance))))),
+        ("updated_at".into(), text("updated_at")),
+    ])
+}
+
+/// [`debezium_update`] as a Debezium Avro envelope.
+fn debezium_avro_update(k: usize, s: usize, keys: usize) -> (i64, AvroValue) {
+    let ts = commit_ts(1, keys, s, k);
+    let before_ts = commit_ts(0, keys, s, k);
+    let string = |v: &str| AvroValue::String(v.to_string());
+    let null = || AvroValue::Union(0, Box::new(AvroValue::Null));
+    let long = |n: i64| AvroValue::Union(1, Box::new(AvroValue::Long(n)));
+    let source = AvroValue::Record(vec![
+        ("version".into(), string("2.5.4.Final")),
+        ("connector".into(), string("postgresql")),
+        ("name".into(), string(SOURCES[s])),
+        ("ts_ms".into(), AvroValue::Long(ts)),
+        ("snapshot".into(), AvroValue::Union(0, Box::new(string("false")))),
+        ("db".into(), string("shop")),
+        ("sequence".into(), null()),
+        ("schema".into(), string("public")),
+        ("table".into(), string("customers")),
+        ("txId".into(), long(700_000 + k as i64)),
+        ("lsn".into(), long(24_023_128 + 4096 * k as i64)),
+        ("xmin".into(), null()),
+    ]);
+    let envelope = AvroValue::Record(vec![
+        ("before".into(), AvroValue::Union(1, Box::new(avro_row(&row(k, s, 0, before_ts))))),
+        ("after".into(), AvroValue::Union(1, Box::new(avro_row(&row(k, s, 1, ts))))),
+        ("source".into(), source),
+        ("transaction".into(), null()),
+        ("op".into(), string("u")),
+        ("ts_ms".into(), long(ts + 37)),
+    ]);
+    (ts + 37, envelope)
+}
+
+/// The registry stand-in, stopped when dropped.
+struct StandIn {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    url: String,
+}
+
+impl StandIn {
+    fn start() -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(REGISTRY_STANDIN);
+        // With --watch-stdin it also exits when this process dies (stdin closes).
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args(["--port", "0", "--watch-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+        let Some(url) = line.trim().strip_prefix("listening on ").map(str::to_string) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{REGISTRY_STANDIN} did not start (first line {line:?})");
+        };
+        Self { child, url }
+    }
+
+    /// How many registry API requests the stand-in has served.
+    fn requests(&self) -> usize {
+        let host = self.url.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(host).expect("connect to the registry stand-in");
+        write!(stream, "GET /__standin/requests HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").expect("request");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("answer");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        match serde_json::from_str::<Value>(body) {
+            Ok(Value::Array(requests)) => requests.len(),
+            _ => panic!("GET /__standin/requests: unexpected answer {answer:?}"),
+        }
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the Avro benches share: the stand-in with the sources' schemas
+/// registered, a client, and one round of Avro records (the same events, in
+/// the same order, as the JSON bench's round).
+struct AvroEnv {
+    registry: Arc<Registry>,
+    records: Vec<Record>,
+    // Declared last, so dropped (stopped) after the client.
+    standin: StandIn,
+}
+
+impl AvroEnv {
+    fn new(keys: usize) -> Self {
+        let standin = StandIn::start();
+        let config = Config::parse(&avro_config(&standin.url, "json"), "bench", std::iter::empty()).expect("bench config");
+        let registry = Registry::new(config.schema_registry.as_ref().expect("schema_registry")).expect("registry client");
+        let mut writers = Vec::new();
+        for topic in TOPICS {
+            let value = envelope_schema(topic).to_string();
+            let key = key_schema(topic).to_string();
+            let value_id = registry.register(&format!("{topic}-value"), &value).expect("register the value schema");
+            let key_id = registry.register(&format!("{topic}-key"), &key).expect("register the key schema");
+            let value = AvroSchema::parse_str(&value).expect("envelope schema");
+            let key = AvroSchema::parse_str(&key).expect("key schema");
+            writers.push((value_id, value, key_id, key));
+        }
+        let encoders: Vec<_> = writers
+            .iter()
+            .map(|(vid, v, kid, k)| {
+                let v = GenericDatumWriter::builder(v).build().expect("value writer");
+                let k = GenericDatumWriter::builder(k).build().expect("key writer");
+                (*vid, v, *kid, k)
+            })
+            .collect();
+        let records: Vec<Record> = round_order(keys)
+            .map(|(s, k)| {
+                let (vid, value_writer, kid, key_writer) = &encoders[s];
+                let (timestamp, envelope) = debezium_avro_update(k, s, keys);
+                let value = frame(*vid, &value_writer.write_value_to_vec(envelope).expect("encode the envelope"));
+                let key_value = AvroValue::Record(vec![("id".into(), AvroValue::Int(k as i32))]);
+                let key = frame(*kid, &key_writer.write_value_to_vec(key_value).expect("encode the key"));
+                Record { source: s, position: k, timestamp, key, value }
+            })
+            .collect();
+        drop(encoders);
+        eprintln!(
+            "decode_merge_encode (Avro): {keys} keys x {} sources, value {} bytes, key {} bytes, {} MB of records; registry stand-in at {}",
+            SOURCES.len(),
+            records[0].value.len(),
+            records[0].key.len(),
+            records.iter().map(|r| r.value.len() + r.key.len()).sum::<usize>() >> 20,
+            standin.url
+        );
+        let env = Self { registry, records, standin };
+        env.check_against_json(keys);
+        env
+    }
+
+    /// A pipeline reading the Avro sources, writing `output` ("json" or "avro").
+    fn pipeline(&self, output: &str) -> Pipeline {
+        let config = Config::parse(&avro_config(&self.standin.url, output), "bench", std::iter::empty()).expect("bench config");
+        let ctx = AvroContext { registry: self.registry.clone(), catalog: Arc::new(SchemaCatalog::default()) };
+        Pipeline::with_avro(&config, Some(&ctx))
+    }
+
+    /// Fairness check (untimed): the first poll's records of two rounds,
+    /// through the JSON pipeline and through both Avro pipelines, give the
+    /// same output records (keys, headers, rows; `balance` compared as the
+    /// exact decimal).
+    fn check_against_json(&self, keys: usize) {
+        let n = SOURCES.len() * keys.min(POLL);
+        let order: Vec<(usize, usize)> = round_order(keys).take(n).collect();
+        let json = json_records(keys, order.iter().copied());
+        let config = Config::parse(PIPELINE_CONFIG, "bench", std::iter::empty()).expect("bench config");
+        let json_pipeline = Pipeline::new(&config);
+        let (avro_json, avro_avro) = (self.pipeline("json"), self.pipeline("avro"));
+        let mut stores: [MemoryStore; 3] = Default::default();
+        for round in 0..2 {
+            for (j, a) in json.iter().zip(&self.records[..n]) {
+                let steps = [
+                    feed(&json_pipeline, &mut stores[0], j, round, keys),
+                    feed(&avro_json, &mut stores[1], a, round, keys),
+                    feed(&avro_avro, &mut stores[2], a, round, keys),
+                ];
+                let rows = steps.each_ref().map(|step| match step {
+                    Step::Emitted { record, .. } => (record.key.clone(), record.headers.clone(), record.timestamp),
+                    other => panic!("expected an output record, got {other:?}"),
+                });
+                assert!(rows[0] == rows[1] && rows[1] == rows[2], "keys, headers and timestamps differ: {rows:?}");
+                let value = |step: &Step| match step {
+                    Step::Emitted { record, .. } => record.value.clone().expect("a row"),
+                    _ => unreachable!(),
+                };
+                let mut from_json: Value = serde_json::from_slice(&value(&steps[0])).expect("JSON output");
+                let balance = from_json["balance"].as_f64().expect("balance");
+                from_json["balance"] = json!(format!("{balance:.2}"));
+                let from_avro: Value = serde_json::from_slice(&value(&steps[1])).expect("JSON output");
+                assert_eq!(from_avro, from_json, "Avro in, JSON out: not the JSON bench's row");
+                let (schema, decoded) = self.registry.decode(&value(&steps[2])).expect("decode the Avro output");
+                let resolved = apache_avro::schema::ResolvedSchema::try_from(&schema.parsed).expect("output schema");
+                let names = resolved.get_names().clone();
+                let from_avro_out = Shape::of(&schema.parsed, &names).to_json(&decoded).expect("output row");
+                assert_eq!(from_avro_out, from_json, "Avro in, Avro out: not the JSON bench's row");
+            }
+        }
+    }
+}
+
+/// Processes one record of round `round` outside a fixture.
+fn feed(pipeline: &Pipeline, store: &mut MemoryStore, r: &Record, round: u64, keys: usize) -> Step {
+    let input = InputRecord {
+        topic: TOPICS[r.source],
+        partition: 0,
+        offset: (round * keys as u64 + r.position as u64) as i64,
+        timestamp: Some(r.timestamp),
+        key: Some(&r.key),
+        value: Some(&r.value),
+    };
+    pipeline.process(&input, store).expect("bench records are valid")
+}
+
+/// [`PIPELINE_CONFIG`] with Avro sources, a registry and an output format.
+fn avro_config(registry_url: &str, output_format: &str) -> String {
+    let mut text = format!(
+        "[schema_registry]\nurl = \"{registry_url}\"\n\n[output]\ntopic = \"{OUTPUT_TOPIC}\"\nformat = \"{output_format}\"\n\n[merge]\npolicy = \"lww\"\n"
+    );
+    for (name, topic) in SOURCES.iter().zip(TOPICS) {
+        text.push_str(&format!("\n[[sources]]\nname = \"{name}\"\ntopic = \"{topic}\"\nformat = \"debezium-avro\"\n"));
+    }
+    text
+}
+
+/// An Avro bench's fixture, with the stand-in's request count after set-up.
+struct AvroFixture {
+    pipeline: PipelineFixture,
+    requests_after_setup: usize,
+}
+
+impl AvroFixture {
+    fn new(env: &AvroEnv, keys: usize, output: &str) -> Self {
+        let pipeline = PipelineFixture::populated(keys, env.pipeline(output), env.records.clone());
+        Self { pipeline, requests_after_setup: env.standin.requests() }
+    }
+}
+
 fn decode_merge_encode(c: &mut Criterion) {
     let mut fixture: Option<PipelineFixture> = None;
     let mut group = c.benchmark_group("decode_merge_encode");
@@ -385,6 +769,23 @@ fn decode_merge_encode(c: &mut Criterion) {
         // The output record is consumed (and dropped) inside the timed loop.
         b.iter(|| black_box(f.step()))
     });
+    // The JSON fixture's state is freed before the Avro fixtures are built.
+    drop(fixture);
+    // Built on first use: a run filtered to the JSON bench starts no registry.
+    let mut env: Option<AvroEnv> = None;
+    for (name, output) in [("process/debezium-avro/lww/3src", "json"), ("process/debezium-avro→avro/lww/3src", "avro")] {
+        let mut fixture: Option<AvroFixture> = None;
+        group.bench_function(name, |b| {
+            let env = env.get_or_insert_with(|| AvroEnv::new(keys()));
+            let f = fixture.get_or_insert_with(|| AvroFixture::new(env, keys(), output));
+            b.iter(|| black_box(f.pipeline.step()))
+        });
+        if let (Some(env), Some(f)) = (&env, &fixture) {
+            let now = env.standin.requests();
+            assert_eq!(now, f.requests_after_setup, "{name}: registry requests while timing");
+            eprintln!("{name}: {now} registry requests in all so far, none while timing");
+        }
+    }
     group.finish();
 }
 
