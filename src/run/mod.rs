@@ -465,7 +465,7 @@ impl Worker {
         // Avro source keys are Confluent-framed bytes whose murmur2 hash
         // cannot be computed from the key's text: look in every owned task.
         if self.config.sources.iter().any(|s| s.format == crate::config::SourceFormat::DebeziumAvro) {
-            let found = owned.iter().find(|p| self.tasks.get_mut(p).is_some_and(|t| matches!(t.get(key), Ok(Some(_)))));
+            let found = owned.iter().find(|p| self.tasks.get(p).is_some_and(|t| matches!(t.get_committed(key), Ok(Some(_)))));
             let Some(&partition) = found else {
                 let body = serde_json::json!({
                     "error": format!("no state for key {key} in the partitions this instance owns; with Avro sources the owning partition cannot be computed from the key text, so ask the other instances"),
@@ -491,10 +491,11 @@ impl Worker {
 
     /// The state query's answer for a key of an owned `partition`.
     fn answer(&mut self, key: &str, partition: i32) -> (u16, String) {
-        let Some(task) = self.tasks.get_mut(&partition) else {
+        let Some(task) = self.tasks.get(&partition) else {
             return (500, serde_json::json!({"error": format!("task {partition} is not open")}).to_string());
         };
-        match task.get(key) {
+        // Committed state only: what the output topic shows, not the open cycle.
+        match task.get_committed(key) {
             Ok(Some(state)) => {
                 let r = self.pipeline.engine().resolve(&state);
                 let body = serde_json::json!({
