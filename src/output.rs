@@ -36,7 +36,15 @@ pub fn encode(partition: i32, key: &str, resolved: &Resolved<'_>, timestamp: i64
 
 /// [`encode`], taking the key by value.
 pub fn encode_owned(partition: i32, key: String, resolved: &Resolved<'_>, timestamp: i64) -> OutputRecord {
-    let value = resolved.row.as_ref().map(|r| serde_json::to_vec(r.as_ref()).expect("rows serialize"));
+    let mut record = without_value(partition, key, resolved, timestamp);
+    record.value = resolved.row.as_ref().map(|r| serde_json::to_vec(r.as_ref()).expect("rows serialize"));
+    record
+}
+
+/// The record with its key, headers and timestamp but no value yet (the
+/// caller encodes the row: Avro output).
+pub fn without_value(partition: i32, key: String, resolved: &Resolved<'_>, timestamp: i64) -> OutputRecord {
+    let value = None;
     let mut headers = Vec::with_capacity(4);
     headers.push((HEADER_VV, resolved.vv.to_json()));
     headers.push((HEADER_CONFLICT, String::from(if resolved.conflict() { "true" } else { "false" })));

@@ -190,7 +190,10 @@ impl Pipeline {
                     // so the last record per key is the same in every interleaving.
                     let ts = state.versions.iter().map(|v| v.ts).max().unwrap_or(0).max(0);
                     // The key is filled in below, once the store has done with it.
-                    let mut out = encode_owned(record.partition, String::new(), &resolved, ts);
+                    let mut out = match avro {
+                        None => encode_owned(record.partition, String::new(), &resolved, ts),
+                        Some(_) => crate::output::without_value(record.partition, String::new(), &resolved, ts),
+                    };
                     if let Some(avro) = avro {
                         match avro.encode(key_ref, resolved.row.as_deref()) {
                             Ok((k, v)) => {

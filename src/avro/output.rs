@@ -538,8 +538,19 @@ impl Encoder {
 
     fn encode(&self, json: &Json) -> Result<Vec<u8>, OutputError> {
         let value = self.shape.to_avro(json).map_err(OutputError::Misfit)?;
-        let body = self.writer.write_value_to_vec(value).map_err(|e| OutputError::Misfit(e.to_string()))?;
-        Ok(frame(self.id, &body))
+        self.frame(&value)
+    }
+
+    /// [`encode`](Self::encode) of a row, without copying it into a JSON value.
+    fn encode_row(&self, row: &Row) -> Result<Vec<u8>, OutputError> {
+        let value = self.shape.record_to_avro(row).map_err(OutputError::Misfit)?;
+        self.frame(&value)
+    }
+
+    fn frame(&self, value: &apache_avro::types::Value) -> Result<Vec<u8>, OutputError> {
+        let mut out = frame(self.id, &[]);
+        self.writer.write_value_ref(&mut out, value).map_err(|e| OutputError::Misfit(e.to_string()))?;
+        Ok(out)
     }
 }
 
@@ -673,7 +684,7 @@ impl AvroOutput {
                         "column `{col}` is in no source schema known to this process"
                     )));
                 }
-                Some(c.value.encode(&Json::Object(row.clone()))?)
+                Some(c.value.encode_row(row)?)
             }
         };
         Ok((key_bytes, value))

@@ -383,22 +383,31 @@ impl Shape {
                 }
                 return Err(last.unwrap_or_else(mismatch));
             }
-            Shape::Record(fields) => {
+            Shape::Record(_) => {
                 let Json::Object(o) = json else { return Err(mismatch()) };
-                let mut out = Vec::with_capacity(fields.len());
-                for f in fields {
-                    let v = match (o.get(&f.name), &f.default) {
-                        (Some(v), _) => f.shape.to_avro(v),
-                        (None, Some(d)) => f.shape.default_to_avro(d),
-                        (None, None) => f.shape.to_avro(&Json::Null),
-                    }
-                    .map_err(|e| format!("{}: {e}", f.name))?;
-                    out.push((f.name.clone(), v));
-                }
-                Value::Record(out)
+                self.record_to_avro(o)?
             }
             Shape::Opaque => return Err("the schema nests too deep to write".into()),
         })
+    }
+
+    /// A JSON object as a value of this record shape: missing fields take
+    /// their default, or null.
+    pub fn record_to_avro(&self, o: &serde_json::Map<String, Json>) -> Result<Value, String> {
+        let Shape::Record(fields) = self else {
+            return Err(format!("an object does not fit {}", self.describe()));
+        };
+        let mut out = Vec::with_capacity(fields.len());
+        for f in fields {
+            let v = match (o.get(&f.name), &f.default) {
+                (Some(v), _) => f.shape.to_avro(v),
+                (None, Some(d)) => f.shape.default_to_avro(d),
+                (None, None) => f.shape.to_avro(&Json::Null),
+            }
+            .map_err(|e| format!("{}: {e}", f.name))?;
+            out.push((f.name.clone(), v));
+        }
+        Ok(Value::Record(out))
     }
 
     /// A default value in Avro's JSON notation (a union's default is of its
