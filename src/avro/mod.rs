@@ -15,6 +15,7 @@ pub mod records;
 pub mod registry;
 pub mod value;
 pub mod state;
+pub mod decode;
 pub mod output;
 
 use std::sync::Arc;

@@ -207,12 +207,16 @@ impl Registry {
 
     /// The schema with this id (cached).
     pub fn schema(&self, id: u32) -> Result<Arc<AvroSchema>, RegistryError> {
-        self.block(self.decoder.get_schema(id)).map_err(|e| {
-            let err = classify(&e, &format!("schema id {id}"));
-            if err.is_retriable() {
-                self.decoder.remove_errors_from_cache();
+        self.block(self.decoder.get_schema(id)).map_err(|e| match classify(&e, &format!("schema id {id}")) {
+            RegistryError::NotFound(d) => {
+                RegistryError::NotFound(format!("unknown schema id {id} (the registry does not have it): {d}"))
             }
-            err
+            err => {
+                if err.is_retriable() {
+                    self.decoder.remove_errors_from_cache();
+                }
+                err
+            }
         })
     }
 

@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use super::{Format, InputRecord, NormalizeErrorKind, Parsed, RawChange, RawOp};
 use crate::avro::output::SchemaCatalog;
-use crate::avro::registry::{Registry, RegistryError};
+use crate::avro::decode::Reader;
+use crate::avro::registry::{frame_id, Registry, RegistryError};
 use crate::avro::value::{Names, Shape};
 use crate::merge::Row;
 
@@ -64,23 +65,31 @@ impl DebeziumAvro {
     }
 
     fn decode(&self, bytes: &[u8], what: &str) -> Result<(Arc<AvroSchema>, Avro), NormalizeErrorKind> {
-        self.registry.decode(bytes).map_err(|e| match e {
-            RegistryError::Unavailable(d) => NormalizeErrorKind::RegistryUnavailable(format!("{what}: schema registry unavailable: {d}")),
-            RegistryError::NotFound(d) => NormalizeErrorKind::UnknownSchema(format!("{what}: {d}")),
-            RegistryError::Incompatible(d) | RegistryError::Invalid(d) => {
-                NormalizeErrorKind::BadValue { format: FORMAT, detail: format!("{what}: {d}") }
-            }
-        })
+        self.registry.decode(bytes).map_err(|e| registry_error(e, what))
+    }
+
+    /// The writer schema of a framed payload and its shape, plus the body.
+    fn resolve<'b>(&self, bytes: &'b [u8], what: &str, is_key: bool) -> Result<(Arc<AvroSchema>, Arc<Shape>, &'b [u8]), NormalizeErrorKind> {
+        let id = frame_id(bytes).map_err(|e| registry_error(e, what))?;
+        let schema = self.registry.schema(id).map_err(|e| registry_error(e, what))?;
+        let shape = self.shape(&schema, is_key)?;
+        Ok((schema, shape, &bytes[5..]))
     }
 
     /// The record key as canonical JSON text (sorted fields, compact).
     fn key(&self, bytes: &[u8]) -> Result<String, NormalizeErrorKind> {
-        let (schema, value) = self.decode(bytes, "key").map_err(|e| match e {
+        let as_key = |e: NormalizeErrorKind| match e {
             NormalizeErrorKind::BadValue { detail, .. } => NormalizeErrorKind::BadKey(detail),
             other => other,
-        })?;
-        let shape = self.shape(&schema, true)?;
-        match shape.to_json(&value).map_err(NormalizeErrorKind::BadKey)? {
+        };
+        let (schema, shape, body) = self.resolve(bytes, "key", true).map_err(as_key)?;
+        let json = if shape.decodes_directly() {
+            shape.decode_json(&mut Reader::new(body)).map_err(|e| NormalizeErrorKind::BadKey(format!("schema id {}: {e}", schema.id)))?
+        } else {
+            let (_, value) = self.decode(bytes, "key").map_err(as_key)?;
+            shape.to_json(&value).map_err(NormalizeErrorKind::BadKey)?
+        };
+        match json {
             Value::Object(o) if !o.is_empty() => Ok(Value::Object(o).to_string()),
             Value::Object(_) => Err(NormalizeErrorKind::BadKey("the key record has no fields".into())),
             other => Err(NormalizeErrorKind::BadKey(format!(
@@ -90,6 +99,146 @@ impl DebeziumAvro {
             ))),
         }
     }
+
+    /// The envelope read straight from the bytes: `before` (when not
+    /// wanted), the `source` fields other than `ts_ms` (unless a sequence
+    /// path reads them), `transaction` and the rest are stepped over.
+    fn envelope_direct(
+        &self,
+        schema: &AvroSchema,
+        shape: &Shape,
+        body: &[u8],
+        sequence: Option<&[String]>,
+        keep_before: bool,
+    ) -> Result<Envelope, NormalizeErrorKind> {
+        let bad = |detail: String| NormalizeErrorKind::BadValue { format: FORMAT, detail: format!("schema id {}: {detail}", schema.id) };
+        let Shape::Record(fields) = shape else {
+            return Err(bad("not a Debezium envelope: the value is not a record".into()));
+        };
+        let mut r = Reader::new(body);
+        let mut env = Envelope::default();
+        for f in fields {
+            let at = |e: String| bad(format!("{}: {e}", f.name));
+            match f.name.as_str() {
+                "op" => env.op = Some(f.shape.decode_json(&mut r).map_err(at)?),
+                "after" => env.after = optional(&f.shape, &mut r, true).map_err(at)?.1,
+                "before" => {
+                    let (present, image) = optional(&f.shape, &mut r, keep_before).map_err(at)?;
+                    env.had_before = present;
+                    env.before = image;
+                }
+                "ts_ms" => env.ts_ms = f.shape.decode_json(&mut r).map_err(at)?.as_i64(),
+                "source" if sequence.is_some() => {
+                    let block = f.shape.decode_json(&mut r).map_err(at)?;
+                    env.source_ts = block.get("ts_ms").and_then(Value::as_i64);
+                    env.sequence = match sequence {
+                        Some([first, rest @ ..]) if first == "source" => super::lookup(&block, rest).cloned(),
+                        _ => None,
+                    };
+                }
+                "source" => env.source_ts = source_ts(&f.shape, &mut r).map_err(at)?,
+                _ => f.shape.skip(&mut r).map_err(at)?,
+            }
+        }
+        Ok(env)
+    }
+
+    /// The same through apache-avro's value tree (schemas with types the
+    /// direct path does not handle).
+    fn envelope_via_values(&self, bytes: &[u8], shape: &Shape, sequence: Option<&[String]>, keep_before: bool) -> Result<Envelope, NormalizeErrorKind> {
+        let (schema, value) = self.decode(bytes, "value")?;
+        let bad = |detail: String| NormalizeErrorKind::BadValue { format: FORMAT, detail: format!("schema id {}: {detail}", schema.id) };
+        let Avro::Record(fields) = &value else {
+            return Err(bad("not a Debezium envelope: the value is not a record".into()));
+        };
+        let json = |name: &str| -> Result<Option<Value>, NormalizeErrorKind> {
+            let Some(v) = field(fields, name) else { return Ok(None) };
+            let (_, s) = shape.field(name).ok_or_else(|| bad(format!("no `{name}` in the schema")))?;
+            s.to_json(v).map(Some).map_err(|e| bad(format!("{name}.{e}")))
+        };
+        let had_before = !matches!(field(fields, "before").map(plain), None | Some(Avro::Null));
+        let source = json("source")?;
+        Ok(Envelope {
+            op: json("op")?,
+            after: json("after")?.filter(|v| !v.is_null()),
+            before: if keep_before { json("before")?.filter(|v| !v.is_null()) } else { None },
+            had_before,
+            ts_ms: json("ts_ms")?.and_then(|v| v.as_i64()),
+            source_ts: source.as_ref().and_then(|s| s.get("ts_ms")).and_then(Value::as_i64),
+            sequence: match (sequence, &source) {
+                (Some([first, rest @ ..]), Some(block)) if first == "source" => super::lookup(block, rest).cloned(),
+                _ => None,
+            },
+        })
+    }
+}
+
+/// What the parser reads out of an envelope.
+#[derive(Debug, Default)]
+struct Envelope {
+    op: Option<Value>,
+    before: Option<Value>,
+    had_before: bool,
+    after: Option<Value>,
+    ts_ms: Option<i64>,
+    source_ts: Option<i64>,
+    sequence: Option<Value>,
+}
+
+fn registry_error(e: RegistryError, what: &str) -> NormalizeErrorKind {
+    match e {
+        RegistryError::Unavailable(d) => NormalizeErrorKind::RegistryUnavailable(format!("{what}: schema registry unavailable: {d}")),
+        RegistryError::NotFound(d) => NormalizeErrorKind::UnknownSchema(format!("{what}: {d}")),
+        RegistryError::Incompatible(d) | RegistryError::Invalid(d) => {
+            NormalizeErrorKind::BadValue { format: FORMAT, detail: format!("{what}: {d}") }
+        }
+    }
+}
+
+/// An optional image (`["null", record]` in Debezium): whether it is there,
+/// and its value when `keep` (else it is stepped over).
+fn optional(shape: &Shape, r: &mut Reader<'_>, keep: bool) -> Result<(bool, Option<Value>), String> {
+    let shape = match shape {
+        Shape::Union(branches) => {
+            let i = r.long()?;
+            let b = usize::try_from(i).ok().and_then(|i| branches.get(i)).ok_or_else(|| format!("union branch {i} out of range"))?;
+            if *b == Shape::Null {
+                return Ok((false, None));
+            }
+            b
+        }
+        other => other,
+    };
+    if keep {
+        Ok((true, Some(shape.decode_json(r)?).filter(|v| !v.is_null())))
+    } else {
+        shape.skip(r)?;
+        Ok((true, None))
+    }
+}
+
+/// `source.ts_ms`, stepping over the rest of the block.
+fn source_ts(shape: &Shape, r: &mut Reader<'_>) -> Result<Option<i64>, String> {
+    let shape = match shape {
+        Shape::Union(branches) => {
+            let i = r.long()?;
+            usize::try_from(i).ok().and_then(|i| branches.get(i)).ok_or_else(|| format!("union branch {i} out of range"))?
+        }
+        other => other,
+    };
+    let Shape::Record(fields) = shape else {
+        shape.skip(r)?;
+        return Ok(None);
+    };
+    let mut ts = None;
+    for f in fields {
+        if f.name == "ts_ms" {
+            ts = f.shape.decode_json(r).map_err(|e| format!("ts_ms: {e}"))?.as_i64();
+        } else {
+            f.shape.skip(r).map_err(|e| format!("{}: {e}", f.name))?;
+        }
+    }
+    Ok(ts)
 }
 
 /// A field of a decoded record, by name.
@@ -123,18 +272,22 @@ impl Format for DebeziumAvro {
         let Some(bytes) = record.value.filter(|v| !v.is_empty()) else {
             return Ok(None);
         };
-        let (schema, value) = self.decode(bytes, "value")?;
-        let shape = self.shape(&schema, false)?;
+        let (schema, shape, body) = self.resolve(bytes, "value", false)?;
         let bad = |detail: String| NormalizeErrorKind::BadValue { format: FORMAT, detail: format!("schema id {}: {detail}", schema.id) };
-        let Avro::Record(fields) = &value else {
-            return Err(bad("not a Debezium envelope: the value is not a record".into()));
+        // The op is not known before the envelope is read: keep `before` when
+        // the caller wants it for upserts; deletes always need it, and a
+        // delete whose `before` was skipped is read again below.
+        let mut env = if shape.decodes_directly() {
+            self.envelope_direct(&schema, &shape, body, sequence, upsert_before)?
+        } else {
+            self.envelope_via_values(bytes, &shape, sequence, upsert_before)?
         };
-        let op = match field(fields, "op").map(plain) {
-            Some(Avro::String(s)) => s.as_str(),
-            Some(Avro::Null) | None => return Err(NormalizeErrorKind::MissingOp),
-            Some(other) => return Err(bad(format!("`op` is {other:?}, expected a string"))),
+        let op = match env.op.take() {
+            Some(Value::String(s)) => s,
+            Some(Value::Null) | None => return Err(NormalizeErrorKind::MissingOp),
+            Some(other) => return Err(bad(format!("`op` is {other}, expected a string"))),
         };
-        let op = match op {
+        let op = match op.as_str() {
             "c" => RawOp::Create,
             "u" => RawOp::Update,
             "r" => RawOp::Read,
@@ -142,40 +295,23 @@ impl Format for DebeziumAvro {
             "t" => return Err(NormalizeErrorKind::Truncate),
             other => return Err(NormalizeErrorKind::UnsupportedOp(other.to_string())),
         };
-        let image = |name: &str| -> Result<Option<Row>, NormalizeErrorKind> {
-            let Some(v) = field(fields, name) else { return Ok(None) };
-            let (_, s) = shape.field(name).ok_or_else(|| bad(format!("no `{name}` in the schema")))?;
-            match s.to_json(v).map_err(|e| bad(format!("{name}.{e}")))? {
-                Value::Null => Ok(None),
-                Value::Object(o) => Ok(Some(o)),
-                other => Err(bad(format!("`{name}` is {}, expected a record", super::json_kind(&other)))),
+        if op == RawOp::Delete && env.had_before && env.before.is_none() {
+            env = if shape.decodes_directly() {
+                self.envelope_direct(&schema, &shape, body, sequence, true)?
+            } else {
+                self.envelope_via_values(bytes, &shape, sequence, true)?
+            };
+        }
+        let image = |v: Option<Value>, name: &str| -> Result<Option<Row>, NormalizeErrorKind> {
+            match v {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Object(o)) => Ok(Some(o)),
+                Some(other) => Err(bad(format!("`{name}` is {}, expected a record", super::json_kind(&other)))),
             }
         };
-        let after = image("after")?;
-        let had_before = !matches!(field(fields, "before").map(plain), None | Some(Avro::Null));
-        let before = if op == RawOp::Delete || upsert_before { image("before")? } else { None };
-        let source_block = field(fields, "source").map(plain);
-        let source_ts = match source_block {
-            Some(Avro::Record(s)) => match field(s, "ts_ms").map(plain) {
-                Some(Avro::Long(n) | Avro::TimestampMillis(n)) => Some(*n),
-                Some(Avro::Int(n)) => Some(i64::from(*n)),
-                _ => None,
-            },
-            _ => None,
-        };
-        let ts_ms = match field(fields, "ts_ms").map(plain) {
-            Some(Avro::Long(n) | Avro::TimestampMillis(n)) => Some(*n),
-            _ => None,
-        };
-        // The sequence path starts at `source` (e.g. `source.lsn`).
-        let sequence = match (sequence, source_block) {
-            (Some([first, rest @ ..]), Some(block)) if first == "source" => {
-                let (_, s) = shape.field("source").ok_or_else(|| bad("no `source` in the schema".into()))?;
-                let json = s.to_json(block).map_err(|e| bad(format!("source.{e}")))?;
-                super::lookup(&json, rest).cloned()
-            }
-            _ => None,
-        };
+        let after = image(env.after, "after")?;
+        let before = image(env.before, "before")?;
+        let (had_before, source_ts, ts_ms, sequence) = (env.had_before, env.source_ts, env.ts_ms, env.sequence);
         let key = match record.key.filter(|k| !k.is_empty()) {
             Some(k) => Some(self.key(k)?),
             None => None,
