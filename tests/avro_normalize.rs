@@ -220,3 +220,46 @@ fn bad_avro_payloads_are_dead_letters_naming_the_problem() {
     // No key at all.
     assert_eq!(kind(&good, None).kind, NormalizeErrorKind::MissingKey);
 }
+
+#[test]
+fn a_conflicting_source_schema_is_refused_and_the_rest_goes_on() {
+    use tributary::avro::output::{AvroOutput, OutputError, SchemaCatalog};
+    let f = Fixture::new();
+    let catalog = Arc::new(SchemaCatalog::default());
+    let env = |ns: &str, a_type: &str| {
+        format!(
+            r#"{{"type":"record","name":"Envelope","namespace":"{ns}","fields":[
+            {{"name":"before","type":["null",{{"type":"record","name":"Value","fields":[{{"name":"id","type":"int"}},{{"name":"a","type":{a_type}}}]}}],"default":null}},
+            {{"name":"after","type":["null","Value"],"default":null}},{{"name":"op","type":"string"}}]}}"#
+        )
+    };
+    catalog.observe_value("eu", 1, &env("eu.t", r#""string""#));
+    catalog.observe_key("eu", 2, KEY);
+    let output = AvroOutput::new(f.registry.clone(), catalog.clone(), "merged", vec!["eu".into(), "us".into()], None);
+    let row = |a: Value| json!({"id": 1, "a": a}).as_object().unwrap().clone();
+    assert!(output.encode(r#"{"id":1}"#, Some(&row(json!("x")))).is_ok());
+    let (v1, _) = output.refresh().unwrap();
+
+    // us says `a` is a boolean: refused, the output schema stays, eu goes on.
+    catalog.observe_value("us", 3, &env("us.t", r#""boolean""#));
+    assert!(output.encode(r#"{"id":1}"#, Some(&row(json!("y")))).is_ok());
+    assert_eq!(output.refresh().unwrap().0, v1, "no new output schema");
+    let rejected = catalog.rejected();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!((rejected[0].0.as_str(), rejected[0].1), ("us", 3));
+    assert!(rejected[0].2.contains("column `a`"), "{rejected:?}");
+    // A us row (a boolean) does not fit: a schema conflict, named.
+    match output.encode(r#"{"id":1}"#, Some(&row(json!(true)))) {
+        Err(e @ OutputError::Conflict(_)) => {
+            assert_eq!(e.reason(), "schema_conflict");
+            assert!(e.to_string().contains("source us schema id 3"), "{e}");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // A compatible change of us still gets in: a new column, a new version.
+    catalog.observe_value("us", 4, &env("us.t", r#"["null","string"]"#).replace(r#"{"name":"a""#, r#"{"name":"b","type":["null","long"],"default":null},{"name":"a""#));
+    let mut r = row(json!("z"));
+    r.insert("b".into(), json!(5));
+    assert!(output.encode(r#"{"id":1}"#, Some(&r)).is_ok());
+    assert_ne!(output.refresh().unwrap().0, v1, "a new output schema version with `b`");
+}

@@ -16,9 +16,10 @@
 //!   Debezium's `connect.name` semantic type) are kept; `int`+`long` →
 //!   `long`; any of `int`/`long`/`float` with `float`/`double` → `double`;
 //!   decimals → the larger scale and integer digits; `enum`+`string` →
-//!   `string`. Any other disagreement is a schema conflict: the event that
-//!   brought the conflicting schema goes to the dead letters (reason
-//!   `schema_conflict`) and the output schema stays as it was.
+//!   `string`. Any other disagreement is a schema conflict: the newest
+//!   schema causing it is refused and the output schema stays as it was;
+//!   rows that then do not fit go to the dead letters (reason
+//!   `schema_conflict`), the rest goes on.
 //! - The key is a record `<namespace>.Key` of the key columns (the record
 //!   keys' fields, or `key_fields` with their row types), not optional.
 //!   Keep it stable: Confluent framing puts the schema id in the key bytes,
@@ -52,28 +53,58 @@ struct CatalogInner {
     keys: BTreeMap<String, BTreeMap<u32, String>>,
     /// The output value schema registered before, if any.
     previous_value: Option<String>,
+    /// Every schema in the order first seen: (is a key schema, source, id).
+    order: Vec<(bool, String, u32)>,
+    /// Schemas refused for conflicting with the others, with why.
+    rejected: Vec<(String, u32, String)>,
 }
 
 impl SchemaCatalog {
     /// A value (envelope) schema of `source`.
     pub fn observe_value(&self, source: &str, id: u32, schema: &str) {
-        let mut inner = self.inner.lock().expect("catalog");
-        if inner.values.entry(source.to_string()).or_default().insert(id, schema.to_string()).is_none() {
-            self.generation.fetch_add(1, Ordering::Relaxed);
-        }
+        self.observe(false, source, id, schema);
     }
 
     /// A key schema of `source`.
     pub fn observe_key(&self, source: &str, id: u32, schema: &str) {
+        self.observe(true, source, id, schema);
+    }
+
+    fn observe(&self, is_key: bool, source: &str, id: u32, schema: &str) {
         let mut inner = self.inner.lock().expect("catalog");
-        if inner.keys.entry(source.to_string()).or_default().insert(id, schema.to_string()).is_none() {
+        if inner.rejected.iter().any(|(s, i, _)| s == source && *i == id) {
+            return;
+        }
+        let map = if is_key { &mut inner.keys } else { &mut inner.values };
+        if map.entry(source.to_string()).or_default().insert(id, schema.to_string()).is_none() {
+            inner.order.push((is_key, source.to_string(), id));
             self.generation.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    /// Takes a schema out: it conflicts with the others (`why`).
+    fn reject(&self, entry: &(bool, String, u32), why: &str) {
+        let mut guard = self.inner.lock().expect("catalog");
+        let inner = &mut *guard;
+        let (is_key, source, id) = entry;
+        let map = if *is_key { &mut inner.keys } else { &mut inner.values };
+        if let Some(ids) = map.get_mut(source) {
+            ids.remove(id);
+        }
+        inner.order.retain(|o| o != entry);
+        inner.rejected.push((source.clone(), *id, why.to_string()));
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The schemas refused so far: (source, schema id, why).
+    pub fn rejected(&self) -> Vec<(String, u32, String)> {
+        self.inner.lock().expect("catalog").rejected.clone()
+    }
+
     /// The output value schema registered before this process started.
     pub fn seed_previous_output(&self, schema: &str) {
-        self.inner.lock().expect("catalog").previous_value = Some(schema.to_string());
+        let mut inner = self.inner.lock().expect("catalog");
+        inner.previous_value = Some(schema.to_string());
         self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -81,8 +112,10 @@ impl SchemaCatalog {
         self.generation.load(Ordering::Relaxed)
     }
 
-    fn snapshot(&self) -> CatalogInner {
-        self.inner.lock().expect("catalog").clone()
+    /// The catalog and its generation, read together.
+    fn snapshot(&self) -> (u64, CatalogInner) {
+        let inner = self.inner.lock().expect("catalog");
+        (self.generation.load(Ordering::Relaxed), inner.clone())
     }
 }
 
@@ -556,6 +589,8 @@ impl Encoder {
 
 struct Current {
     generation: u64,
+    /// The schemas the current derivation was made of.
+    accepted: Vec<(bool, String, u32)>,
     value: Encoder,
     key: Encoder,
     /// Column names of the value schema.
@@ -624,22 +659,34 @@ impl AvroOutput {
         if current.as_ref().is_some_and(|c| c.generation == generation) {
             return Ok(());
         }
-        let snapshot = self.catalog.snapshot();
-        let in_order = |m: &BTreeMap<String, BTreeMap<u32, String>>| -> Vec<(String, Vec<String>)> {
-            self.sources
-                .iter()
-                .filter_map(|s| m.get(s).map(|ids| (s.clone(), ids.values().cloned().collect())))
-                .collect()
+        // A schema that conflicts with the others is refused, newest first,
+        // so one source's incompatible change does not stop the rest: its
+        // events then do not fit and go to the dead letters.
+        let (generation, snapshot, value, key) = loop {
+            let (generation, snapshot) = self.catalog.snapshot();
+            match self.derive(&snapshot) {
+                Ok((value, key)) => break (generation, snapshot, value, key),
+                Err(e) => {
+                    let accepted = current.as_ref().map(|c| c.accepted.as_slice()).unwrap_or_default();
+                    let Some(newest) = snapshot.order.iter().rev().find(|o| !accepted.contains(o)) else {
+                        return Err(OutputError::Conflict(e));
+                    };
+                    tracing::warn!(
+                        source = %newest.1,
+                        schema_id = newest.2,
+                        "{} schema refused for the output: {e}; events that do not fit go to the dead letters",
+                        if newest.0 { "key" } else { "value" }
+                    );
+                    self.catalog.reject(newest, &e);
+                }
+            }
         };
-        let value = derive_value_schema(&self.namespace, snapshot.previous_value.as_deref(), &in_order(&snapshot.values))
-            .map_err(OutputError::Conflict)?;
-        let key = derive_key_schema(&self.namespace, self.key_fields.as_deref(), &in_order(&snapshot.keys), &value)
-            .map_err(OutputError::Conflict)?;
+        let accepted = snapshot.order.clone();
         let value_text = value.to_string();
         let key_text = key.to_string();
         let value_enc = match current.take() {
             Some(c) if c.value.text == value_text && c.key.text == key_text => {
-                *current = Some(Current { generation, ..c });
+                *current = Some(Current { generation, accepted, ..c });
                 return Ok(());
             }
             Some(c) if c.value.text == value_text => Ok((c.value, Some(c.key))),
@@ -665,8 +712,34 @@ impl AvroOutput {
             Shape::Record(fields) => fields.iter().map(|f| f.name.clone()).collect(),
             _ => Default::default(),
         };
-        *current = Some(Current { generation, value: value_enc, key: key_enc, columns });
+        *current = Some(Current { generation, accepted, value: value_enc, key: key_enc, columns });
         Ok(())
+    }
+
+    /// A row that does not fit while schemas were refused is most likely
+    /// one of theirs: say so (reason `schema_conflict`).
+    fn explain(&self, e: OutputError) -> OutputError {
+        let rejected = self.catalog.rejected();
+        match e {
+            OutputError::Misfit(m) if !rejected.is_empty() => OutputError::Conflict(format!(
+                "{m}; refused for conflicting with the output schema: {}",
+                rejected.iter().map(|(s, id, why)| format!("source {s} schema id {id} ({why})")).collect::<Vec<_>>().join("; ")
+            )),
+            other => other,
+        }
+    }
+
+    /// The value and key schemas a catalog snapshot gives.
+    fn derive(&self, snapshot: &CatalogInner) -> Result<(Json, Json), String> {
+        let in_order = |m: &BTreeMap<String, BTreeMap<u32, String>>| -> Vec<(String, Vec<String>)> {
+            self.sources
+                .iter()
+                .filter_map(|s| m.get(s).map(|ids| (s.clone(), ids.values().cloned().collect())))
+                .collect()
+        };
+        let value = derive_value_schema(&self.namespace, snapshot.previous_value.as_deref(), &in_order(&snapshot.values))?;
+        let key = derive_key_schema(&self.namespace, self.key_fields.as_deref(), &in_order(&snapshot.keys), &value)?;
+        Ok((value, key))
     }
 
     /// Encodes the canonical key and the merged row (`None`: a tombstone).
@@ -680,11 +753,11 @@ impl AvroOutput {
             None => None,
             Some(row) => {
                 if let Some(col) = row.keys().find(|k| !c.columns.contains(*k)) {
-                    return Err(OutputError::Misfit(format!(
+                    return Err(self.explain(OutputError::Misfit(format!(
                         "column `{col}` is in no source schema known to this process"
-                    )));
+                    ))));
                 }
-                Some(c.value.encode_row(row)?)
+                Some(c.value.encode_row(row).map_err(|e| self.explain(e))?)
             }
         };
         Ok((key_bytes, value))
