@@ -288,7 +288,11 @@ fn avro_sources_to_avro_output_match_the_json_pipeline() {
 
     // Phase 2: us adds a column while the registry fails for a while; the
     // new schema id cannot be fetched until it recovers.
-    s.registry.inject_fault(503, 6, "/schemas/ids");
+    // The fault is for the new schema's id only, so only the processor,
+    // which must fetch it, meets it.
+    let v2 = s.schemas(1, COLUMNS_V2);
+    let v2_id = s.registry.register(&format!("{}-value", s.topics[1]), &v2["value"].to_string());
+    s.registry.inject_fault(503, 6, &format!("/schemas/ids/{v2_id}"));
     let us2: Vec<_> = (1..=4)
         .map(|id| {
             let mut r = row(id, &format!("us-{id}-v2"), "5.50", 9).unwrap();
