@@ -570,12 +570,23 @@ impl Encoder {
     }
 
     fn encode(&self, json: &Json) -> Result<Vec<u8>, OutputError> {
+        if self.shape.is_direct() {
+            let mut out = frame(self.id, &[]);
+            self.shape.encode_json(json, &mut out).map_err(OutputError::Misfit)?;
+            return Ok(out);
+        }
         let value = self.shape.to_avro(json).map_err(OutputError::Misfit)?;
         self.frame(&value)
     }
 
     /// [`encode`](Self::encode) of a row, without copying it into a JSON value.
     fn encode_row(&self, row: &Row) -> Result<Vec<u8>, OutputError> {
+        if self.shape.is_direct() {
+            let mut out = Vec::with_capacity(64 + 16 * row.len());
+            out.extend_from_slice(&frame(self.id, &[]));
+            self.shape.encode_record(row, &mut out).map_err(OutputError::Misfit)?;
+            return Ok(out);
+        }
         let value = self.shape.record_to_avro(row).map_err(OutputError::Misfit)?;
         self.frame(&value)
     }

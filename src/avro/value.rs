@@ -456,7 +456,7 @@ fn kind(json: &Json) -> &'static str {
     crate::normalize::json_kind(json)
 }
 
-fn float_json(f: f64) -> Json {
+pub(crate) fn float_json(f: f64) -> Json {
     match serde_json::Number::from_f64(f) {
         Some(n) => Json::Number(n),
         None if f.is_nan() => Json::String("NaN".into()),
@@ -465,7 +465,7 @@ fn float_json(f: f64) -> Json {
     }
 }
 
-fn json_float(json: &Json) -> Option<f64> {
+pub(crate) fn json_float(json: &Json) -> Option<f64> {
     match json {
         Json::Number(n) => n.as_f64(),
         Json::String(s) => match s.as_str() {
@@ -478,7 +478,7 @@ fn json_float(json: &Json) -> Option<f64> {
     }
 }
 
-fn base64_json(json: &Json) -> Option<Vec<u8>> {
+pub(crate) fn base64_json(json: &Json) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(json.as_str()?).ok()
 }
 
