@@ -39,9 +39,14 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_CYCLE_EVENTS: usize = 20_000;
 /// Keys one tombstone sweep looks at per task.
 const SWEEP_BATCH: usize = 2_000;
-/// Largest output or changelog value Tributary writes (librdkafka's default
-/// `message.max.bytes` is 1 000 000, and the record needs headers and a key).
+/// Largest output or changelog record Tributary writes when the topics'
+/// limits cannot be read (librdkafka's default `message.max.bytes` is
+/// 1 000 000, and a record needs headers and batch framing too).
 const MAX_RECORD_BYTES: usize = 900_000;
+/// What a record needs beyond its key and value: batch framing and headers.
+const RECORD_OVERHEAD: usize = 16 * 1024;
+/// librdkafka's default `message.max.bytes`.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
 /// Why the processor stopped.
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +228,8 @@ struct Worker {
     registry_max_backoff: Duration,
     /// When deleted keys past `tombstone_retention` were last collected.
     last_sweep: Instant,
+    /// Largest merged record (key plus output or changelog value) written.
+    record_limit: usize,
 }
 
 /// Schema ids of Tributary's own Avro records (Avro output).
@@ -331,15 +338,15 @@ impl Worker {
             Ok(Step::Emitted { record: out, siblings, source, event_ts }) => {
                 let key_state = task.cached(&out.key).expect("an emitting update leaves a state");
                 let state = encode_state(key_state);
-                let bytes = state.len().max(out.value.as_ref().map_or(0, Vec::len));
-                if bytes > MAX_RECORD_BYTES {
+                let bytes = out.key_bytes().len() + state.len().max(out.value.as_ref().map_or(0, Vec::len));
+                if bytes > self.record_limit {
                     // The cache already holds the merged state: only an abort
                     // undoes it. The rewind then brings this record back, and
                     // it goes to the dead letters instead.
                     return Err(RunError::SetAside(NormalizeError {
                         position: (&record).into(),
                         source_name: Some(source),
-                        kind: crate::normalize::NormalizeErrorKind::TooLarge { key: out.key, bytes, limit: MAX_RECORD_BYTES },
+                        kind: crate::normalize::NormalizeErrorKind::TooLarge { key: out.key, bytes, limit: self.record_limit },
                     }));
                 }
                 let audit = match &self.audit {
@@ -953,10 +960,24 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         .into_iter()
         .chain(audit.iter().map(|t| topics::TopicSpec { name: t.clone(), role: "conflict audit", cleanup_policy: "delete" }))
         .collect();
-    if options.manage_topics {
+    let record_limit = if options.manage_topics {
         topics::ensure_topics(&admin, &probe, &specs, partitions, config.kafka.replication_factor.unwrap_or(-1), TIMEOUT)
             .await?;
-    }
+        // The largest record the output and changelog topics take, and the
+        // producer: a larger merged record is set aside before the broker
+        // would refuse it (which would fail the cycle again on every retry).
+        let topic_limit = topics::max_message_bytes(&admin, &[config.output.topic.as_str(), changelog.as_str()], TIMEOUT).await?;
+        let producer_limit = config
+            .kafka
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(LIBRDKAFKA_MESSAGE_MAX_BYTES);
+        topic_limit.map_or(producer_limit, |t| t.min(producer_limit)).saturating_sub(RECORD_OVERHEAD)
+    } else {
+        MAX_RECORD_BYTES
+    };
+    tracing::info!(record_limit, "largest merged record accepted (bytes)");
     drop(probe);
     tracing::info!(partitions, "source topics are co-partitioned");
 
@@ -1016,6 +1037,7 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         registry_failures: 0,
         registry_max_backoff: config.schema_registry.as_ref().map_or(Duration::from_secs(30), |r| r.max_backoff),
         last_sweep: Instant::now(),
+        record_limit,
     }));
     let mut consumer_defaults = vec![
         ("group.id", group.as_str()),

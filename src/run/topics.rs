@@ -131,3 +131,23 @@ pub async fn ensure_topics(
     }
     Ok(())
 }
+
+/// The smallest `max.message.bytes` of `topics` (the broker's limit on one
+/// record batch of each), `None` when no topic reports one.
+pub async fn max_message_bytes(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<Option<usize>, RunError> {
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    let specifiers: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let described = admin
+        .describe_configs(specifiers.iter(), &opts)
+        .await
+        .map_err(|e| RunError::kafka(format!("describe topics {}", topics.join(", ")), e))?;
+    Ok(described
+        .into_iter()
+        .filter_map(|r| r.ok())
+        .filter_map(|r| r.get("max.message.bytes").and_then(|e| e.value.as_deref()).and_then(|v| v.parse::<usize>().ok()))
+        .min())
+}
