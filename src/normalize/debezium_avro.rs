@@ -83,7 +83,7 @@ impl DebeziumAvro {
             other => other,
         };
         let (schema, shape, body) = self.resolve(bytes, "key", true).map_err(as_key)?;
-        let json = if shape.decodes_directly() {
+        let json = if shape.is_direct() {
             shape.decode_json(&mut Reader::new(body)).map_err(|e| NormalizeErrorKind::BadKey(format!("schema id {}: {e}", schema.id)))?
         } else {
             let (_, value) = self.decode(bytes, "key").map_err(as_key)?;
@@ -277,7 +277,7 @@ impl Format for DebeziumAvro {
         // The op is not known before the envelope is read: keep `before` when
         // the caller wants it for upserts; deletes always need it, and a
         // delete whose `before` was skipped is read again below.
-        let mut env = if shape.decodes_directly() {
+        let mut env = if shape.is_direct() {
             self.envelope_direct(&schema, &shape, body, sequence, upsert_before)?
         } else {
             self.envelope_via_values(bytes, &shape, sequence, upsert_before)?
@@ -296,7 +296,7 @@ impl Format for DebeziumAvro {
             other => return Err(NormalizeErrorKind::UnsupportedOp(other.to_string())),
         };
         if op == RawOp::Delete && env.had_before && env.before.is_none() {
-            env = if shape.decodes_directly() {
+            env = if shape.is_direct() {
                 self.envelope_direct(&schema, &shape, body, sequence, true)?
             } else {
                 self.envelope_via_values(bytes, &shape, sequence, true)?
