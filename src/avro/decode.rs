@@ -9,7 +9,11 @@ use base64::Engine as _;
 use num_bigint::BigInt;
 use serde_json::{Map, Value as Json};
 
-use super::value::{base64_json, decimal_text, float_json, json_float, Shape};
+use super::value::{base64_json, decimal_text, f32_as_f64, float_json, json_float, Shape};
+
+/// Items an array or map may hold beyond one per byte left (items that take
+/// no bytes).
+const MAX_EMPTY_ITEMS: u64 = 65_536;
 
 /// A cursor over an Avro datum.
 #[derive(Debug)]
@@ -71,7 +75,11 @@ impl<'a> Reader<'a> {
     }
 
     /// Runs `item` for every element of an array or map (block-encoded).
+    /// Items may take no bytes at all (`null`, an empty record), so the
+    /// count cannot be checked against the bytes left; it is capped instead,
+    /// so a forged count cannot spin for ages.
     fn blocks(&mut self, mut item: impl FnMut(&mut Self) -> Result<(), String>) -> Result<(), String> {
+        let mut total: u64 = 0;
         loop {
             let count = self.long()?;
             if count == 0 {
@@ -79,6 +87,11 @@ impl<'a> Reader<'a> {
             }
             if count < 0 {
                 self.long()?; // the block's size in bytes: not needed here
+            }
+            total = total.saturating_add(count.unsigned_abs());
+            let cap = (self.buf.len() - self.pos) as u64 + MAX_EMPTY_ITEMS;
+            if total > cap {
+                return Err(format!("{total} items with {} bytes left", self.buf.len() - self.pos));
             }
             for _ in 0..count.unsigned_abs() {
                 item(self)?;
@@ -130,7 +143,7 @@ impl Shape {
             },
             Shape::Int(_) => Json::from(r.int()?),
             Shape::Long(_) => Json::from(r.long()?),
-            Shape::Float => float_json(f64::from(f32::from_le_bytes(r.take(4)?.try_into().expect("4 bytes")))),
+            Shape::Float => float_json(f32_as_f64(f32::from_le_bytes(r.take(4)?.try_into().expect("4 bytes")))),
             Shape::Double => float_json(f64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"))),
             Shape::String | Shape::Uuid => Json::String(r.str()?.to_string()),
             Shape::Bytes => Json::String(base64::engine::general_purpose::STANDARD.encode(r.bytes()?)),
@@ -506,6 +519,29 @@ mod tests {
             let _ = shape.decode_json(&mut Reader::new(&bytes));
             let _ = shape.skip(&mut Reader::new(&bytes));
         }
+    }
+
+    #[test]
+    fn forged_counts_of_empty_items_are_refused() {
+        let shape = Shape::Array(Box::new(Shape::Null));
+        // count 2^40 of nulls in 6 bytes
+        let mut bytes = Vec::new();
+        super::write_long(&mut bytes, 1 << 40);
+        bytes.push(0);
+        let e = shape.skip(&mut Reader::new(&bytes)).unwrap_err();
+        assert!(e.contains("items with"), "{e}");
+        assert!(shape.decode_json(&mut Reader::new(&bytes)).is_err());
+        // A modest array of nulls is fine.
+        let mut ok = Vec::new();
+        super::write_long(&mut ok, 1000);
+        ok.push(0);
+        assert_eq!(shape.decode_json(&mut Reader::new(&ok)).unwrap().as_array().unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn floats_read_as_their_shortest_decimal() {
+        let bytes = 0.1f32.to_le_bytes();
+        assert_eq!(Shape::Float.decode_json(&mut Reader::new(&bytes)).unwrap(), serde_json::json!(0.1));
     }
 
     #[test]

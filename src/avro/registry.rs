@@ -110,7 +110,8 @@ pub struct SubjectSchema {
 pub struct Registry {
     settings: SrSettings,
     decoder: AvroDecoder,
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (see [`Drop`]).
+    runtime: Option<tokio::runtime::Runtime>,
     urls: Vec<String>,
 }
 
@@ -156,7 +157,11 @@ impl Registry {
             .thread_name("tributary-registry")
             .build()
             .map_err(|e| format!("schema registry runtime: {e}"))?;
-        Ok(Arc::new(Self { decoder: AvroDecoder::new(settings.clone()), settings, runtime, urls }))
+        Ok(Arc::new(Self { decoder: AvroDecoder::new(settings.clone()), settings, runtime: Some(runtime), urls }))
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("the runtime lives as long as the registry")
     }
 
     /// The configured URLs (for messages).
@@ -171,12 +176,12 @@ impl Registry {
         // The first poll may start I/O and timers: they must belong to this
         // runtime, whichever thread (and runtime context) calls.
         let first = {
-            let _context = self.runtime.enter();
+            let _context = self.runtime().enter();
             f.as_mut().now_or_never()
         };
         match first {
             Some(out) => out,
-            None => self.runtime.block_on(f),
+            None => self.runtime().block_on(f),
         }
     }
 
@@ -289,6 +294,17 @@ impl JsonReader {
                 }
                 other => return other,
             }
+        }
+    }
+}
+
+impl Drop for Registry {
+    /// Dropping a runtime from async code panics (the processor's start-up
+    /// can fail, and drop this, inside its async task): let it go in the
+    /// background instead.
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
         }
     }
 }

@@ -38,6 +38,9 @@ pub type Names<'s> = HashMap<Name, &'s Schema>;
 /// converted without its type information.
 const MAX_DEPTH: usize = 32;
 
+/// Nodes one shape may have before the rest is left opaque.
+const MAX_NODES: usize = 100_000;
+
 /// A schema, reduced to what converting values needs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shape {
@@ -131,15 +134,20 @@ pub struct FieldShape {
 }
 
 impl Shape {
-    /// The shape of `schema`, references resolved through `names`.
+    /// The shape of `schema`, references resolved through `names`. A
+    /// reference to a type being expanded (a recursive schema) becomes
+    /// [`Shape::Opaque`], and so does everything past a node budget, so a
+    /// forged schema cannot make this take long.
     pub fn of(schema: &Schema, names: &Names<'_>) -> Shape {
-        Self::build(schema, names, 0)
+        let mut budget = MAX_NODES;
+        Self::build(schema, names, 0, &mut Vec::new(), &mut budget)
     }
 
-    fn build(schema: &Schema, names: &Names<'_>, depth: usize) -> Shape {
-        if depth > MAX_DEPTH {
+    fn build<'s>(schema: &'s Schema, names: &Names<'s>, depth: usize, open: &mut Vec<&'s Name>, budget: &mut usize) -> Shape {
+        if depth > MAX_DEPTH || *budget == 0 {
             return Shape::Opaque;
         }
+        *budget -= 1;
         match schema {
             Schema::Null => Shape::Null,
             Schema::Boolean => Shape::Boolean,
@@ -174,21 +182,26 @@ impl Shape {
                 UuidSchema::Fixed(f) => Shape::Fixed(f.size),
             },
             Schema::Duration(_) => Shape::Duration,
-            Schema::Array(a) => Shape::Array(Box::new(Self::build(&a.items, names, depth + 1))),
-            Schema::Map(m) => Shape::Map(Box::new(Self::build(&m.types, names, depth + 1))),
-            Schema::Union(u) => Shape::Union(u.variants().iter().map(|s| Self::build(s, names, depth + 1)).collect()),
-            Schema::Record(r) => Shape::Record(
-                r.fields
+            Schema::Array(a) => Shape::Array(Box::new(Self::build(&a.items, names, depth + 1, open, budget))),
+            Schema::Map(m) => Shape::Map(Box::new(Self::build(&m.types, names, depth + 1, open, budget))),
+            Schema::Union(u) => Shape::Union(u.variants().iter().map(|s| Self::build(s, names, depth + 1, open, budget)).collect()),
+            Schema::Record(r) => {
+                open.push(&r.name);
+                let fields = r
+                    .fields
                     .iter()
                     .map(|f| FieldShape {
                         name: f.name.clone(),
-                        shape: Self::build(&f.schema, names, depth + 1),
+                        shape: Self::build(&f.schema, names, depth + 1, open, budget),
                         default: f.default.clone(),
                     })
-                    .collect(),
-            ),
+                    .collect();
+                open.pop();
+                Shape::Record(fields)
+            }
+            Schema::Ref { name } if open.contains(&name) => Shape::Opaque,
             Schema::Ref { name } => match names.get(name) {
-                Some(s) => Self::build(s, names, depth + 1),
+                Some(s) => Self::build(s, names, depth + 1, open, budget),
                 None => Shape::Opaque,
             },
         }
@@ -227,7 +240,7 @@ impl Shape {
                 | Value::LocalTimestampMicros(n)
                 | Value::LocalTimestampNanos(n),
             ) => Json::from(*n),
-            (_, Value::Float(f)) => float_json(f64::from(*f)),
+            (_, Value::Float(f)) => float_json(f32_as_f64(*f)),
             (_, Value::Double(f)) => float_json(*f),
             (_, Value::String(s)) => Json::String(s.clone()),
             (Shape::Decimal { scale, .. }, Value::Bytes(b) | Value::Fixed(_, b)) => {
@@ -456,6 +469,16 @@ fn kind(json: &Json) -> &'static str {
     crate::normalize::json_kind(json)
 }
 
+/// A `float` as the f64 of its shortest decimal form (0.1f32 → 0.1, not
+/// 0.10000000149011612), as JSON converters print it.
+pub(crate) fn f32_as_f64(f: f32) -> f64 {
+    if f.is_finite() {
+        f.to_string().parse().unwrap_or(f64::from(f))
+    } else {
+        f64::from(f)
+    }
+}
+
 pub(crate) fn float_json(f: f64) -> Json {
     match serde_json::Number::from_f64(f) {
         Some(n) => Json::Number(n),
@@ -567,6 +590,17 @@ mod tests {
         let bytes = apache_avro::writer::datum::GenericDatumWriter::builder(&schema).build().unwrap().write_value_to_vec(value).unwrap();
         let back = apache_avro::reader::datum::GenericDatumReader::builder(&schema).build().unwrap().read_value(&mut &bytes[..]).unwrap();
         assert_eq!(shape.to_json(&back).unwrap(), row);
+    }
+
+    #[test]
+    fn recursive_schemas_build_quickly() {
+        // Every field refers back to the record: without a guard this
+        // expands to fields^depth nodes.
+        let fields: Vec<String> = (0..8).map(|i| format!(r#"{{"name":"f{i}","type":["null","R"],"default":null}}"#)).collect();
+        let text = format!(r#"{{"type":"record","name":"R","fields":[{}]}}"#, fields.join(","));
+        let (_, shape) = shape(&text);
+        let Shape::Record(f) = &shape else { panic!("a record") };
+        assert_eq!(f[0].shape, Shape::Union(vec![Shape::Null, Shape::Opaque]));
     }
 
     #[test]
