@@ -514,8 +514,15 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
                         record.value = m.payload().map(|v| String::from_utf8_lossy(v).into_owned());
                     }
                     Some((reader, max_backoff)) => {
+                        let mut unavailable = false;
                         let mut read = |bytes: &[u8], what: &str| match reader.read_patiently(bytes, *max_backoff, shutdown) {
                             Ok(json) => Some(json.to_string()),
+                            // Only when stopping: the record is not the
+                            // problem, so it is neither applied nor passed.
+                            Err(e) if e.is_retriable() => {
+                                unavailable = true;
+                                None
+                            }
                             Err(e) => {
                                 record.error.get_or_insert(format!("{what}: {e}"));
                                 None
@@ -523,6 +530,9 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
                         };
                         let key = m.key().and_then(|k| read(k, "key"));
                         let value = m.payload().and_then(|v| read(v, "value"));
+                        if unavailable {
+                            break;
+                        }
                         record.key = key;
                         record.value = value;
                     }
