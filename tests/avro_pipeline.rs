@@ -412,3 +412,31 @@ fn base64_decode(text: &str) -> Vec<u8> {
     }
     out
 }
+
+#[test]
+fn a_registry_down_at_start_up_is_waited_for_with_health_up() {
+    let mut s = Pipeline::new();
+    // Point Tributary at a port where nothing listens yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = s.dir.path().join("tributary.toml");
+    std::fs::write(&config, s.config_text(true).replace(&s.registry.url, &format!("http://127.0.0.1:{port}"))).unwrap();
+    let p = Processor::start(&config, &s.dir.path().join("run.log"));
+    let addr = admin_addr(&p);
+    assert_eq!(http_get(&addr, "/healthz").0, 200, "alive while waiting for the registry");
+    assert_eq!(http_get(&addr, "/readyz").0, 503, "not ready while waiting");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.log_text().contains("start-up: schema registry unavailable") {
+        assert!(Instant::now() < deadline, "no retry logged:\n{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The registry comes up: Tributary goes on by itself.
+    s.registry = Registry::start_on_port(port);
+    s.send(0, COLUMNS, &[(1, "c", None, row(1, "eu-1", "1.00", 1), 1)]);
+    s.converge(&p);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(&addr, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready:\n{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(p.stop().success());
+}

@@ -981,6 +981,23 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
     drop(probe);
     tracing::info!(partitions, "source topics are co-partitioned");
 
+    // The admin port comes up before anything that can wait (the schema
+    // registry at start-up): /healthz answers, /readyz says 503 meanwhile.
+    let metrics = Arc::new(Metrics::new());
+    let worker_slot: Arc<std::sync::OnceLock<Arc<Mutex<Worker>>>> = Arc::default();
+    if config.admin.enabled {
+        let slot = worker_slot.clone();
+        // try_lock: a query never waits behind a restore or a slow commit.
+        let query: crate::admin::StateQuery = Arc::new(move |key: &str| match slot.get().map(|w| w.try_lock()) {
+            Some(Ok(mut worker)) => worker.query(key),
+            Some(Err(_)) => (503, serde_json::json!({"error": "busy (restoring or committing); try again"}).to_string()),
+            None => (503, serde_json::json!({"error": "starting; try again"}).to_string()),
+        });
+        crate::admin::serve(&config.admin.listen, metrics.clone(), query)
+            .await
+            .map_err(|e| RunError::Topics(format!("admin.listen {}: {e}", config.admin.listen)))?;
+    }
+
     let avro = if config.uses_avro() {
         // The registry client blocks on its own runtime: not on this one's threads.
         let (c, s) = (config.clone(), shutdown.clone());
@@ -1010,7 +1027,6 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
             .map_err(|e| RunError::kafka(format!("init transactions (transactional.id {transactional_id})"), e))?;
     }
 
-    let metrics = Arc::new(Metrics::new());
     let source_of: HashMap<String, String> = config.sources.iter().map(|s| (s.topic.clone(), s.name.clone())).collect();
     let worker = Arc::new(Mutex::new(Worker {
         metrics: metrics.clone(),
@@ -1039,6 +1055,7 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         last_sweep: Instant::now(),
         record_limit,
     }));
+    let _ = worker_slot.set(worker.clone());
     let mut consumer_defaults = vec![
         ("group.id", group.as_str()),
         ("partition.assignment.strategy", "range"),
@@ -1057,17 +1074,6 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
     let topic_refs: Vec<&str> = source_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs).map_err(|e| RunError::kafka("subscribe", e))?;
     let interval = config.runtime.commit_interval;
-    if config.admin.enabled {
-        let w = worker.clone();
-        // try_lock: a query never waits behind a restore or a slow commit.
-        let query: crate::admin::StateQuery = Arc::new(move |key: &str| match w.try_lock() {
-            Ok(mut worker) => worker.query(key),
-            Err(_) => (503, serde_json::json!({"error": "busy (restoring or committing); try again"}).to_string()),
-        });
-        crate::admin::serve(&config.admin.listen, metrics.clone(), query)
-            .await
-            .map_err(|e| RunError::Topics(format!("admin.listen {}: {e}", config.admin.listen)))?;
-    }
     let down = metrics.clone();
 
     tokio::task::spawn_blocking(move || {

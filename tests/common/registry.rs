@@ -52,6 +52,12 @@ impl Registry {
         Registry::spawn_with(None, &extra)
     }
 
+    /// Starts a stand-in on a given port (a test that starts Tributary
+    /// before its registry).
+    pub fn start_on_port(port: u16) -> Registry {
+        Registry::spawn_with(None, &["--port".to_string(), port.to_string()])
+    }
+
     fn spawn(auth: Option<(String, String)>) -> Registry {
         Registry::spawn_with(auth, &[])
     }
