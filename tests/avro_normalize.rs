@@ -103,7 +103,7 @@ fn encode(schema: &str, id: u32, value: Avro) -> Vec<u8> {
 }
 
 struct Fixture {
-    _standin: StandIn,
+    standin: StandIn,
     registry: Arc<Registry>,
 }
 
@@ -120,7 +120,7 @@ impl Fixture {
             timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(1),
         };
-        Fixture { registry: Registry::new(&settings).unwrap(), _standin: standin }
+        Fixture { registry: Registry::new(&settings).unwrap(), standin }
     }
 
     fn normalizer(&self, policy: Policy, sequence: Option<&str>) -> SourceNormalizer {
@@ -262,4 +262,41 @@ fn a_conflicting_source_schema_is_refused_and_the_rest_goes_on() {
     r.insert("b".into(), json!(5));
     assert!(output.encode(r#"{"id":1}"#, Some(&r)).is_ok());
     assert_ne!(output.refresh().unwrap().0, v1, "a new output schema version with `b`");
+}
+
+#[test]
+fn a_schema_the_registry_would_refuse_is_refused_first_and_the_key_schema_stays() {
+    use tributary::avro::output::{AvroOutput, SchemaCatalog};
+    let f = Fixture::new();
+    // Under FORWARD, int → long is not compatible (an old reader of int
+    // cannot read a long); the type rules alone would promote it.
+    let (status, _) = f.standin.http("PUT", "/config/merged-value", Some(&json!({"compatibility": "FORWARD"})));
+    assert_eq!(status, 200);
+    let env = |ns: &str, n_type: &str| {
+        format!(
+            r#"{{"type":"record","name":"Envelope","namespace":"{ns}","fields":[
+            {{"name":"before","type":["null",{{"type":"record","name":"Value","fields":[{{"name":"id","type":"int"}},{{"name":"n","type":"{n_type}"}}]}}],"default":null}},
+            {{"name":"after","type":["null","Value"],"default":null}},{{"name":"op","type":"string"}}]}}"#
+        )
+    };
+    let catalog = Arc::new(SchemaCatalog::default());
+    // The us key carries a connector annotation, the eu key does not.
+    let annotated = r#"{"type":"record","name":"Key","namespace":"us.t","fields":[{"name":"id","type":{"type":"int","connect.type":"int32"}}]}"#;
+    catalog.observe_key("us", 10, annotated);
+    catalog.observe_value("eu", 1, &env("eu.t", "int"));
+    let output = AvroOutput::new(f.registry.clone(), catalog.clone(), "merged", vec!["eu".into(), "us".into()], None);
+    let row = |n: Value| json!({"id": 1, "n": n}).as_object().unwrap().clone();
+    assert!(output.encode(r#"{"id":1}"#, Some(&row(json!(5)))).is_ok());
+    let (v1, k1) = output.refresh().unwrap();
+
+    catalog.observe_value("us", 2, &env("us.t", "long"));
+    catalog.observe_key("eu", 11, KEY);
+    assert!(output.encode(r#"{"id":1}"#, Some(&row(json!(6)))).is_ok(), "eu rows still go out");
+    assert_eq!(output.refresh().unwrap(), (v1, k1), "no new value schema, the same key schema");
+    let rejected = catalog.rejected();
+    assert_eq!(rejected.iter().map(|r| (r.0.as_str(), r.1)).collect::<Vec<_>>(), [("us", 2)], "{rejected:?}");
+    assert!(rejected[0].2.contains("incompatible with the latest version under merged-value"), "{rejected:?}");
+    // The key schema has no connector annotations.
+    let (_, key) = f.standin.http("GET", "/subjects/merged-key/versions/latest", None);
+    assert_eq!(key["schema"].as_str().unwrap(), r#"{"fields":[{"name":"id","type":"int"}],"name":"Key","namespace":"merged","type":"record"}"#);
 }

@@ -15,8 +15,7 @@
 //! - Where sources disagree on a column's type: identical types (including
 //!   Debezium's `connect.name` semantic type) are kept; `int`+`long` →
 //!   `long`; any of `int`/`long`/`float` with `float`/`double` → `double`;
-//!   decimals → the larger scale and integer digits; `enum`+`string` →
-//!   `string`. Any other disagreement is a schema conflict: the newest
+//!   decimals → the larger scale and integer digits. Any other disagreement is a schema conflict: the newest
 //!   schema causing it is refused and the output schema stays as it was;
 //!   rows that then do not fit go to the dead letters (reason
 //!   `schema_conflict`), the rest goes on.
@@ -37,6 +36,9 @@ use super::registry::{frame, Registry, RegistryError};
 use super::value::{Names, Shape};
 use crate::merge::Row;
 
+/// A catalog entry: (is a key schema, source, schema id).
+type Entry = (bool, String, u32);
+
 /// Every source schema seen so far (and the output schema registered
 /// before), from which the output schema is derived.
 #[derive(Debug, Default)]
@@ -53,6 +55,8 @@ struct CatalogInner {
     keys: BTreeMap<String, BTreeMap<u32, String>>,
     /// The output value schema registered before, if any.
     previous_value: Option<String>,
+    /// The output key schema registered before, if any.
+    previous_key: Option<String>,
     /// Every schema in the order first seen: (is a key schema, source, id).
     order: Vec<(bool, String, u32)>,
     /// Schemas refused for conflicting with the others, with why.
@@ -99,6 +103,16 @@ impl SchemaCatalog {
     /// The schemas refused so far: (source, schema id, why).
     pub fn rejected(&self) -> Vec<(String, u32, String)> {
         self.inner.lock().expect("catalog").rejected.clone()
+    }
+
+    /// The output key schema registered before this process started: kept,
+    /// so key bytes stay the same across restarts.
+    pub fn seed_previous_key(&self, schema: &str) {
+        self.inner.lock().expect("catalog").previous_key = Some(schema.to_string());
+    }
+
+    fn previous_key(&self) -> Option<String> {
+        self.inner.lock().expect("catalog").previous_key.clone()
     }
 
     /// The output value schema registered before this process started.
@@ -347,6 +361,40 @@ fn type_key(t: &Json) -> Json {
     }
 }
 
+/// A type with only what defines it (no docs, defaults or connector
+/// annotations other than `connect.name`): key schemas are built of these,
+/// so two connectors annotating the same key differently agree on it.
+fn plain_type(t: &Json) -> Json {
+    match t {
+        Json::Array(b) => Json::Array(b.iter().map(plain_type).collect()),
+        Json::Object(o) => {
+            let mut out = Map::new();
+            for k in ["type", "name", "logicalType", "precision", "scale", "size", "symbols", "connect.name"] {
+                if let Some(v) = o.get(k) {
+                    out.insert(k.into(), if k == "type" { plain_type(v) } else { v.clone() });
+                }
+            }
+            for k in ["items", "values"] {
+                if let Some(v) = o.get(k) {
+                    out.insert(k.into(), plain_type(v));
+                }
+            }
+            if let Some(Json::Array(fields)) = o.get("fields") {
+                let fields: Vec<Json> =
+                    fields.iter().map(|f| json!({"name": f.get("name"), "type": f.get("type").map(plain_type)})).collect();
+                out.insert("fields".into(), Json::Array(fields));
+            }
+            if out.len() == 1 {
+                if let Some(Json::String(s)) = out.get("type") {
+                    return Json::String(s.clone());
+                }
+            }
+            Json::Object(out)
+        }
+        other => other.clone(),
+    }
+}
+
 fn base_type(t: &Json) -> Option<&str> {
     match t {
         Json::String(s) => Some(s),
@@ -383,11 +431,6 @@ fn merge_types(column: &str, a: &Json, b: &Json) -> Result<Json, String> {
         if matches!((x, y), ("string", "string")) {
             return Ok(Json::String("string".into()));
         }
-    }
-    let is_enum = |t: &Json| t.get("type").and_then(Json::as_str) == Some("enum");
-    let is_string = |t: &Json| base_type(t) == Some("string");
-    if (is_enum(a) && is_string(b)) || (is_string(a) && is_enum(b)) {
-        return Ok(Json::String("string".into()));
     }
     if let (Some((pa, sa)), Some((pb, sb))) = (decimal_params(a), decimal_params(b)) {
         let scale = sa.max(sb);
@@ -540,7 +583,8 @@ pub fn derive_key_schema(
     };
     let mut seen = HashMap::new();
     let mut out = Vec::new();
-    for (name, mut t) in fields {
+    for (name, t) in fields {
+        let mut t = plain_type(&t);
         dedupe_names(&mut t, &mut seen)?;
         out.push(json!({"name": name, "type": t}));
     }
@@ -666,65 +710,99 @@ impl AvroOutput {
     }
 
     fn refresh_locked(&self, current: &mut Option<Current>) -> Result<(), OutputError> {
-        let generation = self.catalog.generation();
-        if current.as_ref().is_some_and(|c| c.generation == generation) {
+        // The common case, cheaply: nothing new seen since the last refresh.
+        if current.as_ref().is_some_and(|c| c.generation == self.catalog.generation()) {
             return Ok(());
         }
-        // A schema that conflicts with the others is refused, newest first,
-        // so one source's incompatible change does not stop the rest: its
-        // events then do not fit and go to the dead letters.
-        let (generation, snapshot, value, key) = loop {
-            let (generation, snapshot) = self.catalog.snapshot();
-            match self.derive(&snapshot) {
-                Ok((value, key)) => break (generation, snapshot, value, key),
-                Err(e) => {
-                    let accepted = current.as_ref().map(|c| c.accepted.as_slice()).unwrap_or_default();
-                    let Some(newest) = snapshot.order.iter().rev().find(|o| !accepted.contains(o)) else {
-                        return Err(OutputError::Conflict(e));
-                    };
-                    tracing::warn!(
-                        source = %newest.1,
-                        schema_id = newest.2,
-                        "{} schema refused for the output: {e}; events that do not fit go to the dead letters",
-                        if newest.0 { "key" } else { "value" }
-                    );
-                    self.catalog.reject(newest, &e);
+        let (generation, snapshot) = self.catalog.snapshot();
+        // Schemas join one at a time in the order they were seen: the ones
+        // already in the output first, then each new one, which is refused
+        // when it conflicts with those before it (the type rules) or makes a
+        // value schema the registry would not take (its compatibility
+        // level). A refused schema's events then do not fit and go to the
+        // dead letters; nothing else stops.
+        let mut accepted: Vec<Entry> = current
+            .as_ref()
+            .map(|c| c.accepted.iter().filter(|e| snapshot.order.contains(e)).cloned().collect())
+            .unwrap_or_default();
+        let (mut value, mut key) = self.derive(&snapshot, &accepted).map_err(OutputError::Conflict)?;
+        let candidates: Vec<Entry> = snapshot.order.iter().filter(|e| !accepted.contains(e)).cloned().collect();
+        for entry in &candidates {
+            let mut trial = accepted.clone();
+            trial.push(entry.clone());
+            let refusal = match self.derive(&snapshot, &trial) {
+                Err(e) => Some(e),
+                Ok((v, k)) if v != value && !self.registry_takes(&v)? => {
+                    let _ = k;
+                    Some(format!(
+                        "the output schema it leads to is incompatible with the latest version under {} (the subject's compatibility level)",
+                        self.value_subject()
+                    ))
                 }
+                Ok((v, k)) => {
+                    (value, key) = (v, k);
+                    accepted = trial;
+                    None
+                }
+            };
+            if let Some(why) = refusal {
+                tracing::warn!(
+                    source = %entry.1,
+                    schema_id = entry.2,
+                    "{} schema refused for the output: {why}; events that do not fit go to the dead letters",
+                    if entry.0 { "key" } else { "value" }
+                );
+                self.catalog.reject(entry, &why);
             }
-        };
-        let accepted = snapshot.order.clone();
+        }
         let value_text = value.to_string();
-        let key_text = key.to_string();
-        let value_enc = match current.take() {
-            Some(c) if c.value.text == value_text && c.key.text == key_text => {
-                *current = Some(Current { generation, accepted, ..c });
-                return Ok(());
-            }
-            Some(c) if c.value.text == value_text => Ok((c.value, Some(c.key))),
-            _ => Err(()),
+        // The key schema is chosen once (the one registered before, else the
+        // first derived) and kept: its id is part of every key's bytes, and
+        // compaction compares bytes.
+        let key_text = match current.as_ref() {
+            Some(c) => c.key.text.clone(),
+            None => self.catalog.previous_key().unwrap_or_else(|| key.to_string()),
         };
-        let (value_enc, old_key) = match value_enc {
-            Ok((v, k)) => (v, k),
-            Err(()) => {
+        let value_enc = match current.as_ref() {
+            Some(c) if c.value.text == value_text => None,
+            _ => {
                 let id = self.registry.register(&self.value_subject(), &value_text)?;
                 tracing::info!(subject = %self.value_subject(), id, "output value schema registered");
-                (Encoder::new(id, value_text).map_err(OutputError::Conflict)?, None)
+                Some(Encoder::new(id, value_text).map_err(OutputError::Conflict)?)
             }
         };
-        let key_enc = match old_key {
-            Some(k) if k.text == key_text => k,
-            _ => {
+        let key_enc = match current.as_ref() {
+            Some(_) => None,
+            None => {
                 let id = self.registry.register(&self.key_subject(), &key_text)?;
                 tracing::info!(subject = %self.key_subject(), id, "output key schema registered");
-                Encoder::new(id, key_text).map_err(OutputError::Conflict)?
+                Some(Encoder::new(id, key_text).map_err(OutputError::Conflict)?)
             }
         };
+        // Only now, every registration done, does the current state change.
+        let old = current.take();
+        let (old_value, old_key) = match old {
+            Some(c) => (Some(c.value), Some(c.key)),
+            None => (None, None),
+        };
+        let value_enc = value_enc.or(old_value).expect("a value encoder, new or kept");
+        let key_enc = key_enc.or(old_key).expect("a key encoder, new or kept");
         let columns = match &value_enc.shape {
             Shape::Record(fields) => fields.iter().map(|f| f.name.clone()).collect(),
             _ => Default::default(),
         };
         *current = Some(Current { generation, accepted, value: value_enc, key: key_enc, columns });
         Ok(())
+    }
+
+    /// Whether the registry would accept `value` under the value subject
+    /// (true when the subject does not exist yet).
+    fn registry_takes(&self, value: &Json) -> Result<bool, OutputError> {
+        match self.registry.compatible(&self.value_subject(), &value.to_string()) {
+            Ok(ok) => Ok(ok),
+            Err(RegistryError::NotFound(_)) => Ok(true),
+            Err(e) => Err(OutputError::Registry(e)),
+        }
     }
 
     /// A row that does not fit while schemas were refused is most likely
@@ -740,16 +818,26 @@ impl AvroOutput {
         }
     }
 
-    /// The value and key schemas a catalog snapshot gives.
-    fn derive(&self, snapshot: &CatalogInner) -> Result<(Json, Json), String> {
-        let in_order = |m: &BTreeMap<String, BTreeMap<u32, String>>| -> Vec<(String, Vec<String>)> {
+    /// The value and key schemas the `entries` of a catalog snapshot give
+    /// (with the previous output schema).
+    fn derive(&self, snapshot: &CatalogInner, entries: &[Entry]) -> Result<(Json, Json), String> {
+        let in_order = |is_key: bool, m: &BTreeMap<String, BTreeMap<u32, String>>| -> Vec<(String, Vec<String>)> {
             self.sources
                 .iter()
-                .filter_map(|s| m.get(s).map(|ids| (s.clone(), ids.values().cloned().collect())))
+                .filter_map(|s| {
+                    let ids = m.get(s)?;
+                    let texts: Vec<String> = ids
+                        .iter()
+                        .filter(|(id, _)| entries.iter().any(|e| e.0 == is_key && &e.1 == s && e.2 == **id))
+                        .map(|(_, t)| t.clone())
+                        .collect();
+                    (!texts.is_empty()).then(|| (s.clone(), texts))
+                })
                 .collect()
         };
-        let value = derive_value_schema(&self.namespace, snapshot.previous_value.as_deref(), &in_order(&snapshot.values))?;
-        let key = derive_key_schema(&self.namespace, self.key_fields.as_deref(), &in_order(&snapshot.keys), &value)?;
+        let value =
+            derive_value_schema(&self.namespace, snapshot.previous_value.as_deref(), &in_order(false, &snapshot.values))?;
+        let key = derive_key_schema(&self.namespace, self.key_fields.as_deref(), &in_order(true, &snapshot.keys), &value)?;
         Ok((value, key))
     }
 

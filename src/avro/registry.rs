@@ -15,7 +15,7 @@ use apache_avro::types::Value;
 use futures::FutureExt;
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::{
-    get_schema_by_subject_and_version, post_schema, SrSettings, SrSettingsBuilder,
+    get_schema_by_subject_and_version, is_compatible_schema, post_schema, SrSettings, SrSettingsBuilder,
 };
 use schema_registry_converter::avro_common::AvroSchema;
 use schema_registry_converter::error::SRCError;
@@ -236,6 +236,14 @@ impl Registry {
                 other => Err(other),
             },
         }
+    }
+
+    /// Whether `schema` is compatible with what `subject` holds, by the
+    /// subject's compatibility level (`NotFound` when there is no subject).
+    pub fn compatible(&self, subject: &str, schema: &str) -> Result<bool, RegistryError> {
+        let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_string());
+        self.block(is_compatible_schema(&self.settings, subject.to_string(), supplied))
+            .map_err(|e| classify(&e, &format!("compatibility under subject {subject}")))
     }
 
     /// Registers `schema` (Avro JSON text) under `subject` and returns its

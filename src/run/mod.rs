@@ -886,6 +886,9 @@ fn avro_startup(config: &Config, shutdown: &AtomicBool) -> Result<(crate::avro::
             if let Some(prev) = registry.latest(&format!("{}-value", config.output.topic))? {
                 ctx.catalog.seed_previous_output(&prev.schema);
             }
+            if let Some(prev) = registry.latest(&format!("{}-key", config.output.topic))? {
+                ctx.catalog.seed_previous_key(&prev.schema);
+            }
             let group = &config.kafka.group_id;
             let audit = registry.register(&format!("{}-value", conflicts_topic(group)), crate::avro::records::AUDIT_SCHEMA_JSON)?;
             let dead_letter = registry.register(&format!("{}-value", dlq_topic(group)), crate::avro::records::DEAD_LETTER_SCHEMA_JSON)?;
