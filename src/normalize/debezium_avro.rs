@@ -69,7 +69,7 @@ impl DebeziumAvro {
     }
 
     /// The writer schema of a framed payload and its shape, plus the body.
-    fn resolve<'b>(&self, bytes: &'b [u8], what: &str, is_key: bool) -> Result<(Arc<AvroSchema>, Arc<Shape>, &'b [u8]), NormalizeErrorKind> {
+    fn resolve<'b>(&self, bytes: &'b [u8], what: &str, is_key: bool) -> Result<Resolved<'b>, NormalizeErrorKind> {
         let id = frame_id(bytes).map_err(|e| registry_error(e, what))?;
         let schema = self.registry.schema(id).map_err(|e| registry_error(e, what))?;
         let shape = self.shape(&schema, is_key)?;
@@ -172,6 +172,9 @@ impl DebeziumAvro {
         })
     }
 }
+
+/// A payload's writer schema, its shape, and the Avro body.
+type Resolved<'b> = (Arc<AvroSchema>, Arc<Shape>, &'b [u8]);
 
 /// What the parser reads out of an envelope.
 #[derive(Debug, Default)]
