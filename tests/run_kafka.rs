@@ -459,6 +459,11 @@ fn an_event_whose_merged_record_is_too_large_is_set_aside_not_looped_on() {
     assert_eq!(header(&dlq[0], "tributary.error.reason"), "too_large");
     let error = header(&dlq[0], "tributary.error");
     assert!(error.contains("record limit") && error.contains("383616-byte"), "{error}");
+    // The value would not fit the dead-letter topic either: left out, said so.
+    assert!(dlq[0]["payload"].is_null(), "the value is left out");
+    let omitted: usize = header(&dlq[0], "tributary.value.omitted.bytes").parse().unwrap();
+    assert!(omitted > 500_000, "{omitted}");
+    assert!(error.contains("is left out; read it at the source offset"), "{error}");
     assert_exactly_once(&output, expected);
 }
 
