@@ -239,6 +239,20 @@ fn default_registry_backoff() -> Duration {
 }
 
 impl SchemaRegistryConfig {
+    /// Settings for `url` with the defaults for everything else.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            basic_auth_user: None,
+            basic_auth_password: None,
+            ca_location: None,
+            certificate_location: None,
+            key_location: None,
+            timeout: default_registry_timeout(),
+            max_backoff: default_registry_backoff(),
+        }
+    }
+
     /// The configured URLs, in order.
     pub fn urls(&self) -> Vec<String> {
         self.url.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).filter(|u| !u.is_empty()).collect()

@@ -110,16 +110,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let standin = StandIn::start();
-        let settings = SchemaRegistryConfig {
-            url: standin.url.clone(),
-            basic_auth_user: None,
-            basic_auth_password: None,
-            ca_location: None,
-            certificate_location: None,
-            key_location: None,
-            timeout: Duration::from_secs(5),
-            max_backoff: Duration::from_secs(1),
-        };
+        let settings = SchemaRegistryConfig { max_backoff: Duration::from_secs(1), ..SchemaRegistryConfig::new(&standin.url) };
         Fixture { registry: Registry::new(&settings).unwrap(), standin }
     }
 

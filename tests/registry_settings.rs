@@ -17,16 +17,7 @@ use tributary::config::SchemaRegistryConfig;
 const SCHEMA: &str = r#"{"type":"record","name":"Value","namespace":"t","fields":[{"name":"id","type":"int"}]}"#;
 
 fn settings(url: &str) -> SchemaRegistryConfig {
-    SchemaRegistryConfig {
-        url: url.to_string(),
-        basic_auth_user: None,
-        basic_auth_password: None,
-        ca_location: None,
-        certificate_location: None,
-        key_location: None,
-        timeout: Duration::from_secs(5),
-        max_backoff: Duration::from_secs(1),
-    }
+    SchemaRegistryConfig { timeout: Duration::from_secs(5), max_backoff: Duration::from_secs(1), ..SchemaRegistryConfig::new(url) }
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
