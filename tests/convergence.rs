@@ -39,13 +39,16 @@ fn config(policy: &str, deletes: &str, carried: bool) -> Config {
     Config::parse(&text, "test", std::iter::empty()).unwrap()
 }
 
-/// Builds each topic-partition's record queue. In carried mode each source
-/// keeps a clock per key and sometimes first observes another source's
-/// latest clock (as replication would), so writes are causally ordered or
-/// concurrent in realistic ways.
-fn queues(hist: &[Vec<Write>], carried: bool) -> Vec<Vec<DumpRecord>> {
+/// Each source database's final row per key (`(source index, key)`).
+type Databases = HashMap<(usize, u8), serde_json::Map<String, Value>>;
+
+/// Builds each topic-partition's record queue, and the sources' final rows.
+/// In carried mode each source keeps a clock per key and sometimes first
+/// observes another source's latest clock (as replication would), so writes
+/// are causally ordered or concurrent in realistic ways.
+fn queues(hist: &[Vec<Write>], carried: bool) -> (Vec<Vec<DumpRecord>>, Databases) {
     let mut q: BTreeMap<(usize, i32), Vec<DumpRecord>> = BTreeMap::new();
-    let mut rows: HashMap<(usize, u8), serde_json::Map<String, Value>> = HashMap::new();
+    let mut rows: Databases = HashMap::new();
     let mut clocks: HashMap<(usize, u8), BTreeMap<String, u64>> = HashMap::new();
     // Interleave sources round-robin to decide what "latest clock" a sync sees.
     let longest = hist.iter().map(Vec::len).max().unwrap_or(0);
@@ -108,7 +111,26 @@ fn queues(hist: &[Vec<Write>], carried: bool) -> Vec<Vec<DumpRecord>> {
             });
         }
     }
-    q.into_values().collect()
+    (q.into_values().collect(), rows)
+}
+
+/// No skeleton rows: a key that resolves to existing is the full row of a
+/// source whose latest write of it survives (a version in the set), with
+/// the winning columns laid over it, so it holds the key and at least every
+/// column of some source database's current row.
+fn assert_full_rows(out: &BTreeMap<String, (Value, Value, Value)>, dbs: &Databases, what: &str) {
+    for (key, (payload, _, _)) in out {
+        if payload.is_null() {
+            continue;
+        }
+        let key: Value = serde_json::from_str(key).unwrap();
+        let row: Value = serde_json::from_str(payload.as_str().unwrap()).unwrap();
+        assert_eq!(row["id"], key["id"], "{what}: key field missing from {row}");
+        let id = u8::try_from(key["id"].as_u64().unwrap()).unwrap();
+        let covers =
+            (0..SOURCES.len()).filter_map(|si| dbs.get(&(si, id))).any(|db| db.keys().all(|c| row.get(c).is_some()));
+        assert!(covers, "{what}: {row} holds no source's full row of {key}");
+    }
 }
 
 fn interleave(queues: &[Vec<DumpRecord>], picks: &[usize]) -> String {
@@ -149,13 +171,15 @@ proptest! {
         a in prop::collection::vec(0usize..6, 1..30),
         b in prop::collection::vec(0usize..6, 1..30),
     ) {
-        let q = queues(&hist, carried);
+        let (q, dbs) = queues(&hist, carried);
         if q.is_empty() { return Ok(()); }
         let (da, db) = (interleave(&q, &a), interleave(&q, &b));
         for policy in ["lww", "source-priority", "field-lww"] {
             for deletes in ["lww", "delete-wins", "update-wins"] {
                 let c = config(policy, deletes, carried);
-                prop_assert_eq!(compacted(&c, &da), compacted(&c, &db), "{} / {}", policy, deletes);
+                let out = compacted(&c, &da);
+                assert_full_rows(&out, &dbs, &format!("{policy} / {deletes}"));
+                prop_assert_eq!(out, compacted(&c, &db), "{} / {}", policy, deletes);
             }
         }
     }

@@ -452,11 +452,12 @@ impl MergeEngine {
         let siblings = state.versions.len();
         let (mut row, winner): (Option<Cow<'a, Row>>, Option<&'a str>) = match self.settings.policy {
             Policy::FieldLww => {
-                let exists = self
+                let base = self
                     .decide(&state.versions, |a, b| self.lww_cmp(a, b))
-                    .is_some_and(|i| state.versions[i].op == Op::Upsert);
-                let row = if exists { Some(Cow::Owned(self.render_fields(state))) } else { None };
-                (row, None)
+                    .map(|i| &state.versions[i])
+                    .filter(|v| v.op == Op::Upsert)
+                    .and_then(|v| v.row.as_ref());
+                (base.map(|base| Cow::Owned(self.render_fields(state, base))), None)
             }
             Policy::Lww | Policy::SourcePriority => match self.decide(&state.versions, |a, b| self.policy_cmp(a, b)) {
                 Some(i) => {
@@ -478,8 +479,16 @@ impl MergeEngine {
         Resolved { row, vv, winner, siblings }
     }
 
-    fn render_fields(&self, state: &KeyState) -> Row {
-        let mut row = Row::new();
+    /// The `field-lww` row: the visible column winners laid over `base`, the
+    /// full after image of the winning existence version.
+    ///
+    /// The base matters after a delete: the delete hides every column write
+    /// it causally followed, so a concurrent update that survives it may have
+    /// written only one column, and without the base the row would be that
+    /// column alone (no key fields, NULL everywhere else in a sink). The
+    /// surviving writer still holds the rest of its row, which is the base.
+    fn render_fields(&self, state: &KeyState, base: &Row) -> Row {
+        let mut row = base.clone();
         let Some(fields) = &state.fields else { return row };
         for (name, writes) in &fields.fields {
             let visible = writes

@@ -272,7 +272,55 @@ fn field_lww_row_stale_event_still_writes_its_fields() {
     assert_eq!(e.apply(&mut s2, a), Applied::Changed, "stale at row level but its field write is new");
     assert_eq!(s2.versions.len(), 1);
     assert_eq!(out(&e, &s1), out(&e, &s2));
-    assert_eq!(out(&e, &s1).unwrap(), json!({"email":"new","n":2}));
+    // The base is b's full after image, so `id` is there although neither
+    // event's column writes carry it (neither changed it).
+    assert_eq!(out(&e, &s1).unwrap(), json!({"id":1,"email":"new","n":2}));
+}
+
+/// Issue 10's skeleton row: one region deletes, another concurrently updates
+/// one column, and the update survives. The delete hides every column write
+/// it followed, so the visible writes are that one column; the row is the
+/// surviving writer's full after image with the visible winners on top.
+#[test]
+fn field_lww_surviving_update_after_a_concurrent_delete_is_a_full_row() {
+    let created = json!({"id":20,"name":"us-93","email":"old@eu","tier":"pro","balance":0});
+    let mut updated = created.clone();
+    updated["email"] = json!("807@us");
+    for (deletes, ts_del) in [(DeletePolicy::UpdateWins, 5), (DeletePolicy::Lww, 2)] {
+        let mut e = engine(Policy::FieldLww, deletes);
+        e.settings.clock_field = Some("_vv".into());
+        let events = [
+            upsert("eu", vv(&[("eu", 1)]), 1, created.clone()),
+            update("us", vv(&[("eu", 1), ("us", 1)]), 3, created.clone(), updated.clone()),
+            delete("eu", vv(&[("eu", 2)]), ts_del),
+        ];
+        for order in [[0, 1, 2], [0, 2, 1], [2, 1, 0], [1, 2, 0]] {
+            let mut s = KeyState::default();
+            for i in order {
+                e.apply(&mut s, events[i].clone());
+            }
+            let mut expect = updated.clone();
+            expect["_vv"] = json!(r#"{"eu":2,"us":1}"#);
+            assert_eq!(out(&e, &s), Some(expect), "{deletes:?} order {order:?}");
+        }
+    }
+}
+
+#[test]
+fn field_lww_visible_column_winners_are_laid_over_the_base() {
+    let e = engine(Policy::FieldLww, DeletePolicy::UpdateWins);
+    let mut s = KeyState::default();
+    let created = json!({"id":1,"a":"a0","b":"b0","c":"c0"});
+    e.apply(&mut s, upsert("eu", vv(&[("eu", 1)]), 1, created.clone()));
+    // us saw the create and changes `a`; ap saw it too and changes `b`
+    // later; eu concurrently deletes the row.
+    let (us, ap) = (json!({"id":1,"a":"a1","b":"b0","c":"c0"}), json!({"id":1,"a":"a0","b":"b2","c":"c0"}));
+    e.apply(&mut s, update("us", vv(&[("eu", 1), ("us", 1)]), 3, created.clone(), us));
+    e.apply(&mut s, update("ap", vv(&[("eu", 1), ("ap", 1)]), 4, created, ap));
+    e.apply(&mut s, delete("eu", vv(&[("eu", 2)]), 2));
+    // The base is ap's image (the later existing version); us's visible
+    // write of `a` is laid over it; `c` comes from the base alone.
+    assert_eq!(out(&e, &s), Some(json!({"id":1,"a":"a1","b":"b2","c":"c0"})));
 }
 
 #[test]
@@ -474,6 +522,19 @@ proptest! {
                     o.remove("__vv"); o.remove("__winner"); o.remove("__siblings");
                     v
                 });
+                // Key fields are always present in an existing row (no
+                // skeleton rows after a delete), and under `field-lww` every
+                // column of the winning existence version's image is there.
+                if let Some(row) = &fresh {
+                    let id = serde_json::from_str::<Value>(k).unwrap()["id"].clone();
+                    prop_assert_eq!(&row["id"], &id, "{:?}/{:?}", e.settings.policy, e.settings.deletes);
+                    if e.settings.policy == Policy::FieldLww {
+                        let i = e.decide(&st.versions, |a, b| e.lww_cmp(a, b)).unwrap();
+                        for column in st.versions[i].row.as_ref().unwrap().keys() {
+                            prop_assert!(row.get(column).is_some(), "{} missing from {}", column, row);
+                        }
+                    }
+                }
                 prop_assert_eq!(fresh, last);
             }
         }
