@@ -54,7 +54,10 @@ pub struct SinkConfig {
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// How often to look for partitions added to the topic.
-    #[serde(default = "default_metadata_interval", with = "crate::config::duration_text")]
+    #[serde(
+        default = "default_metadata_interval",
+        with = "crate::config::duration_text"
+    )]
     pub metadata_interval: Duration,
 }
 
@@ -206,16 +209,23 @@ impl SinkConfig {
     pub fn table_spec(&self) -> Result<TableSpec, SinkError> {
         let bad = |m: String| SinkError::Config(m);
         if !is_identifier(&self.table) {
-            return Err(bad(format!("sink.table: \"{}\" is not a plain SQL identifier", self.table)));
+            return Err(bad(format!(
+                "sink.table: \"{}\" is not a plain SQL identifier",
+                self.table
+            )));
         }
         let mut columns = Vec::new();
         for (i, c) in self.columns.iter().enumerate() {
             let mut parts = c.split_whitespace();
             let (Some(name), Some(ty), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(bad(format!("sink.columns[{i}]: \"{c}\" must be \"name type\"")));
+                return Err(bad(format!(
+                    "sink.columns[{i}]: \"{c}\" must be \"name type\""
+                )));
             };
             if !is_identifier(name) {
-                return Err(bad(format!("sink.columns[{i}]: \"{name}\" is not a plain SQL identifier")));
+                return Err(bad(format!(
+                    "sink.columns[{i}]: \"{name}\" is not a plain SQL identifier"
+                )));
             }
             let ty = match ty.to_ascii_lowercase().as_str() {
                 "text" | "varchar" => ColumnType::Text,
@@ -231,9 +241,14 @@ impl SinkConfig {
                 }
             };
             if columns.iter().any(|c: &Column| c.name == name) {
-                return Err(bad(format!("sink.columns[{i}]: column \"{name}\" listed twice")));
+                return Err(bad(format!(
+                    "sink.columns[{i}]: column \"{name}\" listed twice"
+                )));
             }
-            columns.push(Column { name: name.to_string(), ty });
+            columns.push(Column {
+                name: name.to_string(),
+                ty,
+            });
         }
         let mut key = Vec::new();
         for k in &self.key_columns {
@@ -244,15 +259,26 @@ impl SinkConfig {
             key.push(i);
         }
         if key.is_empty() {
-            return Err(bad("sink.key_columns: at least one key column is required".into()));
+            return Err(bad(
+                "sink.key_columns: at least one key column is required".into()
+            ));
         }
         let vv = match &self.vv_column {
             Some(v) if columns.iter().any(|c| &c.name == v) => {
-                return Err(bad(format!("sink.vv_column: \"{v}\" is also in sink.columns")))
+                return Err(bad(format!(
+                    "sink.vv_column: \"{v}\" is also in sink.columns"
+                )))
             }
-            Some(v) if !is_identifier(v) => return Err(bad(format!("sink.vv_column: \"{v}\" is not a plain SQL identifier"))),
+            Some(v) if !is_identifier(v) => {
+                return Err(bad(format!(
+                    "sink.vv_column: \"{v}\" is not a plain SQL identifier"
+                )))
+            }
             Some(v) => {
-                columns.push(Column { name: v.clone(), ty: ColumnType::Text });
+                columns.push(Column {
+                    name: v.clone(),
+                    ty: ColumnType::Text,
+                });
                 Some(columns.len() - 1)
             }
             None => None,
@@ -260,13 +286,20 @@ impl SinkConfig {
         if self.batch_size == 0 {
             return Err(bad("sink.batch_size: must be at least 1".into()));
         }
-        Ok(TableSpec { table: self.table.clone(), columns, key, vv })
+        Ok(TableSpec {
+            table: self.table.clone(),
+            columns,
+            key,
+            vv,
+        })
     }
 }
 
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -276,7 +309,13 @@ pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, String
         None | Some(Value::Null) => return Ok(SqlValue::Null),
         Some(v) => v,
     };
-    let mismatch = |what: &str| format!("column `{}` ({}): {v} is not {what}", column.name, type_name(column.ty));
+    let mismatch = |what: &str| {
+        format!(
+            "column `{}` ({}): {v} is not {what}",
+            column.name,
+            type_name(column.ty)
+        )
+    };
     Ok(match column.ty {
         ColumnType::Text => {
             let text = match v {
@@ -291,7 +330,10 @@ pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, String
         ColumnType::BigInt | ColumnType::Integer => {
             let n = match v {
                 Value::Number(n) => n.as_i64().ok_or_else(|| mismatch("an integer"))?,
-                Value::String(s) => s.trim().parse::<i64>().map_err(|_| mismatch("an integer"))?,
+                Value::String(s) => s
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| mismatch("an integer"))?,
                 _ => return Err(mismatch("an integer")),
             };
             if column.ty == ColumnType::Integer && i32::try_from(n).is_err() {
@@ -301,7 +343,9 @@ pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, String
         }
         ColumnType::Double => match v {
             Value::Number(n) => SqlValue::Float(n.as_f64().ok_or_else(|| mismatch("a number"))?),
-            Value::String(s) => SqlValue::Float(s.trim().parse::<f64>().map_err(|_| mismatch("a number"))?),
+            Value::String(s) => {
+                SqlValue::Float(s.trim().parse::<f64>().map_err(|_| mismatch("a number"))?)
+            }
             _ => return Err(mismatch("a number")),
         },
         ColumnType::Boolean => match v {
@@ -343,7 +387,10 @@ pub fn build_batch(spec: &TableSpec, records: &[RawRecord]) -> Batch {
         match convert(spec, r) {
             Ok(change) => {
                 let key = match &change {
-                    Change::Upsert(values) => format!("{:?}", spec.key.iter().map(|&i| &values[i]).collect::<Vec<_>>()),
+                    Change::Upsert(values) => format!(
+                        "{:?}",
+                        spec.key.iter().map(|&i| &values[i]).collect::<Vec<_>>()
+                    ),
                     Change::Delete(key) => format!("{:?}", key.iter().collect::<Vec<_>>()),
                 };
                 match by_key.get(&key) {
@@ -364,7 +411,10 @@ pub fn build_batch(spec: &TableSpec, records: &[RawRecord]) -> Batch {
             }),
         }
     }
-    batch.offsets = next.into_iter().map(|((t, p), o)| (t.to_string(), p, o)).collect();
+    batch.offsets = next
+        .into_iter()
+        .map(|((t, p), o)| (t.to_string(), p, o))
+        .collect();
     batch.offsets.sort();
     batch
 }
@@ -402,7 +452,10 @@ fn convert(spec: &TableSpec, r: &RawRecord) -> Result<Change, String> {
         .map(|&i| {
             let c = &spec.columns[i];
             match key.get(&c.name) {
-                Some(Value::Null) | None => Err(format!("key column `{}` is missing or null in the key {key_text}", c.name)),
+                Some(Value::Null) | None => Err(format!(
+                    "key column `{}` is missing or null in the key {key_text}",
+                    c.name
+                )),
                 Some(v) => to_sql(c, Some(v)),
             }
         })
@@ -446,10 +499,19 @@ pub struct SinkStats {
 
 /// Runs the sink until `shutdown` is set.
 pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkError> {
-    let sink = config.sink.as_ref().ok_or_else(|| SinkError::Config("the configuration has no [sink] section".into()))?;
+    let sink = config
+        .sink
+        .as_ref()
+        .ok_or_else(|| SinkError::Config("the configuration has no [sink] section".into()))?;
     let spec = sink.table_spec()?;
-    let topic = sink.topic.clone().unwrap_or_else(|| config.output.topic.clone());
-    let group = sink.group_id.clone().unwrap_or_else(|| format!("{}-sink", config.kafka.group_id));
+    let topic = sink
+        .topic
+        .clone()
+        .unwrap_or_else(|| config.output.topic.clone());
+    let group = sink
+        .group_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-sink", config.kafka.group_id));
     let mut target = open_target(sink)?;
     target.prepare(&spec)?;
     let mut client = ClientConfig::new();
@@ -462,7 +524,9 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
     for (k, v) in &config.kafka.properties {
         client.set(k, v);
     }
-    let consumer: BaseConsumer = client.create().map_err(|e| SinkError::Kafka(e.to_string()))?;
+    let consumer: BaseConsumer = client
+        .create()
+        .map_err(|e| SinkError::Kafka(e.to_string()))?;
     let mut partitions = partition_count(&consumer, &topic)?;
     let resumed = assign_from_database(&consumer, &mut *target, &group, &topic, partitions)?;
     tracing::info!(topic = %topic, group = %group, table = %spec.table, partitions, resumed, "sink started");
@@ -470,7 +534,9 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
     // the same JSON the JSON output carries.
     let mut avro = match (config.output.format, &config.schema_registry) {
         (crate::config::OutputFormat::Avro, Some(r)) => Some((
-            crate::avro::registry::JsonReader::new(crate::avro::registry::Registry::new(r).map_err(SinkError::Config)?),
+            crate::avro::registry::JsonReader::new(
+                crate::avro::registry::Registry::new(r).map_err(SinkError::Config)?,
+            ),
             r.max_backoff,
         )),
         _ => None,
@@ -497,7 +563,10 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
                     first = Instant::now();
                 }
                 let vv = m.headers().and_then(|h| {
-                    h.iter().find(|x| x.key == crate::output::HEADER_VV).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).into_owned())
+                    h.iter()
+                        .find(|x| x.key == crate::output::HEADER_VV)
+                        .and_then(|x| x.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
                 });
                 let mut record = RawRecord {
                     topic: m.topic().to_string(),
@@ -515,7 +584,11 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
                     }
                     Some((reader, max_backoff)) => {
                         let mut unavailable = false;
-                        let mut read = |bytes: &[u8], what: &str| match reader.read_patiently(bytes, *max_backoff, shutdown) {
+                        let mut read = |bytes: &[u8], what: &str| match reader.read_patiently(
+                            bytes,
+                            *max_backoff,
+                            shutdown,
+                        ) {
                             Ok(json) => Some(json.to_string()),
                             // Only when stopping: the record is not the
                             // problem, so it is neither applied nor passed.
@@ -542,12 +615,19 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
             Some(Err(e)) => tracing::warn!("sink consumer: {e}"),
             None => {}
         }
-        if !pending.is_empty() && (pending.len() >= sink.batch_size || first.elapsed() >= Duration::from_millis(100)) {
+        if !pending.is_empty()
+            && (pending.len() >= sink.batch_size || first.elapsed() >= Duration::from_millis(100))
+        {
             flush(&mut *target, &spec, &group, &mut pending, &mut stats)?;
         }
     }
     flush(&mut *target, &spec, &group, &mut pending, &mut stats)?;
-    tracing::info!(records = stats.records, batches = stats.batches, dead = stats.dead, "sink stopped");
+    tracing::info!(
+        records = stats.records,
+        batches = stats.batches,
+        dead = stats.dead,
+        "sink stopped"
+    );
     Ok(stats)
 }
 
@@ -576,14 +656,25 @@ fn assign_from_database(
     let stored = target.offsets(group, topic)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        let offset = stored.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
-        tpl.add_partition_offset(topic, p, offset).map_err(|e| SinkError::Kafka(e.to_string()))?;
+        let offset = stored
+            .get(&p)
+            .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+        tpl.add_partition_offset(topic, p, offset)
+            .map_err(|e| SinkError::Kafka(e.to_string()))?;
     }
-    consumer.assign(&tpl).map_err(|e| SinkError::Kafka(e.to_string()))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| SinkError::Kafka(e.to_string()))?;
     Ok(stored.len())
 }
 
-fn flush(target: &mut dyn Target, spec: &TableSpec, group: &str, pending: &mut Vec<RawRecord>, stats: &mut SinkStats) -> Result<(), SinkError> {
+fn flush(
+    target: &mut dyn Target,
+    spec: &TableSpec,
+    group: &str,
+    pending: &mut Vec<RawRecord>,
+    stats: &mut SinkStats,
+) -> Result<(), SinkError> {
     if pending.is_empty() {
         return Ok(());
     }
@@ -601,14 +692,19 @@ fn flush(target: &mut dyn Target, spec: &TableSpec, group: &str, pending: &mut V
 
 /// SQL text of a value list: `$1, $2…` (PostgreSQL) or `?1, ?2…` (SQLite).
 fn placeholders(prefix: char, start: usize, n: usize) -> String {
-    (start..start + n).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>().join(", ")
+    (start..start + n)
+        .map(|i| format!("{prefix}{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `INSERT … ON CONFLICT (key) DO UPDATE …` for `rows` rows; both targets speak it.
 fn upsert_sql(spec: &TableSpec, rows: usize, prefix: char) -> String {
     let cols: Vec<String> = spec.columns.iter().map(|c| quote(&c.name)).collect();
     let n = cols.len();
-    let values: Vec<String> = (0..rows).map(|r| format!("({})", placeholders(prefix, r * n + 1, n))).collect();
+    let values: Vec<String> = (0..rows)
+        .map(|r| format!("({})", placeholders(prefix, r * n + 1, n)))
+        .collect();
     let keys: Vec<&str> = spec.key.iter().map(|&i| cols[i].as_str()).collect();
     let updates: Vec<String> = cols
         .iter()
@@ -616,7 +712,11 @@ fn upsert_sql(spec: &TableSpec, rows: usize, prefix: char) -> String {
         .filter(|(i, _)| !spec.key.contains(i))
         .map(|(_, c)| format!("{c} = excluded.{c}"))
         .collect();
-    let action = if updates.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", updates.join(", ")) };
+    let action = if updates.is_empty() {
+        "NOTHING".to_string()
+    } else {
+        format!("UPDATE SET {}", updates.join(", "))
+    };
     format!(
         "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO {action}",
         quote(&spec.table),
@@ -627,9 +727,17 @@ fn upsert_sql(spec: &TableSpec, rows: usize, prefix: char) -> String {
 }
 
 fn delete_sql(spec: &TableSpec, prefix: char) -> String {
-    let cond: Vec<String> =
-        spec.key.iter().enumerate().map(|(i, &c)| format!("{} = {prefix}{}", quote(&spec.columns[c].name), i + 1)).collect();
-    format!("DELETE FROM {} WHERE {}", quote(&spec.table), cond.join(" AND "))
+    let cond: Vec<String> = spec
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| format!("{} = {prefix}{}", quote(&spec.columns[c].name), i + 1))
+        .collect();
+    format!(
+        "DELETE FROM {} WHERE {}",
+        quote(&spec.table),
+        cond.join(" AND ")
+    )
 }
 
 fn create_sql(spec: &TableSpec, pg: bool) -> String {
@@ -650,8 +758,17 @@ fn create_sql(spec: &TableSpec, pg: bool) -> String {
             format!("{} {ty}", quote(&c.name))
         })
         .collect();
-    let keys: Vec<String> = spec.key.iter().map(|&i| quote(&spec.columns[i].name)).collect();
-    format!("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))", quote(&spec.table), cols.join(", "), keys.join(", "))
+    let keys: Vec<String> = spec
+        .key
+        .iter()
+        .map(|&i| quote(&spec.columns[i].name))
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
+        quote(&spec.table),
+        cols.join(", "),
+        keys.join(", ")
+    )
 }
 
 /// A quoted identifier (names are validated as plain identifiers; quoting

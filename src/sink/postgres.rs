@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 
-use super::{create_sql, delete_sql, upsert_sql, Batch, Change, ColumnType, SinkError, SqlValue, TableSpec, Target, DEAD_DDL, OFFSETS_DDL};
+use super::{
+    create_sql, delete_sql, upsert_sql, Batch, Change, ColumnType, SinkError, SqlValue, TableSpec,
+    Target, DEAD_DDL, OFFSETS_DDL,
+};
 
 /// A PostgreSQL database.
 pub struct Postgres {
@@ -17,12 +20,20 @@ impl Postgres {
     /// Connects (TLS is not built in: use a local socket, a sidecar or a tunnel).
     pub fn open(url: &str) -> Result<Postgres, SinkError> {
         let shown = redact(url);
-        let client = Client::connect(url, NoTls).map_err(|e| SinkError::Db { target: "postgres", url: shown.clone(), message: e.to_string() })?;
+        let client = Client::connect(url, NoTls).map_err(|e| SinkError::Db {
+            target: "postgres",
+            url: shown.clone(),
+            message: e.to_string(),
+        })?;
         Ok(Postgres { client, url: shown })
     }
 
     fn err(&self, e: postgres::Error) -> SinkError {
-        SinkError::Db { target: "postgres", url: self.url.clone(), message: e.to_string() }
+        SinkError::Db {
+            target: "postgres",
+            url: self.url.clone(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -72,40 +83,67 @@ impl Target for Postgres {
         // batches with ours. The lock lasts as long as this session.
         let locked: bool = self
             .client
-            .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&format!("tributary-sink/{group}/{topic}")])
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&format!("tributary-sink/{group}/{topic}")],
+            )
             .map_err(|e| self.err(e))?
             .get(0);
         if !locked {
             return Err(SinkError::Db {
                 target: "postgres",
                 url: self.url.clone(),
-                message: format!("another sink of group {group} is already writing topic {topic} here"),
+                message: format!(
+                    "another sink of group {group} is already writing topic {topic} here"
+                ),
             });
         }
         let rows = self
             .client
             .query("SELECT partition_id, next_offset FROM tributary_sink_offsets WHERE consumer_group = $1 AND topic = $2", &[&group, &topic])
             .map_err(|e| self.err(e))?;
-        Ok(rows.iter().map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+            .collect())
     }
 
     fn apply(&mut self, spec: &TableSpec, group: &str, batch: &Batch) -> Result<(), SinkError> {
         let url = self.url.clone();
-        let e = |e: postgres::Error| SinkError::Db { target: "postgres", url: url.clone(), message: e.to_string() };
+        let e = |e: postgres::Error| SinkError::Db {
+            target: "postgres",
+            url: url.clone(),
+            message: e.to_string(),
+        };
         let mut tx = self.client.transaction().map_err(e)?;
-        let upserts: Vec<&Vec<SqlValue>> =
-            batch.changes.iter().filter_map(|c| if let Change::Upsert(v) = c { Some(v) } else { None }).collect();
+        let upserts: Vec<&Vec<SqlValue>> = batch
+            .changes
+            .iter()
+            .filter_map(|c| {
+                if let Change::Upsert(v) = c {
+                    Some(v)
+                } else {
+                    None
+                }
+            })
+            .collect();
         for chunk in upserts.chunks(CHUNK) {
-            let params: Vec<Box<dyn ToSql + Sync>> =
-                chunk.iter().flat_map(|row| row.iter().zip(&spec.columns).map(|(v, c)| param(c.ty, v))).collect();
+            let params: Vec<Box<dyn ToSql + Sync>> = chunk
+                .iter()
+                .flat_map(|row| row.iter().zip(&spec.columns).map(|(v, c)| param(c.ty, v)))
+                .collect();
             let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
-            tx.execute(&upsert_sql(spec, chunk.len(), '$'), &refs).map_err(e)?;
+            tx.execute(&upsert_sql(spec, chunk.len(), '$'), &refs)
+                .map_err(e)?;
         }
         let del = tx.prepare(&delete_sql(spec, '$')).map_err(e)?;
         for c in &batch.changes {
             if let Change::Delete(key) = c {
-                let params: Vec<Box<dyn ToSql + Sync>> =
-                    key.iter().zip(&spec.key).map(|(v, &i)| param(spec.columns[i].ty, v)).collect();
+                let params: Vec<Box<dyn ToSql + Sync>> = key
+                    .iter()
+                    .zip(&spec.key)
+                    .map(|(v, &i)| param(spec.columns[i].ty, v))
+                    .collect();
                 let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
                 tx.execute(&del, &refs).map_err(e)?;
             }
@@ -132,7 +170,10 @@ impl Target for Postgres {
 mod tests {
     #[test]
     fn passwords_are_not_shown() {
-        assert_eq!(super::redact("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(
+            super::redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
         assert_eq!(super::redact("postgres://app@db/x"), "postgres://app@db/x");
     }
 }

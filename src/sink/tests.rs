@@ -26,10 +26,18 @@ fn column_lists_are_validated_with_the_key_named() {
     let e = sink("").clone();
     let mut bad = e.clone();
     bad.columns.push("x decimal".into());
-    assert!(bad.table_spec().unwrap_err().to_string().contains("sink.columns[5]: unknown type \"decimal\""));
+    assert!(bad
+        .table_spec()
+        .unwrap_err()
+        .to_string()
+        .contains("sink.columns[5]: unknown type \"decimal\""));
     let mut bad = e.clone();
     bad.key_columns = vec!["nope".into()];
-    assert!(bad.table_spec().unwrap_err().to_string().contains("sink.key_columns: \"nope\""));
+    assert!(bad
+        .table_spec()
+        .unwrap_err()
+        .to_string()
+        .contains("sink.key_columns: \"nope\""));
     let mut bad = e;
     bad.table = "drop table x;".into();
     assert!(bad.table_spec().is_err());
@@ -40,7 +48,11 @@ fn the_last_change_per_key_wins_and_offsets_advance() {
     let spec = sink("vv_column = \"_vv\"").table_spec().unwrap();
     let records = vec![
         rec(0, 1, Some(json!({"id":1,"name":"a"}))),
-        rec(1, 2, Some(json!({"id":2,"name":"b","age":"41","vip":true,"tags":["x"]}))),
+        rec(
+            1,
+            2,
+            Some(json!({"id":2,"name":"b","age":"41","vip":true,"tags":["x"]})),
+        ),
         rec(2, 1, None),
     ];
     let b = build_batch(&spec, &records);
@@ -63,12 +75,28 @@ fn the_last_change_per_key_wins_and_offsets_advance() {
 #[test]
 fn type_mismatches_become_dead_rows_naming_the_column() {
     let spec = sink("").table_spec().unwrap();
-    let b = build_batch(&spec, &[rec(0, 1, Some(json!({"id":1,"age":"old"}))), rec(1, 2, Some(json!({"id":2,"age":3_000_000_000i64})))]);
+    let b = build_batch(
+        &spec,
+        &[
+            rec(0, 1, Some(json!({"id":1,"age":"old"}))),
+            rec(1, 2, Some(json!({"id":2,"age":3_000_000_000i64}))),
+        ],
+    );
     assert!(b.changes.is_empty());
     assert_eq!(b.dead.len(), 2);
-    assert!(b.dead[0].error.contains("column `age` (integer): \"old\" is not an integer"), "{}", b.dead[0].error);
+    assert!(
+        b.dead[0]
+            .error
+            .contains("column `age` (integer): \"old\" is not an integer"),
+        "{}",
+        b.dead[0].error
+    );
     assert!(b.dead[1].error.contains("32-bit"), "{}", b.dead[1].error);
-    assert_eq!(b.offsets, vec![("out".to_string(), 0, 2)], "dead rows still advance the offsets");
+    assert_eq!(
+        b.offsets,
+        vec![("out".to_string(), 0, 2)],
+        "dead rows still advance the offsets"
+    );
 }
 
 #[test]
@@ -81,9 +109,21 @@ fn sqlite_applies_batches_atomically_with_offsets() {
     let mut t = open_target(&cfg).unwrap();
     t.prepare(&spec).unwrap();
     t.prepare(&spec).unwrap();
-    let b = build_batch(&spec, &[rec(0, 1, Some(json!({"id":1,"name":"a"}))), rec(1, 2, Some(json!({"id":2,"name":"b"})))]);
+    let b = build_batch(
+        &spec,
+        &[
+            rec(0, 1, Some(json!({"id":1,"name":"a"}))),
+            rec(1, 2, Some(json!({"id":2,"name":"b"}))),
+        ],
+    );
     t.apply(&spec, "g", &b).unwrap();
-    let b = build_batch(&spec, &[rec(2, 1, None), rec(3, 2, Some(json!({"id":2,"name":"c","age":"x"})))]);
+    let b = build_batch(
+        &spec,
+        &[
+            rec(2, 1, None),
+            rec(3, 2, Some(json!({"id":2,"name":"c","age":"x"}))),
+        ],
+    );
     t.apply(&spec, "g", &b).unwrap();
     assert_eq!(t.offsets("g", "out").unwrap(), HashMap::from([(0, 4)]));
     let conn = rusqlite::Connection::open(&path).unwrap();
@@ -94,8 +134,18 @@ fn sqlite_applies_batches_atomically_with_offsets() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(rows, vec![(2, "b".to_string())], "id 1 deleted; id 2's bad update dead-lettered");
-    let dead: i64 = conn.query_row("SELECT count(*) FROM tributary_sink_dead_letters", [], |r| r.get(0)).unwrap();
+    assert_eq!(
+        rows,
+        vec![(2, "b".to_string())],
+        "id 1 deleted; id 2's bad update dead-lettered"
+    );
+    let dead: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM tributary_sink_dead_letters",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(dead, 1);
 }
 
@@ -109,11 +159,23 @@ fn keys_are_deduplicated_by_value_and_bad_keys_or_nul_text_are_dead_rows() {
     null_key.key = Some(r#"{"id":null}"#.into());
     let nul = rec(3, 5, Some(json!({"id":5,"name":"a\u{0}b"})));
     let batch = build_batch(&spec, &[a, b, null_key, nul]);
-    assert_eq!(batch.changes.len(), 1, "{{\"id\":\"1\"}} and {{\"id\":1}} are one row");
+    assert_eq!(
+        batch.changes.len(),
+        1,
+        "{{\"id\":\"1\"}} and {{\"id\":1}} are one row"
+    );
     assert!(matches!(&batch.changes[0], Change::Upsert(v) if v[1] == SqlValue::Text("b".into())));
     assert_eq!(batch.dead.len(), 2);
-    assert!(batch.dead[0].error.contains("missing or null"), "{}", batch.dead[0].error);
-    assert!(batch.dead[1].error.contains("NUL"), "{}", batch.dead[1].error);
+    assert!(
+        batch.dead[0].error.contains("missing or null"),
+        "{}",
+        batch.dead[0].error
+    );
+    assert!(
+        batch.dead[1].error.contains("NUL"),
+        "{}",
+        batch.dead[1].error
+    );
 }
 
 #[test]
