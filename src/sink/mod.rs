@@ -9,8 +9,13 @@
 //! the stream goes on.
 //!
 //! Targets sit behind [`Target`]: SQLite (embedded default) and PostgreSQL.
+//!
+//! A sink that was stopped longer than the topic keeps tombstones would never
+//! see the ones the cleaner removed meanwhile; [`resync`] detects that at
+//! start-up and re-reads the topic from the beginning.
 
 mod postgres;
+mod resync;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -162,6 +167,30 @@ pub struct DeadRow {
     pub error: String,
 }
 
+/// A partition's position as the database stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredOffset {
+    /// The next offset to read.
+    pub next: i64,
+    /// The timestamp (ms) of the last record applied, which bounds from
+    /// below when every later record was written; `None` in databases from
+    /// before it was stored.
+    pub record_ts: Option<i64>,
+}
+
+/// A partition's new position, stored with the batch.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OffsetUpdate {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The next offset to read.
+    pub next: i64,
+    /// The timestamp (ms) of the batch's last record of this partition.
+    pub record_ts: Option<i64>,
+}
+
 /// One database transaction's worth of work.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -169,8 +198,13 @@ pub struct Batch {
     pub changes: Vec<Change>,
     /// Dead letters.
     pub dead: Vec<DeadRow>,
-    /// (topic, partition, next offset) to store.
-    pub offsets: Vec<(String, i32, i64)>,
+    /// Positions to store.
+    pub offsets: Vec<OffsetUpdate>,
+    /// During a resync: keys (in key order) the topic holds a live record
+    /// for, as of this batch.
+    pub live: Vec<Vec<SqlValue>>,
+    /// During a resync: keys whose last record so far is a tombstone.
+    pub gone: Vec<Vec<SqlValue>>,
 }
 
 /// Sink failures. Conversion problems are not errors: they become dead rows.
@@ -196,12 +230,36 @@ pub enum SinkError {
 
 /// A database the sink writes to.
 pub trait Target {
-    /// Creates the table, the offsets table and the dead-letter table when missing.
+    /// Creates the table, the offsets, dead-letter and resync tables when
+    /// missing, and migrates older offsets tables in place.
     fn prepare(&mut self, spec: &TableSpec) -> Result<(), SinkError>;
-    /// The stored next offsets of `group` for `topic`, per partition.
-    fn offsets(&mut self, group: &str, topic: &str) -> Result<HashMap<i32, i64>, SinkError>;
-    /// Applies a batch in one transaction (rows, dead letters, offsets).
+    /// The stored positions of `group` for `topic`, per partition.
+    fn offsets(
+        &mut self,
+        group: &str,
+        topic: &str,
+    ) -> Result<HashMap<i32, StoredOffset>, SinkError>;
+    /// Applies a batch in one transaction (rows, dead letters, offsets, and
+    /// during a resync the live-key marks).
     fn apply(&mut self, spec: &TableSpec, group: &str, batch: &Batch) -> Result<(), SinkError>;
+    /// When a resync of `group`/`topic` started (ms since the epoch) and has
+    /// not finished: a crash or stop in the middle leaves this set.
+    fn resync_started(&mut self, group: &str, topic: &str) -> Result<Option<i64>, SinkError>;
+    /// Starts a resync in one transaction: records it as in progress, forgets
+    /// the offsets of the `reset` partitions (their stored offsets belong to
+    /// a topic that no longer exists) and starts an empty live-key set.
+    fn begin_resync(
+        &mut self,
+        spec: &TableSpec,
+        group: &str,
+        topic: &str,
+        reset: &[i32],
+    ) -> Result<(), SinkError>;
+    /// Deletes up to `limit` rows whose key is not in the live-key set, in
+    /// one transaction; returns how many it deleted.
+    fn sweep(&mut self, spec: &TableSpec, limit: usize) -> Result<usize, SinkError>;
+    /// Marks the resync finished and drops the live-key set.
+    fn finish_resync(&mut self, group: &str, topic: &str) -> Result<(), SinkError>;
 }
 
 impl SinkConfig {
@@ -377,13 +435,49 @@ fn type_name(t: ColumnType) -> &'static str {
 /// Builds the batch for a run of records (already in offset order per
 /// partition): the last change per key wins, as on the compacted topic.
 pub fn build_batch(spec: &TableSpec, records: &[RawRecord]) -> Batch {
+    batch_of(spec, records, None)
+}
+
+/// [`build_batch`] during a resync: every record marks its key live or gone
+/// (a tombstone), and only records at or past `applied[partition]` (what the
+/// table already reflects) change rows and offsets. Re-applying the older
+/// ones would move rows back to older versions for a while.
+pub fn build_resync_batch(
+    spec: &TableSpec,
+    records: &[RawRecord],
+    applied: &HashMap<i32, i64>,
+) -> Batch {
+    batch_of(spec, records, Some(applied))
+}
+
+fn batch_of(spec: &TableSpec, records: &[RawRecord], resync: Option<&HashMap<i32, i64>>) -> Batch {
     let mut batch = Batch::default();
     // By the converted key values, not the key text: `{"id":1}` and
     // `{"id":"1"}` are one row, and one statement must not touch it twice.
     let mut by_key: HashMap<String, usize> = HashMap::new();
-    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    let mut marks: Vec<(Vec<SqlValue>, bool)> = Vec::new();
+    let mut mark_of: HashMap<String, usize> = HashMap::new();
+    let mut next: HashMap<(&str, i32), (i64, Option<i64>)> = HashMap::new();
     for r in records {
-        next.insert((&r.topic, r.partition), r.offset + 1);
+        if let Some(applied) = resync {
+            if let Ok(key) = key_values(spec, r) {
+                // Only a real tombstone proves the key gone; a record that
+                // could not be decoded keeps it.
+                let live = r.value.is_some() || r.error.is_some();
+                let id = format!("{:?}", key.iter().collect::<Vec<_>>());
+                match mark_of.get(&id) {
+                    Some(&i) => marks[i] = (key, live),
+                    None => {
+                        mark_of.insert(id, marks.len());
+                        marks.push((key, live));
+                    }
+                }
+            }
+            if r.offset < applied.get(&r.partition).copied().unwrap_or(0) {
+                continue;
+            }
+        }
+        next.insert((&r.topic, r.partition), (r.offset + 1, r.timestamp));
         match convert(spec, r) {
             Ok(change) => {
                 let key = match &change {
@@ -413,9 +507,21 @@ pub fn build_batch(spec: &TableSpec, records: &[RawRecord]) -> Batch {
     }
     batch.offsets = next
         .into_iter()
-        .map(|((t, p), o)| (t.to_string(), p, o))
+        .map(|((t, p), (next, record_ts))| OffsetUpdate {
+            topic: t.to_string(),
+            partition: p,
+            next,
+            record_ts,
+        })
         .collect();
     batch.offsets.sort();
+    for (key, live) in marks {
+        if live {
+            batch.live.push(key);
+        } else {
+            batch.gone.push(key);
+        }
+    }
     batch
 }
 
@@ -434,20 +540,19 @@ pub struct RawRecord {
     pub value: Option<String>,
     /// The `tributary.vv` header.
     pub vv: Option<String>,
+    /// The record's timestamp (ms).
+    pub timestamp: Option<i64>,
     /// Why the record could not be read (an undecodable Avro payload): it
     /// becomes a dead row.
     pub error: Option<String>,
 }
 
-fn convert(spec: &TableSpec, r: &RawRecord) -> Result<Change, String> {
-    if let Some(e) = &r.error {
-        return Err(e.clone());
-    }
+/// The record's key as column values, in key order.
+fn key_values(spec: &TableSpec, r: &RawRecord) -> Result<Vec<SqlValue>, String> {
     let key_text = r.key.as_deref().ok_or("the record has no key")?;
     let key: serde_json::Map<String, Value> =
         serde_json::from_str(key_text).map_err(|e| format!("the key is not a JSON object: {e}"))?;
-    let key_values = spec
-        .key
+    spec.key
         .iter()
         .map(|&i| {
             let c = &spec.columns[i];
@@ -459,7 +564,14 @@ fn convert(spec: &TableSpec, r: &RawRecord) -> Result<Change, String> {
                 Some(v) => to_sql(c, Some(v)),
             }
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+fn convert(spec: &TableSpec, r: &RawRecord) -> Result<Change, String> {
+    if let Some(e) = &r.error {
+        return Err(e.clone());
+    }
+    let key_values = key_values(spec, r)?;
     let Some(value) = r.value.as_deref() else {
         return Ok(Change::Delete(key_values));
     };
@@ -497,8 +609,28 @@ pub struct SinkStats {
     pub dead: u64,
 }
 
+/// How `tributary sink` runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SinkOptions {
+    /// Resynchronise the table with the topic before going on (`--resync`).
+    pub resync: bool,
+}
+
 /// Runs the sink until `shutdown` is set.
 pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkError> {
+    run_with(config, shutdown, SinkOptions::default())
+}
+
+/// Avro output: keys and values are decoded through the registry into the
+/// same JSON the JSON output carries.
+type AvroReader = Option<(crate::avro::registry::JsonReader, Duration)>;
+
+/// [`run`] with options.
+pub fn run_with(
+    config: &Config,
+    shutdown: &AtomicBool,
+    options: SinkOptions,
+) -> Result<SinkStats, SinkError> {
     let sink = config
         .sink
         .as_ref()
@@ -528,11 +660,7 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
         .create()
         .map_err(|e| SinkError::Kafka(e.to_string()))?;
     let mut partitions = partition_count(&consumer, &topic)?;
-    let resumed = assign_from_database(&consumer, &mut *target, &group, &topic, partitions)?;
-    tracing::info!(topic = %topic, group = %group, table = %spec.table, partitions, resumed, "sink started");
-    // Avro output: keys and values are decoded through the registry into
-    // the same JSON the JSON output carries.
-    let mut avro = match (config.output.format, &config.schema_registry) {
+    let mut avro: AvroReader = match (config.output.format, &config.schema_registry) {
         (crate::config::OutputFormat::Avro, Some(r)) => Some((
             crate::avro::registry::JsonReader::new(
                 crate::avro::registry::Registry::new(r).map_err(SinkError::Config)?,
@@ -542,6 +670,35 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
         _ => None,
     };
     let mut stats = SinkStats::default();
+    let source = resync::Source {
+        client: &client,
+        kafka: &config.kafka,
+        topic: &topic,
+        group: &group,
+        partitions,
+    };
+    if let Some(plan) = resync::check(&consumer, &mut *target, &source, options.resync)? {
+        let done = resync::resync(
+            &source,
+            &mut *target,
+            &spec,
+            plan,
+            &mut avro,
+            shutdown,
+            sink.batch_size,
+            &mut stats,
+        )?;
+        if !done {
+            tracing::info!(
+                records = stats.records,
+                batches = stats.batches,
+                "sink stopped during the resync; it starts over on the next start"
+            );
+            return Ok(stats);
+        }
+    }
+    let resumed = assign_from_database(&consumer, &mut *target, &group, &topic, partitions)?;
+    tracing::info!(topic = %topic, group = %group, table = %spec.table, partitions, resumed, "sink started");
     let mut pending: Vec<RawRecord> = Vec::new();
     let mut first = Instant::now();
     let mut last_metadata = Instant::now();
@@ -559,56 +716,11 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
         }
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => {
+                let Some(record) = read_message(&m, &mut avro, shutdown) else {
+                    break;
+                };
                 if pending.is_empty() {
                     first = Instant::now();
-                }
-                let vv = m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|x| x.key == crate::output::HEADER_VV)
-                        .and_then(|x| x.value)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                });
-                let mut record = RawRecord {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: None,
-                    value: None,
-                    vv,
-                    error: None,
-                };
-                match &mut avro {
-                    None => {
-                        record.key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-                        record.value = m.payload().map(|v| String::from_utf8_lossy(v).into_owned());
-                    }
-                    Some((reader, max_backoff)) => {
-                        let mut unavailable = false;
-                        let mut read = |bytes: &[u8], what: &str| match reader.read_patiently(
-                            bytes,
-                            *max_backoff,
-                            shutdown,
-                        ) {
-                            Ok(json) => Some(json.to_string()),
-                            // Only when stopping: the record is not the
-                            // problem, so it is neither applied nor passed.
-                            Err(e) if e.is_retriable() => {
-                                unavailable = true;
-                                None
-                            }
-                            Err(e) => {
-                                record.error.get_or_insert(format!("{what}: {e}"));
-                                None
-                            }
-                        };
-                        let key = m.key().and_then(|k| read(k, "key"));
-                        let value = m.payload().and_then(|v| read(v, "value"));
-                        if unavailable {
-                            break;
-                        }
-                        record.key = key;
-                        record.value = value;
-                    }
                 }
                 pending.push(record);
             }
@@ -629,6 +741,64 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
         "sink stopped"
     );
     Ok(stats)
+}
+
+/// The record as the sink applies it; `None` when the sink is stopping
+/// while the schema registry is unreachable: the record is not the problem,
+/// so it is neither applied nor passed, and the next run reads it again.
+fn read_message<M: Message>(
+    m: &M,
+    avro: &mut AvroReader,
+    shutdown: &AtomicBool,
+) -> Option<RawRecord> {
+    let vv = m.headers().and_then(|h| {
+        h.iter()
+            .find(|x| x.key == crate::output::HEADER_VV)
+            .and_then(|x| x.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    });
+    let mut record = RawRecord {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: None,
+        value: None,
+        vv,
+        timestamp: m.timestamp().to_millis(),
+        error: None,
+    };
+    match avro {
+        None => {
+            record.key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+            record.value = m.payload().map(|v| String::from_utf8_lossy(v).into_owned());
+        }
+        Some((reader, max_backoff)) => {
+            let mut unavailable = false;
+            let mut read = |bytes: &[u8], what: &str| match reader.read_patiently(
+                bytes,
+                *max_backoff,
+                shutdown,
+            ) {
+                Ok(json) => Some(json.to_string()),
+                Err(e) if e.is_retriable() => {
+                    unavailable = true;
+                    None
+                }
+                Err(e) => {
+                    record.error.get_or_insert(format!("{what}: {e}"));
+                    None
+                }
+            };
+            let key = m.key().and_then(|k| read(k, "key"));
+            let value = m.payload().and_then(|v| read(v, "value"));
+            if unavailable {
+                return None;
+            }
+            record.key = key;
+            record.value = value;
+        }
+    }
+    Some(record)
 }
 
 fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<i32, SinkError> {
@@ -658,7 +828,7 @@ fn assign_from_database(
     for p in 0..partitions {
         let offset = stored
             .get(&p)
-            .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            .map_or(Offset::Beginning, |o| Offset::Offset(o.next));
         tpl.add_partition_offset(topic, p, offset)
             .map_err(|e| SinkError::Kafka(e.to_string()))?;
     }
@@ -678,7 +848,24 @@ fn flush(
     if pending.is_empty() {
         return Ok(());
     }
-    let batch = build_batch(spec, pending);
+    apply_batch(
+        target,
+        spec,
+        group,
+        build_batch(spec, pending),
+        pending,
+        stats,
+    )
+}
+
+fn apply_batch(
+    target: &mut dyn Target,
+    spec: &TableSpec,
+    group: &str,
+    batch: Batch,
+    pending: &mut Vec<RawRecord>,
+    stats: &mut SinkStats,
+) -> Result<(), SinkError> {
     for d in &batch.dead {
         tracing::warn!(topic = %d.topic, partition = d.partition, offset = d.offset, "sink dead letter: {}", d.error);
     }
@@ -744,19 +931,7 @@ fn create_sql(spec: &TableSpec, pg: bool) -> String {
     let cols: Vec<String> = spec
         .columns
         .iter()
-        .map(|c| {
-            let ty = match (c.ty, pg) {
-                (ColumnType::Text, _) => "TEXT",
-                (ColumnType::BigInt, _) => "BIGINT",
-                (ColumnType::Integer, _) => "INTEGER",
-                (ColumnType::Double, true) => "DOUBLE PRECISION",
-                (ColumnType::Double, false) => "REAL",
-                (ColumnType::Boolean, _) => "BOOLEAN",
-                (ColumnType::Json, true) => "JSONB",
-                (ColumnType::Json, false) => "TEXT",
-            };
-            format!("{} {ty}", quote(&c.name))
-        })
+        .map(|c| format!("{} {}", quote(&c.name), sql_type(c.ty, pg)))
         .collect();
     let keys: Vec<String> = spec
         .key
@@ -777,7 +952,110 @@ fn quote(name: &str) -> String {
     format!("\"{name}\"")
 }
 
-const OFFSETS_DDL: &str = "CREATE TABLE IF NOT EXISTS tributary_sink_offsets (consumer_group TEXT NOT NULL, topic TEXT NOT NULL, partition_id INTEGER NOT NULL, next_offset BIGINT NOT NULL, PRIMARY KEY (consumer_group, topic, partition_id))";
+fn sql_type(ty: ColumnType, pg: bool) -> &'static str {
+    match (ty, pg) {
+        (ColumnType::Text, _) => "TEXT",
+        (ColumnType::BigInt, _) => "BIGINT",
+        (ColumnType::Integer, _) => "INTEGER",
+        (ColumnType::Double, true) => "DOUBLE PRECISION",
+        (ColumnType::Double, false) => "REAL",
+        (ColumnType::Boolean, _) => "BOOLEAN",
+        (ColumnType::Json, true) => "JSONB",
+        (ColumnType::Json, false) => "TEXT",
+    }
+}
+
+/// The set of keys a resync found live records for. A temporary table: it
+/// lives on disk rather than in the sink's memory (a table can have more
+/// keys than fit), and it is gone after a crash, which is right since an
+/// unfinished resync starts over.
+const LIVE_KEYS: &str = "tributary_live_keys";
+
+fn live_keys_ddl(spec: &TableSpec, pg: bool) -> String {
+    let cols: Vec<String> = spec
+        .key
+        .iter()
+        .map(|&i| {
+            format!(
+                "{} {}",
+                quote(&spec.columns[i].name),
+                sql_type(spec.columns[i].ty, pg)
+            )
+        })
+        .collect();
+    let keys: Vec<String> = spec
+        .key
+        .iter()
+        .map(|&i| quote(&spec.columns[i].name))
+        .collect();
+    format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {LIVE_KEYS} ({}, PRIMARY KEY ({}))",
+        cols.join(", "),
+        keys.join(", ")
+    )
+}
+
+fn live_insert_sql(spec: &TableSpec, prefix: char) -> String {
+    let keys: Vec<String> = spec
+        .key
+        .iter()
+        .map(|&i| quote(&spec.columns[i].name))
+        .collect();
+    format!(
+        "INSERT INTO {LIVE_KEYS} ({}) VALUES ({}) ON CONFLICT DO NOTHING",
+        keys.join(", "),
+        placeholders(prefix, 1, keys.len())
+    )
+}
+
+fn live_delete_sql(spec: &TableSpec, prefix: char) -> String {
+    let cond: Vec<String> = spec
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| format!("{} = {prefix}{}", quote(&spec.columns[c].name), i + 1))
+        .collect();
+    format!("DELETE FROM {LIVE_KEYS} WHERE {}", cond.join(" AND "))
+}
+
+/// Deletes up to `limit` rows of the table whose key has no live record.
+fn sweep_sql(spec: &TableSpec, limit: usize) -> String {
+    let keys: Vec<String> = spec
+        .key
+        .iter()
+        .map(|&i| quote(&spec.columns[i].name))
+        .collect();
+    let of = |alias: &str| {
+        keys.iter()
+            .map(|k| format!("{alias}.{k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let join: Vec<String> = keys.iter().map(|k| format!("l.{k} = t.{k}")).collect();
+    format!(
+        "DELETE FROM {table} WHERE ({cols}) IN (SELECT {tcols} FROM {table} AS t WHERE NOT EXISTS (SELECT 1 FROM {LIVE_KEYS} AS l WHERE {join}) LIMIT {limit})",
+        table = quote(&spec.table),
+        cols = keys.join(", "),
+        tcols = of("t"),
+        join = join.join(" AND "),
+    )
+}
+
+const OFFSETS_DDL: &str = "CREATE TABLE IF NOT EXISTS tributary_sink_offsets (consumer_group TEXT NOT NULL, topic TEXT NOT NULL, partition_id INTEGER NOT NULL, next_offset BIGINT NOT NULL, last_record_ts BIGINT, PRIMARY KEY (consumer_group, topic, partition_id))";
+/// `last_record_ts` came later: databases from before get it in place
+/// (NULL: unknown, and the start-up check then reads the record at the
+/// stored offset instead).
+const OFFSETS_TS_COLUMN: &str = "last_record_ts";
+/// A row here means a resync of (group, topic) started and has not finished.
+const RESYNC_DDL: &str = "CREATE TABLE IF NOT EXISTS tributary_sink_resync (consumer_group TEXT NOT NULL, topic TEXT NOT NULL, started_at_ms BIGINT NOT NULL, PRIMARY KEY (consumer_group, topic))";
+const OFFSET_UPSERT: &str = "INSERT INTO tributary_sink_offsets (consumer_group, topic, partition_id, next_offset, last_record_ts) VALUES ({1}, {2}, {3}, {4}, {5}) ON CONFLICT (consumer_group, topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset, last_record_ts = excluded.last_record_ts WHERE tributary_sink_offsets.next_offset < excluded.next_offset";
+
+/// [`OFFSET_UPSERT`] with `$n` or `?n` placeholders.
+fn offset_upsert_sql(prefix: char) -> String {
+    (1..=5).fold(OFFSET_UPSERT.to_string(), |sql, i| {
+        sql.replace(&format!("{{{i}}}"), &format!("{prefix}{i}"))
+    })
+}
 const DEAD_DDL: &str = "CREATE TABLE IF NOT EXISTS tributary_sink_dead_letters (topic TEXT NOT NULL, partition_id INTEGER NOT NULL, record_offset BIGINT NOT NULL, record_key TEXT, record_value TEXT, error TEXT NOT NULL, PRIMARY KEY (topic, partition_id, record_offset))";
 
 #[cfg(test)]

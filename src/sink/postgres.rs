@@ -6,8 +6,9 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 
 use super::{
-    create_sql, delete_sql, upsert_sql, Batch, Change, ColumnType, SinkError, SqlValue, TableSpec,
-    Target, DEAD_DDL, OFFSETS_DDL,
+    create_sql, delete_sql, live_delete_sql, live_insert_sql, live_keys_ddl, offset_upsert_sql,
+    sweep_sql, upsert_sql, Batch, Change, ColumnType, SinkError, SqlValue, StoredOffset, TableSpec,
+    Target, DEAD_DDL, LIVE_KEYS, OFFSETS_DDL, OFFSETS_TS_COLUMN, RESYNC_DDL,
 };
 
 /// A PostgreSQL database.
@@ -74,13 +75,23 @@ const CHUNK: usize = 500;
 
 impl Target for Postgres {
     fn prepare(&mut self, spec: &TableSpec) -> Result<(), SinkError> {
-        let sql = format!("{};\n{OFFSETS_DDL};\n{DEAD_DDL};", create_sql(spec, true));
+        let sql = format!(
+            "{};\n{OFFSETS_DDL};\nALTER TABLE tributary_sink_offsets ADD COLUMN IF NOT EXISTS {OFFSETS_TS_COLUMN} BIGINT;\n{DEAD_DDL};\n{RESYNC_DDL};",
+            create_sql(spec, true)
+        );
         self.client.batch_execute(&sql).map_err(|e| self.err(e))
     }
 
-    fn offsets(&mut self, group: &str, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+    fn offsets(
+        &mut self,
+        group: &str,
+        topic: &str,
+    ) -> Result<HashMap<i32, StoredOffset>, SinkError> {
         // One sink per group and topic: a second one would interleave its
-        // batches with ours. The lock lasts as long as this session.
+        // batches with ours. The lock lasts as long as this session, which
+        // is why the sink needs a session-mode connection: behind a
+        // transaction-pooling PgBouncer the session (and its lock) is not
+        // ours from one transaction to the next.
         let locked: bool = self
             .client
             .query_one(
@@ -100,11 +111,22 @@ impl Target for Postgres {
         }
         let rows = self
             .client
-            .query("SELECT partition_id, next_offset FROM tributary_sink_offsets WHERE consumer_group = $1 AND topic = $2", &[&group, &topic])
+            .query(
+                "SELECT partition_id, next_offset, last_record_ts FROM tributary_sink_offsets WHERE consumer_group = $1 AND topic = $2",
+                &[&group, &topic],
+            )
             .map_err(|e| self.err(e))?;
         Ok(rows
             .iter()
-            .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+            .map(|r| {
+                (
+                    r.get::<_, i32>(0),
+                    StoredOffset {
+                        next: r.get(1),
+                        record_ts: r.get(2),
+                    },
+                )
+            })
             .collect())
     }
 
@@ -155,13 +177,102 @@ impl Target for Postgres {
             )
             .map_err(e)?;
         }
-        for (topic, p, o) in &batch.offsets {
+        let off = tx.prepare(&offset_upsert_sql('$')).map_err(e)?;
+        for o in &batch.offsets {
             tx.execute(
-                "INSERT INTO tributary_sink_offsets (consumer_group, topic, partition_id, next_offset) VALUES ($1, $2, $3, $4) ON CONFLICT (consumer_group, topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset WHERE tributary_sink_offsets.next_offset < excluded.next_offset",
-                &[&group, topic, p, o],
+                &off,
+                &[&group, &o.topic, &o.partition, &o.next, &o.record_ts],
             )
             .map_err(e)?;
         }
+        let key_params = |key: &Vec<SqlValue>| -> Vec<Box<dyn ToSql + Sync>> {
+            key.iter()
+                .zip(&spec.key)
+                .map(|(v, &i)| param(spec.columns[i].ty, v))
+                .collect()
+        };
+        if !batch.live.is_empty() {
+            let live = tx.prepare(&live_insert_sql(spec, '$')).map_err(e)?;
+            for key in &batch.live {
+                let params = key_params(key);
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
+                tx.execute(&live, &refs).map_err(e)?;
+            }
+        }
+        if !batch.gone.is_empty() {
+            let gone = tx.prepare(&live_delete_sql(spec, '$')).map_err(e)?;
+            for key in &batch.gone {
+                let params = key_params(key);
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
+                tx.execute(&gone, &refs).map_err(e)?;
+            }
+        }
+        tx.commit().map_err(e)
+    }
+
+    fn resync_started(&mut self, group: &str, topic: &str) -> Result<Option<i64>, SinkError> {
+        let row = self
+            .client
+            .query_opt("SELECT started_at_ms FROM tributary_sink_resync WHERE consumer_group = $1 AND topic = $2", &[&group, &topic])
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn begin_resync(
+        &mut self,
+        spec: &TableSpec,
+        group: &str,
+        topic: &str,
+        reset: &[i32],
+    ) -> Result<(), SinkError> {
+        let url = self.url.clone();
+        let e = |e: postgres::Error| SinkError::Db {
+            target: "postgres",
+            url: url.clone(),
+            message: e.to_string(),
+        };
+        let mut tx = self.client.transaction().map_err(e)?;
+        // A resync that starts over keeps its first start time.
+        tx.execute(
+            "INSERT INTO tributary_sink_resync (consumer_group, topic, started_at_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&group, &topic, &super::resync::now_ms()],
+        )
+        .map_err(e)?;
+        for p in reset {
+            tx.execute("DELETE FROM tributary_sink_offsets WHERE consumer_group = $1 AND topic = $2 AND partition_id = $3", &[&group, &topic, p])
+                .map_err(e)?;
+        }
+        tx.batch_execute(&format!(
+            "{};\nDELETE FROM {LIVE_KEYS};",
+            live_keys_ddl(spec, true)
+        ))
+        .map_err(e)?;
+        tx.commit().map_err(e)
+    }
+
+    fn sweep(&mut self, spec: &TableSpec, limit: usize) -> Result<usize, SinkError> {
+        let n = self
+            .client
+            .execute(&sweep_sql(spec, limit), &[])
+            .map_err(|e| self.err(e))?;
+        Ok(n as usize)
+    }
+
+    fn finish_resync(&mut self, group: &str, topic: &str) -> Result<(), SinkError> {
+        let url = self.url.clone();
+        let e = |e: postgres::Error| SinkError::Db {
+            target: "postgres",
+            url: url.clone(),
+            message: e.to_string(),
+        };
+        let mut tx = self.client.transaction().map_err(e)?;
+        tx.execute(
+            "DELETE FROM tributary_sink_resync WHERE consumer_group = $1 AND topic = $2",
+            &[&group, &topic],
+        )
+        .map_err(e)?;
+        tx.batch_execute(&format!("DROP TABLE IF EXISTS {LIVE_KEYS}"))
+            .map_err(e)?;
         tx.commit().map_err(e)
     }
 }

@@ -1,19 +1,23 @@
 //! SQLite target (the embedded default).
 
 use std::collections::HashMap;
+use std::fs::{File, OpenOptions, TryLockError};
 
 use rusqlite::types::{ToSqlOutput, Value as SqliteValue};
-use rusqlite::{params_from_iter, Connection, ToSql};
+use rusqlite::{params_from_iter, Connection, OptionalExtension, ToSql};
 
 use super::{
-    create_sql, delete_sql, upsert_sql, Batch, Change, SinkError, SqlValue, TableSpec, Target,
-    DEAD_DDL, OFFSETS_DDL,
+    create_sql, delete_sql, live_delete_sql, live_insert_sql, live_keys_ddl, offset_upsert_sql,
+    sweep_sql, upsert_sql, Batch, Change, SinkError, SqlValue, StoredOffset, TableSpec, Target,
+    DEAD_DDL, LIVE_KEYS, OFFSETS_DDL, OFFSETS_TS_COLUMN, RESYNC_DDL,
 };
 
 /// An SQLite database file.
 pub struct Sqlite {
     conn: Connection,
     path: String,
+    /// Held (flock) for as long as this sink runs; see [`lock`].
+    _lock: Option<File>,
 }
 
 impl ToSql for SqlValue {
@@ -30,8 +34,9 @@ impl ToSql for SqlValue {
 }
 
 impl Sqlite {
-    /// Opens (or creates) the database file.
+    /// Takes the single-writer lock, then opens (or creates) the database file.
     pub fn open(path: &str) -> Result<Sqlite, SinkError> {
+        let lock = lock(path)?;
         let conn = Connection::open(path).map_err(|e| err(path, e))?;
         // WAL: readers (a user's `sqlite3`) do not block the sink.
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -41,7 +46,52 @@ impl Sqlite {
         Ok(Sqlite {
             conn,
             path: path.to_string(),
+            _lock: lock,
         })
+    }
+}
+
+/// One sink per SQLite file: two would interleave their batches and offsets,
+/// and a resync of one would delete rows the other just wrote.
+///
+/// An exclusive `flock` on `<file>.lock`, not SQLite's
+/// `locking_mode=EXCLUSIVE`: in WAL mode that mode keeps every other
+/// connection out, readers included (users query the table while the sink
+/// runs), and it is only taken at the first write, so a second sink would
+/// get as far as reading offsets before failing. The kernel drops a flock
+/// when the process dies, even by `kill -9`, so a crash never leaves a stale
+/// lock behind; the lock file itself stays (removing it on exit would race
+/// with a sink that is just opening it).
+fn lock(path: &str) -> Result<Option<File>, SinkError> {
+    if path.is_empty() || path == ":memory:" || path.starts_with("file:") {
+        // Nothing on disk to share (or a URI whose file we cannot name).
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| SinkError::Db {
+            target: "sqlite",
+            url: path.to_string(),
+            message: format!("cannot open the lock file {lock_path}: {e}"),
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Err(SinkError::Db {
+            target: "sqlite",
+            url: path.to_string(),
+            message: format!(
+                "another tributary sink holds this database (lock file {lock_path}); only one sink may write an SQLite file at a time"
+            ),
+        }),
+        Err(TryLockError::Error(e)) => Err(SinkError::Db {
+            target: "sqlite",
+            url: path.to_string(),
+            message: format!("cannot lock {lock_path}: {e}"),
+        }),
     }
 }
 
@@ -62,22 +112,52 @@ impl Target for Sqlite {
             create_sql(spec, false),
             OFFSETS_DDL.to_string(),
             DEAD_DDL.to_string(),
+            RESYNC_DDL.to_string(),
         ] {
             self.conn
                 .execute(&sql, [])
                 .map_err(|e| err(&self.path, e))?;
         }
+        let has_ts: bool = self
+            .conn
+            .query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info('tributary_sink_offsets') WHERE name = ?1",
+                [OFFSETS_TS_COLUMN],
+                |r| r.get(0),
+            )
+            .map_err(|e| err(&self.path, e))?;
+        if !has_ts {
+            self.conn
+                .execute(
+                    &format!(
+                        "ALTER TABLE tributary_sink_offsets ADD COLUMN {OFFSETS_TS_COLUMN} BIGINT"
+                    ),
+                    [],
+                )
+                .map_err(|e| err(&self.path, e))?;
+            tracing::info!(path = %self.path, "sink offsets table migrated: added {OFFSETS_TS_COLUMN}");
+        }
         Ok(())
     }
 
-    fn offsets(&mut self, group: &str, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+    fn offsets(
+        &mut self,
+        group: &str,
+        topic: &str,
+    ) -> Result<HashMap<i32, StoredOffset>, SinkError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT partition_id, next_offset FROM tributary_sink_offsets WHERE consumer_group = ?1 AND topic = ?2")
+            .prepare("SELECT partition_id, next_offset, last_record_ts FROM tributary_sink_offsets WHERE consumer_group = ?1 AND topic = ?2")
             .map_err(|e| err(&self.path, e))?;
         let rows = stmt
             .query_map([group, topic], |r| {
-                Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?))
+                Ok((
+                    r.get::<_, i32>(0)?,
+                    StoredOffset {
+                        next: r.get(1)?,
+                        record_ts: r.get(2)?,
+                    },
+                ))
             })
             .map_err(|e| err(&self.path, e))?;
         rows.collect::<Result<HashMap<_, _>, _>>()
@@ -128,13 +208,94 @@ impl Target for Sqlite {
                 .map_err(|e| err(&path, e))?;
             }
             let mut off = tx
-                .prepare_cached("INSERT INTO tributary_sink_offsets (consumer_group, topic, partition_id, next_offset) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (consumer_group, topic, partition_id) DO UPDATE SET next_offset = excluded.next_offset WHERE tributary_sink_offsets.next_offset < excluded.next_offset")
+                .prepare_cached(&offset_upsert_sql('?'))
                 .map_err(|e| err(&path, e))?;
-            for (topic, p, o) in &batch.offsets {
-                off.execute(rusqlite::params![group, topic, p, o])
+            for o in &batch.offsets {
+                off.execute(rusqlite::params![
+                    group,
+                    o.topic,
+                    o.partition,
+                    o.next,
+                    o.record_ts
+                ])
+                .map_err(|e| err(&path, e))?;
+            }
+            if !batch.live.is_empty() {
+                let mut live = tx
+                    .prepare_cached(&live_insert_sql(spec, '?'))
                     .map_err(|e| err(&path, e))?;
+                for key in &batch.live {
+                    live.execute(params_from_iter(key.iter()))
+                        .map_err(|e| err(&path, e))?;
+                }
+            }
+            if !batch.gone.is_empty() {
+                let mut gone = tx
+                    .prepare_cached(&live_delete_sql(spec, '?'))
+                    .map_err(|e| err(&path, e))?;
+                for key in &batch.gone {
+                    gone.execute(params_from_iter(key.iter()))
+                        .map_err(|e| err(&path, e))?;
+                }
             }
         }
+        tx.commit().map_err(|e| err(&path, e))
+    }
+
+    fn resync_started(&mut self, group: &str, topic: &str) -> Result<Option<i64>, SinkError> {
+        self.conn
+            .query_row("SELECT started_at_ms FROM tributary_sink_resync WHERE consumer_group = ?1 AND topic = ?2", [group, topic], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| err(&self.path, e))
+    }
+
+    fn begin_resync(
+        &mut self,
+        spec: &TableSpec,
+        group: &str,
+        topic: &str,
+        reset: &[i32],
+    ) -> Result<(), SinkError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| err(&path, e))?;
+        // A resync that starts over keeps its first start time.
+        tx.execute(
+            "INSERT INTO tributary_sink_resync (consumer_group, topic, started_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            rusqlite::params![group, topic, super::resync::now_ms()],
+        )
+        .map_err(|e| err(&path, e))?;
+        for p in reset {
+            tx.execute(
+                "DELETE FROM tributary_sink_offsets WHERE consumer_group = ?1 AND topic = ?2 AND partition_id = ?3",
+                rusqlite::params![group, topic, p],
+            )
+            .map_err(|e| err(&path, e))?;
+        }
+        tx.execute(&live_keys_ddl(spec, false), [])
+            .map_err(|e| err(&path, e))?;
+        tx.execute(&format!("DELETE FROM {LIVE_KEYS}"), [])
+            .map_err(|e| err(&path, e))?;
+        tx.commit().map_err(|e| err(&path, e))
+    }
+
+    fn sweep(&mut self, spec: &TableSpec, limit: usize) -> Result<usize, SinkError> {
+        self.conn
+            .execute(&sweep_sql(spec, limit), [])
+            .map_err(|e| err(&self.path, e))
+    }
+
+    fn finish_resync(&mut self, group: &str, topic: &str) -> Result<(), SinkError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| err(&path, e))?;
+        tx.execute(
+            "DELETE FROM tributary_sink_resync WHERE consumer_group = ?1 AND topic = ?2",
+            [group, topic],
+        )
+        .map_err(|e| err(&path, e))?;
+        tx.execute(&format!("DROP TABLE IF EXISTS {LIVE_KEYS}"), [])
+            .map_err(|e| err(&path, e))?;
         tx.commit().map_err(|e| err(&path, e))
     }
 }

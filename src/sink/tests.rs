@@ -16,7 +16,17 @@ fn rec(offset: i64, key: i64, value: Option<Value>) -> RawRecord {
         key: Some(json!({"id": key}).to_string()),
         value: value.map(|v| v.to_string()),
         vv: Some(r#"{"eu":1}"#.into()),
+        timestamp: Some(1_000 + offset),
         error: None,
+    }
+}
+
+fn off(partition: i32, next: i64, ts: i64) -> OffsetUpdate {
+    OffsetUpdate {
+        topic: "out".into(),
+        partition,
+        next,
+        record_ts: Some(ts),
     }
 }
 
@@ -69,7 +79,7 @@ fn the_last_change_per_key_wins_and_offsets_advance() {
             SqlValue::Text(r#"{"eu":1}"#.into()),
         ])
     );
-    assert_eq!(b.offsets, vec![("out".to_string(), 0, 3)]);
+    assert_eq!(b.offsets, vec![off(0, 3, 1_002)]);
 }
 
 #[test]
@@ -94,7 +104,7 @@ fn type_mismatches_become_dead_rows_naming_the_column() {
     assert!(b.dead[1].error.contains("32-bit"), "{}", b.dead[1].error);
     assert_eq!(
         b.offsets,
-        vec![("out".to_string(), 0, 2)],
+        vec![off(0, 2, 1_001)],
         "dead rows still advance the offsets"
     );
 }
@@ -125,7 +135,16 @@ fn sqlite_applies_batches_atomically_with_offsets() {
         ],
     );
     t.apply(&spec, "g", &b).unwrap();
-    assert_eq!(t.offsets("g", "out").unwrap(), HashMap::from([(0, 4)]));
+    assert_eq!(
+        t.offsets("g", "out").unwrap(),
+        HashMap::from([(
+            0,
+            StoredOffset {
+                next: 4,
+                record_ts: Some(1_003)
+            }
+        )])
+    );
     let conn = rusqlite::Connection::open(&path).unwrap();
     let rows: Vec<(i64, String)> = conn
         .prepare("SELECT id, name FROM customers ORDER BY id")
@@ -194,7 +213,209 @@ fn reserved_words_work_as_column_names() {
     t.apply(&spec, "g", &build_batch(&spec, &[r])).unwrap();
     // Offsets never go backwards, even if an older batch is applied again.
     let mut old = build_batch(&spec, &[]);
-    old.offsets = vec![("out".into(), 0, 0)];
+    old.offsets = vec![off(0, 0, 5)];
     t.apply(&spec, "g", &old).unwrap();
-    assert_eq!(t.offsets("g", "out").unwrap(), HashMap::from([(0, 1)]));
+    assert_eq!(
+        t.offsets("g", "out").unwrap(),
+        HashMap::from([(
+            0,
+            StoredOffset {
+                next: 1,
+                record_ts: Some(1_000)
+            }
+        )])
+    );
+}
+
+fn ids(path: &str, table: &str) -> Vec<i64> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare(&format!("SELECT id FROM {table} ORDER BY id"))
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    rows
+}
+
+#[test]
+fn resync_batches_apply_only_past_the_stored_offset_and_mark_every_key() {
+    let spec = sink("").table_spec().unwrap();
+    let records = vec![
+        rec(0, 1, Some(json!({"id":1,"name":"old"}))),
+        rec(1, 2, Some(json!({"id":2,"name":"b"}))),
+        rec(2, 3, None),
+        rec(3, 1, Some(json!({"id":1,"name":"new"}))),
+        rec(4, 2, None),
+    ];
+    let b = build_resync_batch(&spec, &records, &HashMap::from([(0, 3)]));
+    // Offsets 0..3 are in the table already: applying them again would move
+    // key 1 back to "old" until offset 3 is applied.
+    assert_eq!(b.changes.len(), 2);
+    assert!(matches!(&b.changes[0], Change::Upsert(v) if v[1] == SqlValue::Text("new".into())));
+    assert_eq!(b.changes[1], Change::Delete(vec![SqlValue::Int(2)]));
+    assert_eq!(b.offsets, vec![off(0, 5, 1_004)]);
+    assert_eq!(b.live, vec![vec![SqlValue::Int(1)]]);
+    assert_eq!(b.gone, vec![vec![SqlValue::Int(2)], vec![SqlValue::Int(3)]]);
+    assert!(
+        build_batch(&spec, &records).live.is_empty(),
+        "outside a resync nothing is marked"
+    );
+}
+
+#[test]
+fn a_resync_removes_rows_without_live_keys_in_bounded_batches_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.sqlite").display().to_string();
+    let mut cfg = sink("");
+    cfg.url = path.clone();
+    let spec = cfg.table_spec().unwrap();
+    let mut t = open_target(&cfg).unwrap();
+    t.prepare(&spec).unwrap();
+    let rows: Vec<RawRecord> = (1..=7)
+        .map(|id| rec(id - 1, id, Some(json!({"id": id}))))
+        .collect();
+    t.apply(&spec, "g", &build_batch(&spec, &rows)).unwrap();
+    assert_eq!(t.resync_started("g", "out").unwrap(), None);
+    t.begin_resync(&spec, "g", "out", &[]).unwrap();
+    assert!(
+        t.resync_started("g", "out").unwrap().is_some(),
+        "in progress from the first transaction"
+    );
+    // The topic holds keys 2 and 5 (and a tombstone for 3).
+    let seen = vec![
+        rec(1, 2, Some(json!({"id":2}))),
+        rec(2, 3, None),
+        rec(4, 5, Some(json!({"id":5}))),
+    ];
+    t.apply(
+        &spec,
+        "g",
+        &build_resync_batch(&spec, &seen, &HashMap::from([(0, 7)])),
+    )
+    .unwrap();
+    assert_eq!(t.sweep(&spec, 2).unwrap(), 2);
+    drop(t);
+    // A crash here: the next start finds the resync unfinished and redoes it.
+    let mut t = open_target(&cfg).unwrap();
+    t.prepare(&spec).unwrap();
+    assert!(t.resync_started("g", "out").unwrap().is_some());
+    t.begin_resync(&spec, "g", "out", &[]).unwrap();
+    t.apply(
+        &spec,
+        "g",
+        &build_resync_batch(&spec, &seen, &HashMap::from([(0, 7)])),
+    )
+    .unwrap();
+    let mut removed = 0;
+    loop {
+        let n = t.sweep(&spec, 2).unwrap();
+        removed += n;
+        if n < 2 {
+            break;
+        }
+    }
+    assert_eq!(removed, 3);
+    t.finish_resync("g", "out").unwrap();
+    assert_eq!(t.resync_started("g", "out").unwrap(), None);
+    assert_eq!(ids(&path, "customers"), vec![2, 5]);
+    assert_eq!(
+        t.offsets("g", "out").unwrap()[&0].next,
+        7,
+        "offsets never went back"
+    );
+}
+
+#[test]
+fn a_reset_partition_forgets_its_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = sink("");
+    cfg.url = dir.path().join("t.sqlite").display().to_string();
+    let spec = cfg.table_spec().unwrap();
+    let mut t = open_target(&cfg).unwrap();
+    t.prepare(&spec).unwrap();
+    t.apply(
+        &spec,
+        "g",
+        &build_batch(&spec, &[rec(40, 1, Some(json!({"id":1})))]),
+    )
+    .unwrap();
+    t.begin_resync(&spec, "g", "out", &[0]).unwrap();
+    assert!(t.offsets("g", "out").unwrap().is_empty());
+    t.apply(
+        &spec,
+        "g",
+        &build_resync_batch(&spec, &[rec(0, 1, Some(json!({"id":1})))], &HashMap::new()),
+    )
+    .unwrap();
+    assert_eq!(t.offsets("g", "out").unwrap()[&0].next, 1);
+}
+
+#[test]
+fn an_offsets_table_from_before_timestamps_is_migrated_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sqlite").display().to_string();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE tributary_sink_offsets (consumer_group TEXT NOT NULL, topic TEXT NOT NULL, partition_id INTEGER NOT NULL, next_offset BIGINT NOT NULL, PRIMARY KEY (consumer_group, topic, partition_id));
+             INSERT INTO tributary_sink_offsets VALUES ('g', 'out', 0, 12);",
+        )
+        .unwrap();
+    }
+    let mut cfg = sink("");
+    cfg.url = path;
+    let spec = cfg.table_spec().unwrap();
+    let mut t = open_target(&cfg).unwrap();
+    t.prepare(&spec).unwrap();
+    t.prepare(&spec).unwrap();
+    assert_eq!(
+        t.offsets("g", "out").unwrap(),
+        HashMap::from([(
+            0,
+            StoredOffset {
+                next: 12,
+                record_ts: None
+            }
+        )])
+    );
+    t.apply(
+        &spec,
+        "g",
+        &build_batch(&spec, &[rec(12, 1, Some(json!({"id":1})))]),
+    )
+    .unwrap();
+    assert_eq!(
+        t.offsets("g", "out").unwrap(),
+        HashMap::from([(
+            0,
+            StoredOffset {
+                next: 13,
+                record_ts: Some(1_012)
+            }
+        )])
+    );
+}
+
+#[test]
+fn a_second_sqlite_sink_on_one_file_fails_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = sink("");
+    cfg.url = dir.path().join("one.sqlite").display().to_string();
+    let first = open_target(&cfg).unwrap();
+    let Err(e) = open_target(&cfg) else {
+        panic!("a second sink opened the file")
+    };
+    let text = e.to_string();
+    assert!(
+        text.contains(&cfg.url) && text.contains("another tributary sink holds"),
+        "{text}"
+    );
+    drop(first);
+    assert!(
+        open_target(&cfg).is_ok(),
+        "the lock goes with the first sink"
+    );
 }
