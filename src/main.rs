@@ -55,6 +55,10 @@ enum Command {
         /// The TOML configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// First make the table equal to the topic: read it from the beginning and
+        /// delete the rows whose keys it no longer holds; then go on as usual.
+        #[arg(long)]
+        resync: bool,
     },
     /// Run the merge offline over a kcat -J dump and write the output records.
     Replay {
@@ -153,7 +157,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             })
         }
-        Command::Sink { config } => {
+        Command::Sink { config, resync } => {
             let config = Config::load(&config)?;
             let shutdown = Arc::new(AtomicBool::new(false));
             let flag = shutdown.clone();
@@ -162,7 +166,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 runtime.block_on(wait_for_signal());
                 flag.store(true, Ordering::Relaxed);
             });
-            match tributary::sink::run(&config, &shutdown) {
+            match tributary::sink::run_with(&config, &shutdown, tributary::sink::SinkOptions { resync }) {
                 Ok(_) => Ok(ExitCode::SUCCESS),
                 Err(e) => {
                     tracing::error!("{e}");
