@@ -217,3 +217,247 @@ fn sqlite_sink_picks_up_partitions_added_later() {
         vec![1, 2, 3]
     );
 }
+
+/// The sum of the end offsets of `topic`'s partitions.
+fn end_offsets(topic: &str, partitions: i32) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka::bootstrap())
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .sum()
+}
+
+/// Waits until the sink's stored offsets reach `n` (summed over partitions).
+fn wait_for_offsets(db: &std::path::Path, n: i64, p: &Processor) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sqlite_offsets_safe(db) < n {
+        assert!(
+            Instant::now() < deadline,
+            "the sink did not reach offset {n}; log:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn customer(topic: &str, id: i64, partitions: i32) -> Rec {
+    let key = json!({ "id": id }).to_string();
+    let partition = tributary::admin::murmur2_partition(key.as_bytes(), partitions);
+    Rec {
+        topic: topic.into(),
+        partition,
+        key: Some(key),
+        value: Some(json!({"id": id, "name": format!("n{id}"), "seq": id}).to_string()),
+    }
+}
+
+fn tombstone(topic: &str, id: i64, partitions: i32) -> Rec {
+    Rec {
+        value: None,
+        ..customer(topic, id, partitions)
+    }
+}
+
+/// `tributary sink --resync -c CONFIG`, logging to `LOG`.
+fn start_resync(config: &std::path::Path, log: &std::path::Path) -> Processor {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = common::tributary()
+        .args(["sink", "--resync", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    Processor {
+        child,
+        log: log.to_path_buf(),
+    }
+}
+
+#[test]
+fn a_sink_down_longer_than_the_topic_keeps_tombstones_still_deletes_the_row() {
+    let topic = unique("sink-cleaned");
+    // A cleaner that removes a tombstone a second after it first cleans it.
+    create_topic(
+        &topic,
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.ms", "100"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("delete.retention.ms", "1000"),
+            ("min.compaction.lag.ms", "0"),
+        ],
+    );
+    produce(&[customer(&topic, 1, 1), customer(&topic, 2, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sink.sqlite");
+    let cfg = config(dir.path(), &topic, "sqlite", &db.display().to_string());
+    let log = dir.path().join("sink.log");
+    let p = Processor::start_with(&cfg, &log, "sink");
+    wait_for_offsets(&db, 2, &p);
+    assert!(p.stop().success());
+    assert_eq!(
+        sqlite_rows(&db).keys().copied().collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+
+    // While the sink is down: key 1 is deleted, and filler records roll
+    // segments (a segment rolls only when a record arrives after segment.ms)
+    // until the cleaner has removed the tombstone, which takes two passes:
+    // one sets its delete horizon, a later one drops it.
+    produce(&[tombstone(&topic, 1, 1)]);
+    let key1 = json!({ "id": 1 }).to_string();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut filler = 0;
+    loop {
+        produce(&[customer(&topic, 1000, 1)]);
+        filler += 1;
+        std::thread::sleep(Duration::from_millis(250));
+        if filler % 4 == 0
+            && !kafka::read_topic(&topic, false)
+                .iter()
+                .any(|r| r["key"] == key1.as_str())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cleaner did not remove the tombstone of key 1 within 180 s"
+        );
+    }
+
+    let p = Processor::start_with(&cfg, &log, "sink");
+    wait_for_offsets(&db, end_offsets(&topic, 1), &p);
+    assert!(p.stop().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        sqlite_rows(&db).keys().copied().collect::<Vec<_>>(),
+        vec![2, 1000],
+        "the row whose tombstone the cleaner removed is gone; log:\n{text}"
+    );
+    assert!(
+        text.contains("further behind than the topic keeps tombstones"),
+        "the reason is logged:\n{text}"
+    );
+    assert!(text.contains("resync finished"), "{text}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let unfinished: i64 = conn
+        .query_row("SELECT count(*) FROM tributary_sink_resync", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(unfinished, 0, "the resync is recorded as finished");
+}
+
+#[test]
+fn sink_resync_on_demand_removes_rows_the_topic_does_not_hold_then_goes_on() {
+    let topic = unique("sink-resync");
+    create_topic(
+        &topic,
+        2,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.compaction.lag.ms", "3600000"),
+        ],
+    );
+    let mut recs: Vec<Rec> = (1..=5).map(|id| customer(&topic, id, 2)).collect();
+    recs.push(tombstone(&topic, 3, 2));
+    produce(&recs);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sink.sqlite");
+    let cfg = config(dir.path(), &topic, "sqlite", &db.display().to_string());
+    let p = Processor::start_with(&cfg, &dir.path().join("first.log"), "sink");
+    wait_for_offsets(&db, 6, &p);
+    assert!(p.stop().success());
+    // A row the topic has no record for (as if its tombstone had been missed).
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "INSERT INTO customers (id, name, seq) VALUES (99, 'stray', 99)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+
+    // A plain start has no reason to resync: the sink is at the end.
+    let log = dir.path().join("plain.log");
+    let p = Processor::start_with(&cfg, &log, "sink");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.log_text().contains("sink started") {
+        assert!(Instant::now() < deadline, "{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = p.stop();
+    assert!(status.success(), "{status}; log:\n{}", p_log(&log));
+    assert!(sqlite_rows(&db).contains_key(&99));
+    assert!(
+        !p_log(&log).contains("resync:"),
+        "no resync without a reason"
+    );
+
+    let log = dir.path().join("resync.log");
+    let p = start_resync(&cfg, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.log_text().contains("resync finished") {
+        assert!(Instant::now() < deadline, "{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        sqlite_rows(&db).keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 4, 5]
+    );
+    // … and then it goes on as usual.
+    produce(&[customer(&topic, 6, 2)]);
+    wait_for_offsets(&db, 7, &p);
+    assert!(p.stop().success());
+    assert_eq!(
+        sqlite_rows(&db).keys().copied().collect::<Vec<_>>(),
+        vec![1, 2, 4, 5, 6]
+    );
+    assert!(p_log(&log).contains("requested with --resync"));
+}
+
+fn p_log(log: &std::path::Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+#[test]
+fn a_second_sqlite_sink_on_the_same_file_fails_fast_naming_it() {
+    let topic = unique("sink-lock");
+    create_topic(&topic, 1, &[("cleanup.policy", "compact")]);
+    produce(&[customer(&topic, 1, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sink.sqlite");
+    let cfg = config(dir.path(), &topic, "sqlite", &db.display().to_string());
+    let first = Processor::start_with(&cfg, &dir.path().join("first.log"), "sink");
+    wait_for_offsets(&db, 1, &first);
+    let second = Processor::start_with(&cfg, &dir.path().join("second.log"), "sink");
+    let (status, text) = second.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(
+        text.contains("another tributary sink holds this database")
+            && text.contains(&db.display().to_string()),
+        "{text}"
+    );
+    // The first one is not disturbed.
+    produce(&[customer(&topic, 2, 1)]);
+    wait_for_offsets(&db, 2, &first);
+    assert!(first.stop().success());
+    assert_eq!(
+        sqlite_rows(&db).keys().copied().collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+}
