@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::merge::{DeletePolicy, MergeSettings, Policy};
+use crate::merge::{ColumnRule, DeletePolicy, MergeSettings, Policy};
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "TRIBUTARY_";
@@ -276,11 +276,47 @@ pub struct MergeConfig {
     /// How long deleted keys keep their tombstone versions (like gc_grace).
     #[serde(default = "default_retention", with = "duration_text")]
     pub tombstone_retention: Duration,
+    /// `[merge.columns]`: per-column rules under `field-lww`, e.g.
+    /// `email = { rule = "owner", source = "crm" }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub columns: BTreeMap<String, ColumnRule>,
 }
 
 impl Default for MergeConfig {
     fn default() -> Self {
-        Self { policy: Policy::default(), deletes: DeletePolicy::default(), tombstone_retention: default_retention() }
+        Self {
+            policy: Policy::default(),
+            deletes: DeletePolicy::default(),
+            tombstone_retention: default_retention(),
+            columns: BTreeMap::new(),
+        }
+    }
+}
+
+impl MergeConfig {
+    /// Checks `[merge.columns]` against the policy, the source names and the
+    /// clock columns.
+    fn validate_columns(&self, sources: &[SourceConfig], problems: &mut Vec<String>) {
+        if !self.columns.is_empty() && self.policy != Policy::FieldLww {
+            problems.push(format!(
+                "merge.columns: column rules need policy = \"field-lww\" (policy is \"{}\")",
+                self.policy.as_str()
+            ));
+        }
+        for (column, rule) in &self.columns {
+            if sources.iter().any(|s| s.clock_field.as_deref() == Some(column.as_str())) {
+                problems.push(format!("merge.columns.{column}: \"{column}\" is a clock column, which takes no rule"));
+            }
+            if let ColumnRule::Owner { source } = rule {
+                if !sources.iter().any(|s| s.name == *source) {
+                    let known: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+                    problems.push(format!(
+                        "merge.columns.{column}.source: \"{source}\" is not a configured source ({})",
+                        known.join(", ")
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -518,6 +554,7 @@ impl Config {
                 carried.join(", ")
             ));
         }
+        self.merge.validate_columns(&self.sources, &mut problems);
         self.validate_registry(&mut problems);
         if let Some(sink) = &self.sink {
             if let Err(e) = sink.table_spec() {
@@ -604,6 +641,7 @@ impl Config {
             priorities: self.sources.iter().map(|s| (s.name.clone(), s.priority)).collect(),
             clock_field: self.output_clock_field(),
             tombstone_retention_ms: i64::try_from(self.merge.tombstone_retention.as_millis()).unwrap_or(i64::MAX),
+            columns: self.merge.columns.clone(),
         }
     }
 
@@ -828,6 +866,27 @@ sequence = "source.lsn"
         let text = BASE.replace("sequence = \"source.lsn\"", "sequence = \"version\"\nformat = \"json\"");
         let e = parse(&text, &[]).unwrap_err().to_string();
         assert!(e.contains("not supported with format = \"json\""), "{e}");
+    }
+
+    #[test]
+    fn column_rules_parse_and_bad_ones_are_named() {
+        let rules = "tombstone_retention = \"2d\"\n[merge.columns]\nemail = { rule = \"owner\", source = \"eu\" }\nlast_login = { rule = \"max\" }\nfirst = { rule = \"min\" }\n";
+        let c = parse(&BASE.replace("tombstone_retention = \"2d\"\n", rules), &[]).unwrap();
+        assert_eq!(c.merge.columns["email"], ColumnRule::Owner { source: "eu".into() });
+        assert_eq!(c.merge_settings().columns["last_login"], ColumnRule::Max);
+        assert!(c.to_redacted_toml().contains("[merge.columns.email]"), "{}", c.to_redacted_toml());
+        let bad = |from: &str, to: &str| parse(&BASE.replace("tombstone_retention = \"2d\"\n", &rules.replace(from, to)), &[]);
+        let e = bad("source = \"eu\"", "source = \"crm\"").unwrap_err().to_string();
+        assert!(e.contains("merge.columns.email.source: \"crm\" is not a configured source (eu, us-east)"), "{e}");
+        let e = bad("\"max\"", "\"maximum\"").unwrap_err().to_string();
+        assert!(e.contains("last_login = { rule = \"maximum\" }") && e.contains("expected one of `owner`"), "{e}");
+        let e = bad("rule = \"max\"", "rule = \"max\", source = \"eu\"").unwrap_err().to_string();
+        assert!(e.contains("last_login = ") && e.contains("`source` applies to rule \"owner\" only"), "{e}");
+        let e = bad("rule = \"owner\", source = \"eu\"", "rule = \"owner\"").unwrap_err().to_string();
+        assert!(e.contains("email = ") && e.contains("rule \"owner\" needs `source`"), "{e}");
+        let lww = parse(&BASE.replace("tombstone_retention = \"2d\"\n", rules).replace("\"field-lww\"", "\"lww\""), &[]);
+        let e = lww.unwrap_err().to_string();
+        assert!(e.contains("merge.columns: column rules need policy = \"field-lww\""), "{e}");
     }
 
     #[test]

@@ -30,9 +30,18 @@ fn writes() -> impl Strategy<Value = Vec<Vec<Write>>> {
     prop::collection::vec(prop::collection::vec(w, 0..14), 3)
 }
 
+/// Mixed column rules over the generated columns (`field-lww+rules`).
+const RULES: &str =
+    "[merge.columns]\nc0 = { rule = \"owner\", source = \"us\" }\nc1 = { rule = \"max\" }\nc2 = { rule = \"min\" }\n";
+
 fn config(policy: &str, deletes: &str, carried: bool) -> Config {
     let clock = if carried { "clock_field = \"_vv\"\n" } else { "" };
-    let mut text = format!("[output]\ntopic = \"out\"\n[merge]\npolicy = \"{policy}\"\ndeletes = \"{deletes}\"\n");
+    let (policy, rules) = match policy.strip_suffix("+rules") {
+        Some(p) => (p, RULES),
+        None => (policy, ""),
+    };
+    let mut text =
+        format!("[output]\ntopic = \"out\"\n[merge]\npolicy = \"{policy}\"\ndeletes = \"{deletes}\"\n{rules}");
     for (i, s) in SOURCES.iter().enumerate() {
         text += &format!("[[sources]]\nname = \"{s}\"\ntopic = \"{s}.t\"\npriority = {}\n{clock}", i % 2);
     }
@@ -90,7 +99,8 @@ fn queues(hist: &[Vec<Write>], carried: bool) -> (Vec<Vec<DumpRecord>>, Database
                     after.insert(format!("c{}", w.col), json!(w.val));
                     rows.insert((si, w.key), after.clone());
                     let op = if before.is_some() { "u" } else { "c" };
-                    let before_v = before.map(|b| with_clock(b, &clocks.get(&(si, w.key)).cloned().unwrap_or_default()));
+                    let before_v =
+                        before.map(|b| with_clock(b, &clocks.get(&(si, w.key)).cloned().unwrap_or_default()));
                     Some(
                         json!({"before": before_v, "after": with_clock(after, &clock), "op": op, "source": {"ts_ms": w.ts}})
                             .to_string(),
@@ -157,7 +167,9 @@ fn compacted(config: &Config, dump: &str) -> BTreeMap<String, (Value, Value, Val
     assert_eq!(summary.dead_lettered, 0, "{}", String::from_utf8_lossy(&log));
     common::json_lines(&String::from_utf8(out).unwrap())
         .into_iter()
-        .map(|r| (r["key"].as_str().unwrap().to_string(), (r["payload"].clone(), r["headers"].clone(), r["ts"].clone())))
+        .map(|r| {
+            (r["key"].as_str().unwrap().to_string(), (r["payload"].clone(), r["headers"].clone(), r["ts"].clone()))
+        })
         .collect()
 }
 
@@ -174,7 +186,7 @@ proptest! {
         let (q, dbs) = queues(&hist, carried);
         if q.is_empty() { return Ok(()); }
         let (da, db) = (interleave(&q, &a), interleave(&q, &b));
-        for policy in ["lww", "source-priority", "field-lww"] {
+        for policy in ["lww", "source-priority", "field-lww", "field-lww+rules"] {
             for deletes in ["lww", "delete-wins", "update-wins"] {
                 let c = config(policy, deletes, carried);
                 let out = compacted(&c, &da);

@@ -83,6 +83,79 @@ pub enum DeletePolicy {
     UpdateWins,
 }
 
+/// How one column resolves under `field-lww` (`[merge.columns]`); a column
+/// without a rule takes its latest write by the `lww` order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RuleSpelling", into = "RuleSpelling")]
+pub enum ColumnRule {
+    /// Only the owning source's writes count: the column takes the owner's
+    /// latest write, and the latest write of any source while the owner has
+    /// none (so a row inserted elsewhere is still complete).
+    Owner {
+        /// The owning source's configured name.
+        source: String,
+    },
+    /// The largest value ever written (JSON numbers by value, strings by
+    /// byte order; null loses to any value).
+    Max,
+    /// The smallest value ever written (null loses to any value).
+    Min,
+}
+
+impl ColumnRule {
+    /// The configuration spelling of the rule (`owner`, `max`, `min`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ColumnRule::Owner { .. } => "owner",
+            ColumnRule::Max => "max",
+            ColumnRule::Min => "min",
+        }
+    }
+}
+
+/// A rule as written in TOML: `{ rule = "owner", source = "crm" }`. (serde's
+/// internally tagged enums let unknown keys through on unit variants, so a
+/// misplaced `source` would be silently ignored.)
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpelling {
+    rule: RuleName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RuleName {
+    Owner,
+    Max,
+    Min,
+}
+
+impl TryFrom<RuleSpelling> for ColumnRule {
+    type Error = String;
+
+    fn try_from(r: RuleSpelling) -> Result<Self, String> {
+        match (r.rule, r.source) {
+            (RuleName::Owner, Some(source)) => Ok(ColumnRule::Owner { source }),
+            (RuleName::Owner, None) => Err("rule \"owner\" needs `source`, the owning source's name".into()),
+            (_, Some(_)) => Err("`source` applies to rule \"owner\" only".into()),
+            (RuleName::Max, None) => Ok(ColumnRule::Max),
+            (RuleName::Min, None) => Ok(ColumnRule::Min),
+        }
+    }
+}
+
+impl From<ColumnRule> for RuleSpelling {
+    fn from(rule: ColumnRule) -> Self {
+        match rule {
+            ColumnRule::Owner { source } => RuleSpelling { rule: RuleName::Owner, source: Some(source) },
+            ColumnRule::Max => RuleSpelling { rule: RuleName::Max, source: None },
+            ColumnRule::Min => RuleSpelling { rule: RuleName::Min, source: None },
+        }
+    }
+}
+
 impl Policy {
     /// The configuration spelling (`lww`, `source-priority`, `field-lww`).
     pub fn as_str(self) -> &'static str {
@@ -217,6 +290,8 @@ pub struct MergeSettings {
     pub clock_field: Option<String>,
     /// How long a deleted key's state is kept, in milliseconds.
     pub tombstone_retention_ms: i64,
+    /// Column rules (`field-lww` only); columns not listed take `lww`.
+    pub columns: BTreeMap<String, ColumnRule>,
 }
 
 /// Anything that takes part in an antichain: versions and column writes.
@@ -316,10 +391,9 @@ impl MergeEngine {
     /// The order of the configured row policy. `Greater` means `a` wins.
     fn policy_cmp(&self, a: &Version, b: &Version) -> Ordering {
         match self.settings.policy {
-            Policy::SourcePriority => self
-                .priority(&a.source)
-                .cmp(&self.priority(&b.source))
-                .then_with(|| self.lww_cmp(a, b)),
+            Policy::SourcePriority => {
+                self.priority(&a.source).cmp(&self.priority(&b.source)).then_with(|| self.lww_cmp(a, b))
+            }
             Policy::Lww | Policy::FieldLww => self.lww_cmp(a, b),
         }
     }
@@ -341,8 +415,17 @@ impl MergeEngine {
 
     /// Inserts `e` into the antichain `set` (design §1, "State per key").
     fn insert<T: Versioned>(&self, set: &mut Vec<T>, e: T) -> Insert {
+        self.insert_by(set, e, |v, e| v.vv().causality(e.vv()))
+    }
+
+    /// Inserts `e` into `set`, kept as the maximal elements under `order`
+    /// (`order(v, e)` says how `v` relates to `e`; `Equal` members are told
+    /// apart as equal clocks are). The maximal elements of a set under a
+    /// partial order do not depend on arrival order, which is what makes
+    /// every column rule converge.
+    fn insert_by<T: Versioned>(&self, set: &mut Vec<T>, e: T, order: impl Fn(&T, &T) -> Causality) -> Insert {
         for v in set.iter() {
-            match v.vv().causality(e.vv()) {
+            match order(v, &e) {
                 Causality::After => return Insert::Stale,
                 Causality::Equal if self.equal_clock_cmp(v, &e) != Ordering::Less => {
                     return if v.same_content(&e) { Insert::Duplicate } else { Insert::Stale };
@@ -352,7 +435,7 @@ impl MergeEngine {
         }
         // Nothing supersedes `e`: drop what `e` supersedes (everything before
         // it, and the equal clock it beats, if any).
-        set.retain(|v| !matches!(v.vv().causality(e.vv()), Causality::Before | Causality::Equal));
+        set.retain(|v| !matches!(order(v, &e), Causality::Before | Causality::Equal));
         set.push(e);
         self.sort_winner_first(set);
         Insert::Added
@@ -368,26 +451,65 @@ impl MergeEngine {
 
     /// Applies one event to the key's state.
     pub fn apply(&self, state: &mut KeyState, event: ChangeEvent) -> Applied {
+        self.apply_reported(state, event).applied
+    }
+
+    /// [`apply`](Self::apply), also telling what the column rules did with
+    /// the event (for metrics).
+    pub fn apply_reported(&self, state: &mut KeyState, event: ChangeEvent) -> ApplyReport {
         if self.settings.policy != Policy::FieldLww {
             let version = Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row };
-            return match self.insert(&mut state.versions, version) {
+            let applied = match self.insert(&mut state.versions, version) {
                 Insert::Added => Applied::Changed,
                 Insert::Duplicate => Applied::Duplicate,
                 Insert::Stale => Applied::Stale,
             };
+            return ApplyReport { applied, foreign_owner_writes: 0 };
         }
         self.apply_fields(state, event)
     }
 
-    /// `field-lww`: the row-existence register plus one antichain per column.
-    fn apply_fields(&self, state: &mut KeyState, event: ChangeEvent) -> Applied {
+    /// The order among one column's writes under its rule (see `insert_by`).
+    fn column_order<'r>(
+        &self,
+        rule: Option<&'r ColumnRule>,
+    ) -> impl Fn(&FieldVersion, &FieldVersion) -> Causality + 'r {
+        move |v: &FieldVersion, e: &FieldVersion| {
+            let clocks = v.vv.causality(&e.vv);
+            match rule {
+                None => clocks,
+                // Owner and non-owner writes are kept apart: a non-owner
+                // write that saw the owner's must not displace it.
+                Some(ColumnRule::Owner { source }) if (v.source == *source) != (e.source == *source) => {
+                    Causality::Concurrent
+                }
+                Some(ColumnRule::Owner { .. }) => clocks,
+                // A write is redundant when a causally later (or equal) write
+                // holds a value at least as good: whenever a delete hides
+                // the later one it hides the earlier one too.
+                Some(rule @ (ColumnRule::Max | ColumnRule::Min)) => {
+                    match (clocks, value_rank(rule, &v.value, &e.value)) {
+                        (Causality::Equal, Ordering::Equal) => Causality::Equal,
+                        (Causality::After | Causality::Equal, Ordering::Greater | Ordering::Equal) => Causality::After,
+                        (Causality::Before | Causality::Equal, Ordering::Less | Ordering::Equal) => Causality::Before,
+                        _ => Causality::Concurrent,
+                    }
+                }
+            }
+        }
+    }
+
+    /// `field-lww`: the row-existence register plus one set of writes per column.
+    fn apply_fields(&self, state: &mut KeyState, event: ChangeEvent) -> ApplyReport {
+        let mut foreign_owner_writes = 0;
         let fields = state.fields.get_or_insert_with(FieldState::default);
         let mut fields_changed = false;
         match event.op {
             Op::Delete => {
                 // Every delete clock is recorded, stale at row level or not, so
                 // the set of delete clocks converges like everything else.
-                if !fields.cleared.iter().any(|c| matches!(c.causality(&event.vv), Causality::After | Causality::Equal)) {
+                if !fields.cleared.iter().any(|c| matches!(c.causality(&event.vv), Causality::After | Causality::Equal))
+                {
                     fields.cleared.retain(|c| c.causality(&event.vv) != Causality::Before);
                     fields.cleared.push(event.vv.clone());
                     fields.cleared.sort_by_key(VersionVector::to_json);
@@ -412,7 +534,15 @@ impl MergeEngine {
                         // A row-stale event's column writes still apply: a later
                         // version that did not change this column does not carry
                         // this write, so dropping it would depend on arrival order.
-                        if self.insert(set, write) == Insert::Added {
+                        let rule = self.rule(name);
+                        if matches!(rule, Some(ColumnRule::Owner { source }) if *source != event.source) {
+                            foreign_owner_writes += 1;
+                        }
+                        let inserted = match rule {
+                            None => self.insert(set, write),
+                            Some(_) => self.insert_by(set, write, self.column_order(rule)),
+                        };
+                        if inserted == Insert::Added {
                             fields_changed = true;
                         }
                     }
@@ -420,12 +550,21 @@ impl MergeEngine {
             }
         }
         let version = Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row };
-        match self.insert(&mut state.versions, version) {
+        let applied = match self.insert(&mut state.versions, version) {
             Insert::Added => Applied::Changed,
             _ if fields_changed => Applied::Changed,
             Insert::Duplicate => Applied::Duplicate,
             Insert::Stale => Applied::Stale,
+        };
+        ApplyReport { applied, foreign_owner_writes }
+    }
+
+    /// The rule of a column, if it has one.
+    fn rule(&self, column: &str) -> Option<&ColumnRule> {
+        if self.settings.columns.is_empty() {
+            return None;
         }
+        self.settings.columns.get(column)
     }
 
     /// Picks the deciding version of the set under the delete policy, with
@@ -491,15 +630,32 @@ impl MergeEngine {
         let mut row = base.clone();
         let Some(fields) = &state.fields else { return row };
         for (name, writes) in &fields.fields {
-            let visible = writes
-                .iter()
-                .filter(|w| !fields.cleared.iter().any(|c| w.vv.happened_before(c)))
-                .max_by(|a, b| self.lww_cmp(*a, *b));
-            if let Some(w) = visible {
+            if let Some(w) = self.column_winner(fields, name, writes) {
                 row.insert(name.clone(), w.value.clone());
             }
         }
         row
+    }
+
+    /// The write a column shows under its rule, among the writes no delete
+    /// has hidden; `None` leaves the column to the base.
+    fn column_winner<'s>(
+        &self,
+        fields: &FieldState,
+        name: &str,
+        writes: &'s [FieldVersion],
+    ) -> Option<&'s FieldVersion> {
+        let visible = || writes.iter().filter(|w| !fields.cleared.iter().any(|c| w.vv.happened_before(c)));
+        let latest = |a: &&FieldVersion, b: &&FieldVersion| self.lww_cmp(*a, *b);
+        match self.rule(name) {
+            None => visible().max_by(latest),
+            Some(ColumnRule::Owner { source }) => {
+                visible().filter(|w| w.source == *source).max_by(latest).or_else(|| visible().max_by(latest))
+            }
+            Some(rule @ (ColumnRule::Max | ColumnRule::Min)) => {
+                visible().max_by(|a, b| value_rank(rule, &a.value, &b.value).then_with(|| latest(a, b)))
+            }
+        }
     }
 
     /// True when the key resolves to deleted and its newest version is older
@@ -512,6 +668,69 @@ impl MergeEngine {
                 self.resolve(state).row.is_none() && ts.saturating_add(self.settings.tombstone_retention_ms) < now_ms
             }
         }
+    }
+}
+
+/// What one event did, with what the column rules counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Whether the state changed.
+    pub applied: Applied,
+    /// Writes to `owner` columns by sources other than the owner: kept only
+    /// as a fallback for while the owner has written nothing.
+    pub foreign_owner_writes: u32,
+}
+
+/// How `a` ranks against `b` under a `max` or `min` rule: `Greater` when `a`
+/// is the better value. Null loses to anything; otherwise values order by
+/// kind (bool, number, string, array, object), numbers by value, strings by
+/// bytes, and the rest, and equal numbers of different spelling (`1`, `1.0`),
+/// by canonical JSON text, so the order is total.
+fn value_rank(rule: &ColumnRule, a: &Value, b: &Value) -> Ordering {
+    match (a.is_null(), b.is_null()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+        (false, false) => {
+            let order = value_cmp(a, b);
+            if *rule == ColumnRule::Min {
+                order.reverse()
+            } else {
+                order
+            }
+        }
+    }
+}
+
+/// A total order on JSON values (see [`value_rank`]).
+fn value_cmp(a: &Value, b: &Value) -> Ordering {
+    fn kind(v: &Value) -> u8 {
+        match v {
+            Value::Null => 0,
+            Value::Bool(_) => 1,
+            Value::Number(_) => 2,
+            Value::String(_) => 3,
+            Value::Array(_) => 4,
+            Value::Object(_) => 5,
+        }
+    }
+    let text = || {
+        serde_json::to_string(a).expect("values serialize").cmp(&serde_json::to_string(b).expect("values serialize"))
+    };
+    match (a, b) {
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        (Value::Number(x), Value::Number(y)) => {
+            let by_value = match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+                (Some(x), Some(y), _, _) => x.cmp(&y),
+                (_, _, Some(x), Some(y)) => x.cmp(&y),
+                (Some(_), None, _, Some(_)) => Ordering::Less, // negative vs above i64::MAX
+                (None, Some(_), Some(_), _) => Ordering::Greater,
+                _ => x.as_f64().unwrap_or(f64::NAN).total_cmp(&y.as_f64().unwrap_or(f64::NAN)),
+            };
+            by_value.then_with(text)
+        }
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        _ => kind(a).cmp(&kind(b)).then_with(text),
     }
 }
 

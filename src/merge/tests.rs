@@ -49,6 +49,7 @@ fn engine(policy: Policy, deletes: DeletePolicy) -> MergeEngine {
         priorities: [("eu".to_string(), 0), ("us".to_string(), 0)].into_iter().collect(),
         clock_field: None,
         tombstone_retention_ms: 1000,
+        columns: BTreeMap::new(),
     })
 }
 
@@ -102,7 +103,10 @@ fn echo_of_merged_record_is_dropped() {
     // the echo's place (the stored state is the same whatever the order).
     let mut t = KeyState::default();
     e.apply(&mut t, upsert("us", vv(&[("eu", 1), ("us", 1)]), 400, json!({"id":1,"x":"b"})));
-    assert_eq!(e.apply(&mut t, upsert("eu", vv(&[("eu", 1), ("us", 1)]), 300, json!({"id":1,"x":"b"}))), Applied::Changed);
+    assert_eq!(
+        e.apply(&mut t, upsert("eu", vv(&[("eu", 1), ("us", 1)]), 300, json!({"id":1,"x":"b"}))),
+        Applied::Changed
+    );
     assert_eq!(t, s);
     // And an echo of an older merged record is dominated: stale.
     assert_eq!(e.apply(&mut s, upsert("us", vv(&[("us", 1)]), 500, merged_row)), Applied::Stale);
@@ -236,7 +240,10 @@ fn field_lww_merges_disjoint_columns_and_keeps_newest_contested_column() {
     let base = json!({"id":1,"email":"a@x","phone":"1","city":"Oslo"});
     e.apply(&mut s, upsert("eu", vv(&[("eu", 1)]), 10, base.clone()));
     // us has the same row (replicated) and changes phone and city at ts 30.
-    e.apply(&mut s, update("us", vv(&[("us", 1)]), 30, base.clone(), json!({"id":1,"email":"a@x","phone":"2","city":"Rome"})));
+    e.apply(
+        &mut s,
+        update("us", vv(&[("us", 1)]), 30, base.clone(), json!({"id":1,"email":"a@x","phone":"2","city":"Rome"})),
+    );
     // eu concurrently changes email and city at ts 20 (city: older than us).
     e.apply(
         &mut s,
@@ -245,10 +252,7 @@ fn field_lww_merges_disjoint_columns_and_keeps_newest_contested_column() {
     let r = e.resolve(&s);
     assert_eq!(r.winner, None, "field-lww has no row-level winner");
     assert!(r.conflict());
-    assert_eq!(
-        Value::Object(r.row.unwrap().into_owned()),
-        json!({"id":1,"email":"b@x","phone":"2","city":"Rome"})
-    );
+    assert_eq!(Value::Object(r.row.unwrap().into_owned()), json!({"id":1,"email":"b@x","phone":"2","city":"Rome"}));
 }
 
 #[test]
@@ -332,6 +336,102 @@ fn field_lww_recreated_row_does_not_resurrect_deleted_columns() {
     assert!(e.resolve(&s).row.is_none());
     e.apply(&mut s, upsert("eu", vv(&[("eu", 3)]), 3, json!({"id":1,"new":"y"})));
     assert_eq!(out(&e, &s).unwrap(), json!({"id":1,"new":"y"}));
+}
+
+fn with_rules(mut e: MergeEngine, rules: &[(&str, ColumnRule)]) -> MergeEngine {
+    e.settings.columns = rules.iter().map(|(c, r)| (c.to_string(), r.clone())).collect();
+    e
+}
+
+fn owner(source: &str) -> ColumnRule {
+    ColumnRule::Owner { source: source.into() }
+}
+
+#[test]
+fn owner_column_takes_the_owners_latest_write_even_when_another_source_saw_it() {
+    let e = with_rules(engine(Policy::FieldLww, DeletePolicy::Lww), &[("email", owner("crm"))]);
+    let mut s = KeyState::default();
+    let r0 = json!({"id":1,"email":"a@crm","tier":"free"});
+    assert_eq!(e.apply_reported(&mut s, upsert("crm", vv(&[("crm", 1)]), 1, r0.clone())).foreign_owner_writes, 0);
+    // eu saw crm's write, then changes both columns: its tier counts, its
+    // email is ignored although its clock dominates crm's.
+    let r1 = json!({"id":1,"email":"b@eu","tier":"pro"});
+    let report = e.apply_reported(&mut s, update("eu", vv(&[("crm", 1), ("eu", 1)]), 2, r0, r1));
+    assert_eq!(report, ApplyReport { applied: Applied::Changed, foreign_owner_writes: 1 });
+    assert_eq!(out(&e, &s), Some(json!({"id":1,"email":"a@crm","tier":"pro"})));
+    // Without the rule, eu's causally later email wins.
+    let plain = engine(Policy::FieldLww, DeletePolicy::Lww);
+    let mut t = KeyState::default();
+    plain.apply(&mut t, upsert("crm", vv(&[("crm", 1)]), 1, json!({"id":1,"email":"a@crm"})));
+    plain.apply(
+        &mut t,
+        update("eu", vv(&[("crm", 1), ("eu", 1)]), 2, json!({"id":1,"email":"a@crm"}), json!({"id":1,"email":"b@eu"})),
+    );
+    assert_eq!(out(&plain, &t).unwrap()["email"], json!("b@eu"));
+}
+
+#[test]
+fn owner_column_falls_back_to_any_source_while_the_owner_has_not_written() {
+    let e = with_rules(engine(Policy::FieldLww, DeletePolicy::Lww), &[("email", owner("crm"))]);
+    let mut s = KeyState::default();
+    e.apply(&mut s, upsert("eu", vv(&[("eu", 1)]), 1, json!({"id":1,"email":"x@eu"})));
+    e.apply(&mut s, upsert("us", vv(&[("us", 1)]), 2, json!({"id":1,"email":"x@us"})));
+    assert_eq!(out(&e, &s).unwrap()["email"], json!("x@us"), "latest write of any source");
+    e.apply(&mut s, update("crm", vv(&[("crm", 1)]), 0, json!({"id":1}), json!({"id":1,"email":"x@crm"})));
+    assert_eq!(out(&e, &s).unwrap()["email"], json!("x@crm"), "the owner's write, although older");
+}
+
+#[test]
+fn max_and_min_columns_keep_the_extremes_ever_written() {
+    let e = with_rules(
+        engine(Policy::FieldLww, DeletePolicy::Lww),
+        &[("last", ColumnRule::Max), ("first", ColumnRule::Min), ("name", ColumnRule::Max)],
+    );
+    let mut s = KeyState::default();
+    e.apply(&mut s, upsert("eu", vv(&[("eu", 1)]), 1, json!({"id":1,"last":5,"first":5,"name":"b"})));
+    let before = json!({"id":1,"last":5,"first":5,"name":"b"});
+    // A causally later write of smaller/larger values does not move them.
+    e.apply(&mut s, update("eu", vv(&[("eu", 2)]), 2, before, json!({"id":1,"last":3,"first":9,"name":"a"})));
+    e.apply(&mut s, upsert("us", vv(&[("us", 1)]), 3, json!({"id":1,"last":4.5,"first":null,"name":"ab"})));
+    assert_eq!(out(&e, &s), Some(json!({"id":1,"last":5,"first":5,"name":"b"})));
+    e.apply(&mut s, upsert("us", vv(&[("us", 2)]), 4, json!({"id":1,"last":7,"first":1,"name":"c"})));
+    assert_eq!(out(&e, &s), Some(json!({"id":1,"last":7,"first":1,"name":"c"})));
+    // us's 4.5 is gone (its later 7 is larger); eu's later 3 stays, for
+    // when a delete that saw eu's 5 but not its 3 hides the 5.
+    let kept: Vec<&Value> = s.fields.as_ref().unwrap().fields["last"].iter().map(|w| &w.value).collect();
+    assert_eq!(kept, [&json!(7), &json!(3), &json!(5)]);
+}
+
+#[test]
+fn max_column_after_a_delete_shows_only_writes_the_delete_did_not_see() {
+    let e = with_rules(engine(Policy::FieldLww, DeletePolicy::UpdateWins), &[("last", ColumnRule::Max)]);
+    let mut s = KeyState::default();
+    e.apply(&mut s, upsert("eu", vv(&[("eu", 1)]), 1, json!({"id":1,"last":9})));
+    // us saw the row and lowers `last` (max keeps 9); eu then deletes
+    // concurrently with us's write: 9 is gone with the row, 2 survives.
+    e.apply(&mut s, update("us", vv(&[("eu", 1), ("us", 1)]), 3, json!({"id":1,"last":9}), json!({"id":1,"last":2})));
+    assert_eq!(out(&e, &s).unwrap()["last"], json!(9));
+    e.apply(&mut s, delete("eu", vv(&[("eu", 2)]), 2));
+    assert_eq!(out(&e, &s), Some(json!({"id":1,"last":2})));
+}
+
+#[test]
+fn value_order_is_total_and_null_loses() {
+    use std::cmp::Ordering::*;
+    for (a, b, want) in [
+        (json!(2), json!(10), Less),
+        (json!(-1), json!(18446744073709551615u64), Less),
+        (json!(1.5), json!(1), Greater),
+        (json!(1), json!(1.0), Less), // equal numbers: canonical text decides
+        (json!("b"), json!("ab"), Greater),
+        (json!(999), json!("1"), Less), // numbers before strings
+        (json!(true), json!(false), Greater),
+    ] {
+        assert_eq!(value_rank(&ColumnRule::Max, &a, &b), want, "{a} vs {b}");
+        assert_eq!(value_rank(&ColumnRule::Min, &a, &b), want.reverse(), "{a} vs {b}");
+    }
+    assert_eq!(value_rank(&ColumnRule::Max, &json!(null), &json!(-5)), Less);
+    assert_eq!(value_rank(&ColumnRule::Min, &json!(null), &json!(-5)), Less);
 }
 
 #[test]
@@ -486,13 +586,17 @@ fn run(
     (states, emitted)
 }
 
+/// Every policy and delete policy, and `field-lww` with mixed column rules.
 fn all_engines() -> Vec<MergeEngine> {
     let mut v = Vec::new();
     for policy in [Policy::Lww, Policy::SourcePriority, Policy::FieldLww] {
         for deletes in [DeletePolicy::Lww, DeletePolicy::DeleteWins, DeletePolicy::UpdateWins] {
             let mut e = engine(policy, deletes);
             e.settings.priorities.insert("ap".into(), 3);
-            v.push(e);
+            v.push(e.clone());
+            if policy == Policy::FieldLww {
+                v.push(with_rules(e, &[("c0", owner("us")), ("c1", ColumnRule::Max), ("c2", ColumnRule::Min)]));
+            }
         }
     }
     v
@@ -512,8 +616,9 @@ proptest! {
         for e in all_engines() {
             let (s1, o1) = run(&e, &queues, &a);
             let (s2, o2) = run(&e, &queues, &b);
-            prop_assert_eq!(&s1, &s2, "states differ under {:?}/{:?}", e.settings.policy, e.settings.deletes);
-            prop_assert_eq!(&o1, &o2, "last outputs differ under {:?}/{:?}", e.settings.policy, e.settings.deletes);
+            let what = format!("{:?}/{:?} {:?}", e.settings.policy, e.settings.deletes, e.settings.columns);
+            prop_assert_eq!(&s1, &s2, "states differ under {}", what);
+            prop_assert_eq!(&o1, &o2, "last outputs differ under {}", what);
             // The last emitted record equals a fresh rendering of the final state.
             for (k, st) in &s1 {
                 let fresh = e.resolve(st).row.map(|r| Value::Object(r.into_owned()));
