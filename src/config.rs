@@ -184,6 +184,12 @@ pub struct OutputConfig {
     /// Defaults to the sources' common `clock_field`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_field: Option<String>,
+    /// How long the output topic keeps tombstones for readers (its
+    /// `delete.retention.ms`, set when Tributary creates the topic). Default:
+    /// `[merge] tombstone_retention`, and at least a day. A sink that was
+    /// down longer than this resynchronises (see `tributary sink`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration_text_opt")]
+    pub delete_retention: Option<Duration>,
 }
 
 /// Output value encodings.
@@ -337,6 +343,15 @@ pub struct RuntimeConfig {
     /// Where the local state store lives.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Bytes of committed states kept decoded in memory (all tasks of the
+    /// process together), so hot keys skip the disk read and the decode.
+    #[serde(default = "default_state_cache_bytes")]
+    pub state_cache_bytes: usize,
+    /// A cycle (one transaction) ends once the states it changed reach this
+    /// many bytes, even before `commit_interval`: it bounds the memory held
+    /// for the open transaction and the size of the local write at commit.
+    #[serde(default = "default_max_cycle_bytes")]
+    pub max_cycle_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -345,12 +360,22 @@ impl Default for RuntimeConfig {
             processing: Processing::default(),
             commit_interval: default_commit_interval(),
             state_dir: default_state_dir(),
+            state_cache_bytes: default_state_cache_bytes(),
+            max_cycle_bytes: default_max_cycle_bytes(),
         }
     }
 }
 
 fn default_commit_interval() -> Duration {
     Duration::from_millis(100)
+}
+
+fn default_state_cache_bytes() -> usize {
+    64 << 20
+}
+
+fn default_max_cycle_bytes() -> usize {
+    32 << 20
 }
 
 fn default_state_dir() -> PathBuf {
@@ -491,6 +516,12 @@ impl Config {
         }
         if self.runtime.commit_interval.is_zero() {
             problems.push("runtime.commit_interval: must be greater than zero".into());
+        }
+        if self.runtime.max_cycle_bytes < 1 << 16 {
+            problems.push(format!("runtime.max_cycle_bytes: {} is too small (at least 65536)", self.runtime.max_cycle_bytes));
+        }
+        if self.output.delete_retention.is_some_and(|d| d.is_zero()) {
+            problems.push("output.delete_retention: must be greater than zero".into());
         }
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut topics: HashMap<&str, usize> = HashMap::new();
@@ -645,6 +676,12 @@ impl Config {
         }
     }
 
+    /// The output topic's `delete.retention.ms`: configured, or
+    /// `tombstone_retention` but at least a day (Kafka's default).
+    pub fn output_delete_retention(&self) -> Duration {
+        self.output.delete_retention.unwrap_or_else(|| self.merge.tombstone_retention.max(Duration::from_secs(86_400)))
+    }
+
     /// The resolved configuration as TOML, secrets redacted.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the configuration serializes")
@@ -749,6 +786,22 @@ pub(crate) mod duration_text {
             }
         }
         d.deserialize_str(V)
+    }
+}
+
+/// [`duration_text`] for an optional duration.
+pub(crate) mod duration_text_opt {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => duration_text::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        duration_text::deserialize(d).map(Some)
     }
 }
 

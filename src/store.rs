@@ -8,8 +8,10 @@
 //! changelog offset up to which the local keyspace is known to be complete,
 //! so a restart restores only what came after it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -51,23 +53,70 @@ pub fn decode_state(bytes: &[u8]) -> Result<KeyState, crate::avro::state::StateD
     crate::avro::state::decode_state(bytes)
 }
 
+/// What a task's local keyspace is complete up to, and what it belongs to.
+///
+/// A restart or a partition coming back trusts the local keyspace only when
+/// this proves that reading the changelog from `offset` on brings it up to
+/// date: the same changelog topic (`changelog`, cluster and topic id), and
+/// written recently enough that compaction cannot have removed a null
+/// record written after it (see `tributary run`'s restore).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// The changelog offset the keyspace is complete up to (the next offset
+    /// to read).
+    pub offset: i64,
+    /// The changelog's identity (`cluster/topic-id`) when this was written;
+    /// `None` for checkpoints of earlier versions.
+    #[serde(default)]
+    pub changelog: Option<String>,
+    /// When this was written (epoch ms).
+    #[serde(default)]
+    pub written_ms: i64,
+    /// The task's stream time: the newest event time seen per source topic.
+    #[serde(default)]
+    pub stream_time: BTreeMap<String, i64>,
+}
+
+impl Checkpoint {
+    fn decode(bytes: &[u8]) -> Checkpoint {
+        // Earlier versions stored the offset alone, as 8 big-endian bytes.
+        if let Ok(raw) = <[u8; 8]>::try_from(bytes) {
+            return Checkpoint { offset: i64::from_be_bytes(raw), ..Checkpoint::default() };
+        }
+        serde_json::from_slice(bytes).unwrap_or_default()
+    }
+}
+
 /// The on-disk database holding every task's keyspace.
 #[derive(Clone)]
 pub struct StateDb {
     db: Database,
     meta: Keyspace,
     path: String,
+    /// Bytes of decoded committed states all tasks together may keep.
+    cache_budget: usize,
+    /// Tasks open now: each gets an equal share of the budget.
+    open_tasks: Arc<AtomicUsize>,
 }
+
+/// Default for [`StateDb::open`]'s decoded-state cache.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 impl StateDb {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path) -> Result<StateDb, StoreError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store under `dir`, keeping at most about
+    /// `cache_bytes` of committed states decoded in memory.
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<StateDb, StoreError> {
         let path = dir.display().to_string();
         let err = |source| StoreError::Db { path: path.clone(), source };
         std::fs::create_dir_all(dir).map_err(|e| err(fjall::Error::from(e)))?;
         let db = Database::builder(dir).open().map_err(err)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(err)?;
-        Ok(StateDb { db, meta, path })
+        Ok(StateDb { db, meta, path, cache_budget: cache_bytes, open_tasks: Arc::default() })
     }
 
     /// Opens the task store of partition `p`.
@@ -80,16 +129,19 @@ impl StateDb {
             .meta
             .get(checkpoint_key(partition))
             .map_err(|source| StoreError::Db { path: self.path.clone(), source })?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map_or(0, i64::from_be_bytes);
+            .map(|v| Checkpoint::decode(&v))
+            .unwrap_or_default();
+        self.open_tasks.fetch_add(1, Ordering::Relaxed);
         Ok(TaskStore {
             db: self.clone(),
             keyspace,
             partition,
+            changelog: checkpoint.changelog.clone(),
             checkpoint,
             cache: HashMap::new(),
             encoded: HashMap::new(),
             clean: HashMap::new(),
+            clean_bytes: 0,
             sweep_cursor: None,
         })
     }
@@ -109,20 +161,33 @@ pub struct TaskStore {
     db: StateDb,
     keyspace: Keyspace,
     partition: i32,
-    checkpoint: i64,
+    /// What the keyspace is complete up to (as last committed, plus the
+    /// stream time of the open cycle).
+    checkpoint: Checkpoint,
+    /// The changelog's identity that the next commit records.
+    changelog: Option<String>,
     /// Changes of the open transaction: key → new state (`None`: removed).
     cache: HashMap<String, Option<KeyState>>,
     /// Encodings of cached states already made for the changelog, reused at commit.
     encoded: HashMap<String, Vec<u8>>,
-    /// Committed states kept decoded for the next cycles (bounded), so hot
-    /// keys skip the disk read and the decode.
-    clean: HashMap<String, KeyState>,
+    /// Committed states kept decoded for the next cycles, so hot keys skip
+    /// the disk read and the decode; each with its estimated size.
+    clean: HashMap<String, (KeyState, usize)>,
+    /// Estimated bytes held by `clean`.
+    clean_bytes: usize,
     /// Where the tombstone sweep goes on from (`None`: the start).
     sweep_cursor: Option<Vec<u8>>,
 }
 
-/// Committed states kept decoded per task.
-const CLEAN_CAPACITY: usize = 100_000;
+/// Estimated memory of a decoded state beyond its encoding: the map entry,
+/// the key string, the version vector maps and row allocations.
+const DECODED_OVERHEAD: usize = 256;
+
+impl Drop for TaskStore {
+    fn drop(&mut self) {
+        self.db.open_tasks.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl TaskStore {
     /// The task's partition number.
@@ -132,7 +197,65 @@ impl TaskStore {
 
     /// The changelog offset the local keyspace is complete up to.
     pub fn checkpoint(&self) -> i64 {
-        self.checkpoint
+        self.checkpoint.offset
+    }
+
+    /// The full checkpoint (what it belongs to, when it was written).
+    pub fn checkpoint_info(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// Records the changelog's identity with every following commit.
+    pub fn bind_changelog(&mut self, identity: &str) {
+        self.changelog = Some(identity.to_string());
+    }
+
+    /// Notes an event time seen from `topic` (the task's stream time).
+    pub fn observe_event_time(&mut self, topic: &str, ts: i64) {
+        match self.checkpoint.stream_time.get_mut(topic) {
+            Some(t) => *t = (*t).max(ts),
+            None => {
+                self.checkpoint.stream_time.insert(topic.to_string(), ts);
+            }
+        }
+    }
+
+    /// The task's stream time: the oldest of the newest event times seen
+    /// from each of `topics`; `None` until every one of them has shown an
+    /// event (a source partition not heard from may still hold anything).
+    pub fn stream_time(&self, topics: &BTreeSet<String>) -> Option<i64> {
+        topics.iter().map(|t| self.checkpoint.stream_time.get(t).copied()).try_fold(i64::MAX, |m, t| t.map(|t| m.min(t)))
+    }
+
+    /// Removes every state of the task and resets its checkpoint: the
+    /// keyspace is then restored from the changelog's start. In bounded
+    /// batches, the last one also writing the new checkpoint.
+    pub fn wipe(&mut self) -> Result<u64, StoreError> {
+        let err = |source| StoreError::Db { path: self.db.path.clone(), source };
+        self.cache.clear();
+        self.encoded.clear();
+        self.clean.clear();
+        self.clean_bytes = 0;
+        self.sweep_cursor = None;
+        let mut removed = 0u64;
+        loop {
+            let keys: Vec<fjall::Slice> =
+                self.keyspace.iter().take(10_000).map(|kv| kv.key().map_err(err)).collect::<Result<_, _>>()?;
+            let done = keys.len() < 10_000;
+            let mut batch = self.db.db.batch();
+            for k in &keys {
+                batch.remove(&self.keyspace, k.clone());
+            }
+            removed += keys.len() as u64;
+            if done {
+                self.checkpoint = Checkpoint { changelog: self.changelog.clone(), ..Checkpoint::default() };
+                let bytes = serde_json::to_vec(&self.checkpoint).expect("checkpoints serialize");
+                batch.insert(&self.db.meta, checkpoint_key(self.partition), bytes);
+                batch.commit().map_err(err)?;
+                return Ok(removed);
+            }
+            batch.commit().map_err(err)?;
+        }
     }
 
     /// The state of `key`, as the open transaction sees it.
@@ -140,7 +263,7 @@ impl TaskStore {
         if let Some(cached) = self.cache.get(key) {
             return Ok(cached.clone());
         }
-        if let Some(state) = self.clean.get(key) {
+        if let Some((state, _)) = self.clean.get(key) {
             return Ok(Some(state.clone()));
         }
         self.load(key)
@@ -149,17 +272,23 @@ impl TaskStore {
     /// The committed state of `key`: what the output topic reflects, without
     /// the open transaction's changes (for the state query).
     pub fn get_committed(&self, key: &str) -> Result<Option<KeyState>, StoreError> {
-        if let Some(state) = self.clean.get(key) {
+        if let Some((state, _)) = self.clean.get(key) {
             return Ok(Some(state.clone()));
         }
         self.read(key)
     }
 
     fn load(&mut self, key: &str) -> Result<Option<KeyState>, StoreError> {
-        if let Some(state) = self.clean.remove(key) {
+        if let Some(state) = self.forget_clean(key) {
             return Ok(Some(state));
         }
         self.read(key)
+    }
+
+    fn forget_clean(&mut self, key: &str) -> Option<KeyState> {
+        let (state, size) = self.clean.remove(key)?;
+        self.clean_bytes -= size;
+        Some(state)
     }
 
     /// The state on disk.
@@ -179,7 +308,7 @@ impl TaskStore {
 
     /// Puts a restored state (from the changelog) into the open cache.
     pub fn put_restored(&mut self, key: String, state: Option<KeyState>) {
-        self.clean.remove(&key);
+        self.forget_clean(&key);
         self.encoded.remove(&key);
         self.cache.insert(key, state);
     }
@@ -201,35 +330,81 @@ impl TaskStore {
     pub fn commit(&mut self, checkpoint: i64) -> Result<(), StoreError> {
         let mut batch = self.db.db.batch();
         let mut committed = Vec::with_capacity(self.cache.len());
+        let mut added = 0;
         for (key, state) in self.cache.drain() {
-            match &state {
+            let size = match &state {
                 Some(s) => {
                     let bytes = self.encoded.remove(&key).unwrap_or_else(|| encode_state(s));
+                    let size = key.len() + bytes.len() + DECODED_OVERHEAD;
                     batch.insert(&self.keyspace, key.as_str(), bytes);
+                    size
                 }
-                None => batch.remove(&self.keyspace, key.as_str()),
-            }
-            committed.push((key, state));
+                None => {
+                    batch.remove(&self.keyspace, key.as_str());
+                    0
+                }
+            };
+            added += size;
+            committed.push((key, state, size));
         }
         self.encoded.clear();
-        let checkpoint = checkpoint.max(self.checkpoint);
-        batch.insert(&self.db.meta, checkpoint_key(self.partition), checkpoint.to_be_bytes().to_vec());
-        batch.commit().map_err(|source| StoreError::Db { path: self.db.path.clone(), source })?;
-        self.checkpoint = checkpoint;
-        if self.clean.len() + committed.len() > CLEAN_CAPACITY {
-            self.clean.clear();
+        let mut next = Checkpoint {
+            offset: checkpoint.max(self.checkpoint.offset),
+            changelog: self.changelog.clone(),
+            written_ms: now_ms(),
+            stream_time: std::mem::take(&mut self.checkpoint.stream_time),
+        };
+        let bytes = serde_json::to_vec(&next).expect("checkpoints serialize");
+        batch.insert(&self.db.meta, checkpoint_key(self.partition), bytes);
+        if let Err(source) = batch.commit() {
+            self.checkpoint.stream_time = std::mem::take(&mut next.stream_time);
+            return Err(StoreError::Db { path: self.db.path.clone(), source });
         }
-        for (key, state) in committed {
+        self.checkpoint = next;
+        // Each open task may keep an equal share of the cache budget; past
+        // it the decoded states are let go (they are on disk).
+        let share = self.db.cache_budget / self.db.open_tasks.load(Ordering::Relaxed).max(1);
+        if self.clean_bytes + added > share {
+            self.clean.clear();
+            self.clean_bytes = 0;
+        }
+        for (key, state, size) in committed {
             if let Some(s) = state {
-                self.clean.insert(key, s);
+                if size > share {
+                    continue;
+                }
+                if let Some((_, old)) = self.clean.insert(key, (s, size)) {
+                    self.clean_bytes -= old;
+                }
+                self.clean_bytes += size;
             }
         }
         Ok(())
     }
 
+    /// Estimated bytes of decoded committed states this task holds.
+    pub fn cached_bytes(&self) -> usize {
+        self.clean_bytes
+    }
+
+    /// The open transaction's changes, encoded for the changelog: key and
+    /// state bytes (`None`: the key is removed). Encodings made earlier are
+    /// remembered for the commit.
+    pub fn pending_changes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut out = Vec::with_capacity(self.cache.len());
+        for (key, state) in &self.cache {
+            let bytes = state.as_ref().map(|s| match self.encoded.get(key) {
+                Some(b) => b.clone(),
+                None => encode_state(s),
+            });
+            out.push((key.clone(), bytes));
+        }
+        out
+    }
+
     /// Removes `key`'s state in the open transaction (tombstone collection).
     pub fn remove(&mut self, key: &str) {
-        self.clean.remove(key);
+        self.forget_clean(key);
         self.encoded.remove(key);
         self.cache.insert(key.to_string(), None);
     }
@@ -304,6 +479,10 @@ impl StateStore for TaskStore {
         self.cache.insert(key.to_string(), keep);
         Ok(r)
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

@@ -84,6 +84,10 @@ pub enum RunError {
     /// Fenced by a newer instance, or a fatal producer error: stop.
     #[error("fatal producer error (fenced by another instance with the same transactional.id, or unrecoverable): {0}")]
     Fatal(String),
+    /// SIGINT or SIGTERM arrived while a task was waiting to restore: not an
+    /// error, the process stops.
+    #[error("stopped while restoring")]
+    Interrupted,
 }
 
 impl RunError {
@@ -230,6 +234,23 @@ struct Worker {
     last_sweep: Instant,
     /// Largest merged record (key plus output or changelog value) written.
     record_limit: usize,
+    /// Reads changelog partitions into the store (`read_committed`).
+    restorer: BaseConsumer,
+    /// Reads the changelog's high watermarks: a `read_committed` client is
+    /// told the last stable offset instead, which an open transaction pins.
+    watermarks: BaseConsumer,
+    /// The changelog's identity (`cluster/topic-id`), recorded with every
+    /// checkpoint.
+    changelog_id: String,
+    /// The changelog's `delete.retention.ms`: how long a null record
+    /// written after a checkpoint is sure to be still there.
+    changelog_delete_retention_ms: i64,
+    /// Set by SIGINT/SIGTERM.
+    shutdown: Arc<AtomicBool>,
+    /// Bytes of state and output the open cycle wrote.
+    cycle_bytes: usize,
+    /// Cycles that failed in a row (the wait before the next grows).
+    failed_cycles: u32,
 }
 
 /// Schema ids of Tributary's own Avro records (Avro output).
@@ -270,11 +291,11 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             self.metrics.rebalance("assign");
             let mut w = self.worker.lock().expect("worker");
-            match w.on_assign(tpl) {
+            match w.on_assign(consumer, tpl) {
                 Ok(()) => self.metrics.set_ready(true),
                 Err(e) => {
                     w.fatal.get_or_insert(e);
@@ -336,9 +357,11 @@ impl Worker {
         };
         match self.pipeline.process(&record, task) {
             Ok(Step::Emitted { record: out, siblings, source, event_ts }) => {
+                task.observe_event_time(msg.topic(), event_ts);
                 let key_state = task.cached(&out.key).expect("an emitting update leaves a state");
                 let state = encode_state(key_state);
-                let bytes = out.key_bytes().len() + state.len().max(out.value.as_ref().map_or(0, Vec::len));
+                let header_bytes: usize = out.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+                let bytes = out.key_bytes().len() + header_bytes + state.len().max(out.value.as_ref().map_or(0, Vec::len));
                 if bytes > self.record_limit {
                     // The cache already holds the merged state: only an abort
                     // undoes it. The rewind then brings this record back, and
@@ -351,7 +374,23 @@ impl Worker {
                 }
                 let audit = match &self.audit {
                     Some(topic) if siblings > 1 => {
-                        Some((topic, audit_record(&self.config, &self.source_of, &out, key_state, msg, self.avro_records)))
+                        let body = audit_record(&self.config, &self.source_of, &out, key_state, msg, self.avro_records);
+                        if out.key.len() + body.len() > self.record_limit {
+                            // The audit topic would refuse it and fail the
+                            // cycle on every retry: the output goes on without it.
+                            tracing::warn!(
+                                topic = msg.topic(),
+                                partition,
+                                offset = msg.offset(),
+                                bytes = body.len(),
+                                limit = self.record_limit,
+                                "conflict audit record too large for the record limit; not written"
+                            );
+                            self.metrics.dropped(&source, "audit_too_large");
+                            None
+                        } else {
+                            Some((topic, body))
+                        }
                     }
                     _ => None,
                 };
@@ -359,6 +398,7 @@ impl Worker {
                 for (k, v) in &out.headers {
                     headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
                 }
+                self.cycle_bytes += bytes;
                 let output = BaseRecord::to(&self.config.output.topic)
                     .partition(out.partition)
                     .key(out.key_bytes())
@@ -369,7 +409,13 @@ impl Worker {
                     None => output,
                 };
                 self.send(output)?;
-                self.send(BaseRecord::to(&self.changelog).partition(partition).key(out.key.as_bytes()).payload(&state))?;
+                // At-least-once: the changelog goes out at the commit, after
+                // every output record of the cycle is acknowledged (see
+                // `commit_at_least_once`), so a crash can repeat outputs but
+                // never store a state whose output was lost.
+                if self.exactly_once {
+                    self.send(BaseRecord::to(&self.changelog).partition(partition).key(out.key.as_bytes()).payload(&state))?;
+                }
                 if let Some(task) = self.tasks.get_mut(&partition) {
                     task.remember_encoded(&out.key, state);
                 }
@@ -540,6 +586,7 @@ impl Worker {
     fn commit(&mut self, consumer: &GroupConsumer) -> Result<(), RunError> {
         let result = self.commit_cycle(consumer);
         self.cycle_events = 0;
+        self.cycle_bytes = 0;
         // The interval runs from the end of a commit: a commit slower than the
         // interval must not make the next cycle a single record.
         self.last_commit = Instant::now();
@@ -576,6 +623,7 @@ impl Worker {
                 }
                 self.positions.clear();
                 self.txn_open = false;
+                self.failed_cycles = 0;
                 self.counters.commits += 1;
                 self.metrics.cycle(true, started.elapsed().as_secs_f64());
                 if self.registry_failures > 0 {
@@ -626,6 +674,17 @@ impl Worker {
 
     fn commit_transaction(&mut self, consumer: &GroupConsumer, offsets: &TopicPartitionList) -> Result<(), KafkaError> {
         self.drain_deliveries();
+        // Every transaction carries the group's metadata, also one that only
+        // holds a tombstone sweep: the group coordinator then fences it if
+        // this member is a zombie of an older generation. With nothing
+        // consumed in the cycle, the current positions are sent again.
+        let current;
+        let offsets = if offsets.count() > 0 {
+            offsets
+        } else {
+            current = current_positions(consumer)?;
+            &current
+        };
         if offsets.count() > 0 {
             let metadata = consumer.group_metadata().ok_or(KafkaError::NoMessageReceived)?;
             retrying(|| self.producer.send_offsets_to_transaction(offsets, &metadata, TIMEOUT))?;
@@ -633,16 +692,46 @@ impl Worker {
         retrying(|| self.producer.commit_transaction(TIMEOUT))
     }
 
+    /// At-least-once, ordered so that a crash at any point can only repeat
+    /// output records, never lose one: (1) every output, audit and dead
+    /// letter of the cycle is acknowledged; (2) only then the changed states
+    /// go to the changelog; (3) then the offsets are committed (and after
+    /// this returns, the local store). A failure before (2) leaves the
+    /// changelog without the cycle's states, so whoever restores them
+    /// processes the events again and writes their outputs.
     fn commit_at_least_once(&mut self, consumer: &GroupConsumer, offsets: &TopicPartitionList) -> Result<(), KafkaError> {
         self.drain_deliveries();
         self.producer.flush(TIMEOUT)?;
+        self.check_deliveries()?;
+        let changes: Vec<(i32, Vec<(String, Option<Vec<u8>>)>)> =
+            self.tasks.iter_mut().map(|(p, t)| (*p, t.pending_changes())).filter(|(_, c)| !c.is_empty()).collect();
+        for (p, keyed) in &changes {
+            for (key, state) in keyed {
+                let record = BaseRecord::to(&self.changelog).partition(*p).key(key.as_bytes());
+                let record = match state {
+                    Some(bytes) => record.payload(bytes.as_slice()),
+                    None => record,
+                };
+                self.send(record).map_err(|e| match e {
+                    RunError::Kafka { source, .. } => source,
+                    _ => KafkaError::MessageProduction(RDKafkaErrorCode::Fail),
+                })?;
+            }
+        }
+        self.drain_deliveries();
+        self.producer.flush(TIMEOUT)?;
+        self.check_deliveries()?;
+        if offsets.count() > 0 {
+            consumer.commit(offsets, rdkafka::consumer::CommitMode::Sync)?;
+        }
+        Ok(())
+    }
+
+    fn check_deliveries(&self) -> Result<(), KafkaError> {
         let failures = self.take_delivery_failures();
         if let Some(f) = failures.first() {
             tracing::warn!(failures = failures.len(), "delivery failed: {f}");
             return Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut));
-        }
-        if offsets.count() > 0 {
-            consumer.commit(offsets, rdkafka::consumer::CommitMode::Sync)?;
         }
         Ok(())
     }
@@ -662,6 +751,8 @@ impl Worker {
     /// Aborts the open cycle for `why` and rewinds to the committed offsets.
     fn abort_cycle(&mut self, consumer: &GroupConsumer, why: &str) -> Result<(), RunError> {
         self.counters.aborts += 1;
+        self.failed_cycles = self.failed_cycles.saturating_add(1);
+        self.cycle_bytes = 0;
         if self.exactly_once && self.txn_open {
             if let Err(e) = self.abort_transaction(TIMEOUT) {
                 return Err(RunError::Fatal(format!("abort after `{why}` failed: {e}")));
@@ -690,11 +781,14 @@ impl Worker {
     /// too. The output topic already holds the key's tombstone.
     fn sweep_tombstones(&mut self) -> Result<(), RunError> {
         self.last_sweep = Instant::now();
-        let now = now_ms();
         let engine = self.pipeline.engine();
         let mut expired: Vec<(i32, Vec<String>)> = Vec::new();
         for (p, task) in self.tasks.iter_mut() {
-            let keys = task.sweep(SWEEP_BATCH, |s| engine.tombstone_expired(s, now))?;
+            // Stream time, not the wall clock: catching up on an old backlog
+            // must not collect a delete while an older concurrent update may
+            // still wait in another source's partition.
+            let Some(stream_time) = task.stream_time(&self.sources) else { continue };
+            let keys = task.sweep(SWEEP_BATCH, |s| engine.tombstone_expired(s, stream_time))?;
             if !keys.is_empty() {
                 expired.push((*p, keys));
             }
@@ -705,7 +799,10 @@ impl Worker {
         self.begin()?;
         for (p, keys) in expired {
             for key in &keys {
-                self.send(BaseRecord::to(&self.changelog).partition(p).key(key.as_bytes()))?;
+                if self.exactly_once {
+                    // (At-least-once writes the null record at the commit.)
+                    self.send(BaseRecord::to(&self.changelog).partition(p).key(key.as_bytes()))?;
+                }
                 if let Some(task) = self.tasks.get_mut(&p) {
                     task.remove(key);
                 }
@@ -745,12 +842,42 @@ impl Worker {
         self.txn_open = false;
     }
 
+    /// Seeks every assigned partition back to its committed offset; reading
+    /// the committed offsets is retried for a while before giving up.
     fn rewind(&mut self, consumer: &GroupConsumer) -> Result<(), RunError> {
+        let mut attempt = 0u32;
+        loop {
+            match self.rewind_once(consumer) {
+                Err(RunError::Kafka { context, source }) if attempt < 6 && !self.shutdown.load(Ordering::Relaxed) => {
+                    attempt += 1;
+                    tracing::warn!(attempt, "{context}: {source}; retrying the rewind");
+                    std::thread::sleep(Duration::from_millis(250 << attempt.min(5)));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn rewind_once(&mut self, consumer: &GroupConsumer) -> Result<(), RunError> {
         let committed = consumer.committed(TIMEOUT).map_err(|e| RunError::kafka("read committed offsets", e))?;
         for el in committed.elements() {
+            // A partition whose committed offset could not be read must not
+            // fall back to its beginning (that reprocesses the whole
+            // partition): fail, and the cycle is retried after a wait.
+            if let Err(e) = el.error() {
+                return Err(RunError::kafka(format!("read the committed offset of {} partition {}", el.topic(), el.partition()), e));
+            }
             let offset = match el.offset() {
                 Offset::Offset(o) => Offset::Offset(o),
-                _ => Offset::Beginning,
+                // No offset committed yet: auto.offset.reset (earliest).
+                Offset::Invalid => Offset::Beginning,
+                other => {
+                    return Err(RunError::Topics(format!(
+                        "unexpected committed offset {other:?} for {} partition {}",
+                        el.topic(),
+                        el.partition()
+                    )))
+                }
             };
             consumer
                 .seek(el.topic(), el.partition(), offset, TIMEOUT)
@@ -770,7 +897,7 @@ impl Worker {
         Ok(())
     }
 
-    fn on_assign(&mut self, tpl: &TopicPartitionList) -> Result<(), RunError> {
+    fn on_assign(&mut self, consumer: &GroupConsumer, tpl: &TopicPartitionList) -> Result<(), RunError> {
         let mut by_partition: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
         for el in tpl.elements() {
             by_partition.entry(el.partition()).or_default().insert(el.topic().to_string());
@@ -783,11 +910,26 @@ impl Worker {
                 )));
             }
         }
-        for p in by_partition.keys() {
-            if self.tasks.contains_key(p) {
-                continue;
-            }
-            let mut task = self.db.task(*p)?;
+        let new: Vec<i32> = by_partition.keys().copied().filter(|p| !self.tasks.contains_key(p)).collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        // The group's committed offsets first: with read_committed this
+        // fetch waits until no transactional offset commit of the group is
+        // pending (KIP-447), so the previous owner's last transaction is
+        // complete, and every changelog record it wrote lies below the high
+        // watermarks read next. Restoring up to those brings the state up to
+        // the offsets the consumer will start from.
+        let mut wanted = TopicPartitionList::new();
+        for el in tpl.elements().iter().filter(|el| new.contains(&el.partition())) {
+            wanted.add_partition(el.topic(), el.partition());
+        }
+        consumer
+            .committed_offsets(wanted, TIMEOUT)
+            .map_err(|e| RunError::kafka("read the group's committed offsets of the assigned partitions", e))?;
+        for p in new {
+            let mut task = self.db.task(p)?;
+            task.bind_changelog(&self.changelog_id);
             let started = Instant::now();
             let restored = self.restore(&mut task)?;
             tracing::info!(
@@ -797,35 +939,65 @@ impl Worker {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "task opened"
             );
-            self.tasks.insert(*p, task);
+            self.tasks.insert(p, task);
         }
         Ok(())
     }
 
-    /// Reads the task's changelog partition from its checkpoint to the end
-    /// (committed records only) into the local store.
+    /// Why the task's local keyspace cannot be taken to continue at its
+    /// checkpoint within the changelog partition spanning `low..high`
+    /// (`None`: it can).
+    fn discontinuity(&self, task: &TaskStore, low: i64, high: i64) -> Option<String> {
+        let cp = task.checkpoint_info();
+        if cp.offset == 0 && task.approximate_keys() == 0 {
+            return None;
+        }
+        match &cp.changelog {
+            None => return Some("the checkpoint does not say which changelog it belongs to (written by an earlier version)".into()),
+            Some(id) if *id != self.changelog_id => {
+                return Some(format!("the changelog is not the one the checkpoint belongs to (it was {id}, now {}): deleted and created again, or another cluster", self.changelog_id))
+            }
+            Some(_) => {}
+        }
+        if cp.offset > high {
+            return Some(format!("the checkpoint {} is past the changelog's end {high}", cp.offset));
+        }
+        if cp.offset < low {
+            return Some(format!("the checkpoint {} is below the changelog's start {low}", cp.offset));
+        }
+        let age = now_ms() - cp.written_ms;
+        if cp.offset < high && age >= self.changelog_delete_retention_ms {
+            // Another owner wrote after the checkpoint; a null record it
+            // wrote (a key deleted and collected) may have been compacted
+            // away since, and the local keyspace would keep that key.
+            return Some(format!(
+                "the checkpoint was written {} s ago, longer than the changelog's delete.retention.ms ({} s): null records written since may be compacted away",
+                age / 1000,
+                self.changelog_delete_retention_ms / 1000
+            ));
+        }
+        None
+    }
+
+    /// Brings the task's keyspace up to the changelog's high watermark:
+    /// from its checkpoint when the local keyspace provably continues the
+    /// changelog, otherwise wiped and from the changelog's start. Reads
+    /// committed records only, and does not stop at an end that an open
+    /// transaction pins (the last stable offset) below the high watermark:
+    /// it waits until everything up to the high watermark is decided.
     fn restore(&self, task: &mut TaskStore) -> Result<u64, RunError> {
         let p = task.partition();
-        let consumer: BaseConsumer = client_config(
-            &self.config,
-            &[
-                ("isolation.level", "read_committed"),
-                ("enable.partition.eof", "true"),
-                ("enable.auto.commit", "false"),
-                ("auto.offset.reset", "error"),
-                ("group.id", "tributary-restore"),
-            ],
-        )
-        .create()
-        .map_err(|e| RunError::kafka("create restore consumer", e))?;
-        let (low, high) = consumer
+        let (low, high) = self
+            .watermarks
             .fetch_watermarks(&self.changelog, p, TIMEOUT)
             .map_err(|e| RunError::kafka(format!("watermarks of {} partition {p}", self.changelog), e))?;
-        if task.checkpoint() > high {
-            tracing::warn!(partition = p, checkpoint = task.checkpoint(), high, "local checkpoint is past the changelog's end (was the changelog recreated?); restoring from its start");
+        if let Some(why) = self.discontinuity(task, low, high) {
+            let removed = task.wipe()?;
+            tracing::info!(partition = p, removed, "local state of task {p} not trusted, restoring it from the changelog's start: {why}");
         }
-        let start = if task.checkpoint() > high { low } else { task.checkpoint().max(low) };
+        let start = task.checkpoint().max(low);
         if start >= high {
+            task.commit(start)?;
             self.metrics.restore(p, 0, 0.0);
             return Ok(0);
         }
@@ -833,14 +1005,48 @@ impl Worker {
         tracing::info!(partition = p, from = start, to = high, "restoring state from the changelog");
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.changelog, p, Offset::Offset(start)).map_err(|e| RunError::kafka("restore", e))?;
-        consumer.assign(&tpl).map_err(|e| RunError::kafka("assign changelog", e))?;
+        self.restorer.assign(&tpl).map_err(|e| RunError::kafka("assign changelog", e))?;
+        let result = self.restore_from(task, start, high, began);
+        let _ = self.restorer.unassign();
+        let restored = result?;
+        self.metrics.restore(p, 0, restored as f64 / began.elapsed().as_secs_f64().max(1e-3));
+        Ok(restored)
+    }
+
+    fn restore_from(&self, task: &mut TaskStore, start: i64, high: i64, began: Instant) -> Result<u64, RunError> {
+        let p = task.partition();
         let mut next = start;
         let mut restored = 0u64;
         let mut last_log = Instant::now();
+        // Past the last committed record, only transaction markers and
+        // aborted records may lie below `high`: done once the last stable
+        // offset has reached it.
+        let settled = || -> Result<bool, RunError> {
+            let (_, stable) = self
+                .restorer
+                .fetch_watermarks(&self.changelog, p, TIMEOUT)
+                .map_err(|e| RunError::kafka(format!("last stable offset of {} partition {p}", self.changelog), e))?;
+            Ok(stable >= high)
+        };
         while next < high {
-            match consumer.poll(Duration::from_millis(500)) {
-                None => continue,
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
+            if self.shutdown.load(Ordering::Relaxed) {
+                return Err(RunError::Interrupted);
+            }
+            match self.restorer.poll(Duration::from_millis(200)) {
+                None | Some(Err(KafkaError::PartitionEOF(_))) => {
+                    if settled()? {
+                        break;
+                    }
+                    if last_log.elapsed() > Duration::from_secs(5) {
+                        tracing::info!(
+                            partition = p,
+                            at = next,
+                            to = high,
+                            "waiting for an open transaction on the changelog partition to finish before the task starts"
+                        );
+                        last_log = Instant::now();
+                    }
+                }
                 Some(Err(e)) => return Err(RunError::kafka(format!("restore {} partition {p}", self.changelog), e)),
                 Some(Ok(m)) => {
                     let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
@@ -865,10 +1071,30 @@ impl Worker {
                 }
             }
         }
-        task.commit(next)?;
-        self.metrics.restore(p, 0, restored as f64 / began.elapsed().as_secs_f64().max(1e-3));
+        // Complete up to the high watermark (what lies between the last
+        // record and it is markers or aborted records).
+        task.commit(high)?;
         Ok(restored)
     }
+}
+
+/// The consumer's current positions of its assigned partitions (those it
+/// has one for), else the group's committed offsets.
+fn current_positions(consumer: &GroupConsumer) -> Result<TopicPartitionList, KafkaError> {
+    let valid = |tpl: TopicPartitionList| {
+        let mut out = TopicPartitionList::new();
+        for el in tpl.elements() {
+            if let Offset::Offset(o) = el.offset() {
+                let _ = out.add_partition_offset(el.topic(), el.partition(), Offset::Offset(o));
+            }
+        }
+        out
+    };
+    let positions = valid(consumer.position()?);
+    if positions.count() > 0 {
+        return Ok(positions);
+    }
+    Ok(valid(consumer.committed(TIMEOUT)?))
 }
 
 /// Connects to the schema registry and reads what is registered already:
@@ -966,14 +1192,21 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
     let changelog = changelog_topic(&group);
     let dlq = dlq_topic(&group);
     let specs = [
-        topics::TopicSpec { name: config.output.topic.clone(), role: "output", cleanup_policy: "compact" },
-        topics::TopicSpec { name: changelog.clone(), role: "changelog", cleanup_policy: "compact" },
-        topics::TopicSpec { name: dlq.clone(), role: "dead-letter", cleanup_policy: "delete" },
+        topics::TopicSpec {
+            name: config.output.topic.clone(),
+            role: "output",
+            cleanup_policy: "compact",
+            // How long readers (sinks) still see a deleted key's tombstone;
+            // a sink away for longer resynchronises.
+            configs: vec![("delete.retention.ms", config.output_delete_retention().as_millis().to_string())],
+        },
+        topics::TopicSpec { name: changelog.clone(), role: "changelog", cleanup_policy: "compact", configs: vec![] },
+        topics::TopicSpec { name: dlq.clone(), role: "dead-letter", cleanup_policy: "delete", configs: vec![] },
     ];
     let audit = config.audit.enabled.then(|| conflicts_topic(&group));
     let specs: Vec<topics::TopicSpec> = specs
         .into_iter()
-        .chain(audit.iter().map(|t| topics::TopicSpec { name: t.clone(), role: "conflict audit", cleanup_policy: "delete" }))
+        .chain(audit.iter().map(|t| topics::TopicSpec { name: t.clone(), role: "conflict audit", cleanup_policy: "delete", configs: vec![] }))
         .collect();
     let record_limit = if options.manage_topics {
         topics::ensure_topics(&admin, &probe, &specs, partitions, config.kafka.replication_factor.unwrap_or(-1), TIMEOUT)
@@ -981,7 +1214,10 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         // The largest record the output and changelog topics take, and the
         // producer: a larger merged record is set aside before the broker
         // would refuse it (which would fail the cycle again on every retry).
-        let topic_limit = topics::max_message_bytes(&admin, &[config.output.topic.as_str(), changelog.as_str()], TIMEOUT).await?;
+        // Every topic a cycle writes to: output, changelog, dead letters, audit.
+        let mut written = vec![config.output.topic.as_str(), changelog.as_str(), dlq.as_str()];
+        written.extend(audit.as_deref());
+        let topic_limit = topics::max_message_bytes(&admin, &written, TIMEOUT).await?;
         let producer_limit = config
             .kafka
             .properties
@@ -993,6 +1229,17 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         MAX_RECORD_BYTES
     };
     tracing::info!(record_limit, "largest merged record accepted (bytes)");
+    // What a task's checkpoint belongs to, and how long the changelog keeps
+    // null records: together they decide whether local state is trusted.
+    let (changelog_id, changelog_delete_retention_ms) = if options.manage_topics {
+        let (retention, _) = topics::retention_settings(&admin, &changelog, TIMEOUT).await?;
+        (topics::topic_identity(admin.inner(), &changelog, TIMEOUT)?, retention.unwrap_or(86_400_000))
+    } else {
+        // librdkafka's mock cluster (the demo) has no DescribeTopics: the
+        // bootstrap address stands in, as the mock lives as long as the demo.
+        (format!("mock/{}", config.kafka.bootstrap_servers), 86_400_000)
+    };
+    tracing::debug!(changelog = %changelog, identity = %changelog_id, delete_retention_ms = changelog_delete_retention_ms, "changelog");
     drop(probe);
     tracing::info!(partitions, "source topics are co-partitioned");
 
@@ -1021,7 +1268,22 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         None
     };
 
-    let db = StateDb::open(&config.runtime.state_dir)?;
+    let db = StateDb::open_with_cache(&config.runtime.state_dir, config.runtime.state_cache_bytes)?;
+    let restorer: BaseConsumer = client_config(
+        &config,
+        &[
+            ("isolation.level", "read_committed"),
+            ("enable.partition.eof", "true"),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "error"),
+            ("group.id", "tributary-restore"),
+        ],
+    )
+    .create()
+    .map_err(|e| RunError::kafka("create restore consumer", e))?;
+    let watermarks: BaseConsumer = client_config(&config, &[("isolation.level", "read_uncommitted"), ("group.id", "tributary-restore")])
+        .create()
+        .map_err(|e| RunError::kafka("create watermark client", e))?;
     let transactional_id = format!("{group}-{instance}");
     let mut producer_defaults = vec![("enable.idempotence", "true"), ("linger.ms", "5"), ("compression.type", "lz4")];
     if exactly_once {
@@ -1069,6 +1331,13 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         registry_max_backoff: config.schema_registry.as_ref().map_or(Duration::from_secs(30), |r| r.max_backoff),
         last_sweep: Instant::now(),
         record_limit,
+        restorer,
+        watermarks,
+        changelog_id,
+        changelog_delete_retention_ms,
+        shutdown: shutdown.clone(),
+        cycle_bytes: 0,
+        failed_cycles: 0,
     }));
     let _ = worker_slot.set(worker.clone());
     let mut consumer_defaults = vec![
@@ -1113,8 +1382,10 @@ fn main_loop(consumer: &GroupConsumer, worker: &Mutex<Worker>, interval: Duratio
     while !shutdown.load(Ordering::Relaxed) {
         let msg = consumer.poll(Duration::from_millis(20));
         let mut w = worker.lock().expect("worker");
-        if let Some(e) = w.fatal.take() {
-            return Err(e);
+        match w.fatal.take() {
+            Some(RunError::Interrupted) => break,
+            Some(e) => return Err(e),
+            None => {}
         }
         let step = match msg {
             Some(Ok(m)) => match w.process(&m) {
@@ -1138,10 +1409,31 @@ fn main_loop(consumer: &GroupConsumer, worker: &Mutex<Worker>, interval: Duratio
             None => Ok(()),
         };
         let step = step.and_then(|()| if w.last_sweep.elapsed() >= w.sweep_interval() { w.sweep_tombstones() } else { Ok(()) });
-        // A cycle ends on the interval, or when it holds enough events that a
-        // longer transaction would only grow the producer's queue.
-        let due = w.last_commit.elapsed() >= interval || w.cycle_events >= MAX_CYCLE_EVENTS;
+        // A cycle ends on the interval, or when it holds enough events or
+        // bytes that a longer transaction would only grow the producer's
+        // queue and the memory held for it.
+        let due = w.last_commit.elapsed() >= interval
+            || w.cycle_events >= MAX_CYCLE_EVENTS
+            || w.cycle_bytes >= w.config.runtime.max_cycle_bytes;
         let step = step.and_then(|()| if due { w.commit(consumer) } else { Ok(()) });
+        if matches!(step, Err(RunError::Interrupted)) {
+            w.discard();
+            break;
+        }
+        // Cycles failing in a row (a produce error that repeats, the broker
+        // away): wait before the next attempt instead of spinning.
+        if step.is_ok() && w.failed_cycles > 0 && !w.txn_open {
+            let wait = Duration::from_millis(100u64 << w.failed_cycles.min(7)).min(Duration::from_secs(10));
+            tracing::debug!(failed = w.failed_cycles, wait_ms = wait.as_millis() as u64, "waiting before the next cycle");
+            drop(w);
+            let until = Instant::now() + wait;
+            while Instant::now() < until && !shutdown.load(Ordering::Relaxed) {
+                // Keep serving the group (heartbeats are librdkafka's; the
+                // poll keeps max.poll.interval.ms satisfied) without taking records.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            continue;
+        }
         if let Err(e) = step {
             // Whatever the open cycle holds must not be committed by the
             // revocation that leaving the group triggers.

@@ -21,6 +21,8 @@ pub struct TopicSpec {
     pub role: &'static str,
     /// `compact` or `delete`.
     pub cleanup_policy: &'static str,
+    /// Further topic configs set when Tributary creates the topic.
+    pub configs: Vec<(&'static str, String)>,
 }
 
 /// How long a source topic may be missing from metadata before start-up
@@ -109,10 +111,22 @@ pub async fn ensure_topics(
                         spec.role, spec.name
                     )));
                 }
+                // Time-based deletion would drop the only copy of a key's
+                // state that no later record replaces: a restore would then
+                // silently miss keys.
+                if spec.role == "changelog" && policy.split(',').any(|p| p.trim() == "delete") {
+                    return Err(RunError::Topics(format!(
+                        "changelog topic {} has cleanup.policy={policy}; it must be compact only (with delete, retention removes states that were never superseded)",
+                        spec.name
+                    )));
+                }
             }
             _ => {
-                let topic = NewTopic::new(&spec.name, partitions, TopicReplication::Fixed(replication_factor))
+                let mut topic = NewTopic::new(&spec.name, partitions, TopicReplication::Fixed(replication_factor))
                     .set("cleanup.policy", spec.cleanup_policy);
+                for (k, v) in &spec.configs {
+                    topic = topic.set(k, v);
+                }
                 let results = admin
                     .create_topics([&topic], &opts)
                     .await
@@ -150,4 +164,88 @@ pub async fn max_message_bytes(
         .filter_map(|r| r.ok())
         .filter_map(|r| r.get("max.message.bytes").and_then(|e| e.value.as_deref()).and_then(|v| v.parse::<usize>().ok()))
         .min())
+}
+
+/// The identity of `topic`: the cluster id and the topic id, as
+/// `cluster/topic-id`. A topic that was deleted and created again, or one on
+/// another cluster, has a different identity even where its offsets look
+/// alike, so local state checkpointed against one is never taken to
+/// continue the other.
+pub fn topic_identity(client: &rdkafka::client::Client<impl rdkafka::ClientContext>, topic: &str, timeout: Duration) -> Result<String, RunError> {
+    let cluster = client
+        .fetch_cluster_id(timeout)
+        .ok_or_else(|| RunError::Topics(format!("could not read the cluster id while checking topic {topic}")))?;
+    let id = describe_topic_id(client.native_ptr(), topic, timeout)
+        .map_err(|e| RunError::Topics(format!("describe topic {topic}: {e}")))?;
+    Ok(format!("{cluster}/{id}"))
+}
+
+/// The topic id of `topic` through librdkafka's DescribeTopics (which the
+/// Rust wrapper does not expose), base64 as Kafka's tools print it.
+fn describe_topic_id(rk: *mut rdkafka::bindings::rd_kafka_t, topic: &str, timeout: Duration) -> Result<String, String> {
+    use rdkafka::bindings as rd;
+    use std::ffi::{CStr, CString};
+    let name = CString::new(topic).map_err(|e| e.to_string())?;
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: every handle created here is destroyed before returning; the
+    // result's strings are copied out before the event is destroyed.
+    unsafe {
+        let queue = rd::rd_kafka_queue_new(rk);
+        let options = rd::rd_kafka_AdminOptions_new(rk, rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS);
+        let mut names = [name.as_ptr()];
+        let collection = rd::rd_kafka_TopicCollection_of_topic_names(names.as_mut_ptr(), 1);
+        let mut errstr = [0 as std::os::raw::c_char; 256];
+        rd::rd_kafka_AdminOptions_set_request_timeout(options, timeout_ms, errstr.as_mut_ptr(), errstr.len());
+        rd::rd_kafka_DescribeTopics(rk, collection, options, queue);
+        let event = rd::rd_kafka_queue_poll(queue, timeout_ms.saturating_add(1000));
+        let result = if event.is_null() {
+            Err("timed out".to_string())
+        } else if rd::rd_kafka_event_error(event) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            Err(CStr::from_ptr(rd::rd_kafka_event_error_string(event)).to_string_lossy().into_owned())
+        } else {
+            let res = rd::rd_kafka_event_DescribeTopics_result(event);
+            let mut n = 0usize;
+            let descs = rd::rd_kafka_DescribeTopics_result_topics(res, &mut n);
+            if res.is_null() || descs.is_null() || n == 0 {
+                Err("no description returned".to_string())
+            } else {
+                let desc = *descs;
+                let err = rd::rd_kafka_TopicDescription_error(desc);
+                if !err.is_null() && rd::rd_kafka_error_code(err) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    Err(CStr::from_ptr(rd::rd_kafka_error_name(err)).to_string_lossy().into_owned())
+                } else {
+                    let id = rd::rd_kafka_TopicDescription_topic_id(desc);
+                    if id.is_null() {
+                        Err("no topic id".to_string())
+                    } else {
+                        Ok(CStr::from_ptr(rd::rd_kafka_Uuid_base64str(id)).to_string_lossy().into_owned())
+                    }
+                }
+            }
+        };
+        if !event.is_null() {
+            rd::rd_kafka_event_destroy(event);
+        }
+        rd::rd_kafka_TopicCollection_destroy(collection);
+        rd::rd_kafka_AdminOptions_destroy(options);
+        rd::rd_kafka_queue_destroy(queue);
+        result
+    }
+}
+
+/// A topic's `delete.retention.ms` (how long compaction keeps a null
+/// record), and whether its `cleanup.policy` includes `delete`.
+pub async fn retention_settings(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(Option<i64>, String), RunError> {
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+        .await
+        .map_err(|e| RunError::kafka(format!("describe topic {topic}"), e))?;
+    let resource = described.into_iter().next().and_then(|r| r.ok());
+    let get = |k: &str| resource.as_ref().and_then(|r| r.get(k).and_then(|e| e.value.clone()));
+    Ok((get("delete.retention.ms").and_then(|v| v.parse().ok()), get("cleanup.policy").unwrap_or_default()))
 }
