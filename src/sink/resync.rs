@@ -21,11 +21,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
@@ -65,7 +66,7 @@ pub struct Source<'a> {
 /// Where a stored offset lies in its partition now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
-    /// At the end: nothing was written since, so nothing was missed.
+    /// At the end, or one offset before it: nothing can have been missed.
     AtEnd,
     /// Records to read from the stored offset on.
     Behind,
@@ -76,12 +77,19 @@ pub enum Position {
 }
 
 /// Where `next` lies between the partition's log start `low` and end `high`.
+///
+/// One offset before the end counts as the end: the partition's last offset
+/// is in its active segment, which the cleaner never touches, and after a
+/// transactional producer (`tributary run`) it is the commit marker of the
+/// last transaction the sink read. Without this an idle topic would be
+/// resynchronised on every start once its last record is older than the
+/// retention.
 pub fn position(next: i64, low: i64, high: i64) -> Position {
     if next > high {
         Position::BeyondEnd
     } else if next < low {
         Position::BelowStart
-    } else if next == high {
+    } else if next + 1 >= high {
         Position::AtEnd
     } else {
         Position::Behind
@@ -282,6 +290,22 @@ fn describe_delete_retention(kafka: &KafkaConfig, topic: &str) -> Result<i64, St
         .map_err(|e| format!("delete.retention.ms = {value:?}: {e}"))
 }
 
+/// The resync consumer's context. rust-rdkafka hands every error event,
+/// the end-of-partition events the scan waits for included, to the
+/// context's error callback as well as to `poll`; the default callback would
+/// log each one at ERROR.
+struct ScanContext;
+
+impl ClientContext for ScanContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ScanContext {}
+
 /// Runs the resync. Returns false when `shutdown` stopped it before the end
 /// (it stays recorded as in progress and the next start redoes it).
 #[allow(clippy::too_many_arguments)]
@@ -304,7 +328,8 @@ pub fn resync(
     // offsets hold transaction markers, which a read_committed consumer
     // never returns.
     client.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = client.create().map_err(kafka)?;
+    let consumer: BaseConsumer<ScanContext> =
+        client.create_with_context(ScanContext).map_err(kafka)?;
     // The end offsets first: the scan ends although producers keep writing.
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
@@ -403,6 +428,12 @@ mod tests {
     #[test]
     fn positions_of_a_stored_offset() {
         assert_eq!(position(10, 0, 10), Position::AtEnd);
+        assert_eq!(
+            position(9, 0, 10),
+            Position::AtEnd,
+            "only the last transaction's commit marker left"
+        );
+        assert_eq!(position(8, 0, 10), Position::Behind);
         assert_eq!(position(5, 0, 10), Position::Behind);
         assert_eq!(position(5, 6, 10), Position::BelowStart);
         assert_eq!(position(11, 0, 10), Position::BeyondEnd);
