@@ -207,6 +207,17 @@ pub struct Batch {
     pub gone: Vec<Vec<SqlValue>>,
 }
 
+/// What one sweep step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sweep {
+    /// Rows examined (fewer than asked for: the table's end was reached).
+    pub examined: usize,
+    /// Rows deleted.
+    pub deleted: usize,
+    /// The last key examined, where the next step goes on.
+    pub last: Option<Vec<SqlValue>>,
+}
+
 /// Sink failures. Conversion problems are not errors: they become dead rows.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -255,9 +266,15 @@ pub trait Target {
         topic: &str,
         reset: &[i32],
     ) -> Result<(), SinkError>;
-    /// Deletes up to `limit` rows whose key is not in the live-key set, in
-    /// one transaction; returns how many it deleted.
-    fn sweep(&mut self, spec: &TableSpec, limit: usize) -> Result<usize, SinkError>;
+    /// Examines the next `limit` rows in key order after the key `after`
+    /// (from the first row when `None`) and deletes those whose key is not in
+    /// the live-key set, in one transaction.
+    fn sweep(
+        &mut self,
+        spec: &TableSpec,
+        after: Option<&[SqlValue]>,
+        limit: usize,
+    ) -> Result<Sweep, SinkError>;
     /// Marks the resync finished and drops the live-key set.
     fn finish_resync(&mut self, group: &str, topic: &str) -> Result<(), SinkError>;
 }
@@ -1018,8 +1035,11 @@ fn live_delete_sql(spec: &TableSpec, prefix: char) -> String {
     format!("DELETE FROM {LIVE_KEYS} WHERE {}", cond.join(" AND "))
 }
 
-/// Deletes up to `limit` rows of the table whose key has no live record.
-fn sweep_sql(spec: &TableSpec, limit: usize) -> String {
+/// The next `limit` keys of the table in key order after a key (`after`:
+/// the placeholders hold it), each with whether it is in the live-key set.
+/// Key order walks the primary key's index, so every step costs `limit`
+/// rows however large the table is.
+fn sweep_select_sql(spec: &TableSpec, after: bool, limit: usize, prefix: char) -> String {
     let keys: Vec<String> = spec
         .key
         .iter()
@@ -1032,11 +1052,20 @@ fn sweep_sql(spec: &TableSpec, limit: usize) -> String {
             .join(", ")
     };
     let join: Vec<String> = keys.iter().map(|k| format!("l.{k} = t.{k}")).collect();
+    let from = if after {
+        format!(
+            " WHERE ({}) > ({})",
+            of("t"),
+            placeholders(prefix, 1, keys.len())
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "DELETE FROM {table} WHERE ({cols}) IN (SELECT {tcols} FROM {table} AS t WHERE NOT EXISTS (SELECT 1 FROM {LIVE_KEYS} AS l WHERE {join}) LIMIT {limit})",
-        table = quote(&spec.table),
-        cols = keys.join(", "),
+        "SELECT {tcols}, l.{first} IS NOT NULL FROM {table} AS t LEFT JOIN {LIVE_KEYS} AS l ON {join}{from} ORDER BY {tcols} LIMIT {limit}",
         tcols = of("t"),
+        first = keys[0],
+        table = quote(&spec.table),
         join = join.join(" AND "),
     )
 }

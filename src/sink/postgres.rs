@@ -7,8 +7,8 @@ use postgres::{Client, NoTls};
 
 use super::{
     create_sql, delete_sql, live_delete_sql, live_insert_sql, live_keys_ddl, offset_upsert_sql,
-    sweep_sql, upsert_sql, Batch, Change, ColumnType, SinkError, SqlValue, StoredOffset, TableSpec,
-    Target, DEAD_DDL, LIVE_KEYS, OFFSETS_DDL, OFFSETS_TS_COLUMN, RESYNC_DDL,
+    sweep_select_sql, upsert_sql, Batch, Change, ColumnType, SinkError, SqlValue, StoredOffset,
+    Sweep, TableSpec, Target, DEAD_DDL, LIVE_KEYS, OFFSETS_DDL, OFFSETS_TS_COLUMN, RESYNC_DDL,
 };
 
 /// A PostgreSQL database.
@@ -68,6 +68,30 @@ fn param(ty: ColumnType, v: &SqlValue) -> Box<dyn ToSql + Sync> {
         (ColumnType::Text, SqlValue::Text(s)) => Box::new(s.clone()),
         (ColumnType::Text, _) => Box::new(None::<String>),
     }
+}
+
+/// A key value read back from a row, to bind again.
+fn value(ty: ColumnType, row: &postgres::Row, i: usize) -> Result<SqlValue, postgres::Error> {
+    Ok(match ty {
+        ColumnType::Text => row
+            .try_get::<_, Option<String>>(i)?
+            .map_or(SqlValue::Null, SqlValue::Text),
+        ColumnType::BigInt => row
+            .try_get::<_, Option<i64>>(i)?
+            .map_or(SqlValue::Null, SqlValue::Int),
+        ColumnType::Integer => row
+            .try_get::<_, Option<i32>>(i)?
+            .map_or(SqlValue::Null, |v| SqlValue::Int(v.into())),
+        ColumnType::Double => row
+            .try_get::<_, Option<f64>>(i)?
+            .map_or(SqlValue::Null, SqlValue::Float),
+        ColumnType::Boolean => row
+            .try_get::<_, Option<bool>>(i)?
+            .map_or(SqlValue::Null, SqlValue::Bool),
+        ColumnType::Json => row
+            .try_get::<_, Option<serde_json::Value>>(i)?
+            .map_or(SqlValue::Null, SqlValue::Json),
+    })
 }
 
 /// Rows per multi-row upsert (PostgreSQL allows 65535 parameters).
@@ -250,12 +274,60 @@ impl Target for Postgres {
         tx.commit().map_err(e)
     }
 
-    fn sweep(&mut self, spec: &TableSpec, limit: usize) -> Result<usize, SinkError> {
-        let n = self
-            .client
-            .execute(&sweep_sql(spec, limit), &[])
-            .map_err(|e| self.err(e))?;
-        Ok(n as usize)
+    fn sweep(
+        &mut self,
+        spec: &TableSpec,
+        after: Option<&[SqlValue]>,
+        limit: usize,
+    ) -> Result<Sweep, SinkError> {
+        let url = self.url.clone();
+        let e = |e: postgres::Error| SinkError::Db {
+            target: "postgres",
+            url: url.clone(),
+            message: e.to_string(),
+        };
+        let mut tx = self.client.transaction().map_err(e)?;
+        let params: Vec<Box<dyn ToSql + Sync>> = after
+            .unwrap_or_default()
+            .iter()
+            .zip(&spec.key)
+            .map(|(v, &i)| param(spec.columns[i].ty, v))
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
+        let rows = tx
+            .query(&sweep_select_sql(spec, after.is_some(), limit, '$'), &refs)
+            .map_err(e)?;
+        let n = spec.key.len();
+        let mut last = None;
+        let mut deleted = 0;
+        let del = tx.prepare(&delete_sql(spec, '$')).map_err(e)?;
+        for row in &rows {
+            let key = spec
+                .key
+                .iter()
+                .enumerate()
+                .map(|(c, &i)| value(spec.columns[i].ty, row, c))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(e)?;
+            let live: bool = row.try_get(n).map_err(e)?;
+            if !live {
+                let params: Vec<Box<dyn ToSql + Sync>> = key
+                    .iter()
+                    .zip(&spec.key)
+                    .map(|(v, &i)| param(spec.columns[i].ty, v))
+                    .collect();
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
+                tx.execute(&del, &refs).map_err(e)?;
+                deleted += 1;
+            }
+            last = Some(key);
+        }
+        tx.commit().map_err(e)?;
+        Ok(Sweep {
+            examined: rows.len(),
+            deleted,
+            last,
+        })
     }
 
     fn finish_resync(&mut self, group: &str, topic: &str) -> Result<(), SinkError> {

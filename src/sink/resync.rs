@@ -403,15 +403,17 @@ pub fn resync(
     // Bounded batches: one short transaction each, so readers and the
     // database's log never see one huge delete.
     let mut removed = 0;
+    let mut after = None;
     loop {
         if shutdown.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let n = target.sweep(spec, batch_size)?;
-        removed += n;
-        if n < batch_size {
+        let step = target.sweep(spec, after.as_deref(), batch_size)?;
+        removed += step.deleted;
+        if step.examined < batch_size {
             break;
         }
+        after = step.last;
     }
     target.finish_resync(group, topic)?;
     tracing::info!(

@@ -8,8 +8,8 @@ use rusqlite::{params_from_iter, Connection, OptionalExtension, ToSql};
 
 use super::{
     create_sql, delete_sql, live_delete_sql, live_insert_sql, live_keys_ddl, offset_upsert_sql,
-    sweep_sql, upsert_sql, Batch, Change, SinkError, SqlValue, StoredOffset, TableSpec, Target,
-    DEAD_DDL, LIVE_KEYS, OFFSETS_DDL, OFFSETS_TS_COLUMN, RESYNC_DDL,
+    sweep_select_sql, upsert_sql, Batch, Change, SinkError, SqlValue, StoredOffset, Sweep,
+    TableSpec, Target, DEAD_DDL, LIVE_KEYS, OFFSETS_DDL, OFFSETS_TS_COLUMN, RESYNC_DDL,
 };
 
 /// An SQLite database file.
@@ -92,6 +92,18 @@ fn lock(path: &str) -> Result<Option<File>, SinkError> {
             url: path.to_string(),
             message: format!("cannot lock {lock_path}: {e}"),
         }),
+    }
+}
+
+/// A stored key value, to bind again (SQLite compares by storage class, and
+/// the sink stores each type in one class).
+fn from_sqlite(v: SqliteValue) -> SqlValue {
+    match v {
+        SqliteValue::Null => SqlValue::Null,
+        SqliteValue::Integer(i) => SqlValue::Int(i),
+        SqliteValue::Real(f) => SqlValue::Float(f),
+        SqliteValue::Text(s) => SqlValue::Text(s),
+        SqliteValue::Blob(b) => SqlValue::Text(String::from_utf8_lossy(&b).into_owned()),
     }
 }
 
@@ -280,10 +292,53 @@ impl Target for Sqlite {
         tx.commit().map_err(|e| err(&path, e))
     }
 
-    fn sweep(&mut self, spec: &TableSpec, limit: usize) -> Result<usize, SinkError> {
-        self.conn
-            .execute(&sweep_sql(spec, limit), [])
-            .map_err(|e| err(&self.path, e))
+    fn sweep(
+        &mut self,
+        spec: &TableSpec,
+        after: Option<&[SqlValue]>,
+        limit: usize,
+    ) -> Result<Sweep, SinkError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| err(&path, e))?;
+        let n = spec.key.len();
+        let mut examined = 0;
+        let mut last = None;
+        let mut dead = Vec::new();
+        {
+            let mut select = tx
+                .prepare(&sweep_select_sql(spec, after.is_some(), limit, '?'))
+                .map_err(|e| err(&path, e))?;
+            let mut rows = select
+                .query(params_from_iter(after.unwrap_or_default().iter()))
+                .map_err(|e| err(&path, e))?;
+            while let Some(row) = rows.next().map_err(|e| err(&path, e))? {
+                let key = (0..n)
+                    .map(|i| row.get::<_, SqliteValue>(i).map(from_sqlite))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| err(&path, e))?;
+                let live: bool = row.get(n).map_err(|e| err(&path, e))?;
+                examined += 1;
+                if !live {
+                    dead.push(key.clone());
+                }
+                last = Some(key);
+            }
+        }
+        {
+            let mut del = tx
+                .prepare_cached(&delete_sql(spec, '?'))
+                .map_err(|e| err(&path, e))?;
+            for key in &dead {
+                del.execute(params_from_iter(key.iter()))
+                    .map_err(|e| err(&path, e))?;
+            }
+        }
+        tx.commit().map_err(|e| err(&path, e))?;
+        Ok(Sweep {
+            examined,
+            deleted: dead.len(),
+            last,
+        })
     }
 
     fn finish_resync(&mut self, group: &str, topic: &str) -> Result<(), SinkError> {
