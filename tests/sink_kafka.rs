@@ -266,6 +266,31 @@ fn tombstone(topic: &str, id: i64, partitions: i32) -> Rec {
     }
 }
 
+/// Produces `records` in one committed transaction.
+fn produce_in_transaction(records: &[Rec]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka::bootstrap())
+        .set("transactional.id", unique("sink-test-tx"))
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    producer.begin_transaction().unwrap();
+    for r in records {
+        let mut rec: BaseRecord<'_, str, str> = BaseRecord::to(&r.topic).partition(r.partition);
+        if let Some(k) = &r.key {
+            rec = rec.key(k.as_str());
+        }
+        if let Some(v) = &r.value {
+            rec = rec.payload(v.as_str());
+        }
+        producer.send(rec).map_err(|(e, _)| e).unwrap();
+    }
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
+}
+
 /// `tributary sink --resync -c CONFIG`, logging to `LOG`.
 fn start_resync(config: &std::path::Path, log: &std::path::Path) -> Processor {
     let file = std::fs::OpenOptions::new()
@@ -289,6 +314,18 @@ fn start_resync(config: &std::path::Path, log: &std::path::Path) -> Processor {
 
 #[test]
 fn a_sink_down_longer_than_the_topic_keeps_tombstones_still_deletes_the_row() {
+    tombstone_removed_while_the_sink_was_down(false);
+}
+
+/// The same with a database written before the sink stored record
+/// timestamps with its offsets: the age comes from the record at the stored
+/// offset.
+#[test]
+fn a_database_without_stored_timestamps_is_checked_from_the_record_at_its_offset() {
+    tombstone_removed_while_the_sink_was_down(true);
+}
+
+fn tombstone_removed_while_the_sink_was_down(old_database: bool) {
     let topic = unique("sink-cleaned");
     // A cleaner that removes a tombstone a second after it first cleans it.
     create_topic(
@@ -314,6 +351,14 @@ fn a_sink_down_longer_than_the_topic_keeps_tombstones_still_deletes_the_row() {
         sqlite_rows(&db).keys().copied().collect::<Vec<_>>(),
         vec![1, 2]
     );
+    if old_database {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute(
+            "UPDATE tributary_sink_offsets SET last_record_ts = NULL",
+            [],
+        )
+        .unwrap();
+    }
 
     // While the sink is down: key 1 is deleted, and filler records roll
     // segments (a segment rolls only when a record arrives after segment.ms)
@@ -376,7 +421,10 @@ fn sink_resync_on_demand_removes_rows_the_topic_does_not_hold_then_goes_on() {
     );
     let mut recs: Vec<Rec> = (1..=5).map(|id| customer(&topic, id, 2)).collect();
     recs.push(tombstone(&topic, 3, 2));
-    produce(&recs);
+    // As `tributary run` writes: each partition then ends with a commit
+    // marker, which a read_committed consumer never returns, so the resync's
+    // scan must see the partition's end to stop.
+    produce_in_transaction(&recs);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sink.sqlite");
     let cfg = config(dir.path(), &topic, "sqlite", &db.display().to_string());
@@ -420,8 +468,12 @@ fn sink_resync_on_demand_removes_rows_the_topic_does_not_hold_then_goes_on() {
         vec![1, 2, 4, 5]
     );
     // … and then it goes on as usual.
-    produce(&[customer(&topic, 6, 2)]);
-    wait_for_offsets(&db, 7, &p);
+    produce_in_transaction(&[customer(&topic, 6, 2)]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sqlite_rows(&db).contains_key(&6) {
+        assert!(Instant::now() < deadline, "{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(p.stop().success());
     assert_eq!(
         sqlite_rows(&db).keys().copied().collect::<Vec<_>>(),
@@ -460,4 +512,228 @@ fn a_second_sqlite_sink_on_the_same_file_fails_fast_naming_it() {
         sqlite_rows(&db).keys().copied().collect::<Vec<_>>(),
         vec![1, 2]
     );
+}
+
+#[test]
+fn a_resync_killed_midway_is_started_over_and_completes() {
+    let topic = unique("sink-resync-kill");
+    create_topic(
+        &topic,
+        3,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.compaction.lag.ms", "3600000"),
+        ],
+    );
+    let (recs, table) = output_records(&topic, 2000, 20_000);
+    produce(&recs);
+    let total = recs.len() as i64;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sink.sqlite");
+    let cfg = config(dir.path(), &topic, "sqlite", &db.display().to_string());
+    let p = Processor::start_with(&cfg, &dir.path().join("first.log"), "sink");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sqlite_offsets_safe(&db) < total {
+        assert!(
+            Instant::now() < deadline,
+            "the sink did not catch up; log:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(p.stop().success());
+    // Many rows the topic does not hold, so that the sweep (40 rows a
+    // transaction, the configured batch_size) takes a while.
+    const STRAY: i64 = 200_000;
+    let mut conn = rusqlite::Connection::open(&db).unwrap();
+    let tx = conn.transaction().unwrap();
+    for id in 0..STRAY {
+        tx.execute(
+            "INSERT INTO customers (id, name, seq) VALUES (?1, 'stray', 0)",
+            [1_000_000 + id],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let stray = |conn: &rusqlite::Connection| -> i64 {
+        conn.query_row(
+            "SELECT count(*) FROM customers WHERE id >= 1000000",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+
+    // Killed in the middle of the sweep.
+    let log = dir.path().join("resync.log");
+    let p = start_resync(&cfg, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stray(&conn) == STRAY {
+        assert!(Instant::now() < deadline, "{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p.kill9();
+    let left = stray(&conn);
+    assert!(
+        left > 0,
+        "the resync ended before the kill:\n{}",
+        p_log(&log)
+    );
+    let in_progress: i64 = conn
+        .query_row("SELECT count(*) FROM tributary_sink_resync", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        in_progress, 1,
+        "the interrupted resync is recorded as unfinished"
+    );
+
+    // A plain start (no --resync) finds it unfinished and does it again.
+    let log = dir.path().join("restart.log");
+    let p = Processor::start_with(&cfg, &log, "sink");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !p.log_text().contains("sink started") {
+        assert!(Instant::now() < deadline, "{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(p.stop().success());
+    let text = p_log(&log);
+    assert!(
+        text.contains("did not finish: starting it over") && text.contains("resync finished"),
+        "{text}"
+    );
+    assert_eq!(stray(&conn), 0);
+    assert_eq!(
+        sqlite_rows(&db),
+        table,
+        "the table equals the compacted topic"
+    );
+    assert_eq!(sqlite_offsets(&db), total);
+    let in_progress: i64 = conn
+        .query_row("SELECT count(*) FROM tributary_sink_resync", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(in_progress, 0);
+}
+
+/// A throw-away PostgreSQL cluster (`scripts/postgres/pg`), stopped on drop.
+struct Pg {
+    dir: String,
+    url: String,
+}
+
+impl Pg {
+    fn start() -> Pg {
+        let out = std::process::Command::new(common::root().join("scripts/postgres/pg"))
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        Pg {
+            dir: lines[0].to_string(),
+            url: lines[lines.len() - 1].to_string(),
+        }
+    }
+
+    fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(common::root().join("scripts/postgres/pg"))
+            .args(["stop", &self.dir, "--rm"])
+            .output();
+    }
+}
+
+#[test]
+fn postgres_sink_resyncs_on_demand_and_migrates_an_old_offsets_table() {
+    let pg = Pg::start();
+    let topic = unique("sink-resync-pg");
+    create_topic(
+        &topic,
+        2,
+        &[
+            ("cleanup.policy", "compact"),
+            ("min.compaction.lag.ms", "3600000"),
+        ],
+    );
+    let mut recs: Vec<Rec> = (1..=5).map(|id| customer(&topic, id, 2)).collect();
+    recs.push(tombstone(&topic, 3, 2));
+    produce(&recs);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &topic, "postgres", &pg.url);
+    let mut db = pg.client();
+    // An offsets table as older versions created it.
+    db.batch_execute(
+        "CREATE TABLE tributary_sink_offsets (consumer_group TEXT NOT NULL, topic TEXT NOT NULL, partition_id INTEGER NOT NULL, next_offset BIGINT NOT NULL, PRIMARY KEY (consumer_group, topic, partition_id))",
+    )
+    .unwrap();
+    let offsets = |db: &mut postgres::Client| -> i64 {
+        db.query_one(
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM tributary_sink_offsets",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let ids = |db: &mut postgres::Client| -> Vec<i64> {
+        db.query("SELECT id FROM customers ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let p = Processor::start_with(&cfg, &dir.path().join("first.log"), "sink");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while offsets(&mut db) < 6 {
+        assert!(Instant::now() < deadline, "{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(p.stop().success());
+    let stamped: i64 = db
+        .query_one(
+            "SELECT count(last_record_ts) FROM tributary_sink_offsets",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(stamped, 2, "the migrated table stores record timestamps");
+    db.execute(
+        "INSERT INTO customers (id, name, seq) VALUES (99, 'stray', 99)",
+        &[],
+    )
+    .unwrap();
+
+    let log = dir.path().join("resync.log");
+    let p = start_resync(&cfg, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.log_text().contains("resync finished") {
+        assert!(Instant::now() < deadline, "{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ids(&mut db), vec![1, 2, 4, 5]);
+    produce(&[customer(&topic, 6, 2)]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while offsets(&mut db) < 7 {
+        assert!(Instant::now() < deadline, "{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(p.stop().success());
+    assert_eq!(ids(&mut db), vec![1, 2, 4, 5, 6]);
+    let in_progress: i64 = db
+        .query_one("SELECT count(*) FROM tributary_sink_resync", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(in_progress, 0);
 }
