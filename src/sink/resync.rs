@@ -98,9 +98,10 @@ pub fn position(next: i64, low: i64, high: i64) -> Position {
 
 /// The age (ms) of the records after the stored offset when it exceeds the
 /// retention: the cleaner may have removed tombstones among them. `ts` is
-/// the timestamp of the last record applied (or of the record at the stored
-/// offset): every later record was written after it, so its age bounds
-/// theirs from above and the test errs towards resynchronising.
+/// the timestamp of the last record applied: every later record was written
+/// after it, so its age bounds theirs from above and the test errs towards
+/// resynchronising. (Output timestamps are commit times of the merged
+/// events, never later than the write, which errs the same way.)
 pub fn too_old(ts: i64, now: i64, retention_ms: i64) -> Option<i64> {
     let age = now - ts;
     (age > retention_ms).then_some(age)
@@ -210,7 +211,9 @@ pub fn check(
 
 /// The timestamp of the first record at or after `offset` (the record at the
 /// offset itself may be compacted away), for databases written before the
-/// sink stored timestamps with its offsets.
+/// sink stored timestamps with its offsets; from their first batch on, the
+/// stored timestamp is used. It is the weaker bound: a tombstone the cleaner
+/// removed just before that record was older than the record.
 fn probe_timestamp(
     consumer: &BaseConsumer,
     topic: &str,
