@@ -25,14 +25,13 @@ struct Write {
 }
 
 fn writes() -> impl Strategy<Value = Vec<Vec<Write>>> {
-    let w = (0u8..4, 0u8..8, 0u8..3, 0u8..3, 0i64..8, prop::option::of(0u8..3))
+    let w = (0u8..4, 0u8..8, 0u8..4, 0u8..4, 0i64..8, prop::option::of(0u8..3))
         .prop_map(|(key, kind, col, val, ts, sync_from)| Write { key, kind, col, val, ts, sync_from });
     prop::collection::vec(prop::collection::vec(w, 0..14), 3)
 }
 
 /// Mixed column rules over the generated columns (`field-lww+rules`).
-const RULES: &str =
-    "[merge.columns]\nc0 = { rule = \"owner\", source = \"us\" }\nc1 = { rule = \"max\" }\nc2 = { rule = \"min\" }\n";
+const RULES: &str = "[merge.columns]\nc0 = { rule = \"owner\", source = \"us\" }\nc1 = { rule = \"max\" }\nc2 = { rule = \"union\" }\nc3 = { rule = \"min\" }\n";
 
 fn config(policy: &str, deletes: &str, carried: bool) -> Config {
     let clock = if carried { "clock_field = \"_vv\"\n" } else { "" };
@@ -96,7 +95,17 @@ fn queues(hist: &[Vec<Write>], carried: bool) -> (Vec<Vec<DumpRecord>>, Database
                     *clock.entry(SOURCES[si].into()).or_insert(0) += 1;
                     let mut after = before.clone().unwrap_or_default();
                     after.insert("id".into(), json!(w.key));
-                    after.insert(format!("c{}", w.col), json!(w.val));
+                    // c2 holds arrays (subsets of ["a", "b"]), for the union rule.
+                    let value = match w.col {
+                        2 => json!(["a", "b"]
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| w.val & (1 << i) != 0)
+                            .map(|(_, x)| *x)
+                            .collect::<Vec<_>>()),
+                        _ => json!(w.val),
+                    };
+                    after.insert(format!("c{}", w.col), value);
                     rows.insert((si, w.key), after.clone());
                     let op = if before.is_some() { "u" } else { "c" };
                     let before_v =

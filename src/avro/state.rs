@@ -34,6 +34,11 @@
 //! Values written before this encoding existed are JSON objects (serde_json
 //! of [`KeyState`]); [`decode_state`] still reads them, so existing stores and
 //! changelogs keep working.
+//!
+//! Schema versions: version 2 (the file) added `FieldState.sets` (`union`
+//! columns) at the end of `FieldState`. Values written with version 1 carry
+//! its fingerprint ([`V1_FINGERPRINT`]) and are still read: the datum is the
+//! same up to the missing field. Every value is written with the newest.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -43,13 +48,17 @@ use apache_avro::Schema;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::merge::{FieldState, FieldVersion, KeyState, Op, Row, Version, VersionVector};
+use crate::merge::{ElementSet, FieldState, FieldVersion, KeyState, Op, Row, Version, VersionVector};
 
 /// The changelog state schema (`schemas/changelog-state.avsc`), as compiled in.
 pub const CHANGELOG_SCHEMA_JSON: &str = include_str!("../../schemas/changelog-state.avsc");
 
 /// The two bytes that open every Avro single-object encoded value.
 pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
+
+/// The fingerprint of version 1 of the schema (without `FieldState.sets`),
+/// whose values are still read.
+pub const V1_FINGERPRINT: [u8; 8] = [0xB0, 0x0D, 0x8D, 0x39, 0x80, 0x81, 0x58, 0x37];
 
 /// Marker plus fingerprint: the datum starts at this offset.
 pub const HEADER_LEN: usize = 10;
@@ -138,9 +147,10 @@ pub enum StateDecodeError {
     },
     /// The value is single-object encoded with a schema this build does not know.
     #[error(
-        "Avro single-object value written with an unknown schema (fingerprint {}); this build reads only schemas/changelog-state.avsc (fingerprint {})",
+        "Avro single-object value written with an unknown schema (fingerprint {}); this build reads schemas/changelog-state.avsc (fingerprint {}) and its version 1 (fingerprint {})",
         hex(.found),
-        hex(.expected)
+        hex(.expected),
+        hex(&V1_FINGERPRINT)
     )]
     UnknownFingerprint {
         /// The fingerprint in the value's header, in wire order.
@@ -331,6 +341,15 @@ fn write_field_state(buf: &mut Vec<u8>, fields: &FieldState) {
     }
     buf.push(0);
     write_array(buf, &fields.cleared, write_clock);
+    if !fields.sets.is_empty() {
+        write_len(buf, fields.sets.len());
+        for (column, set) in &fields.sets {
+            write_str(buf, column);
+            write_array(buf, &set.adds, write_field_version);
+            write_array(buf, &set.removes, write_field_version);
+        }
+    }
+    buf.push(0);
 }
 
 /// One `FieldVersion` record.
@@ -365,17 +384,30 @@ fn decode_single_object(bytes: &[u8]) -> Result<KeyState, StateDecodeError> {
     let Some(found) = bytes.get(2..HEADER_LEN) else {
         return Err(StateDecodeError::Truncated { what: "the single-object header", offset: 0 });
     };
-    if found != &CHANGELOG.header[2..] {
+    let version = if found == &CHANGELOG.header[2..] {
+        SchemaVersion::V2
+    } else if found == V1_FINGERPRINT {
+        SchemaVersion::V1
+    } else {
         let mut fingerprint = [0; 8];
         fingerprint.copy_from_slice(found);
         return Err(StateDecodeError::UnknownFingerprint { found: fingerprint, expected: changelog_fingerprint() });
-    }
+    };
     let mut reader = Reader { bytes, pos: HEADER_LEN };
-    let state = read_key_state(&mut reader)?;
+    let state = read_key_state(&mut reader, version)?;
     if reader.pos != bytes.len() {
         return Err(StateDecodeError::TrailingBytes { offset: reader.pos, count: bytes.len() - reader.pos });
     }
     Ok(state)
+}
+
+/// The schema version a value was written with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SchemaVersion {
+    /// Without `FieldState.sets`.
+    V1,
+    /// `schemas/changelog-state.avsc`.
+    V2,
 }
 
 /// A cursor over one value. Offsets in errors count from the value's first
@@ -564,9 +596,9 @@ impl<'a> Reader<'a> {
 }
 
 /// The `KeyState` record.
-fn read_key_state(r: &mut Reader<'_>) -> Decoded<KeyState> {
+fn read_key_state(r: &mut Reader<'_>, version: SchemaVersion) -> Decoded<KeyState> {
     let versions = r.array("versions", read_version)?;
-    let fields = if r.present("fields")? { Some(read_field_state(r)?) } else { None };
+    let fields = if r.present("fields")? { Some(read_field_state(r, version)?) } else { None };
     Ok(KeyState { versions, fields })
 }
 
@@ -581,7 +613,7 @@ fn read_version(r: &mut Reader<'_>) -> Decoded<Version> {
 }
 
 /// One `FieldState` record.
-fn read_field_state(r: &mut Reader<'_>) -> Decoded<FieldState> {
+fn read_field_state(r: &mut Reader<'_>, version: SchemaVersion) -> Decoded<FieldState> {
     let mut columns = BTreeMap::new();
     r.blocks("fields.columns", |r| {
         let column = r.str("a column name")?.to_owned();
@@ -590,7 +622,17 @@ fn read_field_state(r: &mut Reader<'_>) -> Decoded<FieldState> {
         Ok(())
     })?;
     let cleared = r.array("fields.cleared", |r| r.clock("a cleared clock"))?;
-    Ok(FieldState { fields: columns, cleared })
+    let mut sets = BTreeMap::new();
+    if version == SchemaVersion::V2 {
+        r.blocks("fields.sets", |r| {
+            let column = r.str("a union column's name")?.to_owned();
+            let adds = r.array("a union column's additions", read_field_version)?;
+            let removes = r.array("a union column's removals", read_field_version)?;
+            sets.insert(column, ElementSet { adds, removes });
+            Ok(())
+        })?;
+    }
+    Ok(FieldState { fields: columns, cleared, sets })
 }
 
 /// One `FieldVersion` record.
@@ -655,8 +697,31 @@ mod tests {
                 delete("us", clock(&[("us", u64::MAX)]), 1_699_999_999_999),
                 upsert("ap", clock(&[]), i64::MIN, json!({})),
             ],
-            fields: Some(FieldState { fields: columns, cleared: vec![clock(&[("us", 7)]), clock(&[("eu", 1), ("ap", 1)])] }),
+            fields: Some(FieldState {
+                fields: columns,
+                cleared: vec![clock(&[("us", 7)]), clock(&[("eu", 1), ("ap", 1)])],
+                sets: sample_sets(),
+            }),
         }
+    }
+
+    fn sample_sets() -> BTreeMap<String, ElementSet> {
+        let write = |source: &str, vv: VersionVector, value: serde_json::Value| FieldVersion {
+            source: source.into(),
+            vv,
+            ts: 7,
+            value,
+        };
+        let mut sets = BTreeMap::new();
+        sets.insert(
+            "labels".to_string(),
+            ElementSet {
+                adds: vec![write("eu", clock(&[("eu", 1)]), json!("vip")), write("us", clock(&[("us", 2)]), json!(3))],
+                removes: vec![write("us", clock(&[("eu", 1), ("us", 3)]), json!("vip"))],
+            },
+        );
+        sets.insert("empty".to_string(), ElementSet::default());
+        sets
     }
 
     // --- apache-avro's generic view of a state --------------------------------
@@ -704,6 +769,24 @@ mod tests {
                     ),
                 ),
                 ("cleared".into(), Avro::Array(f.cleared.iter().map(avro_clock).collect())),
+                (
+                    "sets".into(),
+                    Avro::Map(
+                        f.sets
+                            .iter()
+                            .map(|(c, set)| {
+                                let set = Avro::Record(vec![
+                                    ("adds".into(), Avro::Array(set.adds.iter().map(avro_field_version).collect())),
+                                    (
+                                        "removes".into(),
+                                        Avro::Array(set.removes.iter().map(avro_field_version).collect()),
+                                    ),
+                                ]);
+                                (c.clone(), set)
+                            })
+                            .collect(),
+                    ),
+                ),
             ])
         });
         Avro::Record(vec![
@@ -796,7 +879,22 @@ mod tests {
                 }
                 other => panic!("not a map: {other:?}"),
             };
-            FieldState { fields: columns, cleared: from_avro_array(f["cleared"]).iter().map(from_avro_clock).collect() }
+            let writes = |v: &Avro| from_avro_array(v).iter().map(from_avro_field_version).collect();
+            let sets = match f["sets"] {
+                Avro::Map(m) => m
+                    .iter()
+                    .map(|(c, set)| {
+                        let set = record(set);
+                        (c.clone(), ElementSet { adds: writes(set["adds"]), removes: writes(set["removes"]) })
+                    })
+                    .collect(),
+                other => panic!("not a map: {other:?}"),
+            };
+            FieldState {
+                fields: columns,
+                cleared: from_avro_array(f["cleared"]).iter().map(from_avro_clock).collect(),
+                sets,
+            }
         });
         KeyState { versions: from_avro_array(r["versions"]).iter().map(from_avro_version).collect(), fields }
     }
@@ -847,6 +945,17 @@ mod tests {
     struct SerFieldState {
         columns: BTreeMap<String, Vec<SerFieldVersion>>,
         cleared: Vec<BTreeMap<String, i64>>,
+        sets: BTreeMap<String, SerElementSet>,
+    }
+
+    #[derive(Serialize)]
+    struct SerElementSet {
+        adds: Vec<SerFieldVersion>,
+        removes: Vec<SerFieldVersion>,
+    }
+
+    fn ser_field_version(w: &FieldVersion) -> SerFieldVersion {
+        SerFieldVersion { source: w.source.clone(), clock: ser_clock(&w.vv), ts: w.ts, value: w.value.to_string() }
     }
 
     #[derive(Serialize)]
@@ -890,6 +999,17 @@ mod tests {
                     })
                     .collect(),
                 cleared: f.cleared.iter().map(ser_clock).collect(),
+                sets: f
+                    .sets
+                    .iter()
+                    .map(|(c, set)| {
+                        let set = SerElementSet {
+                            adds: set.adds.iter().map(ser_field_version).collect(),
+                            removes: set.removes.iter().map(ser_field_version).collect(),
+                        };
+                        (c.clone(), set)
+                    })
+                    .collect(),
             }),
         }
     }
@@ -957,8 +1077,14 @@ mod tests {
         (
             prop::collection::btree_map(".{0,8}", prop::collection::vec(arb_field_version(), 0..3), 0..4),
             prop::collection::vec(arb_clock(), 0..3),
+            prop::collection::btree_map(
+                ".{0,8}",
+                (prop::collection::vec(arb_field_version(), 0..3), prop::collection::vec(arb_field_version(), 0..2))
+                    .prop_map(|(adds, removes)| ElementSet { adds, removes }),
+                0..3,
+            ),
         )
-            .prop_map(|(fields, cleared)| FieldState { fields, cleared })
+            .prop_map(|(fields, cleared, sets)| FieldState { fields, cleared, sets })
     }
 
     fn arb_state() -> impl Strategy<Value = KeyState> {
@@ -1041,6 +1167,17 @@ mod tests {
         write_long(&mut datum, -2);
         write_len(&mut datum, cleared.len());
         datum.extend_from_slice(&cleared);
+        datum.push(0);
+        // sets: one sized block per column.
+        for (column, set) in &fields.sets {
+            let mut entry = Vec::new();
+            write_str(&mut entry, column);
+            write_array(&mut entry, &set.adds, write_field_version);
+            write_array(&mut entry, &set.removes, write_field_version);
+            write_long(&mut datum, -1);
+            write_len(&mut datum, entry.len());
+            datum.extend_from_slice(&entry);
+        }
         datum.push(0);
 
         assert_eq!(decode_state(&with_header(&datum)).unwrap(), state, "the hand decoder");
@@ -1208,7 +1345,52 @@ mod tests {
         // A schema change that alters the canonical form makes every stored
         // state undecodable until code that reads the old schema exists, so
         // it must be deliberate: update this value only together with that code.
-        assert_eq!(changelog_fingerprint(), [0xB0, 0x0D, 0x8D, 0x39, 0x80, 0x81, 0x58, 0x37]);
+        // (Version 1's value is `V1_FINGERPRINT`, still read.)
+        assert_eq!(changelog_fingerprint(), [0x7D, 0x35, 0xE8, 0xC9, 0xD1, 0x4F, 0x06, 0xC0]);
+    }
+
+    /// Version 1 of the schema: the file without `FieldState.sets`.
+    fn v1_schema_json() -> String {
+        let mut json: Value = serde_json::from_str(CHANGELOG_SCHEMA_JSON).unwrap();
+        let field_state = &mut json["fields"][1]["type"][1]["fields"];
+        let fields = field_state.as_array_mut().unwrap();
+        assert_eq!(fields.pop().unwrap()["name"], "sets");
+        json.to_string()
+    }
+
+    #[test]
+    fn version_1_is_the_file_without_sets_and_its_fingerprint_is_pinned() {
+        assert_eq!(spec_fingerprint(&v1_schema_json()), V1_FINGERPRINT);
+        assert_ne!(changelog_fingerprint(), V1_FINGERPRINT);
+    }
+
+    #[test]
+    fn version_1_values_still_decode() {
+        let mut state = sample();
+        state.fields.as_mut().unwrap().sets.clear();
+        // apache-avro writing with the version 1 schema, framed with its fingerprint.
+        let v1 = Schema::parse_str(&v1_schema_json()).unwrap();
+        let datum = GenericDatumWriter::builder(&v1).build().unwrap().write_value_to_vec(to_avro_v1(&state)).unwrap();
+        let mut bytes = single_object_header(&V1_FINGERPRINT).to_vec();
+        bytes.extend_from_slice(&datum);
+        assert_eq!(decode_state(&bytes).unwrap(), state);
+        // The same state in version 2 is one byte longer: the empty `sets` map.
+        assert_eq!(encode_state(&state).len(), bytes.len() + 1);
+        // Without column state the two versions' datums are the same.
+        let plain = KeyState { versions: state.versions.clone(), fields: None };
+        let mut v1_plain = single_object_header(&V1_FINGERPRINT).to_vec();
+        v1_plain.extend_from_slice(&encode_state(&plain)[HEADER_LEN..]);
+        assert_eq!(decode_state(&v1_plain).unwrap(), plain);
+    }
+
+    /// apache-avro's generic view of a state in version 1 of the schema.
+    fn to_avro_v1(state: &KeyState) -> Avro {
+        let Avro::Record(mut fields) = to_avro(state) else { unreachable!() };
+        if let Avro::Union(1, field_state) = &mut fields[1].1 {
+            let Avro::Record(parts) = &mut **field_state else { unreachable!() };
+            assert_eq!(parts.pop().unwrap().0, "sets");
+        }
+        Avro::Record(fields)
     }
 
     #[test]

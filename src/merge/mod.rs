@@ -100,15 +100,20 @@ pub enum ColumnRule {
     Max,
     /// The smallest value ever written (null loses to any value).
     Min,
+    /// A JSON array holding the union of the elements ever added, sorted;
+    /// a removal takes away only the additions its writer had seen
+    /// (add-wins observed-remove set).
+    Union,
 }
 
 impl ColumnRule {
-    /// The configuration spelling of the rule (`owner`, `max`, `min`).
+    /// The configuration spelling of the rule (`owner`, `max`, `min`, `union`).
     pub fn name(&self) -> &'static str {
         match self {
             ColumnRule::Owner { .. } => "owner",
             ColumnRule::Max => "max",
             ColumnRule::Min => "min",
+            ColumnRule::Union => "union",
         }
     }
 }
@@ -130,6 +135,7 @@ enum RuleName {
     Owner,
     Max,
     Min,
+    Union,
 }
 
 impl TryFrom<RuleSpelling> for ColumnRule {
@@ -142,6 +148,7 @@ impl TryFrom<RuleSpelling> for ColumnRule {
             (_, Some(_)) => Err("`source` applies to rule \"owner\" only".into()),
             (RuleName::Max, None) => Ok(ColumnRule::Max),
             (RuleName::Min, None) => Ok(ColumnRule::Min),
+            (RuleName::Union, None) => Ok(ColumnRule::Union),
         }
     }
 }
@@ -152,6 +159,7 @@ impl From<ColumnRule> for RuleSpelling {
             ColumnRule::Owner { source } => RuleSpelling { rule: RuleName::Owner, source: Some(source) },
             ColumnRule::Max => RuleSpelling { rule: RuleName::Max, source: None },
             ColumnRule::Min => RuleSpelling { rule: RuleName::Min, source: None },
+            ColumnRule::Union => RuleSpelling { rule: RuleName::Union, source: None },
         }
     }
 }
@@ -217,6 +225,25 @@ pub struct FieldState {
     /// columns of its previous life.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cleared: Vec<VersionVector>,
+    /// Per `union` column, its element additions and removals.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sets: BTreeMap<String, ElementSet>,
+}
+
+/// The state of one `union` column: an add-wins observed-remove set. Each
+/// addition and removal of an element is kept with the writing event's
+/// clock (as a [`FieldVersion`] whose value is the element), as the maximal
+/// ones per element. An element is present when some addition of it is
+/// neither followed by a removal of it (the remover had seen it: the
+/// addition's clock ≤ the removal's) nor hidden by a delete of the row.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ElementSet {
+    /// Maximal additions, per element.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adds: Vec<FieldVersion>,
+    /// Maximal removals, per element.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removes: Vec<FieldVersion>,
 }
 
 /// Everything stored for one key.
@@ -487,6 +514,10 @@ impl MergeEngine {
                 // A write is redundant when a causally later (or equal) write
                 // holds a value at least as good: whenever a delete hides
                 // the later one it hides the earlier one too.
+                // Additions and removals of one element each form an antichain;
+                // different elements are unrelated.
+                Some(ColumnRule::Union) if !same_json(&v.value, &e.value) => Causality::Concurrent,
+                Some(ColumnRule::Union) => clocks,
                 Some(rule @ (ColumnRule::Max | ColumnRule::Min)) => {
                     match (clocks, value_rank(rule, &v.value, &e.value)) {
                         (Causality::Equal, Ordering::Equal) => Causality::Equal,
@@ -524,6 +555,14 @@ impl MergeEngine {
                         if !changed {
                             continue;
                         }
+                        let rule = self.rule(name);
+                        if rule == Some(&ColumnRule::Union) {
+                            let before =
+                                if event.full_image { None } else { event.before.as_ref().and_then(|b| b.get(name)) };
+                            let set = fields.sets.entry(name.clone()).or_default();
+                            fields_changed |= self.apply_union(set, &event, before, value);
+                            continue;
+                        }
                         let write = FieldVersion {
                             source: event.source.clone(),
                             vv: event.vv.clone(),
@@ -534,7 +573,6 @@ impl MergeEngine {
                         // A row-stale event's column writes still apply: a later
                         // version that did not change this column does not carry
                         // this write, so dropping it would depend on arrival order.
-                        let rule = self.rule(name);
                         if matches!(rule, Some(ColumnRule::Owner { source }) if *source != event.source) {
                             foreign_owner_writes += 1;
                         }
@@ -557,6 +595,31 @@ impl MergeEngine {
             Insert::Stale => Applied::Stale,
         };
         ApplyReport { applied, foreign_owner_writes }
+    }
+
+    /// A `union` column's write: the elements of `after` that `before` lacks
+    /// are additions, those of `before` that `after` lacks are removals.
+    /// Without a `before` value (inserts, snapshots, or a source that sends
+    /// no `before` image) every element is an addition and nothing is removed.
+    fn apply_union(&self, set: &mut ElementSet, event: &ChangeEvent, before: Option<&Value>, after: &Value) -> bool {
+        let after = elements(after);
+        let before = before.map(elements).unwrap_or_default();
+        let contains = |list: &[&Value], x: &Value| list.iter().any(|y| same_json(y, x));
+        let op = |x: &Value| FieldVersion {
+            source: event.source.clone(),
+            vv: event.vv.clone(),
+            ts: event.ts,
+            value: x.clone(),
+        };
+        let order = self.column_order(Some(&ColumnRule::Union));
+        let mut changed = false;
+        for x in after.iter().filter(|x| !contains(&before, x)) {
+            changed |= self.insert_by(&mut set.adds, op(x), &order) == Insert::Added;
+        }
+        for x in before.iter().filter(|x| !contains(&after, x)) {
+            changed |= self.insert_by(&mut set.removes, op(x), &order) == Insert::Added;
+        }
+        changed
     }
 
     /// The rule of a column, if it has one.
@@ -634,6 +697,13 @@ impl MergeEngine {
                 row.insert(name.clone(), w.value.clone());
             }
         }
+        for (name, set) in &fields.sets {
+            if self.rule(name) == Some(&ColumnRule::Union) {
+                if let Some(elements) = union_elements(fields, set) {
+                    row.insert(name.clone(), Value::Array(elements));
+                }
+            }
+        }
         row
     }
 
@@ -655,6 +725,9 @@ impl MergeEngine {
             Some(rule @ (ColumnRule::Max | ColumnRule::Min)) => {
                 visible().max_by(|a, b| value_rank(rule, &a.value, &b.value).then_with(|| latest(a, b)))
             }
+            // Written before the column became a `union`: shown until a set
+            // operation is visible.
+            Some(ColumnRule::Union) => visible().max_by(latest),
         }
     }
 
@@ -679,6 +752,41 @@ pub struct ApplyReport {
     /// Writes to `owner` columns by sources other than the owner: kept only
     /// as a fallback for while the owner has written nothing.
     pub foreign_owner_writes: u32,
+}
+
+/// The elements a `union` column's value stands for: an array's items, none
+/// for null, and any other value as a single element.
+fn elements(value: &Value) -> Vec<&Value> {
+    match value {
+        Value::Array(items) => items.iter().collect(),
+        Value::Null => Vec::new(),
+        other => vec![other],
+    }
+}
+
+/// Equal as canonical JSON text (unlike `Value ==`, which equates `0.0` and
+/// `-0.0`), so element identity agrees with the order of `equal_clock_cmp`.
+fn same_json(a: &Value, b: &Value) -> bool {
+    a == b && serde_json::to_string(a).ok() == serde_json::to_string(b).ok()
+}
+
+/// A `union` column's value: its present elements in [`value_cmp`] order,
+/// or `None` when no operation on it is visible (a delete hid them all),
+/// which leaves the column to the row's base.
+fn union_elements(fields: &FieldState, set: &ElementSet) -> Option<Vec<Value>> {
+    let visible = |w: &FieldVersion| !fields.cleared.iter().any(|c| w.vv.happened_before(c));
+    if !set.adds.iter().chain(&set.removes).any(visible) {
+        return None;
+    }
+    let observed = |a: &FieldVersion| {
+        set.removes.iter().any(|r| {
+            same_json(&r.value, &a.value) && matches!(a.vv.causality(&r.vv), Causality::Before | Causality::Equal)
+        })
+    };
+    let mut present: Vec<&Value> = set.adds.iter().filter(|a| visible(a) && !observed(a)).map(|a| &a.value).collect();
+    present.sort_by(|a, b| value_cmp(a, b));
+    present.dedup_by(|a, b| same_json(a, b));
+    Some(present.into_iter().cloned().collect())
 }
 
 /// How `a` ranks against `b` under a `max` or `min` rule: `Greater` when `a`

@@ -416,6 +416,57 @@ fn max_column_after_a_delete_shows_only_writes_the_delete_did_not_see() {
 }
 
 #[test]
+fn union_column_is_an_add_wins_observed_remove_set() {
+    let e = with_rules(engine(Policy::FieldLww, DeletePolicy::Lww), &[("tags", ColumnRule::Union)]);
+    let events = [
+        upsert("eu", vv(&[("eu", 1)]), 1, json!({"id":1,"tags":["b","a"]})),
+        // us saw eu's row: removes `a` (seen), adds `c`.
+        update(
+            "us",
+            vv(&[("eu", 1), ("us", 1)]),
+            2,
+            json!({"id":1,"tags":["b","a"]}),
+            json!({"id":1,"tags":["b","c"]}),
+        ),
+        // ap never saw eu's `a`, adds its own `a` concurrently: it survives.
+        upsert("ap", vv(&[("ap", 1)]), 3, json!({"id":1,"tags":["a","d"]})),
+    ];
+    for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2], [1, 2, 0]] {
+        let mut s = KeyState::default();
+        for i in order {
+            e.apply(&mut s, events[i].clone());
+        }
+        assert_eq!(out(&e, &s).unwrap()["tags"], json!(["a", "b", "c", "d"]), "order {order:?}");
+        // Without ap's concurrent add, us's removal of `a` holds.
+        let mut t = KeyState::default();
+        for i in order.into_iter().filter(|i| *i != 2) {
+            e.apply(&mut t, events[i].clone());
+        }
+        assert_eq!(out(&e, &t).unwrap()["tags"], json!(["b", "c"]), "order {order:?}");
+    }
+    // A removal by a source that had seen every addition empties the set.
+    let mut s = KeyState::default();
+    for ev in &events {
+        e.apply(&mut s, ev.clone());
+    }
+    let seen_all = vv(&[("eu", 1), ("us", 1), ("ap", 2)]);
+    e.apply(&mut s, update("ap", seen_all, 4, json!({"id":1,"tags":["a","b","c","d"]}), json!({"id":1,"tags":null})));
+    assert_eq!(out(&e, &s).unwrap()["tags"], json!([]));
+}
+
+#[test]
+fn union_column_after_a_delete_keeps_only_unseen_additions() {
+    let e = with_rules(engine(Policy::FieldLww, DeletePolicy::UpdateWins), &[("tags", ColumnRule::Union)]);
+    let mut s = KeyState::default();
+    let r0 = json!({"id":1,"tags":["x"]});
+    e.apply(&mut s, upsert("eu", vv(&[("eu", 1)]), 1, r0.clone()));
+    e.apply(&mut s, update("us", vv(&[("eu", 1), ("us", 1)]), 2, r0, json!({"id":1,"tags":["x","y"]})));
+    e.apply(&mut s, delete("eu", vv(&[("eu", 2)]), 3));
+    // eu's `x` went with its delete; us's concurrent `y` survives.
+    assert_eq!(out(&e, &s), Some(json!({"id":1,"tags":["y"]})));
+}
+
+#[test]
 fn value_order_is_total_and_null_loses() {
     use std::cmp::Ordering::*;
     for (a, b, want) in [
@@ -487,12 +538,29 @@ struct Step {
 }
 
 fn history() -> impl Strategy<Value = Vec<Vec<Step>>> {
-    let step = (0u8..3, prop::bool::weighted(0.2), 0i64..6, 0u8..3, 0u8..4, 0u8..3)
+    let step = (0u8..3, prop::bool::weighted(0.2), 0i64..6, 0u8..4, 0u8..4, 0u8..3)
         .prop_map(|(key, delete, ts, col, val, seen)| Step { key, delete, ts, col, val, seen });
     prop::collection::vec(prop::collection::vec(step, 0..12), 3)
 }
 
 const SOURCES: [&str; 3] = ["eu", "us", "ap"];
+
+/// Column `c2` holds arrays (a subset of `["a", "b"]`, for the `union`
+/// rule), the others numbers.
+fn column_value(col: u8, val: u8) -> Value {
+    if col == 2 {
+        Value::Array(
+            ["a", "b"].iter().enumerate().filter(|(i, _)| val & (1 << i) != 0).map(|(_, x)| json!(x)).collect(),
+        )
+    } else {
+        json!(val)
+    }
+}
+
+/// The mixed rules of the property tests.
+fn mixed_rules() -> [(&'static str, ColumnRule); 4] {
+    [("c0", owner("us")), ("c1", ColumnRule::Max), ("c2", ColumnRule::Union), ("c3", ColumnRule::Min)]
+}
 
 /// Turns per-source steps into events. In carried mode, a source's clock has
 /// seen `seen` entries of the other sources' counters so far, which makes
@@ -531,7 +599,7 @@ fn events(hist: &[Vec<Step>], carried: bool) -> Vec<Vec<ChangeEvent>> {
             } else {
                 let mut r = before.clone().unwrap_or_default();
                 r.insert("id".into(), json!(st.key));
-                r.insert(format!("c{}", st.col), json!(st.val));
+                r.insert(format!("c{}", st.col), column_value(st.col, st.val));
                 images.insert((si, st.key), r.clone());
                 ChangeEvent {
                     source: source.into(),
@@ -595,7 +663,7 @@ fn all_engines() -> Vec<MergeEngine> {
             e.settings.priorities.insert("ap".into(), 3);
             v.push(e.clone());
             if policy == Policy::FieldLww {
-                v.push(with_rules(e, &[("c0", owner("us")), ("c1", ColumnRule::Max), ("c2", ColumnRule::Min)]));
+                v.push(with_rules(e, &mixed_rules()));
             }
         }
     }
