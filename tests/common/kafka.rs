@@ -60,8 +60,13 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// Creates a topic.
 pub fn create_topic(name: &str, partitions: i32, config: &[(&str, &str)]) {
+    create_topic_at(&bootstrap(), name, partitions, config);
+}
+
+/// [`create_topic`] on the broker at `bootstrap`.
+pub fn create_topic_at(bootstrap: &str, name: &str, partitions: i32, config: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("admin client");
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
     let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     for (k, v) in config {
         topic = topic.set(k, v);
@@ -74,7 +79,7 @@ pub fn create_topic(name: &str, partitions: i32, config: &[(&str, &str)]) {
     // metadata shows the topic; wait until it does, so the process under
     // test sees what the test set up.
     let probe: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("metadata client");
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("metadata client");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let visible = probe.fetch_metadata(Some(name), Duration::from_secs(5)).ok().is_some_and(|md| {
@@ -162,8 +167,13 @@ pub fn produce_bin(records: &[BinRec]) {
 /// end) in kcat `-J` shape, plus `key_hex` and `payload_hex` (binary-safe).
 /// `committed` selects `read_committed`.
 pub fn read_topic(topic: &str, committed: bool) -> Vec<Value> {
+    read_topic_at(&bootstrap(), topic, committed)
+}
+
+/// [`read_topic`] on the broker at `bootstrap`.
+pub fn read_topic_at(bootstrap: &str, topic: &str, committed: bool) -> Vec<Value> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("isolation.level", if committed { "read_committed" } else { "read_uncommitted" })
         .set("enable.partition.eof", "true")
         .set("enable.auto.commit", "false")
@@ -355,5 +365,139 @@ pub fn admin_addr(p: &Processor) -> String {
         }
         assert!(std::time::Instant::now() < deadline, "no admin address in the log");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A broker that one test owns, for tests that restart it (the shared broker
+/// of [`bootstrap`] serves other tests meanwhile). Started with
+/// `scripts/kafka/kafka start`; stopped and its directory removed on drop,
+/// also when the test panics.
+pub struct OwnedBroker {
+    dir: std::path::PathBuf,
+    bootstrap: String,
+    /// The broker JVM after a [`restart`](OwnedBroker::restart): a child of
+    /// this process, reaped on drop.
+    relaunched: Option<Child>,
+}
+
+impl OwnedBroker {
+    /// Starts a broker in a new directory and waits until it answers.
+    pub fn start() -> OwnedBroker {
+        let out = Command::new(root().join("scripts/kafka/kafka"))
+            .arg("start")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("scripts/kafka/kafka runs");
+        assert!(out.status.success(), "could not start a Kafka broker");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        OwnedBroker {
+            dir: lines[0].into(),
+            bootstrap: lines.last().unwrap().to_string(),
+            relaunched: None,
+        }
+    }
+
+    /// `127.0.0.1:PORT`, the same across restarts.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The broker's directory (`logs/` holds its logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops the broker cleanly (SIGTERM, as `scripts/kafka/kafka stop`),
+    /// leaves it down for `down`, and starts it again on the same data and
+    /// ports; returns once it answers. `start DIR` cannot do this: it formats a new, empty data
+    /// directory on newly picked ports. So the broker JVM is launched again
+    /// through `scripts/kafka/kafka run` on the same `server.properties`,
+    /// with the broker's JVM options, and its pid goes to `DIR/kafka.pid`
+    /// so that `stop` and `status` still find it.
+    pub fn restart(&mut self, down: Duration) {
+        self.stop_jvm();
+        std::thread::sleep(down);
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("logs/kafka.out"))
+            .unwrap();
+        let mut cmd = Command::new(root().join("scripts/kafka/kafka"));
+        cmd.args(["run", "kafka.Kafka"])
+            .arg(self.dir.join("server.properties"))
+            .env("KAFKA_TOOL_OPTS", "-Xmx512m -Xms256m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        // Its own process group, like `start` (setsid): a Ctrl-C of the test
+        // run does not reach it, the drop stops it.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().expect("scripts/kafka/kafka run starts");
+        std::fs::write(self.dir.join("kafka.pid"), child.id().to_string()).unwrap();
+        self.relaunched = Some(child);
+        self.wait_ready(Duration::from_secs(120));
+    }
+
+    /// `scripts/kafka/kafka stop DIR`, then reaps a relaunched JVM.
+    fn stop_jvm(&mut self) {
+        let status = Command::new(root().join("scripts/kafka/kafka"))
+            .arg("stop")
+            .arg(&self.dir)
+            .stderr(Stdio::inherit())
+            .status()
+            .expect("scripts/kafka/kafka runs");
+        assert!(
+            status.success(),
+            "could not stop the broker in {}",
+            self.dir.display()
+        );
+        if let Some(mut child) = self.relaunched.take() {
+            let _ = child.wait();
+        }
+    }
+
+    fn wait_ready(&mut self, within: Duration) {
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("log_level", "3")
+            .create()
+            .expect("metadata client");
+        let deadline = Instant::now() + within;
+        loop {
+            if client
+                .fetch_metadata(None, Duration::from_secs(2))
+                .is_ok_and(|md| !md.brokers().is_empty())
+            {
+                return;
+            }
+            if let Some(status) = self.relaunched.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "the restarted broker exited ({status}); see {}/logs/kafka.out",
+                    self.dir.display()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the restarted broker did not answer within {within:?}; see {}/logs",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for OwnedBroker {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/kafka/kafka"))
+            .arg("stop")
+            .arg(&self.dir)
+            .arg("--rm")
+            .stderr(Stdio::null())
+            .status();
+        if let Some(mut child) = self.relaunched.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
