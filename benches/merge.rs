@@ -3,6 +3,11 @@
 //! * `merge_only`: [`MergeEngine::apply`] on pre-built [`ChangeEvent`]s, plus
 //!   [`MergeEngine::resolve`] for every `Changed` outcome (what the processor
 //!   must do per event to know the merged row). No decoding, no encoding.
+//!   `apply+resolve/lww/3src` under `lww`; `apply+resolve/field-lww/3src` the
+//!   same events under `field-lww`, and `apply+resolve/field-lww+rules/3src`
+//!   with mixed column rules (`email` owned by `eu`, `balance` and
+//!   `updated_at` by `max`, `tier` by `union`). Every event is a full image,
+//!   so under `field-lww` every column is written each time.
 //! * `decode_merge_encode`: [`Pipeline::process`] on pre-built Debezium JSON
 //!   records (normalize → apply → resolve → encode), state in a [`MemoryStore`].
 //!
@@ -57,7 +62,9 @@ use tributary::avro::registry::{frame, Registry};
 use tributary::avro::value::Shape;
 use tributary::avro::AvroContext;
 use tributary::config::Config;
-use tributary::merge::{Applied, ChangeEvent, KeyState, MergeEngine, MergeSettings, Op, Policy, Row, VersionVector};
+use tributary::merge::{
+    Applied, ChangeEvent, ColumnRule, KeyState, MergeEngine, MergeSettings, Op, Policy, Row, VersionVector,
+};
 use tributary::normalize::InputRecord;
 use tributary::pipeline::{MemoryStore, Pipeline, Step};
 
@@ -221,13 +228,29 @@ struct MergeFixture {
     batch: Vec<ChangeEvent>,
 }
 
+/// `field-lww` with a mix of column rules over the bench rows' columns.
+fn mixed_rules() -> MergeSettings {
+    let columns = [
+        ("email", ColumnRule::Owner { source: "eu".into() }),
+        ("balance", ColumnRule::Max),
+        ("updated_at", ColumnRule::Max),
+        ("tier", ColumnRule::Union),
+    ];
+    MergeSettings {
+        policy: Policy::FieldLww,
+        columns: columns.into_iter().map(|(c, r)| (c.to_string(), r)).collect(),
+        ..MergeSettings::default()
+    }
+}
+
 impl MergeFixture {
-    fn new(keys: usize) -> Self {
-        let engine = MergeEngine::new(MergeSettings { policy: Policy::Lww, ..MergeSettings::default() });
+    fn new(keys: usize, settings: MergeSettings) -> Self {
+        let policy = settings.policy.as_str();
+        let engine = MergeEngine::new(settings);
         let mut source = EventSource::new(keys);
         let per_round = source.order.len();
         eprintln!(
-            "merge_only: {keys} keys x {} sources, row {} bytes of JSON",
+            "merge_only ({policy}): {keys} keys x {} sources, row {} bytes of JSON",
             SOURCES.len(),
             serialized_len(source.template[0].row.as_ref().unwrap())
         );
@@ -273,9 +296,25 @@ fn merge_only(c: &mut Criterion) {
     let mut group = c.benchmark_group("merge_only");
     group.throughput(Throughput::Elements(1));
     group.bench_function("apply+resolve/lww/3src", |b| {
-        let f = fixture.get_or_insert_with(|| MergeFixture::new(keys()));
+        let f = fixture.get_or_insert_with(|| {
+            MergeFixture::new(keys(), MergeSettings { policy: Policy::Lww, ..MergeSettings::default() })
+        });
         b.iter_custom(|iters| f.run(iters))
     });
+    // Dropped before the next fixture is built: one state map in memory at a time.
+    fixture = None;
+    group.bench_function("apply+resolve/field-lww/3src", |b| {
+        let f = fixture.get_or_insert_with(|| {
+            MergeFixture::new(keys(), MergeSettings { policy: Policy::FieldLww, ..MergeSettings::default() })
+        });
+        b.iter_custom(|iters| f.run(iters))
+    });
+    fixture = None;
+    group.bench_function("apply+resolve/field-lww+rules/3src", |b| {
+        let f = fixture.get_or_insert_with(|| MergeFixture::new(keys(), mixed_rules()));
+        b.iter_custom(|iters| f.run(iters))
+    });
+    drop(fixture);
     group.finish();
 }
 

@@ -77,6 +77,19 @@ impl VersionVector {
 
     /// Compares two clocks in the causal order.
     pub fn causality(&self, other: &VersionVector) -> Causality {
+        // Derived clocks have one entry: compare them without walking the maps.
+        if self.0.len() == 1 && other.0.len() == 1 {
+            let ((a, x), (b, y)) = (self.0.iter().next().unwrap(), other.0.iter().next().unwrap());
+            return if a != b {
+                Causality::Concurrent
+            } else {
+                match x.cmp(y) {
+                    Ordering::Less => Causality::Before,
+                    Ordering::Greater => Causality::After,
+                    Ordering::Equal => Causality::Equal,
+                }
+            };
+        }
         // Walk both sorted maps at once: one pass, no allocation.
         let mut less = false;
         let mut greater = false;
@@ -178,6 +191,8 @@ mod tests {
         assert_eq!(vv(&[("a", 1)]).causality(&vv(&[("a", 1), ("b", 1)])), Causality::Before);
         assert_eq!(vv(&[("a", 2), ("b", 1)]).causality(&vv(&[("a", 1), ("b", 2)])), Causality::Concurrent);
         assert_eq!(vv(&[]).causality(&vv(&[("z", 1)])), Causality::Before);
+        assert_eq!(vv(&[("a", 2)]).causality(&vv(&[("a", 2)])), Causality::Equal);
+        assert_eq!(vv(&[("a", 3)]).causality(&vv(&[("b", 3)])), Causality::Concurrent);
     }
 
     #[test]

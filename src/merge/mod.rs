@@ -451,8 +451,20 @@ impl MergeEngine {
     /// partial order do not depend on arrival order, which is what makes
     /// every column rule converge.
     fn insert_by<T: Versioned>(&self, set: &mut Vec<T>, e: T, order: impl Fn(&T, &T) -> Causality) -> Insert {
-        for v in set.iter() {
-            match order(v, &e) {
+        // Each member is compared once: the relations are kept for the
+        // `retain` below (on the stack for the usual handful of members).
+        const ON_STACK: usize = 8;
+        let mut stack = [Causality::Concurrent; ON_STACK];
+        let mut heap = Vec::new();
+        let relations: &mut [Causality] = if set.len() <= ON_STACK {
+            &mut stack[..set.len()]
+        } else {
+            heap.resize(set.len(), Causality::Concurrent);
+            &mut heap
+        };
+        for (v, relation) in set.iter().zip(relations.iter_mut()) {
+            *relation = order(v, &e);
+            match *relation {
                 Causality::After => return Insert::Stale,
                 Causality::Equal if self.equal_clock_cmp(v, &e) != Ordering::Less => {
                     return if v.same_content(&e) { Insert::Duplicate } else { Insert::Stale };
@@ -462,7 +474,8 @@ impl MergeEngine {
         }
         // Nothing supersedes `e`: drop what `e` supersedes (everything before
         // it, and the equal clock it beats, if any).
-        set.retain(|v| !matches!(order(v, &e), Causality::Before | Causality::Equal));
+        let mut relation = relations.iter();
+        set.retain(|_| !matches!(relation.next(), Some(Causality::Before | Causality::Equal)));
         set.push(e);
         self.sort_winner_first(set);
         Insert::Added
@@ -569,7 +582,10 @@ impl MergeEngine {
                             ts: event.ts,
                             value: value.clone(),
                         };
-                        let set = fields.fields.entry(name.clone()).or_default();
+                        let set = match fields.fields.get_mut(name) {
+                            Some(set) => set,
+                            None => fields.fields.entry(name.clone()).or_default(),
+                        };
                         // A row-stale event's column writes still apply: a later
                         // version that did not change this column does not carry
                         // this write, so dropping it would depend on arrival order.
@@ -694,7 +710,13 @@ impl MergeEngine {
         let Some(fields) = &state.fields else { return row };
         for (name, writes) in &fields.fields {
             if let Some(w) = self.column_winner(fields, name, writes) {
-                row.insert(name.clone(), w.value.clone());
+                // In place when the base has the column: no new key string.
+                match row.get_mut(name) {
+                    Some(slot) => slot.clone_from(&w.value),
+                    None => {
+                        row.insert(name.clone(), w.value.clone());
+                    }
+                }
             }
         }
         for (name, set) in &fields.sets {
