@@ -589,15 +589,15 @@ impl MergeEngine {
                         // A row-stale event's column writes still apply: a later
                         // version that did not change this column does not carry
                         // this write, so dropping it would depend on arrival order.
-                        if matches!(rule, Some(ColumnRule::Owner { source }) if *source != event.source) {
-                            foreign_owner_writes += 1;
-                        }
+                        let foreign = matches!(rule, Some(ColumnRule::Owner { source }) if *source != event.source);
                         let inserted = match rule {
                             None => self.insert(set, write),
                             Some(_) => self.insert_by(set, write, self.column_order(rule)),
                         };
                         if inserted == Insert::Added {
                             fields_changed = true;
+                            // Counted once: a redelivery is a duplicate.
+                            foreign_owner_writes += u32::from(foreign);
                         }
                     }
                 }
@@ -697,6 +697,69 @@ impl MergeEngine {
         Resolved { row, vv, winner, siblings }
     }
 
+    /// Why each column of a `field-lww` row has its value (for `/state/{key}`
+    /// and conflict audits): the rule, the write that decided it and the
+    /// reason, in column order. Empty when the key resolves to deleted or
+    /// under a row-level policy (the version set tells the story there).
+    pub fn explain(&self, state: &KeyState) -> Vec<ColumnWinner> {
+        let base = match self.settings.policy {
+            Policy::FieldLww => self
+                .decide(&state.versions, |a, b| self.lww_cmp(a, b))
+                .map(|i| &state.versions[i])
+                .filter(|v| v.op == Op::Upsert),
+            Policy::Lww | Policy::SourcePriority => None,
+        };
+        let Some(base) = base else { return Vec::new() };
+        let empty = FieldState::default();
+        let fields = state.fields.as_ref().unwrap_or(&empty);
+        let from_base = |column: &str, why: &'static str| ColumnWinner {
+            column: column.to_owned(),
+            rule: self.rule(column).map_or("lww", ColumnRule::name),
+            source: Some(base.source.clone()),
+            vv: Some(base.vv.clone()),
+            why,
+        };
+        let mut out: BTreeMap<&str, ColumnWinner> = BTreeMap::new();
+        for column in base.row.iter().flat_map(|r| r.keys()) {
+            let why = if fields.fields.contains_key(column) || fields.sets.contains_key(column) {
+                "the row's base: a delete hides every write of this column"
+            } else {
+                "the row's base (the full image of the version that decides the row exists): no write of this column"
+            };
+            out.insert(column, from_base(column, why));
+        }
+        for (column, writes) in &fields.fields {
+            let Some(w) = self.column_winner(fields, column, writes) else { continue };
+            let rule = self.rule(column);
+            let why = match rule {
+                None => "latest write (lww order)",
+                Some(ColumnRule::Owner { source }) if w.source == *source => "the owner's latest write",
+                Some(ColumnRule::Owner { .. }) => "latest write of any source: the owner has written none",
+                Some(ColumnRule::Max) => "largest value written",
+                Some(ColumnRule::Min) => "smallest value written",
+                Some(ColumnRule::Union) => "latest write from before the column had rule union",
+            };
+            let rule = rule.map_or("lww", ColumnRule::name);
+            out.insert(
+                column,
+                ColumnWinner {
+                    column: column.clone(),
+                    rule,
+                    source: Some(w.source.clone()),
+                    vv: Some(w.vv.clone()),
+                    why,
+                },
+            );
+        }
+        for (column, set) in &fields.sets {
+            if self.rule(column) == Some(&ColumnRule::Union) && union_elements(fields, set).is_some() {
+                let why = "union of the additions no removal had seen";
+                out.insert(column, ColumnWinner { column: column.clone(), rule: "union", source: None, vv: None, why });
+            }
+        }
+        out.into_values().collect()
+    }
+
     /// The `field-lww` row: the visible column winners laid over `base`, the
     /// full after image of the winning existence version.
     ///
@@ -764,6 +827,22 @@ impl MergeEngine {
             }
         }
     }
+}
+
+/// Why one column of a `field-lww` row has its value ([`MergeEngine::explain`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ColumnWinner {
+    /// The column.
+    pub column: String,
+    /// Its rule (`lww` when it has none).
+    pub rule: &'static str,
+    /// The source of the deciding write or of the row's base (none for `union`,
+    /// whose value comes from many writes).
+    pub source: Option<String>,
+    /// That write's clock.
+    pub vv: Option<VersionVector>,
+    /// Why, in words.
+    pub why: &'static str,
 }
 
 /// What one event did, with what the column rules counted.

@@ -467,6 +467,40 @@ fn union_column_after_a_delete_keeps_only_unseen_additions() {
 }
 
 #[test]
+fn explain_names_each_columns_rule_deciding_write_and_reason() {
+    let rules =
+        [("email", owner("crm")), ("tier", owner("crm")), ("last", ColumnRule::Max), ("tags", ColumnRule::Union)];
+    let e = with_rules(engine(Policy::FieldLww, DeletePolicy::UpdateWins), &rules);
+    let mut s = KeyState::default();
+    let r0 = json!({"id":1,"email":"a@crm","tier":"free","last":3,"tags":["x"],"note":"n"});
+    e.apply(&mut s, upsert("crm", vv(&[("crm", 1)]), 1, r0.clone()));
+    let r1 = json!({"id":1,"email":"a@crm","tier":"free","last":5,"tags":["x"],"note":"m"});
+    e.apply(&mut s, update("eu", vv(&[("crm", 1), ("eu", 1)]), 2, r0, r1));
+    let explained = e.explain(&s);
+    let why: Vec<(&str, &str, Option<&str>, &str)> =
+        explained.iter().map(|w| (w.column.as_str(), w.rule, w.source.as_deref(), w.why)).collect();
+    assert_eq!(
+        why,
+        [
+            ("email", "owner", Some("crm"), "the owner's latest write"),
+            ("id", "lww", Some("crm"), "latest write (lww order)"),
+            ("last", "max", Some("eu"), "largest value written"),
+            ("note", "lww", Some("eu"), "latest write (lww order)"),
+            ("tags", "union", None, "union of the additions no removal had seen"),
+            ("tier", "owner", Some("crm"), "the owner's latest write"),
+        ]
+    );
+    // After a concurrent delete by crm, its writes are hidden: eu's base shows.
+    e.apply(&mut s, delete("crm", vv(&[("crm", 2)]), 3));
+    let email = e.explain(&s).into_iter().find(|w| w.column == "email").unwrap();
+    assert_eq!(
+        (email.source.as_deref(), email.why),
+        (Some("eu"), "the row's base: a delete hides every write of this column")
+    );
+    assert!(engine(Policy::Lww, DeletePolicy::Lww).explain(&s).is_empty());
+}
+
+#[test]
 fn value_order_is_total_and_null_loses() {
     use std::cmp::Ordering::*;
     for (a, b, want) in [
