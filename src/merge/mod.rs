@@ -620,7 +620,7 @@ impl MergeEngine {
     fn apply_union(&self, set: &mut ElementSet, event: &ChangeEvent, before: Option<&Value>, after: &Value) -> bool {
         let after = elements(after);
         let before = before.map(elements).unwrap_or_default();
-        let contains = |list: &[&Value], x: &Value| list.iter().any(|y| same_json(y, x));
+        let contains = |list: &[Cow<'_, Value>], x: &Value| list.iter().any(|y| same_json(y, x));
         let op = |x: &Value| FieldVersion {
             source: event.source.clone(),
             vv: event.vv.clone(),
@@ -785,7 +785,8 @@ impl MergeEngine {
         for (name, set) in &fields.sets {
             if self.rule(name) == Some(&ColumnRule::Union) {
                 if let Some(elements) = union_elements(fields, set) {
-                    row.insert(name.clone(), Value::Array(elements));
+                    let value = union_value(base.get(name), elements);
+                    row.insert(name.clone(), value);
                 }
             }
         }
@@ -855,13 +856,29 @@ pub struct ApplyReport {
     pub foreign_owner_writes: u32,
 }
 
-/// The elements a `union` column's value stands for: an array's items, none
-/// for null, and any other value as a single element.
-fn elements(value: &Value) -> Vec<&Value> {
+/// The elements a `union` column's value stands for: an array's items, the
+/// items of a string holding a JSON array (Debezium sends `json`/`jsonb`
+/// columns as strings), none for null, and any other value as one element.
+fn elements(value: &Value) -> Vec<Cow<'_, Value>> {
     match value {
-        Value::Array(items) => items.iter().collect(),
+        Value::Array(items) => items.iter().map(Cow::Borrowed).collect(),
         Value::Null => Vec::new(),
-        other => vec![other],
+        Value::String(text) if text.starts_with('[') => match serde_json::from_str::<Vec<Value>>(text) {
+            Ok(items) => items.into_iter().map(Cow::Owned).collect(),
+            Err(_) => vec![Cow::Borrowed(value)],
+        },
+        other => vec![Cow::Borrowed(other)],
+    }
+}
+
+/// A `union` column's elements in the shape the row's base has: JSON text
+/// when the source sends the column as a string (`json`/`jsonb`), so a sink
+/// writes it back as it came; an array otherwise.
+fn union_value(base: Option<&Value>, elements: Vec<Value>) -> Value {
+    let array = Value::Array(elements);
+    match base {
+        Some(Value::String(_)) => Value::String(array.to_string()),
+        _ => array,
     }
 }
 

@@ -455,6 +455,19 @@ fn union_column_is_an_add_wins_observed_remove_set() {
 }
 
 #[test]
+fn union_column_sent_as_json_text_stays_json_text() {
+    // Debezium sends a jsonb column as a string holding the JSON.
+    let e = with_rules(engine(Policy::FieldLww, DeletePolicy::Lww), &[("tags", ColumnRule::Union)]);
+    let mut s = KeyState::default();
+    e.apply(&mut s, upsert("eu", vv(&[("eu", 1)]), 1, json!({"id":1,"tags":"[\"x\", \"y\"]"})));
+    e.apply(&mut s, upsert("us", vv(&[("us", 1)]), 2, json!({"id":1,"tags":"[2, \"x\"]"})));
+    assert_eq!(out(&e, &s).unwrap()["tags"], json!(r#"[2,"x","y"]"#));
+    // A string that is not an array is one element.
+    e.apply(&mut s, upsert("ap", vv(&[("ap", 1)]), 3, json!({"id":1,"tags":["[z"]})));
+    assert_eq!(out(&e, &s).unwrap()["tags"], json!([2, "[z", "x", "y"]), "the base (ap's) holds an array");
+}
+
+#[test]
 fn union_column_after_a_delete_keeps_only_unseen_additions() {
     let e = with_rules(engine(Policy::FieldLww, DeletePolicy::UpdateWins), &[("tags", ColumnRule::Union)]);
     let mut s = KeyState::default();
