@@ -524,13 +524,13 @@ impl MergeEngine {
                     Causality::Concurrent
                 }
                 Some(ColumnRule::Owner { .. }) => clocks,
-                // A write is redundant when a causally later (or equal) write
-                // holds a value at least as good: whenever a delete hides
-                // the later one it hides the earlier one too.
                 // Additions and removals of one element each form an antichain;
                 // different elements are unrelated.
                 Some(ColumnRule::Union) if !same_json(&v.value, &e.value) => Causality::Concurrent,
                 Some(ColumnRule::Union) => clocks,
+                // A write is redundant when a causally later (or equal) write
+                // holds a value at least as good: whenever a delete hides
+                // the later one it hides the earlier one too.
                 Some(rule @ (ColumnRule::Max | ColumnRule::Min)) => {
                     match (clocks, value_rank(rule, &v.value, &e.value)) {
                         (Causality::Equal, Ordering::Equal) => Causality::Equal,
@@ -949,7 +949,7 @@ fn value_cmp(a: &Value, b: &Value) -> Ordering {
             let by_value = match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
                 (Some(x), Some(y), _, _) => x.cmp(&y),
                 (_, _, Some(x), Some(y)) => x.cmp(&y),
-                (Some(_), None, _, Some(_)) => Ordering::Less, // negative vs above i64::MAX
+                (Some(_), None, _, Some(_)) => Ordering::Less, // an i64 vs a u64 above i64::MAX
                 (None, Some(_), Some(_), _) => Ordering::Greater,
                 _ => x.as_f64().unwrap_or(f64::NAN).total_cmp(&y.as_f64().unwrap_or(f64::NAN)),
             };
