@@ -177,6 +177,9 @@ impl ProducerContext for DeliveryTracker {
 
 type Producer_ = BaseProducer<DeliveryTracker>;
 
+/// A key and its encoded state (`None`: removed) for the changelog.
+type ChangelogEntry = (String, Option<Vec<u8>>);
+
 /// Counters of one run, logged on exit and read by tests through the logs.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
@@ -703,7 +706,7 @@ impl Worker {
         self.drain_deliveries();
         self.producer.flush(TIMEOUT)?;
         self.check_deliveries()?;
-        let changes: Vec<(i32, Vec<(String, Option<Vec<u8>>)>)> =
+        let changes: Vec<(i32, Vec<ChangelogEntry>)> =
             self.tasks.iter_mut().map(|(p, t)| (*p, t.pending_changes())).filter(|(_, c)| !c.is_empty()).collect();
         for (p, keyed) in &changes {
             for (key, state) in keyed {
@@ -1018,9 +1021,12 @@ impl Worker {
         let mut next = start;
         let mut restored = 0u64;
         let mut last_log = Instant::now();
-        // Past the last committed record, only transaction markers and
-        // aborted records may lie below `high`: done once the last stable
-        // offset has reached it.
+        // Below `high`, past the last committed record, lie only transaction
+        // markers and aborted records once the last stable offset (LSO) has
+        // reached `high`. An end-of-partition seen before that may be at an
+        // older LSO; so once the LSO has reached `high`, seek to `next` again
+        // (the LSO never goes back) and take the next end-of-partition as
+        // the end.
         let settled = || -> Result<bool, RunError> {
             let (_, stable) = self
                 .restorer
@@ -1028,16 +1034,23 @@ impl Worker {
                 .map_err(|e| RunError::kafka(format!("last stable offset of {} partition {p}", self.changelog), e))?;
             Ok(stable >= high)
         };
+        let mut confirmed: Option<Instant> = None;
         while next < high {
             if self.shutdown.load(Ordering::Relaxed) {
                 return Err(RunError::Interrupted);
             }
             match self.restorer.poll(Duration::from_millis(200)) {
+                Some(Err(KafkaError::PartitionEOF(_))) if confirmed.is_some() => break,
                 None | Some(Err(KafkaError::PartitionEOF(_))) => {
-                    if settled()? {
-                        break;
-                    }
-                    if last_log.elapsed() > Duration::from_secs(5) {
+                    // A seek whose end-of-partition librdkafka does not
+                    // report again (it was reported already) is repeated.
+                    let again = confirmed.is_some_and(|at| at.elapsed() > Duration::from_secs(3));
+                    if (confirmed.is_none() && settled()?) || again {
+                        self.restorer
+                            .seek(&self.changelog, p, Offset::Offset(next), TIMEOUT)
+                            .map_err(|e| RunError::kafka(format!("seek {} partition {p}", self.changelog), e))?;
+                        confirmed = Some(Instant::now());
+                    } else if confirmed.is_none() && last_log.elapsed() > Duration::from_secs(5) {
                         tracing::info!(
                             partition = p,
                             at = next,
