@@ -869,6 +869,27 @@ sequence = "source.lsn"
     }
 
     #[test]
+    fn column_rules_parse_and_bad_ones_are_named() {
+        let rules = "tombstone_retention = \"2d\"\n[merge.columns]\nemail = { rule = \"owner\", source = \"eu\" }\nlast_login = { rule = \"max\" }\nfirst = { rule = \"min\" }\n";
+        let c = parse(&BASE.replace("tombstone_retention = \"2d\"\n", rules), &[]).unwrap();
+        assert_eq!(c.merge.columns["email"], ColumnRule::Owner { source: "eu".into() });
+        assert_eq!(c.merge_settings().columns["last_login"], ColumnRule::Max);
+        assert!(c.to_redacted_toml().contains("[merge.columns.email]"), "{}", c.to_redacted_toml());
+        let bad = |from: &str, to: &str| parse(&BASE.replace("tombstone_retention = \"2d\"\n", &rules.replace(from, to)), &[]);
+        let e = bad("source = \"eu\"", "source = \"crm\"").unwrap_err().to_string();
+        assert!(e.contains("merge.columns.email.source: \"crm\" is not a configured source (eu, us-east)"), "{e}");
+        let e = bad("\"max\"", "\"maximum\"").unwrap_err().to_string();
+        assert!(e.contains("last_login = { rule = \"maximum\" }") && e.contains("expected one of `owner`"), "{e}");
+        let e = bad("rule = \"max\"", "rule = \"max\", source = \"eu\"").unwrap_err().to_string();
+        assert!(e.contains("last_login = ") && e.contains("`source` applies to rule \"owner\" only"), "{e}");
+        let e = bad("rule = \"owner\", source = \"eu\"", "rule = \"owner\"").unwrap_err().to_string();
+        assert!(e.contains("email = ") && e.contains("rule \"owner\" needs `source`"), "{e}");
+        let lww = parse(&BASE.replace("tombstone_retention = \"2d\"\n", rules).replace("\"field-lww\"", "\"lww\""), &[]);
+        let e = lww.unwrap_err().to_string();
+        assert!(e.contains("merge.columns: column rules need policy = \"field-lww\""), "{e}");
+    }
+
+    #[test]
     fn duplicate_names_topics_and_empty_sources_are_reported_together() {
         let text = format!("{BASE}\n[[sources]]\nname = \"eu\"\ntopic = \"eu.public.customers\"\n");
         match parse(&text, &[]).unwrap_err() {
@@ -919,27 +940,6 @@ sequence = "source.lsn"
         let text = BASE.replace("sequence = \"source.lsn\"", "sequence = \"version\"\nformat = \"json\"");
         let e = parse(&text, &[]).unwrap_err().to_string();
         assert!(e.contains("not supported with format = \"json\""), "{e}");
-    }
-
-    #[test]
-    fn column_rules_parse_and_bad_ones_are_named() {
-        let rules = "tombstone_retention = \"2d\"\n[merge.columns]\nemail = { rule = \"owner\", source = \"eu\" }\nlast_login = { rule = \"max\" }\nfirst = { rule = \"min\" }\n";
-        let c = parse(&BASE.replace("tombstone_retention = \"2d\"\n", rules), &[]).unwrap();
-        assert_eq!(c.merge.columns["email"], ColumnRule::Owner { source: "eu".into() });
-        assert_eq!(c.merge_settings().columns["last_login"], ColumnRule::Max);
-        assert!(c.to_redacted_toml().contains("[merge.columns.email]"), "{}", c.to_redacted_toml());
-        let bad = |from: &str, to: &str| parse(&BASE.replace("tombstone_retention = \"2d\"\n", &rules.replace(from, to)), &[]);
-        let e = bad("source = \"eu\"", "source = \"crm\"").unwrap_err().to_string();
-        assert!(e.contains("merge.columns.email.source: \"crm\" is not a configured source (eu, us-east)"), "{e}");
-        let e = bad("\"max\"", "\"maximum\"").unwrap_err().to_string();
-        assert!(e.contains("last_login = { rule = \"maximum\" }") && e.contains("expected one of `owner`"), "{e}");
-        let e = bad("rule = \"max\"", "rule = \"max\", source = \"eu\"").unwrap_err().to_string();
-        assert!(e.contains("last_login = ") && e.contains("`source` applies to rule \"owner\" only"), "{e}");
-        let e = bad("rule = \"owner\", source = \"eu\"", "rule = \"owner\"").unwrap_err().to_string();
-        assert!(e.contains("email = ") && e.contains("rule \"owner\" needs `source`"), "{e}");
-        let lww = parse(&BASE.replace("tombstone_retention = \"2d\"\n", rules).replace("\"field-lww\"", "\"lww\""), &[]);
-        let e = lww.unwrap_err().to_string();
-        assert!(e.contains("merge.columns: column rules need policy = \"field-lww\""), "{e}");
     }
 
     #[test]
