@@ -366,3 +366,125 @@ fn at_least_once_output_failure_then_kill_9_loses_no_output() {
     wait_for_view(&s, "", Duration::from_secs(90));
     assert!(a.stop().success());
 }
+
+fn admin() -> AdminClient<DefaultClientContext> {
+    ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().unwrap()
+}
+
+fn state_of(p: &Processor, id: u64) -> (u16, String) {
+    let path = format!("/state/%7B%22id%22%3A{id}%7D");
+    let addr = admin_addr(p);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(&addr, &path);
+        if status != 503 || Instant::now() > deadline {
+            return (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A partition moves to another owner, which deletes a key, collects it
+/// (a null record on the changelog) and compaction then removes that null
+/// record; the partition comes back to its first owner. Before the fix the
+/// first owner read the changelog's tail from its checkpoint, found nothing
+/// for the key, and kept it alive from its stale local state.
+#[test]
+fn partition_back_after_compaction_removed_a_collected_key() {
+    let fast = [
+        ("cleanup.policy", "compact"),
+        ("segment.ms", "100"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+        ("delete.retention.ms", "1000"),
+        ("min.compaction.lag.ms", "0"),
+    ];
+    let s = Setup::new("moved-back", Some(&fast));
+    let merge = "tombstone_retention = \"1s\"\n";
+    let t = s.epoch_ms;
+    let key = 0u64;
+    let p = tributary::admin::murmur2_partition(json!({"id": key}).to_string().as_bytes(), PARTITIONS);
+    let row = |by: &str| json!({"id": key, "name": "n", "by": by});
+    // Events of another key in every source's partition p: they move the
+    // task's stream time on.
+    let neighbours = |ts: i64, n: u64| -> Vec<Rec> {
+        (0..3)
+            .map(|si| s.rec(si, 999, Some(p), json!({"before": null, "after": {"id": 999, "n": n}, "op": "u", "source": {"ts_ms": ts}})))
+            .collect()
+    };
+    produce(&[s.rec(0, key, None, json!({"before": null, "after": row("eu"), "op": "c", "source": {"ts_ms": t}}))]);
+    produce(&neighbours(t + 1, 0));
+    let a = Processor::start(&s.config("a", merge, ""), &s.log("a1"));
+    wait_for_records(&s.output, 4, Duration::from_secs(60));
+    assert_eq!(state_of(&a, key).0, 200);
+    assert!(a.stop().success());
+
+    // B owns everything now: the delete, then stream time moves past it.
+    let b = Processor::start(&s.config("b", merge, ""), &s.log("b"));
+    produce(&[s.rec(0, key, None, json!({"before": row("eu"), "after": null, "op": "d", "source": {"ts_ms": t + 10}}))]);
+    let k = json!({"id": key}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut n = 1;
+    let mut seen_null = false;
+    // Until compaction has removed the null record B wrote for the key.
+    loop {
+        produce(&neighbours(t + 5_000 + n as i64, n));
+        n += 1;
+        std::thread::sleep(Duration::from_millis(300));
+        let changelog = read_topic(&s.changelog, true);
+        let for_key: Vec<&Value> = changelog.iter().filter(|r| r["key"] == k.as_str()).collect();
+        seen_null |= for_key.iter().any(|r| r["payload"].is_null());
+        if seen_null && for_key.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "compaction did not remove the key (null seen: {seen_null}): {for_key:?}\n{}", b.log_text());
+    }
+    assert!(b.log_text().contains("dropped deleted keys"));
+    assert!(b.stop().success());
+
+    let a = Processor::start(&s.config("a", merge, ""), &s.log("a2"));
+    let (status, body) = state_of(&a, key);
+    assert_eq!(status, 404, "the collected key must not come back from stale local state: {body}");
+    assert!(a.log_text().contains("not trusted"), "{}", a.log_text());
+    assert!(a.stop().success());
+}
+
+/// The application is reset (changelog and output topics deleted, the
+/// group's offsets deleted) and started again on its old state directory.
+/// Before the fix the old keyspace was kept (the checkpoint only looked
+/// "past the end"), every event counted as stale and nothing came out.
+#[test]
+fn reset_application_with_recreated_changelog_starts_from_scratch() {
+    let s = Setup::new("reset", Some(&[("cleanup.policy", "compact")]));
+    let records = history(&s, 20, 0..3);
+    produce(&records);
+    let cfg = s.config("a", "", "");
+    let a = Processor::start(&cfg, &s.log("a1"));
+    wait_for_records(&s.output, records.len(), Duration::from_secs(90));
+    assert!(a.stop().success());
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let admin = admin();
+    for r in rt.block_on(admin.delete_topics(&[&s.changelog, &s.output], &AdminOptions::new())).unwrap() {
+        r.unwrap();
+    }
+    for r in rt.block_on(admin.delete_groups(&[&s.group], &AdminOptions::new())).unwrap() {
+        r.unwrap();
+    }
+    // Tributary creates both topics again; wait until the old ones are gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_topic_exists(&s.output) || read_topic_exists(&s.changelog) {
+        assert!(Instant::now() < deadline, "topics not deleted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let a = Processor::start(&cfg, &s.log("a2"));
+    wait_for_view(&s, "", Duration::from_secs(90));
+    assert!(a.log_text().contains("not trusted"), "{}", a.log_text());
+    assert!(a.stop().success());
+}
+
+fn read_topic_exists(topic: &str) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().unwrap();
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    md.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+}
