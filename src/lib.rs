@@ -10,6 +10,7 @@ pub mod admin;
 pub mod avro;
 pub mod config;
 pub mod demo;
+pub mod load;
 pub mod merge;
 pub mod metrics;
 pub mod normalize;
