@@ -56,12 +56,53 @@ impl Default for Metrics {
     }
 }
 
+/// The standard process metrics, with `process_cpu_seconds_total` in
+/// fractions of a second: the prometheus crate's collector counts whole
+/// seconds (an integer counter), so a process that used less than a second
+/// of CPU, or the fraction of every second, read as 0.
+#[cfg(target_os = "linux")]
+struct ProcessMetrics(prometheus::process_collector::ProcessCollector);
+
+#[cfg(target_os = "linux")]
+impl prometheus::core::Collector for ProcessMetrics {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut families = self.0.collect();
+        if let Some(seconds) = process_cpu_seconds() {
+            for family in families.iter_mut().filter(|f| f.name() == "process_cpu_seconds_total") {
+                for m in family.mut_metric().iter_mut() {
+                    let mut counter = prometheus::proto::Counter::default();
+                    counter.set_value(seconds);
+                    m.set_counter(counter);
+                }
+            }
+        }
+        families
+    }
+}
+
+/// User plus system CPU time of this process, from `/proc/self/stat` (in
+/// clock ticks of USER_HZ, which Linux fixes at 100 for that file).
+#[cfg(target_os = "linux")]
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name (which may hold spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 impl Metrics {
     /// Registers every metric (and the process collector) in a fresh registry.
     pub fn new() -> Metrics {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
-        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("process metrics");
+        r.register(Box::new(ProcessMetrics(prometheus::process_collector::ProcessCollector::for_self()))).expect("process metrics");
         let siblings = Histogram::with_opts(
             HistogramOpts::new("tributary_siblings", "Versions in a key's set after each emitted event (more than 1: a live conflict)")
                 .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0]),
@@ -95,7 +136,7 @@ impl Metrics {
             siblings,
             cycle,
             event_age,
-            lag: gauge(&r, "tributary_consumer_lag_records", "Consumer lag per source partition (librdkafka statistics)", &["source", "partition"]),
+            lag: gauge(&r, "tributary_consumer_lag_records", "Records between the consumer's position and the partition's end (the last stable offset under read_committed), per source partition", &["source", "partition"]),
             skew: float_gauge(&r, "tributary_clock_skew_seconds", "Kafka record time minus source commit time, last seen per source", &["source"]),
             state_keys: gauge(&r, "tributary_state_keys", "Keys in a task's local state (approximate)", &["partition"]),
             restore_remaining: gauge(&r, "tributary_restore_remaining_records", "Changelog records left to restore", &["partition"]),
@@ -112,6 +153,11 @@ impl Metrics {
             up,
             registry: r,
         }
+    }
+
+    /// The registry, for a component that adds its own metrics (`tributary sink`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The text exposition format.
@@ -172,6 +218,11 @@ impl Metrics {
     /// Consumer lag of one source partition.
     pub fn lag(&self, source: &str, partition: i32, lag: i64) {
         self.lag.with_label_values(&[source, &partition.to_string()]).set(lag.max(0));
+    }
+
+    /// A source partition this instance no longer consumes has no lag here.
+    pub fn forget_lag(&self, source: &str, partition: i32) {
+        let _ = self.lag.remove_label_values(&[source, &partition.to_string()]);
     }
 
     /// Keys in a task's state.

@@ -525,3 +525,68 @@ fn deleted_keys_are_dropped_after_tombstone_retention() {
     assert!(p.log_text().contains("dropped deleted keys past tombstone_retention"));
     assert!(p.stop().success());
 }
+
+/// Lag is the consumer's position against the partition's end (the last
+/// stable offset under read_committed): it shows while a backlog drains and
+/// reads 0 once it has, on every partition, where librdkafka's own
+/// `consumer_lag` (from a committed offset that transactions never update)
+/// stayed at the backlog. Also: the CPU counter counts fractions of a
+/// second, and `/state` finds a key that a non-murmur2 producer (kcat)
+/// put in another partition.
+#[test]
+fn lag_cpu_and_state_of_a_key_from_another_partitioner() {
+    let s = Setup::new("lag");
+    let n = 60_000u64;
+    let mut records: Vec<Rec> = (0..n)
+        .map(|i| {
+            let key = json!({ "id": i }).to_string();
+            let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
+            let si = (i % 3) as usize;
+            let value = json!({"before": null, "after": {"id": i, "name": "x"}, "op": "c", "source": {"ts_ms": s.epoch_ms}});
+            Rec { topic: s.topics[si].clone(), partition, key: Some(key), value: Some(value.to_string()) }
+        })
+        .collect();
+    // As kcat (librdkafka's consistent_random) might place it: not where murmur2 does.
+    let odd_key = json!({"id": 9_999_999}).to_string();
+    let odd_partition = (tributary::admin::murmur2_partition(odd_key.as_bytes(), PARTITIONS) + 1) % PARTITIONS;
+    let value = json!({"before": null, "after": {"id": 9_999_999, "name": "kcat"}, "op": "c", "source": {"ts_ms": s.epoch_ms}});
+    records.push(Rec { topic: s.topics[0].clone(), partition: odd_partition, key: Some(odd_key.clone()), value: Some(value.to_string()) });
+    produce(&records);
+    let cfg = s.config_with("a", "[kafka.properties]\n\"statistics.interval.ms\" = \"300\"\n");
+    let p = Processor::start(&cfg, &s.log("a"));
+    let addr = admin_addr(&p);
+    let lag = |text: &str| metric(text, "tributary_consumer_lag_records", "");
+    let mut most = 0.0f64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, text) = http_get(&addr, "/metrics");
+        most = most.max(lag(&text));
+        if metric(&text, "tributary_records_emitted_total", "") >= records.len() as f64 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the backlog did not drain: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(most > 0.0, "the lag showed while the backlog drained");
+    // Drained: 0 on every source partition, as kafka-consumer-groups says.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let (_, text) = http_get(&addr, "/metrics");
+        let series = text.lines().filter(|l| l.starts_with("tributary_consumer_lag_records{")).count();
+        if series == 9 && lag(&text) == 0.0 {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "lag did not reach 0 on all 9 partitions: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(metric(&text, "process_cpu_seconds_total", "") > 0.0, "{text}");
+    let (status, body) = http_get(&addr, "/state/%7B%22id%22%3A9999999%7D");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["partition"], odd_partition, "{body}");
+    let (status, body) = http_get(&addr, "/state/%7B%22id%22%3A123456789%7D");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("\"partitioner\":\"murmur2\""), "{body}");
+    let log = p.log_text();
+    assert_eq!(log.matches("is not in the partition murmur2 gives it").count(), 1, "{log}");
+    assert!(p.stop().success());
+}

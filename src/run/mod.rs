@@ -254,6 +254,9 @@ struct Worker {
     cycle_bytes: usize,
     /// Cycles that failed in a row (the wait before the next grows).
     failed_cycles: u32,
+    /// Source topics whose keys are checked against murmur2 partitioning
+    /// (until the first mismatch, which is logged once).
+    partitioner_unchecked: BTreeSet<String>,
 }
 
 /// Schema ids of Tributary's own Avro records (Avro output).
@@ -274,8 +277,15 @@ impl ClientContext for GroupContext {
         for (topic, t) in &stats.topics {
             let Some(source) = self.source_of.get(topic) else { continue };
             for (p, part) in &t.partitions {
-                if *p >= 0 && part.consumer_lag >= 0 {
-                    self.metrics.lag(source, *p, part.consumer_lag);
+                if *p < 0 {
+                    continue;
+                }
+                if !part.desired {
+                    self.metrics.forget_lag(source, *p);
+                    continue;
+                }
+                if let Some(lag) = partition_lag(part) {
+                    self.metrics.lag(source, *p, lag);
                 }
             }
         }
@@ -351,6 +361,9 @@ impl Worker {
             self.dead_letter(msg, &e)?;
             self.positions.insert((msg.topic().to_string(), partition), msg.offset() + 1);
             return Ok(());
+        }
+        if self.partitioner_unchecked.contains(msg.topic()) {
+            self.check_partitioner(msg);
         }
         let Some(task) = self.tasks.get_mut(&partition) else {
             return Err(RunError::Assignment(format!(
@@ -467,6 +480,25 @@ impl Worker {
         Ok(())
     }
 
+    /// Co-partitioning needs every source to place a key in the same
+    /// partition. Debezium (a Java producer) hashes with murmur2; a key
+    /// elsewhere means a producer with another partitioner (librdkafka's
+    /// default, kcat, the Python and Go clients), which breaks it: say so once.
+    fn check_partitioner(&mut self, msg: &BorrowedMessage<'_>) {
+        let Some(key) = msg.key() else { return };
+        let expected = crate::admin::murmur2_partition(key, self.partitions);
+        if expected != msg.partition() {
+            tracing::warn!(
+                topic = msg.topic(),
+                partition = msg.partition(),
+                offset = msg.offset(),
+                murmur2_partition = expected,
+                "a key is not in the partition murmur2 gives it: the topic's producer uses another partitioner (librdkafka's default consistent_random: kcat, Python, Go); co-partitioning with murmur2 sources (Debezium, Java) breaks unless every source uses the same partitioner (librdkafka: partitioner=murmur2_random). Logged once per topic"
+            );
+            self.partitioner_unchecked.remove(msg.topic());
+        }
+    }
+
     fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, e: &NormalizeError) -> Result<(), RunError> {
         tracing::warn!(
             topic = msg.topic(),
@@ -544,17 +576,29 @@ impl Worker {
             return self.answer(key, partition);
         }
         // Debezium's JSON converter (schemas off) writes the key as this
-        // canonical JSON, and Java producers partition with murmur2.
+        // canonical JSON, and Java producers partition with murmur2. Other
+        // producers (librdkafka's default: kcat, the Python and Go clients)
+        // put keys elsewhere: when the murmur2 partition does not hold the
+        // key, every owned partition is searched.
         let partition = crate::admin::murmur2_partition(key.as_bytes(), self.partitions);
-        if !self.tasks.contains_key(&partition) {
-            let body = serde_json::json!({
-                "error": format!("key {key} belongs to partition {partition}, which this instance does not own"),
-                "partition": partition,
-                "owned_partitions": owned,
-            });
-            return (404, body.to_string());
+        if self.tasks.get(&partition).is_some_and(|t| matches!(t.get_committed(key), Ok(Some(_)))) {
+            return self.answer(key, partition);
         }
-        self.answer(key, partition)
+        if let Some(&found) = owned.iter().find(|p| self.tasks.get(p).is_some_and(|t| matches!(t.get_committed(key), Ok(Some(_))))) {
+            return self.answer(key, found);
+        }
+        let error = if self.tasks.contains_key(&partition) {
+            format!("no state for key {key} in the partitions this instance owns (murmur2, as Java producers and Debezium partition, puts it in partition {partition})")
+        } else {
+            format!("no state for key {key} in the partitions this instance owns; murmur2 (Java producers, Debezium) puts it in partition {partition}, which another instance owns")
+        };
+        let body = serde_json::json!({
+            "error": error,
+            "partitioner": "murmur2",
+            "partition": partition,
+            "owned_partitions": owned,
+        });
+        (404, body.to_string())
     }
 
     /// The state query's answer for a key of an owned `partition`.
@@ -1351,6 +1395,13 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         shutdown: shutdown.clone(),
         cycle_bytes: 0,
         failed_cycles: 0,
+        // Avro keys are framed bytes whose hash says nothing of the key.
+        partitioner_unchecked: config
+            .sources
+            .iter()
+            .filter(|s| s.format != crate::config::SourceFormat::DebeziumAvro)
+            .map(|s| s.topic.clone())
+            .collect(),
     }));
     let _ = worker_slot.set(worker.clone());
     let mut consumer_defaults = vec![
@@ -1543,6 +1594,17 @@ fn retrying(mut f: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaEr
             other => return other,
         }
     }
+}
+
+/// A partition's consumer lag: from the consumer's position to the
+/// partition's end, which for a `read_committed` consumer is the last stable
+/// offset. librdkafka's own `consumer_lag` counts from the committed offset
+/// it knows, which offsets committed through transactions never update, and
+/// is absent until the group has committed once.
+fn partition_lag(part: &rdkafka::statistics::Partition) -> Option<i64> {
+    let end = if part.ls_offset >= 0 { part.ls_offset } else { part.hi_offset };
+    let position = [part.app_offset, part.committed_offset, part.next_offset, part.lo_offset].into_iter().find(|o| *o >= 0)?;
+    (end >= 0).then(|| (end - position).max(0))
 }
 
 /// Consumer errors after which the member cannot go on (fenced static member,
