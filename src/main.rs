@@ -181,7 +181,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Sink { config, resync } => {
-            let config = Config::load(&config)?;
+            let config = Config::load_for_sink(&config)?;
             let shutdown = Arc::new(AtomicBool::new(false));
             let flag = shutdown.clone();
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -192,7 +192,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             match tributary::sink::run_with(&config, &shutdown, tributary::sink::SinkOptions { resync }) {
                 Ok(_) => Ok(ExitCode::SUCCESS),
                 Err(e) => {
-                    tracing::error!("{e}");
+                    // Once, on stderr (where the log goes too): a fatal error logged and printed showed twice.
                     eprintln!("error: {e}");
                     Ok(ExitCode::from(1))
                 }

@@ -14,22 +14,30 @@
 //! see the ones the cleaner removed meanwhile; [`resync`] detects that at
 //! start-up and re-reads the topic from the beginning.
 
+mod metrics;
 mod postgres;
 mod resync;
 mod sqlite;
+mod types;
 
-use std::collections::HashMap;
+pub use types::EpochUnit;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::Config;
+use metrics::SinkMetrics;
 
 /// `[sink]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -42,7 +50,9 @@ pub struct SinkConfig {
     pub url: String,
     /// The table to materialize into (created when missing).
     pub table: String,
-    /// Columns as `"name type"`, type one of text, bigint, integer, double, boolean, json.
+    /// Columns as `"name type"`: text, bigint, integer, double, boolean, json,
+    /// numeric(p,s), date, timestamp, timestamptz, uuid, bytea (PostgreSQL's
+    /// spellings such as `double precision` too).
     pub columns: Vec<String>,
     /// The primary key: the fields of the canonical key.
     pub key_columns: Vec<String>,
@@ -59,11 +69,16 @@ pub struct SinkConfig {
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// How often to look for partitions added to the topic.
-    #[serde(
-        default = "default_metadata_interval",
-        with = "crate::config::duration_text"
-    )]
+    #[serde(default = "default_metadata_interval", with = "crate::config::duration_text")]
     pub metadata_interval: Duration,
+    /// The unit of epoch numbers per `timestamp`/`timestamptz` column
+    /// (`millis`, `micros`, `nanos`); unnamed columns go by magnitude.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub time_units: BTreeMap<String, EpochUnit>,
+    /// The sink's admin HTTP port (`/metrics`, `/healthz`, `/readyz`), e.g.
+    /// `127.0.0.1:9465`; off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
 }
 
 fn default_metadata_interval() -> Duration {
@@ -100,6 +115,43 @@ pub enum ColumnType {
     Boolean,
     /// `json` / `jsonb`
     Json,
+    /// `numeric(p,s)` (`precision: None`: unconstrained `numeric`).
+    Numeric {
+        /// Total digits.
+        precision: Option<u32>,
+        /// Digits after the point.
+        scale: u32,
+    },
+    /// `date`
+    Date,
+    /// `timestamp` (without time zone; values in UTC)
+    Timestamp,
+    /// `timestamptz`
+    TimestampTz,
+    /// `uuid`
+    Uuid,
+    /// `bytea` (BLOB on SQLite), from base64
+    Bytes,
+}
+
+impl std::fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ColumnType::Text => f.write_str("text"),
+            ColumnType::BigInt => f.write_str("bigint"),
+            ColumnType::Integer => f.write_str("integer"),
+            ColumnType::Double => f.write_str("double"),
+            ColumnType::Boolean => f.write_str("boolean"),
+            ColumnType::Json => f.write_str("json"),
+            ColumnType::Numeric { precision: Some(p), scale } => write!(f, "numeric({p},{scale})"),
+            ColumnType::Numeric { precision: None, .. } => f.write_str("numeric"),
+            ColumnType::Date => f.write_str("date"),
+            ColumnType::Timestamp => f.write_str("timestamp"),
+            ColumnType::TimestampTz => f.write_str("timestamptz"),
+            ColumnType::Uuid => f.write_str("uuid"),
+            ColumnType::Bytes => f.write_str("bytea"),
+        }
+    }
 }
 
 /// A column of the target table.
@@ -109,6 +161,8 @@ pub struct Column {
     pub name: String,
     /// Type.
     pub ty: ColumnType,
+    /// `[sink.time_units]` of a timestamp column.
+    pub unit: Option<EpochUnit>,
 }
 
 /// The table layout, validated from `[sink]`.
@@ -139,6 +193,8 @@ pub enum SqlValue {
     Bool(bool),
     /// JSON (as text).
     Json(Value),
+    /// Bytes (`bytea`, BLOB).
+    Bytes(Vec<u8>),
 }
 
 /// One change to apply, after de-duplication per key within the batch.
@@ -245,11 +301,7 @@ pub trait Target {
     /// missing, and migrates older offsets tables in place.
     fn prepare(&mut self, spec: &TableSpec) -> Result<(), SinkError>;
     /// The stored positions of `group` for `topic`, per partition.
-    fn offsets(
-        &mut self,
-        group: &str,
-        topic: &str,
-    ) -> Result<HashMap<i32, StoredOffset>, SinkError>;
+    fn offsets(&mut self, group: &str, topic: &str) -> Result<HashMap<i32, StoredOffset>, SinkError>;
     /// Applies a batch in one transaction (rows, dead letters, offsets, and
     /// during a resync the live-key marks).
     fn apply(&mut self, spec: &TableSpec, group: &str, batch: &Batch) -> Result<(), SinkError>;
@@ -259,22 +311,11 @@ pub trait Target {
     /// Starts a resync in one transaction: records it as in progress, forgets
     /// the offsets of the `reset` partitions (their stored offsets belong to
     /// a topic that no longer exists) and starts an empty live-key set.
-    fn begin_resync(
-        &mut self,
-        spec: &TableSpec,
-        group: &str,
-        topic: &str,
-        reset: &[i32],
-    ) -> Result<(), SinkError>;
+    fn begin_resync(&mut self, spec: &TableSpec, group: &str, topic: &str, reset: &[i32]) -> Result<(), SinkError>;
     /// Examines the next `limit` rows in key order after the key `after`
     /// (from the first row when `None`) and deletes those whose key is not in
     /// the live-key set, in one transaction.
-    fn sweep(
-        &mut self,
-        spec: &TableSpec,
-        after: Option<&[SqlValue]>,
-        limit: usize,
-    ) -> Result<Sweep, SinkError>;
+    fn sweep(&mut self, spec: &TableSpec, after: Option<&[SqlValue]>, limit: usize) -> Result<Sweep, SinkError>;
     /// Marks the resync finished and drops the live-key set.
     fn finish_resync(&mut self, group: &str, topic: &str) -> Result<(), SinkError>;
 }
@@ -284,46 +325,28 @@ impl SinkConfig {
     pub fn table_spec(&self) -> Result<TableSpec, SinkError> {
         let bad = |m: String| SinkError::Config(m);
         if !is_identifier(&self.table) {
-            return Err(bad(format!(
-                "sink.table: \"{}\" is not a plain SQL identifier",
-                self.table
-            )));
+            return Err(bad(format!("sink.table: \"{}\" is not a plain SQL identifier", self.table)));
         }
         let mut columns = Vec::new();
         for (i, c) in self.columns.iter().enumerate() {
-            let mut parts = c.split_whitespace();
-            let (Some(name), Some(ty), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(bad(format!(
-                    "sink.columns[{i}]: \"{c}\" must be \"name type\""
-                )));
-            };
-            if !is_identifier(name) {
-                return Err(bad(format!(
-                    "sink.columns[{i}]: \"{name}\" is not a plain SQL identifier"
-                )));
+            let (name, ty) = c.trim().split_once(char::is_whitespace).unwrap_or((c.trim(), ""));
+            if ty.trim().is_empty() {
+                return Err(bad(format!("sink.columns[{i}]: \"{c}\" must be \"name type\"")));
             }
-            let ty = match ty.to_ascii_lowercase().as_str() {
-                "text" | "varchar" => ColumnType::Text,
-                "bigint" | "int8" => ColumnType::BigInt,
-                "integer" | "int" | "int4" => ColumnType::Integer,
-                "double" | "float8" | "real" | "float" => ColumnType::Double,
-                "boolean" | "bool" => ColumnType::Boolean,
-                "json" | "jsonb" => ColumnType::Json,
-                other => {
-                    return Err(bad(format!(
-                        "sink.columns[{i}]: unknown type \"{other}\" (text, bigint, integer, double, boolean, json)"
-                    )))
-                }
+            if !is_identifier(name) {
+                return Err(bad(format!("sink.columns[{i}]: \"{name}\" is not a plain SQL identifier")));
+            }
+            let Some(ty) = types::parse_type(ty) else {
+                return Err(bad(format!(
+                    "sink.columns[{i}]: unknown type \"{}\" (text, bigint, integer, double precision, boolean, json, numeric(p,s), date, timestamp, timestamptz, uuid, bytea)",
+                    ty.trim()
+                )));
             };
             if columns.iter().any(|c: &Column| c.name == name) {
-                return Err(bad(format!(
-                    "sink.columns[{i}]: column \"{name}\" listed twice"
-                )));
+                return Err(bad(format!("sink.columns[{i}]: column \"{name}\" listed twice")));
             }
-            columns.push(Column {
-                name: name.to_string(),
-                ty,
-            });
+            let unit = self.time_units.get(name).copied();
+            columns.push(Column { name: name.to_string(), ty, unit });
         }
         let mut key = Vec::new();
         for k in &self.key_columns {
@@ -334,47 +357,46 @@ impl SinkConfig {
             key.push(i);
         }
         if key.is_empty() {
-            return Err(bad(
-                "sink.key_columns: at least one key column is required".into()
-            ));
+            return Err(bad("sink.key_columns: at least one key column is required".into()));
         }
         let vv = match &self.vv_column {
             Some(v) if columns.iter().any(|c| &c.name == v) => {
-                return Err(bad(format!(
-                    "sink.vv_column: \"{v}\" is also in sink.columns"
-                )))
+                return Err(bad(format!("sink.vv_column: \"{v}\" is also in sink.columns")))
             }
             Some(v) if !is_identifier(v) => {
-                return Err(bad(format!(
-                    "sink.vv_column: \"{v}\" is not a plain SQL identifier"
-                )))
+                return Err(bad(format!("sink.vv_column: \"{v}\" is not a plain SQL identifier")))
             }
             Some(v) => {
-                columns.push(Column {
-                    name: v.clone(),
-                    ty: ColumnType::Text,
-                });
+                columns.push(Column { name: v.clone(), ty: ColumnType::Text, unit: None });
                 Some(columns.len() - 1)
             }
             None => None,
         };
+        for name in self.time_units.keys() {
+            if !columns
+                .iter()
+                .any(|c| &c.name == name && matches!(c.ty, ColumnType::Timestamp | ColumnType::TimestampTz))
+            {
+                return Err(bad(format!(
+                    "sink.time_units.{name}: not a timestamp or timestamptz column of sink.columns"
+                )));
+            }
+        }
+        if let Some(a) = &self.admin_listen {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                return Err(bad(format!("sink.admin_listen: \"{a}\" is not an address such as \"127.0.0.1:9465\"")));
+            }
+        }
         if self.batch_size == 0 {
             return Err(bad("sink.batch_size: must be at least 1".into()));
         }
-        Ok(TableSpec {
-            table: self.table.clone(),
-            columns,
-            key,
-            vv,
-        })
+        Ok(TableSpec { table: self.table.clone(), columns, key, vv })
     }
 }
 
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
-        && s.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -384,13 +406,8 @@ pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, String
         None | Some(Value::Null) => return Ok(SqlValue::Null),
         Some(v) => v,
     };
-    let mismatch = |what: &str| {
-        format!(
-            "column `{}` ({}): {v} is not {what}",
-            column.name,
-            type_name(column.ty)
-        )
-    };
+    let mismatch = |what: &str| format!("column `{}` ({}): {v} is not {what}", column.name, column.ty);
+    let misfit = |why: String| format!("column `{}` ({}): {v} {why}", column.name, column.ty);
     Ok(match column.ty {
         ColumnType::Text => {
             let text = match v {
@@ -398,17 +415,17 @@ pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, String
                 other => other.to_string(),
             };
             if text.contains('\0') {
-                return Err(format!("column `{}` (text): the value contains a NUL character, which databases reject", column.name));
+                return Err(format!(
+                    "column `{}` (text): the value contains a NUL character, which databases reject",
+                    column.name
+                ));
             }
             SqlValue::Text(text)
         }
         ColumnType::BigInt | ColumnType::Integer => {
             let n = match v {
                 Value::Number(n) => n.as_i64().ok_or_else(|| mismatch("an integer"))?,
-                Value::String(s) => s
-                    .trim()
-                    .parse::<i64>()
-                    .map_err(|_| mismatch("an integer"))?,
+                Value::String(s) => s.trim().parse::<i64>().map_err(|_| mismatch("an integer"))?,
                 _ => return Err(mismatch("an integer")),
             };
             if column.ty == ColumnType::Integer && i32::try_from(n).is_err() {
@@ -418,9 +435,7 @@ pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, String
         }
         ColumnType::Double => match v {
             Value::Number(n) => SqlValue::Float(n.as_f64().ok_or_else(|| mismatch("a number"))?),
-            Value::String(s) => {
-                SqlValue::Float(s.trim().parse::<f64>().map_err(|_| mismatch("a number"))?)
-            }
+            Value::String(s) => SqlValue::Float(s.trim().parse::<f64>().map_err(|_| mismatch("a number"))?),
             _ => return Err(mismatch("a number")),
         },
         ColumnType::Boolean => match v {
@@ -431,22 +446,22 @@ pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, String
         },
         ColumnType::Json => {
             if v.to_string().contains("\\u0000") {
-                return Err(format!("column `{}` (json): the value contains a NUL character, which databases reject", column.name));
+                return Err(format!(
+                    "column `{}` (json): the value contains a NUL character, which databases reject",
+                    column.name
+                ));
             }
             SqlValue::Json(v.clone())
         }
+        ColumnType::Numeric { precision, scale } => {
+            SqlValue::Text(types::decimal(v, precision, scale).map_err(misfit)?)
+        }
+        ColumnType::Date => SqlValue::Text(types::date(v).map_err(misfit)?),
+        ColumnType::Timestamp => SqlValue::Text(types::timestamp(v, column.unit, false).map_err(misfit)?),
+        ColumnType::TimestampTz => SqlValue::Text(types::timestamp(v, column.unit, true).map_err(misfit)?),
+        ColumnType::Uuid => SqlValue::Text(types::uuid(v).map_err(misfit)?),
+        ColumnType::Bytes => SqlValue::Bytes(types::bytes(v).map_err(misfit)?),
     })
-}
-
-fn type_name(t: ColumnType) -> &'static str {
-    match t {
-        ColumnType::Text => "text",
-        ColumnType::BigInt => "bigint",
-        ColumnType::Integer => "integer",
-        ColumnType::Double => "double",
-        ColumnType::Boolean => "boolean",
-        ColumnType::Json => "json",
-    }
 }
 
 /// Builds the batch for a run of records (already in offset order per
@@ -459,11 +474,7 @@ pub fn build_batch(spec: &TableSpec, records: &[RawRecord]) -> Batch {
 /// (a tombstone), and only records at or past `applied[partition]` (what the
 /// table already reflects) change rows and offsets. Re-applying the older
 /// ones would move rows back to older versions for a while.
-pub fn build_resync_batch(
-    spec: &TableSpec,
-    records: &[RawRecord],
-    applied: &HashMap<i32, i64>,
-) -> Batch {
+pub fn build_resync_batch(spec: &TableSpec, records: &[RawRecord], applied: &HashMap<i32, i64>) -> Batch {
     batch_of(spec, records, Some(applied))
 }
 
@@ -498,10 +509,7 @@ fn batch_of(spec: &TableSpec, records: &[RawRecord], resync: Option<&HashMap<i32
         match convert(spec, r) {
             Ok(change) => {
                 let key = match &change {
-                    Change::Upsert(values) => format!(
-                        "{:?}",
-                        spec.key.iter().map(|&i| &values[i]).collect::<Vec<_>>()
-                    ),
+                    Change::Upsert(values) => format!("{:?}", spec.key.iter().map(|&i| &values[i]).collect::<Vec<_>>()),
                     Change::Delete(key) => format!("{:?}", key.iter().collect::<Vec<_>>()),
                 };
                 match by_key.get(&key) {
@@ -524,12 +532,7 @@ fn batch_of(spec: &TableSpec, records: &[RawRecord], resync: Option<&HashMap<i32
     }
     batch.offsets = next
         .into_iter()
-        .map(|((t, p), (next, record_ts))| OffsetUpdate {
-            topic: t.to_string(),
-            partition: p,
-            next,
-            record_ts,
-        })
+        .map(|((t, p), (next, record_ts))| OffsetUpdate { topic: t.to_string(), partition: p, next, record_ts })
         .collect();
     batch.offsets.sort();
     for (key, live) in marks {
@@ -574,10 +577,9 @@ fn key_values(spec: &TableSpec, r: &RawRecord) -> Result<Vec<SqlValue>, String> 
         .map(|&i| {
             let c = &spec.columns[i];
             match key.get(&c.name) {
-                Some(Value::Null) | None => Err(format!(
-                    "key column `{}` is missing or null in the key {key_text}",
-                    c.name
-                )),
+                Some(Value::Null) | None => {
+                    Err(format!("key column `{}` is missing or null in the key {key_text}", c.name))
+                }
                 Some(v) => to_sql(c, Some(v)),
             }
         })
@@ -643,24 +645,16 @@ pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkErro
 type AvroReader = Option<(crate::avro::registry::JsonReader, Duration)>;
 
 /// [`run`] with options.
-pub fn run_with(
-    config: &Config,
-    shutdown: &AtomicBool,
-    options: SinkOptions,
-) -> Result<SinkStats, SinkError> {
-    let sink = config
-        .sink
-        .as_ref()
-        .ok_or_else(|| SinkError::Config("the configuration has no [sink] section".into()))?;
+pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) -> Result<SinkStats, SinkError> {
+    let sink =
+        config.sink.as_ref().ok_or_else(|| SinkError::Config("the configuration has no [sink] section".into()))?;
     let spec = sink.table_spec()?;
-    let topic = sink
-        .topic
-        .clone()
-        .unwrap_or_else(|| config.output.topic.clone());
-    let group = sink
-        .group_id
-        .clone()
-        .unwrap_or_else(|| format!("{}-sink", config.kafka.group_id));
+    let topic = sink.topic.clone().unwrap_or_else(|| config.output.topic.clone());
+    let group = sink.group_id.clone().unwrap_or_else(|| format!("{}-sink", config.kafka.group_id));
+    let metrics = SinkMetrics::new();
+    if let Some(listen) = &sink.admin_listen {
+        serve_admin(listen, metrics.base.clone())?;
+    }
     let mut target = open_target(sink)?;
     target.prepare(&spec)?;
     let mut client = ClientConfig::new();
@@ -673,38 +667,29 @@ pub fn run_with(
     for (k, v) in &config.kafka.properties {
         client.set(k, v);
     }
-    let consumer: BaseConsumer = client
-        .create()
+    let bootstrap = config.kafka.bootstrap_servers.clone();
+    let consumer: BaseConsumer<SinkContext> = client
+        .create_with_context(SinkContext { bootstrap: bootstrap.clone(), unreachable: AtomicBool::new(false) })
         .map_err(|e| SinkError::Kafka(e.to_string()))?;
-    let mut partitions = partition_count(&consumer, &topic)?;
+    let mut partitions = partition_count(&consumer, &topic, STARTUP_TIMEOUT).map_err(|e| {
+        SinkError::Kafka(format!(
+            "cannot read the metadata of topic {topic} from the bootstrap servers {bootstrap} within {}s: {e}",
+            STARTUP_TIMEOUT.as_secs()
+        ))
+    })?;
     let mut avro: AvroReader = match (config.output.format, &config.schema_registry) {
         (crate::config::OutputFormat::Avro, Some(r)) => Some((
-            crate::avro::registry::JsonReader::new(
-                crate::avro::registry::Registry::new(r).map_err(SinkError::Config)?,
-            ),
+            crate::avro::registry::JsonReader::new(crate::avro::registry::Registry::new(r).map_err(SinkError::Config)?),
             r.max_backoff,
         )),
         _ => None,
     };
     let mut stats = SinkStats::default();
-    let source = resync::Source {
-        client: &client,
-        kafka: &config.kafka,
-        topic: &topic,
-        group: &group,
-        partitions,
-    };
+    let source = resync::Source { client: &client, kafka: &config.kafka, topic: &topic, group: &group, partitions };
     if let Some(plan) = resync::check(&consumer, &mut *target, &source, options.resync)? {
-        let done = resync::resync(
-            &source,
-            &mut *target,
-            &spec,
-            plan,
-            &mut avro,
-            shutdown,
-            sink.batch_size,
-            &mut stats,
-        )?;
+        let done =
+            resync::resync(&source, &mut *target, &spec, plan, &mut avro, shutdown, sink.batch_size, &mut stats)?;
+        metrics.resynced(stats.records, stats.dead);
         if !done {
             tracing::info!(
                 records = stats.records,
@@ -716,17 +701,31 @@ pub fn run_with(
     }
     let resumed = assign_from_database(&consumer, &mut *target, &group, &topic, partitions)?;
     tracing::info!(topic = %topic, group = %group, table = %spec.table, partitions, resumed, "sink started");
+    metrics.base.set_ready(true);
     let mut pending: Vec<RawRecord> = Vec::new();
     let mut first = Instant::now();
     let mut last_metadata = Instant::now();
+    let mut last_lag = Instant::now();
+    let mut last_progress = (Instant::now(), stats.records);
+    let mut sink_batch =
+        SinkBatch { consumer: &consumer, target: &mut *target, spec: &spec, group: &group, metrics: &metrics };
     while !shutdown.load(Ordering::Relaxed) {
+        if last_lag.elapsed() >= LAG_INTERVAL {
+            last_lag = Instant::now();
+            report_lag(&consumer, &topic, partitions, &pending, &metrics);
+            if last_progress.0.elapsed() >= PROGRESS_INTERVAL && stats.records > last_progress.1 {
+                tracing::info!(records = stats.records, batches = stats.batches, dead = stats.dead, "sink progress");
+                last_progress = (Instant::now(), stats.records);
+            }
+        }
         if last_metadata.elapsed() >= sink.metadata_interval {
             // Partitions added to the topic later are picked up too.
             last_metadata = Instant::now();
-            let now = partition_count(&consumer, &topic)?;
+            let now = partition_count(&consumer, &topic, Duration::from_secs(30))
+                .map_err(|e| SinkError::Kafka(format!("metadata of {topic} (bootstrap servers {bootstrap}): {e}")))?;
             if now > partitions {
-                flush(&mut *target, &spec, &group, &mut pending, &mut stats)?;
-                assign_from_database(&consumer, &mut *target, &group, &topic, now)?;
+                sink_batch.flush(&mut pending, &mut stats)?;
+                assign_from_database(&consumer, &mut *sink_batch.target, &group, &topic, now)?;
                 tracing::info!(topic = %topic, from = partitions, to = now, "the topic grew; assigned the new partitions");
                 partitions = now;
             }
@@ -741,33 +740,24 @@ pub fn run_with(
                 }
                 pending.push(record);
             }
-            Some(Err(e)) => tracing::warn!("sink consumer: {e}"),
+            // Broker trouble reaches the context's error callback too,
+            // which reports it once.
+            Some(Err(e)) => tracing::debug!("sink consumer: {e}"),
             None => {}
         }
-        if !pending.is_empty()
-            && (pending.len() >= sink.batch_size || first.elapsed() >= Duration::from_millis(100))
-        {
-            flush(&mut *target, &spec, &group, &mut pending, &mut stats)?;
+        if !pending.is_empty() && (pending.len() >= sink.batch_size || first.elapsed() >= Duration::from_millis(100)) {
+            sink_batch.flush(&mut pending, &mut stats)?;
         }
     }
-    flush(&mut *target, &spec, &group, &mut pending, &mut stats)?;
-    tracing::info!(
-        records = stats.records,
-        batches = stats.batches,
-        dead = stats.dead,
-        "sink stopped"
-    );
+    sink_batch.flush(&mut pending, &mut stats)?;
+    tracing::info!(records = stats.records, batches = stats.batches, dead = stats.dead, "sink stopped");
     Ok(stats)
 }
 
 /// The record as the sink applies it; `None` when the sink is stopping
 /// while the schema registry is unreachable: the record is not the problem,
 /// so it is neither applied nor passed, and the next run reads it again.
-fn read_message<M: Message>(
-    m: &M,
-    avro: &mut AvroReader,
-    shutdown: &AtomicBool,
-) -> Option<RawRecord> {
+fn read_message<M: Message>(m: &M, avro: &mut AvroReader, shutdown: &AtomicBool) -> Option<RawRecord> {
     let vv = m.headers().and_then(|h| {
         h.iter()
             .find(|x| x.key == crate::output::HEADER_VV)
@@ -791,11 +781,7 @@ fn read_message<M: Message>(
         }
         Some((reader, max_backoff)) => {
             let mut unavailable = false;
-            let mut read = |bytes: &[u8], what: &str| match reader.read_patiently(
-                bytes,
-                *max_backoff,
-                shutdown,
-            ) {
+            let mut read = |bytes: &[u8], what: &str| match reader.read_patiently(bytes, *max_backoff, shutdown) {
                 Ok(json) => Some(json.to_string()),
                 Err(e) if e.is_retriable() => {
                     unavailable = true;
@@ -818,23 +804,135 @@ fn read_message<M: Message>(
     Some(record)
 }
 
-fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<i32, SinkError> {
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .map_err(|e| SinkError::Kafka(format!("metadata of {topic}: {e}")))?;
+/// How long the first contact with Kafka may take before the sink gives up
+/// with a message naming the bootstrap servers.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the lag gauges are updated.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
+/// How often, at most, a progress line is logged while records arrive.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(60);
+
+fn partition_count<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, String> {
+    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| e.to_string())?;
     md.topics()
         .iter()
         .find(|t| t.name() == topic && t.error().is_none())
         .map(|t| t.partitions().len() as i32)
         .filter(|n| *n > 0)
-        .ok_or_else(|| SinkError::Kafka(format!("topic {topic} does not exist")))
+        .ok_or_else(|| format!("topic {topic} does not exist"))
+}
+
+/// The sink consumer's context: an unreachable broker is reported once with
+/// the bootstrap servers (librdkafka raises it on every retry), and
+/// librdkafka's own connection-failure log lines are kept at DEBUG.
+struct SinkContext {
+    bootstrap: String,
+    unreachable: AtomicBool,
+}
+
+impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            _ if fac == "FAIL" => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "{fac}: {log_message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{fac}: {log_message}"),
+            _ => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::PartitionEOF) => {}
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
+                if self.unreachable.swap(true, Ordering::Relaxed) {
+                    tracing::debug!("kafka: {reason}");
+                } else {
+                    tracing::warn!(bootstrap_servers = %self.bootstrap, "cannot reach Kafka ({reason}); retrying");
+                }
+            }
+            _ => tracing::error!("librdkafka: {error}: {reason}"),
+        }
+    }
+}
+
+impl ConsumerContext for SinkContext {}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on its own thread.
+fn serve_admin(listen: &str, metrics: Arc<crate::metrics::Metrics>) -> Result<(), SinkError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SinkError::Config(format!("sink.admin_listen: {e}")))?;
+    let no_state: crate::admin::StateQuery = Arc::new(|_: &str| {
+        (404, "{\"error\":\"tributary sink has no state to query; see tributary run\"}".to_string())
+    });
+    let addr = runtime
+        .block_on(crate::admin::serve(listen, metrics, no_state))
+        .map_err(|e| SinkError::Config(format!("sink.admin_listen: cannot listen on {listen}: {e}")))?;
+    tracing::debug!(%addr, "sink admin port");
+    std::thread::Builder::new()
+        .name("sink-admin".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .map_err(|e| SinkError::Config(format!("sink.admin_listen: {e}")))?;
+    Ok(())
+}
+
+/// The end offsets librdkafka keeps from its fetch answers (no round trip,
+/// unlike `fetch_watermarks`); for a `read_committed` consumer the high one
+/// is the last stable offset. rust-rdkafka does not wrap this call.
+fn cached_watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer lives as long as `consumer`; the out
+    // pointers are valid locals and the topic a NUL-terminated string.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some((low, high))
+}
+
+/// Per partition: what the topic holds (the last stable offset, under
+/// `read_committed`) and the sink has not yet committed to the database.
+fn report_lag<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: i32,
+    pending: &[RawRecord],
+    metrics: &SinkMetrics,
+) {
+    let Ok(positions) = consumer.position() else { return };
+    for p in 0..partitions {
+        let Some((low, high)) = cached_watermarks(consumer, topic, p) else { continue };
+        let position = match positions.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => low.max(0),
+        };
+        let unapplied = pending.iter().filter(|r| r.partition == p).count() as i64;
+        metrics.lag(p, (high - position).max(0) + unapplied);
+    }
 }
 
 /// Offsets live in the database, next to the rows: assigns every partition
 /// from there (from the beginning when it has none). Call with nothing
 /// pending, so the database offsets are the consumer's positions.
-fn assign_from_database(
-    consumer: &BaseConsumer,
+fn assign_from_database<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     target: &mut dyn Target,
     group: &str,
     topic: &str,
@@ -843,36 +941,55 @@ fn assign_from_database(
     let stored = target.offsets(group, topic)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        let offset = stored
-            .get(&p)
-            .map_or(Offset::Beginning, |o| Offset::Offset(o.next));
-        tpl.add_partition_offset(topic, p, offset)
-            .map_err(|e| SinkError::Kafka(e.to_string()))?;
+        let offset = stored.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(o.next));
+        tpl.add_partition_offset(topic, p, offset).map_err(|e| SinkError::Kafka(e.to_string()))?;
     }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| SinkError::Kafka(e.to_string()))?;
+    consumer.assign(&tpl).map_err(|e| SinkError::Kafka(e.to_string()))?;
     Ok(stored.len())
 }
 
-fn flush(
-    target: &mut dyn Target,
-    spec: &TableSpec,
-    group: &str,
-    pending: &mut Vec<RawRecord>,
-    stats: &mut SinkStats,
-) -> Result<(), SinkError> {
-    if pending.is_empty() {
-        return Ok(());
+/// What applying a batch in the main loop needs.
+struct SinkBatch<'a, C: ConsumerContext> {
+    consumer: &'a BaseConsumer<C>,
+    target: &'a mut dyn Target,
+    spec: &'a TableSpec,
+    group: &'a str,
+    metrics: &'a SinkMetrics,
+}
+
+impl<C: ConsumerContext> SinkBatch<'_, C> {
+    /// Applies the pending records in one transaction, then tells Kafka.
+    fn flush(&mut self, pending: &mut Vec<RawRecord>, stats: &mut SinkStats) -> Result<(), SinkError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let batch = build_batch(self.spec, pending);
+        let (records, dead) = (pending.len(), batch.dead.len());
+        let offsets = batch.offsets.clone();
+        apply_batch(self.target, self.spec, self.group, batch, pending, stats)?;
+        self.metrics.batch(records, dead, started.elapsed().as_secs_f64());
+        commit_to_kafka(self.consumer, &offsets);
+        Ok(())
     }
-    apply_batch(
-        target,
-        spec,
-        group,
-        build_batch(spec, pending),
-        pending,
-        stats,
-    )
+}
+
+/// After the database commit, the same offsets go to the consumer group in
+/// Kafka, as information: lag tools (`kafka-consumer-groups --describe`)
+/// then see the sink. The sink never reads them; the database stays the
+/// source of truth, so a failed commit here only delays what the tools show.
+fn commit_to_kafka<C: ConsumerContext>(consumer: &BaseConsumer<C>, offsets: &[OffsetUpdate]) {
+    let mut tpl = TopicPartitionList::new();
+    for o in offsets {
+        if tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.next)).is_err() {
+            return;
+        }
+    }
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!("informational offset commit to Kafka: {e}");
+        }
+    }
 }
 
 fn apply_batch(
@@ -894,21 +1011,60 @@ fn apply_batch(
     Ok(())
 }
 
-/// SQL text of a value list: `$1, $2…` (PostgreSQL) or `?1, ?2…` (SQLite).
-fn placeholders(prefix: char, start: usize, n: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("{prefix}{i}"))
+/// SQL text of a value list for `columns`: `$1, $2…` (PostgreSQL) or
+/// `?1, ?2…` (SQLite). PostgreSQL gets the exact types (numeric, date,
+/// timestamps, uuid) as text and casts them: `$3::text::NUMERIC(12,2)`.
+fn placeholders(prefix: char, start: usize, columns: &[&Column]) -> String {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match prefix == '$' && types::bound_as_text(c.ty) {
+            true => format!("${}::text::{}", start + i, sql_type(c.ty, true)),
+            false => format!("{prefix}{}", start + i),
+        })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn key_columns(spec: &TableSpec) -> Vec<&Column> {
+    spec.key.iter().map(|&i| &spec.columns[i]).collect()
+}
+
+/// Splits `n` rows into statement sizes: `max` as often as it fits, then
+/// powers of two, so a handful of prepared statements serve every batch.
+fn chunk_sizes(mut n: usize, max: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    while n >= max {
+        sizes.push(max);
+        n -= max;
+    }
+    let mut bit = max.next_power_of_two();
+    while n > 0 {
+        if n >= bit {
+            sizes.push(bit);
+            n -= bit;
+        }
+        bit /= 2;
+    }
+    sizes
+}
+
+/// Rows per multi-row statement: the largest power of two (at most 512)
+/// whose parameters stay within `limit`.
+fn rows_per_statement(columns: usize, limit: usize) -> usize {
+    let mut rows = 512;
+    while rows > 1 && rows * columns.max(1) > limit {
+        rows /= 2;
+    }
+    rows
 }
 
 /// `INSERT … ON CONFLICT (key) DO UPDATE …` for `rows` rows; both targets speak it.
 fn upsert_sql(spec: &TableSpec, rows: usize, prefix: char) -> String {
     let cols: Vec<String> = spec.columns.iter().map(|c| quote(&c.name)).collect();
     let n = cols.len();
-    let values: Vec<String> = (0..rows)
-        .map(|r| format!("({})", placeholders(prefix, r * n + 1, n)))
-        .collect();
+    let all: Vec<&Column> = spec.columns.iter().collect();
+    let values: Vec<String> = (0..rows).map(|r| format!("({})", placeholders(prefix, r * n + 1, &all))).collect();
     let keys: Vec<&str> = spec.key.iter().map(|&i| cols[i].as_str()).collect();
     let updates: Vec<String> = cols
         .iter()
@@ -916,11 +1072,7 @@ fn upsert_sql(spec: &TableSpec, rows: usize, prefix: char) -> String {
         .filter(|(i, _)| !spec.key.contains(i))
         .map(|(_, c)| format!("{c} = excluded.{c}"))
         .collect();
-    let action = if updates.is_empty() {
-        "NOTHING".to_string()
-    } else {
-        format!("UPDATE SET {}", updates.join(", "))
-    };
+    let action = if updates.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", updates.join(", ")) };
     format!(
         "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO {action}",
         quote(&spec.table),
@@ -930,31 +1082,22 @@ fn upsert_sql(spec: &TableSpec, rows: usize, prefix: char) -> String {
     )
 }
 
-fn delete_sql(spec: &TableSpec, prefix: char) -> String {
-    let cond: Vec<String> = spec
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| format!("{} = {prefix}{}", quote(&spec.columns[c].name), i + 1))
-        .collect();
-    format!(
-        "DELETE FROM {} WHERE {}",
-        quote(&spec.table),
-        cond.join(" AND ")
-    )
+/// One `DELETE` for `rows` keys: `WHERE (k1, k2) IN ((…), (…))`.
+fn delete_sql(spec: &TableSpec, rows: usize, prefix: char) -> String {
+    delete_from_sql(&quote(&spec.table), spec, rows, prefix)
+}
+
+fn delete_from_sql(table: &str, spec: &TableSpec, rows: usize, prefix: char) -> String {
+    let keys = key_columns(spec);
+    let names: Vec<String> = keys.iter().map(|c| quote(&c.name)).collect();
+    let values: Vec<String> =
+        (0..rows).map(|r| format!("({})", placeholders(prefix, r * keys.len() + 1, &keys))).collect();
+    format!("DELETE FROM {table} WHERE ({}) IN ({})", names.join(", "), values.join(", "))
 }
 
 fn create_sql(spec: &TableSpec, pg: bool) -> String {
-    let cols: Vec<String> = spec
-        .columns
-        .iter()
-        .map(|c| format!("{} {}", quote(&c.name), sql_type(c.ty, pg)))
-        .collect();
-    let keys: Vec<String> = spec
-        .key
-        .iter()
-        .map(|&i| quote(&spec.columns[i].name))
-        .collect();
+    let cols: Vec<String> = spec.columns.iter().map(|c| format!("{} {}", quote(&c.name), sql_type(c.ty, pg))).collect();
+    let keys: Vec<String> = spec.key.iter().map(|&i| quote(&spec.columns[i].name)).collect();
     format!(
         "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
         quote(&spec.table),
@@ -969,17 +1112,8 @@ fn quote(name: &str) -> String {
     format!("\"{name}\"")
 }
 
-fn sql_type(ty: ColumnType, pg: bool) -> &'static str {
-    match (ty, pg) {
-        (ColumnType::Text, _) => "TEXT",
-        (ColumnType::BigInt, _) => "BIGINT",
-        (ColumnType::Integer, _) => "INTEGER",
-        (ColumnType::Double, true) => "DOUBLE PRECISION",
-        (ColumnType::Double, false) => "REAL",
-        (ColumnType::Boolean, _) => "BOOLEAN",
-        (ColumnType::Json, true) => "JSONB",
-        (ColumnType::Json, false) => "TEXT",
-    }
+fn sql_type(ty: ColumnType, pg: bool) -> String {
+    types::sql_type(ty, pg)
 }
 
 /// The set of keys a resync found live records for. A temporary table: it
@@ -992,47 +1126,23 @@ fn live_keys_ddl(spec: &TableSpec, pg: bool) -> String {
     let cols: Vec<String> = spec
         .key
         .iter()
-        .map(|&i| {
-            format!(
-                "{} {}",
-                quote(&spec.columns[i].name),
-                sql_type(spec.columns[i].ty, pg)
-            )
-        })
+        .map(|&i| format!("{} {}", quote(&spec.columns[i].name), sql_type(spec.columns[i].ty, pg)))
         .collect();
-    let keys: Vec<String> = spec
-        .key
-        .iter()
-        .map(|&i| quote(&spec.columns[i].name))
-        .collect();
-    format!(
-        "CREATE TEMP TABLE IF NOT EXISTS {LIVE_KEYS} ({}, PRIMARY KEY ({}))",
-        cols.join(", "),
-        keys.join(", ")
-    )
+    let keys: Vec<String> = spec.key.iter().map(|&i| quote(&spec.columns[i].name)).collect();
+    format!("CREATE TEMP TABLE IF NOT EXISTS {LIVE_KEYS} ({}, PRIMARY KEY ({}))", cols.join(", "), keys.join(", "))
 }
 
 fn live_insert_sql(spec: &TableSpec, prefix: char) -> String {
-    let keys: Vec<String> = spec
-        .key
-        .iter()
-        .map(|&i| quote(&spec.columns[i].name))
-        .collect();
+    let keys: Vec<String> = spec.key.iter().map(|&i| quote(&spec.columns[i].name)).collect();
     format!(
         "INSERT INTO {LIVE_KEYS} ({}) VALUES ({}) ON CONFLICT DO NOTHING",
         keys.join(", "),
-        placeholders(prefix, 1, keys.len())
+        placeholders(prefix, 1, &key_columns(spec))
     )
 }
 
 fn live_delete_sql(spec: &TableSpec, prefix: char) -> String {
-    let cond: Vec<String> = spec
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| format!("{} = {prefix}{}", quote(&spec.columns[c].name), i + 1))
-        .collect();
-    format!("DELETE FROM {LIVE_KEYS} WHERE {}", cond.join(" AND "))
+    delete_from_sql(LIVE_KEYS, spec, 1, prefix)
 }
 
 /// The next `limit` keys of the table in key order after a key (`after`:
@@ -1040,29 +1150,26 @@ fn live_delete_sql(spec: &TableSpec, prefix: char) -> String {
 /// Key order walks the primary key's index, so every step costs `limit`
 /// rows however large the table is.
 fn sweep_select_sql(spec: &TableSpec, after: bool, limit: usize, prefix: char) -> String {
-    let keys: Vec<String> = spec
-        .key
-        .iter()
-        .map(|&i| quote(&spec.columns[i].name))
-        .collect();
-    let of = |alias: &str| {
-        keys.iter()
-            .map(|k| format!("{alias}.{k}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let keys: Vec<String> = spec.key.iter().map(|&i| quote(&spec.columns[i].name)).collect();
+    let of = |alias: &str| keys.iter().map(|k| format!("{alias}.{k}")).collect::<Vec<_>>().join(", ");
     let join: Vec<String> = keys.iter().map(|k| format!("l.{k} = t.{k}")).collect();
     let from = if after {
-        format!(
-            " WHERE ({}) > ({})",
-            of("t"),
-            placeholders(prefix, 1, keys.len())
-        )
+        format!(" WHERE ({}) > ({})", of("t"), placeholders(prefix, 1, &key_columns(spec)))
     } else {
         String::new()
     };
+    // PostgreSQL hands the exact types back as text, to bind again as text.
+    let selected: Vec<String> = key_columns(spec)
+        .iter()
+        .zip(&keys)
+        .map(|(c, k)| match prefix == '$' && types::bound_as_text(c.ty) {
+            true => format!("t.{k}::text"),
+            false => format!("t.{k}"),
+        })
+        .collect();
     format!(
-        "SELECT {tcols}, l.{first} IS NOT NULL FROM {table} AS t LEFT JOIN {LIVE_KEYS} AS l ON {join}{from} ORDER BY {tcols} LIMIT {limit}",
+        "SELECT {selected}, l.{first} IS NOT NULL FROM {table} AS t LEFT JOIN {LIVE_KEYS} AS l ON {join}{from} ORDER BY {tcols} LIMIT {limit}",
+        selected = selected.join(", "),
         tcols = of("t"),
         first = keys[0],
         table = quote(&spec.table),
@@ -1081,9 +1188,7 @@ const OFFSET_UPSERT: &str = "INSERT INTO tributary_sink_offsets (consumer_group,
 
 /// [`OFFSET_UPSERT`] with `$n` or `?n` placeholders.
 fn offset_upsert_sql(prefix: char) -> String {
-    (1..=5).fold(OFFSET_UPSERT.to_string(), |sql, i| {
-        sql.replace(&format!("{{{i}}}"), &format!("{prefix}{i}"))
-    })
+    (1..=5).fold(OFFSET_UPSERT.to_string(), |sql, i| sql.replace(&format!("{{{i}}}"), &format!("{prefix}{i}")))
 }
 const DEAD_DDL: &str = "CREATE TABLE IF NOT EXISTS tributary_sink_dead_letters (topic TEXT NOT NULL, partition_id INTEGER NOT NULL, record_offset BIGINT NOT NULL, record_key TEXT, record_value TEXT, error TEXT NOT NULL, PRIMARY KEY (topic, partition_id, record_offset))";
 

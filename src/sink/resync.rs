@@ -30,8 +30,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
-    apply_batch, build_resync_batch, read_message, AvroReader, RawRecord, SinkError, SinkStats,
-    TableSpec, Target,
+    apply_batch, build_resync_batch, read_message, AvroReader, RawRecord, SinkError, SinkStats, TableSpec, Target,
 };
 use crate::config::KafkaConfig;
 
@@ -44,9 +43,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The topic the sink reads and how to reach it.
@@ -121,8 +118,8 @@ pub struct Plan {
 
 /// Decides at start-up whether the table must be resynchronised, and logs
 /// why at INFO.
-pub fn check(
-    consumer: &BaseConsumer,
+pub fn check<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     target: &mut dyn Target,
     source: &Source<'_>,
     requested: bool,
@@ -130,10 +127,7 @@ pub fn check(
     let topic = source.topic;
     // Taking the offsets first also takes PostgreSQL's advisory lock.
     let stored = target.offsets(source.group, topic)?;
-    let mut plan = Plan {
-        applied: stored.iter().map(|(p, o)| (*p, o.next)).collect(),
-        ..Plan::default()
-    };
+    let mut plan = Plan { applied: stored.iter().map(|(p, o)| (*p, o.next)).collect(), ..Plan::default() };
     if requested {
         tracing::info!(topic, "resync requested with --resync");
         plan.reasons.push("requested with --resync".into());
@@ -144,8 +138,7 @@ pub fn check(
             started_at_ms = started,
             "a resync of this table started earlier and did not finish: starting it over"
         );
-        plan.reasons
-            .push(format!("the resync started at {started} ms did not finish"));
+        plan.reasons.push(format!("the resync started at {started} ms did not finish"));
     }
     let mut retention: Option<i64> = None;
     for p in 0..source.partitions {
@@ -160,10 +153,7 @@ pub fn check(
                     topic, partition = p, stored_offset = o.next, end_offset = high,
                     "the stored offset lies past the partition's end (the topic was recreated?): resynchronising the table"
                 );
-                plan.reasons.push(format!(
-                    "partition {p}: stored offset {} past the end {high}",
-                    o.next
-                ));
+                plan.reasons.push(format!("partition {p}: stored offset {} past the end {high}", o.next));
                 plan.reset.push(p);
                 plan.applied.insert(p, 0);
             }
@@ -172,10 +162,7 @@ pub fn check(
                     topic, partition = p, stored_offset = o.next, log_start_offset = low,
                     "the stored offset lies below the partition's log start: records the sink never read are gone; resynchronising the table"
                 );
-                plan.reasons.push(format!(
-                    "partition {p}: stored offset {} below the log start {low}",
-                    o.next
-                ));
+                plan.reasons.push(format!("partition {p}: stored offset {} below the log start {low}", o.next));
             }
             Position::Behind => {
                 let ts = match o.record_ts {
@@ -191,8 +178,7 @@ pub fn check(
                     );
                     continue;
                 };
-                let retention_ms =
-                    *retention.get_or_insert_with(|| delete_retention_ms(source.kafka, topic));
+                let retention_ms = *retention.get_or_insert_with(|| delete_retention_ms(source.kafka, topic));
                 if let Some(age_ms) = too_old(ts, now_ms(), retention_ms) {
                     tracing::info!(
                         topic, partition = p, stored_offset = o.next, age_ms, delete_retention_ms = retention_ms,
@@ -214,18 +200,15 @@ pub fn check(
 /// sink stored timestamps with its offsets; from their first batch on, the
 /// stored timestamp is used. It is the weaker bound: a tombstone the cleaner
 /// removed just before that record was older than the record.
-fn probe_timestamp(
-    consumer: &BaseConsumer,
+fn probe_timestamp<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     topic: &str,
     partition: i32,
     offset: i64,
 ) -> Result<Option<i64>, SinkError> {
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
-        .map_err(|e| SinkError::Kafka(e.to_string()))?;
-    consumer
-        .assign(&tpl)
-        .map_err(|e| SinkError::Kafka(e.to_string()))?;
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).map_err(|e| SinkError::Kafka(e.to_string()))?;
+    consumer.assign(&tpl).map_err(|e| SinkError::Kafka(e.to_string()))?;
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     let found = loop {
         if Instant::now() > deadline {
@@ -233,17 +216,11 @@ fn probe_timestamp(
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) if m.partition() == partition => break m.timestamp().to_millis(),
-            Some(Err(e)) => tracing::warn!(
-                topic,
-                partition,
-                "reading the record at the stored offset: {e}"
-            ),
+            Some(Err(e)) => tracing::warn!(topic, partition, "reading the record at the stored offset: {e}"),
             _ => {}
         }
     };
-    consumer
-        .unassign()
-        .map_err(|e| SinkError::Kafka(e.to_string()))?;
+    consumer.unassign().map_err(|e| SinkError::Kafka(e.to_string()))?;
     Ok(found)
 }
 
@@ -271,26 +248,17 @@ fn describe_delete_retention(kafka: &KafkaConfig, topic: &str) -> Result<i64, St
     }
     let admin: AdminClient<DefaultClientContext> = config.create().map_err(|e| e.to_string())?;
     // The sink runs on a plain thread; the admin client's answer is a future.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
     let described = runtime
         .block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts))
         .map_err(|e| e.to_string())?;
-    let resource = described
-        .into_iter()
-        .next()
-        .ok_or("no answer")?
-        .map_err(|e| format!("{e:?}"))?;
+    let resource = described.into_iter().next().ok_or("no answer")?.map_err(|e| format!("{e:?}"))?;
     let value = resource
         .get("delete.retention.ms")
         .and_then(|e| e.value.clone())
         .ok_or("no delete.retention.ms in the answer")?;
-    value
-        .parse::<i64>()
-        .map_err(|e| format!("delete.retention.ms = {value:?}: {e}"))
+    value.parse::<i64>().map_err(|e| format!("delete.retention.ms = {value:?}: {e}"))
 }
 
 /// The resync consumer's context. rust-rdkafka hands every error event,
@@ -331,20 +299,16 @@ pub fn resync(
     // offsets hold transaction markers, which a read_committed consumer
     // never returns.
     client.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<ScanContext> =
-        client.create_with_context(ScanContext).map_err(kafka)?;
+    let consumer: BaseConsumer<ScanContext> = client.create_with_context(ScanContext).map_err(kafka)?;
     // The end offsets first: the scan ends although producers keep writing.
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in 0..source.partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, REQUEST_TIMEOUT)
-            .map_err(kafka)?;
+        let (low, high) = consumer.fetch_watermarks(topic, p, REQUEST_TIMEOUT).map_err(kafka)?;
         if high > low {
             ends.insert(p, high);
         }
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(kafka)?;
+        tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(kafka)?;
     }
     tracing::info!(
         topic, table = %spec.table, reasons = %plan.reasons.join("; "), end_offsets = ?ends,
@@ -362,10 +326,7 @@ pub fn resync(
                 let Some(record) = read_message(&m, avro, shutdown) else {
                     break;
                 };
-                if remaining
-                    .get(&m.partition())
-                    .is_some_and(|end| m.offset() + 1 >= *end)
-                {
+                if remaining.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
                     remaining.remove(&m.partition());
                 }
                 if pending.is_empty() {
@@ -379,9 +340,7 @@ pub fn resync(
             Some(Err(e)) => tracing::warn!(topic, "resync consumer: {e}"),
             None => {}
         }
-        if !pending.is_empty()
-            && (pending.len() >= batch_size || first.elapsed() >= Duration::from_millis(100))
-        {
+        if !pending.is_empty() && (pending.len() >= batch_size || first.elapsed() >= Duration::from_millis(100)) {
             let batch = build_resync_batch(spec, &pending, &plan.applied);
             apply_batch(target, spec, group, batch, &mut pending, stats)?;
         }
@@ -433,11 +392,7 @@ mod tests {
     #[test]
     fn positions_of_a_stored_offset() {
         assert_eq!(position(10, 0, 10), Position::AtEnd);
-        assert_eq!(
-            position(9, 0, 10),
-            Position::AtEnd,
-            "only the last transaction's commit marker left"
-        );
+        assert_eq!(position(9, 0, 10), Position::AtEnd, "only the last transaction's commit marker left");
         assert_eq!(position(8, 0, 10), Position::Behind);
         assert_eq!(position(5, 0, 10), Position::Behind);
         assert_eq!(position(5, 6, 10), Position::BelowStart);
@@ -447,16 +402,8 @@ mod tests {
 
     #[test]
     fn only_a_gap_older_than_the_retention_counts() {
-        assert_eq!(
-            too_old(1_000, 2_000, 1_000),
-            None,
-            "exactly the retention: not yet removable"
-        );
+        assert_eq!(too_old(1_000, 2_000, 1_000), None, "exactly the retention: not yet removable");
         assert_eq!(too_old(1_000, 2_001, 1_000), Some(1_001));
-        assert_eq!(
-            too_old(5_000, 2_000, 1_000),
-            None,
-            "a timestamp in the future"
-        );
+        assert_eq!(too_old(5_000, 2_000, 1_000), None, "a timestamp in the future");
     }
 }

@@ -7,8 +7,8 @@ use rusqlite::types::{ToSqlOutput, Value as SqliteValue};
 use rusqlite::{params_from_iter, Connection, OptionalExtension, ToSql};
 
 use super::{
-    create_sql, delete_sql, live_delete_sql, live_insert_sql, live_keys_ddl, offset_upsert_sql,
-    sweep_select_sql, upsert_sql, Batch, Change, SinkError, SqlValue, StoredOffset, Sweep,
+    chunk_sizes, create_sql, delete_sql, live_delete_sql, live_insert_sql, live_keys_ddl, offset_upsert_sql,
+    rows_per_statement, sweep_select_sql, upsert_sql, Batch, Change, SinkError, SqlValue, StoredOffset, Sweep,
     TableSpec, Target, DEAD_DDL, LIVE_KEYS, OFFSETS_DDL, OFFSETS_TS_COLUMN, RESYNC_DDL,
 };
 
@@ -29,6 +29,7 @@ impl ToSql for SqlValue {
             SqlValue::Text(s) => SqliteValue::Text(s.clone()),
             SqlValue::Bool(b) => SqliteValue::Integer(i64::from(*b)),
             SqlValue::Json(v) => SqliteValue::Text(v.to_string()),
+            SqlValue::Bytes(b) => SqliteValue::Blob(b.clone()),
         }))
     }
 }
@@ -38,16 +39,12 @@ impl Sqlite {
     pub fn open(path: &str) -> Result<Sqlite, SinkError> {
         let lock = lock(path)?;
         let conn = Connection::open(path).map_err(|e| err(path, e))?;
+        // Room for every statement a batch uses (see `chunk_sizes`), so none is prepared twice.
+        conn.set_prepared_statement_cache_capacity(64);
         // WAL: readers (a user's `sqlite3`) do not block the sink.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| err(path, e))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| err(path, e))?;
-        Ok(Sqlite {
-            conn,
-            path: path.to_string(),
-            _lock: lock,
-        })
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(path, e))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| err(path, e))?;
+        Ok(Sqlite { conn, path: path.to_string(), _lock: lock })
     }
 }
 
@@ -68,12 +65,8 @@ fn lock(path: &str) -> Result<Option<File>, SinkError> {
         return Ok(None);
     }
     let lock_path = format!("{path}.lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| SinkError::Db {
+    let file =
+        OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| SinkError::Db {
             target: "sqlite",
             url: path.to_string(),
             message: format!("cannot open the lock file {lock_path}: {e}"),
@@ -103,32 +96,21 @@ fn from_sqlite(v: SqliteValue) -> SqlValue {
         SqliteValue::Integer(i) => SqlValue::Int(i),
         SqliteValue::Real(f) => SqlValue::Float(f),
         SqliteValue::Text(s) => SqlValue::Text(s),
-        SqliteValue::Blob(b) => SqlValue::Text(String::from_utf8_lossy(&b).into_owned()),
+        SqliteValue::Blob(b) => SqlValue::Bytes(b),
     }
 }
 
 fn err(path: &str, e: rusqlite::Error) -> SinkError {
-    SinkError::Db {
-        target: "sqlite",
-        url: path.to_string(),
-        message: e.to_string(),
-    }
+    SinkError::Db { target: "sqlite", url: path.to_string(), message: e.to_string() }
 }
 
-/// Rows per multi-row upsert (SQLite allows 32766 parameters).
-const CHUNK: usize = 200;
+/// Parameters per statement that SQLite allows.
+const MAX_PARAMS: usize = 32_766;
 
 impl Target for Sqlite {
     fn prepare(&mut self, spec: &TableSpec) -> Result<(), SinkError> {
-        for sql in [
-            create_sql(spec, false),
-            OFFSETS_DDL.to_string(),
-            DEAD_DDL.to_string(),
-            RESYNC_DDL.to_string(),
-        ] {
-            self.conn
-                .execute(&sql, [])
-                .map_err(|e| err(&self.path, e))?;
+        for sql in [create_sql(spec, false), OFFSETS_DDL.to_string(), DEAD_DDL.to_string(), RESYNC_DDL.to_string()] {
+            self.conn.execute(&sql, []).map_err(|e| err(&self.path, e))?;
         }
         let has_ts: bool = self
             .conn
@@ -140,114 +122,72 @@ impl Target for Sqlite {
             .map_err(|e| err(&self.path, e))?;
         if !has_ts {
             self.conn
-                .execute(
-                    &format!(
-                        "ALTER TABLE tributary_sink_offsets ADD COLUMN {OFFSETS_TS_COLUMN} BIGINT"
-                    ),
-                    [],
-                )
+                .execute(&format!("ALTER TABLE tributary_sink_offsets ADD COLUMN {OFFSETS_TS_COLUMN} BIGINT"), [])
                 .map_err(|e| err(&self.path, e))?;
             tracing::info!(path = %self.path, "sink offsets table migrated: added {OFFSETS_TS_COLUMN}");
         }
         Ok(())
     }
 
-    fn offsets(
-        &mut self,
-        group: &str,
-        topic: &str,
-    ) -> Result<HashMap<i32, StoredOffset>, SinkError> {
+    fn offsets(&mut self, group: &str, topic: &str) -> Result<HashMap<i32, StoredOffset>, SinkError> {
         let mut stmt = self
             .conn
             .prepare("SELECT partition_id, next_offset, last_record_ts FROM tributary_sink_offsets WHERE consumer_group = ?1 AND topic = ?2")
             .map_err(|e| err(&self.path, e))?;
         let rows = stmt
             .query_map([group, topic], |r| {
-                Ok((
-                    r.get::<_, i32>(0)?,
-                    StoredOffset {
-                        next: r.get(1)?,
-                        record_ts: r.get(2)?,
-                    },
-                ))
+                Ok((r.get::<_, i32>(0)?, StoredOffset { next: r.get(1)?, record_ts: r.get(2)? }))
             })
             .map_err(|e| err(&self.path, e))?;
-        rows.collect::<Result<HashMap<_, _>, _>>()
-            .map_err(|e| err(&self.path, e))
+        rows.collect::<Result<HashMap<_, _>, _>>().map_err(|e| err(&self.path, e))
     }
 
     fn apply(&mut self, spec: &TableSpec, group: &str, batch: &Batch) -> Result<(), SinkError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| err(&path, e))?;
-        let upserts: Vec<&Vec<SqlValue>> = batch
-            .changes
-            .iter()
-            .filter_map(|c| {
-                if let Change::Upsert(v) = c {
-                    Some(v)
-                } else {
-                    None
-                }
-            })
-            .collect();
-        for chunk in upserts.chunks(CHUNK) {
-            let sql = upsert_sql(spec, chunk.len(), '?');
-            tx.execute(&sql, params_from_iter(chunk.iter().flat_map(|r| r.iter())))
-                .map_err(|e| err(&path, e))?;
+        let upserts: Vec<&Vec<SqlValue>> =
+            batch.changes.iter().filter_map(|c| if let Change::Upsert(v) = c { Some(v) } else { None }).collect();
+        // Statements are cached by the connection across batches; the sizes
+        // come from a handful (see `chunk_sizes`).
+        let mut rest = &upserts[..];
+        for rows in chunk_sizes(upserts.len(), rows_per_statement(spec.columns.len(), MAX_PARAMS)) {
+            let (chunk, tail) = rest.split_at(rows);
+            rest = tail;
+            let mut upsert = tx.prepare_cached(&upsert_sql(spec, rows, '?')).map_err(|e| err(&path, e))?;
+            upsert.execute(params_from_iter(chunk.iter().flat_map(|r| r.iter()))).map_err(|e| err(&path, e))?;
+        }
+        let deletes: Vec<&Vec<SqlValue>> =
+            batch.changes.iter().filter_map(|c| if let Change::Delete(k) = c { Some(k) } else { None }).collect();
+        let mut rest = &deletes[..];
+        for rows in chunk_sizes(deletes.len(), rows_per_statement(spec.key.len(), MAX_PARAMS)) {
+            let (chunk, tail) = rest.split_at(rows);
+            rest = tail;
+            let mut delete = tx.prepare_cached(&delete_sql(spec, rows, '?')).map_err(|e| err(&path, e))?;
+            delete.execute(params_from_iter(chunk.iter().flat_map(|k| k.iter()))).map_err(|e| err(&path, e))?;
         }
         {
-            let mut del = tx
-                .prepare_cached(&delete_sql(spec, '?'))
-                .map_err(|e| err(&path, e))?;
-            for c in &batch.changes {
-                if let Change::Delete(key) = c {
-                    del.execute(params_from_iter(key.iter()))
-                        .map_err(|e| err(&path, e))?;
-                }
-            }
             let mut dead = tx
                 .prepare_cached("INSERT OR REPLACE INTO tributary_sink_dead_letters (topic, partition_id, record_offset, record_key, record_value, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
                 .map_err(|e| err(&path, e))?;
             for d in &batch.dead {
-                dead.execute(rusqlite::params![
-                    d.topic,
-                    d.partition,
-                    d.offset,
-                    d.key,
-                    d.value,
-                    d.error
-                ])
-                .map_err(|e| err(&path, e))?;
+                dead.execute(rusqlite::params![d.topic, d.partition, d.offset, d.key, d.value, d.error])
+                    .map_err(|e| err(&path, e))?;
             }
-            let mut off = tx
-                .prepare_cached(&offset_upsert_sql('?'))
-                .map_err(|e| err(&path, e))?;
+            let mut off = tx.prepare_cached(&offset_upsert_sql('?')).map_err(|e| err(&path, e))?;
             for o in &batch.offsets {
-                off.execute(rusqlite::params![
-                    group,
-                    o.topic,
-                    o.partition,
-                    o.next,
-                    o.record_ts
-                ])
-                .map_err(|e| err(&path, e))?;
+                off.execute(rusqlite::params![group, o.topic, o.partition, o.next, o.record_ts])
+                    .map_err(|e| err(&path, e))?;
             }
             if !batch.live.is_empty() {
-                let mut live = tx
-                    .prepare_cached(&live_insert_sql(spec, '?'))
-                    .map_err(|e| err(&path, e))?;
+                let mut live = tx.prepare_cached(&live_insert_sql(spec, '?')).map_err(|e| err(&path, e))?;
                 for key in &batch.live {
-                    live.execute(params_from_iter(key.iter()))
-                        .map_err(|e| err(&path, e))?;
+                    live.execute(params_from_iter(key.iter())).map_err(|e| err(&path, e))?;
                 }
             }
             if !batch.gone.is_empty() {
-                let mut gone = tx
-                    .prepare_cached(&live_delete_sql(spec, '?'))
-                    .map_err(|e| err(&path, e))?;
+                let mut gone = tx.prepare_cached(&live_delete_sql(spec, '?')).map_err(|e| err(&path, e))?;
                 for key in &batch.gone {
-                    gone.execute(params_from_iter(key.iter()))
-                        .map_err(|e| err(&path, e))?;
+                    gone.execute(params_from_iter(key.iter())).map_err(|e| err(&path, e))?;
                 }
             }
         }
@@ -256,20 +196,16 @@ impl Target for Sqlite {
 
     fn resync_started(&mut self, group: &str, topic: &str) -> Result<Option<i64>, SinkError> {
         self.conn
-            .query_row("SELECT started_at_ms FROM tributary_sink_resync WHERE consumer_group = ?1 AND topic = ?2", [group, topic], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT started_at_ms FROM tributary_sink_resync WHERE consumer_group = ?1 AND topic = ?2",
+                [group, topic],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| err(&self.path, e))
     }
 
-    fn begin_resync(
-        &mut self,
-        spec: &TableSpec,
-        group: &str,
-        topic: &str,
-        reset: &[i32],
-    ) -> Result<(), SinkError> {
+    fn begin_resync(&mut self, spec: &TableSpec, group: &str, topic: &str, reset: &[i32]) -> Result<(), SinkError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| err(&path, e))?;
         // A resync that starts over keeps its first start time.
@@ -285,19 +221,12 @@ impl Target for Sqlite {
             )
             .map_err(|e| err(&path, e))?;
         }
-        tx.execute(&live_keys_ddl(spec, false), [])
-            .map_err(|e| err(&path, e))?;
-        tx.execute(&format!("DELETE FROM {LIVE_KEYS}"), [])
-            .map_err(|e| err(&path, e))?;
+        tx.execute(&live_keys_ddl(spec, false), []).map_err(|e| err(&path, e))?;
+        tx.execute(&format!("DELETE FROM {LIVE_KEYS}"), []).map_err(|e| err(&path, e))?;
         tx.commit().map_err(|e| err(&path, e))
     }
 
-    fn sweep(
-        &mut self,
-        spec: &TableSpec,
-        after: Option<&[SqlValue]>,
-        limit: usize,
-    ) -> Result<Sweep, SinkError> {
+    fn sweep(&mut self, spec: &TableSpec, after: Option<&[SqlValue]>, limit: usize) -> Result<Sweep, SinkError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| err(&path, e))?;
         let n = spec.key.len();
@@ -305,12 +234,10 @@ impl Target for Sqlite {
         let mut last = None;
         let mut dead = Vec::new();
         {
-            let mut select = tx
-                .prepare(&sweep_select_sql(spec, after.is_some(), limit, '?'))
-                .map_err(|e| err(&path, e))?;
-            let mut rows = select
-                .query(params_from_iter(after.unwrap_or_default().iter()))
-                .map_err(|e| err(&path, e))?;
+            let mut select =
+                tx.prepare(&sweep_select_sql(spec, after.is_some(), limit, '?')).map_err(|e| err(&path, e))?;
+            let mut rows =
+                select.query(params_from_iter(after.unwrap_or_default().iter())).map_err(|e| err(&path, e))?;
             while let Some(row) = rows.next().map_err(|e| err(&path, e))? {
                 let key = (0..n)
                     .map(|i| row.get::<_, SqliteValue>(i).map(from_sqlite))
@@ -325,32 +252,21 @@ impl Target for Sqlite {
             }
         }
         {
-            let mut del = tx
-                .prepare_cached(&delete_sql(spec, '?'))
-                .map_err(|e| err(&path, e))?;
+            let mut del = tx.prepare_cached(&delete_sql(spec, 1, '?')).map_err(|e| err(&path, e))?;
             for key in &dead {
-                del.execute(params_from_iter(key.iter()))
-                    .map_err(|e| err(&path, e))?;
+                del.execute(params_from_iter(key.iter())).map_err(|e| err(&path, e))?;
             }
         }
         tx.commit().map_err(|e| err(&path, e))?;
-        Ok(Sweep {
-            examined,
-            deleted: dead.len(),
-            last,
-        })
+        Ok(Sweep { examined, deleted: dead.len(), last })
     }
 
     fn finish_resync(&mut self, group: &str, topic: &str) -> Result<(), SinkError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| err(&path, e))?;
-        tx.execute(
-            "DELETE FROM tributary_sink_resync WHERE consumer_group = ?1 AND topic = ?2",
-            [group, topic],
-        )
-        .map_err(|e| err(&path, e))?;
-        tx.execute(&format!("DROP TABLE IF EXISTS {LIVE_KEYS}"), [])
+        tx.execute("DELETE FROM tributary_sink_resync WHERE consumer_group = ?1 AND topic = ?2", [group, topic])
             .map_err(|e| err(&path, e))?;
+        tx.execute(&format!("DROP TABLE IF EXISTS {LIVE_KEYS}"), []).map_err(|e| err(&path, e))?;
         tx.commit().map_err(|e| err(&path, e))
     }
 }

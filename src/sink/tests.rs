@@ -22,12 +22,7 @@ fn rec(offset: i64, key: i64, value: Option<Value>) -> RawRecord {
 }
 
 fn off(partition: i32, next: i64, ts: i64) -> OffsetUpdate {
-    OffsetUpdate {
-        topic: "out".into(),
-        partition,
-        next,
-        record_ts: Some(ts),
-    }
+    OffsetUpdate { topic: "out".into(), partition, next, record_ts: Some(ts) }
 }
 
 #[test]
@@ -35,19 +30,30 @@ fn column_lists_are_validated_with_the_key_named() {
     assert!(sink("").table_spec().is_ok());
     let e = sink("").clone();
     let mut bad = e.clone();
-    bad.columns.push("x decimal".into());
-    assert!(bad
-        .table_spec()
-        .unwrap_err()
-        .to_string()
-        .contains("sink.columns[5]: unknown type \"decimal\""));
+    bad.columns.push("x money".into());
+    assert!(bad.table_spec().unwrap_err().to_string().contains("sink.columns[5]: unknown type \"money\""));
+    let mut bad = e.clone();
+    bad.columns.push("x numeric(2,3)".into());
+    assert!(bad.table_spec().unwrap_err().to_string().contains("sink.columns[5]: unknown type \"numeric(2,3)\""));
+    let mut postgres_names = e.clone();
+    postgres_names.columns.extend(
+        [
+            "balance double precision",
+            "created timestamp with time zone",
+            "amount numeric(12, 2)",
+            "note character varying",
+        ]
+        .map(String::from),
+    );
+    let spec = postgres_names.table_spec().unwrap();
+    let types: Vec<String> = spec.columns[5..].iter().map(|c| c.ty.to_string()).collect();
+    assert_eq!(types, ["double", "timestamptz", "numeric(12,2)", "text"]);
+    let mut bad = e.clone();
+    bad.time_units.insert("age".into(), EpochUnit::Micros);
+    assert!(bad.table_spec().unwrap_err().to_string().contains("sink.time_units.age: not a timestamp"));
     let mut bad = e.clone();
     bad.key_columns = vec!["nope".into()];
-    assert!(bad
-        .table_spec()
-        .unwrap_err()
-        .to_string()
-        .contains("sink.key_columns: \"nope\""));
+    assert!(bad.table_spec().unwrap_err().to_string().contains("sink.key_columns: \"nope\""));
     let mut bad = e;
     bad.table = "drop table x;".into();
     assert!(bad.table_spec().is_err());
@@ -58,11 +64,7 @@ fn the_last_change_per_key_wins_and_offsets_advance() {
     let spec = sink("vv_column = \"_vv\"").table_spec().unwrap();
     let records = vec![
         rec(0, 1, Some(json!({"id":1,"name":"a"}))),
-        rec(
-            1,
-            2,
-            Some(json!({"id":2,"name":"b","age":"41","vip":true,"tags":["x"]})),
-        ),
+        rec(1, 2, Some(json!({"id":2,"name":"b","age":"41","vip":true,"tags":["x"]}))),
         rec(2, 1, None),
     ];
     let b = build_batch(&spec, &records);
@@ -87,26 +89,13 @@ fn type_mismatches_become_dead_rows_naming_the_column() {
     let spec = sink("").table_spec().unwrap();
     let b = build_batch(
         &spec,
-        &[
-            rec(0, 1, Some(json!({"id":1,"age":"old"}))),
-            rec(1, 2, Some(json!({"id":2,"age":3_000_000_000i64}))),
-        ],
+        &[rec(0, 1, Some(json!({"id":1,"age":"old"}))), rec(1, 2, Some(json!({"id":2,"age":3_000_000_000i64})))],
     );
     assert!(b.changes.is_empty());
     assert_eq!(b.dead.len(), 2);
-    assert!(
-        b.dead[0]
-            .error
-            .contains("column `age` (integer): \"old\" is not an integer"),
-        "{}",
-        b.dead[0].error
-    );
+    assert!(b.dead[0].error.contains("column `age` (integer): \"old\" is not an integer"), "{}", b.dead[0].error);
     assert!(b.dead[1].error.contains("32-bit"), "{}", b.dead[1].error);
-    assert_eq!(
-        b.offsets,
-        vec![off(0, 2, 1_001)],
-        "dead rows still advance the offsets"
-    );
+    assert_eq!(b.offsets, vec![off(0, 2, 1_001)], "dead rows still advance the offsets");
 }
 
 #[test]
@@ -119,32 +108,12 @@ fn sqlite_applies_batches_atomically_with_offsets() {
     let mut t = open_target(&cfg).unwrap();
     t.prepare(&spec).unwrap();
     t.prepare(&spec).unwrap();
-    let b = build_batch(
-        &spec,
-        &[
-            rec(0, 1, Some(json!({"id":1,"name":"a"}))),
-            rec(1, 2, Some(json!({"id":2,"name":"b"}))),
-        ],
-    );
+    let b =
+        build_batch(&spec, &[rec(0, 1, Some(json!({"id":1,"name":"a"}))), rec(1, 2, Some(json!({"id":2,"name":"b"})))]);
     t.apply(&spec, "g", &b).unwrap();
-    let b = build_batch(
-        &spec,
-        &[
-            rec(2, 1, None),
-            rec(3, 2, Some(json!({"id":2,"name":"c","age":"x"}))),
-        ],
-    );
+    let b = build_batch(&spec, &[rec(2, 1, None), rec(3, 2, Some(json!({"id":2,"name":"c","age":"x"})))]);
     t.apply(&spec, "g", &b).unwrap();
-    assert_eq!(
-        t.offsets("g", "out").unwrap(),
-        HashMap::from([(
-            0,
-            StoredOffset {
-                next: 4,
-                record_ts: Some(1_003)
-            }
-        )])
-    );
+    assert_eq!(t.offsets("g", "out").unwrap(), HashMap::from([(0, StoredOffset { next: 4, record_ts: Some(1_003) })]));
     let conn = rusqlite::Connection::open(&path).unwrap();
     let rows: Vec<(i64, String)> = conn
         .prepare("SELECT id, name FROM customers ORDER BY id")
@@ -153,18 +122,8 @@ fn sqlite_applies_batches_atomically_with_offsets() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(
-        rows,
-        vec![(2, "b".to_string())],
-        "id 1 deleted; id 2's bad update dead-lettered"
-    );
-    let dead: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM tributary_sink_dead_letters",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    assert_eq!(rows, vec![(2, "b".to_string())], "id 1 deleted; id 2's bad update dead-lettered");
+    let dead: i64 = conn.query_row("SELECT count(*) FROM tributary_sink_dead_letters", [], |r| r.get(0)).unwrap();
     assert_eq!(dead, 1);
 }
 
@@ -178,23 +137,11 @@ fn keys_are_deduplicated_by_value_and_bad_keys_or_nul_text_are_dead_rows() {
     null_key.key = Some(r#"{"id":null}"#.into());
     let nul = rec(3, 5, Some(json!({"id":5,"name":"a\u{0}b"})));
     let batch = build_batch(&spec, &[a, b, null_key, nul]);
-    assert_eq!(
-        batch.changes.len(),
-        1,
-        "{{\"id\":\"1\"}} and {{\"id\":1}} are one row"
-    );
+    assert_eq!(batch.changes.len(), 1, "{{\"id\":\"1\"}} and {{\"id\":1}} are one row");
     assert!(matches!(&batch.changes[0], Change::Upsert(v) if v[1] == SqlValue::Text("b".into())));
     assert_eq!(batch.dead.len(), 2);
-    assert!(
-        batch.dead[0].error.contains("missing or null"),
-        "{}",
-        batch.dead[0].error
-    );
-    assert!(
-        batch.dead[1].error.contains("NUL"),
-        "{}",
-        batch.dead[1].error
-    );
+    assert!(batch.dead[0].error.contains("missing or null"), "{}", batch.dead[0].error);
+    assert!(batch.dead[1].error.contains("NUL"), "{}", batch.dead[1].error);
 }
 
 #[test]
@@ -215,28 +162,13 @@ fn reserved_words_work_as_column_names() {
     let mut old = build_batch(&spec, &[]);
     old.offsets = vec![off(0, 0, 5)];
     t.apply(&spec, "g", &old).unwrap();
-    assert_eq!(
-        t.offsets("g", "out").unwrap(),
-        HashMap::from([(
-            0,
-            StoredOffset {
-                next: 1,
-                record_ts: Some(1_000)
-            }
-        )])
-    );
+    assert_eq!(t.offsets("g", "out").unwrap(), HashMap::from([(0, StoredOffset { next: 1, record_ts: Some(1_000) })]));
 }
 
 fn ids(path: &str, table: &str) -> Vec<i64> {
     let conn = rusqlite::Connection::open(path).unwrap();
-    let mut stmt = conn
-        .prepare(&format!("SELECT id FROM {table} ORDER BY id"))
-        .unwrap();
-    let rows = stmt
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let mut stmt = conn.prepare(&format!("SELECT id FROM {table} ORDER BY id")).unwrap();
+    let rows = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
     rows
 }
 
@@ -259,10 +191,7 @@ fn resync_batches_apply_only_past_the_stored_offset_and_mark_every_key() {
     assert_eq!(b.offsets, vec![off(0, 5, 1_004)]);
     assert_eq!(b.live, vec![vec![SqlValue::Int(1)]]);
     assert_eq!(b.gone, vec![vec![SqlValue::Int(2)], vec![SqlValue::Int(3)]]);
-    assert!(
-        build_batch(&spec, &records).live.is_empty(),
-        "outside a resync nothing is marked"
-    );
+    assert!(build_batch(&spec, &records).live.is_empty(), "outside a resync nothing is marked");
 }
 
 #[test]
@@ -274,48 +203,22 @@ fn a_resync_removes_rows_without_live_keys_in_bounded_batches_and_survives_a_res
     let spec = cfg.table_spec().unwrap();
     let mut t = open_target(&cfg).unwrap();
     t.prepare(&spec).unwrap();
-    let rows: Vec<RawRecord> = (1..=7)
-        .map(|id| rec(id - 1, id, Some(json!({"id": id}))))
-        .collect();
+    let rows: Vec<RawRecord> = (1..=7).map(|id| rec(id - 1, id, Some(json!({"id": id})))).collect();
     t.apply(&spec, "g", &build_batch(&spec, &rows)).unwrap();
     assert_eq!(t.resync_started("g", "out").unwrap(), None);
     t.begin_resync(&spec, "g", "out", &[]).unwrap();
-    assert!(
-        t.resync_started("g", "out").unwrap().is_some(),
-        "in progress from the first transaction"
-    );
+    assert!(t.resync_started("g", "out").unwrap().is_some(), "in progress from the first transaction");
     // The topic holds keys 2 and 5 (and a tombstone for 3).
-    let seen = vec![
-        rec(1, 2, Some(json!({"id":2}))),
-        rec(2, 3, None),
-        rec(4, 5, Some(json!({"id":5}))),
-    ];
-    t.apply(
-        &spec,
-        "g",
-        &build_resync_batch(&spec, &seen, &HashMap::from([(0, 7)])),
-    )
-    .unwrap();
-    assert_eq!(
-        t.sweep(&spec, None, 2).unwrap(),
-        Sweep {
-            examined: 2,
-            deleted: 1,
-            last: Some(vec![SqlValue::Int(2)])
-        }
-    );
+    let seen = vec![rec(1, 2, Some(json!({"id":2}))), rec(2, 3, None), rec(4, 5, Some(json!({"id":5})))];
+    t.apply(&spec, "g", &build_resync_batch(&spec, &seen, &HashMap::from([(0, 7)]))).unwrap();
+    assert_eq!(t.sweep(&spec, None, 2).unwrap(), Sweep { examined: 2, deleted: 1, last: Some(vec![SqlValue::Int(2)]) });
     drop(t);
     // A crash here: the next start finds the resync unfinished and redoes it.
     let mut t = open_target(&cfg).unwrap();
     t.prepare(&spec).unwrap();
     assert!(t.resync_started("g", "out").unwrap().is_some());
     t.begin_resync(&spec, "g", "out", &[]).unwrap();
-    t.apply(
-        &spec,
-        "g",
-        &build_resync_batch(&spec, &seen, &HashMap::from([(0, 7)])),
-    )
-    .unwrap();
+    t.apply(&spec, "g", &build_resync_batch(&spec, &seen, &HashMap::from([(0, 7)]))).unwrap();
     let mut removed = 0;
     let mut after: Option<Vec<SqlValue>> = None;
     loop {
@@ -326,18 +229,11 @@ fn a_resync_removes_rows_without_live_keys_in_bounded_batches_and_survives_a_res
         }
         after = step.last;
     }
-    assert_eq!(
-        removed, 4,
-        "keys 3, 4, 6 and 7; key 1 went in the first run"
-    );
+    assert_eq!(removed, 4, "keys 3, 4, 6 and 7; key 1 went in the first run");
     t.finish_resync("g", "out").unwrap();
     assert_eq!(t.resync_started("g", "out").unwrap(), None);
     assert_eq!(ids(&path, "customers"), vec![2, 5]);
-    assert_eq!(
-        t.offsets("g", "out").unwrap()[&0].next,
-        7,
-        "offsets never went back"
-    );
+    assert_eq!(t.offsets("g", "out").unwrap()[&0].next, 7, "offsets never went back");
 }
 
 #[test]
@@ -348,20 +244,10 @@ fn a_reset_partition_forgets_its_offsets() {
     let spec = cfg.table_spec().unwrap();
     let mut t = open_target(&cfg).unwrap();
     t.prepare(&spec).unwrap();
-    t.apply(
-        &spec,
-        "g",
-        &build_batch(&spec, &[rec(40, 1, Some(json!({"id":1})))]),
-    )
-    .unwrap();
+    t.apply(&spec, "g", &build_batch(&spec, &[rec(40, 1, Some(json!({"id":1})))])).unwrap();
     t.begin_resync(&spec, "g", "out", &[0]).unwrap();
     assert!(t.offsets("g", "out").unwrap().is_empty());
-    t.apply(
-        &spec,
-        "g",
-        &build_resync_batch(&spec, &[rec(0, 1, Some(json!({"id":1})))], &HashMap::new()),
-    )
-    .unwrap();
+    t.apply(&spec, "g", &build_resync_batch(&spec, &[rec(0, 1, Some(json!({"id":1})))], &HashMap::new())).unwrap();
     assert_eq!(t.offsets("g", "out").unwrap()[&0].next, 1);
 }
 
@@ -383,32 +269,9 @@ fn an_offsets_table_from_before_timestamps_is_migrated_in_place() {
     let mut t = open_target(&cfg).unwrap();
     t.prepare(&spec).unwrap();
     t.prepare(&spec).unwrap();
-    assert_eq!(
-        t.offsets("g", "out").unwrap(),
-        HashMap::from([(
-            0,
-            StoredOffset {
-                next: 12,
-                record_ts: None
-            }
-        )])
-    );
-    t.apply(
-        &spec,
-        "g",
-        &build_batch(&spec, &[rec(12, 1, Some(json!({"id":1})))]),
-    )
-    .unwrap();
-    assert_eq!(
-        t.offsets("g", "out").unwrap(),
-        HashMap::from([(
-            0,
-            StoredOffset {
-                next: 13,
-                record_ts: Some(1_012)
-            }
-        )])
-    );
+    assert_eq!(t.offsets("g", "out").unwrap(), HashMap::from([(0, StoredOffset { next: 12, record_ts: None })]));
+    t.apply(&spec, "g", &build_batch(&spec, &[rec(12, 1, Some(json!({"id":1})))])).unwrap();
+    assert_eq!(t.offsets("g", "out").unwrap(), HashMap::from([(0, StoredOffset { next: 13, record_ts: Some(1_012) })]));
 }
 
 #[test]
@@ -417,17 +280,9 @@ fn a_second_sqlite_sink_on_one_file_fails_naming_the_file() {
     let mut cfg = sink("");
     cfg.url = dir.path().join("one.sqlite").display().to_string();
     let first = open_target(&cfg).unwrap();
-    let Err(e) = open_target(&cfg) else {
-        panic!("a second sink opened the file")
-    };
+    let Err(e) = open_target(&cfg) else { panic!("a second sink opened the file") };
     let text = e.to_string();
-    assert!(
-        text.contains(&cfg.url) && text.contains("another tributary sink holds"),
-        "{text}"
-    );
+    assert!(text.contains(&cfg.url) && text.contains("another tributary sink holds"), "{text}");
     drop(first);
-    assert!(
-        open_target(&cfg).is_ok(),
-        "the lock goes with the first sink"
-    );
+    assert!(open_target(&cfg).is_ok(), "the lock goes with the first sink");
 }
