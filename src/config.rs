@@ -61,7 +61,8 @@ pub struct Config {
     /// Kafka connection and consumer group.
     #[serde(default)]
     pub kafka: KafkaConfig,
-    /// The merged output topic.
+    /// The merged output topic (`tributary sink` may name its topic in `[sink]` instead).
+    #[serde(default)]
     pub output: OutputConfig,
     /// Merge policy.
     #[serde(default)]
@@ -172,7 +173,7 @@ fn default_group_id() -> String {
 }
 
 /// `[output]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
     /// The compacted output topic.
@@ -455,6 +456,36 @@ impl Config {
     /// pairs; only `TRIBUTARY_<SECTION>__<KEY>` names are considered) and
     /// validates the result.
     pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let config = Self::parse_unvalidated(text, origin, env)?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// [`Config::load`] for `tributary sink`: `[[sources]]` and the
+    /// processor's sections are not needed, only `[kafka]`, `[sink]` and a
+    /// topic (`[sink] topic` or `[output] topic`).
+    pub fn load_for_sink(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse_for_sink(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// [`Config::parse`] for `tributary sink` (see [`Config::load_for_sink`]).
+    pub fn parse_for_sink(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let config = Self::parse_unvalidated(text, origin, env)?;
+        config.validate_for_sink(origin)?;
+        Ok(config)
+    }
+
+    fn parse_unvalidated(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         // First the file alone, so key and type errors point at a line.
         let parsed: Config =
             toml::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.into(), message: e.to_string() })?;
@@ -472,8 +503,42 @@ impl Config {
                 message: format!("{}: {}", e.path(), e.inner()),
             })?
         };
-        config.validate(origin)?;
         Ok(config)
+    }
+
+    /// The checks `tributary sink` needs: the Kafka connection, the topic and `[sink]`.
+    pub fn validate_for_sink(&self, origin: &str) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.kafka.group_id.trim().is_empty() {
+            problems.push("kafka.group_id: must not be empty".into());
+        }
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            problems.push("kafka.bootstrap_servers: must not be empty".into());
+        }
+        for name in ["isolation.level", "enable.auto.commit", "group.id"] {
+            if self.kafka.properties.contains_key(name) {
+                problems.push(format!("kafka.properties.\"{name}\": Tributary sets it"));
+            }
+        }
+        match &self.sink {
+            None => problems.push("sink: the configuration has no [sink] section".into()),
+            Some(sink) => {
+                if let Err(e) = sink.table_spec() {
+                    problems.push(e.to_string().trim_start_matches("sink configuration: ").to_string());
+                }
+                if sink.topic.as_deref().unwrap_or(&self.output.topic).trim().is_empty() {
+                    problems.push("sink.topic: name the topic to read here or in [output] topic".into());
+                }
+            }
+        }
+        if self.output.format == OutputFormat::Avro && self.schema_registry.is_none() {
+            problems.push("schema_registry: output.format = \"avro\" needs [schema_registry] to decode".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { origin: origin.into(), problems })
+        }
     }
 
     /// Semantic checks. Reports every problem, each naming its key.
