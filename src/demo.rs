@@ -156,7 +156,7 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
         let (config, stop, handle) = (config.clone(), stop_processor.clone(), runtime.handle().clone());
         std::thread::Builder::new()
             .name("demo-processor".into())
-            .spawn(move || handle.block_on(crate::run::run_with(config, stop, RunOptions { manage_topics: false })))
+            .spawn(move || handle.block_on(crate::run::run_with(config, stop, RunOptions { manage_topics: false, ..RunOptions::default() })))
             .map_err(fail("cannot start the processor thread"))?
     };
     let sink: JoinHandle<Result<crate::sink::SinkStats, crate::sink::SinkError>> = {

@@ -164,13 +164,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             runtime.block_on(async move {
                 let shutdown = Arc::new(AtomicBool::new(false));
-                let flag = shutdown.clone();
+                let started = Arc::new(AtomicBool::new(false));
+                let (flag, processing) = (shutdown.clone(), started.clone());
                 tokio::spawn(async move {
                     wait_for_signal().await;
+                    if !processing.load(Ordering::Relaxed) {
+                        // Start-up (waiting for a broker, a topic, the
+                        // registry) holds nothing that needs finishing.
+                        tracing::info!("signal received during start-up: stopping");
+                        std::process::exit(130);
+                    }
                     tracing::info!("signal received: finishing the open cycle and leaving the group");
                     flag.store(true, Ordering::Relaxed);
+                    wait_for_signal().await;
+                    tracing::warn!("second signal received: stopping at once");
+                    std::process::exit(130);
                 });
-                match tributary::run::run(config, shutdown).await {
+                let options = tributary::run::RunOptions { started: Some(started), ..Default::default() };
+                match tributary::run::run_with(config, shutdown, options).await {
                     Ok(_) => Ok(ExitCode::SUCCESS),
                     Err(e) => {
                         tracing::error!("{e}");

@@ -590,3 +590,35 @@ fn lag_cpu_and_state_of_a_key_from_another_partitioner() {
     assert_eq!(log.matches("is not in the partition murmur2 gives it").count(), 1, "{log}");
     assert!(p.stop().success());
 }
+
+/// SIGINT stops the process during a start-up wait (here: a source topic
+/// that does not exist yet), and a start-up error names the bootstrap
+/// servers it tried.
+#[test]
+fn sigint_during_start_up_and_start_up_errors_name_the_brokers() {
+    let group = unique("startup");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n[output]\ntopic = \"{group}.out\"\n[runtime]\nstate_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[sources]]\nname = \"a\"\ntopic = \"{group}.missing\"\n",
+            kafka::bootstrap(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let p = Processor::start(&config, &dir.path().join("log1"));
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = std::time::Instant::now();
+    std::process::Command::new("kill").arg("-INT").arg(p.child.id().to_string()).status().unwrap();
+    let (status, log) = p.wait_exit(Duration::from_secs(5));
+    assert!(sent.elapsed() < Duration::from_secs(3), "stopped {:?} after SIGINT: {log}", sent.elapsed());
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(log.contains("signal received during start-up"), "{log}");
+
+    let p = Processor::start(&config, &dir.path().join("log2"));
+    let (status, log) = p.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains(&format!("source topic(s) do not exist: {group}.missing (bootstrap servers {})", kafka::bootstrap())), "{log}");
+}

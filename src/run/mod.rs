@@ -1212,11 +1212,14 @@ pub struct RunOptions {
     /// Off only for brokers without the admin API (librdkafka's mock
     /// cluster in `tributary demo`), where the caller creates them.
     pub manage_topics: bool,
+    /// Set once start-up is over and processing begins: until then there
+    /// is nothing to finish, and a signal may end the process at once.
+    pub started: Option<Arc<AtomicBool>>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { manage_topics: true }
+        Self { manage_topics: true, started: None }
     }
 }
 
@@ -1225,8 +1228,23 @@ pub async fn run(config: Config, shutdown: Arc<AtomicBool>) -> Result<Counters, 
     run_with(config, shutdown, RunOptions::default()).await
 }
 
-/// [`run`] with options.
+/// [`run`] with options. A start-up error that comes from Kafka names the
+/// bootstrap servers it tried.
 pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Result<Counters, RunError> {
+    let bootstrap = config.kafka.bootstrap_servers.clone();
+    let started = options.started.clone();
+    let result = run_inner(config, shutdown, options).await;
+    let at_startup = started.is_none_or(|s| !s.load(Ordering::Relaxed));
+    match result {
+        Err(RunError::Kafka { context, source }) if at_startup => {
+            Err(RunError::Kafka { context: format!("{context} (bootstrap servers {bootstrap})"), source })
+        }
+        Err(RunError::Topics(m)) if at_startup && m.contains("do not exist") => Err(RunError::Topics(format!("{m} (bootstrap servers {bootstrap})"))),
+        other => other,
+    }
+}
+
+async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Result<Counters, RunError> {
     let group = config.kafka.group_id.clone();
     let instance = instance_id(&config);
     let exactly_once = config.runtime.processing == Processing::ExactlyOnce;
@@ -1423,6 +1441,9 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
     consumer.subscribe(&topic_refs).map_err(|e| RunError::kafka("subscribe", e))?;
     let interval = config.runtime.commit_interval;
     let down = metrics.clone();
+    if let Some(started) = &options.started {
+        started.store(true, Ordering::Relaxed);
+    }
 
     tokio::task::spawn_blocking(move || {
         let result = main_loop(&consumer, &worker, interval, &shutdown);
