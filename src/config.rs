@@ -495,12 +495,20 @@ impl Config {
             parsed
         } else {
             let mut table: toml::Table = toml::from_str(text).expect("parsed above");
+            let mut set = Vec::new();
             for (var, value) in &overrides {
-                apply_override(&mut table, var, value)?;
+                set.push((var, apply_override(&mut table, var, value)?));
             }
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-                origin: format!("{origin} with environment overrides"),
-                message: format!("{}: {}", e.path(), e.inner()),
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                // The value came from the environment: name the variable.
+                match set.iter().find(|(_, key)| path == *key || path.starts_with(&format!("{key}."))) {
+                    Some((var, _)) => ConfigError::Env { var: var.to_string(), message: format!("{path}: {}", e.inner()) },
+                    None => ConfigError::Parse {
+                        origin: format!("{origin} with environment overrides"),
+                        message: format!("{path}: {}", e.inner()),
+                    },
+                }
             })?
         };
         Ok(config)
@@ -758,7 +766,8 @@ impl Config {
 /// `TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS`, `TRIBUTARY_MERGE__POLICY`,
 /// `TRIBUTARY_KAFKA__PROPERTIES__SASL_PASSWORD` (→ `sasl.password`),
 /// `TRIBUTARY_SOURCES__EU__PRIORITY` (source by name; `_` matches `-`).
-fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
+/// Returns the key path it set (`merge.deletes`, `sources[0].priority`).
+fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<String, ConfigError> {
     let err = |message: String| ConfigError::Env { var: var.into(), message };
     let parts: Vec<String> = var[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect();
     let value = parse_env_value(raw);
@@ -767,6 +776,7 @@ fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), C
             let kafka = table_mut(table, "kafka").map_err(&err)?;
             let properties = table_mut(kafka, "properties").map_err(&err)?;
             properties.insert(name.replace('_', "."), toml::Value::String(raw.to_string()));
+            Ok(format!("kafka.properties.{}", name.replace('_', ".")))
         }
         [section, name, key] if section == "sources" => {
             let sources = table
@@ -774,19 +784,22 @@ fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), C
                 .and_then(toml::Value::as_array_mut)
                 .ok_or_else(|| err("the file has no [[sources]]".into()))?;
             let wanted = name.replace('_', "-");
-            let source = sources
+            let (index, source) = sources
                 .iter_mut()
                 .filter_map(toml::Value::as_table_mut)
-                .find(|t| {
+                .enumerate()
+                .find(|(_, t)| {
                     t.get("name")
                         .and_then(toml::Value::as_str)
                         .is_some_and(|n| n.to_ascii_lowercase().replace('_', "-") == wanted)
                 })
                 .ok_or_else(|| err(format!("no source named \"{name}\" in the file")))?;
             source.insert(key.clone(), value);
+            Ok(format!("sources[{index}].{key}"))
         }
         [section, key] if section != "sources" => {
             table_mut(table, section).map_err(&err)?.insert(key.clone(), value);
+            Ok(format!("{section}.{key}"))
         }
         _ => {
             return Err(err(
@@ -795,7 +808,6 @@ fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), C
             ))
         }
     }
-    Ok(())
 }
 
 fn table_mut<'a>(table: &'a mut toml::Table, key: &str) -> Result<&'a mut toml::Table, String> {
@@ -995,7 +1007,12 @@ sequence = "source.lsn"
         let e = parse(BASE, &[("TRIBUTARY_SOURCES__APAC__PRIORITY", "1")]).unwrap_err().to_string();
         assert!(e.contains("TRIBUTARY_SOURCES__APAC__PRIORITY") && e.contains("apac"), "{e}");
         let e = parse(BASE, &[("TRIBUTARY_MERGE__POLCY", "lww")]).unwrap_err().to_string();
-        assert!(e.contains("polcy"), "{e}");
+        assert!(e.contains("TRIBUTARY_MERGE__POLCY") && e.contains("polcy"), "{e}");
+        // A bad value names the variable it came from, and the key.
+        let e = parse(BASE, &[("TRIBUTARY_MERGE__DELETES", "delete-win")]).unwrap_err().to_string();
+        assert!(e.starts_with("environment variable TRIBUTARY_MERGE__DELETES: merge.deletes: unknown variant"), "{e}");
+        let e = parse(BASE, &[("TRIBUTARY_SOURCES__US_EAST__PRIORITY", "high")]).unwrap_err().to_string();
+        assert!(e.contains("TRIBUTARY_SOURCES__US_EAST__PRIORITY") && e.contains("sources[1].priority"), "{e}");
     }
 
     #[test]

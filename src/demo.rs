@@ -112,7 +112,11 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
         return Err(DemoError(format!("--rate must be a positive number of events per second, not {}", opts.rate)));
     }
     if !POLICIES.contains(&opts.policy.as_str()) {
-        return Err(DemoError(format!("unknown --policy \"{}\": expected one of {}", opts.policy, POLICIES.join(", "))));
+        return Err(DemoError(format!(
+            "unknown policy \"{}\" (from --policy or TRIBUTARY_MERGE__POLICY): expected one of {}",
+            opts.policy,
+            POLICIES.join(", ")
+        )));
     }
     let dir = prepare_dir(opts.dir.as_deref())?;
     let sqlite = dir.join("tributary-demo.sqlite");
@@ -380,10 +384,11 @@ vv_column = "_vv"
         );
     }
     // `[merge]` overrides from the environment (TRIBUTARY_MERGE__DELETES=…)
-    // apply, except the policy (that is --policy); nothing else may point
-    // the demo elsewhere.
+    // apply; the policy is already in the text (--policy, else
+    // TRIBUTARY_MERGE__POLICY, else lww); nothing else may point the demo
+    // elsewhere. Errors name the variable.
     let env = std::env::vars().filter(|(k, _)| k.starts_with("TRIBUTARY_MERGE__") && k != "TRIBUTARY_MERGE__POLICY");
-    Config::parse(&text, "tributary demo", env).map_err(|e| DemoError(format!("--policy {policy}: {e}")))
+    Config::parse(&text, "tributary demo", env).map_err(|e| DemoError(e.to_string()))
 }
 
 // ---------------------------------------------------------------------------

@@ -107,9 +107,9 @@ enum Command {
         /// Change events per second, all regions together.
         #[arg(long, default_value_t = 300.0)]
         rate: f64,
-        /// Merge policy: lww, source-priority or field-lww.
-        #[arg(long, default_value = "lww")]
-        policy: String,
+        /// Merge policy: lww, source-priority or field-lww (default: TRIBUTARY_MERGE__POLICY, else lww).
+        #[arg(long)]
+        policy: Option<String>,
         /// Directory for the SQLite file and the state store (default: a new one under the system temp dir).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -263,6 +263,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(if summary.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Demo { duration, rate, policy, dir } => {
+            let policy = policy.or_else(|| std::env::var("TRIBUTARY_MERGE__POLICY").ok()).unwrap_or_else(|| "lww".into());
             tributary::demo::run(&tributary::demo::DemoOptions { duration, rate, policy, dir })?;
             Ok(ExitCode::SUCCESS)
         }
