@@ -332,3 +332,84 @@ fn an_unreachable_kafka_names_the_bootstrap_servers_quickly_and_quietly() {
     assert!(error[0].contains("bootstrap servers 127.0.0.1:1"), "{stderr}");
     assert!(stderr.lines().count() <= 6, "a few lines, not one per retry: {stderr}");
 }
+
+/// Throughput: `records` records (1 in 10 a tombstone, 50 000 keys, 3
+/// partitions) into a fresh table, per binary, on the same topic. The README's
+/// figures come from:
+///
+/// ```sh
+/// SINK_BENCH_BINS=/path/to/old/tributary,target/release/tributary \
+///   cargo test --release --test sink_types sink_throughput -- --ignored --nocapture
+/// ```
+///
+/// (`SINK_BENCH_TARGET=postgres` for PostgreSQL, `SINK_BENCH_RECORDS` for another count.)
+#[test]
+#[ignore = "benchmark; run by hand"]
+fn sink_throughput() {
+    let records: i64 = std::env::var("SINK_BENCH_RECORDS").map_or(200_000, |v| v.parse().unwrap());
+    let bins: Vec<String> = std::env::var("SINK_BENCH_BINS").map_or_else(
+        |_| vec![env!("CARGO_BIN_EXE_tributary").to_string()],
+        |v| v.split(',').map(String::from).collect(),
+    );
+    let postgres = std::env::var("SINK_BENCH_TARGET").is_ok_and(|t| t == "postgres");
+    let topic = unique("sink-bench");
+    create_topic(&topic, 3, &[("cleanup.policy", "compact")]);
+    let recs: Vec<Rec> = (0..records)
+        .map(|i| {
+            let id = (i * 7919) % 50_000;
+            let key = json!({ "id": id }).to_string();
+            let partition = tributary::admin::murmur2_partition(key.as_bytes(), 3);
+            let value = (i % 10 != 9).then(|| json!({"id": id, "name": format!("name {i}"), "seq": i}).to_string());
+            Rec { topic: topic.clone(), partition, key: Some(key), value }
+        })
+        .collect();
+    produce(&recs);
+    for bin in bins {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = postgres.then(Pg::start);
+        let db = dir.path().join("bench.sqlite");
+        let (target, url) = match &pg {
+            Some(pg) => ("postgres", pg.url.clone()),
+            None => ("sqlite", db.to_str().unwrap().to_string()),
+        };
+        // [output] and a [[sources]] entry, which older versions require.
+        let config = dir.path().join("bench.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n[output]\ntopic = \"{topic}\"\n[[sources]]\nname = \"eu\"\ntopic = \"unused\"\n[sink]\ntarget = \"{target}\"\nurl = \"{url}\"\ntable = \"bench\"\ncolumns = [\"id bigint\", \"name text\", \"seq bigint\"]\nkey_columns = [\"id\"]\n",
+                kafka::bootstrap(),
+                unique("benchgroup"),
+            ),
+        )
+        .unwrap();
+        let applied = || -> i64 {
+            let sql = "SELECT coalesce(sum(next_offset), 0)::bigint FROM tributary_sink_offsets";
+            match &pg {
+                Some(pg) => postgres::Client::connect(&pg.url, postgres::NoTls)
+                    .and_then(|mut c| c.query_one(sql, &[]))
+                    .map_or(0, |r| r.get(0)),
+                None => rusqlite::Connection::open(&db)
+                    .and_then(|c| c.query_row(&sql.replace("::bigint", ""), [], |r| r.get(0)))
+                    .unwrap_or(0),
+            }
+        };
+        let started = Instant::now();
+        let mut child = std::process::Command::new(&bin)
+            .args(["sink", "-c"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        while applied() < records {
+            assert!(started.elapsed() < Duration::from_secs(600), "{bin} did not finish");
+            assert!(child.try_wait().unwrap().is_none(), "{bin} exited");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let _ = child.kill();
+        let _ = child.wait();
+        println!("{bin} ({target}): {records} records in {seconds:.2} s = {:.0} records/s", records as f64 / seconds);
+    }
+}

@@ -286,3 +286,54 @@ fn a_second_sqlite_sink_on_one_file_fails_naming_the_file() {
     drop(first);
     assert!(open_target(&cfg).is_ok(), "the lock goes with the first sink");
 }
+
+#[test]
+fn statement_sizes_come_from_a_few_and_cover_every_row() {
+    for n in [0, 1, 7, 500, 511, 512, 513, 1999] {
+        let sizes = chunk_sizes(n, 512);
+        assert_eq!(sizes.iter().sum::<usize>(), n);
+        assert!(sizes.iter().all(|s| s.is_power_of_two()), "{n}: {sizes:?}");
+    }
+    assert_eq!(chunk_sizes(1029, 512), vec![512, 512, 4, 1]);
+    assert_eq!(rows_per_statement(3, 32_766), 512);
+    assert_eq!(rows_per_statement(200, 32_766), 128);
+    assert_eq!(rows_per_statement(70_000, 65_535), 1);
+}
+
+#[test]
+fn deletes_are_one_statement_and_postgres_casts_the_exact_types() {
+    let mut cfg = sink("");
+    cfg.columns = vec!["id uuid".into(), "day date".into(), "amount numeric(12,2)".into()];
+    cfg.key_columns = vec!["id".into(), "day".into()];
+    let spec = cfg.table_spec().unwrap();
+    assert_eq!(
+        delete_sql(&spec, 2, '$'),
+        r#"DELETE FROM "customers" WHERE ("id", "day") IN (($1::text::UUID, $2::text::DATE), ($3::text::UUID, $4::text::DATE))"#
+    );
+    assert_eq!(delete_sql(&spec, 1, '?'), r#"DELETE FROM "customers" WHERE ("id", "day") IN ((?1, ?2))"#);
+    assert!(upsert_sql(&spec, 1, '$').contains("($1::text::UUID, $2::text::DATE, $3::text::NUMERIC(12,2))"));
+}
+
+#[test]
+fn a_sink_only_config_needs_no_sources_but_run_still_does() {
+    let text = r#"
+[kafka]
+bootstrap_servers = "k:9092"
+[sink]
+topic = "customers.merged"
+url = "c.sqlite"
+table = "customers"
+columns = ["id bigint", "balance double precision", "created timestamp with time zone"]
+key_columns = ["id"]
+"#;
+    let c = Config::parse_for_sink(text, "sink.toml", []).unwrap();
+    assert_eq!(c.sink.unwrap().table_spec().unwrap().columns[2].ty, ColumnType::TimestampTz);
+    let e = Config::parse(text, "sink.toml", []).unwrap_err().to_string();
+    assert!(e.contains("sources: at least one"), "{e}");
+    let e = Config::parse_for_sink(&text.replace("topic = \"customers.merged\"\n", ""), "sink.toml", [])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sink.topic"), "{e}");
+    let e = Config::parse_for_sink("[kafka]\n[output]\ntopic = \"x\"\n", "sink.toml", []).unwrap_err().to_string();
+    assert!(e.contains("no [sink] section"), "{e}");
+}
