@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -76,7 +76,7 @@ impl LoadRecord {
         if matches!(record.partition, Some(p) if p < -1) {
             return Err(format!("`partition` {} is negative", record.partition.unwrap_or_default()));
         }
-        if record.headers.len() % 2 != 0 {
+        if !record.headers.len().is_multiple_of(2) {
             return Err(format!(
                 "`headers` must be a flat [name, value, …] list with an even number of entries; it has {}",
                 record.headers.len()
@@ -150,7 +150,7 @@ impl Dump {
     }
 
     /// (line number, line) for every non-blank line.
-    fn lines(&self) -> Result<Box<dyn Iterator<Item = io::Result<(usize, String)>> + '_>, LoadError> {
+    fn lines(&self) -> Result<NumberedLines<'_>, LoadError> {
         let lines: Box<dyn Iterator<Item = io::Result<String>>> = match self {
             Dump::File(p) => {
                 let file = File::open(p).map_err(|source| LoadError::Input { name: self.name(), source })?;
@@ -162,10 +162,13 @@ impl Dump {
             lines
                 .enumerate()
                 .map(|(i, l)| l.map(|l| (i + 1, l)))
-                .filter(|r| r.as_ref().map_or(true, |(_, l)| !l.trim().is_empty())),
+                .filter(|r| !matches!(r, Ok((_, l)) if l.trim().is_empty())),
         ))
     }
 }
+
+/// (line number, line) pairs of a [`Dump`].
+type NumberedLines<'a> = Box<dyn Iterator<Item = io::Result<(usize, String)>> + 'a>;
 
 /// Options of one load.
 #[derive(Debug, Clone, Default)]
@@ -254,7 +257,31 @@ struct DeliveryState {
     failures: Vec<(usize, String)>,
 }
 
-impl ClientContext for Deliveries {}
+/// librdkafka's log lines and errors. The load reports an unreachable cluster
+/// itself, naming the bootstrap servers, so connection failures are DEBUG, as
+/// is the transient "coordinator load in progress" of a broker just started.
+impl ClientContext for Deliveries {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let transient = fac == "FAIL" || log_message.contains("load in progress");
+        match level {
+            _ if transient => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "{fac}: {log_message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{fac}: {log_message}"),
+            _ => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
+                tracing::debug!(target: "librdkafka", "{error}: {reason}")
+            }
+            _ => tracing::error!(target: "librdkafka", "{error}: {reason}"),
+        }
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = usize;
