@@ -47,7 +47,7 @@ impl SinkMetrics {
         let lag = IntGaugeVec::new(
             Opts::new(
                 "tributary_sink_lag_records",
-                "Records of the topic not yet in the database, per partition (last stable offset minus the sink's position)",
+                "Records of the topic not yet in the database, per partition (high watermark minus the sink's position, plus records read but not committed)",
             ),
             &["partition"],
         )

@@ -883,9 +883,11 @@ fn serve_admin(listen: &str, metrics: Arc<crate::metrics::Metrics>) -> Result<()
     Ok(())
 }
 
-/// The end offsets librdkafka keeps from its fetch answers (no round trip,
-/// unlike `fetch_watermarks`); for a `read_committed` consumer the high one
-/// is the last stable offset. rust-rdkafka does not wrap this call.
+/// The low and high watermarks librdkafka keeps from its fetch answers (no
+/// round trip, unlike `fetch_watermarks`). rust-rdkafka does not wrap this
+/// call. The high watermark counts records of transactions still open;
+/// transaction markers do not count, since the consumer's position moves
+/// past them.
 fn cached_watermarks<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
@@ -907,8 +909,8 @@ fn cached_watermarks<C: ConsumerContext>(
     (code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some((low, high))
 }
 
-/// Per partition: what the topic holds (the last stable offset, under
-/// `read_committed`) and the sink has not yet committed to the database.
+/// Per partition: what the topic holds (up to its high watermark) and the
+/// sink has not yet committed to the database.
 fn report_lag<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
