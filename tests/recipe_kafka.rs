@@ -190,6 +190,7 @@ fn five_command_recipe_gives_the_readme_table() {
         ("TRIBUTARY_SOURCES__US__TOPIC", &us),
         ("TRIBUTARY_RUNTIME__STATE_DIR", &dir.path().join("state").display().to_string()),
         ("TRIBUTARY_ADMIN__LISTEN", "127.0.0.1:0"),
+        ("TRIBUTARY_SINK__ADMIN_LISTEN", "127.0.0.1:0"),
         ("TRIBUTARY_SINK__URL", &db.display().to_string()),
     ]
     .into_iter()
@@ -373,4 +374,16 @@ fn a_record_the_broker_refuses_is_reported_with_its_line() {
     }
     let summary = format!("load: read=3 produced={} failed={}", in_topic.len(), refused.len());
     assert!(stderr.contains(&summary), "{summary} in {stderr}");
+}
+
+#[test]
+fn the_readme_gives_the_example_tables_sink_columns() {
+    let text = std::fs::read_to_string(example("tributary.toml")).unwrap();
+    let config: toml::Table = toml::from_str(&text).unwrap();
+    let columns = config["sink"]["columns"].as_array().expect("[sink] columns");
+    let listed: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.as_str().unwrap())).collect();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let readme = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    let wanted = format!("`columns = [{}]`", listed.join(", "));
+    assert!(readme.contains(&wanted), "the README should name the example's columns: {wanted}");
 }
