@@ -160,11 +160,6 @@ impl Metrics {
         &self.registry
     }
 
-    /// The registry, for a component that adds its own metrics (`tributary sink`).
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
