@@ -82,7 +82,8 @@ enum Command {
     /// dump is checked first (each line a kcat record, each topic and partition
     /// present); if a line is bad, every problem is listed with its line number and
     /// nothing is produced. Exit status: 0 all delivered, 1 some records not delivered
-    /// (each listed with its line), 2 bad lines, configuration or connection error.
+    /// (each listed with its line), 2 bad lines, configuration or connection error,
+    /// 130 interrupted (SIGINT/SIGTERM: what was sent is awaited and counted).
     Load {
         /// The TOML configuration file: its [kafka] section (bootstrap_servers, properties).
         #[arg(long, short)]
@@ -131,7 +132,16 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The storage engine's INFO lines (one "Recovering LSM-tree" per
+    // keyspace at every start) say nothing to an operator: WARN and up,
+    // unless the filter names those crates itself.
+    let mut filter = filter.to_string();
+    for noisy in ["fjall", "lsm_tree"] {
+        if !filter.contains(noisy) {
+            filter.push_str(&format!(",{noisy}=warn"));
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -258,9 +268,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let options =
                 tributary::load::LoadOptions { rename_topics: rename_topic.into_iter().collect(), keep_timestamps };
-            let summary = tributary::load::load(&config, &dump, &options, &mut io::stderr().lock())?;
+            // The first signal stops sending (what was sent is still awaited and
+            // reported); a second one exits at once.
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            std::thread::spawn(move || {
+                runtime.block_on(wait_for_signal());
+                flag.store(true, Ordering::Relaxed);
+                runtime.block_on(wait_for_signal());
+                std::process::exit(130);
+            });
+            let summary = tributary::load::load(&config, &dump, &options, &stop, &mut io::stderr().lock())?;
             eprintln!("{summary}");
-            Ok(if summary.failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(match summary {
+                s if s.interrupted_after.is_some() => ExitCode::from(130),
+                s if s.failed > 0 => ExitCode::from(1),
+                _ => ExitCode::SUCCESS,
+            })
         }
         Command::Demo { duration, rate, policy, dir } => {
             let policy = policy.or_else(|| std::env::var("TRIBUTARY_MERGE__POLICY").ok()).unwrap_or_else(|| "lww".into());

@@ -374,6 +374,12 @@ fn admin() -> AdminClient<DefaultClientContext> {
 fn state_of(p: &Processor, id: u64) -> (u16, String) {
     let path = format!("/state/%7B%22id%22%3A{id}%7D");
     let addr = admin_addr(p);
+    // Only once every task is open does a 404 mean "no such key".
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(&addr, "/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready: {}", p.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = http_get(&addr, &path);

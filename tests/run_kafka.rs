@@ -191,7 +191,13 @@ fn three_sources_with_conflicts_match_replay() {
     let expected = expected_outputs(&records);
     let p = Processor::start(&s.config("a"), &s.log("a"));
     let output = wait_for_records(&s.output, expected, Duration::from_secs(90));
+    let log = p.log_text();
     assert!(p.stop().success());
+    // A clean run is quiet: no warnings, no errors, one start-up line.
+    let loud: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    assert!(loud.is_empty(), "a clean run logged warnings or errors:\n{}", loud.join("\n"));
+    assert_eq!(log.lines().filter(|l| l.contains(" INFO ") && l.contains("starting")).count(), 1, "{log}");
+    assert!(!log.contains("Recovering LSM-tree") && !log.contains("[kafka]"), "{log}");
     let replay = s.replay();
     assert_eq!(replay.len(), expected);
     assert_exactly_once(&output, expected);

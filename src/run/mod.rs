@@ -12,6 +12,7 @@
 //! only after the transaction commits; an abort drops the cache and rewinds
 //! the consumer to the committed offsets, so nothing is applied twice.
 
+pub mod quiet;
 pub mod topics;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
+use quiet::QuietContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -157,7 +158,15 @@ struct DeliveryTracker {
     state: Mutex<Deliveries>,
 }
 
-impl ClientContext for DeliveryTracker {}
+impl ClientContext for DeliveryTracker {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        quiet::log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        quiet::error(&error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
@@ -238,10 +247,10 @@ struct Worker {
     /// Largest merged record (key plus output or changelog value) written.
     record_limit: usize,
     /// Reads changelog partitions into the store (`read_committed`).
-    restorer: BaseConsumer,
+    restorer: BaseConsumer<QuietContext>,
     /// Reads the changelog's high watermarks: a `read_committed` client is
     /// told the last stable offset instead, which an open transaction pins.
-    watermarks: BaseConsumer,
+    watermarks: BaseConsumer<QuietContext>,
     /// The changelog's identity (`cluster/topic-id`), recorded with every
     /// checkpoint.
     changelog_id: String,
@@ -273,6 +282,14 @@ struct GroupContext {
 }
 
 impl ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        quiet::log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        quiet::error(&error, reason);
+    }
+
     fn stats(&self, stats: rdkafka::Statistics) {
         for (topic, t) in &stats.topics {
             let Some(source) = self.source_of.get(topic) else { continue };
@@ -1249,21 +1266,28 @@ async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options: RunOption
     let instance = instance_id(&config);
     let exactly_once = config.runtime.processing == Processing::ExactlyOnce;
     let source_topics: Vec<String> = config.sources.iter().map(|s| s.topic.clone()).collect();
+    // One line an operator can read; the whole resolved configuration at DEBUG.
+    let sources: Vec<String> = config.sources.iter().map(|s| format!("{}={}", s.name, s.topic)).collect();
     tracing::info!(
-        group = %group,
-        instance = %instance,
-        processing = ?config.runtime.processing,
+        sources = %sources.join(","),
+        output = %config.output.topic,
         policy = config.merge.policy.as_str(),
         deletes = config.merge.deletes.as_str(),
-        "starting with configuration:\n{}",
-        config.to_redacted_toml()
+        group = %group,
+        instance = %instance,
+        state_dir = %config.runtime.state_dir.display(),
+        admin = if config.admin.enabled { config.admin.listen.as_str() } else { "off" },
+        processing = ?config.runtime.processing,
+        "starting"
     );
+    tracing::debug!("resolved configuration:\n{}", config.to_redacted_toml());
 
     // Start-up checks and topics.
-    let probe: BaseConsumer = client_config(&config, &[]).create().map_err(|e| RunError::kafka("create client", e))?;
+    let probe: BaseConsumer<QuietContext> =
+        client_config(&config, &[]).create_with_context(QuietContext).map_err(|e| RunError::kafka("create client", e))?;
     let partitions = topics::check_co_partitioning(&probe, &source_topics, TIMEOUT)?;
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(&config, &[]).create().map_err(|e| RunError::kafka("create admin client", e))?;
+    let admin: AdminClient<QuietContext> =
+        client_config(&config, &[]).create_with_context(QuietContext).map_err(|e| RunError::kafka("create admin client", e))?;
     let changelog = changelog_topic(&group);
     let dlq = dlq_topic(&group);
     let specs = [
@@ -1344,7 +1368,7 @@ async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options: RunOption
     };
 
     let db = StateDb::open_with_cache(&config.runtime.state_dir, config.runtime.state_cache_bytes)?;
-    let restorer: BaseConsumer = client_config(
+    let restorer: BaseConsumer<QuietContext> = client_config(
         &config,
         &[
             ("isolation.level", "read_committed"),
@@ -1354,10 +1378,10 @@ async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options: RunOption
             ("group.id", "tributary-restore"),
         ],
     )
-    .create()
+    .create_with_context(QuietContext)
     .map_err(|e| RunError::kafka("create restore consumer", e))?;
-    let watermarks: BaseConsumer = client_config(&config, &[("isolation.level", "read_uncommitted"), ("group.id", "tributary-restore")])
-        .create()
+    let watermarks: BaseConsumer<QuietContext> = client_config(&config, &[("isolation.level", "read_uncommitted"), ("group.id", "tributary-restore")])
+        .create_with_context(QuietContext)
         .map_err(|e| RunError::kafka("create watermark client", e))?;
     let transactional_id = format!("{group}-{instance}");
     let mut producer_defaults = vec![("enable.idempotence", "true"), ("linger.ms", "5"), ("compression.type", "lz4")];

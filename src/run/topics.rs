@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use super::quiet::QuietContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 
@@ -32,7 +32,7 @@ const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(10);
 
 /// Reads the partition count of every source topic and checks they agree.
 /// Returns the common count.
-pub fn check_co_partitioning(consumer: &BaseConsumer, topics: &[String], timeout: Duration) -> Result<i32, RunError> {
+pub fn check_co_partitioning(consumer: &BaseConsumer<QuietContext>, topics: &[String], timeout: Duration) -> Result<i32, RunError> {
     let deadline = std::time::Instant::now() + MISSING_TOPIC_GRACE;
     let mut counts: BTreeMap<String, Option<i32>> = BTreeMap::new();
     loop {
@@ -74,8 +74,8 @@ pub fn check_co_partitioning(consumer: &BaseConsumer, topics: &[String], timeout
 /// Creates each topic that is missing (with `partitions` partitions) and
 /// validates those that exist (partition count and cleanup policy).
 pub async fn ensure_topics(
-    admin: &AdminClient<DefaultClientContext>,
-    consumer: &BaseConsumer,
+    admin: &AdminClient<QuietContext>,
+    consumer: &BaseConsumer<QuietContext>,
     specs: &[TopicSpec],
     partitions: i32,
     replication_factor: i32,
@@ -149,7 +149,7 @@ pub async fn ensure_topics(
 /// The smallest `max.message.bytes` of `topics` (the broker's limit on one
 /// record batch of each), `None` when no topic reports one.
 pub async fn max_message_bytes(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &AdminClient<QuietContext>,
     topics: &[&str],
     timeout: Duration,
 ) -> Result<Option<usize>, RunError> {
@@ -236,7 +236,7 @@ fn describe_topic_id(rk: *mut rdkafka::bindings::rd_kafka_t, topic: &str, timeou
 /// A topic's `delete.retention.ms` (how long compaction keeps a null
 /// record), and whether its `cleanup.policy` includes `delete`.
 pub async fn retention_settings(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &AdminClient<QuietContext>,
     topic: &str,
     timeout: Duration,
 ) -> Result<(Option<i64>, String), RunError> {
