@@ -18,6 +18,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -207,6 +208,12 @@ pub enum LoadError {
         /// What failed.
         message: String,
     },
+    /// Interrupted while the dump was being checked; nothing was produced.
+    #[error("{name}: interrupted while checking the dump; nothing was produced")]
+    Interrupted {
+        /// The file (or `<stdin>`).
+        name: String,
+    },
     /// Some lines are not records that can be produced; nothing was produced.
     #[error("{name}: {problems} line(s) cannot be produced (listed above); nothing was produced")]
     BadLines {
@@ -226,6 +233,8 @@ pub struct Summary {
     pub produced: BTreeMap<String, u64>,
     /// Records that were not delivered (each reported with its line).
     pub failed: u64,
+    /// Set when the load was interrupted: the last line sent (0: none).
+    pub interrupted_after: Option<usize>,
 }
 
 impl Summary {
@@ -237,7 +246,12 @@ impl Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "load: read={} produced={} failed={}", self.read, self.produced_total(), self.failed)?;
+        if let Some(line) = self.interrupted_after {
+            write!(f, "load: interrupted after line {line}: ")?;
+        } else {
+            write!(f, "load: ")?;
+        }
+        write!(f, "read={} produced={} failed={}", self.read, self.produced_total(), self.failed)?;
         for (topic, n) in &self.produced {
             write!(f, " {topic}={n}")?;
         }
@@ -297,8 +311,15 @@ impl ProducerContext for Deliveries {
 
 /// Checks the whole dump, then produces it (see the module documentation).
 /// Problems and delivery failures go to `log`, one line each, prefixed with
-/// the dump's name and line number.
-pub fn load(config: &Config, dump: &Dump, options: &LoadOptions, log: &mut dyn Write) -> Result<Summary, LoadError> {
+/// the dump's name and line number. Once `stop` is set (SIGINT, SIGTERM),
+/// nothing more is checked or sent; what was sent is still awaited and counted.
+pub fn load(
+    config: &Config,
+    dump: &Dump,
+    options: &LoadOptions,
+    stop: &AtomicBool,
+    log: &mut dyn Write,
+) -> Result<Summary, LoadError> {
     let bootstrap = config.kafka.bootstrap_servers.clone();
     let kafka_err = |message: String| LoadError::Kafka { bootstrap: bootstrap.clone(), message };
     let mut client = ClientConfig::new();
@@ -325,6 +346,9 @@ pub fn load(config: &Config, dump: &Dump, options: &LoadOptions, log: &mut dyn W
     let mut read = 0u64;
     for item in dump.lines()? {
         let (line_no, line) = item.map_err(|source| LoadError::Input { name: name.clone(), source })?;
+        if stop.load(Ordering::Relaxed) {
+            return Err(LoadError::Interrupted { name });
+        }
         read += 1;
         let record = match LoadRecord::parse(&line) {
             Ok(r) => r,
@@ -367,13 +391,32 @@ pub fn load(config: &Config, dump: &Dump, options: &LoadOptions, log: &mut dyn W
 
     // Pass 2: produce in file order, then wait for every delivery report.
     let mut send_failures: Vec<(usize, String)> = Vec::new();
+    let mut interrupted_after = None;
+    let mut last_line = 0;
     for item in dump.lines()? {
         let (line_no, line) = item.map_err(|source| LoadError::Input { name: name.clone(), source })?;
-        let record = LoadRecord::parse(&line).expect("checked in the first pass");
-        let topic = options.rename_topics.get(&record.topic).unwrap_or(&record.topic);
-        let count = *partitions[topic].as_ref().expect("checked in the first pass");
-        let partition = target_partition(&record, count).expect("checked in the first pass");
-        let mut rec: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, line_no);
+        if stop.load(Ordering::Relaxed) {
+            interrupted_after = Some(last_line);
+            break;
+        }
+        last_line = line_no;
+        // The first pass checked every line; a file that changed since gets
+        // its new problems reported like refused records.
+        let checked = LoadRecord::parse(&line).and_then(|record| {
+            let topic = options.rename_topics.get(&record.topic).unwrap_or(&record.topic).clone();
+            match partitions.get(&topic) {
+                Some(Ok(count)) => Ok((target_partition(&record, *count)?, topic, record)),
+                _ => Err(format!("topic {topic} was not checked: the dump changed during the load")),
+            }
+        });
+        let (partition, topic, record) = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                send_failures.push((line_no, format!("not produced: {e}")));
+                continue;
+            }
+        };
+        let mut rec: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(&topic, line_no);
         if let Some(p) = partition {
             rec = rec.partition(p);
         }
@@ -406,6 +449,9 @@ pub fn load(config: &Config, dump: &Dump, options: &LoadOptions, log: &mut dyn W
         }
         producer.poll(Duration::ZERO);
     }
+    if let Some(after) = interrupted_after {
+        let _ = writeln!(log, "{name}: interrupted: the records up to line {after} were sent, none after it; waiting for their delivery reports (interrupt again to exit at once)");
+    }
     producer.flush(Timeout::Never).map_err(|e| kafka_err(format!("waiting for the deliveries: {e}")))?;
 
     let mut st = producer.context().state.lock().expect("delivery state");
@@ -418,7 +464,7 @@ pub fn load(config: &Config, dump: &Dump, options: &LoadOptions, log: &mut dyn W
     if failures.len() > MAX_LISTED {
         let _ = writeln!(log, "{name}: … and {} more records not delivered", failures.len() - MAX_LISTED);
     }
-    Ok(Summary { read, produced: std::mem::take(&mut st.produced), failed: failures.len() as u64 })
+    Ok(Summary { read, produced: std::mem::take(&mut st.produced), failed: failures.len() as u64, interrupted_after })
 }
 
 /// Counts a problem and lists it while fewer than [`MAX_LISTED`] were.
@@ -536,7 +582,14 @@ mod tests {
 
     #[test]
     fn the_summary_counts_per_topic() {
-        let s = Summary { read: 3, produced: [("a".to_string(), 2), ("b".to_string(), 1)].into(), failed: 0 };
+        let mut s = Summary {
+            read: 3,
+            produced: [("a".to_string(), 2), ("b".to_string(), 1)].into(),
+            failed: 0,
+            interrupted_after: None,
+        };
         assert_eq!(s.to_string(), "load: read=3 produced=3 failed=0 a=2 b=1");
+        s.interrupted_after = Some(2);
+        assert_eq!(s.to_string(), "load: interrupted after line 2: read=3 produced=3 failed=0 a=2 b=1");
     }
 }

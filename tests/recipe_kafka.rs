@@ -387,3 +387,58 @@ fn the_readme_gives_the_example_tables_sink_columns() {
     let wanted = format!("`columns = [{}]`", listed.join(", "));
     assert!(readme.contains(&wanted), "the README should name the example's columns: {wanted}");
 }
+
+/// Ctrl-C in the middle of a load: what was sent is awaited and counted, and
+/// it is exactly the dump's first lines, so the user knows where to resume.
+#[test]
+fn an_interrupted_load_reports_the_last_line_sent() {
+    let topic = kafka::unique("load-interrupted");
+    kafka::create_topic(&topic, 1, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dump.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let lines = 300_000;
+    for i in 0..lines {
+        writeln!(file, r#"{{"topic":"{topic}","partition":0,"key":"{i}","payload":"v"}}"#).unwrap();
+    }
+    file.flush().unwrap();
+    drop(file);
+    let child = tributary()
+        .args(["load", "-c"])
+        .arg(example("tributary.toml"))
+        .arg("-i")
+        .arg(&path)
+        .env("TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS", kafka::bootstrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once records arrive.
+    let watcher: rdkafka::consumer::BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rdkafka::consumer::Consumer::fetch_watermarks(&watcher, &topic, 0, Duration::from_secs(5)).unwrap().1 == 0 {
+        assert!(Instant::now() < deadline, "nothing arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    eprintln!("{stderr}");
+    let records = kafka::read_topic(&topic, false);
+    match out.status.code() {
+        Some(130) => {
+            let at = stderr.find("load: interrupted after line ").expect("the summary")
+                + "load: interrupted after line ".len();
+            let sent: usize = stderr[at..].split(':').next().unwrap().parse().unwrap();
+            assert!(sent < lines, "{stderr}");
+            assert!(stderr.contains(&format!("read={lines} produced={sent} failed=0")), "{stderr}");
+            assert_eq!(records.len(), sent, "every record sent was delivered and counted");
+            for (i, r) in records.iter().enumerate() {
+                assert_eq!(r["key"], i.to_string(), "the dump's first lines, in order");
+            }
+        }
+        // A machine fast enough to finish first: then everything is there.
+        Some(0) => assert_eq!(records.len(), lines, "{stderr}"),
+        other => panic!("exit {other:?}: {stderr}"),
+    }
+}
