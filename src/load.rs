@@ -271,19 +271,15 @@ struct DeliveryState {
     failures: Vec<(usize, String)>,
 }
 
-/// librdkafka's log lines and errors. The load reports an unreachable cluster
-/// itself, naming the bootstrap servers, so connection failures are DEBUG, as
-/// is the transient "coordinator load in progress" of a broker just started.
+/// librdkafka's log lines and errors, quiet as in `run` ([`crate::run::quiet`]);
+/// and since the load reports an unreachable cluster itself, naming the
+/// bootstrap servers, connection failures are DEBUG too.
 impl ClientContext for Deliveries {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        let transient = fac == "FAIL" || log_message.contains("load in progress");
-        match level {
-            _ if transient => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", "{fac}: {log_message}")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{fac}: {log_message}"),
-            _ => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
+        if fac == "FAIL" {
+            tracing::debug!(target: "librdkafka", "{fac} {log_message}");
+        } else {
+            crate::run::quiet::log(level, fac, log_message);
         }
     }
 
@@ -292,7 +288,7 @@ impl ClientContext for Deliveries {
             Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
                 tracing::debug!(target: "librdkafka", "{error}: {reason}")
             }
-            _ => tracing::error!(target: "librdkafka", "{error}: {reason}"),
+            _ => crate::run::quiet::error(&error, reason),
         }
     }
 }

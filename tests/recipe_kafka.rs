@@ -219,6 +219,7 @@ fn five_command_recipe_gives_the_readme_table() {
     );
     assert_eq!(code, 0, "load failed: {stderr}");
     assert!(stderr.contains(&format!("load: read=10 produced=10 failed=0 {eu}=5 {us}=5")), "{stderr}");
+    assert!(!stderr.contains(" WARN ") && !stderr.contains(" ERROR "), "a clean load logs no warning: {stderr}");
     // Every record is where the dump says, as the dump says.
     let loaded: Vec<Value> = [kafka::read_topic(&eu, false), kafka::read_topic(&us, false)].concat();
     let expected = json_lines(&std::fs::read_to_string(&dump).unwrap());
