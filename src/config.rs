@@ -587,6 +587,12 @@ impl Config {
         if self.admin.enabled && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("admin.listen: \"{}\" is not an address such as \"0.0.0.0:9464\"", self.admin.listen));
         }
+        if self.merge.tombstone_retention.is_zero() {
+            problems.push(
+                "merge.tombstone_retention: must be greater than zero (deleted keys must hold off late concurrent updates for a while)"
+                    .into(),
+            );
+        }
         if self.runtime.commit_interval.is_zero() {
             problems.push("runtime.commit_interval: must be greater than zero".into());
         }
@@ -757,7 +763,16 @@ impl Config {
 
     /// The resolved configuration as TOML, secrets redacted.
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("the configuration serializes")
+        let mut value = toml::Value::try_from(self).expect("the configuration serializes");
+        // `deleted_field` means something for format = "json" only.
+        if let Some(sources) = value.get_mut("sources").and_then(toml::Value::as_array_mut) {
+            for source in sources.iter_mut().filter_map(toml::Value::as_table_mut) {
+                if source.get("format").and_then(toml::Value::as_str) != Some("json") {
+                    source.remove("deleted_field");
+                }
+            }
+        }
+        toml::to_string_pretty(&value).expect("the configuration serializes")
     }
 }
 
@@ -801,12 +816,9 @@ fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<Strin
             table_mut(table, section).map_err(&err)?.insert(key.clone(), value);
             Ok(format!("{section}.{key}"))
         }
-        _ => {
-            return Err(err(
-                "expected TRIBUTARY_<SECTION>__<KEY>, TRIBUTARY_KAFKA__PROPERTIES__<NAME> or TRIBUTARY_SOURCES__<NAME>__<KEY>"
-                    .into(),
-            ))
-        }
+        _ => Err(err(
+            "expected TRIBUTARY_<SECTION>__<KEY>, TRIBUTARY_KAFKA__PROPERTIES__<NAME> or TRIBUTARY_SOURCES__<NAME>__<KEY>".into(),
+        )),
     }
 }
 
@@ -1000,6 +1012,17 @@ sequence = "source.lsn"
         assert_eq!(c.runtime.commit_interval, Duration::from_millis(250));
         assert_eq!(c.sources[1].priority, 7);
         assert_eq!(c.kafka.properties["sasl.username"], "svc");
+    }
+
+    #[test]
+    fn zero_retention_is_refused_and_deleted_field_shows_for_json_sources_only() {
+        let e = parse(&BASE.replace("tombstone_retention = \"2d\"", "tombstone_retention = \"0s\""), &[]).unwrap_err().to_string();
+        assert!(e.contains("merge.tombstone_retention: must be greater than zero"), "{e}");
+        let text = parse(BASE, &[]).unwrap().to_redacted_toml();
+        assert!(!text.contains("deleted_field"), "{text}");
+        let json = BASE.replace("sequence = \"source.lsn\"", "format = \"json\"");
+        let text = parse(&json, &[]).unwrap().to_redacted_toml();
+        assert_eq!(text.matches("deleted_field").count(), 1, "{text}");
     }
 
     #[test]

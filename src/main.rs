@@ -71,7 +71,7 @@ enum Command {
         /// Where to write the output records (same shape); `-` for stdout.
         #[arg(long, short)]
         output: PathBuf,
-        /// Where to write records that fail (JSON lines: the record plus `error`).
+        /// Where to write records that fail (JSON lines: the record plus `error`, the message naming where and what, and `reason`, a short label such as `bad_value`, `truncate` or `malformed_line`).
         #[arg(long)]
         dead_letters: Option<PathBuf>,
     },

@@ -29,6 +29,12 @@ pub enum StoreError {
         /// fjall's error.
         source: fjall::Error,
     },
+    /// Another process holds the state directory.
+    #[error("state store at {path} is locked: another tributary instance is using this directory; give every instance its own [runtime] state_dir")]
+    Locked {
+        /// The state directory.
+        path: String,
+    },
     /// A stored value does not decode (disk corruption or an incompatible version).
     #[error("state store: the stored state of key {key} in partition {partition} does not decode: {source}")]
     Decode {
@@ -114,7 +120,10 @@ impl StateDb {
         let path = dir.display().to_string();
         let err = |source| StoreError::Db { path: path.clone(), source };
         std::fs::create_dir_all(dir).map_err(|e| err(fjall::Error::from(e)))?;
-        let db = Database::builder(dir).open().map_err(err)?;
+        let db = Database::builder(dir).open().map_err(|e| match e {
+            fjall::Error::Locked => StoreError::Locked { path: path.clone() },
+            e => err(e),
+        })?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(err)?;
         Ok(StateDb { db, meta, path, cache_budget: cache_bytes, open_tasks: Arc::default() })
     }
@@ -501,6 +510,14 @@ mod tests {
             }],
             fields: None,
         }
+    }
+
+    #[test]
+    fn a_state_dir_in_use_is_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = StateDb::open(dir.path()).unwrap();
+        let e = StateDb::open(dir.path()).err().expect("a second open fails").to_string();
+        assert!(e.contains("is locked: another tributary instance") && e.contains(&dir.path().display().to_string()), "{e}");
     }
 
     #[test]

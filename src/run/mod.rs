@@ -206,6 +206,8 @@ pub struct Counters {
     pub aborts: u64,
     /// Deleted keys dropped after `tombstone_retention`.
     pub tombstones_dropped: u64,
+    /// Debezium tombstones (null values after a delete), ignored by design.
+    pub ignored: u64,
 }
 
 struct Worker {
@@ -473,7 +475,10 @@ impl Worker {
                 self.counters.dropped += 1;
                 self.metrics.dropped(&source, "duplicate");
             }
-            Ok(Step::Ignored { source }) => self.metrics.dropped(&source, "ignored"),
+            Ok(Step::Ignored { source }) => {
+                self.counters.ignored += 1;
+                self.metrics.dropped(&source, "ignored");
+            }
             Err(ProcessError::Normalize(e)) if e.kind.is_retriable() => {
                 self.metrics.registry_error("decode");
                 return Err(RunError::RegistryUnavailable(e.to_string()));
@@ -1559,7 +1564,8 @@ fn main_loop(consumer: &GroupConsumer, worker: &Mutex<Worker>, interval: Duratio
     tracing::info!(
         consumed = c.consumed,
         emitted = c.emitted,
-        dropped = c.dropped,
+        stale_or_duplicate = c.dropped,
+        ignored_tombstones = c.ignored,
         dead_letters = c.dead_letters,
         commits = c.commits,
         aborts = c.aborts,
