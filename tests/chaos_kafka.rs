@@ -544,7 +544,6 @@ fn view_problems(output: &[Value], replay: &[Value]) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "fails on main (eef55ff): restoring a task stops at the first 200 ms poll that returns nothing, so a wiped or lagging task starts from an empty or stale state (log: restored=0 from=0 to=N); run with --include-ignored"]
 fn chaos_kills_scaling_wiped_state_and_broker_restart_converge_to_replay() {
     let seed = env_u64("TRIBUTARY_CHAOS_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
