@@ -1056,10 +1056,22 @@ impl Worker {
     /// it waits until everything up to the high watermark is decided.
     fn restore(&self, task: &mut TaskStore) -> Result<u64, RunError> {
         let p = task.partition();
-        let (low, high) = self
-            .watermarks
-            .fetch_watermarks(&self.changelog, p, TIMEOUT)
-            .map_err(|e| RunError::kafka(format!("watermarks of {} partition {p}", self.changelog), e))?;
+        let watermarks = || {
+            self.watermarks
+                .fetch_watermarks(&self.changelog, p, TIMEOUT)
+                .map_err(|e| RunError::kafka(format!("watermarks of {} partition {p}", self.changelog), e))
+        };
+        let (mut low, mut high) = watermarks()?;
+        // A checkpoint counts the commit marker of this instance's last
+        // transaction, which the broker may still be writing when the
+        // partition comes straight back (commit returns before every marker
+        // is written): give it a moment before calling the checkpoint
+        // "past the end".
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while task.checkpoint() > high && Instant::now() < deadline && !self.shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            (low, high) = watermarks()?;
+        }
         if let Some(why) = self.discontinuity(task, low, high) {
             let removed = task.wipe()?;
             tracing::info!(partition = p, removed, "local state of task {p} not trusted, restoring it from the changelog's start: {why}");
@@ -1094,11 +1106,15 @@ impl Worker {
         // (the LSO never goes back) and take the next end-of-partition as
         // the end.
         let settled = || -> Result<bool, RunError> {
-            let (_, stable) = self
-                .restorer
-                .fetch_watermarks(&self.changelog, p, TIMEOUT)
-                .map_err(|e| RunError::kafka(format!("last stable offset of {} partition {p}", self.changelog), e))?;
-            Ok(stable >= high)
+            match self.restorer.fetch_watermarks(&self.changelog, p, TIMEOUT) {
+                Ok((_, stable)) => Ok(stable >= high),
+                // Not known now (the broker away): not settled; asked again.
+                Err(e) if !is_fatal_consumer_error(&e) => {
+                    tracing::debug!(partition = p, "last stable offset of {}: {e}", self.changelog);
+                    Ok(false)
+                }
+                Err(e) => Err(RunError::kafka(format!("last stable offset of {} partition {p}", self.changelog), e)),
+            }
         };
         let mut confirmed: Option<Instant> = None;
         while next < high {
@@ -1123,6 +1139,14 @@ impl Worker {
                             to = high,
                             "waiting for an open transaction on the changelog partition to finish before the task starts"
                         );
+                        last_log = Instant::now();
+                    }
+                }
+                // The broker away for a while (a restart): librdkafka
+                // reconnects by itself; the restore waits, as the main loop does.
+                Some(Err(e)) if !is_fatal_consumer_error(&e) => {
+                    if last_log.elapsed() > Duration::from_secs(5) {
+                        tracing::warn!(partition = p, at = next, to = high, "restoring {}: {e}; retrying", self.changelog);
                         last_log = Instant::now();
                     }
                 }
