@@ -417,3 +417,95 @@ fn sink_throughput() {
         println!("{bin} ({target}): {records} records in {seconds:.2} s = {:.0} records/s", records as f64 / seconds);
     }
 }
+
+/// A resync walks the table by its key and compares keys with the topic's:
+/// with `uuid` and `timestamptz` key columns too (PostgreSQL reads them
+/// back as text and binds them again with casts).
+fn resync_with_typed_keys(target: &str, url: &str, count_rows: impl Fn() -> Vec<String>, stray: impl FnOnce()) {
+    let topic = unique("sink-typed-keys");
+    create_topic(&topic, 2, &[("cleanup.policy", "compact"), ("min.compaction.lag.ms", "3600000")]);
+    let key = |n: u32| json!({"uid": format!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1{n}"), "at": 1_714_566_600_000i64 + i64::from(n)});
+    let mut recs: Vec<Rec> = (1..=3)
+        .map(|n| {
+            let mut row = key(n);
+            row["amount"] = json!(format!("{n}.5"));
+            Rec {
+                topic: topic.clone(),
+                partition: (n % 2) as i32,
+                key: Some(key(n).to_string()),
+                value: Some(row.to_string()),
+            }
+        })
+        .collect();
+    recs.push(Rec { topic: topic.clone(), partition: 0, key: Some(key(2).to_string()), value: None });
+    produce(&recs);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sink.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n[sink]\ntopic = \"{topic}\"\ntarget = \"{target}\"\nurl = \"{url}\"\ntable = \"typed\"\ncolumns = [\"uid uuid\", \"at timestamptz\", \"amount numeric(12,2)\"]\nkey_columns = [\"uid\", \"at\"]\n",
+            kafka::bootstrap(),
+            unique("typedgroup")
+        ),
+    )
+    .unwrap();
+    let expected =
+        vec!["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".to_string(), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a13".to_string()];
+    let sink = Processor::start_with(&config, &dir.path().join("first.log"), "sink");
+    wait_until("the rows", || count_rows() == expected);
+    assert!(sink.stop().success());
+    stray();
+    assert_eq!(count_rows().len(), 3);
+    let log = dir.path().join("resync.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let child = common::tributary()
+        .args(["sink", "--resync", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let resync = Processor { child, log: log.clone() };
+    wait_until("the resync", || resync.log_text().contains("resync finished"));
+    assert!(resync.stop().success());
+    assert_eq!(count_rows(), expected, "the stray row is gone, the others stay");
+}
+
+#[test]
+fn resync_with_uuid_and_timestamptz_keys_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("typed.sqlite");
+    let rows = |db: &Path| -> Vec<String> {
+        let Ok(conn) = rusqlite::Connection::open(db) else { return vec![] };
+        let Ok(mut stmt) = conn.prepare("SELECT uid FROM typed ORDER BY uid") else { return vec![] };
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    resync_with_typed_keys(
+        "sqlite",
+        db.to_str().unwrap(),
+        || rows(&db),
+        || {
+            rusqlite::Connection::open(&db)
+                .unwrap()
+                .execute("INSERT INTO typed VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a19', '2024-05-01 12:30:00+00:00', '1.00')", [])
+                .unwrap();
+        },
+    );
+
+    let pg = Pg::start();
+    let url = pg.url.clone();
+    let pg_rows = || -> Vec<String> {
+        let Ok(mut c) = postgres::Client::connect(&url, postgres::NoTls) else { return vec![] };
+        c.query("SELECT uid::text FROM typed ORDER BY uid", &[])
+            .map_or(vec![], |rows| rows.iter().map(|r| r.get(0)).collect())
+    };
+    resync_with_typed_keys("postgres", &pg.url, pg_rows, || {
+        postgres::Client::connect(&pg.url, postgres::NoTls)
+            .unwrap()
+            .batch_execute(
+                "INSERT INTO typed VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a19', '2024-05-01 12:30:00+00', 1)",
+            )
+            .unwrap();
+    });
+}
