@@ -208,7 +208,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             std::thread::spawn(move || {
                 runtime.block_on(wait_for_signal());
+                tracing::info!("signal received: finishing the open batch");
                 flag.store(true, Ordering::Relaxed);
+                runtime.block_on(wait_for_signal());
+                tracing::warn!("second signal: stopping at once; the database keeps its last batch");
+                std::process::exit(130);
             });
             match tributary::sink::run_with(&config, &shutdown, tributary::sink::SinkOptions { resync }) {
                 Ok(_) => Ok(ExitCode::SUCCESS),

@@ -509,3 +509,16 @@ fn resync_with_uuid_and_timestamptz_keys_on_sqlite_and_postgres() {
             .unwrap();
     });
 }
+
+#[test]
+fn a_stop_request_while_waiting_for_kafka_is_honoured_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.sqlite");
+    let config = sink_only_config(dir.path(), "t", "sqlite", db.to_str().unwrap(), "127.0.0.1:1");
+    let sink = Processor::start_with(&config, &dir.path().join("sink.log"), "sink");
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    let status = sink.stop();
+    assert!(status.success(), "{status}");
+    assert!(asked.elapsed() < Duration::from_secs(3), "took {:?}", asked.elapsed());
+}

@@ -671,12 +671,26 @@ pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) ->
     let consumer: BaseConsumer<SinkContext> = client
         .create_with_context(SinkContext { bootstrap: bootstrap.clone(), unreachable: AtomicBool::new(false) })
         .map_err(|e| SinkError::Kafka(e.to_string()))?;
-    let mut partitions = partition_count(&consumer, &topic, STARTUP_TIMEOUT).map_err(|e| {
-        SinkError::Kafka(format!(
-            "cannot read the metadata of topic {topic} from the bootstrap servers {bootstrap} within {}s: {e}",
-            STARTUP_TIMEOUT.as_secs()
-        ))
-    })?;
+    // In short steps, so a stop request during the wait is honoured.
+    let waiting = Instant::now();
+    let mut partitions = loop {
+        match partition_count(&consumer, &topic, Duration::from_secs(1)) {
+            Ok(n) => break n,
+            Err(_) if shutdown.load(Ordering::Relaxed) => {
+                tracing::info!("sink stopped while waiting for Kafka");
+                return Ok(SinkStats::default());
+            }
+            Err(e) if waiting.elapsed() < STARTUP_TIMEOUT => {
+                tracing::debug!(bootstrap_servers = %bootstrap, "waiting for the metadata of {topic}: {e}");
+            }
+            Err(e) => {
+                return Err(SinkError::Kafka(format!(
+                    "cannot read the metadata of topic {topic} from the bootstrap servers {bootstrap} within {}s: {e}",
+                    STARTUP_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    };
     let mut avro: AvroReader = match (config.output.format, &config.schema_registry) {
         (crate::config::OutputFormat::Avro, Some(r)) => Some((
             crate::avro::registry::JsonReader::new(crate::avro::registry::Registry::new(r).map_err(SinkError::Config)?),

@@ -38,7 +38,12 @@ impl Postgres {
     pub fn open(url: &str) -> Result<Postgres, SinkError> {
         let shown = redact(url);
         let fail = |e: postgres::Error| SinkError::Db { target: "postgres", url: shown.clone(), message: describe(&e) };
-        let mut client = Client::connect(url, NoTls).map_err(fail)?;
+        let mut config: postgres::Config = url.parse().map_err(fail)?;
+        if config.get_connect_timeout().is_none() {
+            // A host that drops packets would otherwise hold the start for minutes.
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let mut client = config.connect(NoTls).map_err(fail)?;
         // `CREATE … IF NOT EXISTS` on an existing table sends a NOTICE, which
         // the client logs: not worth a line on every start.
         client.batch_execute("SET client_min_messages = warning").map_err(fail)?;
@@ -112,6 +117,9 @@ fn value(ty: ColumnType, row: &postgres::Row, i: usize) -> Result<SqlValue, post
         | ColumnType::Uuid => row.try_get::<_, Option<String>>(i)?.map_or(SqlValue::Null, SqlValue::Text),
     })
 }
+
+/// How long connecting may take unless the URL says (`connect_timeout`).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Parameters per statement that PostgreSQL allows.
 const MAX_PARAMS: usize = 65_535;
