@@ -522,3 +522,36 @@ fn a_stop_request_while_waiting_for_kafka_is_honoured_at_once() {
     assert!(status.success(), "{status}");
     assert!(asked.elapsed() < Duration::from_secs(3), "took {:?}", asked.elapsed());
 }
+
+#[test]
+fn a_broker_lost_while_running_is_logged_once_and_the_sink_goes_on() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let mut broker = kafka::OwnedBroker::start();
+    let topic = unique("sink-lost-broker");
+    kafka::create_topic_at(broker.bootstrap(), &topic, 1, &[("cleanup.policy", "compact")]);
+    let send = |bootstrap: &str, id: i64| {
+        let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+        let (key, value) = (json!({ "id": id }).to_string(), good(id).to_string());
+        producer.send(BaseRecord::to(&topic).key(&key).payload(&value)).unwrap();
+        producer.flush(Duration::from_secs(30)).unwrap();
+    };
+    send(broker.bootstrap(), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("lost.sqlite");
+    let config = sink_only_config(dir.path(), &topic, "sqlite", db.to_str().unwrap(), broker.bootstrap());
+    let ids = || -> Vec<i64> {
+        let Ok(conn) = rusqlite::Connection::open(&db) else { return vec![] };
+        let Ok(mut stmt) = conn.prepare("SELECT id FROM facts ORDER BY id") else { return vec![] };
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    let sink = Processor::start_with(&config, &dir.path().join("sink.log"), "sink");
+    wait_until("the first row", || ids() == [1]);
+    broker.restart(Duration::from_secs(8));
+    send(broker.bootstrap(), 2);
+    wait_until("the row written after the restart", || ids() == [1, 2]);
+    assert!(sink.stop().success());
+    let log = std::fs::read_to_string(dir.path().join("sink.log")).unwrap();
+    assert_eq!(log.matches("cannot reach Kafka").count(), 1, "{log}");
+    let loud: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    assert!(loud.len() <= 2, "{loud:#?}");
+}

@@ -746,6 +746,8 @@ pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) ->
         }
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => {
+                // Reachable again: the next outage is reported too.
+                consumer.context().unreachable.store(false, Ordering::Relaxed);
                 let Some(record) = read_message(&m, &mut avro, shutdown) else {
                     break;
                 };
@@ -845,6 +847,7 @@ fn partition_count<C: ConsumerContext>(
 /// librdkafka's own connection-failure log lines are kept at DEBUG.
 struct SinkContext {
     bootstrap: String,
+    /// Reported since the last record arrived.
     unreachable: AtomicBool,
 }
 
