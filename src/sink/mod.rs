@@ -844,7 +844,8 @@ fn partition_count<C: ConsumerContext>(
 
 /// The sink consumer's context: an unreachable broker is reported once with
 /// the bootstrap servers (librdkafka raises it on every retry), and
-/// librdkafka's own connection-failure log lines are kept at DEBUG.
+/// librdkafka's own connection-failure log lines are kept at DEBUG; the
+/// rest as `run` logs it (`run::quiet`: expected conditions at DEBUG).
 struct SinkContext {
     bootstrap: String,
     /// Reported since the last record arrived.
@@ -853,19 +854,16 @@ struct SinkContext {
 
 impl ClientContext for SinkContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            _ if fac == "FAIL" => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", "{fac}: {log_message}")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{fac}: {log_message}"),
-            _ => tracing::debug!(target: "librdkafka", "{fac}: {log_message}"),
+        if fac == "FAIL" {
+            // Connection failures: the error event below reports them once.
+            tracing::debug!(target: "librdkafka", "{fac} {log_message}");
+        } else {
+            crate::run::quiet::log(level, fac, log_message);
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::PartitionEOF) => {}
             Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
                 if self.unreachable.swap(true, Ordering::Relaxed) {
                     tracing::debug!("kafka: {reason}");
@@ -873,7 +871,7 @@ impl ClientContext for SinkContext {
                     tracing::warn!(bootstrap_servers = %self.bootstrap, "cannot reach Kafka ({reason}); retrying");
                 }
             }
-            _ => tracing::error!("librdkafka: {error}: {reason}"),
+            _ => crate::run::quiet::error(&error, reason),
         }
     }
 }

@@ -21,12 +21,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
@@ -261,22 +260,6 @@ fn describe_delete_retention(kafka: &KafkaConfig, topic: &str) -> Result<i64, St
     value.parse::<i64>().map_err(|e| format!("delete.retention.ms = {value:?}: {e}"))
 }
 
-/// The resync consumer's context. rust-rdkafka hands every error event,
-/// the end-of-partition events the scan waits for included, to the
-/// context's error callback as well as to `poll`; the default callback would
-/// log each one at ERROR.
-struct ScanContext;
-
-impl ClientContext for ScanContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
-            tracing::error!("librdkafka: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for ScanContext {}
-
 /// Runs the resync. Returns false when `shutdown` stopped it before the end
 /// (it stays recorded as in progress and the next start redoes it).
 #[allow(clippy::too_many_arguments)]
@@ -299,7 +282,9 @@ pub fn resync(
     // offsets hold transaction markers, which a read_committed consumer
     // never returns.
     client.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<ScanContext> = client.create_with_context(ScanContext).map_err(kafka)?;
+    // End-of-partition events, which the scan waits for, at DEBUG.
+    let consumer: BaseConsumer<crate::run::quiet::QuietContext> =
+        client.create_with_context(crate::run::quiet::QuietContext).map_err(kafka)?;
     // The end offsets first: the scan ends although producers keep writing.
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
