@@ -7,6 +7,8 @@
 //! * `TRIBUTARY_BENCH_EVENTS`: change events (default 200 000), spread over
 //!   3 source topics (`eu`, `us`, `ap`) × 3 partitions.
 //! * `TRIBUTARY_BENCH_KEYS`: distinct ids (default 50 000).
+//! * `TRIBUTARY_BENCH_ROW_BYTES`: pad each row to about this size (default:
+//!   no padding, rows of about 200 bytes).
 //! * `TRIBUTARY_TEST_BOOTSTRAP`: a running broker. Without it the bench starts
 //!   one with `scripts/kafka/kafka start` and stops it (`--rm`) at the end.
 //!   On a given broker it deletes the topics it created when it is done.
@@ -227,11 +229,16 @@ fn murmur2_partition(key: &[u8], partitions: i32) -> i32 {
     ((h & 0x7fff_ffff) % partitions as u32) as i32
 }
 
+fn row_padding() -> usize {
+    static PAD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAD.get_or_init(|| env_usize("TRIBUTARY_BENCH_ROW_BYTES", 0))
+}
+
 /// A Debezium (Postgres connector, JSON without schema) change event.
 fn envelope(i: usize, s: usize, k: usize, first: bool, ts: i64) -> String {
     let (city, country) = CITIES[(k * 31 + s) % CITIES.len()];
     let balance = ((k * 7919 + i * 104_729 + s * 13) % 10_000_000) as f64 / 100.0;
-    let row = serde_json::json!({
+    let mut row = serde_json::json!({
         "id": k,
         "name": format!("Customer {k:06}"),
         "email": format!("customer.{k:06}@example.com"),
@@ -242,6 +249,12 @@ fn envelope(i: usize, s: usize, k: usize, first: bool, ts: i64) -> String {
         "balance": balance,
         "updated_at": iso8601(ts),
     });
+    // TRIBUTARY_BENCH_ROW_BYTES: pad the row to about that many bytes (the
+    // memory figure per key is stated for ~500-byte rows).
+    let pad = row_padding().saturating_sub(row.to_string().len() + 10);
+    if pad > 0 {
+        row["notes"] = serde_json::Value::String("x".repeat(pad));
+    }
     let lsn = 24_000_000 + i as i64 * 312;
     serde_json::json!({
         "before": null,
@@ -676,8 +689,16 @@ fn run_tributary(broker: &mut Broker, run: &str, sources: &[String], n: u64, exa
         Ok(Some(s)) => Err(format!("tributary exited ({s})")),
         _ => Ok(()),
     });
+    // Peak resident memory of the whole run (the kernel's high-water mark).
+    let peak_rss_mb = std::fs::read_to_string(format!("/proc/{}/status", child.0.id()))
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map(|kb| kb / 1024);
     let status = child.sigterm(Duration::from_secs(60));
     let text = strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default());
+    if let Some(mb) = peak_rss_mb {
+        note = format!("{note} peak_rss={mb}MB");
+    }
     if !status.is_some_and(|s| s.success()) {
         note = format!("{note} exit {status:?}; see {}", log_path.display());
     }

@@ -994,6 +994,18 @@ impl<'a> fmt::Display for Report<'a> {
         writeln!(f, "Merged view (GET /state for each key): {} keys, {live} live keys, {deleted} deleted, {open} with concurrent versions right now", self.keys.len())?;
         writeln!(f, "SQLite (tributary sink, {} records applied): {} rows in table {TABLE}", self.sink_records, self.rows.len())?;
         writeln!(f, "  SQLite file: {}", self.sqlite.display())?;
+        // Fewer rows than customers is not data loss: say where they went.
+        let unwritten = (CUSTOMERS as usize).saturating_sub(self.keys.len());
+        writeln!(
+            f,
+            "  {} customers, {} rows: {deleted} keys resolve to deleted under deletes = {} (the sink removed their rows on the tombstone), {unwritten} customers were never written in this run",
+            CUSTOMERS,
+            self.rows.len(),
+            self.deletes
+        )?;
+        if self.policy == "field-lww" {
+            writeln!(f, "  field-lww: a row that survives a concurrent delete starts from the surviving write's full row, so no column goes missing")?;
+        }
         if !self.caught_up {
             writeln!(f, "  warning: the processor and sink had not caught up within {} s; the table may lag", CATCH_UP.as_secs())?;
         } else if self.rows.len() != live {

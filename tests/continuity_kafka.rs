@@ -359,7 +359,13 @@ fn at_least_once_output_failure_then_kill_9_loses_no_output() {
     std::thread::sleep(Duration::from_secs(1));
     produce(&history(&s, 20, 2..4));
     assert!(wait_for_log(&a, "delivery failed", Duration::from_secs(60)), "the output write failed: {}", a.log_text());
-    std::thread::sleep(Duration::from_secs(2));
+    // A produce error that repeats is waited out with a growing pause
+    // (0.1 s, 0.2 s, 0.4 s, … up to 10 s), not retried in a tight loop: in
+    // 10 s that is at most 7 failed cycles, where retrying at once failed
+    // about twice a second (and far more often with a short commit interval).
+    std::thread::sleep(Duration::from_secs(10));
+    let failed = a.log_text().matches("cycle failed").count();
+    assert!((2..=9).contains(&failed), "{failed} failed cycles in ~10 s: {}", a.log_text());
     a.kill9();
     set_output_configs(&s, &[]);
     let a = Processor::start(&cfg, &s.log("a2"));
