@@ -100,7 +100,20 @@ fn process_cpu_seconds() -> Option<f64> {
 impl Metrics {
     /// Registers every metric (and the process collector) in a fresh registry.
     pub fn new() -> Metrics {
+        Self::build(true)
+    }
+
+    /// Only the process metrics, `tributary_up` and `tributary_ready` are
+    /// served: for `tributary sink`, which adds its own, so its `/metrics`
+    /// shows no processor series sitting at zero.
+    pub fn base() -> Metrics {
+        Self::build(false)
+    }
+
+    fn build(processor: bool) -> Metrics {
         let r = Registry::new();
+        let unserved = Registry::new();
+        let p = if processor { &r } else { &unserved };
         #[cfg(target_os = "linux")]
         r.register(Box::new(ProcessMetrics(prometheus::process_collector::ProcessCollector::for_self()))).expect("process metrics");
         let siblings = Histogram::with_opts(
@@ -108,43 +121,43 @@ impl Metrics {
                 .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0]),
         )
         .expect("valid metric");
-        r.register(Box::new(siblings.clone())).expect("registered once");
+        p.register(Box::new(siblings.clone())).expect("registered once");
         let cycle = Histogram::with_opts(
             HistogramOpts::new("tributary_cycle_duration_seconds", "Time to commit one processing cycle (one transaction)")
                 .buckets(prometheus::exponential_buckets(0.002, 2.0, 12).expect("buckets")),
         )
         .expect("valid metric");
-        r.register(Box::new(cycle.clone())).expect("registered once");
+        p.register(Box::new(cycle.clone())).expect("registered once");
         let event_age = HistogramVec::new(
             HistogramOpts::new("tributary_event_age_seconds", "Age of an event when its merged record is emitted: now minus the source commit time")
                 .buckets(prometheus::exponential_buckets(0.01, 2.5, 14).expect("buckets")),
             &["source"],
         )
         .expect("valid metric");
-        r.register(Box::new(event_age.clone())).expect("registered once");
+        p.register(Box::new(event_age.clone())).expect("registered once");
         let ready = IntGauge::new("tributary_ready", "1 when every assigned task is restored and processing").expect("valid metric");
         r.register(Box::new(ready.clone())).expect("registered once");
         let up = Gauge::new("tributary_up", "1 while the processor runs; 0 after a fatal error").expect("valid metric");
         r.register(Box::new(up.clone())).expect("registered once");
         up.set(1.0);
         Metrics {
-            consumed: counter(&r, "tributary_records_consumed_total", "Source records consumed", &["source"]),
-            emitted: counter(&r, "tributary_records_emitted_total", "Merged records written to the output topic", &["source"]),
-            dropped: counter(&r, "tributary_events_dropped_total", "Events that changed nothing (stale, duplicate) or were ignored (Debezium tombstones)", &["source", "outcome"]),
-            conflicts: counter(&r, "tributary_conflicts_total", "State-changing events that left more than one version", &["policy", "winner"]),
-            dead_letters: counter(&r, "tributary_dead_letters_total", "Records sent to the dead-letter topic", &["source", "reason"]),
+            consumed: counter(p, "tributary_records_consumed_total", "Source records consumed", &["source"]),
+            emitted: counter(p, "tributary_records_emitted_total", "Merged records written to the output topic", &["source"]),
+            dropped: counter(p, "tributary_events_dropped_total", "Events that changed nothing (stale, duplicate) or were ignored (Debezium tombstones)", &["source", "outcome"]),
+            conflicts: counter(p, "tributary_conflicts_total", "State-changing events that left more than one version", &["policy", "winner"]),
+            dead_letters: counter(p, "tributary_dead_letters_total", "Records sent to the dead-letter topic", &["source", "reason"]),
             siblings,
             cycle,
             event_age,
-            lag: gauge(&r, "tributary_consumer_lag_records", "Records between the consumer's position and the partition's end (the last stable offset under read_committed), per source partition", &["source", "partition"]),
-            skew: float_gauge(&r, "tributary_clock_skew_seconds", "Kafka record time minus source commit time, last seen per source", &["source"]),
-            state_keys: gauge(&r, "tributary_state_keys", "Keys in a task's local state (approximate)", &["partition"]),
-            restore_remaining: gauge(&r, "tributary_restore_remaining_records", "Changelog records left to restore", &["partition"]),
-            restore_rate: float_gauge(&r, "tributary_restore_rate_records_per_second", "Restore speed", &["partition"]),
-            transactions: counter(&r, "tributary_transactions_total", "Processing cycles by outcome", &["outcome"]),
-            rebalances: counter(&r, "tributary_rebalances_total", "Group rebalance callbacks", &["kind"]),
+            lag: gauge(p, "tributary_consumer_lag_records", "Records between the consumer's position and the partition's end (the last stable offset under read_committed), per source partition", &["source", "partition"]),
+            skew: float_gauge(p, "tributary_clock_skew_seconds", "Kafka record time minus source commit time, last seen per source", &["source"]),
+            state_keys: gauge(p, "tributary_state_keys", "Keys in a task's local state (approximate)", &["partition"]),
+            restore_remaining: gauge(p, "tributary_restore_remaining_records", "Changelog records left to restore", &["partition"]),
+            restore_rate: float_gauge(p, "tributary_restore_rate_records_per_second", "Restore speed", &["partition"]),
+            transactions: counter(p, "tributary_transactions_total", "Processing cycles by outcome", &["outcome"]),
+            rebalances: counter(p, "tributary_rebalances_total", "Group rebalance callbacks", &["kind"]),
             registry_errors: counter(
-                &r,
+                p,
                 "tributary_schema_registry_errors_total",
                 "Schema Registry calls that failed while it was unavailable (processing paused and retried)",
                 &["operation"],

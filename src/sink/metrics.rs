@@ -22,7 +22,7 @@ pub struct SinkMetrics {
 impl SinkMetrics {
     /// Registers the sink's metrics.
     pub fn new() -> SinkMetrics {
-        let base = Arc::new(Metrics::new());
+        let base = Arc::new(Metrics::base());
         let r = base.registry();
         let applied = IntCounter::new(
             "tributary_sink_records_applied_total",
