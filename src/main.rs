@@ -164,10 +164,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 print!("{}", c.to_redacted_toml());
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(ExitCode::from(2))
-            }
+            // A file for `tributary sink` alone has no [[sources]]: check it as that.
+            Err(e) => match Config::load_for_sink(&config) {
+                Ok(c) if c.sources.is_empty() && c.sink.is_some() => {
+                    eprintln!("a sink-only configuration: valid for `tributary sink` (`tributary run` needs [[sources]])");
+                    print!("{}", c.to_redacted_toml());
+                    Ok(ExitCode::SUCCESS)
+                }
+                _ => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::from(2))
+                }
+            },
         },
         Command::Run { config } => {
             let config = Config::load(&config)?;

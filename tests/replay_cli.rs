@@ -176,4 +176,21 @@ fn check_config_prints_resolved_config_or_every_problem() {
     let out = run(tributary().args(["check-config", "-c"]).arg(&typo));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("unknown field `retention`") && err.contains("line 5"), "{err}");
+
+    // A file for `tributary sink` alone (no [[sources]]) checks as that.
+    let sink = write(
+        dir.path(),
+        "sink.toml",
+        "[sink]\ntopic = \"customers.merged\"\nurl = \"/tmp/c.sqlite\"\ntable = \"customers\"\ncolumns = [\"id bigint\", \"name text\"]\nkey_columns = [\"id\"]\n",
+    );
+    let out = run(tributary().args(["check-config", "-c"]).arg(&sink));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("a sink-only configuration"), "{err}");
+    assert!(String::from_utf8(out.stdout).unwrap().contains("table = \"customers\""));
+    // Without [sink] it is still a processor config missing its sources.
+    let neither = write(dir.path(), "neither.toml", "[output]\ntopic = \"o\"\n");
+    let out = run(tributary().args(["check-config", "-c"]).arg(&neither));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("at least one [[sources]] entry is required"));
 }

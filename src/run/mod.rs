@@ -642,6 +642,8 @@ impl Worker {
                     "conflict": r.conflict(),
                     "siblings": r.siblings,
                     "versions": state.versions,
+                    // field-lww: per column, its rule, the write that decided it, and why.
+                    "columns": self.pipeline.engine().explain(&state),
                 });
                 (200, body.to_string())
             }
