@@ -28,6 +28,7 @@ pub struct Metrics {
     transactions: IntCounterVec,
     rebalances: IntCounterVec,
     registry_errors: IntCounterVec,
+    foreign_owner_writes: IntCounterVec,
     ready: IntGauge,
     up: Gauge,
 }
@@ -162,6 +163,12 @@ impl Metrics {
                 "Schema Registry calls that failed while it was unavailable (processing paused and retried)",
                 &["operation"],
             ),
+            foreign_owner_writes: counter(
+                p,
+                "tributary_owner_foreign_writes_total",
+                "Writes to a column with rule \"owner\" by a source that does not own it (used only while the owner has written nothing)",
+                &["source"],
+            ),
             ready,
             up,
             registry: r,
@@ -208,6 +215,11 @@ impl Metrics {
     /// A Schema Registry call failed as unavailable (`operation`: decode, register, startup).
     pub fn registry_error(&self, operation: &str) {
         self.registry_errors.with_label_values(&[operation]).inc();
+    }
+
+    /// Writes to `owner` columns by a source that does not own them.
+    pub fn foreign_owner_writes(&self, source: &str, n: u64) {
+        self.foreign_owner_writes.with_label_values(&[source]).inc_by(n);
     }
 
     /// A record went to the dead-letter topic.

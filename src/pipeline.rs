@@ -120,6 +120,9 @@ pub struct Pipeline {
     sources: HashMap<String, SourceNormalizer>,
     engine: MergeEngine,
     avro_output: Option<std::sync::Arc<crate::avro::output::AvroOutput>>,
+    /// Per source: writes to `owner` columns it does not own (kept only as a
+    /// fallback while the owner has written nothing), not yet taken.
+    foreign_owner_writes: HashMap<String, std::sync::atomic::AtomicU64>,
 }
 
 impl Pipeline {
@@ -149,7 +152,20 @@ impl Pipeline {
                 .collect(),
             engine: MergeEngine::new(config.merge_settings()),
             avro_output,
+            foreign_owner_writes: config.sources.iter().map(|s| (s.name.clone(), Default::default())).collect(),
         }
+    }
+
+    /// Takes the counts of writes to `owner` columns by sources that do not
+    /// own them, per source, since the last call.
+    pub fn take_foreign_owner_writes(&self) -> Vec<(&str, u64)> {
+        self.foreign_owner_writes
+            .iter()
+            .filter_map(|(s, n)| match n.swap(0, std::sync::atomic::Ordering::Relaxed) {
+                0 => None,
+                n => Some((s.as_str(), n)),
+            })
+            .collect()
     }
 
     /// The Avro output encoder, when the output is Avro.
@@ -180,30 +196,40 @@ impl Pipeline {
         let engine = &self.engine;
         let avro = self.avro_output.as_deref();
         let key_ref = &key;
+        let foreign = &self.foreign_owner_writes;
         let step = store
-            .update(&key, |state| match engine.apply(state, event) {
-                Applied::Stale => Ok(Step::Stale { source }),
-                Applied::Duplicate => Ok(Step::Duplicate { source }),
-                Applied::Changed => {
-                    let resolved = engine.resolve(state);
-                    // The newest commit time in the set: a function of the state,
-                    // so the last record per key is the same in every interleaving.
-                    let ts = state.versions.iter().map(|v| v.ts).max().unwrap_or(0).max(0);
-                    // The key is filled in below, once the store has done with it.
-                    let mut out = match avro {
-                        None => encode_owned(record.partition, String::new(), &resolved, ts),
-                        Some(_) => crate::output::without_value(record.partition, String::new(), &resolved, ts),
-                    };
-                    if let Some(avro) = avro {
-                        match avro.encode(key_ref, resolved.row.as_deref()) {
-                            Ok((k, v)) => {
-                                out.key_bytes = Some(k);
-                                out.value = v;
-                            }
-                            Err(error) => return Err((source, error)),
-                        }
+            .update(&key, |state| {
+                let report = engine.apply_reported(state, event);
+                // Looked up only when there is something to count: no hashing per event.
+                if report.foreign_owner_writes > 0 {
+                    if let Some(n) = foreign.get(&source) {
+                        n.fetch_add(u64::from(report.foreign_owner_writes), std::sync::atomic::Ordering::Relaxed);
                     }
-                    Ok(Step::Emitted { source, record: out, siblings: resolved.siblings, event_ts })
+                }
+                match report.applied {
+                    Applied::Stale => Ok(Step::Stale { source }),
+                    Applied::Duplicate => Ok(Step::Duplicate { source }),
+                    Applied::Changed => {
+                        let resolved = engine.resolve(state);
+                        // The newest commit time in the set: a function of the state,
+                        // so the last record per key is the same in every interleaving.
+                        let ts = state.versions.iter().map(|v| v.ts).max().unwrap_or(0).max(0);
+                        // The key is filled in below, once the store has done with it.
+                        let mut out = match avro {
+                            None => encode_owned(record.partition, String::new(), &resolved, ts),
+                            Some(_) => crate::output::without_value(record.partition, String::new(), &resolved, ts),
+                        };
+                        if let Some(avro) = avro {
+                            match avro.encode(key_ref, resolved.row.as_deref()) {
+                                Ok((k, v)) => {
+                                    out.key_bytes = Some(k);
+                                    out.value = v;
+                                }
+                                Err(error) => return Err((source, error)),
+                            }
+                        }
+                        Ok(Step::Emitted { source, record: out, siblings: resolved.siblings, event_ts })
+                    }
                 }
             })
             .map_err(ProcessError::Store)?

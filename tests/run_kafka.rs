@@ -628,3 +628,53 @@ fn sigint_during_start_up_and_start_up_errors_name_the_brokers() {
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains(&format!("source topic(s) do not exist: {group}.missing (bootstrap servers {})", kafka::bootstrap())), "{log}");
 }
+
+/// Column rules on the broker: an `owner` column takes the owner's write
+/// over a concurrent write of another source, which is counted; `/state`
+/// and the conflict audit record say which write decided each column.
+#[test]
+fn owner_rule_counts_foreign_writes_and_explains_columns() {
+    let s = Setup::new("owner");
+    let cfg = s.dir.path().join("owner.toml");
+    let text = s.config_text("owner", "").replace(
+        "policy = \"lww\"\n",
+        "policy = \"field-lww\"\n[merge.columns]\nname = { rule = \"owner\", source = \"eu\" }\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let key = json!({"id": 1}).to_string();
+    let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
+    let rec = |si: usize, name: &str, ts: i64| Rec {
+        topic: s.topics[si].clone(),
+        partition,
+        key: Some(key.clone()),
+        value: Some(json!({"before": null, "after": {"id": 1, "name": name, "city": SOURCES[si]}, "op": "c", "source": {"ts_ms": ts}}).to_string()),
+    };
+    // us writes `name` later than eu, yet eu owns it.
+    produce(&[rec(0, "eu-name", s.epoch_ms), rec(1, "us-name", s.epoch_ms + 50)]);
+    let p = Processor::start(&cfg, &s.log("owner"));
+    let output = wait_for_records(&s.output, 2, Duration::from_secs(60));
+    let last = common::last_per_key(&output);
+    let row: Value = serde_json::from_str(last[&key]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(row["name"], "eu-name", "{row}");
+    assert_eq!(row["city"], "us", "a column without a rule: the latest write");
+    let addr = admin_addr(&p);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = http_get(&addr, "/metrics");
+        if metric(&text, "tributary_owner_foreign_writes_total", "source=\"us\"") >= 1.0 {
+            assert_eq!(metric(&text, "tributary_owner_foreign_writes_total", "source=\"eu\""), 0.0, "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the foreign write was not counted: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = http_get(&addr, "/state/%7B%22id%22%3A1%7D");
+    assert_eq!(status, 200, "{body}");
+    let st: Value = serde_json::from_str(&body).unwrap();
+    let name = st["columns"].as_array().unwrap().iter().find(|c| c["column"] == "name").cloned().unwrap_or_default();
+    assert_eq!((name["rule"].as_str(), name["source"].as_str()), (Some("owner"), Some("eu")), "{body}");
+    let audit = wait_for_records(&format!("{}-conflicts", s.group), 1, Duration::from_secs(30));
+    assert!(p.stop().success());
+    let body: Value = serde_json::from_str(audit.last().unwrap()["payload"].as_str().unwrap()).unwrap();
+    assert!(body["columns"].as_array().is_some_and(|c| c.iter().any(|c| c["column"] == "name" && c["source"] == "eu")), "{body}");
+}

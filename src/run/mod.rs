@@ -409,7 +409,8 @@ impl Worker {
                 }
                 let audit = match &self.audit {
                     Some(topic) if siblings > 1 => {
-                        let body = audit_record(&self.config, &self.source_of, &out, key_state, msg, self.avro_records);
+                        let columns = self.pipeline.engine().explain(key_state);
+                        let body = audit_record(&self.config, &self.source_of, &out, key_state, msg, self.avro_records, &columns);
                         if out.key.len() + body.len() > self.record_limit {
                             // The audit topic would refuse it and fail the
                             // cycle on every retry: the output goes on without it.
@@ -704,6 +705,9 @@ impl Worker {
                 }
                 for (p, task) in &self.tasks {
                     self.metrics.state_keys(*p, task.approximate_keys());
+                }
+                for (source, n) in self.pipeline.take_foreign_owner_writes() {
+                    self.metrics.foreign_owner_writes(source, n);
                 }
                 Ok(())
             }
@@ -1614,6 +1618,7 @@ fn audit_record(
     state: &crate::merge::KeyState,
     msg: &BorrowedMessage<'_>,
     avro: Option<AvroRecordIds>,
+    columns: &[crate::merge::ColumnWinner],
 ) -> Vec<u8> {
     let winner = out.headers.iter().find(|(k, _)| *k == crate::output::HEADER_WINNER).map(|(_, v)| v.as_str());
     let merged_vv = state.merged_clock();
@@ -1635,14 +1640,14 @@ fn audit_record(
     };
     match avro {
         Some(ids) => crate::avro::registry::frame(ids.audit, &crate::avro::records::encode_audit(&record)),
-        None => audit_json(&record),
+        None => audit_json(&record, columns),
     }
 }
 
 /// The JSON audit record (README "Conflict audit"): the Avro record's
 /// fields, with rows as JSON objects.
-fn audit_json(r: &crate::avro::records::AuditRecord<'_>) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
+fn audit_json(r: &crate::avro::records::AuditRecord<'_>, columns: &[crate::merge::ColumnWinner]) -> Vec<u8> {
+    let mut record = serde_json::json!({
         "key": r.key,
         "partition": r.partition,
         "policy": r.policy,
@@ -1652,8 +1657,12 @@ fn audit_json(r: &crate::avro::records::AuditRecord<'_>) -> Vec<u8> {
         "deleted": r.deleted,
         "versions": r.versions,
         "event": {"source": r.event.source, "topic": r.event.topic, "partition": r.event.partition, "offset": r.event.offset},
-    }))
-    .expect("audit records serialize")
+    });
+    // field-lww: which write decided each column, and why.
+    if !columns.is_empty() {
+        record["columns"] = serde_json::to_value(columns).expect("column winners serialize");
+    }
+    serde_json::to_vec(&record).expect("audit records serialize")
 }
 
 
