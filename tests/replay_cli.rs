@@ -194,3 +194,114 @@ fn check_config_prints_resolved_config_or_every_problem() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8(out.stderr).unwrap().contains("at least one [[sources]] entry is required"));
 }
+
+/// The text between the first pair of backticks in a README table cell.
+fn code_span(cell: &str) -> Option<&str> {
+    let (_, rest) = cell.split_once('`')?;
+    rest.split_once('`').map(|(code, _)| code)
+}
+
+/// Replays `examples/aggregation/` with env overrides; returns the
+/// compacted view, all output records and stderr.
+fn replay_aggregation(env: &[(&str, &str)]) -> (std::collections::BTreeMap<String, Value>, Vec<Value>, String) {
+    let dir = root().join("examples/aggregation");
+    let mut cmd = tributary();
+    cmd.args(["replay", "--config"]).arg(dir.join("tributary.toml")).arg("--input").arg(dir.join("dump.jsonl"));
+    cmd.args(["--output", "-"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run(&mut cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "replay failed: {stderr}");
+    let records = json_lines(&String::from_utf8(out.stdout).unwrap());
+    (last_per_key(&records), records, stderr)
+}
+
+#[test]
+fn aggregation_example_readme_figures() {
+    // The figures are read from the example's README, so the test follows the text.
+    let readme = std::fs::read_to_string(root().join("examples/aggregation/README.md")).unwrap();
+    let lines: Vec<&str> = readme.lines().collect();
+    let cells = |line: &str| -> Vec<String> {
+        line.trim().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect()
+    };
+
+    // "What the compacted output holds": one row per column (or header), one
+    // column per key; `—` is a column the row does not have.
+    let start = lines.iter().position(|l| l.starts_with("| column | rule | Ada")).expect("the output table");
+    let keys: Vec<String> =
+        cells(lines[start])[2..].iter().map(|c| code_span(c).expect("a key in the header").to_string()).collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let mut rows: Vec<serde_json::Map<String, Value>> = vec![Default::default(); keys.len()];
+    let mut headers: Vec<Vec<(String, String)>> = vec![Vec::new(); keys.len()];
+    for line in lines[start + 2..].iter().take_while(|l| l.starts_with('|')) {
+        let cells = cells(line);
+        let name = code_span(&cells[0]).expect("a column name").to_string();
+        for (i, cell) in cells[2..].iter().enumerate() {
+            let Some(value) = code_span(cell) else {
+                assert_eq!(cell, "—", "{line}");
+                continue;
+            };
+            if cells[1] == "header" {
+                headers[i].push((name.clone(), value.to_string()));
+            } else {
+                rows[i].insert(name.clone(), serde_json::from_str(value).unwrap_or_else(|e| panic!("{value}: {e}")));
+            }
+        }
+    }
+
+    let (view, records, stderr) = replay_aggregation(&[]);
+    assert_eq!(view.keys().collect::<Vec<_>>(), keys.iter().collect::<Vec<_>>());
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(payload(&view[key]), Value::Object(rows[i].clone()), "the row of {key}");
+        assert_eq!(headers[i].len(), 3, "vv, conflict and siblings of {key}");
+        for (name, value) in &headers[i] {
+            assert_eq!(header(&view[key], name).as_deref(), Some(value.as_str()), "{name} of {key}");
+        }
+    }
+
+    // The summary line, and the counts it states against the records.
+    let summary = lines.iter().map(|l| l.trim()).find(|l| l.starts_with("replay: read=")).expect("the summary line");
+    assert!(stderr.contains(summary), "README: {summary}\nstderr: {stderr}");
+    let count = |field: &str| -> usize {
+        let prefix = format!("{field}=");
+        let figure = summary.split(' ').find_map(|w| w.strip_prefix(prefix.as_str())).expect("a summary field");
+        figure.parse().unwrap()
+    };
+    assert_eq!(records.len(), count("output"));
+    assert_eq!(view.len(), count("keys"));
+    let dump = std::fs::read_to_string(root().join("examples/aggregation/dump.jsonl")).unwrap();
+    assert_eq!(dump.lines().count(), count("read"));
+    assert!(readme.contains(&format!("({} records", count("read"))), "the file table's record count");
+    // Conflicts: every record except each key's first.
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &records {
+        let first = seen.insert(r["key"].as_str().unwrap().to_string());
+        let expected = if first { "false" } else { "true" };
+        assert_eq!(header(r, "tributary.conflict").as_deref(), Some(expected), "{r}");
+    }
+    assert_eq!(records.len() - seen.len(), count("conflicts"));
+    // Each event but the ignored tombstone (event 17) emitted one record, so
+    // record i is event i + 1 up to event 16.
+    assert_eq!(records.len(), count("accepted"));
+    let tombstones = json_lines(&dump).iter().filter(|r| r["payload"].is_null()).count();
+    assert_eq!(tombstones, count("ignored"));
+    let mut firsts: Vec<usize> =
+        keys.iter().map(|k| records.iter().position(|r| r["key"] == k.as_str()).unwrap() + 1).collect();
+    firsts.sort();
+    assert!(firsts.iter().all(|&e| e < 17), "{firsts:?}");
+    let flat = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    let events = flat.split("except each key's first (events ").nth(1).expect("the first events").split(')').next();
+    assert_eq!(events, Some(format!("{}, {} and {}", firsts[0], firsts[1], firsts[2]).as_str()));
+
+    // Cleo is a tombstone under each delete policy the README names for it.
+    let cleo = &keys[2];
+    let overrides: Vec<&str> =
+        readme.split("`TRIBUTARY_MERGE__DELETES=").skip(1).map(|rest| rest.split('`').next().unwrap()).collect();
+    assert_eq!(overrides, ["lww", "delete-wins"]);
+    for deletes in overrides {
+        let (view, _, _) = replay_aggregation(&[("TRIBUTARY_MERGE__DELETES", deletes)]);
+        assert_eq!(view[cleo]["payload"], Value::Null, "Cleo under deletes = {deletes}");
+    }
+}
