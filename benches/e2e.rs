@@ -100,7 +100,13 @@ const TIERS: [&str; 4] = ["bronze", "silver", "gold", "platinum"];
 
 fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
-        Ok(v) => v.trim().replace('_', "").parse().ok().filter(|n| *n > 0).unwrap_or_else(|| panic!("{name}={v:?}: expected a positive integer")),
+        Ok(v) => v
+            .trim()
+            .replace('_', "")
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| panic!("{name}={v:?}: expected a positive integer")),
         Err(_) => default,
     }
 }
@@ -138,7 +144,11 @@ impl Broker {
         let text = String::from_utf8(out.stdout).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         eprintln!("broker in {} at {}", lines[0], lines.last().unwrap());
-        Broker { bootstrap: lines.last().unwrap().trim().to_string(), started_dir: Some(lines[0].to_string()), created_topics: Vec::new() }
+        Broker {
+            bootstrap: lines.last().unwrap().trim().to_string(),
+            started_dir: Some(lines[0].to_string()),
+            created_topics: Vec::new(),
+        }
     }
 
     fn admin(&self) -> AdminClient<DefaultClientContext> {
@@ -305,7 +315,11 @@ fn produce_events(bootstrap: &str, topics: &[String], n: usize, keys: usize) -> 
         let value = envelope(i, s, k, first, ts);
         bytes += value.len();
         let key = format!("{{\"id\":{k}}}");
-        let record = BaseRecord::to(&topics[s]).partition(murmur2_partition(key.as_bytes(), PARTITIONS)).key(key.as_bytes()).payload(value.as_bytes()).timestamp(ts + 5);
+        let record = BaseRecord::to(&topics[s])
+            .partition(murmur2_partition(key.as_bytes(), PARTITIONS))
+            .key(key.as_bytes())
+            .payload(value.as_bytes())
+            .timestamp(ts + 5);
         send(&producer, record).expect("produce");
     }
     producer.flush(Duration::from_secs(120)).expect("flush");
@@ -337,7 +351,8 @@ impl Reader {
             tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
         }
         consumer.assign(&tpl).expect("assign");
-        let (count, first, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(std::sync::Mutex::new(None)), Arc::new(AtomicBool::new(false)));
+        let (count, first, stop) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(std::sync::Mutex::new(None)), Arc::new(AtomicBool::new(false)));
         let (c, f, st) = (count.clone(), first.clone(), stop.clone());
         let topic = topic.to_string();
         let handle = std::thread::spawn(move || {
@@ -403,7 +418,13 @@ impl Outcome {
 
 /// Waits until the reader has seen `n` records (or `within` passed).
 /// Returns (seconds from `start`, startup seconds, complete).
-fn wait_all(reader: &Reader, start: Instant, n: u64, within: Duration, mut alive: impl FnMut() -> Result<(), String>) -> (f64, f64, u64, String) {
+fn wait_all(
+    reader: &Reader,
+    start: Instant,
+    n: u64,
+    within: Duration,
+    mut alive: impl FnMut() -> Result<(), String>,
+) -> (f64, f64, u64, String) {
     let mut note = String::new();
     let trace = std::env::var_os("TRIBUTARY_BENCH_TRACE").is_some();
     let mut next_trace = start;
@@ -478,10 +499,20 @@ struct Stats {
 /// Consume → produce the same bytes → commit after each 100 ms of
 /// processing, until `n` records are committed.
 #[allow(clippy::too_many_arguments)]
-fn pass_through(bootstrap: &str, sources: &[String], group: &str, output: &str, n: u64, exactly_once: bool, start: Instant, set: Settings) -> Result<Stats, String> {
+fn pass_through(
+    bootstrap: &str,
+    sources: &[String],
+    group: &str,
+    output: &str,
+    n: u64,
+    exactly_once: bool,
+    start: Instant,
+    set: Settings,
+) -> Result<Stats, String> {
     let consumer: BaseConsumer = consumer_config(bootstrap, group).create().map_err(|e| e.to_string())?;
     let txn_id = format!("{group}-txn");
-    let producer: BaseProducer = producer_config(bootstrap, exactly_once.then_some(txn_id.as_str())).create().map_err(|e| e.to_string())?;
+    let producer: BaseProducer =
+        producer_config(bootstrap, exactly_once.then_some(txn_id.as_str())).create().map_err(|e| e.to_string())?;
     if exactly_once {
         producer.init_transactions(TIMEOUT).map_err(|e| format!("init transactions: {e}"))?;
     }
@@ -554,7 +585,12 @@ fn pass_through(bootstrap: &str, sources: &[String], group: &str, output: &str, 
             last_commit = Instant::now();
         }
     }
-    Ok(Stats { commits, seconds: start.elapsed().as_secs_f64(), commit_ms: commit_time.as_secs_f64() * 1e3 / commits.max(1) as f64, max_commit_ms: max_commit.as_secs_f64() * 1e3 })
+    Ok(Stats {
+        commits,
+        seconds: start.elapsed().as_secs_f64(),
+        commit_ms: commit_time.as_secs_f64() * 1e3 / commits.max(1) as f64,
+        max_commit_ms: max_commit.as_secs_f64() * 1e3,
+    })
 }
 
 fn run_pass_through(broker: &mut Broker, run: &str, sources: &[String], n: u64, exactly_once: bool, set: Settings) -> Outcome {
@@ -580,7 +616,10 @@ fn run_pass_through(broker: &mut Broker, run: &str, sources: &[String], n: u64, 
         Ok(st) => {
             commits = Some(st.commits);
             if note.is_empty() {
-                note = format!("all committed in-process at {:.2} s; commit avg {:.0} ms, max {:.0} ms", st.seconds, st.commit_ms, st.max_commit_ms);
+                note = format!(
+                    "all committed in-process at {:.2} s; commit avg {:.0} ms, max {:.0} ms",
+                    st.seconds, st.commit_ms, st.max_commit_ms
+                );
             }
         }
         Err(e) => note = format!("{note}; {e}"),
@@ -648,7 +687,16 @@ fn stopped_field(log: &str, name: &str) -> Option<u64> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_tributary(broker: &mut Broker, run: &str, sources: &[String], n: u64, exactly_once: bool, set: Settings, state_root: &Path, log_dir: &Path) -> Outcome {
+fn run_tributary(
+    broker: &mut Broker,
+    run: &str,
+    sources: &[String],
+    n: u64,
+    exactly_once: bool,
+    set: Settings,
+    state_root: &Path,
+    log_dir: &Path,
+) -> Outcome {
     let mode = if exactly_once { "trib-eos" } else { "trib-alo" };
     let group = format!("{run}-{mode}");
     let output = format!("{group}.merged");
@@ -777,7 +825,12 @@ fn main() {
         broker.bootstrap
     )
     .unwrap();
-    writeln!(out, "{:<9} {:>8} {:>8} {:>8} {:>10} {:>11} {:>9} {:>9} {:>8} {:>9}  note", "mode", "events", "seconds", "startup", "events/s", "steady ev/s", "vs p-eos", "vs p-alo", "commits", "ev/commit").unwrap();
+    writeln!(
+        out,
+        "{:<9} {:>8} {:>8} {:>8} {:>10} {:>11} {:>9} {:>9} {:>8} {:>9}  note",
+        "mode", "events", "seconds", "startup", "events/s", "steady ev/s", "vs p-eos", "vs p-alo", "commits", "ev/commit"
+    )
+    .unwrap();
     for o in &outcomes {
         let mark = if o.complete { String::new() } else { format!(" INCOMPLETE ({}/{})", o.done, o.events) };
         writeln!(
@@ -799,7 +852,12 @@ fn main() {
     }
     if let (Some(t), Some(b)) = (outcomes.iter().find(|o| o.mode == "trib-eos" && o.complete), eos) {
         let pct = 100.0 * t.rate() / b;
-        writeln!(out, "goal: tributary exactly-once >= 60 % of the exactly-once pass-through: {pct:.0} % ({})", if pct >= 60.0 { "met" } else { "MISSED" }).unwrap();
+        writeln!(
+            out,
+            "goal: tributary exactly-once >= 60 % of the exactly-once pass-through: {pct:.0} % ({})",
+            if pct >= 60.0 { "met" } else { "MISSED" }
+        )
+        .unwrap();
     }
     writeln!(out, "processor logs: {}", log_dir.display()).unwrap();
 }

@@ -62,9 +62,7 @@ use tributary::avro::registry::{frame, Registry};
 use tributary::avro::value::Shape;
 use tributary::avro::AvroContext;
 use tributary::config::Config;
-use tributary::merge::{
-    Applied, ChangeEvent, ColumnRule, KeyState, MergeEngine, MergeSettings, Op, Policy, Row, VersionVector,
-};
+use tributary::merge::{Applied, ChangeEvent, ColumnRule, KeyState, MergeEngine, MergeSettings, Op, Policy, Row, VersionVector};
 use tributary::normalize::InputRecord;
 use tributary::pipeline::{MemoryStore, Pipeline, Step};
 
@@ -98,7 +96,12 @@ const TIERS: [&str; 4] = ["bronze", "silver", "gold", "platinum"];
 
 fn keys() -> usize {
     match std::env::var("TRIBUTARY_BENCH_KEYS") {
-        Ok(v) => v.trim().parse().ok().filter(|n| *n > 0).unwrap_or_else(|| panic!("TRIBUTARY_BENCH_KEYS={v:?}: expected a positive integer")),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| panic!("TRIBUTARY_BENCH_KEYS={v:?}: expected a positive integer")),
         Err(_) => 100_000,
     }
 }
@@ -260,8 +263,7 @@ impl MergeFixture {
         for _ in 0..per_round {
             merge_one(&engine, &mut states, source.next_event());
         }
-        let changed =
-            (0..per_round).filter(|_| merge_one(&engine, &mut states, source.next_event()) == Applied::Changed).count();
+        let changed = (0..per_round).filter(|_| merge_one(&engine, &mut states, source.next_event()) == Applied::Changed).count();
         assert_eq!(changed, per_round, "every steady-state event must change its key");
         assert_eq!(states.len(), keys);
         assert!(states.values().all(|s| s.versions.len() == SOURCES.len()));
@@ -296,9 +298,8 @@ fn merge_only(c: &mut Criterion) {
     let mut group = c.benchmark_group("merge_only");
     group.throughput(Throughput::Elements(1));
     group.bench_function("apply+resolve/lww/3src", |b| {
-        let f = fixture.get_or_insert_with(|| {
-            MergeFixture::new(keys(), MergeSettings { policy: Policy::Lww, ..MergeSettings::default() })
-        });
+        let f = fixture
+            .get_or_insert_with(|| MergeFixture::new(keys(), MergeSettings { policy: Policy::Lww, ..MergeSettings::default() }));
         b.iter_custom(|iters| f.run(iters))
     });
     // Dropped before the next fixture is built: one state map in memory at a time.
@@ -520,8 +521,7 @@ fn envelope_schema(topic: &str) -> Value {
         ],
         "connect.version": 1, "connect.name": "event.block",
     });
-    let value =
-        json!({"type": "record", "name": "Value", "fields": value_fields(), "connect.name": format!("{topic}.Value")});
+    let value = json!({"type": "record", "name": "Value", "fields": value_fields(), "connect.name": format!("{topic}.Value")});
     json!({
         "type": "record", "name": "Envelope", "namespace": topic,
         "fields": [

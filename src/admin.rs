@@ -56,11 +56,8 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, state: &StateQuery) ->
     let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
     let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
     let path = target.split('?').next().unwrap_or_default();
-    let (status, content_type, body) = if method != "GET" {
-        (405, "text/plain", "only GET is served here\n".to_string())
-    } else {
-        route(path, metrics, state)
-    };
+    let (status, content_type, body) =
+        if method != "GET" { (405, "text/plain", "only GET is served here\n".to_string()) } else { route(path, metrics, state) };
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
@@ -161,8 +158,14 @@ mod tests {
         assert_eq!(murmur2_partition(b"21", 1 << 30), (-973932308i32 & 0x7fff_ffff) % (1 << 30));
         assert_eq!(murmur2_partition(b"foobar", 1 << 30), (-790332482i32 & 0x7fff_ffff) % (1 << 30));
         assert_eq!(murmur2_partition(b"a-little-bit-long-string", 1 << 30), (-985981536i32 & 0x7fff_ffff) % (1 << 30));
-        assert_eq!(murmur2_partition(b"a-little-bit-longer-string", 1 << 30), 661178819 /* (-1486304829 & 0x7fff_ffff) % 2^30 */);
-        assert_eq!(murmur2_partition(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", 1 << 30), (-58897971i32 & 0x7fff_ffff) % (1 << 30));
+        assert_eq!(
+            murmur2_partition(b"a-little-bit-longer-string", 1 << 30),
+            661178819 /* (-1486304829 & 0x7fff_ffff) % 2^30 */
+        );
+        assert_eq!(
+            murmur2_partition(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", 1 << 30),
+            (-58897971i32 & 0x7fff_ffff) % (1 << 30)
+        );
         assert_eq!(murmur2_partition(b"abc", 1 << 30), 479_470_107);
     }
 

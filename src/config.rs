@@ -447,8 +447,7 @@ pub enum SourceFormat {
 impl Config {
     /// Loads a file and applies `TRIBUTARY_…` overrides from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, &path.display().to_string(), std::env::vars())
     }
 
@@ -465,8 +464,7 @@ impl Config {
     /// processor's sections are not needed, only `[kafka]`, `[sink]` and a
     /// topic (`[sink] topic` or `[output] topic`).
     pub fn load_for_sink(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse_for_sink(&text, &path.display().to_string(), std::env::vars())
     }
 
@@ -652,9 +650,7 @@ impl Config {
                 }
             }
             if s.ts_field.is_some() && s.format != SourceFormat::Json {
-                problems.push(format!(
-                    "{at}.ts_field: only applies to format = \"json\" (Debezium events carry source.ts_ms)"
-                ));
+                problems.push(format!("{at}.ts_field: only applies to format = \"json\" (Debezium events carry source.ts_ms)"));
             }
         }
         let carried: Vec<&str> = self.sources.iter().filter_map(|s| s.clock_field.as_deref()).collect();
@@ -693,7 +689,10 @@ impl Config {
                     .map(|s| format!("sources.{}.format", s.name))
                     .chain((self.output.format == OutputFormat::Avro).then(|| "output.format".to_string()))
                     .collect();
-                problems.push(format!("schema_registry: required by {} (Avro); add [schema_registry] url = \"http://…\"", who.join(", ")));
+                problems.push(format!(
+                    "schema_registry: required by {} (Avro); add [schema_registry] url = \"http://…\"",
+                    who.join(", ")
+                ));
             }
             return;
         };
@@ -1016,7 +1015,8 @@ sequence = "source.lsn"
 
     #[test]
     fn zero_retention_is_refused_and_deleted_field_shows_for_json_sources_only() {
-        let e = parse(&BASE.replace("tombstone_retention = \"2d\"", "tombstone_retention = \"0s\""), &[]).unwrap_err().to_string();
+        let e =
+            parse(&BASE.replace("tombstone_retention = \"2d\"", "tombstone_retention = \"0s\""), &[]).unwrap_err().to_string();
         assert!(e.contains("merge.tombstone_retention: must be greater than zero"), "{e}");
         let text = parse(BASE, &[]).unwrap().to_redacted_toml();
         assert!(!text.contains("deleted_field"), "{text}");
@@ -1057,7 +1057,9 @@ sequence = "source.lsn"
 
     #[test]
     fn carried_clock_columns_must_agree_or_be_named() {
-        let text = BASE.replace("priority = 2", "clock_field = \"_vv\"").replace("sequence = \"source.lsn\"", "clock_field = \"vclock\"");
+        let text = BASE
+            .replace("priority = 2", "clock_field = \"_vv\"")
+            .replace("sequence = \"source.lsn\"", "clock_field = \"vclock\"");
         let e = parse(&text, &[]).unwrap_err().to_string();
         assert!(e.contains("output.clock_field"), "{e}");
         let text = text.replace("topic = \"customers.merged\"", "topic = \"customers.merged\"\nclock_field = \"_vv\"");

@@ -101,9 +101,30 @@ struct Region {
 }
 
 const REGIONS: [Region; 3] = [
-    Region { name: "eu", topic: "eu.public.customers", priority: 3, skew_ms: 0, weight: 40, cities: ["Paris", "Berlin", "Lisbon", "Dublin"] },
-    Region { name: "us", topic: "us.public.customers", priority: 2, skew_ms: 0, weight: 35, cities: ["Boston", "Denver", "Austin", "Seattle"] },
-    Region { name: "ap", topic: "ap.public.customers", priority: 1, skew_ms: -3000, weight: 25, cities: ["Tokyo", "Singapore", "Sydney", "Seoul"] },
+    Region {
+        name: "eu",
+        topic: "eu.public.customers",
+        priority: 3,
+        skew_ms: 0,
+        weight: 40,
+        cities: ["Paris", "Berlin", "Lisbon", "Dublin"],
+    },
+    Region {
+        name: "us",
+        topic: "us.public.customers",
+        priority: 2,
+        skew_ms: 0,
+        weight: 35,
+        cities: ["Boston", "Denver", "Austin", "Seattle"],
+    },
+    Region {
+        name: "ap",
+        topic: "ap.public.customers",
+        priority: 1,
+        skew_ms: -3000,
+        weight: 25,
+        cities: ["Tokyo", "Singapore", "Sydney", "Seoul"],
+    },
 ];
 
 /// Runs the demo and prints its report on stdout (progress on stderr).
@@ -160,7 +181,9 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
         let (config, stop, handle) = (config.clone(), stop_processor.clone(), runtime.handle().clone());
         std::thread::Builder::new()
             .name("demo-processor".into())
-            .spawn(move || handle.block_on(crate::run::run_with(config, stop, RunOptions { manage_topics: false, ..RunOptions::default() })))
+            .spawn(move || {
+                handle.block_on(crate::run::run_with(config, stop, RunOptions { manage_topics: false, ..RunOptions::default() }))
+            })
             .map_err(fail("cannot start the processor thread"))?
     };
     let sink: JoinHandle<Result<crate::sink::SinkStats, crate::sink::SinkError>> = {
@@ -231,8 +254,9 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
     let caught_up = loop {
         progress.tick(started, &live, "catching up");
         let scrape = scrape_metrics(port);
-        let ends: Option<Vec<i64>> =
-            (0..PARTITIONS).map(|p| watermarks.fetch_watermarks(OUTPUT, p, Duration::from_secs(2)).ok().map(|(_, h)| h)).collect();
+        let ends: Option<Vec<i64>> = (0..PARTITIONS)
+            .map(|p| watermarks.fetch_watermarks(OUTPUT, p, Duration::from_secs(2)).ok().map(|(_, h)| h))
+            .collect();
         let sunk = sink_offsets(&sqlite);
         let done = match (&scrape, ends, &sunk) {
             (Some(scrape), Some(ends), Some(sunk)) => {
@@ -417,11 +441,13 @@ impl Rng {
     }
 }
 
-const FIRST: [&str; 16] =
-    ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "John", "Margaret", "Ken", "Radia", "Tim", "Hedy", "Dennis", "Karen", "Niklaus"];
+const FIRST: [&str; 16] = [
+    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "John", "Margaret", "Ken", "Radia", "Tim", "Hedy",
+    "Dennis", "Karen", "Niklaus",
+];
 const LAST: [&str; 16] = [
-    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Backus", "Hamilton", "Thompson", "Perlman", "Lee", "Lamarr",
-    "Ritchie", "Jones", "Wirth",
+    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Backus", "Hamilton", "Thompson", "Perlman", "Lee",
+    "Lamarr", "Ritchie", "Jones", "Wirth",
 ];
 const DOMAINS: [&str; 4] = ["example.com", "mail.example", "corp.example", "post.example"];
 const TIERS: [&str; 4] = ["bronze", "silver", "gold", "platinum"];
@@ -691,7 +717,9 @@ fn simulate(bootstrap: &str, duration: Duration, rate: f64, live: &LiveCounts, s
                             record = back;
                             producer.poll(Duration::from_millis(10));
                         }
-                        Err((e, _)) => return Err(DemoError(format!("region {}: produce to {}: {e}", REGIONS[r].name, REGIONS[r].topic))),
+                        Err((e, _)) => {
+                            return Err(DemoError(format!("region {}: produce to {}: {e}", REGIONS[r].name, REGIONS[r].topic)))
+                        }
                     }
                 }
             }
@@ -783,7 +811,8 @@ fn scrape_metrics(port: u16) -> Option<Scrape> {
 fn open_sqlite(path: &Path) -> Option<rusqlite::Connection> {
     use rusqlite::OpenFlags;
     // Never create the file: the sink does.
-    let conn = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX).ok()?;
+    let conn =
+        rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX).ok()?;
     conn.busy_timeout(Duration::from_secs(1)).ok()?;
     Some(conn)
 }
@@ -865,7 +894,14 @@ struct Progress {
 
 impl Progress {
     fn new(port: u16, sqlite: &Path) -> Progress {
-        Progress { port, sqlite: sqlite.to_path_buf(), tty: std::io::stderr().is_terminal(), last_print: None, last: None, printed: false }
+        Progress {
+            port,
+            sqlite: sqlite.to_path_buf(),
+            tty: std::io::stderr().is_terminal(),
+            last_print: None,
+            last: None,
+            printed: false,
+        }
     }
 
     fn tick(&mut self, started: Instant, live: &LiveCounts, phase: &str) {
@@ -942,9 +978,18 @@ impl<'a> fmt::Display for Report<'a> {
         let p = self.produced;
         let s = self.scrape;
         writeln!(f)?;
-        writeln!(f, "== tributary demo: 3 regions -> one merged customers table (policy {}, deletes {}) ==", self.policy, self.deletes)?;
+        writeln!(
+            f,
+            "== tributary demo: 3 regions -> one merged customers table (policy {}, deletes {}) ==",
+            self.policy, self.deletes
+        )?;
         writeln!(f)?;
-        writeln!(f, "Events written ({:.1} s at ~{} events/s; Debezium JSON, keys {{\"id\":N}} over {CUSTOMERS} customers):", self.wrote_for.as_secs_f64(), self.rate)?;
+        writeln!(
+            f,
+            "Events written ({:.1} s at ~{} events/s; Debezium JSON, keys {{\"id\":N}} over {CUSTOMERS} customers):",
+            self.wrote_for.as_secs_f64(),
+            self.rate
+        )?;
         for (i, r) in REGIONS.iter().enumerate() {
             let skew = if r.skew_ms != 0 { format!("   (database clock {:+} s)", r.skew_ms / 1000) } else { String::new() };
             writeln!(
@@ -970,21 +1015,27 @@ impl<'a> fmt::Display for Report<'a> {
         let conflicts = s.sum("tributary_conflicts_total", &[]) as u64;
         let winners = s.by("tributary_conflicts_total", "winner");
         let listing: Vec<String> = winners.iter().filter(|(w, _)| *w != "-").map(|(w, n)| format!("{w} {}", *n as u64)).collect();
-        let resolved = if listing.is_empty() { "column by column".to_string() } else { format!("winners {}", listing.join(", ")) };
-        writeln!(f, "  conflicts: {conflicts} events left concurrent versions of their key; resolved by {}: {resolved}", self.policy)?;
+        let resolved =
+            if listing.is_empty() { "column by column".to_string() } else { format!("winners {}", listing.join(", ")) };
+        writeln!(
+            f,
+            "  conflicts: {conflicts} events left concurrent versions of their key; resolved by {}: {resolved}",
+            self.policy
+        )?;
         let how = match self.policy {
             "lww" => "the version with the latest source commit time wins. ap's database clock runs 3 s behind, so its\n    concurrent edits lose to eu/us edits made up to 3 s earlier; its causally later edits (made after it\n    had replicated the other version) still win, because their version vectors dominate",
             "source-priority" => "the source with the larger priority wins (eu 3 > us 2 > ap 1), then the latest commit time",
             _ => "column by column: each column takes its latest write (no single winner, shown as \"-\")",
         };
         writeln!(f, "    {how}.")?;
-        let skews: Vec<String> = s
-            .by("tributary_clock_skew_seconds", "source")
-            .iter()
-            .map(|(k, v)| format!("{k} {v:+.1} s"))
-            .collect();
+        let skews: Vec<String> =
+            s.by("tributary_clock_skew_seconds", "source").iter().map(|(k, v)| format!("{k} {v:+.1} s")).collect();
         if !skews.is_empty() {
-            writeln!(f, "  clock skew seen (Kafka time - source commit time, tributary_clock_skew_seconds): {}", skews.join(", "))?;
+            writeln!(
+                f,
+                "  clock skew seen (Kafka time - source commit time, tributary_clock_skew_seconds): {}",
+                skews.join(", ")
+            )?;
         }
 
         let live = self.keys.values().filter(|k| !k.deleted).count();
@@ -1007,14 +1058,19 @@ impl<'a> fmt::Display for Report<'a> {
             writeln!(f, "  field-lww: a row that survives a concurrent delete starts from the surviving write's full row, so no column goes missing")?;
         }
         if !self.caught_up {
-            writeln!(f, "  warning: the processor and sink had not caught up within {} s; the table may lag", CATCH_UP.as_secs())?;
+            writeln!(
+                f,
+                "  warning: the processor and sink had not caught up within {} s; the table may lag",
+                CATCH_UP.as_secs()
+            )?;
         } else if self.rows.len() != live {
             writeln!(f, "  warning: the table's row count differs from the live keys")?;
         }
 
         // A few rows: open conflicts, then keys where a causally later write
         // settled the merge (ap's among them: it wins those despite its clock).
-        let regions_in = |id: u64| self.rows.get(&(id as i64)).and_then(|r| r.vv.as_deref()).map_or(0, |v| v.matches(':').count());
+        let regions_in =
+            |id: u64| self.rows.get(&(id as i64)).and_then(|r| r.vv.as_deref()).map_or(0, |v| v.matches(':').count());
         let live_keys: Vec<(u64, &KeyView)> = self.keys.iter().filter(|(_, k)| !k.deleted).map(|(id, k)| (*id, k)).collect();
         let mut sample: Vec<(u64, &KeyView)> = Vec::new();
         let take = |pred: &dyn Fn(u64, &KeyView) -> bool, n: usize, sample: &mut Vec<(u64, &'a KeyView)>| {

@@ -160,10 +160,7 @@ impl Dump {
             Dump::Text { text, .. } => Box::new(text.lines().map(|l| Ok(l.to_string()))),
         };
         Ok(Box::new(
-            lines
-                .enumerate()
-                .map(|(i, l)| l.map(|l| (i + 1, l)))
-                .filter(|r| !matches!(r, Ok((_, l)) if l.trim().is_empty())),
+            lines.enumerate().map(|(i, l)| l.map(|l| (i + 1, l))).filter(|r| !matches!(r, Ok((_, l)) if l.trim().is_empty())),
         ))
     }
 }
@@ -330,9 +327,8 @@ pub fn load(
     for (k, v) in &config.kafka.properties {
         client.set(k, v);
     }
-    let producer: BaseProducer<Deliveries> = client
-        .create_with_context(Deliveries::default())
-        .map_err(|e| kafka_err(format!("cannot create a producer: {e}")))?;
+    let producer: BaseProducer<Deliveries> =
+        client.create_with_context(Deliveries::default()).map_err(|e| kafka_err(format!("cannot create a producer: {e}")))?;
     let name = dump.name();
 
     // Pass 1: every line parses, every topic exists, every partition exists.
@@ -372,11 +368,7 @@ pub fn load(
     }
     for (topic, (first, lines)) in &bad_topics {
         let why = partitions[topic].as_ref().err().cloned().unwrap_or_default();
-        report(
-            log,
-            &mut problems,
-            format!("{name}:{first}: topic {topic} {why} ({lines} line(s) name it, the first here)"),
-        );
+        report(log, &mut problems, format!("{name}:{first}: topic {topic} {why} ({lines} line(s) name it, the first here)"));
     }
     if problems > MAX_LISTED {
         let _ = writeln!(log, "{name}: … and {} more", problems - MAX_LISTED);
@@ -482,10 +474,9 @@ fn partition_count(producer: &BaseProducer<Deliveries>, topic: &str) -> Result<R
         return Ok(Err("is not in the cluster's metadata".into()));
     };
     match t.error() {
-        Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => Ok(Err(
-            "does not exist (load never creates topics: create it with the partition count of the other sources)"
-                .into(),
-        )),
+        Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
+            Ok(Err("does not exist (load never creates topics: create it with the partition count of the other sources)".into()))
+        }
         Some(e) => Ok(Err(format!("is unusable: {}", RDKafkaErrorCode::from(e)))),
         None if t.partitions().is_empty() => Ok(Err("has no partitions".into())),
         None => Ok(Ok(t.partitions().len() as i32)),
@@ -520,8 +511,7 @@ mod tests {
         let r = LoadRecord::parse(r#"{"topic":"t","key":"k","payload":null}"#).unwrap();
         assert!(r.headers().is_none());
         assert_eq!((r.partition, r.payload.as_deref(), r.timestamp()), (None, None, None));
-        let r = LoadRecord::parse(r#"{"topic":"t","partition":0,"tstype":"none","ts":12,"key":null,"payload":"v"}"#)
-            .unwrap();
+        let r = LoadRecord::parse(r#"{"topic":"t","partition":0,"tstype":"none","ts":12,"key":null,"payload":"v"}"#).unwrap();
         assert_eq!(r.timestamp(), None, "tstype none carries no timestamp");
     }
 

@@ -278,8 +278,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 tributary::load::Dump::File(input)
             };
-            let options =
-                tributary::load::LoadOptions { rename_topics: rename_topic.into_iter().collect(), keep_timestamps };
+            let options = tributary::load::LoadOptions { rename_topics: rename_topic.into_iter().collect(), keep_timestamps };
             // The first signal stops sending (what was sent is still awaited and
             // reported); a second one exits at once.
             let stop = Arc::new(AtomicBool::new(false));

@@ -5,8 +5,7 @@
 //! sites stay one line.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric Tributary exports.
@@ -116,10 +115,14 @@ impl Metrics {
         let unserved = Registry::new();
         let p = if processor { &r } else { &unserved };
         #[cfg(target_os = "linux")]
-        r.register(Box::new(ProcessMetrics(prometheus::process_collector::ProcessCollector::for_self()))).expect("process metrics");
+        r.register(Box::new(ProcessMetrics(prometheus::process_collector::ProcessCollector::for_self())))
+            .expect("process metrics");
         let siblings = Histogram::with_opts(
-            HistogramOpts::new("tributary_siblings", "Versions in a key's set after each emitted event (more than 1: a live conflict)")
-                .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0]),
+            HistogramOpts::new(
+                "tributary_siblings",
+                "Versions in a key's set after each emitted event (more than 1: a live conflict)",
+            )
+            .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0]),
         )
         .expect("valid metric");
         p.register(Box::new(siblings.clone())).expect("registered once");
@@ -130,13 +133,17 @@ impl Metrics {
         .expect("valid metric");
         p.register(Box::new(cycle.clone())).expect("registered once");
         let event_age = HistogramVec::new(
-            HistogramOpts::new("tributary_event_age_seconds", "Age of an event when its merged record is emitted: now minus the source commit time")
-                .buckets(prometheus::exponential_buckets(0.01, 2.5, 14).expect("buckets")),
+            HistogramOpts::new(
+                "tributary_event_age_seconds",
+                "Age of an event when its merged record is emitted: now minus the source commit time",
+            )
+            .buckets(prometheus::exponential_buckets(0.01, 2.5, 14).expect("buckets")),
             &["source"],
         )
         .expect("valid metric");
         p.register(Box::new(event_age.clone())).expect("registered once");
-        let ready = IntGauge::new("tributary_ready", "1 when every assigned task is restored and processing").expect("valid metric");
+        let ready =
+            IntGauge::new("tributary_ready", "1 when every assigned task is restored and processing").expect("valid metric");
         r.register(Box::new(ready.clone())).expect("registered once");
         let up = Gauge::new("tributary_up", "1 while the processor runs; 0 after a fatal error").expect("valid metric");
         r.register(Box::new(up.clone())).expect("registered once");

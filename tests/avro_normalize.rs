@@ -56,7 +56,10 @@ fn row(id: i32, name: &str, cents: i64, extra: Option<Avro>) -> Avro {
     let mut fields = vec![
         ("id".to_string(), Avro::Int(id)),
         ("name".to_string(), u(1, Avro::String(name.into()))),
-        ("balance".to_string(), u(1, Avro::Decimal(apache_avro::Decimal::from(num_bigint::BigInt::from(cents).to_signed_bytes_be())))),
+        (
+            "balance".to_string(),
+            u(1, Avro::Decimal(apache_avro::Decimal::from(num_bigint::BigInt::from(cents).to_signed_bytes_be()))),
+        ),
         ("updated".to_string(), u(1, Avro::Long(1_700_000_000_000_123))),
     ];
     if let Some(e) = extra {
@@ -86,11 +89,14 @@ fn event(op: &str, before: Option<Avro>, after: Option<Avro>, ts: i64) -> Avro {
         ),
         (
             "transaction".into(),
-            u(1, Avro::Record(vec![
-                ("id".into(), Avro::String("77:4242".into())),
-                ("total_order".into(), Avro::Long(1)),
-                ("data_collection_order".into(), Avro::Long(1)),
-            ])),
+            u(
+                1,
+                Avro::Record(vec![
+                    ("id".into(), Avro::String("77:4242".into())),
+                    ("total_order".into(), Avro::Long(1)),
+                    ("data_collection_order".into(), Avro::Long(1)),
+                ]),
+            ),
         ),
         ("op".into(), Avro::String(op.into())),
         ("ts_ms".into(), u(1, Avro::Long(ts + 5))),
@@ -115,7 +121,8 @@ impl Fixture {
     }
 
     fn normalizer(&self, policy: Policy, sequence: Option<&str>) -> SourceNormalizer {
-        let mut source: SourceConfig = toml::from_str("name = \"eu\"\ntopic = \"eu.public.customers\"\nformat = \"debezium-avro\"\n").unwrap();
+        let mut source: SourceConfig =
+            toml::from_str("name = \"eu\"\ntopic = \"eu.public.customers\"\nformat = \"debezium-avro\"\n").unwrap();
         assert_eq!(source.format, SourceFormat::DebeziumAvro);
         source.sequence = sequence.map(String::from);
         let ctx = AvroContext { registry: self.registry.clone(), catalog: Default::default() };
@@ -133,7 +140,9 @@ fn debezium_avro_envelopes_normalize_like_their_json_twins() {
     let key_id = f.registry.register("eu.public.customers-key", KEY).unwrap();
     let plain = envelope("");
     // `duration` is not decoded directly: this schema takes the value path.
-    let with_duration = envelope(r#",{"name":"span","type":["null",{"type":"fixed","name":"D","size":12,"logicalType":"duration"}],"default":null}"#);
+    let with_duration = envelope(
+        r#",{"name":"span","type":["null",{"type":"fixed","name":"D","size":12,"logicalType":"duration"}],"default":null}"#,
+    );
     let plain_id = f.registry.register("eu.public.customers-value", &plain).unwrap();
     let duration_id = f.registry.register("other-value", &with_duration).unwrap();
     let key = encode(KEY, key_id, Avro::Record(vec![("id".into(), Avro::Int(7))]));
@@ -142,9 +151,21 @@ fn debezium_avro_envelopes_normalize_like_their_json_twins() {
     for policy in [Policy::Lww, Policy::FieldLww] {
         let n = f.normalizer(policy, None);
         let cases = [
-            (encode(&plain, plain_id, event("u", Some(row(7, "old", 100, None)), Some(row(7, "Zoë", -1230, None)), 1_000)), "direct"),
             (
-                encode(&with_duration, duration_id, event("u", Some(row(7, "old", 100, Some(u(0, Avro::Null)))), Some(row(7, "Zoë", -1230, Some(u(0, Avro::Null)))), 1_000)),
+                encode(&plain, plain_id, event("u", Some(row(7, "old", 100, None)), Some(row(7, "Zoë", -1230, None)), 1_000)),
+                "direct",
+            ),
+            (
+                encode(
+                    &with_duration,
+                    duration_id,
+                    event(
+                        "u",
+                        Some(row(7, "old", 100, Some(u(0, Avro::Null)))),
+                        Some(row(7, "Zoë", -1230, Some(u(0, Avro::Null)))),
+                        1_000,
+                    ),
+                ),
                 "via values",
             ),
         ];
@@ -248,7 +269,12 @@ fn a_conflicting_source_schema_is_refused_and_the_rest_goes_on() {
         other => panic!("expected a conflict, got {other:?}"),
     }
     // A compatible change of us still gets in: a new column, a new version.
-    catalog.observe_value("us", 4, &env("us.t", r#"["null","string"]"#).replace(r#"{"name":"a""#, r#"{"name":"b","type":["null","long"],"default":null},{"name":"a""#));
+    catalog.observe_value(
+        "us",
+        4,
+        &env("us.t", r#"["null","string"]"#)
+            .replace(r#"{"name":"a""#, r#"{"name":"b","type":["null","long"],"default":null},{"name":"a""#),
+    );
     let mut r = row(json!("z"));
     r.insert("b".into(), json!(5));
     assert!(output.encode(r#"{"id":1}"#, Some(&r)).is_ok());
@@ -289,5 +315,8 @@ fn a_schema_the_registry_would_refuse_is_refused_first_and_the_key_schema_stays(
     assert!(rejected[0].2.contains("incompatible with the latest version under merged-value"), "{rejected:?}");
     // The key schema has no connector annotations.
     let (_, key) = f.standin.http("GET", "/subjects/merged-key/versions/latest", None);
-    assert_eq!(key["schema"].as_str().unwrap(), r#"{"fields":[{"name":"id","type":"int"}],"name":"Key","namespace":"merged","type":"record"}"#);
+    assert_eq!(
+        key["schema"].as_str().unwrap(),
+        r#"{"fields":[{"name":"id","type":"int"}],"name":"Key","namespace":"merged","type":"record"}"#
+    );
 }

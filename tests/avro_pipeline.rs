@@ -113,7 +113,15 @@ impl Pipeline {
         let topic = self.topics[source].clone();
         let keys: Vec<String> = events.iter().map(|(id, ..)| json!({"id": id}).to_string()).collect();
         let key_hex = fastavro(
-            &["encode", "--registry", &self.registry.url, "--subject", &format!("{topic}-key"), "--schema", &schemas["key"].to_string()],
+            &[
+                "encode",
+                "--registry",
+                &self.registry.url,
+                "--subject",
+                &format!("{topic}-key"),
+                "--schema",
+                &schemas["key"].to_string(),
+            ],
             &keys,
         );
         let lines: Vec<String> = events
@@ -203,9 +211,7 @@ impl Pipeline {
     /// The output topic's compacted view, keys and values decoded by fastavro.
     fn actual(&self) -> Option<BTreeMap<String, Value>> {
         let records = read_topic(&self.output, true);
-        let hex_of = |field: &str| -> Vec<String> {
-            records.iter().map(|r| json!({"hex": r[field]}).to_string()).collect()
-        };
+        let hex_of = |field: &str| -> Vec<String> { records.iter().map(|r| json!({"hex": r[field]}).to_string()).collect() };
         let keys = fastavro(&["decode", "--registry", &self.registry.url], &hex_of("key_hex"));
         let values = fastavro(&["decode", "--registry", &self.registry.url], &hex_of("payload_hex"));
         let mut view = BTreeMap::new();
@@ -330,8 +336,8 @@ fn avro_sources_to_avro_output_match_the_json_pipeline() {
     // holding the raw bytes. The registry outage dead-lettered nothing.
     let dlq = read_topic(&format!("{}-dlq", s.group), true);
     assert_eq!(dlq.len(), 1, "{dlq:#?}");
-    let envelope = fastavro(&["decode", "--registry", &s.registry.url], &[json!({"hex": dlq[0]["payload_hex"]}).to_string()])
-        .remove(0);
+    let envelope =
+        fastavro(&["decode", "--registry", &s.registry.url], &[json!({"hex": dlq[0]["payload_hex"]}).to_string()]).remove(0);
     assert_eq!(envelope["reason"], "unknown_schema", "{envelope}");
     let error = envelope["error"].as_str().unwrap();
     assert!(error.contains("unknown schema id 1000000") && error.contains(&format!("topic {}", s.topics[0])), "{error}");
@@ -357,7 +363,8 @@ fn avro_sources_to_avro_output_match_the_json_pipeline() {
         "\n[sink]\ntarget = \"sqlite\"\nurl = \"{}\"\ntable = \"customers\"\ncolumns = [\"id bigint\", \"name text\", \"balance text\", \"visits bigint\", \"email text\"]\nkey_columns = [\"id\"]\n",
         db.display()
     );
-    std::fs::write(&sink_config, s.config_text(true).replacen("[[sources]]", &format!("{sink_section}\n[[sources]]"), 1)).unwrap();
+    std::fs::write(&sink_config, s.config_text(true).replacen("[[sources]]", &format!("{sink_section}\n[[sources]]"), 1))
+        .unwrap();
     let sink = Processor::start_with(&sink_config, &s.dir.path().join("sink.log"), "sink");
     let expected: BTreeMap<i64, Value> = s
         .expected()

@@ -24,9 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::kafka::{
-    compacted, create_topic_at, read_topic_at, unique, OwnedBroker, Processor, Rec,
-};
+use common::kafka::{compacted, create_topic_at, read_topic_at, unique, OwnedBroker, Processor, Rec};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
@@ -66,17 +64,11 @@ impl Rng {
 }
 
 fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v}: not a number"))
-    })
+    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 /// The sources' history: Debezium change events on random keys from random
@@ -107,30 +99,15 @@ impl Feed {
                 Some(b) if self.rng.chance(6) => {
                     self.live.remove(&(si, k));
                     let payload = json!({"before": b, "after": null, "op": "d", "source": {"ts_ms": ts}, "ts_ms": ts + 2});
-                    out.push(Rec {
-                        topic: topic.clone(),
-                        partition,
-                        key: Some(key.clone()),
-                        value: Some(payload.to_string()),
-                    });
-                    out.push(Rec {
-                        topic,
-                        partition,
-                        key: Some(key),
-                        value: None,
-                    });
+                    out.push(Rec { topic: topic.clone(), partition, key: Some(key.clone()), value: Some(payload.to_string()) });
+                    out.push(Rec { topic, partition, key: Some(key), value: None });
                 }
                 before => {
                     let after = json!({"id": k, "name": format!("n{k}"), "by": SOURCES[si], "n": self.written});
                     self.live.insert((si, k), after.clone());
                     let op = if before.is_some() { "u" } else { "c" };
                     let payload = json!({"before": before, "after": after, "op": op, "source": {"ts_ms": ts}, "ts_ms": ts + 2});
-                    out.push(Rec {
-                        topic,
-                        partition,
-                        key: Some(key),
-                        value: Some(payload.to_string()),
-                    });
+                    out.push(Rec { topic, partition, key: Some(key), value: Some(payload.to_string()) });
                 }
             }
         }
@@ -165,9 +142,7 @@ fn run_feed(bootstrap: String, mut feed: Feed, stop: Arc<AtomicBool>) -> usize {
             }
         }
         // Long enough to ride out the broker restart.
-        producer
-            .flush(Duration::from_secs(180))
-            .expect("the feed's records are acknowledged");
+        producer.flush(Duration::from_secs(180)).expect("the feed's records are acknowledged");
         std::thread::sleep(BATCH_PAUSE);
     }
     events
@@ -219,16 +194,9 @@ impl Drop for Chaos {
         }
         let dir = self.dir.take().expect("the test directory").keep();
         for name in ["server.log", "kafka.out"] {
-            let _ = std::fs::copy(
-                self.broker.dir().join("logs").join(name),
-                dir.join(format!("broker-{name}")),
-            );
+            let _ = std::fs::copy(self.broker.dir().join("logs").join(name), dir.join(format!("broker-{name}")));
         }
-        eprintln!(
-            "chaos seed {}: logs, outputs and the broker's log are kept in {}",
-            self.seed,
-            dir.display()
-        );
+        eprintln!("chaos seed {}: logs, outputs and the broker's log are kept in {}", self.seed, dir.display());
     }
 }
 
@@ -236,10 +204,7 @@ impl Chaos {
     fn new(seed: u64) -> Chaos {
         let broker = OwnedBroker::start();
         let group = unique("chaos");
-        let topics: Vec<String> = SOURCES
-            .iter()
-            .map(|s| format!("{group}.{s}.customers"))
-            .collect();
+        let topics: Vec<String> = SOURCES.iter().map(|s| format!("{group}.{s}.customers")).collect();
         for t in &topics {
             create_topic_at(broker.bootstrap(), t, PARTITIONS, &[]);
         }
@@ -251,20 +216,13 @@ impl Chaos {
             broker.bootstrap(),
             &output,
             PARTITIONS,
-            &[
-                ("cleanup.policy", "compact"),
-                ("min.compaction.lag.ms", "3600000"),
-            ],
+            &[("cleanup.policy", "compact"), ("min.compaction.lag.ms", "3600000")],
         );
         create_topic_at(
             broker.bootstrap(),
             &format!("{group}-state-changelog"),
             PARTITIONS,
-            &[
-                ("cleanup.policy", "compact"),
-                ("segment.ms", "3000"),
-                ("min.cleanable.dirty.ratio", "0.01"),
-            ],
+            &[("cleanup.policy", "compact"), ("segment.ms", "3000"), ("min.cleanable.dirty.ratio", "0.01")],
         );
         Chaos {
             seed,
@@ -281,11 +239,7 @@ impl Chaos {
     }
 
     fn dir(&self) -> PathBuf {
-        self.dir
-            .as_ref()
-            .expect("the test directory")
-            .path()
-            .to_path_buf()
+        self.dir.as_ref().expect("the test directory").path().to_path_buf()
     }
 
     fn say(&self, what: impl std::fmt::Display) {
@@ -303,10 +257,7 @@ impl Chaos {
             self.state_dir(state).display()
         );
         for (s, t) in SOURCES.iter().zip(&self.topics) {
-            text += &format!(
-                "\n[[sources]]\nname = \"{s}\"\ntopic = \"{t}\"\npriority = {}\n",
-                s.len()
-            );
+            text += &format!("\n[[sources]]\nname = \"{s}\"\ntopic = \"{t}\"\npriority = {}\n", s.len());
         }
         text
     }
@@ -326,26 +277,15 @@ impl Chaos {
         *n += 1;
         let n = *n;
         let log = self.log(name);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         std::io::Write::write_all(
             &mut file,
-            format!(
-                "===== chaos: start #{n} of {name} at {:.1}s =====\n",
-                self.began.elapsed().as_secs_f64()
-            )
-            .as_bytes(),
+            format!("===== chaos: start #{n} of {name} at {:.1}s =====\n", self.began.elapsed().as_secs_f64()).as_bytes(),
         )
         .unwrap();
         let p = Processor::start(&config, &log);
         self.say(format!("start {name} (#{n}, pid {})", p.child.id()));
-        assert!(
-            self.running.insert(name, p).is_none(),
-            "{name} was running already"
-        );
+        assert!(self.running.insert(name, p).is_none(), "{name} was running already");
     }
 
     /// Waits until `name` has opened a task since its last start (it is
@@ -354,9 +294,7 @@ impl Chaos {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             let text = std::fs::read_to_string(self.log(name)).unwrap_or_default();
-            let since = text
-                .rfind("===== chaos: start #")
-                .map_or("", |at| &text[at..]);
+            let since = text.rfind("===== chaos: start #").map_or("", |at| &text[at..]);
             if since.contains("task opened") {
                 return;
             }
@@ -376,19 +314,14 @@ impl Chaos {
         self.say(format!("SIGTERM {name} (pid {})", p.child.id()));
         let status = p.stop();
         if !status.success() {
-            self.exits.push(format!(
-                "{name} exited with {status} on SIGTERM (see {name}.log)"
-            ));
+            self.exits.push(format!("{name} exited with {status} on SIGTERM (see {name}.log)"));
         }
     }
 
     /// Restarts, as a supervisor would, the processes that exited on their own.
     fn supervise(&mut self) {
-        let exited: Vec<&'static str> = self
-            .running
-            .iter_mut()
-            .filter_map(|(name, p)| p.child.try_wait().unwrap().map(|_| *name))
-            .collect();
+        let exited: Vec<&'static str> =
+            self.running.iter_mut().filter_map(|(name, p)| p.child.try_wait().unwrap().map(|_| *name)).collect();
         for name in exited {
             let mut p = self.running.remove(name).unwrap();
             let status = p.child.wait().unwrap();
@@ -401,10 +334,7 @@ impl Chaos {
                 .unwrap_or("(no error logged)")
                 .to_string();
             self.say(format!("{name} exited by itself ({status}): {last}"));
-            self.exits.push(format!(
-                "{name} exited with {status} at {:.1}s: {last}",
-                self.began.elapsed().as_secs_f64()
-            ));
+            self.exits.push(format!("{name} exited with {status} at {:.1}s: {last}", self.began.elapsed().as_secs_f64()));
             std::thread::sleep(Duration::from_secs(1));
             self.start(name);
         }
@@ -414,9 +344,7 @@ impl Chaos {
         let until = Instant::now() + d;
         while Instant::now() < until {
             self.supervise();
-            std::thread::sleep(
-                Duration::from_millis(100).min(until.saturating_duration_since(Instant::now())),
-            );
+            std::thread::sleep(Duration::from_millis(100).min(until.saturating_duration_since(Instant::now())));
         }
     }
 
@@ -433,11 +361,9 @@ impl Chaos {
                 dump.push('\n');
             }
         }
-        let config =
-            Config::parse(&self.config_text("replay"), "test", std::iter::empty()).unwrap();
+        let config = Config::parse(&self.config_text("replay"), "test", std::iter::empty()).unwrap();
         let (mut out, mut log) = (Vec::new(), Vec::new());
-        tributary::replay::replay(&config, dump.as_bytes(), "dump", &mut out, None, &mut log)
-            .unwrap();
+        tributary::replay::replay(&config, dump.as_bytes(), "dump", &mut out, None, &mut log).unwrap();
         (dump, common::json_lines(&String::from_utf8(out).unwrap()))
     }
 }
@@ -447,8 +373,7 @@ fn header(r: &Value, name: &str) -> String {
 }
 
 fn clock(r: &Value) -> BTreeMap<String, u64> {
-    serde_json::from_str(&header(r, "tributary.vv"))
-        .unwrap_or_else(|e| panic!("tributary.vv of {r}: {e}"))
+    serde_json::from_str(&header(r, "tributary.vv")).unwrap_or_else(|e| panic!("tributary.vv of {r}: {e}"))
 }
 
 /// `b` follows `a`: every entry at least as large, and not the same clock.
@@ -467,16 +392,9 @@ fn clock_problems(output: &[Value]) -> Vec<String> {
         let vv = clock(r);
         if let Some((prev, before)) = last.get(key) {
             if prev["partition"] != r["partition"] {
-                problems.push(format!(
-                    "key {key} in partitions {} and {}",
-                    prev["partition"], r["partition"]
-                ));
+                problems.push(format!("key {key} in partitions {} and {}", prev["partition"], r["partition"]));
             } else if !dominates(&vv, before) {
-                let how = if &vv == before {
-                    "repeats"
-                } else {
-                    "does not follow"
-                };
+                let how = if &vv == before { "repeats" } else { "does not follow" };
                 problems.push(format!(
                     "key {key}: tributary.vv {vv:?} at partition {} offset {} {how} {before:?} at offset {}",
                     r["partition"], r["offset"], prev["offset"]
@@ -497,19 +415,9 @@ fn shown(record: Option<&(Value, Value)>) -> String {
         .as_array()
         .unwrap()
         .chunks(2)
-        .map(|kv| {
-            format!(
-                "{}={}",
-                kv[0].as_str().unwrap(),
-                kv[1].as_str().unwrap_or("null")
-            )
-        })
+        .map(|kv| format!("{}={}", kv[0].as_str().unwrap(), kv[1].as_str().unwrap_or("null")))
         .collect();
-    format!(
-        "{} [{}]",
-        payload.as_str().unwrap_or("null (tombstone)"),
-        headers.join(" ")
-    )
+    format!("{} [{}]", payload.as_str().unwrap_or("null (tombstone)"), headers.join(" "))
 }
 
 /// Keys whose last committed record differs from replay's.
@@ -526,10 +434,7 @@ fn view_problems(output: &[Value], replay: &[Value]) -> Vec<String> {
             ));
         }
     }
-    let partition: HashMap<&str, &Value> = replay
-        .iter()
-        .map(|r| (r["key"].as_str().unwrap(), &r["partition"]))
-        .collect();
+    let partition: HashMap<&str, &Value> = replay.iter().map(|r| (r["key"].as_str().unwrap(), &r["partition"])).collect();
     for r in output {
         if partition.get(r["key"].as_str().unwrap()) != Some(&&r["partition"]) {
             problems.push(format!(
@@ -545,28 +450,18 @@ fn view_problems(output: &[Value], replay: &[Value]) -> Vec<String> {
 
 #[test]
 fn chaos_kills_scaling_wiped_state_and_broker_restart_converge_to_replay() {
-    let seed = env_u64("TRIBUTARY_CHAOS_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
+    let seed = env_u64("TRIBUTARY_CHAOS_SEED")
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
     let cycles = env_u64("TRIBUTARY_CHAOS_CYCLES").unwrap_or(4) as usize;
-    let width = env_u64("TRIBUTARY_CHAOS_WIDTH")
-        .unwrap_or(if cycles >= 10 { 3 } else { 2 })
-        .clamp(1, INSTANCES.len() as u64) as usize;
+    let width =
+        env_u64("TRIBUTARY_CHAOS_WIDTH").unwrap_or(if cycles >= 10 { 3 } else { 2 }).clamp(1, INSTANCES.len() as u64) as usize;
     let mut rng = Rng(seed);
     let steps = plan(&mut rng, cycles);
     eprintln!("chaos seed {seed} (run again with TRIBUTARY_CHAOS_SEED={seed}): {cycles} kill cycles, scale 1 -> {width} -> 1, steps {steps:?}");
 
     let mut chaos = Chaos::new(seed);
     let stop_feed = Arc::new(AtomicBool::new(false));
-    let feed = Feed {
-        topics: chaos.topics.clone(),
-        rng: Rng(seed ^ 0x5eed_f00d),
-        live: HashMap::new(),
-        written: 0,
-    };
+    let feed = Feed { topics: chaos.topics.clone(), rng: Rng(seed ^ 0x5eed_f00d), live: HashMap::new(), written: 0 };
     let feeder = {
         let (bootstrap, stop) = (chaos.broker.bootstrap().to_string(), stop_feed.clone());
         std::thread::spawn(move || run_feed(bootstrap, feed, stop))
@@ -648,10 +543,7 @@ fn chaos_kills_scaling_wiped_state_and_broker_restart_converge_to_replay() {
     let output = chaos.committed_output();
     let (dump, replay) = chaos.replay();
     let uncommitted = read_topic_at(chaos.broker.bootstrap(), &chaos.output, false).len();
-    let conflicts = output
-        .iter()
-        .filter(|r| header(r, "tributary.conflict") == "true")
-        .count();
+    let conflicts = output.iter().filter(|r| header(r, "tributary.conflict") == "true").count();
     chaos.say(format!(
         "{} committed outputs ({conflicts} with conflicts), {} keys; {} records written and aborted; starts {:?}; exits by themselves: {:?}",
         output.len(),
@@ -663,31 +555,19 @@ fn chaos_kills_scaling_wiped_state_and_broker_restart_converge_to_replay() {
 
     let mut problems = Vec::new();
     if replay.len() != expected {
-        problems.push(format!(
-            "replay made {} outputs of {expected} change events",
-            replay.len()
-        ));
+        problems.push(format!("replay made {} outputs of {expected} change events", replay.len()));
     }
     if output.len() != expected {
-        problems.push(format!(
-            "{} committed outputs for {expected} change events (exactly one each)",
-            output.len()
-        ));
+        problems.push(format!("{} committed outputs for {expected} change events (exactly one each)", output.len()));
     }
     let views = view_problems(&output, &replay);
     let clocks = clock_problems(&output);
     if !views.is_empty() {
-        problems.push(format!(
-            "{} keys differ from replay, for example:",
-            views.len()
-        ));
+        problems.push(format!("{} keys differ from replay, for example:", views.len()));
         problems.extend(views.into_iter().take(10));
     }
     if !clocks.is_empty() {
-        problems.push(format!(
-            "{} clocks repeat or go backwards, for example:",
-            clocks.len()
-        ));
+        problems.push(format!("{} clocks repeat or go backwards, for example:", clocks.len()));
         problems.extend(clocks.into_iter().take(10));
     }
     if !problems.is_empty() {

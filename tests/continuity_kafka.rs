@@ -9,7 +9,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::kafka::{self, admin_addr, compacted, create_topic, http_get, produce, read_topic, unique, wait_for_records, Processor, Rec};
+use common::kafka::{
+    self, admin_addr, compacted, create_topic, http_get, produce, read_topic, unique, wait_for_records, Processor, Rec,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -329,7 +331,8 @@ fn old_backlog_collects_tombstones_by_stream_time() {
 }
 
 fn set_output_configs(s: &Setup, extra: &[(&str, &str)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().unwrap();
     // AlterConfigs replaces the topic's dynamic configs: give them all.
     let mut alter = AlterConfig::new(ResourceSpecifier::Topic(&s.output));
     for (k, v) in OUTPUT_CONFIGS.iter().chain(extra) {
@@ -420,7 +423,9 @@ fn partition_back_after_compaction_removed_a_collected_key() {
     // task's stream time on.
     let neighbours = |ts: i64, n: u64| -> Vec<Rec> {
         (0..3)
-            .map(|si| s.rec(si, 999, Some(p), json!({"before": null, "after": {"id": 999, "n": n}, "op": "u", "source": {"ts_ms": ts}})))
+            .map(|si| {
+                s.rec(si, 999, Some(p), json!({"before": null, "after": {"id": 999, "n": n}, "op": "u", "source": {"ts_ms": ts}}))
+            })
             .collect()
     };
     produce(&[s.rec(0, key, None, json!({"before": null, "after": row("eu"), "op": "c", "source": {"ts_ms": t}}))]);
@@ -448,7 +453,11 @@ fn partition_back_after_compaction_removed_a_collected_key() {
         if seen_null && for_key.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "compaction did not remove the key (null seen: {seen_null}): {for_key:?}\n{}", b.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "compaction did not remove the key (null seen: {seen_null}): {for_key:?}\n{}",
+            b.log_text()
+        );
     }
     assert!(b.log_text().contains("dropped deleted keys"));
     assert!(b.stop().success());

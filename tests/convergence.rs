@@ -39,8 +39,7 @@ fn config(policy: &str, deletes: &str, carried: bool) -> Config {
         Some(p) => (p, RULES),
         None => (policy, ""),
     };
-    let mut text =
-        format!("[output]\ntopic = \"out\"\n[merge]\npolicy = \"{policy}\"\ndeletes = \"{deletes}\"\n{rules}");
+    let mut text = format!("[output]\ntopic = \"out\"\n[merge]\npolicy = \"{policy}\"\ndeletes = \"{deletes}\"\n{rules}");
     for (i, s) in SOURCES.iter().enumerate() {
         text += &format!("[[sources]]\nname = \"{s}\"\ntopic = \"{s}.t\"\npriority = {}\n{clock}", i % 2);
     }
@@ -108,8 +107,7 @@ fn queues(hist: &[Vec<Write>], carried: bool) -> (Vec<Vec<DumpRecord>>, Database
                     after.insert(format!("c{}", w.col), value);
                     rows.insert((si, w.key), after.clone());
                     let op = if before.is_some() { "u" } else { "c" };
-                    let before_v =
-                        before.map(|b| with_clock(b, &clocks.get(&(si, w.key)).cloned().unwrap_or_default()));
+                    let before_v = before.map(|b| with_clock(b, &clocks.get(&(si, w.key)).cloned().unwrap_or_default()));
                     Some(
                         json!({"before": before_v, "after": with_clock(after, &clock), "op": op, "source": {"ts_ms": w.ts}})
                             .to_string(),
@@ -146,8 +144,7 @@ fn assert_full_rows(out: &BTreeMap<String, (Value, Value, Value)>, dbs: &Databas
         let row: Value = serde_json::from_str(payload.as_str().unwrap()).unwrap();
         assert_eq!(row["id"], key["id"], "{what}: key field missing from {row}");
         let id = u8::try_from(key["id"].as_u64().unwrap()).unwrap();
-        let covers =
-            (0..SOURCES.len()).filter_map(|si| dbs.get(&(si, id))).any(|db| db.keys().all(|c| row.get(c).is_some()));
+        let covers = (0..SOURCES.len()).filter_map(|si| dbs.get(&(si, id))).any(|db| db.keys().all(|c| row.get(c).is_some()));
         assert!(covers, "{what}: {row} holds no source's full row of {key}");
     }
 }
@@ -176,9 +173,7 @@ fn compacted(config: &Config, dump: &str) -> BTreeMap<String, (Value, Value, Val
     assert_eq!(summary.dead_lettered, 0, "{}", String::from_utf8_lossy(&log));
     common::json_lines(&String::from_utf8(out).unwrap())
         .into_iter()
-        .map(|r| {
-            (r["key"].as_str().unwrap().to_string(), (r["payload"].clone(), r["headers"].clone(), r["ts"].clone()))
-        })
+        .map(|r| (r["key"].as_str().unwrap().to_string(), (r["payload"].clone(), r["headers"].clone(), r["ts"].clone())))
         .collect()
 }
 

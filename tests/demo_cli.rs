@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 fn number_before(report: &str, line: &str, label: &str) -> u64 {
     let l = report.lines().find(|l| l.trim_start().starts_with(line)).unwrap_or_else(|| panic!("no line {line:?} in:\n{report}"));
     let head = l.split(label).next().unwrap();
-    head.split(|c: char| !c.is_ascii_digit()).rfind(|w| !w.is_empty()).unwrap_or_else(|| panic!("no number before {label:?} in {l:?}")).parse().unwrap()
+    head.split(|c: char| !c.is_ascii_digit())
+        .rfind(|w| !w.is_empty())
+        .unwrap_or_else(|| panic!("no number before {label:?} in {l:?}"))
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -46,10 +50,12 @@ fn demo_runs_end_to_end_and_the_table_matches_the_merged_view() {
     let rows: u64 = conn.query_row("SELECT count(*) FROM customers", [], |r| r.get(0)).unwrap();
     assert_eq!(rows, live, "rows in {} vs live keys in the report:\n{stdout}", sqlite.display());
     let mut stmt = conn.prepare("SELECT id, _vv FROM customers").unwrap();
-    let vvs: Vec<(i64, Option<String>)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    let vvs: Vec<(i64, Option<String>)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
     for (id, vv) in &vvs {
         let vv = vv.as_deref().unwrap_or_else(|| panic!("row {id} has no _vv"));
-        let clock: serde_json::Map<String, serde_json::Value> = serde_json::from_str(vv).unwrap_or_else(|e| panic!("row {id}: _vv {vv:?}: {e}"));
+        let clock: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(vv).unwrap_or_else(|e| panic!("row {id}: _vv {vv:?}: {e}"));
         assert!(!clock.is_empty(), "row {id} has an empty _vv");
     }
 }

@@ -117,7 +117,8 @@ fn yaml_doc(path: &Path) -> Value {
     docs.into_iter().next().unwrap()
 }
 
-const PROMTOOL_INSTALL: &str = "install it with `apt-get update && apt-get install -y prometheus` (Debian/Ubuntu package `prometheus` ships promtool)";
+const PROMTOOL_INSTALL: &str =
+    "install it with `apt-get update && apt-get install -y prometheus` (Debian/Ubuntu package `prometheus` ships promtool)";
 
 fn promtool(args: &[&str]) {
     let out = run_required("promtool", args, PROMTOOL_INSTALL);
@@ -217,9 +218,7 @@ fn metric_names(expr: &str) -> Vec<String> {
 fn known_metric(name: &str) -> bool {
     SCALARS.contains(&name)
         || PROCESS.contains(&name)
-        || ["_bucket", "_sum", "_count"]
-            .iter()
-            .any(|s| name.strip_suffix(s).is_some_and(|base| HISTOGRAMS.contains(&base)))
+        || ["_bucket", "_sum", "_count"].iter().any(|s| name.strip_suffix(s).is_some_and(|base| HISTOGRAMS.contains(&base)))
 }
 
 fn check_metric_names(what: &str, expr: &str) {
@@ -275,8 +274,7 @@ fn dashboard_queries_use_exported_metrics_and_are_valid_promql() {
     let used: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
     for m in SCALARS.iter().chain(HISTOGRAMS) {
         assert!(
-            used.iter()
-                .any(|u| u == m || u.strip_prefix(m).is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))),
+            used.iter().any(|u| u == m || u.strip_prefix(m).is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))),
             "no dashboard panel shows {m}"
         );
     }
@@ -405,12 +403,13 @@ fn kubernetes_manifests_fit_together() {
     assert_eq!(c["ports"][0]["name"], "metrics");
     let env = c["env"].as_array().expect("env");
     assert!(
-        env.iter().any(|e| e["name"] == "TRIBUTARY_KAFKA__INSTANCE_ID"
-            && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"),
+        env.iter()
+            .any(|e| e["name"] == "TRIBUTARY_KAFKA__INSTANCE_ID" && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"),
         "instance id from the pod name"
     );
-    assert!(c["volumeMounts"].as_array().unwrap().iter().any(|m| m["mountPath"] == "/var/lib/tributary"
-        && m["name"] == sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]));
+    assert!(c["volumeMounts"].as_array().unwrap().iter().any(
+        |m| m["mountPath"] == "/var/lib/tributary" && m["name"] == sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    ));
 
     let svc = k("service.yaml");
     assert_eq!(svc["spec"]["clusterIP"], "None");
@@ -464,12 +463,7 @@ fn compose_stack_fits_together() {
 
     // Prometheus scrapes both instances on the admin port.
     let prom = yaml_doc(&deploy("prometheus/prometheus.yml"));
-    let job = prom["scrape_configs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["job_name"] == "tributary")
-        .expect("job tributary");
+    let job = prom["scrape_configs"].as_array().unwrap().iter().find(|j| j["job_name"] == "tributary").expect("job tributary");
     let targets: BTreeSet<&str> =
         job["static_configs"][0]["targets"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     assert_eq!(targets, BTreeSet::from(["tributary-1:9464", "tributary-2:9464"]));
@@ -481,9 +475,7 @@ fn compose_stack_fits_together() {
     // (e) `docker compose config`, only where Compose exists.
     let available = Command::new("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success());
     if !available {
-        eprintln!(
-            "note: `docker compose` not available; `docker compose -f deploy/docker-compose.yml config -q` skipped"
-        );
+        eprintln!("note: `docker compose` not available; `docker compose -f deploy/docker-compose.yml config -q` skipped");
         return;
     }
     let out = Command::new("docker")

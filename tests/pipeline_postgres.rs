@@ -48,10 +48,8 @@ impl Pg {
     }
 
     fn sql(&self, sql: &str) -> String {
-        let out = script("scripts/postgres/pg")
-            .args(["psql", &self.dir, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
-            .output()
-            .unwrap();
+        let out =
+            script("scripts/postgres/pg").args(["psql", &self.dir, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql]).output().unwrap();
         assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
@@ -273,4 +271,3 @@ fn http_get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut text).unwrap();
     text
 }
-

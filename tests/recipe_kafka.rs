@@ -230,10 +230,7 @@ fn five_command_recipe_gives_the_readme_table() {
             .iter()
             .find(|r| r["topic"] == topic.as_str() && r["offset"] == want["offset"])
             .unwrap_or_else(|| panic!("{want} not loaded"));
-        assert_eq!(
-            (&got["partition"], &got["key"], &got["payload"]),
-            (&want["partition"], &want["key"], &want["payload"])
-        );
+        assert_eq!((&got["partition"], &got["key"], &got["payload"]), (&want["partition"], &want["key"], &want["payload"]));
         let headers = want.get("headers").cloned().unwrap_or(Value::Array(vec![]));
         assert_eq!(got["headers"], headers);
     }
@@ -366,8 +363,7 @@ fn a_record_the_broker_refuses_is_reported_with_its_line() {
     assert_eq!(code, 1, "{stderr}");
     // The broker refuses whole batches: the small records may share the big
     // one's fate. Whatever it refused is listed by line; the rest is there.
-    let in_topic: Vec<String> =
-        kafka::read_topic(&topic, false).iter().map(|r| r["key"].as_str().unwrap().to_string()).collect();
+    let in_topic: Vec<String> = kafka::read_topic(&topic, false).iter().map(|r| r["key"].as_str().unwrap().to_string()).collect();
     let refused: Vec<&str> = ["1", "2", "3"].into_iter().filter(|k| !in_topic.iter().any(|t| t == k)).collect();
     assert!(refused.contains(&"2"), "the big record was refused: {in_topic:?}");
     for line in &refused {
@@ -428,8 +424,7 @@ fn an_interrupted_load_reports_the_last_line_sent() {
     let records = kafka::read_topic(&topic, false);
     match out.status.code() {
         Some(130) => {
-            let at = stderr.find("load: interrupted after line ").expect("the summary")
-                + "load: interrupted after line ".len();
+            let at = stderr.find("load: interrupted after line ").expect("the summary") + "load: interrupted after line ".len();
             let sent: usize = stderr[at..].split(':').next().unwrap().parse().unwrap();
             assert!(sent < lines, "{stderr}");
             assert!(stderr.contains(&format!("read={lines} produced={sent} failed=0")), "{stderr}");

@@ -17,7 +17,11 @@ use tributary::config::SchemaRegistryConfig;
 const SCHEMA: &str = r#"{"type":"record","name":"Value","namespace":"t","fields":[{"name":"id","type":"int"}]}"#;
 
 fn settings(url: &str) -> SchemaRegistryConfig {
-    SchemaRegistryConfig { timeout: Duration::from_secs(5), max_backoff: Duration::from_secs(1), ..SchemaRegistryConfig::new(url) }
+    SchemaRegistryConfig {
+        timeout: Duration::from_secs(5),
+        max_backoff: Duration::from_secs(1),
+        ..SchemaRegistryConfig::new(url)
+    }
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -30,13 +34,49 @@ fn openssl(dir: &Path, args: &[&str]) {
 fn certificates() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    openssl(d, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=tributary-test-ca"]);
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tributary-test-ca",
+        ],
+    );
     std::fs::write(d.join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
     std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     for who in ["server", "client"] {
         let (key, csr, pem, ext) = (format!("{who}.key"), format!("{who}.csr"), format!("{who}.pem"), format!("{who}.ext"));
         openssl(d, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &format!("/CN={who}")]);
-        openssl(d, &["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &pem, "-days", "2", "-extfile", &ext]);
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
         // PKCS#8, as `key_location` documents.
         openssl(d, &["pkcs8", "-topk8", "-nocrypt", "-in", &key, "-out", &format!("{who}.p8")]);
     }

@@ -212,10 +212,9 @@ async fn compatibility_is_enforced_on_register() {
     assert_eq!(status, 409);
     assert_eq!(answer["error_code"], 409);
     assert!(
-        answer["message"]
-            .as_str()
-            .unwrap()
-            .starts_with(r#"Schema being registered is incompatible with an earlier schema for subject "customers-value", details: ["#),
+        answer["message"].as_str().unwrap().starts_with(
+            r#"Schema being registered is incompatible with an earlier schema for subject "customers-value", details: ["#
+        ),
         "{answer}"
     );
 
@@ -256,11 +255,8 @@ fn may_follow(reg: &Registry, level: &str, old: &[&str], new: &str) -> (bool, Va
         reg.register(&subject, s);
     }
     assert_eq!(reg.http("PUT", &format!("/config/{subject}"), Some(&json!({"compatibility": level}))).0, 200);
-    let (st, answer) = reg.http(
-        "POST",
-        &format!("/compatibility/subjects/{subject}/versions?verbose=true"),
-        Some(&json!({"schema": new})),
-    );
+    let (st, answer) =
+        reg.http("POST", &format!("/compatibility/subjects/{subject}/versions?verbose=true"), Some(&json!({"schema": new})));
     assert_eq!(st, 200, "{answer}");
     let ok = answer["is_compatible"].as_bool().unwrap();
     // Registering agrees with the check.
@@ -390,7 +386,11 @@ async fn fastavro_debezium_events_decode_with_the_rust_client() {
     let a = field(v, "after");
     assert_eq!(field(a, "id"), &Avro::Int(1));
     assert_eq!(field(a, "name"), &Avro::Union(1, Box::new(Avro::String("Ann".into()))));
-    assert_eq!(field(a, "balance"), &Avro::Union(1, Box::new(Avro::Decimal(Decimal::from([0x04, 0xd2])))), "1234 = 12.34 at scale 2");
+    assert_eq!(
+        field(a, "balance"),
+        &Avro::Union(1, Box::new(Avro::Decimal(Decimal::from([0x04, 0xd2])))),
+        "1234 = 12.34 at scale 2"
+    );
     assert_eq!(field(a, "updated"), &Avro::Union(1, Box::new(Avro::Long(1_700_000_000_000))));
     assert_eq!(field(a, "created"), &Avro::Long(1_700_000_000_000_123));
     assert_eq!(field(a, "born"), &Avro::Union(1, Box::new(Avro::Int(19_000))));
@@ -410,7 +410,10 @@ async fn fastavro_debezium_events_decode_with_the_rust_client() {
 
     let updated = decoder.decode(Some(&unhex(values[1]["hex"].as_str().unwrap()))).await.unwrap().value;
     assert_eq!(field(&updated, "op"), &Avro::String("u".into()));
-    assert_eq!(field(field(&updated, "before"), "balance"), &Avro::Union(1, Box::new(Avro::Decimal(Decimal::from([0x04, 0xd2])))));
+    assert_eq!(
+        field(field(&updated, "before"), "balance"),
+        &Avro::Union(1, Box::new(Avro::Decimal(Decimal::from([0x04, 0xd2]))))
+    );
     let after = field(&updated, "after");
     assert_eq!(field(after, "balance"), &Avro::Union(1, Box::new(Avro::Decimal(Decimal::from([0xff])))), "-1 = -0.01");
     assert_eq!(field(after, "name"), &Avro::Union(0, Box::new(Avro::Null)));
@@ -424,7 +427,9 @@ async fn fastavro_debezium_events_decode_with_the_rust_client() {
     assert_eq!(envelope.attributes.get("connect.version"), Some(&json!(2)));
     let value_record = union_branch(field_schema(schema, "before"), 1);
     assert_eq!(connect_name(value_record), Some("eu.public.customers.Value"));
-    assert!(matches!(union_branch(field_schema(schema, "after"), 1), Schema::Ref { name } if name.fullname(None) == "eu.public.customers.Value"));
+    assert!(
+        matches!(union_branch(field_schema(schema, "after"), 1), Schema::Ref { name } if name.fullname(None) == "eu.public.customers.Value")
+    );
     match union_branch(field_schema(value_record, "balance"), 1) {
         Schema::Decimal(d) => assert_eq!((d.precision, d.scale), (10, 2)),
         other => panic!("balance is not a decimal: {other:?}"),
@@ -476,7 +481,8 @@ async fn rust_encoded_bytes_decode_with_fastavro() {
         ("at", Avro::Long(1_700_000_000_000)),
     ];
     let bytes = encoder.encode(values, strategy).await.unwrap();
-    let tombstone_and_garbage = [json!({"hex": hex(&bytes)}).to_string(), "null".into(), json!({"hex": "0000000063"}).to_string()];
+    let tombstone_and_garbage =
+        [json!({"hex": hex(&bytes)}).to_string(), "null".into(), json!({"hex": "0000000063"}).to_string()];
     let out = fastavro(&["decode", "--registry", &reg.url, "--with-id"], &tombstone_and_garbage);
     assert_eq!(
         out[0],

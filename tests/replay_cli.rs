@@ -154,7 +154,8 @@ fn replay_output_is_a_valid_replay_input_shape() {
 
 #[test]
 fn check_config_prints_resolved_config_or_every_problem() {
-    let out = run(tributary().args(["check-config", "-c"]).arg(example("tributary.toml")).env("TRIBUTARY_MERGE__POLICY", "field-lww"));
+    let out =
+        run(tributary().args(["check-config", "-c"]).arg(example("tributary.toml")).env("TRIBUTARY_MERGE__POLICY", "field-lww"));
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("policy = \"field-lww\""), "{text}");
@@ -223,9 +224,7 @@ fn aggregation_example_readme_figures() {
     // The figures are read from the example's README, so the test follows the text.
     let readme = std::fs::read_to_string(root().join("examples/aggregation/README.md")).unwrap();
     let lines: Vec<&str> = readme.lines().collect();
-    let cells = |line: &str| -> Vec<String> {
-        line.trim().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect()
-    };
+    let cells = |line: &str| -> Vec<String> { line.trim().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect() };
 
     // "What the compacted output holds": one row per column (or header), one
     // column per key; `—` is a column the row does not have.
@@ -287,8 +286,7 @@ fn aggregation_example_readme_figures() {
     assert_eq!(records.len(), count("accepted"));
     let tombstones = json_lines(&dump).iter().filter(|r| r["payload"].is_null()).count();
     assert_eq!(tombstones, count("ignored"));
-    let mut firsts: Vec<usize> =
-        keys.iter().map(|k| records.iter().position(|r| r["key"] == k.as_str()).unwrap() + 1).collect();
+    let mut firsts: Vec<usize> = keys.iter().map(|k| records.iter().position(|r| r["key"] == k.as_str()).unwrap() + 1).collect();
     firsts.sort();
     assert!(firsts.iter().all(|&e| e < 17), "{firsts:?}");
     let flat = readme.split_whitespace().collect::<Vec<_>>().join(" ");

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::kafka::{self, admin_addr, compacted, create_topic, http_get, produce, read_topic, unique, wait_for_records, Processor, Rec};
+use common::kafka::{
+    self, admin_addr, compacted, create_topic, http_get, produce, read_topic, unique, wait_for_records, Processor, Rec,
+};
 use serde_json::{json, Value};
 use tributary::config::Config;
 
@@ -176,7 +178,8 @@ fn assert_same_view(live: &[Value], replay: &[Value]) {
         assert_eq!(a.get(k), Some(v), "key {k}");
     }
     // Outputs go to the input partition.
-    let part: BTreeMap<String, i64> = replay.iter().map(|r| (r["key"].as_str().unwrap().into(), r["partition"].as_i64().unwrap())).collect();
+    let part: BTreeMap<String, i64> =
+        replay.iter().map(|r| (r["key"].as_str().unwrap().into(), r["partition"].as_i64().unwrap())).collect();
     for r in live {
         assert_eq!(Some(&r["partition"].as_i64().unwrap()), part.get(r["key"].as_str().unwrap()));
     }
@@ -411,7 +414,10 @@ fn metrics_health_state_query_and_conflict_audit() {
     // The state of a key: the merged row, the version set, the winner, the partition.
     let view = compacted(&output);
     let (key, (payload, headers)) = view.iter().find(|(_, (p, _))| !p.is_null()).expect("a live key");
-    let (status, body) = http_get(&addr, &format!("/state/{}", key.replace('"', "%22").replace('{', "%7B").replace('}', "%7D").replace(':', "%3A")));
+    let (status, body) = http_get(
+        &addr,
+        &format!("/state/{}", key.replace('"', "%22").replace('{', "%7B").replace('}', "%7D").replace(':', "%3A")),
+    );
     assert_eq!(status, 200, "{body}");
     let st: Value = serde_json::from_str(&body).unwrap();
     let row: Value = serde_json::from_str(payload.as_str().unwrap()).unwrap();
@@ -454,7 +460,8 @@ fn an_event_whose_merged_record_is_too_large_is_set_aside_not_looped_on() {
     let key = json!({"id": 77}).to_string();
     let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
     let huge = "x".repeat(500_000);
-    let value = json!({"before": null, "after": {"id": 77, "blob": huge}, "op": "c", "source": {"ts_ms": s.epoch_ms}}).to_string();
+    let value =
+        json!({"before": null, "after": {"id": 77, "blob": huge}, "op": "c", "source": {"ts_ms": s.epoch_ms}}).to_string();
     records.insert(3, Rec { topic: s.topics[0].clone(), partition, key: Some(key), value: Some(value) });
     produce(&records);
     let p = Processor::start(&s.config("a"), &s.log("a"));
@@ -494,8 +501,20 @@ fn deleted_keys_are_dropped_after_tombstone_retention() {
     // Collection goes by stream time: every source's partition of key 1 must
     // show events newer than the delete plus the retention first.
     let p1 = tributary::admin::murmur2_partition(json!({"id": 1}).to_string().as_bytes(), PARTITIONS);
-    let neighbour = (3..).find(|id: &u32| tributary::admin::murmur2_partition(json!({"id": id}).to_string().as_bytes(), PARTITIONS) == p1).unwrap();
-    produce(&(0..3).map(|si| rec(si, neighbour, json!({"before": null, "after": row(neighbour, SOURCES[si]), "op": "c", "source": {"ts_ms": t + 5_000}}))).collect::<Vec<_>>());
+    let neighbour = (3..)
+        .find(|id: &u32| tributary::admin::murmur2_partition(json!({"id": id}).to_string().as_bytes(), PARTITIONS) == p1)
+        .unwrap();
+    produce(
+        &(0..3)
+            .map(|si| {
+                rec(
+                    si,
+                    neighbour,
+                    json!({"before": null, "after": row(neighbour, SOURCES[si]), "op": "c", "source": {"ts_ms": t + 5_000}}),
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
     let p = Processor::start(&cfg, &s.log("gc"));
     let changelog = format!("{}-state-changelog", s.group);
     let key1 = json!({ "id": 1 }).to_string();
@@ -556,7 +575,12 @@ fn lag_cpu_and_state_of_a_key_from_another_partitioner() {
     let odd_key = json!({"id": 9_999_999}).to_string();
     let odd_partition = (tributary::admin::murmur2_partition(odd_key.as_bytes(), PARTITIONS) + 1) % PARTITIONS;
     let value = json!({"before": null, "after": {"id": 9_999_999, "name": "kcat"}, "op": "c", "source": {"ts_ms": s.epoch_ms}});
-    records.push(Rec { topic: s.topics[0].clone(), partition: odd_partition, key: Some(odd_key.clone()), value: Some(value.to_string()) });
+    records.push(Rec {
+        topic: s.topics[0].clone(),
+        partition: odd_partition,
+        key: Some(odd_key.clone()),
+        value: Some(value.to_string()),
+    });
     produce(&records);
     let cfg = s.config_with("a", "[kafka.properties]\n\"statistics.interval.ms\" = \"300\"\n");
     let p = Processor::start(&cfg, &s.log("a"));
@@ -626,7 +650,10 @@ fn sigint_during_start_up_and_start_up_errors_name_the_brokers() {
     let p = Processor::start(&config, &dir.path().join("log2"));
     let (status, log) = p.wait_exit(Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(log.contains(&format!("source topic(s) do not exist: {group}.missing (bootstrap servers {})", kafka::bootstrap())), "{log}");
+    assert!(
+        log.contains(&format!("source topic(s) do not exist: {group}.missing (bootstrap servers {})", kafka::bootstrap())),
+        "{log}"
+    );
 }
 
 /// Column rules on the broker: an `owner` column takes the owner's write
@@ -636,10 +663,9 @@ fn sigint_during_start_up_and_start_up_errors_name_the_brokers() {
 fn owner_rule_counts_foreign_writes_and_explains_columns() {
     let s = Setup::new("owner");
     let cfg = s.dir.path().join("owner.toml");
-    let text = s.config_text("owner", "").replace(
-        "policy = \"lww\"\n",
-        "policy = \"field-lww\"\n[merge.columns]\nname = { rule = \"owner\", source = \"eu\" }\n",
-    );
+    let text = s
+        .config_text("owner", "")
+        .replace("policy = \"lww\"\n", "policy = \"field-lww\"\n[merge.columns]\nname = { rule = \"owner\", source = \"eu\" }\n");
     std::fs::write(&cfg, text).unwrap();
     let key = json!({"id": 1}).to_string();
     let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
@@ -647,7 +673,10 @@ fn owner_rule_counts_foreign_writes_and_explains_columns() {
         topic: s.topics[si].clone(),
         partition,
         key: Some(key.clone()),
-        value: Some(json!({"before": null, "after": {"id": 1, "name": name, "city": SOURCES[si]}, "op": "c", "source": {"ts_ms": ts}}).to_string()),
+        value: Some(
+            json!({"before": null, "after": {"id": 1, "name": name, "city": SOURCES[si]}, "op": "c", "source": {"ts_ms": ts}})
+                .to_string(),
+        ),
     };
     // us writes `name` later than eu, yet eu owns it.
     produce(&[rec(0, "eu-name", s.epoch_ms), rec(1, "us-name", s.epoch_ms + 50)]);

@@ -21,12 +21,7 @@ fn output_records(topic: &str, keys: u32, n: u32) -> (Vec<Rec>, BTreeMap<i64, (S
         let partition = tributary::admin::murmur2_partition(key.as_bytes(), 3);
         if i % 11 == 5 {
             table.remove(&id);
-            recs.push(Rec {
-                topic: topic.into(),
-                partition,
-                key: Some(key),
-                value: None,
-            });
+            recs.push(Rec { topic: topic.into(), partition, key: Some(key), value: None });
         } else {
             let name = format!("n{i}");
             table.insert(id, (name.clone(), i64::from(i)));
@@ -55,38 +50,19 @@ fn config(dir: &std::path::Path, topic: &str, target: &str, url: &str) -> std::p
 fn sqlite_rows(path: &std::path::Path) -> BTreeMap<i64, (String, i64)> {
     let conn = rusqlite::Connection::open(path).unwrap();
     let mut stmt = conn.prepare("SELECT id, name, seq FROM customers").unwrap();
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                (r.get::<_, String>(1)?, r.get::<_, i64>(2)?),
-            ))
-        })
-        .unwrap();
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, (r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))).unwrap();
     rows.map(Result::unwrap).collect()
 }
 
 fn sqlite_offsets(path: &std::path::Path) -> i64 {
     let conn = rusqlite::Connection::open(path).unwrap();
-    conn.query_row(
-        "SELECT coalesce(sum(next_offset), 0) FROM tributary_sink_offsets",
-        [],
-        |r| r.get(0),
-    )
-    .unwrap_or(0)
+    conn.query_row("SELECT coalesce(sum(next_offset), 0) FROM tributary_sink_offsets", [], |r| r.get(0)).unwrap_or(0)
 }
 
 #[test]
 fn sqlite_sink_survives_kill_9_mid_batch_without_loss_or_repeats() {
     let topic = unique("sink-out");
-    create_topic(
-        &topic,
-        3,
-        &[
-            ("cleanup.policy", "compact"),
-            ("min.compaction.lag.ms", "3600000"),
-        ],
-    );
+    create_topic(&topic, 3, &[("cleanup.policy", "compact"), ("min.compaction.lag.ms", "3600000")]);
     let (mut recs, table) = output_records(&topic, 300, 3000);
     // A row that does not fit: `seq` is not an integer.
     let bad_key = json!({"id": 100_000}).to_string();
@@ -114,34 +90,19 @@ fn sqlite_sink_survives_kill_9_mid_batch_without_loss_or_repeats() {
         std::thread::sleep(Duration::from_millis(30));
         p.kill9();
     }
-    assert!(
-        sqlite_offsets_safe(&db) < total,
-        "the crashes happened mid-stream"
-    );
+    assert!(sqlite_offsets_safe(&db) < total, "the crashes happened mid-stream");
     let p = Processor::start_with(&cfg, &log, "sink");
     let deadline = Instant::now() + Duration::from_secs(60);
     while sqlite_offsets_safe(&db) < total {
-        assert!(
-            Instant::now() < deadline,
-            "sink did not catch up; log:\n{}",
-            p.log_text()
-        );
+        assert!(Instant::now() < deadline, "sink did not catch up; log:\n{}", p.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(p.stop().success());
-    assert_eq!(
-        sqlite_rows(&db),
-        table,
-        "the table equals the compacted topic"
-    );
+    assert_eq!(sqlite_rows(&db), table, "the table equals the compacted topic");
     assert_eq!(sqlite_offsets(&db), total);
     let conn = rusqlite::Connection::open(&db).unwrap();
     let dead: (i64, String) = conn
-        .query_row(
-            "SELECT count(*), max(error) FROM tributary_sink_dead_letters",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .query_row("SELECT count(*), max(error) FROM tributary_sink_dead_letters", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap();
     assert_eq!(dead.0, 1);
     assert!(dead.1.contains("column `seq` (integer)"), "{}", dead.1);
@@ -155,12 +116,7 @@ fn sqlite_offsets_safe(path: &std::path::Path) -> i64 {
     let Ok(conn) = rusqlite::Connection::open(path) else {
         return 0;
     };
-    conn.query_row(
-        "SELECT coalesce(sum(next_offset), 0) FROM tributary_sink_offsets",
-        [],
-        |r| r.get(0),
-    )
-    .unwrap_or(0)
+    conn.query_row("SELECT coalesce(sum(next_offset), 0) FROM tributary_sink_offsets", [], |r| r.get(0)).unwrap_or(0)
 }
 
 #[test]
@@ -187,63 +143,34 @@ fn sqlite_sink_picks_up_partitions_added_later() {
         assert!(Instant::now() < deadline, "{}", p.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka::bootstrap())
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for r in rt
-        .block_on(admin.create_partitions([&NewPartitions::new(&topic, 3)], &AdminOptions::new()))
-        .unwrap()
-    {
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for r in rt.block_on(admin.create_partitions([&NewPartitions::new(&topic, 3)], &AdminOptions::new())).unwrap() {
         r.unwrap();
     }
     produce(&[row(3, 2)]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while sqlite_offsets_safe(&db) < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the new partition was not read; log:\n{}",
-            p.log_text()
-        );
+        assert!(Instant::now() < deadline, "the new partition was not read; log:\n{}", p.log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(p.stop().success());
-    assert_eq!(
-        sqlite_rows(&db).keys().copied().collect::<Vec<_>>(),
-        vec![1, 2, 3]
-    );
+    assert_eq!(sqlite_rows(&db).keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
 }
 
 /// The sum of the end offsets of `topic`'s partitions.
 fn end_offsets(topic: &str, partitions: i32) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka::bootstrap())
-        .create()
-        .unwrap();
-    (0..partitions)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap()
-                .1
-        })
-        .sum()
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().unwrap();
+    (0..partitions).map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).sum()
 }
 
 /// Waits until the sink's stored offsets reach `n` (summed over partitions).
 fn wait_for_offsets(db: &std::path::Path, n: i64, p: &Processor) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while sqlite_offsets_safe(db) < n {
-        assert!(
-            Instant::now() < deadline,
-            "the sink did not reach offset {n}; log:\n{}",
-            p.log_text()
-        );
+        assert!(Instant::now() < deadline, "the sink did not reach offset {n}; log:\n{}", p.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -260,10 +187,7 @@ fn customer(topic: &str, id: i64, partitions: i32) -> Rec {
 }
 
 fn tombstone(topic: &str, id: i64, partitions: i32) -> Rec {
-    Rec {
-        value: None,
-        ..customer(topic, id, partitions)
-    }
+    Rec { value: None, ..customer(topic, id, partitions) }
 }
 
 /// Produces `records` in one committed transaction.
@@ -286,18 +210,12 @@ fn produce_in_transaction(records: &[Rec]) {
         }
         producer.send(rec).map_err(|(e, _)| e).unwrap();
     }
-    producer
-        .commit_transaction(Duration::from_secs(30))
-        .unwrap();
+    producer.commit_transaction(Duration::from_secs(30)).unwrap();
 }
 
 /// `tributary sink --resync -c CONFIG`, logging to `LOG`.
 fn start_resync(config: &std::path::Path, log: &std::path::Path) -> Processor {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let child = common::tributary()
         .args(["sink", "--resync", "-c"])
         .arg(config)
@@ -306,10 +224,7 @@ fn start_resync(config: &std::path::Path, log: &std::path::Path) -> Processor {
         .stderr(file)
         .spawn()
         .unwrap();
-    Processor {
-        child,
-        log: log.to_path_buf(),
-    }
+    Processor { child, log: log.to_path_buf() }
 }
 
 #[test]
@@ -347,17 +262,10 @@ fn tombstone_removed_while_the_sink_was_down(old_database: bool) {
     let p = Processor::start_with(&cfg, &log, "sink");
     wait_for_offsets(&db, 2, &p);
     assert!(p.stop().success());
-    assert_eq!(
-        sqlite_rows(&db).keys().copied().collect::<Vec<_>>(),
-        vec![1, 2]
-    );
+    assert_eq!(sqlite_rows(&db).keys().copied().collect::<Vec<_>>(), vec![1, 2]);
     if old_database {
         let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute(
-            "UPDATE tributary_sink_offsets SET last_record_ts = NULL",
-            [],
-        )
-        .unwrap();
+        conn.execute("UPDATE tributary_sink_offsets SET last_record_ts = NULL", []).unwrap();
     }
 
     // While the sink is down: key 1 is deleted, and filler records roll
@@ -372,17 +280,10 @@ fn tombstone_removed_while_the_sink_was_down(old_database: bool) {
         produce(&[customer(&topic, 1000, 1)]);
         filler += 1;
         std::thread::sleep(Duration::from_millis(250));
-        if filler % 4 == 0
-            && !kafka::read_topic(&topic, false)
-                .iter()
-                .any(|r| r["key"] == key1.as_str())
-        {
+        if filler % 4 == 0 && !kafka::read_topic(&topic, false).iter().any(|r| r["key"] == key1.as_str()) {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the cleaner did not remove the tombstone of key 1 within 180 s"
-        );
+        assert!(Instant::now() < deadline, "the cleaner did not remove the tombstone of key 1 within 180 s");
     }
 
     let p = Processor::start_with(&cfg, &log, "sink");
@@ -394,31 +295,17 @@ fn tombstone_removed_while_the_sink_was_down(old_database: bool) {
         vec![2, 1000],
         "the row whose tombstone the cleaner removed is gone; log:\n{text}"
     );
-    assert!(
-        text.contains("further behind than the topic keeps tombstones"),
-        "the reason is logged:\n{text}"
-    );
+    assert!(text.contains("further behind than the topic keeps tombstones"), "the reason is logged:\n{text}");
     assert!(text.contains("resync finished"), "{text}");
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let unfinished: i64 = conn
-        .query_row("SELECT count(*) FROM tributary_sink_resync", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let unfinished: i64 = conn.query_row("SELECT count(*) FROM tributary_sink_resync", [], |r| r.get(0)).unwrap();
     assert_eq!(unfinished, 0, "the resync is recorded as finished");
 }
 
 #[test]
 fn sink_resync_on_demand_removes_rows_the_topic_does_not_hold_then_goes_on() {
     let topic = unique("sink-resync");
-    create_topic(
-        &topic,
-        2,
-        &[
-            ("cleanup.policy", "compact"),
-            ("min.compaction.lag.ms", "3600000"),
-        ],
-    );
+    create_topic(&topic, 2, &[("cleanup.policy", "compact"), ("min.compaction.lag.ms", "3600000")]);
     let mut recs: Vec<Rec> = (1..=5).map(|id| customer(&topic, id, 2)).collect();
     recs.push(tombstone(&topic, 3, 2));
     // As `tributary run` writes: each partition then ends with a commit
@@ -433,11 +320,7 @@ fn sink_resync_on_demand_removes_rows_the_topic_does_not_hold_then_goes_on() {
     assert!(p.stop().success());
     // A row the topic has no record for (as if its tombstone had been missed).
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute(
-        "INSERT INTO customers (id, name, seq) VALUES (99, 'stray', 99)",
-        [],
-    )
-    .unwrap();
+    conn.execute("INSERT INTO customers (id, name, seq) VALUES (99, 'stray', 99)", []).unwrap();
     drop(conn);
 
     // A plain start has no reason to resync: the sink is at the end.
@@ -451,10 +334,7 @@ fn sink_resync_on_demand_removes_rows_the_topic_does_not_hold_then_goes_on() {
     let status = p.stop();
     assert!(status.success(), "{status}; log:\n{}", p_log(&log));
     assert!(sqlite_rows(&db).contains_key(&99));
-    assert!(
-        !p_log(&log).contains("resync:"),
-        "no resync without a reason"
-    );
+    assert!(!p_log(&log).contains("resync:"), "no resync without a reason");
 
     let log = dir.path().join("resync.log");
     let p = start_resync(&cfg, &log);
@@ -463,10 +343,7 @@ fn sink_resync_on_demand_removes_rows_the_topic_does_not_hold_then_goes_on() {
         assert!(Instant::now() < deadline, "{}", p.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(
-        sqlite_rows(&db).keys().copied().collect::<Vec<_>>(),
-        vec![1, 2, 4, 5]
-    );
+    assert_eq!(sqlite_rows(&db).keys().copied().collect::<Vec<_>>(), vec![1, 2, 4, 5]);
     // … and then it goes on as usual.
     produce_in_transaction(&[customer(&topic, 6, 2)]);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -475,10 +352,7 @@ fn sink_resync_on_demand_removes_rows_the_topic_does_not_hold_then_goes_on() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(p.stop().success());
-    assert_eq!(
-        sqlite_rows(&db).keys().copied().collect::<Vec<_>>(),
-        vec![1, 2, 4, 5, 6]
-    );
+    assert_eq!(sqlite_rows(&db).keys().copied().collect::<Vec<_>>(), vec![1, 2, 4, 5, 6]);
     assert!(p_log(&log).contains("requested with --resync"));
 }
 
@@ -499,32 +373,18 @@ fn a_second_sqlite_sink_on_the_same_file_fails_fast_naming_it() {
     let second = Processor::start_with(&cfg, &dir.path().join("second.log"), "sink");
     let (status, text) = second.wait_exit(Duration::from_secs(20));
     assert!(!status.success());
-    assert!(
-        text.contains("another tributary sink holds this database")
-            && text.contains(&db.display().to_string()),
-        "{text}"
-    );
+    assert!(text.contains("another tributary sink holds this database") && text.contains(&db.display().to_string()), "{text}");
     // The first one is not disturbed.
     produce(&[customer(&topic, 2, 1)]);
     wait_for_offsets(&db, 2, &first);
     assert!(first.stop().success());
-    assert_eq!(
-        sqlite_rows(&db).keys().copied().collect::<Vec<_>>(),
-        vec![1, 2]
-    );
+    assert_eq!(sqlite_rows(&db).keys().copied().collect::<Vec<_>>(), vec![1, 2]);
 }
 
 #[test]
 fn a_resync_killed_midway_is_started_over_and_completes() {
     let topic = unique("sink-resync-kill");
-    create_topic(
-        &topic,
-        3,
-        &[
-            ("cleanup.policy", "compact"),
-            ("min.compaction.lag.ms", "3600000"),
-        ],
-    );
+    create_topic(&topic, 3, &[("cleanup.policy", "compact"), ("min.compaction.lag.ms", "3600000")]);
     let (recs, table) = output_records(&topic, 2000, 20_000);
     produce(&recs);
     let total = recs.len() as i64;
@@ -534,11 +394,7 @@ fn a_resync_killed_midway_is_started_over_and_completes() {
     let p = Processor::start_with(&cfg, &dir.path().join("first.log"), "sink");
     let deadline = Instant::now() + Duration::from_secs(120);
     while sqlite_offsets_safe(&db) < total {
-        assert!(
-            Instant::now() < deadline,
-            "the sink did not catch up; log:\n{}",
-            p.log_text()
-        );
+        assert!(Instant::now() < deadline, "the sink did not catch up; log:\n{}", p.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(p.stop().success());
@@ -548,20 +404,11 @@ fn a_resync_killed_midway_is_started_over_and_completes() {
     let mut conn = rusqlite::Connection::open(&db).unwrap();
     let tx = conn.transaction().unwrap();
     for id in 0..STRAY {
-        tx.execute(
-            "INSERT INTO customers (id, name, seq) VALUES (?1, 'stray', 0)",
-            [1_000_000 + id],
-        )
-        .unwrap();
+        tx.execute("INSERT INTO customers (id, name, seq) VALUES (?1, 'stray', 0)", [1_000_000 + id]).unwrap();
     }
     tx.commit().unwrap();
     let stray = |conn: &rusqlite::Connection| -> i64 {
-        conn.query_row(
-            "SELECT count(*) FROM customers WHERE id >= 1000000",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap()
+        conn.query_row("SELECT count(*) FROM customers WHERE id >= 1000000", [], |r| r.get(0)).unwrap()
     };
 
     // Killed in the middle of the sweep.
@@ -574,20 +421,9 @@ fn a_resync_killed_midway_is_started_over_and_completes() {
     }
     p.kill9();
     let left = stray(&conn);
-    assert!(
-        left > 0,
-        "the resync ended before the kill:\n{}",
-        p_log(&log)
-    );
-    let in_progress: i64 = conn
-        .query_row("SELECT count(*) FROM tributary_sink_resync", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert_eq!(
-        in_progress, 1,
-        "the interrupted resync is recorded as unfinished"
-    );
+    assert!(left > 0, "the resync ended before the kill:\n{}", p_log(&log));
+    let in_progress: i64 = conn.query_row("SELECT count(*) FROM tributary_sink_resync", [], |r| r.get(0)).unwrap();
+    assert_eq!(in_progress, 1, "the interrupted resync is recorded as unfinished");
 
     // A plain start (no --resync) finds it unfinished and does it again.
     let log = dir.path().join("restart.log");
@@ -599,22 +435,11 @@ fn a_resync_killed_midway_is_started_over_and_completes() {
     }
     assert!(p.stop().success());
     let text = p_log(&log);
-    assert!(
-        text.contains("did not finish: starting it over") && text.contains("resync finished"),
-        "{text}"
-    );
+    assert!(text.contains("did not finish: starting it over") && text.contains("resync finished"), "{text}");
     assert_eq!(stray(&conn), 0);
-    assert_eq!(
-        sqlite_rows(&db),
-        table,
-        "the table equals the compacted topic"
-    );
+    assert_eq!(sqlite_rows(&db), table, "the table equals the compacted topic");
     assert_eq!(sqlite_offsets(&db), total);
-    let in_progress: i64 = conn
-        .query_row("SELECT count(*) FROM tributary_sink_resync", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let in_progress: i64 = conn.query_row("SELECT count(*) FROM tributary_sink_resync", [], |r| r.get(0)).unwrap();
     assert_eq!(in_progress, 0);
 }
 
@@ -626,21 +451,11 @@ struct Pg {
 
 impl Pg {
     fn start() -> Pg {
-        let out = std::process::Command::new(common::root().join("scripts/postgres/pg"))
-            .arg("start")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = std::process::Command::new(common::root().join("scripts/postgres/pg")).arg("start").output().unwrap();
+        assert!(out.status.success(), "pg start: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8(out.stdout).unwrap();
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        Pg {
-            dir: lines[0].to_string(),
-            url: lines[lines.len() - 1].to_string(),
-        }
+        Pg { dir: lines[0].to_string(), url: lines[lines.len() - 1].to_string() }
     }
 
     fn client(&self) -> postgres::Client {
@@ -650,9 +465,7 @@ impl Pg {
 
 impl Drop for Pg {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(common::root().join("scripts/postgres/pg"))
-            .args(["stop", &self.dir, "--rm"])
-            .output();
+        let _ = std::process::Command::new(common::root().join("scripts/postgres/pg")).args(["stop", &self.dir, "--rm"]).output();
     }
 }
 
@@ -660,14 +473,7 @@ impl Drop for Pg {
 fn postgres_sink_resyncs_on_demand_and_migrates_an_old_offsets_table() {
     let pg = Pg::start();
     let topic = unique("sink-resync-pg");
-    create_topic(
-        &topic,
-        2,
-        &[
-            ("cleanup.policy", "compact"),
-            ("min.compaction.lag.ms", "3600000"),
-        ],
-    );
+    create_topic(&topic, 2, &[("cleanup.policy", "compact"), ("min.compaction.lag.ms", "3600000")]);
     let mut recs: Vec<Rec> = (1..=5).map(|id| customer(&topic, id, 2)).collect();
     recs.push(tombstone(&topic, 3, 2));
     produce(&recs);
@@ -680,19 +486,10 @@ fn postgres_sink_resyncs_on_demand_and_migrates_an_old_offsets_table() {
     )
     .unwrap();
     let offsets = |db: &mut postgres::Client| -> i64 {
-        db.query_one(
-            "SELECT coalesce(sum(next_offset), 0)::bigint FROM tributary_sink_offsets",
-            &[],
-        )
-        .unwrap()
-        .get(0)
+        db.query_one("SELECT coalesce(sum(next_offset), 0)::bigint FROM tributary_sink_offsets", &[]).unwrap().get(0)
     };
     let ids = |db: &mut postgres::Client| -> Vec<i64> {
-        db.query("SELECT id FROM customers ORDER BY id", &[])
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
+        db.query("SELECT id FROM customers ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect()
     };
     let p = Processor::start_with(&cfg, &dir.path().join("first.log"), "sink");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -701,19 +498,9 @@ fn postgres_sink_resyncs_on_demand_and_migrates_an_old_offsets_table() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(p.stop().success());
-    let stamped: i64 = db
-        .query_one(
-            "SELECT count(last_record_ts) FROM tributary_sink_offsets",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let stamped: i64 = db.query_one("SELECT count(last_record_ts) FROM tributary_sink_offsets", &[]).unwrap().get(0);
     assert_eq!(stamped, 2, "the migrated table stores record timestamps");
-    db.execute(
-        "INSERT INTO customers (id, name, seq) VALUES (99, 'stray', 99)",
-        &[],
-    )
-    .unwrap();
+    db.execute("INSERT INTO customers (id, name, seq) VALUES (99, 'stray', 99)", &[]).unwrap();
 
     let log = dir.path().join("resync.log");
     let p = start_resync(&cfg, &log);
@@ -731,9 +518,6 @@ fn postgres_sink_resyncs_on_demand_and_migrates_an_old_offsets_table() {
     }
     assert!(p.stop().success());
     assert_eq!(ids(&mut db), vec![1, 2, 4, 5, 6]);
-    let in_progress: i64 = db
-        .query_one("SELECT count(*) FROM tributary_sink_resync", &[])
-        .unwrap()
-        .get(0);
+    let in_progress: i64 = db.query_one("SELECT count(*) FROM tributary_sink_resync", &[]).unwrap().get(0);
     assert_eq!(in_progress, 0);
 }

@@ -84,9 +84,7 @@ fn produce_all(topic: &str) -> usize {
 
 /// The value of a sample (`name` with its labels, e.g. `x{partition="0"}`) in a scrape.
 fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    metrics.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
 
 /// Waits until `/metrics` shows every record applied and no lag, and checks the admin port.
@@ -117,11 +115,8 @@ fn check_admin_port(sink: &Processor, records: usize) {
 /// The offsets the sink's group committed to Kafka, summed over partitions.
 fn kafka_committed(group: &str, topic: &str) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka::bootstrap())
-        .set("group.id", group)
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).set("group.id", group).create().unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition(topic, 0);
     tpl.add_partition(topic, 1);
@@ -143,8 +138,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-type Row =
-    (Option<String>, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>, Option<Vec<u8>>);
+type Row = (Option<String>, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>, Option<Vec<u8>>);
 
 /// The row of id 1 and id 3 as the user reads them, and the dead letters
 /// (record key → error), the same on both databases.
@@ -164,11 +158,7 @@ fn check_table(rows: BTreeMap<i64, Row>, dead: BTreeMap<i64, String>, zone: &str
     );
     assert_eq!(rows[&3], (None, None, None, None, None, None, None), "nulls stay null");
     let expected: BTreeMap<i64, String> = misfits().into_iter().map(|(id, c, _, _)| (id, c.to_string())).collect();
-    assert_eq!(
-        dead.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>(),
-        "one dead row per misfit: {dead:?}"
-    );
+    assert_eq!(dead.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "one dead row per misfit: {dead:?}");
     for (id, column, _, why) in misfits() {
         let error = &dead[&id];
         assert!(error.contains(&format!("column `{column}`")) && error.contains(why), "{id}: {error}");
@@ -192,14 +182,11 @@ fn sink_only_config_writes_every_type_to_sqlite_dead_letters_each_misfit_and_ser
     let conn = rusqlite::Connection::open(&db).unwrap();
     let mut stmt = conn.prepare("SELECT id, amount, born, seen, at, micro, uid, data FROM facts").unwrap();
     let rows: BTreeMap<i64, Row> = stmt
-        .query_map([], |r| {
-            Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)))
-        })
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))))
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    let amount_type: String =
-        conn.query_row("SELECT typeof(amount) FROM facts WHERE id = 1", [], |r| r.get(0)).unwrap();
+    let amount_type: String = conn.query_row("SELECT typeof(amount) FROM facts WHERE id = 1", [], |r| r.get(0)).unwrap();
     assert_eq!(amount_type, "text", "exact: SQLite keeps numeric as text, never as a float");
     let mut stmt = conn.prepare("SELECT record_key, error FROM tributary_sink_dead_letters").unwrap();
     let dead: BTreeMap<i64, String> = stmt
@@ -229,9 +216,7 @@ impl Pg {
 
 impl Drop for Pg {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(common::root().join("scripts/postgres/pg"))
-            .args(["stop", &self.dir, "--rm"])
-            .output();
+        let _ = std::process::Command::new(common::root().join("scripts/postgres/pg")).args(["stop", &self.dir, "--rm"]).output();
     }
 }
 
@@ -257,10 +242,7 @@ fn every_type_on_postgres_with_dead_rows_and_no_notice_on_restart() {
 
     let mut db = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
     let types: Vec<String> = db
-        .query(
-            "SELECT data_type FROM information_schema.columns WHERE table_name = 'facts' ORDER BY ordinal_position",
-            &[],
-        )
+        .query("SELECT data_type FROM information_schema.columns WHERE table_name = 'facts' ORDER BY ordinal_position", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -282,10 +264,7 @@ fn every_type_on_postgres_with_dead_rows_and_no_notice_on_restart() {
     );
     db.batch_execute("SET TimeZone = 'UTC'").unwrap();
     let rows: BTreeMap<i64, Row> = db
-        .query(
-            "SELECT id, amount::text, born::text, seen::text, at::text, micro::text, uid::text, data FROM facts",
-            &[],
-        )
+        .query("SELECT id, amount::text, born::text, seen::text, at::text, micro::text, uid::text, data FROM facts", &[])
         .unwrap()
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7))))
@@ -312,8 +291,7 @@ fn sink_exit(config: &Path) -> (Option<i32>, String, f64) {
 #[test]
 fn an_unreachable_postgres_names_the_host_and_the_cause_once() {
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        sink_only_config(dir.path(), "t", "postgres", "postgres://app:s3cret@127.0.0.1:1/app", &kafka::bootstrap());
+    let config = sink_only_config(dir.path(), "t", "postgres", "postgres://app:s3cret@127.0.0.1:1/app", &kafka::bootstrap());
     let (code, stderr, _) = sink_exit(&config);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("127.0.0.1:1") && stderr.contains("Connection refused"), "{stderr}");
@@ -351,10 +329,8 @@ fn an_unreachable_kafka_names_the_bootstrap_servers_quickly_and_quietly() {
 #[ignore = "benchmark; run by hand"]
 fn sink_throughput() {
     let records: i64 = std::env::var("SINK_BENCH_RECORDS").map_or(200_000, |v| v.parse().unwrap());
-    let bins: Vec<String> = std::env::var("SINK_BENCH_BINS").map_or_else(
-        |_| vec![env!("CARGO_BIN_EXE_tributary").to_string()],
-        |v| v.split(',').map(String::from).collect(),
-    );
+    let bins: Vec<String> = std::env::var("SINK_BENCH_BINS")
+        .map_or_else(|_| vec![env!("CARGO_BIN_EXE_tributary").to_string()], |v| v.split(',').map(String::from).collect());
     let postgres = std::env::var("SINK_BENCH_TARGET").is_ok_and(|t| t == "postgres");
     let every: i64 = std::env::var("SINK_BENCH_TOMBSTONE_EVERY").map_or(10, |v| v.parse().unwrap());
     let topic = unique("sink-bench");
@@ -364,8 +340,7 @@ fn sink_throughput() {
             let id = (i * 7919) % 50_000;
             let key = json!({ "id": id }).to_string();
             let partition = tributary::admin::murmur2_partition(key.as_bytes(), 3);
-            let value =
-                (i % every != every - 1).then(|| json!({"id": id, "name": format!("name {i}"), "seq": i}).to_string());
+            let value = (i % every != every - 1).then(|| json!({"id": id, "name": format!("name {i}"), "seq": i}).to_string());
             Rec { topic: topic.clone(), partition, key: Some(key), value }
         })
         .collect();
@@ -426,17 +401,13 @@ fn sink_throughput() {
 fn resync_with_typed_keys(target: &str, url: &str, count_rows: impl Fn() -> Vec<String>, stray: impl FnOnce()) {
     let topic = unique("sink-typed-keys");
     create_topic(&topic, 2, &[("cleanup.policy", "compact"), ("min.compaction.lag.ms", "3600000")]);
-    let key = |n: u32| json!({"uid": format!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1{n}"), "at": 1_714_566_600_000i64 + i64::from(n)});
+    let key =
+        |n: u32| json!({"uid": format!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1{n}"), "at": 1_714_566_600_000i64 + i64::from(n)});
     let mut recs: Vec<Rec> = (1..=3)
         .map(|n| {
             let mut row = key(n);
             row["amount"] = json!(format!("{n}.5"));
-            Rec {
-                topic: topic.clone(),
-                partition: (n % 2) as i32,
-                key: Some(key(n).to_string()),
-                value: Some(row.to_string()),
-            }
+            Rec { topic: topic.clone(), partition: (n % 2) as i32, key: Some(key(n).to_string()), value: Some(row.to_string()) }
         })
         .collect();
     recs.push(Rec { topic: topic.clone(), partition: 0, key: Some(key(2).to_string()), value: None });
@@ -452,8 +423,7 @@ fn resync_with_typed_keys(target: &str, url: &str, count_rows: impl Fn() -> Vec<
         ),
     )
     .unwrap();
-    let expected =
-        vec!["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".to_string(), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a13".to_string()];
+    let expected = vec!["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".to_string(), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a13".to_string()];
     let sink = Processor::start_with(&config, &dir.path().join("first.log"), "sink");
     wait_until("the rows", || count_rows() == expected);
     assert!(sink.stop().success());
@@ -461,13 +431,8 @@ fn resync_with_typed_keys(target: &str, url: &str, count_rows: impl Fn() -> Vec<
     assert_eq!(count_rows().len(), 3);
     let log = dir.path().join("resync.log");
     let file = std::fs::File::create(&log).unwrap();
-    let child = common::tributary()
-        .args(["sink", "--resync", "-c"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stderr(file)
-        .spawn()
-        .unwrap();
+    let child =
+        common::tributary().args(["sink", "--resync", "-c"]).arg(&config).env("RUST_LOG", "info").stderr(file).spawn().unwrap();
     let resync = Processor { child, log: log.clone() };
     wait_until("the resync", || resync.log_text().contains("resync finished"));
     assert!(resync.stop().success());
@@ -490,7 +455,10 @@ fn resync_with_uuid_and_timestamptz_keys_on_sqlite_and_postgres() {
         || {
             rusqlite::Connection::open(&db)
                 .unwrap()
-                .execute("INSERT INTO typed VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a19', '2024-05-01 12:30:00+00:00', '1.00')", [])
+                .execute(
+                    "INSERT INTO typed VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a19', '2024-05-01 12:30:00+00:00', '1.00')",
+                    [],
+                )
                 .unwrap();
         },
     );
@@ -499,15 +467,12 @@ fn resync_with_uuid_and_timestamptz_keys_on_sqlite_and_postgres() {
     let url = pg.url.clone();
     let pg_rows = || -> Vec<String> {
         let Ok(mut c) = postgres::Client::connect(&url, postgres::NoTls) else { return vec![] };
-        c.query("SELECT uid::text FROM typed ORDER BY uid", &[])
-            .map_or(vec![], |rows| rows.iter().map(|r| r.get(0)).collect())
+        c.query("SELECT uid::text FROM typed ORDER BY uid", &[]).map_or(vec![], |rows| rows.iter().map(|r| r.get(0)).collect())
     };
     resync_with_typed_keys("postgres", &pg.url, pg_rows, || {
         postgres::Client::connect(&pg.url, postgres::NoTls)
             .unwrap()
-            .batch_execute(
-                "INSERT INTO typed VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a19', '2024-05-01 12:30:00+00', 1)",
-            )
+            .batch_execute("INSERT INTO typed VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a19', '2024-05-01 12:30:00+00', 1)")
             .unwrap();
     });
 }

@@ -34,9 +34,11 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or_else(|| {
-            format!("truncated: {n} bytes wanted at byte {} of {}", self.pos, self.buf.len())
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or_else(|| format!("truncated: {n} bytes wanted at byte {} of {}", self.pos, self.buf.len()))?;
         let out = &self.buf[self.pos..end];
         self.pos = end;
         Ok(out)
@@ -114,9 +116,6 @@ fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-
-
-
 impl Shape {
     /// True when [`decode_json`](Self::decode_json) and
     /// [`encode_json`](Self::encode_json) handle every type in the shape
@@ -150,7 +149,8 @@ impl Shape {
             Shape::Fixed(n) => Json::String(base64::engine::general_purpose::STANDARD.encode(r.take(*n)?)),
             Shape::Enum(symbols) => {
                 let i = r.long()?;
-                let s = usize::try_from(i).ok().and_then(|i| symbols.get(i)).ok_or_else(|| format!("enum index {i} out of range"))?;
+                let s =
+                    usize::try_from(i).ok().and_then(|i| symbols.get(i)).ok_or_else(|| format!("enum index {i} out of range"))?;
                 Json::String(s.clone())
             }
             Shape::Decimal { scale, fixed } => {
@@ -180,7 +180,10 @@ impl Shape {
             }
             Shape::Union(branches) => {
                 let i = r.long()?;
-                let b = usize::try_from(i).ok().and_then(|i| branches.get(i)).ok_or_else(|| format!("union branch {i} out of range"))?;
+                let b = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| branches.get(i))
+                    .ok_or_else(|| format!("union branch {i} out of range"))?;
                 b.decode_json(r)?
             }
             Shape::Record(fields) => {
@@ -370,7 +373,10 @@ impl Shape {
             })?,
             Shape::Union(branches) => {
                 let i = r.long()?;
-                let b = usize::try_from(i).ok().and_then(|i| branches.get(i)).ok_or_else(|| format!("union branch {i} out of range"))?;
+                let b = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| branches.get(i))
+                    .ok_or_else(|| format!("union branch {i} out of range"))?;
                 b.skip(r)?;
             }
             Shape::Record(fields) => {

@@ -11,12 +11,12 @@
 //! - [`records`]: Tributary's own Avro records (`schemas/conflict-audit.avsc`,
 //!   `schemas/dead-letter.avsc`).
 
-pub mod records;
-pub mod registry;
-pub mod value;
-pub mod state;
 pub mod decode;
 pub mod output;
+pub mod records;
+pub mod registry;
+pub mod state;
+pub mod value;
 
 use std::sync::Arc;
 

@@ -275,7 +275,8 @@ fn inline(schema: &Json, namespace: &str, names: &HashMap<String, Json>, depth: 
                 }
             }
             if let Some(inner @ (Json::Object(_) | Json::Array(_) | Json::String(_))) = o.get("type") {
-                if !matches!(inner.as_str(), Some(s) if PRIMITIVES.contains(&s) || matches!(s, "record" | "error" | "enum" | "fixed" | "array" | "map")) {
+                if !matches!(inner.as_str(), Some(s) if PRIMITIVES.contains(&s) || matches!(s, "record" | "error" | "enum" | "fixed" | "array" | "map"))
+                {
                     out.insert("type".into(), inline(inner, &ns, names, depth + 1)?);
                 }
             }
@@ -503,11 +504,7 @@ fn merge_fields<'a>(lists: impl IntoIterator<Item = &'a [Map<String, Json>]>) ->
 }
 
 /// Derives the output value schema (pretty-stable JSON text).
-pub fn derive_value_schema(
-    namespace: &str,
-    previous: Option<&str>,
-    sources: &[(String, Vec<String>)],
-) -> Result<Json, String> {
+pub fn derive_value_schema(namespace: &str, previous: Option<&str>, sources: &[(String, Vec<String>)]) -> Result<Json, String> {
     let mut lists: Vec<Vec<Map<String, Json>>> = Vec::new();
     if let Some(p) = previous {
         let parsed: Json = serde_json::from_str(p).map_err(|e| format!("previous output schema: {e}"))?;
@@ -560,9 +557,10 @@ pub fn derive_key_schema(
             names
                 .iter()
                 .map(|n| {
-                    let f = vf.iter().find(|f| f.get("name").and_then(Json::as_str) == Some(n)).ok_or_else(|| {
-                        format!("key field `{n}` is in no source's schema")
-                    })?;
+                    let f = vf
+                        .iter()
+                        .find(|f| f.get("name").and_then(Json::as_str) == Some(n))
+                        .ok_or_else(|| format!("key field `{n}` is in no source's schema"))?;
                     Ok((n.clone(), non_null(f.get("type").expect("derived fields have types"))))
                 })
                 .collect::<Result<_, String>>()?
@@ -571,7 +569,8 @@ pub fn derive_key_schema(
             let mut lists = Vec::new();
             for (source, schemas) in source_keys {
                 for s in schemas {
-                    let parsed: Json = serde_json::from_str(s).map_err(|e| format!("source {source}: key schema is not JSON: {e}"))?;
+                    let parsed: Json =
+                        serde_json::from_str(s).map_err(|e| format!("source {source}: key schema is not JSON: {e}"))?;
                     let mut names = HashMap::new();
                     collect_names(&parsed, "", &mut names);
                     let inlined = inline(&parsed, "", &names, 0)?;
@@ -835,8 +834,7 @@ impl AvroOutput {
                 })
                 .collect()
         };
-        let value =
-            derive_value_schema(&self.namespace, snapshot.previous_value.as_deref(), &in_order(false, &snapshot.values))?;
+        let value = derive_value_schema(&self.namespace, snapshot.previous_value.as_deref(), &in_order(false, &snapshot.values))?;
         let key = derive_key_schema(&self.namespace, self.key_fields.as_deref(), &in_order(true, &snapshot.keys), &value)?;
         Ok((value, key))
     }
@@ -852,9 +850,9 @@ impl AvroOutput {
             None => None,
             Some(row) => {
                 if let Some(col) = row.keys().find(|k| !c.columns.contains(*k)) {
-                    return Err(self.explain(OutputError::Misfit(format!(
-                        "column `{col}` is in no source schema known to this process"
-                    ))));
+                    return Err(
+                        self.explain(OutputError::Misfit(format!("column `{col}` is in no source schema known to this process")))
+                    );
                 }
                 Some(c.value.encode_row(row).map_err(|e| self.explain(e))?)
             }
@@ -881,16 +879,22 @@ mod tests {
 
     #[test]
     fn columns_are_unioned_optional_and_promoted() {
-        let eu = envelope("eu.public.customers", json!([
-            {"name": "id", "type": "int"},
-            {"name": "name", "type": ["null", "string"], "default": null},
-            {"name": "score", "type": "int"},
-        ]));
-        let us = envelope("us.public.customers", json!([
-            {"name": "id", "type": "long"},
-            {"name": "score", "type": "double"},
-            {"name": "email", "type": ["null", "string"], "default": null},
-        ]));
+        let eu = envelope(
+            "eu.public.customers",
+            json!([
+                {"name": "id", "type": "int"},
+                {"name": "name", "type": ["null", "string"], "default": null},
+                {"name": "score", "type": "int"},
+            ]),
+        );
+        let us = envelope(
+            "us.public.customers",
+            json!([
+                {"name": "id", "type": "long"},
+                {"name": "score", "type": "double"},
+                {"name": "email", "type": ["null", "string"], "default": null},
+            ]),
+        );
         let s = derive_value_schema("customers.merged", None, &[("eu".into(), vec![eu]), ("us".into(), vec![us])]).unwrap();
         let fields: Vec<(String, Json)> = s["fields"]
             .as_array()
@@ -913,7 +917,10 @@ mod tests {
     #[test]
     fn a_new_column_keeps_the_old_ones_and_conflicts_are_named() {
         let v1 = envelope("eu.t", json!([{"name": "id", "type": "int"}, {"name": "a", "type": "string"}]));
-        let v2 = envelope("eu.t", json!([{"name": "id", "type": "int"}, {"name": "a", "type": "string"}, {"name": "b", "type": "boolean"}]));
+        let v2 = envelope(
+            "eu.t",
+            json!([{"name": "id", "type": "int"}, {"name": "a", "type": "string"}, {"name": "b", "type": "boolean"}]),
+        );
         let first = derive_value_schema("o", None, &[("eu".into(), vec![v1])]).unwrap();
         let second = derive_value_schema("o", Some(&first.to_string()), &[("eu".into(), vec![v2])]).unwrap();
         assert_eq!(second["fields"].as_array().unwrap().len(), 3);
@@ -937,7 +944,10 @@ mod tests {
     #[test]
     fn named_types_are_moved_with_full_names_and_defined_once() {
         let with_enum = |ns: &str| {
-            envelope(ns, json!([{"name": "tier", "type": {"type": "enum", "name": "Tier", "namespace": "shared", "symbols": ["A", "B"]}}]))
+            envelope(
+                ns,
+                json!([{"name": "tier", "type": {"type": "enum", "name": "Tier", "namespace": "shared", "symbols": ["A", "B"]}}]),
+            )
         };
         let s = derive_value_schema("o", None, &[("eu".into(), vec![with_enum("eu.t")]), ("us".into(), vec![with_enum("us.t")])])
             .unwrap();
@@ -950,7 +960,8 @@ mod tests {
         let value = derive_value_schema("o", None, &[("eu".into(), vec![eu])]).unwrap();
         let k = derive_key_schema("o", Some(&["id".to_string()]), &[], &value).unwrap();
         assert_eq!(k["fields"], json!([{"name": "id", "type": "int"}]));
-        let key = json!({"type": "record", "name": "Key", "namespace": "eu.t", "fields": [{"name": "id", "type": "int"}]}).to_string();
+        let key =
+            json!({"type": "record", "name": "Key", "namespace": "eu.t", "fields": [{"name": "id", "type": "int"}]}).to_string();
         let k = derive_key_schema("o", None, &[("eu".into(), vec![key])], &value).unwrap();
         assert_eq!(k["fields"], json!([{"name": "id", "type": "int"}]));
         assert!(derive_key_schema("o", Some(&["nope".to_string()]), &[], &value).is_err());

@@ -143,13 +143,9 @@ pub fn encode_dead_letter(d: &DeadLetter<'_>) -> Vec<u8> {
 /// here is built field by field from the schema, so a failure is a bug in
 /// this module (a field that does not match the schema file), not bad input.
 fn write_datum(schema: &Schema, value: &Value, what: &str) -> Vec<u8> {
-    let writer = GenericDatumWriter::builder(schema)
-        .build()
-        .unwrap_or_else(|e| panic!("the {what} schema resolves: {e}"));
+    let writer = GenericDatumWriter::builder(schema).build().unwrap_or_else(|e| panic!("the {what} schema resolves: {e}"));
     let mut buf = Vec::with_capacity(256);
-    writer
-        .write_value_ref(&mut buf, value)
-        .unwrap_or_else(|e| panic!("a {what} value built from its schema encodes: {e}"));
+    writer.write_value_ref(&mut buf, value).unwrap_or_else(|e| panic!("a {what} value built from its schema encodes: {e}"));
     buf
 }
 

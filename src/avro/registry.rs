@@ -275,9 +275,8 @@ impl JsonReader {
     pub fn read(&mut self, framed: &[u8]) -> Result<serde_json::Value, RegistryError> {
         let (schema, value) = self.registry.decode(framed)?;
         let shape = self.shapes.entry(schema.id).or_insert_with(|| {
-            let names = apache_avro::schema::ResolvedSchema::try_from(&schema.parsed)
-                .map(|r| r.get_names().clone())
-                .unwrap_or_default();
+            let names =
+                apache_avro::schema::ResolvedSchema::try_from(&schema.parsed).map(|r| r.get_names().clone()).unwrap_or_default();
             crate::avro::value::Shape::of(&schema.parsed, &names)
         });
         shape.to_json(&value).map_err(|e| RegistryError::Invalid(format!("schema id {}: {e}", schema.id)))

@@ -540,9 +540,7 @@ impl<'a> Reader<'a> {
     /// After a block's items: a block that declared its size must end exactly there.
     fn block_end(&self, what: &'static str, block: &Block) -> Decoded<()> {
         match block.end {
-            Some(end) if end != self.pos => {
-                Err(Self::malformed(what, self.pos, "block size disagrees with the block's items"))
-            }
+            Some(end) if end != self.pos => Err(Self::malformed(what, self.pos, "block size disagrees with the block's items")),
             _ => Ok(()),
         }
     }
@@ -693,7 +691,12 @@ mod tests {
         );
         KeyState {
             versions: vec![
-                upsert("eu", clock(&[("eu", 3), ("us", 1)]), 1_700_000_000_000, json!({"id": 42, "name": "Zoë", "n": {"x": [1, null]}})),
+                upsert(
+                    "eu",
+                    clock(&[("eu", 3), ("us", 1)]),
+                    1_700_000_000_000,
+                    json!({"id": 42, "name": "Zoë", "n": {"x": [1, null]}}),
+                ),
                 delete("us", clock(&[("us", u64::MAX)]), 1_699_999_999_999),
                 upsert("ap", clock(&[]), i64::MIN, json!({})),
             ],
@@ -706,12 +709,8 @@ mod tests {
     }
 
     fn sample_sets() -> BTreeMap<String, ElementSet> {
-        let write = |source: &str, vv: VersionVector, value: serde_json::Value| FieldVersion {
-            source: source.into(),
-            vv,
-            ts: 7,
-            value,
-        };
+        let write =
+            |source: &str, vv: VersionVector, value: serde_json::Value| FieldVersion { source: source.into(), vv, ts: 7, value };
         let mut sets = BTreeMap::new();
         sets.insert(
             "labels".to_string(),
@@ -777,10 +776,7 @@ mod tests {
                             .map(|(c, set)| {
                                 let set = Avro::Record(vec![
                                     ("adds".into(), Avro::Array(set.adds.iter().map(avro_field_version).collect())),
-                                    (
-                                        "removes".into(),
-                                        Avro::Array(set.removes.iter().map(avro_field_version).collect()),
-                                    ),
+                                    ("removes".into(), Avro::Array(set.removes.iter().map(avro_field_version).collect())),
                                 ]);
                                 (c.clone(), set)
                             })
@@ -874,9 +870,10 @@ mod tests {
         let fields = from_avro_optional(r["fields"]).map(|f| {
             let f = record(f);
             let columns = match f["columns"] {
-                Avro::Map(m) => {
-                    m.iter().map(|(c, ws)| (c.clone(), from_avro_array(ws).iter().map(from_avro_field_version).collect())).collect()
-                }
+                Avro::Map(m) => m
+                    .iter()
+                    .map(|(c, ws)| (c.clone(), from_avro_array(ws).iter().map(from_avro_field_version).collect()))
+                    .collect(),
                 other => panic!("not a map: {other:?}"),
             };
             let writes = |v: &Avro| from_avro_array(v).iter().map(from_avro_field_version).collect();
@@ -890,11 +887,7 @@ mod tests {
                     .collect(),
                 other => panic!("not a map: {other:?}"),
             };
-            FieldState {
-                fields: columns,
-                cleared: from_avro_array(f["cleared"]).iter().map(from_avro_clock).collect(),
-                sets,
-            }
+            FieldState { fields: columns, cleared: from_avro_array(f["cleared"]).iter().map(from_avro_clock).collect(), sets }
         });
         KeyState { versions: from_avro_array(r["versions"]).iter().map(from_avro_version).collect(), fields }
     }
@@ -1060,17 +1053,24 @@ mod tests {
     }
 
     fn arb_version() -> impl Strategy<Value = Version> {
-        (".{0,8}", arb_clock(), any::<i64>(), any::<bool>(), prop::option::of(arb_row())).prop_map(|(source, vv, ts, is_delete, row)| {
-            if is_delete {
-                Version { source, vv, ts, op: Op::Delete, row: None }
-            } else {
-                Version { source, vv, ts, op: Op::Upsert, row }
-            }
-        })
+        (".{0,8}", arb_clock(), any::<i64>(), any::<bool>(), prop::option::of(arb_row())).prop_map(
+            |(source, vv, ts, is_delete, row)| {
+                if is_delete {
+                    Version { source, vv, ts, op: Op::Delete, row: None }
+                } else {
+                    Version { source, vv, ts, op: Op::Upsert, row }
+                }
+            },
+        )
     }
 
     fn arb_field_version() -> impl Strategy<Value = FieldVersion> {
-        (".{0,8}", arb_clock(), any::<i64>(), json_value()).prop_map(|(source, vv, ts, value)| FieldVersion { source, vv, ts, value })
+        (".{0,8}", arb_clock(), any::<i64>(), json_value()).prop_map(|(source, vv, ts, value)| FieldVersion {
+            source,
+            vv,
+            ts,
+            value,
+        })
     }
 
     fn arb_field_state() -> impl Strategy<Value = FieldState> {
@@ -1396,7 +1396,8 @@ mod tests {
     #[test]
     fn the_fingerprint_ignores_logical_types_as_the_specification_says() {
         // [PRIMITIVES] and [STRIP]: a logical-typed long canonicalizes to "long".
-        let with = r#"{"type":"record","name":"R","fields":[{"name":"t","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#;
+        let with =
+            r#"{"type":"record","name":"R","fields":[{"name":"t","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#;
         let without = r#"{"type":"record","name":"R","fields":[{"name":"t","type":"long"}]}"#;
         assert_eq!(spec_fingerprint(with), spec_fingerprint(without));
     }

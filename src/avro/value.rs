@@ -184,7 +184,9 @@ impl Shape {
             Schema::Duration(_) => Shape::Duration,
             Schema::Array(a) => Shape::Array(Box::new(Self::build(&a.items, names, depth + 1, open, budget))),
             Schema::Map(m) => Shape::Map(Box::new(Self::build(&m.types, names, depth + 1, open, budget))),
-            Schema::Union(u) => Shape::Union(u.variants().iter().map(|s| Self::build(s, names, depth + 1, open, budget)).collect()),
+            Schema::Union(u) => {
+                Shape::Union(u.variants().iter().map(|s| Self::build(s, names, depth + 1, open, budget)).collect())
+            }
             Schema::Record(r) => {
                 open.push(&r.name);
                 let fields = r
@@ -587,8 +589,13 @@ mod tests {
         let row = json!({"id": 7, "name": "Zoë", "balance": "-12.30", "updated": 1_700_000_000_000_123i64,
             "born": 19000, "photo": "AAEC", "tier": "GOLD", "tags": ["a", "b"], "ratio": "NaN"});
         let value = shape.to_avro(&row).unwrap();
-        let bytes = apache_avro::writer::datum::GenericDatumWriter::builder(&schema).build().unwrap().write_value_to_vec(value).unwrap();
-        let back = apache_avro::reader::datum::GenericDatumReader::builder(&schema).build().unwrap().read_value(&mut &bytes[..]).unwrap();
+        let bytes =
+            apache_avro::writer::datum::GenericDatumWriter::builder(&schema).build().unwrap().write_value_to_vec(value).unwrap();
+        let back = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+            .build()
+            .unwrap()
+            .read_value(&mut &bytes[..])
+            .unwrap();
         assert_eq!(shape.to_json(&back).unwrap(), row);
     }
 

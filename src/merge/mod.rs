@@ -418,9 +418,7 @@ impl MergeEngine {
     /// The order of the configured row policy. `Greater` means `a` wins.
     fn policy_cmp(&self, a: &Version, b: &Version) -> Ordering {
         match self.settings.policy {
-            Policy::SourcePriority => {
-                self.priority(&a.source).cmp(&self.priority(&b.source)).then_with(|| self.lww_cmp(a, b))
-            }
+            Policy::SourcePriority => self.priority(&a.source).cmp(&self.priority(&b.source)).then_with(|| self.lww_cmp(a, b)),
             Policy::Lww | Policy::FieldLww => self.lww_cmp(a, b),
         }
     }
@@ -510,19 +508,14 @@ impl MergeEngine {
     }
 
     /// The order among one column's writes under its rule (see `insert_by`).
-    fn column_order<'r>(
-        &self,
-        rule: Option<&'r ColumnRule>,
-    ) -> impl Fn(&FieldVersion, &FieldVersion) -> Causality + 'r {
+    fn column_order<'r>(&self, rule: Option<&'r ColumnRule>) -> impl Fn(&FieldVersion, &FieldVersion) -> Causality + 'r {
         move |v: &FieldVersion, e: &FieldVersion| {
             let clocks = v.vv.causality(&e.vv);
             match rule {
                 None => clocks,
                 // Owner and non-owner writes are kept apart: a non-owner
                 // write that saw the owner's must not displace it.
-                Some(ColumnRule::Owner { source }) if (v.source == *source) != (e.source == *source) => {
-                    Causality::Concurrent
-                }
+                Some(ColumnRule::Owner { source }) if (v.source == *source) != (e.source == *source) => Causality::Concurrent,
                 Some(ColumnRule::Owner { .. }) => clocks,
                 // Additions and removals of one element each form an antichain;
                 // different elements are unrelated.
@@ -531,14 +524,12 @@ impl MergeEngine {
                 // A write is redundant when a causally later (or equal) write
                 // holds a value at least as good: whenever a delete hides
                 // the later one it hides the earlier one too.
-                Some(rule @ (ColumnRule::Max | ColumnRule::Min)) => {
-                    match (clocks, value_rank(rule, &v.value, &e.value)) {
-                        (Causality::Equal, Ordering::Equal) => Causality::Equal,
-                        (Causality::After | Causality::Equal, Ordering::Greater | Ordering::Equal) => Causality::After,
-                        (Causality::Before | Causality::Equal, Ordering::Less | Ordering::Equal) => Causality::Before,
-                        _ => Causality::Concurrent,
-                    }
-                }
+                Some(rule @ (ColumnRule::Max | ColumnRule::Min)) => match (clocks, value_rank(rule, &v.value, &e.value)) {
+                    (Causality::Equal, Ordering::Equal) => Causality::Equal,
+                    (Causality::After | Causality::Equal, Ordering::Greater | Ordering::Equal) => Causality::After,
+                    (Causality::Before | Causality::Equal, Ordering::Less | Ordering::Equal) => Causality::Before,
+                    _ => Causality::Concurrent,
+                },
             }
         }
     }
@@ -552,8 +543,7 @@ impl MergeEngine {
             Op::Delete => {
                 // Every delete clock is recorded, stale at row level or not, so
                 // the set of delete clocks converges like everything else.
-                if !fields.cleared.iter().any(|c| matches!(c.causality(&event.vv), Causality::After | Causality::Equal))
-                {
+                if !fields.cleared.iter().any(|c| matches!(c.causality(&event.vv), Causality::After | Causality::Equal)) {
                     fields.cleared.retain(|c| c.causality(&event.vv) != Causality::Before);
                     fields.cleared.push(event.vv.clone());
                     fields.cleared.sort_by_key(VersionVector::to_json);
@@ -563,15 +553,14 @@ impl MergeEngine {
             Op::Upsert => {
                 if let Some(row) = &event.row {
                     for (name, value) in row {
-                        let changed = event.full_image
-                            || event.before.as_ref().is_none_or(|before| before.get(name) != Some(value));
+                        let changed =
+                            event.full_image || event.before.as_ref().is_none_or(|before| before.get(name) != Some(value));
                         if !changed {
                             continue;
                         }
                         let rule = self.rule(name);
                         if rule == Some(&ColumnRule::Union) {
-                            let before =
-                                if event.full_image { None } else { event.before.as_ref().and_then(|b| b.get(name)) };
+                            let before = if event.full_image { None } else { event.before.as_ref().and_then(|b| b.get(name)) };
                             let set = fields.sets.entry(name.clone()).or_default();
                             fields_changed |= self.apply_union(set, &event, before, value);
                             continue;
@@ -621,12 +610,7 @@ impl MergeEngine {
         let after = elements(after);
         let before = before.map(elements).unwrap_or_default();
         let contains = |list: &[Cow<'_, Value>], x: &Value| list.iter().any(|y| same_json(y, x));
-        let op = |x: &Value| FieldVersion {
-            source: event.source.clone(),
-            vv: event.vv.clone(),
-            ts: event.ts,
-            value: x.clone(),
-        };
+        let op = |x: &Value| FieldVersion { source: event.source.clone(), vv: event.vv.clone(), ts: event.ts, value: x.clone() };
         let order = self.column_order(Some(&ColumnRule::Union));
         let mut changed = false;
         for x in after.iter().filter(|x| !contains(&before, x)) {
@@ -703,10 +687,9 @@ impl MergeEngine {
     /// under a row-level policy (the version set tells the story there).
     pub fn explain(&self, state: &KeyState) -> Vec<ColumnWinner> {
         let base = match self.settings.policy {
-            Policy::FieldLww => self
-                .decide(&state.versions, |a, b| self.lww_cmp(a, b))
-                .map(|i| &state.versions[i])
-                .filter(|v| v.op == Op::Upsert),
+            Policy::FieldLww => {
+                self.decide(&state.versions, |a, b| self.lww_cmp(a, b)).map(|i| &state.versions[i]).filter(|v| v.op == Op::Upsert)
+            }
             Policy::Lww | Policy::SourcePriority => None,
         };
         let Some(base) = base else { return Vec::new() };
@@ -742,13 +725,7 @@ impl MergeEngine {
             let rule = rule.map_or("lww", ColumnRule::name);
             out.insert(
                 column,
-                ColumnWinner {
-                    column: column.clone(),
-                    rule,
-                    source: Some(w.source.clone()),
-                    vv: Some(w.vv.clone()),
-                    why,
-                },
+                ColumnWinner { column: column.clone(), rule, source: Some(w.source.clone()), vv: Some(w.vv.clone()), why },
             );
         }
         for (column, set) in &fields.sets {
@@ -795,12 +772,7 @@ impl MergeEngine {
 
     /// The write a column shows under its rule, among the writes no delete
     /// has hidden; `None` leaves the column to the base.
-    fn column_winner<'s>(
-        &self,
-        fields: &FieldState,
-        name: &str,
-        writes: &'s [FieldVersion],
-    ) -> Option<&'s FieldVersion> {
+    fn column_winner<'s>(&self, fields: &FieldState, name: &str, writes: &'s [FieldVersion]) -> Option<&'s FieldVersion> {
         let visible = || writes.iter().filter(|w| !fields.cleared.iter().any(|c| w.vv.happened_before(c)));
         let latest = |a: &&FieldVersion, b: &&FieldVersion| self.lww_cmp(*a, *b);
         match self.rule(name) {
@@ -823,9 +795,7 @@ impl MergeEngine {
         let newest = state.versions.iter().map(|v| v.ts).max();
         match newest {
             None => true,
-            Some(ts) => {
-                self.resolve(state).row.is_none() && ts.saturating_add(self.settings.tombstone_retention_ms) < now_ms
-            }
+            Some(ts) => self.resolve(state).row.is_none() && ts.saturating_add(self.settings.tombstone_retention_ms) < now_ms,
         }
     }
 }
@@ -897,9 +867,9 @@ fn union_elements(fields: &FieldState, set: &ElementSet) -> Option<Vec<Value>> {
         return None;
     }
     let observed = |a: &FieldVersion| {
-        set.removes.iter().any(|r| {
-            same_json(&r.value, &a.value) && matches!(a.vv.causality(&r.vv), Causality::Before | Causality::Equal)
-        })
+        set.removes
+            .iter()
+            .any(|r| same_json(&r.value, &a.value) && matches!(a.vv.causality(&r.vv), Causality::Before | Causality::Equal))
     };
     let mut present: Vec<&Value> = set.adds.iter().filter(|a| visible(a) && !observed(a)).map(|a| &a.value).collect();
     present.sort_by(|a, b| value_cmp(a, b));
@@ -940,9 +910,7 @@ fn value_cmp(a: &Value, b: &Value) -> Ordering {
             Value::Object(_) => 5,
         }
     }
-    let text = || {
-        serde_json::to_string(a).expect("values serialize").cmp(&serde_json::to_string(b).expect("values serialize"))
-    };
+    let text = || serde_json::to_string(a).expect("values serialize").cmp(&serde_json::to_string(b).expect("values serialize"));
     match (a, b) {
         (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
         (Value::Number(x), Value::Number(y)) => {

@@ -103,10 +103,7 @@ fn echo_of_merged_record_is_dropped() {
     // the echo's place (the stored state is the same whatever the order).
     let mut t = KeyState::default();
     e.apply(&mut t, upsert("us", vv(&[("eu", 1), ("us", 1)]), 400, json!({"id":1,"x":"b"})));
-    assert_eq!(
-        e.apply(&mut t, upsert("eu", vv(&[("eu", 1), ("us", 1)]), 300, json!({"id":1,"x":"b"}))),
-        Applied::Changed
-    );
+    assert_eq!(e.apply(&mut t, upsert("eu", vv(&[("eu", 1), ("us", 1)]), 300, json!({"id":1,"x":"b"}))), Applied::Changed);
     assert_eq!(t, s);
     // And an echo of an older merged record is dominated: stale.
     assert_eq!(e.apply(&mut s, upsert("us", vv(&[("us", 1)]), 500, merged_row)), Applied::Stale);
@@ -240,15 +237,9 @@ fn field_lww_merges_disjoint_columns_and_keeps_newest_contested_column() {
     let base = json!({"id":1,"email":"a@x","phone":"1","city":"Oslo"});
     e.apply(&mut s, upsert("eu", vv(&[("eu", 1)]), 10, base.clone()));
     // us has the same row (replicated) and changes phone and city at ts 30.
-    e.apply(
-        &mut s,
-        update("us", vv(&[("us", 1)]), 30, base.clone(), json!({"id":1,"email":"a@x","phone":"2","city":"Rome"})),
-    );
+    e.apply(&mut s, update("us", vv(&[("us", 1)]), 30, base.clone(), json!({"id":1,"email":"a@x","phone":"2","city":"Rome"})));
     // eu concurrently changes email and city at ts 20 (city: older than us).
-    e.apply(
-        &mut s,
-        update("eu", vv(&[("eu", 2)]), 20, base, json!({"id":1,"email":"b@x","phone":"1","city":"Bergen"})),
-    );
+    e.apply(&mut s, update("eu", vv(&[("eu", 2)]), 20, base, json!({"id":1,"email":"b@x","phone":"1","city":"Bergen"})));
     let r = e.resolve(&s);
     assert_eq!(r.winner, None, "field-lww has no row-level winner");
     assert!(r.conflict());
@@ -261,13 +252,8 @@ fn field_lww_row_stale_event_still_writes_its_fields() {
     // Carried clocks: b = {eu:1,us:1} dominates a = {eu:1}, but b did not
     // change `email` (its before == after there), while a did.
     let a = update("eu", vv(&[("eu", 1)]), 10, json!({"id":1,"email":"old"}), json!({"id":1,"email":"new"}));
-    let b = update(
-        "us",
-        vv(&[("eu", 1), ("us", 1)]),
-        20,
-        json!({"id":1,"email":"old","n":1}),
-        json!({"id":1,"email":"old","n":2}),
-    );
+    let b =
+        update("us", vv(&[("eu", 1), ("us", 1)]), 20, json!({"id":1,"email":"old","n":1}), json!({"id":1,"email":"old","n":2}));
     let mut s1 = KeyState::default();
     e.apply(&mut s1, a.clone());
     e.apply(&mut s1, b.clone());
@@ -421,13 +407,7 @@ fn union_column_is_an_add_wins_observed_remove_set() {
     let events = [
         upsert("eu", vv(&[("eu", 1)]), 1, json!({"id":1,"tags":["b","a"]})),
         // us saw eu's row: removes `a` (seen), adds `c`.
-        update(
-            "us",
-            vv(&[("eu", 1), ("us", 1)]),
-            2,
-            json!({"id":1,"tags":["b","a"]}),
-            json!({"id":1,"tags":["b","c"]}),
-        ),
+        update("us", vv(&[("eu", 1), ("us", 1)]), 2, json!({"id":1,"tags":["b","a"]}), json!({"id":1,"tags":["b","c"]})),
         // ap never saw eu's `a`, adds its own `a` concurrently: it survives.
         upsert("ap", vv(&[("ap", 1)]), 3, json!({"id":1,"tags":["a","d"]})),
     ];
@@ -481,8 +461,7 @@ fn union_column_after_a_delete_keeps_only_unseen_additions() {
 
 #[test]
 fn explain_names_each_columns_rule_deciding_write_and_reason() {
-    let rules =
-        [("email", owner("crm")), ("tier", owner("crm")), ("last", ColumnRule::Max), ("tags", ColumnRule::Union)];
+    let rules = [("email", owner("crm")), ("tier", owner("crm")), ("last", ColumnRule::Max), ("tags", ColumnRule::Union)];
     let e = with_rules(engine(Policy::FieldLww, DeletePolicy::UpdateWins), &rules);
     let mut s = KeyState::default();
     let r0 = json!({"id":1,"email":"a@crm","tier":"free","last":3,"tags":["x"],"note":"n"});
@@ -506,10 +485,7 @@ fn explain_names_each_columns_rule_deciding_write_and_reason() {
     // After a concurrent delete by crm, its writes are hidden: eu's base shows.
     e.apply(&mut s, delete("crm", vv(&[("crm", 2)]), 3));
     let email = e.explain(&s).into_iter().find(|w| w.column == "email").unwrap();
-    assert_eq!(
-        (email.source.as_deref(), email.why),
-        (Some("eu"), "the row's base: a delete hides every write of this column")
-    );
+    assert_eq!((email.source.as_deref(), email.why), (Some("eu"), "the row's base: a delete hides every write of this column"));
     assert!(engine(Policy::Lww, DeletePolicy::Lww).explain(&s).is_empty());
 }
 
@@ -596,9 +572,7 @@ const SOURCES: [&str; 3] = ["eu", "us", "ap"];
 /// rule), the others numbers.
 fn column_value(col: u8, val: u8) -> Value {
     if col == 2 {
-        Value::Array(
-            ["a", "b"].iter().enumerate().filter(|(i, _)| val & (1 << i) != 0).map(|(_, x)| json!(x)).collect(),
-        )
+        Value::Array(["a", "b"].iter().enumerate().filter(|(i, _)| val & (1 << i) != 0).map(|(_, x)| json!(x)).collect())
     } else {
         json!(val)
     }

@@ -16,8 +16,8 @@ use schema_registry_converter::avro_common::AvroSchema;
 use serde_json::Value;
 
 use super::{Format, InputRecord, NormalizeErrorKind, Parsed, RawChange, RawOp};
-use crate::avro::output::SchemaCatalog;
 use crate::avro::decode::Reader;
+use crate::avro::output::SchemaCatalog;
 use crate::avro::registry::{frame_id, Registry, RegistryError};
 use crate::avro::value::{Names, Shape};
 use crate::merge::Row;
@@ -49,10 +49,8 @@ impl DebeziumAvro {
         if let Some(s) = self.shapes.read().expect("shapes").get(&schema.id) {
             return Ok(s.clone());
         }
-        let resolved = apache_avro::schema::ResolvedSchema::try_from(&schema.parsed).map_err(|e| NormalizeErrorKind::BadValue {
-            format: FORMAT,
-            detail: format!("schema id {}: {e}", schema.id),
-        })?;
+        let resolved = apache_avro::schema::ResolvedSchema::try_from(&schema.parsed)
+            .map_err(|e| NormalizeErrorKind::BadValue { format: FORMAT, detail: format!("schema id {}: {e}", schema.id) })?;
         let names: Names<'_> = resolved.get_names().clone();
         let shape = Arc::new(Shape::of(&schema.parsed, &names));
         if is_key {
@@ -84,7 +82,9 @@ impl DebeziumAvro {
         };
         let (schema, shape, body) = self.resolve(bytes, "key", true).map_err(as_key)?;
         let json = if shape.is_direct() {
-            shape.decode_json(&mut Reader::new(body)).map_err(|e| NormalizeErrorKind::BadKey(format!("schema id {}: {e}", schema.id)))?
+            shape
+                .decode_json(&mut Reader::new(body))
+                .map_err(|e| NormalizeErrorKind::BadKey(format!("schema id {}: {e}", schema.id)))?
         } else {
             let (_, value) = self.decode(bytes, "key").map_err(as_key)?;
             shape.to_json(&value).map_err(NormalizeErrorKind::BadKey)?
@@ -111,7 +111,10 @@ impl DebeziumAvro {
         sequence: Option<&[String]>,
         keep_before: bool,
     ) -> Result<Envelope, NormalizeErrorKind> {
-        let bad = |detail: String| NormalizeErrorKind::BadValue { format: FORMAT, detail: format!("schema id {}: {detail}", schema.id) };
+        let bad = |detail: String| NormalizeErrorKind::BadValue {
+            format: FORMAT,
+            detail: format!("schema id {}: {detail}", schema.id),
+        };
         let Shape::Record(fields) = shape else {
             return Err(bad("not a Debezium envelope: the value is not a record".into()));
         };
@@ -145,9 +148,18 @@ impl DebeziumAvro {
 
     /// The same through apache-avro's value tree (schemas with types the
     /// direct path does not handle).
-    fn envelope_via_values(&self, bytes: &[u8], shape: &Shape, sequence: Option<&[String]>, keep_before: bool) -> Result<Envelope, NormalizeErrorKind> {
+    fn envelope_via_values(
+        &self,
+        bytes: &[u8],
+        shape: &Shape,
+        sequence: Option<&[String]>,
+        keep_before: bool,
+    ) -> Result<Envelope, NormalizeErrorKind> {
         let (schema, value) = self.decode(bytes, "value")?;
-        let bad = |detail: String| NormalizeErrorKind::BadValue { format: FORMAT, detail: format!("schema id {}: {detail}", schema.id) };
+        let bad = |detail: String| NormalizeErrorKind::BadValue {
+            format: FORMAT,
+            detail: format!("schema id {}: {detail}", schema.id),
+        };
         let Avro::Record(fields) = &value else {
             return Err(bad("not a Debezium envelope: the value is not a record".into()));
         };
@@ -190,7 +202,9 @@ struct Envelope {
 
 fn registry_error(e: RegistryError, what: &str) -> NormalizeErrorKind {
     match e {
-        RegistryError::Unavailable(d) => NormalizeErrorKind::RegistryUnavailable(format!("{what}: schema registry unavailable: {d}")),
+        RegistryError::Unavailable(d) => {
+            NormalizeErrorKind::RegistryUnavailable(format!("{what}: schema registry unavailable: {d}"))
+        }
         RegistryError::NotFound(d) => NormalizeErrorKind::UnknownSchema(format!("{what}: {d}")),
         RegistryError::Incompatible(d) | RegistryError::Invalid(d) => {
             NormalizeErrorKind::BadValue { format: FORMAT, detail: format!("{what}: {d}") }
@@ -204,7 +218,8 @@ fn optional(shape: &Shape, r: &mut Reader<'_>, keep: bool) -> Result<(bool, Opti
     let shape = match shape {
         Shape::Union(branches) => {
             let i = r.long()?;
-            let b = usize::try_from(i).ok().and_then(|i| branches.get(i)).ok_or_else(|| format!("union branch {i} out of range"))?;
+            let b =
+                usize::try_from(i).ok().and_then(|i| branches.get(i)).ok_or_else(|| format!("union branch {i} out of range"))?;
             if *b == Shape::Null {
                 return Ok((false, None));
             }
@@ -276,7 +291,10 @@ impl Format for DebeziumAvro {
             return Ok(None);
         };
         let (schema, shape, body) = self.resolve(bytes, "value", false)?;
-        let bad = |detail: String| NormalizeErrorKind::BadValue { format: FORMAT, detail: format!("schema id {}: {detail}", schema.id) };
+        let bad = |detail: String| NormalizeErrorKind::BadValue {
+            format: FORMAT,
+            detail: format!("schema id {}: {detail}", schema.id),
+        };
         // The op is not known before the envelope is read: keep `before` when
         // the caller wants it for upserts; deletes always need it, and a
         // delete whose `before` was skipped is read again below.

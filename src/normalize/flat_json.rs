@@ -51,14 +51,12 @@ impl Format for FlatJson {
         let row_value = Value::Object(row);
         let ts = match &self.ts_field {
             None => None,
-            Some((name, path)) => Some(
-                lookup(&row_value, path)
-                    .and_then(Value::as_i64)
-                    .ok_or_else(|| NormalizeErrorKind::BadTimestamp {
-                        path: name.clone(),
-                        problem: "missing or not an integer number of milliseconds".into(),
-                    })?,
-            ),
+            Some((name, path)) => {
+                Some(lookup(&row_value, path).and_then(Value::as_i64).ok_or_else(|| NormalizeErrorKind::BadTimestamp {
+                    path: name.clone(),
+                    problem: "missing or not an integer number of milliseconds".into(),
+                })?)
+            }
         };
         let sequence = sequence.and_then(|p| lookup(&row_value, p).cloned());
         let Value::Object(row) = row_value else { unreachable!("built as an object above") };

@@ -279,7 +279,8 @@ impl Format for NoRegistry {
     fn parse(&self, _: &InputRecord<'_>, _: Option<&[String]>) -> Result<Option<RawChange>, NormalizeErrorKind> {
         Err(NormalizeErrorKind::BadValue {
             format: "debezium-avro",
-            detail: "no schema registry is available here ([schema_registry] is required; `replay` reads JSON sources only)".into(),
+            detail: "no schema registry is available here ([schema_registry] is required; `replay` reads JSON sources only)"
+                .into(),
         })
     }
 }
@@ -370,7 +371,9 @@ impl SourceNormalizer {
                         if raw.before.is_none() {
                             return Err(NormalizeErrorKind::BadClock {
                                 field: field.clone(),
-                                problem: "a delete needs the before image to carry its clock (set REPLICA IDENTITY FULL on the table)".into(),
+                                problem:
+                                    "a delete needs the before image to carry its clock (set REPLICA IDENTITY FULL on the table)"
+                                        .into(),
                             });
                         }
                         let mut vv = parse_clock(
@@ -389,8 +392,9 @@ impl SourceNormalizer {
             }
             None => {
                 let seq = match &self.sequence {
-                    None => u64::try_from(record.offset).ok().map(|o| o + 1).ok_or_else(|| {
-                        NormalizeErrorKind::BadSequence { path: "<kafka offset>".into(), problem: "negative offset".into() }
+                    None => u64::try_from(record.offset).ok().map(|o| o + 1).ok_or_else(|| NormalizeErrorKind::BadSequence {
+                        path: "<kafka offset>".into(),
+                        problem: "negative offset".into(),
                     })?,
                     Some((path, _)) => parse_sequence(path, raw.sequence.as_ref())?,
                 };
@@ -424,8 +428,7 @@ impl SourceNormalizer {
                         Some(k) => k.clone(),
                         None => record_key(record)?,
                     };
-                    from_key = serde_json::from_str::<Row>(&text)
-                        .map_err(|e| NormalizeErrorKind::BadKey(e.to_string()))?;
+                    from_key = serde_json::from_str::<Row>(&text).map_err(|e| NormalizeErrorKind::BadKey(e.to_string()))?;
                     &from_key
                 }
             };
@@ -456,7 +459,9 @@ pub(crate) fn record_key(record: &InputRecord<'_>) -> Result<String, NormalizeEr
 fn canonicalize_key(bytes: &[u8]) -> Result<String, NormalizeErrorKind> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| NormalizeErrorKind::BadKey(e.to_string()))?;
     let value = match value {
-        Value::Object(mut o) if o.contains_key("payload") && o.contains_key("schema") => o.remove("payload").unwrap_or(Value::Null),
+        Value::Object(mut o) if o.contains_key("payload") && o.contains_key("schema") => {
+            o.remove("payload").unwrap_or(Value::Null)
+        }
         v => v,
     };
     match value {
@@ -574,9 +579,8 @@ fn parse_clock(field: &str, value: Option<&Value>, image: &str) -> Result<Versio
     };
     let mut vv = VersionVector::new();
     for (source, counter) in object {
-        let n = counter
-            .as_u64()
-            .ok_or_else(|| bad(format!("entry \"{source}\" is {counter}, expected a non-negative integer")))?;
+        let n =
+            counter.as_u64().ok_or_else(|| bad(format!("entry \"{source}\" is {counter}, expected a non-negative integer")))?;
         vv.set(source, n);
     }
     if vv.is_empty() {

@@ -37,7 +37,8 @@ fn err(n: Result<Normalized, NormalizeError>) -> NormalizeError {
     n.expect_err("expected an error")
 }
 
-const UPDATE: &str = r#"{"before":{"id":7,"name":"a"},"after":{"id":7,"name":"b"},"source":{"ts_ms":1700,"lsn":5000},"op":"u","ts_ms":1800}"#;
+const UPDATE: &str =
+    r#"{"before":{"id":7,"name":"a"},"after":{"id":7,"name":"b"},"source":{"ts_ms":1700,"lsn":5000},"op":"u","ts_ms":1800}"#;
 
 #[test]
 fn debezium_update_without_wrapper() {
@@ -67,7 +68,8 @@ fn ops_map_to_upserts_and_deletes() {
         let e = event(n.normalize(&rec(Some(r#"{"id":1}"#), Some(&v))));
         assert_eq!((e.op, e.full_image), (Op::Upsert, full));
     }
-    let e = event(n.normalize(&rec(Some(r#"{"id":1}"#), Some(r#"{"before":{"id":1},"after":null,"op":"d","source":{"ts_ms":1}}"#))));
+    let e =
+        event(n.normalize(&rec(Some(r#"{"id":1}"#), Some(r#"{"before":{"id":1},"after":null,"op":"d","source":{"ts_ms":1}}"#))));
     assert_eq!(e.op, Op::Delete);
     assert!(e.row.is_none());
 }
@@ -121,7 +123,9 @@ fn sequence_path_gives_the_clock() {
     let e = err(n.normalize(&rec(Some(r#"{"id":7}"#), Some(&zero))));
     assert!(matches!(e.kind, NormalizeErrorKind::BadSequence { .. }), "{e}");
     let missing = UPDATE.replace(r#","lsn":5000"#, "");
-    assert!(err(n.normalize(&rec(Some(r#"{"id":7}"#), Some(&missing)))).to_string().contains("sequence field `source.lsn`: missing"));
+    assert!(err(n.normalize(&rec(Some(r#"{"id":7}"#), Some(&missing))))
+        .to_string()
+        .contains("sequence field `source.lsn`: missing"));
 }
 
 #[test]
@@ -223,10 +227,12 @@ mod reference {
             return Ok(None);
         }
         let bad = |detail: String| NormalizeErrorKind::BadValue { format: "debezium-json", detail };
-        let mut env: Envelope = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
-            .map_err(|e| match e.path().to_string().as_str() {
-                "." | "?" => bad(e.inner().to_string()),
-                path => bad(format!("{path}: {}", e.inner())),
+        let mut env: Envelope =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes)).map_err(|e| {
+                match e.path().to_string().as_str() {
+                    "." | "?" => bad(e.inner().to_string()),
+                    path => bad(format!("{path}: {}", e.inner())),
+                }
             })?;
         if env.op.is_none() {
             match env.payload.take() {
@@ -252,9 +258,7 @@ mod reference {
             })?),
         };
         let sequence = sequence.and_then(|path| match path {
-            [first, second, rest @ ..] if first == "source" => {
-                lookup(env.source.as_ref()?.get(second.as_str())?, rest).cloned()
-            }
+            [first, second, rest @ ..] if first == "source" => lookup(env.source.as_ref()?.get(second.as_str())?, rest).cloned(),
             _ => None,
         });
         Ok(Some(RawChange { op, before: env.before, after: env.after, ts: source_ts.or(env.ts_ms), sequence, key: None }))
@@ -263,11 +267,8 @@ mod reference {
 
 /// Checks every decoding mode of `bytes` against the reference.
 fn check_against_reference(bytes: &[u8]) {
-    let seq_paths: [Option<Vec<String>>; 3] = [
-        None,
-        Some(vec!["source".into(), "lsn".into()]),
-        Some(vec!["source".into(), "a".into(), "b".into()]),
-    ];
+    let seq_paths: [Option<Vec<String>>; 3] =
+        [None, Some(vec!["source".into(), "lsn".into()]), Some(vec!["source".into(), "a".into(), "b".into()])];
     let record = InputRecord { topic: "t", partition: 0, offset: 0, timestamp: None, key: None, value: Some(bytes) };
     let text = String::from_utf8_lossy(bytes);
     for seq in &seq_paths {

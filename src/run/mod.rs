@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::AdminClient;
 use quiet::QuietContext;
+use rdkafka::admin::AdminClient;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -456,14 +456,17 @@ impl Worker {
                     task.remember_encoded(&out.key, state);
                 }
                 if let Some((topic, body)) = audit {
-                    self.send(BaseRecord::to(topic.as_str()).partition(partition).key(out.key.as_bytes()).payload(body.as_slice()))?;
+                    self.send(
+                        BaseRecord::to(topic.as_str()).partition(partition).key(out.key.as_bytes()).payload(body.as_slice()),
+                    )?;
                 }
                 self.counters.emitted += 1;
                 let now = now_ms();
                 let skew = msg.timestamp().to_millis().map(|t| t - event_ts);
                 self.metrics.emitted(&source, siblings, now - event_ts, skew);
                 if siblings > 1 {
-                    let winner = out.headers.iter().find(|(k, _)| *k == crate::output::HEADER_WINNER).map_or("-", |(_, v)| v.as_str());
+                    let winner =
+                        out.headers.iter().find(|(k, _)| *k == crate::output::HEADER_WINNER).map_or("-", |(_, v)| v.as_str());
                     self.metrics.conflict(self.config.merge.policy.as_str(), winner);
                     tracing::debug!(source, topic = msg.topic(), partition, offset = msg.offset(), siblings, "conflict");
                 }
@@ -495,7 +498,10 @@ impl Worker {
                 return Err(RunError::SetAside(NormalizeError {
                     position,
                     source_name: Some(source_name),
-                    kind: crate::normalize::NormalizeErrorKind::OutputSchema { reason: error.reason(), detail: error.to_string() },
+                    kind: crate::normalize::NormalizeErrorKind::OutputSchema {
+                        reason: error.reason(),
+                        detail: error.to_string(),
+                    },
                 }));
             }
         }
@@ -538,7 +544,9 @@ impl Worker {
         let value = msg.payload().filter(|v| key_len + v.len() + error.len() + 1024 <= self.record_limit);
         let omitted = msg.payload().filter(|_| value.is_none()).map(|v| v.len().to_string());
         if let Some(n) = &omitted {
-            error.push_str(&format!(" (the {n}-byte value is too large for the dead-letter topic and is left out; read it at the source offset)"));
+            error.push_str(&format!(
+                " (the {n}-byte value is too large for the dead-letter topic and is left out; read it at the source offset)"
+            ));
         }
         let mut headers = OwnedHeaders::new_with_capacity(6)
             .insert(Header { key: "tributary.error", value: Some(error.as_bytes()) })
@@ -607,7 +615,9 @@ impl Worker {
         if self.tasks.get(&partition).is_some_and(|t| matches!(t.get_committed(key), Ok(Some(_)))) {
             return self.answer(key, partition);
         }
-        if let Some(&found) = owned.iter().find(|p| self.tasks.get(p).is_some_and(|t| matches!(t.get_committed(key), Ok(Some(_))))) {
+        if let Some(&found) =
+            owned.iter().find(|p| self.tasks.get(p).is_some_and(|t| matches!(t.get_committed(key), Ok(Some(_)))))
+        {
             return self.answer(key, found);
         }
         let error = if self.tasks.contains_key(&partition) {
@@ -648,7 +658,9 @@ impl Worker {
                 });
                 (200, body.to_string())
             }
-            Ok(None) => (404, serde_json::json!({"error": format!("no state for key {key}"), "partition": partition}).to_string()),
+            Ok(None) => {
+                (404, serde_json::json!({"error": format!("no state for key {key}"), "partition": partition}).to_string())
+            }
             Err(e) => (500, serde_json::json!({"error": e.to_string()}).to_string()),
         }
     }
@@ -940,7 +952,10 @@ impl Worker {
             // fall back to its beginning (that reprocesses the whole
             // partition): fail, and the cycle is retried after a wait.
             if let Err(e) = el.error() {
-                return Err(RunError::kafka(format!("read the committed offset of {} partition {}", el.topic(), el.partition()), e));
+                return Err(RunError::kafka(
+                    format!("read the committed offset of {} partition {}", el.topic(), el.partition()),
+                    e,
+                ));
             }
             let offset = match el.offset() {
                 Offset::Offset(o) => Offset::Offset(o),
@@ -1080,7 +1095,11 @@ impl Worker {
         }
         if let Some(why) = self.discontinuity(task, low, high) {
             let removed = task.wipe()?;
-            tracing::info!(partition = p, removed, "local state of task {p} not trusted, restoring it from the changelog's start: {why}");
+            tracing::info!(
+                partition = p,
+                removed,
+                "local state of task {p} not trusted, restoring it from the changelog's start: {why}"
+            );
         }
         let start = task.checkpoint().max(low);
         if start >= high {
@@ -1160,7 +1179,11 @@ impl Worker {
                 Some(Ok(m)) => {
                     let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
                     let state = match m.payload() {
-                        Some(v) => Some(decode_state(v).map_err(|source| StoreError::Decode { partition: p, key: key.clone(), source })?),
+                        Some(v) => Some(decode_state(v).map_err(|source| StoreError::Decode {
+                            partition: p,
+                            key: key.clone(),
+                            source,
+                        })?),
                         None => None,
                     };
                     task.put_restored(key, state);
@@ -1213,7 +1236,8 @@ fn current_positions(consumer: &GroupConsumer) -> Result<TopicPartitionList, Kaf
 /// registry is waited for (with backoff), not a reason to exit.
 fn avro_startup(config: &Config, shutdown: &AtomicBool) -> Result<(crate::avro::AvroContext, Option<AvroRecordIds>), RunError> {
     use crate::avro::registry::{backoff, Registry, RegistryError};
-    let settings = config.schema_registry.as_ref().ok_or_else(|| RunError::Topics("[schema_registry] is required for Avro".into()))?;
+    let settings =
+        config.schema_registry.as_ref().ok_or_else(|| RunError::Topics("[schema_registry] is required for Avro".into()))?;
     let registry = Registry::new(settings).map_err(RunError::Topics)?;
     let ctx = crate::avro::AvroContext { registry: registry.clone(), catalog: Default::default() };
     let mut attempt = 0;
@@ -1237,8 +1261,10 @@ fn avro_startup(config: &Config, shutdown: &AtomicBool) -> Result<(crate::avro::
                 ctx.catalog.seed_previous_key(&prev.schema);
             }
             let group = &config.kafka.group_id;
-            let audit = registry.register(&format!("{}-value", conflicts_topic(group)), crate::avro::records::AUDIT_SCHEMA_JSON)?;
-            let dead_letter = registry.register(&format!("{}-value", dlq_topic(group)), crate::avro::records::DEAD_LETTER_SCHEMA_JSON)?;
+            let audit =
+                registry.register(&format!("{}-value", conflicts_topic(group)), crate::avro::records::AUDIT_SCHEMA_JSON)?;
+            let dead_letter =
+                registry.register(&format!("{}-value", dlq_topic(group)), crate::avro::records::DEAD_LETTER_SCHEMA_JSON)?;
             Ok(Some(AvroRecordIds { audit, dead_letter }))
         })();
         match result {
@@ -1291,7 +1317,9 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         Err(RunError::Kafka { context, source }) if at_startup => {
             Err(RunError::Kafka { context: format!("{context} (bootstrap servers {bootstrap})"), source })
         }
-        Err(RunError::Topics(m)) if at_startup && m.contains("do not exist") => Err(RunError::Topics(format!("{m} (bootstrap servers {bootstrap})"))),
+        Err(RunError::Topics(m)) if at_startup && m.contains("do not exist") => {
+            Err(RunError::Topics(format!("{m} (bootstrap servers {bootstrap})")))
+        }
         other => other,
     }
 }
@@ -1340,11 +1368,15 @@ async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options: RunOption
     let audit = config.audit.enabled.then(|| conflicts_topic(&group));
     let specs: Vec<topics::TopicSpec> = specs
         .into_iter()
-        .chain(audit.iter().map(|t| topics::TopicSpec { name: t.clone(), role: "conflict audit", cleanup_policy: "delete", configs: vec![] }))
+        .chain(audit.iter().map(|t| topics::TopicSpec {
+            name: t.clone(),
+            role: "conflict audit",
+            cleanup_policy: "delete",
+            configs: vec![],
+        }))
         .collect();
     let record_limit = if options.manage_topics {
-        topics::ensure_topics(&admin, &probe, &specs, partitions, config.kafka.replication_factor.unwrap_or(-1), TIMEOUT)
-            .await?;
+        topics::ensure_topics(&admin, &probe, &specs, partitions, config.kafka.replication_factor.unwrap_or(-1), TIMEOUT).await?;
         // The largest record the output and changelog topics take, and the
         // producer: a larger merged record is set aside before the broker
         // would refuse it (which would fail the cycle again on every retry).
@@ -1415,9 +1447,10 @@ async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options: RunOption
     )
     .create_with_context(QuietContext)
     .map_err(|e| RunError::kafka("create restore consumer", e))?;
-    let watermarks: BaseConsumer<QuietContext> = client_config(&config, &[("isolation.level", "read_uncommitted"), ("group.id", "tributary-restore")])
-        .create_with_context(QuietContext)
-        .map_err(|e| RunError::kafka("create watermark client", e))?;
+    let watermarks: BaseConsumer<QuietContext> =
+        client_config(&config, &[("isolation.level", "read_uncommitted"), ("group.id", "tributary-restore")])
+            .create_with_context(QuietContext)
+            .map_err(|e| RunError::kafka("create watermark client", e))?;
     let transactional_id = format!("{group}-{instance}");
     let mut producer_defaults = vec![("enable.idempotence", "true"), ("linger.ms", "5"), ("compression.type", "lz4")];
     if exactly_once {
@@ -1522,7 +1555,12 @@ async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options: RunOption
     .expect("the processing thread does not panic")
 }
 
-fn main_loop(consumer: &GroupConsumer, worker: &Mutex<Worker>, interval: Duration, shutdown: &AtomicBool) -> Result<(), RunError> {
+fn main_loop(
+    consumer: &GroupConsumer,
+    worker: &Mutex<Worker>,
+    interval: Duration,
+    shutdown: &AtomicBool,
+) -> Result<(), RunError> {
     while !shutdown.load(Ordering::Relaxed) {
         let msg = consumer.poll(Duration::from_millis(20));
         let mut w = worker.lock().expect("worker");
@@ -1664,7 +1702,6 @@ fn audit_json(r: &crate::avro::records::AuditRecord<'_>, columns: &[crate::merge
     }
     serde_json::to_vec(&record).expect("audit records serialize")
 }
-
 
 /// Calls `f` again while librdkafka says its error is retriable (a timeout:
 /// the outcome is not known yet, and calling again is how to learn it).

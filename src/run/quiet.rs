@@ -55,7 +55,8 @@ pub fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
 /// Logs one librdkafka error event (`ClientContext::error`).
 pub fn error(error: &KafkaError, reason: &str) {
     let code = error.rdkafka_error_code();
-    if matches!(code, Some(RDKafkaErrorCode::PartitionEOF | RDKafkaErrorCode::CoordinatorLoadInProgress)) || expected("", reason) {
+    if matches!(code, Some(RDKafkaErrorCode::PartitionEOF | RDKafkaErrorCode::CoordinatorLoadInProgress)) || expected("", reason)
+    {
         tracing::debug!(target: "librdkafka", "{error}: {reason}");
     } else {
         tracing::error!(target: "librdkafka", "{error}: {reason}");
@@ -68,10 +69,15 @@ mod tests {
 
     #[test]
     fn expected_conditions_are_recognised() {
-        assert!(expected("CONFWARN", "Configuration property message.timeout.ms is a producer property and will be ignored by this consumer instance"));
-        assert!(expected("TXNERR", "Failed to acquire transactional PID from broker TxnCoordinator/1: Broker: Coordinator load in progress: retrying"));
+        assert!(expected(
+            "CONFWARN",
+            "Configuration property message.timeout.ms is a producer property and will be ignored by this consumer instance"
+        ));
+        assert!(expected(
+            "TXNERR",
+            "Failed to acquire transactional PID from broker TxnCoordinator/1: Broker: Coordinator load in progress: retrying"
+        ));
         assert!(expected("", "Fetch from broker 1 reached end of partition at offset 0 (HighwaterMark 1)"));
         assert!(!expected("FAIL", "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused"));
     }
 }
-

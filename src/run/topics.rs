@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use super::quiet::QuietContext;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 
@@ -32,7 +32,11 @@ const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(10);
 
 /// Reads the partition count of every source topic and checks they agree.
 /// Returns the common count.
-pub fn check_co_partitioning(consumer: &BaseConsumer<QuietContext>, topics: &[String], timeout: Duration) -> Result<i32, RunError> {
+pub fn check_co_partitioning(
+    consumer: &BaseConsumer<QuietContext>,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<i32, RunError> {
     let deadline = std::time::Instant::now() + MISSING_TOPIC_GRACE;
     let mut counts: BTreeMap<String, Option<i32>> = BTreeMap::new();
     loop {
@@ -64,8 +68,7 @@ pub fn check_co_partitioning(consumer: &BaseConsumer<QuietContext>, topics: &[St
     }
     let distinct: std::collections::BTreeSet<i32> = counts.values().flatten().copied().collect();
     if distinct.len() > 1 {
-        let listing =
-            counts.iter().map(|(t, c)| format!("{t}: {} partitions", c.unwrap_or(0))).collect::<Vec<_>>().join(", ");
+        let listing = counts.iter().map(|(t, c)| format!("{t}: {} partitions", c.unwrap_or(0))).collect::<Vec<_>>().join(", ");
         return Err(RunError::CoPartitioning(listing));
     }
     Ok(*distinct.iter().next().expect("at least one source topic"))
@@ -86,7 +89,12 @@ pub async fn ensure_topics(
         let md = consumer
             .fetch_metadata(Some(&spec.name), timeout)
             .map_err(|e| RunError::kafka(format!("metadata of {} topic {}", spec.role, spec.name), e))?;
-        let existing = md.topics().iter().find(|t| t.name() == spec.name).filter(|t| t.error().is_none()).map(|t| t.partitions().len() as i32);
+        let existing = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == spec.name)
+            .filter(|t| t.error().is_none())
+            .map(|t| t.partitions().len() as i32);
         match existing {
             Some(n) if n > 0 => {
                 if n != partitions {
@@ -171,7 +179,11 @@ pub async fn max_message_bytes(
 /// another cluster, has a different identity even where its offsets look
 /// alike, so local state checkpointed against one is never taken to
 /// continue the other.
-pub fn topic_identity(client: &rdkafka::client::Client<impl rdkafka::ClientContext>, topic: &str, timeout: Duration) -> Result<String, RunError> {
+pub fn topic_identity(
+    client: &rdkafka::client::Client<impl rdkafka::ClientContext>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<String, RunError> {
     let cluster = client
         .fetch_cluster_id(timeout)
         .ok_or_else(|| RunError::Topics(format!("could not read the cluster id while checking topic {topic}")))?;

@@ -363,9 +363,7 @@ impl SinkConfig {
             Some(v) if columns.iter().any(|c| &c.name == v) => {
                 return Err(bad(format!("sink.vv_column: \"{v}\" is also in sink.columns")))
             }
-            Some(v) if !is_identifier(v) => {
-                return Err(bad(format!("sink.vv_column: \"{v}\" is not a plain SQL identifier")))
-            }
+            Some(v) if !is_identifier(v) => return Err(bad(format!("sink.vv_column: \"{v}\" is not a plain SQL identifier"))),
             Some(v) => {
                 columns.push(Column { name: v.clone(), ty: ColumnType::Text, unit: None });
                 Some(columns.len() - 1)
@@ -373,13 +371,8 @@ impl SinkConfig {
             None => None,
         };
         for name in self.time_units.keys() {
-            if !columns
-                .iter()
-                .any(|c| &c.name == name && matches!(c.ty, ColumnType::Timestamp | ColumnType::TimestampTz))
-            {
-                return Err(bad(format!(
-                    "sink.time_units.{name}: not a timestamp or timestamptz column of sink.columns"
-                )));
+            if !columns.iter().any(|c| &c.name == name && matches!(c.ty, ColumnType::Timestamp | ColumnType::TimestampTz)) {
+                return Err(bad(format!("sink.time_units.{name}: not a timestamp or timestamptz column of sink.columns")));
             }
         }
         if let Some(a) = &self.admin_listen {
@@ -453,9 +446,7 @@ pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, String
             }
             SqlValue::Json(v.clone())
         }
-        ColumnType::Numeric { precision, scale } => {
-            SqlValue::Text(types::decimal(v, precision, scale).map_err(misfit)?)
-        }
+        ColumnType::Numeric { precision, scale } => SqlValue::Text(types::decimal(v, precision, scale).map_err(misfit)?),
         ColumnType::Date => SqlValue::Text(types::date(v).map_err(misfit)?),
         ColumnType::Timestamp => SqlValue::Text(types::timestamp(v, column.unit, false).map_err(misfit)?),
         ColumnType::TimestampTz => SqlValue::Text(types::timestamp(v, column.unit, true).map_err(misfit)?),
@@ -577,9 +568,7 @@ fn key_values(spec: &TableSpec, r: &RawRecord) -> Result<Vec<SqlValue>, String> 
         .map(|&i| {
             let c = &spec.columns[i];
             match key.get(&c.name) {
-                Some(Value::Null) | None => {
-                    Err(format!("key column `{}` is missing or null in the key {key_text}", c.name))
-                }
+                Some(Value::Null) | None => Err(format!("key column `{}` is missing or null in the key {key_text}", c.name)),
                 Some(v) => to_sql(c, Some(v)),
             }
         })
@@ -646,8 +635,7 @@ type AvroReader = Option<(crate::avro::registry::JsonReader, Duration)>;
 
 /// [`run`] with options.
 pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) -> Result<SinkStats, SinkError> {
-    let sink =
-        config.sink.as_ref().ok_or_else(|| SinkError::Config("the configuration has no [sink] section".into()))?;
+    let sink = config.sink.as_ref().ok_or_else(|| SinkError::Config("the configuration has no [sink] section".into()))?;
     let spec = sink.table_spec()?;
     let topic = sink.topic.clone().unwrap_or_else(|| config.output.topic.clone());
     let group = sink.group_id.clone().unwrap_or_else(|| format!("{}-sink", config.kafka.group_id));
@@ -701,8 +689,7 @@ pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) ->
     let mut stats = SinkStats::default();
     let source = resync::Source { client: &client, kafka: &config.kafka, topic: &topic, group: &group, partitions };
     if let Some(plan) = resync::check(&consumer, &mut *target, &source, options.resync)? {
-        let done =
-            resync::resync(&source, &mut *target, &spec, plan, &mut avro, shutdown, sink.batch_size, &mut stats)?;
+        let done = resync::resync(&source, &mut *target, &spec, plan, &mut avro, shutdown, sink.batch_size, &mut stats)?;
         metrics.resynced(stats.records, stats.dead);
         if !done {
             tracing::info!(
@@ -721,8 +708,7 @@ pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) ->
     let mut last_metadata = Instant::now();
     let mut last_lag = Instant::now();
     let mut last_progress = (Instant::now(), stats.records);
-    let mut sink_batch =
-        SinkBatch { consumer: &consumer, target: &mut *target, spec: &spec, group: &group, metrics: &metrics };
+    let mut sink_batch = SinkBatch { consumer: &consumer, target: &mut *target, spec: &spec, group: &group, metrics: &metrics };
     while !shutdown.load(Ordering::Relaxed) {
         if last_lag.elapsed() >= LAG_INTERVAL {
             last_lag = Instant::now();
@@ -828,11 +814,7 @@ const LAG_INTERVAL: Duration = Duration::from_secs(1);
 /// How often, at most, a progress line is logged while records arrive.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(60);
 
-fn partition_count<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    timeout: Duration,
-) -> Result<i32, String> {
+fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, timeout: Duration) -> Result<i32, String> {
     let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| e.to_string())?;
     md.topics()
         .iter()
@@ -884,9 +866,8 @@ fn serve_admin(listen: &str, metrics: Arc<crate::metrics::Metrics>) -> Result<()
         .enable_all()
         .build()
         .map_err(|e| SinkError::Config(format!("sink.admin_listen: {e}")))?;
-    let no_state: crate::admin::StateQuery = Arc::new(|_: &str| {
-        (404, "{\"error\":\"tributary sink has no state to query; see tributary run\"}".to_string())
-    });
+    let no_state: crate::admin::StateQuery =
+        Arc::new(|_: &str| (404, "{\"error\":\"tributary sink has no state to query; see tributary run\"}".to_string()));
     let addr = runtime
         .block_on(crate::admin::serve(listen, metrics, no_state))
         .map_err(|e| SinkError::Config(format!("sink.admin_listen: cannot listen on {listen}: {e}")))?;
@@ -903,11 +884,7 @@ fn serve_admin(listen: &str, metrics: Arc<crate::metrics::Metrics>) -> Result<()
 /// call. The high watermark counts records of transactions still open;
 /// transaction markers do not count, since the consumer's position moves
 /// past them.
-fn cached_watermarks<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    partition: i32,
-) -> Option<(i64, i64)> {
+fn cached_watermarks<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> Option<(i64, i64)> {
     let topic = std::ffi::CString::new(topic).ok()?;
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: the client pointer lives as long as `consumer`; the out
@@ -1083,12 +1060,8 @@ fn upsert_sql(spec: &TableSpec, rows: usize, prefix: char) -> String {
     let all: Vec<&Column> = spec.columns.iter().collect();
     let values: Vec<String> = (0..rows).map(|r| format!("({})", placeholders(prefix, r * n + 1, &all))).collect();
     let keys: Vec<&str> = spec.key.iter().map(|&i| cols[i].as_str()).collect();
-    let updates: Vec<String> = cols
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !spec.key.contains(i))
-        .map(|(_, c)| format!("{c} = excluded.{c}"))
-        .collect();
+    let updates: Vec<String> =
+        cols.iter().enumerate().filter(|(i, _)| !spec.key.contains(i)).map(|(_, c)| format!("{c} = excluded.{c}")).collect();
     let action = if updates.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", updates.join(", ")) };
     format!(
         "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO {action}",
@@ -1107,20 +1080,14 @@ fn delete_sql(spec: &TableSpec, rows: usize, prefix: char) -> String {
 fn delete_from_sql(table: &str, spec: &TableSpec, rows: usize, prefix: char) -> String {
     let keys = key_columns(spec);
     let names: Vec<String> = keys.iter().map(|c| quote(&c.name)).collect();
-    let values: Vec<String> =
-        (0..rows).map(|r| format!("({})", placeholders(prefix, r * keys.len() + 1, &keys))).collect();
+    let values: Vec<String> = (0..rows).map(|r| format!("({})", placeholders(prefix, r * keys.len() + 1, &keys))).collect();
     format!("DELETE FROM {table} WHERE ({}) IN ({})", names.join(", "), values.join(", "))
 }
 
 fn create_sql(spec: &TableSpec, pg: bool) -> String {
     let cols: Vec<String> = spec.columns.iter().map(|c| format!("{} {}", quote(&c.name), sql_type(c.ty, pg))).collect();
     let keys: Vec<String> = spec.key.iter().map(|&i| quote(&spec.columns[i].name)).collect();
-    format!(
-        "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
-        quote(&spec.table),
-        cols.join(", "),
-        keys.join(", ")
-    )
+    format!("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))", quote(&spec.table), cols.join(", "), keys.join(", "))
 }
 
 /// A quoted identifier (names are validated as plain identifiers; quoting
@@ -1140,11 +1107,8 @@ fn sql_type(ty: ColumnType, pg: bool) -> String {
 const LIVE_KEYS: &str = "tributary_live_keys";
 
 fn live_keys_ddl(spec: &TableSpec, pg: bool) -> String {
-    let cols: Vec<String> = spec
-        .key
-        .iter()
-        .map(|&i| format!("{} {}", quote(&spec.columns[i].name), sql_type(spec.columns[i].ty, pg)))
-        .collect();
+    let cols: Vec<String> =
+        spec.key.iter().map(|&i| format!("{} {}", quote(&spec.columns[i].name), sql_type(spec.columns[i].ty, pg))).collect();
     let keys: Vec<String> = spec.key.iter().map(|&i| quote(&spec.columns[i].name)).collect();
     format!("CREATE TEMP TABLE IF NOT EXISTS {LIVE_KEYS} ({}, PRIMARY KEY ({}))", cols.join(", "), keys.join(", "))
 }
@@ -1170,11 +1134,8 @@ fn sweep_select_sql(spec: &TableSpec, after: bool, limit: usize, prefix: char) -
     let keys: Vec<String> = spec.key.iter().map(|&i| quote(&spec.columns[i].name)).collect();
     let of = |alias: &str| keys.iter().map(|k| format!("{alias}.{k}")).collect::<Vec<_>>().join(", ");
     let join: Vec<String> = keys.iter().map(|k| format!("l.{k} = t.{k}")).collect();
-    let from = if after {
-        format!(" WHERE ({}) > ({})", of("t"), placeholders(prefix, 1, &key_columns(spec)))
-    } else {
-        String::new()
-    };
+    let from =
+        if after { format!(" WHERE ({}) > ({})", of("t"), placeholders(prefix, 1, &key_columns(spec))) } else { String::new() };
     // PostgreSQL hands the exact types back as text, to bind again as text.
     let selected: Vec<String> = key_columns(spec)
         .iter()

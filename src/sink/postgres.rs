@@ -6,9 +6,9 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
 
 use super::{
-    chunk_sizes, create_sql, delete_sql, live_delete_sql, live_insert_sql, live_keys_ddl, offset_upsert_sql,
-    rows_per_statement, sweep_select_sql, upsert_sql, Batch, Change, ColumnType, SinkError, SqlValue, StoredOffset,
-    Sweep, TableSpec, Target, DEAD_DDL, LIVE_KEYS, OFFSETS_DDL, OFFSETS_TS_COLUMN, RESYNC_DDL,
+    chunk_sizes, create_sql, delete_sql, live_delete_sql, live_insert_sql, live_keys_ddl, offset_upsert_sql, rows_per_statement,
+    sweep_select_sql, upsert_sql, Batch, Change, ColumnType, SinkError, SqlValue, StoredOffset, Sweep, TableSpec, Target,
+    DEAD_DDL, LIVE_KEYS, OFFSETS_DDL, OFFSETS_TS_COLUMN, RESYNC_DDL,
 };
 
 /// A PostgreSQL database.
@@ -110,11 +110,9 @@ fn value(ty: ColumnType, row: &postgres::Row, i: usize) -> Result<SqlValue, post
         ColumnType::Json => row.try_get::<_, Option<serde_json::Value>>(i)?.map_or(SqlValue::Null, SqlValue::Json),
         ColumnType::Bytes => row.try_get::<_, Option<Vec<u8>>>(i)?.map_or(SqlValue::Null, SqlValue::Bytes),
         // Selected as `::text` (see `sweep_select_sql`).
-        ColumnType::Numeric { .. }
-        | ColumnType::Date
-        | ColumnType::Timestamp
-        | ColumnType::TimestampTz
-        | ColumnType::Uuid => row.try_get::<_, Option<String>>(i)?.map_or(SqlValue::Null, SqlValue::Text),
+        ColumnType::Numeric { .. } | ColumnType::Date | ColumnType::Timestamp | ColumnType::TimestampTz | ColumnType::Uuid => {
+            row.try_get::<_, Option<String>>(i)?.map_or(SqlValue::Null, SqlValue::Text)
+        }
     })
 }
 
@@ -141,10 +139,7 @@ impl Target for Postgres {
         // ours from one transaction to the next.
         let locked: bool = self
             .client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                &[&format!("tributary-sink/{group}/{topic}")],
-            )
+            .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&format!("tributary-sink/{group}/{topic}")])
             .map_err(|e| self.err(e))?
             .get(0);
         if !locked {
@@ -196,10 +191,8 @@ impl Target for Postgres {
         for (rows, statement) in &delete_statements {
             let (chunk, tail) = rest.split_at(*rows);
             rest = tail;
-            let params: Vec<Box<dyn ToSql + Sync>> = chunk
-                .iter()
-                .flat_map(|key| key.iter().zip(&spec.key).map(|(v, &i)| param(spec.columns[i].ty, v)))
-                .collect();
+            let params: Vec<Box<dyn ToSql + Sync>> =
+                chunk.iter().flat_map(|key| key.iter().zip(&spec.key).map(|(v, &i)| param(spec.columns[i].ty, v))).collect();
             let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
             tx.execute(statement, &refs).map_err(e)?;
         }
@@ -301,8 +294,7 @@ impl Target for Postgres {
         let url = self.url.clone();
         let e = |e: postgres::Error| SinkError::Db { target: "postgres", url: url.clone(), message: describe(&e) };
         let mut tx = self.client.transaction().map_err(e)?;
-        tx.execute("DELETE FROM tributary_sink_resync WHERE consumer_group = $1 AND topic = $2", &[&group, &topic])
-            .map_err(e)?;
+        tx.execute("DELETE FROM tributary_sink_resync WHERE consumer_group = $1 AND topic = $2", &[&group, &topic]).map_err(e)?;
         tx.batch_execute(&format!("DROP TABLE IF EXISTS {LIVE_KEYS}")).map_err(e)?;
         tx.commit().map_err(e)
     }

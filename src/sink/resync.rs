@@ -28,9 +28,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{
-    apply_batch, build_resync_batch, read_message, AvroReader, RawRecord, SinkError, SinkStats, TableSpec, Target,
-};
+use super::{apply_batch, build_resync_batch, read_message, AvroReader, RawRecord, SinkError, SinkStats, TableSpec, Target};
 use crate::config::KafkaConfig;
 
 /// The broker's default `log.cleaner.delete.retention.ms` (one day), used
@@ -149,7 +147,10 @@ pub fn check<C: ConsumerContext>(
             Position::AtEnd => {}
             Position::BeyondEnd => {
                 tracing::info!(
-                    topic, partition = p, stored_offset = o.next, end_offset = high,
+                    topic,
+                    partition = p,
+                    stored_offset = o.next,
+                    end_offset = high,
                     "the stored offset lies past the partition's end (the topic was recreated?): resynchronising the table"
                 );
                 plan.reasons.push(format!("partition {p}: stored offset {} past the end {high}", o.next));
@@ -249,14 +250,11 @@ fn describe_delete_retention(kafka: &KafkaConfig, topic: &str) -> Result<i64, St
     // The sink runs on a plain thread; the admin client's answer is a future.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
-    let described = runtime
-        .block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts))
-        .map_err(|e| e.to_string())?;
+    let described =
+        runtime.block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts)).map_err(|e| e.to_string())?;
     let resource = described.into_iter().next().ok_or("no answer")?.map_err(|e| format!("{e:?}"))?;
-    let value = resource
-        .get("delete.retention.ms")
-        .and_then(|e| e.value.clone())
-        .ok_or("no delete.retention.ms in the answer")?;
+    let value =
+        resource.get("delete.retention.ms").and_then(|e| e.value.clone()).ok_or("no delete.retention.ms in the answer")?;
     value.parse::<i64>().map_err(|e| format!("delete.retention.ms = {value:?}: {e}"))
 }
 
@@ -331,12 +329,7 @@ pub fn resync(
         }
         if last_progress.elapsed() >= Duration::from_secs(10) {
             last_progress = Instant::now();
-            tracing::info!(
-                topic,
-                records = stats.records - records_before,
-                partitions_left = remaining.len(),
-                "resync: reading"
-            );
+            tracing::info!(topic, records = stats.records - records_before, partitions_left = remaining.len(), "resync: reading");
         }
     }
     if !pending.is_empty() {

@@ -7,9 +7,9 @@ use rusqlite::types::{ToSqlOutput, Value as SqliteValue};
 use rusqlite::{params_from_iter, Connection, OptionalExtension, ToSql};
 
 use super::{
-    chunk_sizes, create_sql, delete_sql, live_delete_sql, live_insert_sql, live_keys_ddl, offset_upsert_sql,
-    rows_per_statement, sweep_select_sql, upsert_sql, Batch, Change, SinkError, SqlValue, StoredOffset, Sweep,
-    TableSpec, Target, DEAD_DDL, LIVE_KEYS, OFFSETS_DDL, OFFSETS_TS_COLUMN, RESYNC_DDL,
+    chunk_sizes, create_sql, delete_sql, live_delete_sql, live_insert_sql, live_keys_ddl, offset_upsert_sql, rows_per_statement,
+    sweep_select_sql, upsert_sql, Batch, Change, SinkError, SqlValue, StoredOffset, Sweep, TableSpec, Target, DEAD_DDL,
+    LIVE_KEYS, OFFSETS_DDL, OFFSETS_TS_COLUMN, RESYNC_DDL,
 };
 
 /// An SQLite database file.
@@ -65,12 +65,11 @@ fn lock(path: &str) -> Result<Option<File>, SinkError> {
         return Ok(None);
     }
     let lock_path = format!("{path}.lock");
-    let file =
-        OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| SinkError::Db {
-            target: "sqlite",
-            url: path.to_string(),
-            message: format!("cannot open the lock file {lock_path}: {e}"),
-        })?;
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| SinkError::Db {
+        target: "sqlite",
+        url: path.to_string(),
+        message: format!("cannot open the lock file {lock_path}: {e}"),
+    })?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(TryLockError::WouldBlock) => Err(SinkError::Db {
@@ -135,9 +134,7 @@ impl Target for Sqlite {
             .prepare("SELECT partition_id, next_offset, last_record_ts FROM tributary_sink_offsets WHERE consumer_group = ?1 AND topic = ?2")
             .map_err(|e| err(&self.path, e))?;
         let rows = stmt
-            .query_map([group, topic], |r| {
-                Ok((r.get::<_, i32>(0)?, StoredOffset { next: r.get(1)?, record_ts: r.get(2)? }))
-            })
+            .query_map([group, topic], |r| Ok((r.get::<_, i32>(0)?, StoredOffset { next: r.get(1)?, record_ts: r.get(2)? })))
             .map_err(|e| err(&self.path, e))?;
         rows.collect::<Result<HashMap<_, _>, _>>().map_err(|e| err(&self.path, e))
     }
@@ -175,8 +172,7 @@ impl Target for Sqlite {
             }
             let mut off = tx.prepare_cached(&offset_upsert_sql('?')).map_err(|e| err(&path, e))?;
             for o in &batch.offsets {
-                off.execute(rusqlite::params![group, o.topic, o.partition, o.next, o.record_ts])
-                    .map_err(|e| err(&path, e))?;
+                off.execute(rusqlite::params![group, o.topic, o.partition, o.next, o.record_ts]).map_err(|e| err(&path, e))?;
             }
             if !batch.live.is_empty() {
                 let mut live = tx.prepare_cached(&live_insert_sql(spec, '?')).map_err(|e| err(&path, e))?;
@@ -234,10 +230,8 @@ impl Target for Sqlite {
         let mut last = None;
         let mut dead = Vec::new();
         {
-            let mut select =
-                tx.prepare(&sweep_select_sql(spec, after.is_some(), limit, '?')).map_err(|e| err(&path, e))?;
-            let mut rows =
-                select.query(params_from_iter(after.unwrap_or_default().iter())).map_err(|e| err(&path, e))?;
+            let mut select = tx.prepare(&sweep_select_sql(spec, after.is_some(), limit, '?')).map_err(|e| err(&path, e))?;
+            let mut rows = select.query(params_from_iter(after.unwrap_or_default().iter())).map_err(|e| err(&path, e))?;
             while let Some(row) = rows.next().map_err(|e| err(&path, e))? {
                 let key = (0..n)
                     .map(|i| row.get::<_, SqliteValue>(i).map(from_sqlite))

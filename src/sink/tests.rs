@@ -37,13 +37,8 @@ fn column_lists_are_validated_with_the_key_named() {
     assert!(bad.table_spec().unwrap_err().to_string().contains("sink.columns[5]: unknown type \"numeric(2,3)\""));
     let mut postgres_names = e.clone();
     postgres_names.columns.extend(
-        [
-            "balance double precision",
-            "created timestamp with time zone",
-            "amount numeric(12, 2)",
-            "note character varying",
-        ]
-        .map(String::from),
+        ["balance double precision", "created timestamp with time zone", "amount numeric(12, 2)", "note character varying"]
+            .map(String::from),
     );
     let spec = postgres_names.table_spec().unwrap();
     let types: Vec<String> = spec.columns[5..].iter().map(|c| c.ty.to_string()).collect();
@@ -108,8 +103,7 @@ fn sqlite_applies_batches_atomically_with_offsets() {
     let mut t = open_target(&cfg).unwrap();
     t.prepare(&spec).unwrap();
     t.prepare(&spec).unwrap();
-    let b =
-        build_batch(&spec, &[rec(0, 1, Some(json!({"id":1,"name":"a"}))), rec(1, 2, Some(json!({"id":2,"name":"b"})))]);
+    let b = build_batch(&spec, &[rec(0, 1, Some(json!({"id":1,"name":"a"}))), rec(1, 2, Some(json!({"id":2,"name":"b"})))]);
     t.apply(&spec, "g", &b).unwrap();
     let b = build_batch(&spec, &[rec(2, 1, None), rec(3, 2, Some(json!({"id":2,"name":"c","age":"x"})))]);
     t.apply(&spec, "g", &b).unwrap();
@@ -330,9 +324,7 @@ key_columns = ["id"]
     assert_eq!(c.sink.unwrap().table_spec().unwrap().columns[2].ty, ColumnType::TimestampTz);
     let e = Config::parse(text, "sink.toml", []).unwrap_err().to_string();
     assert!(e.contains("sources: at least one"), "{e}");
-    let e = Config::parse_for_sink(&text.replace("topic = \"customers.merged\"\n", ""), "sink.toml", [])
-        .unwrap_err()
-        .to_string();
+    let e = Config::parse_for_sink(&text.replace("topic = \"customers.merged\"\n", ""), "sink.toml", []).unwrap_err().to_string();
     assert!(e.contains("sink.topic"), "{e}");
     let e = Config::parse_for_sink("[kafka]\n[output]\ntopic = \"x\"\n", "sink.toml", []).unwrap_err().to_string();
     assert!(e.contains("no [sink] section"), "{e}");

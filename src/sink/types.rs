@@ -89,11 +89,7 @@ pub fn sql_type(ty: ColumnType, pg: bool) -> String {
 pub fn bound_as_text(ty: ColumnType) -> bool {
     matches!(
         ty,
-        ColumnType::Numeric { .. }
-            | ColumnType::Date
-            | ColumnType::Timestamp
-            | ColumnType::TimestampTz
-            | ColumnType::Uuid
+        ColumnType::Numeric { .. } | ColumnType::Date | ColumnType::Timestamp | ColumnType::TimestampTz | ColumnType::Uuid
     )
 }
 
@@ -368,10 +364,7 @@ mod tests {
         assert_eq!(decimal(&json!(0.1), Some(3), 2).unwrap(), "0.10", "a JSON number is read from its text");
         assert_eq!(decimal(&json!("-0.00"), Some(3), 2).unwrap(), "0.00");
         assert_eq!(decimal(&json!("1.5e3"), Some(6), 1).unwrap(), "1500.0");
-        assert_eq!(
-            decimal(&json!("12345678901234567890.123456789"), None, 0).unwrap(),
-            "12345678901234567890.123456789"
-        );
+        assert_eq!(decimal(&json!("12345678901234567890.123456789"), None, 0).unwrap(), "12345678901234567890.123456789");
         assert_eq!(decimal(&json!("1.200"), Some(4), 1).unwrap(), "1.2");
         assert!(decimal(&json!("1.234"), Some(12), 2).unwrap_err().contains("more than 2 decimal places"));
         assert!(decimal(&json!("10000000000"), Some(12), 2).unwrap_err().contains("does not fit numeric(12,2)"));
@@ -400,22 +393,12 @@ mod tests {
         let ms = 1_714_566_600_123i64; // 2024-05-01 12:30:00.123 UTC
         assert_eq!(timestamp(&json!(ms), None, false).unwrap(), "2024-05-01 12:30:00.123");
         assert_eq!(timestamp(&json!(ms * 1000 + 456), None, false).unwrap(), "2024-05-01 12:30:00.123456");
-        assert_eq!(
-            timestamp(&json!(ms * 1_000_000 + 456_789), None, true).unwrap(),
-            "2024-05-01 12:30:00.123456+00:00"
-        );
+        assert_eq!(timestamp(&json!(ms * 1_000_000 + 456_789), None, true).unwrap(), "2024-05-01 12:30:00.123456+00:00");
         assert_eq!(timestamp(&json!(1_000_000), Some(EpochUnit::Micros), false).unwrap(), "1970-01-01 00:00:01");
-        assert_eq!(
-            timestamp(&json!(1_000_000), None, false).unwrap(),
-            "1970-01-01 00:16:40",
-            "small numbers are millis"
-        );
+        assert_eq!(timestamp(&json!(1_000_000), None, false).unwrap(), "1970-01-01 00:16:40", "small numbers are millis");
         assert_eq!(timestamp(&json!(-1), None, false).unwrap(), "1969-12-31 23:59:59.999");
         assert_eq!(timestamp(&json!("2024-05-01T12:30:00Z"), None, true).unwrap(), "2024-05-01 12:30:00+00:00");
-        assert_eq!(
-            timestamp(&json!("2024-05-01T14:30:00.5+02:00"), None, true).unwrap(),
-            "2024-05-01 12:30:00.5+00:00"
-        );
+        assert_eq!(timestamp(&json!("2024-05-01T14:30:00.5+02:00"), None, true).unwrap(), "2024-05-01 12:30:00.5+00:00");
         assert_eq!(timestamp(&json!("2024-05-01 12:30"), None, false).unwrap(), "2024-05-01 12:30:00");
         assert_eq!(timestamp(&json!("2024-05-01"), None, false).unwrap(), "2024-05-01 00:00:00");
         assert_eq!(timestamp(&json!("1714566600123"), None, false).unwrap(), "2024-05-01 12:30:00.123");
@@ -427,10 +410,7 @@ mod tests {
 
     #[test]
     fn uuids_and_bytes() {
-        assert_eq!(
-            uuid(&json!("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11")).unwrap(),
-            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
-        );
+        assert_eq!(uuid(&json!("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11")).unwrap(), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
         assert_eq!(uuid(&json!("a0eebc999c0b4ef8bb6d6bb9bd380a11")).unwrap(), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
         assert!(uuid(&json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1")).is_err());
         assert!(uuid(&json!("g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")).is_err());

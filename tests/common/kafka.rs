@@ -78,8 +78,7 @@ pub fn create_topic_at(bootstrap: &str, name: &str, partitions: i32, config: &[(
     // Creation is acknowledged by the controller before every broker's
     // metadata shows the topic; wait until it does, so the process under
     // test sees what the test set up.
-    let probe: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("metadata client");
+    let probe: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("metadata client");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let visible = probe.fetch_metadata(Some(name), Duration::from_secs(5)).ok().is_some_and(|md| {
@@ -323,10 +322,7 @@ impl Drop for Processor {
 
 /// The compacted view of kcat-shaped records: key → (payload, headers).
 pub fn compacted(records: &[Value]) -> BTreeMap<String, (Value, Value)> {
-    records
-        .iter()
-        .map(|r| (r["key"].as_str().unwrap().to_string(), (r["payload"].clone(), r["headers"].clone())))
-        .collect()
+    records.iter().map(|r| (r["key"].as_str().unwrap().to_string(), (r["payload"].clone(), r["headers"].clone()))).collect()
 }
 
 /// Lower-case hex of `bytes`.
@@ -391,11 +387,7 @@ impl OwnedBroker {
         assert!(out.status.success(), "could not start a Kafka broker");
         let text = String::from_utf8(out.stdout).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        OwnedBroker {
-            dir: lines[0].into(),
-            bootstrap: lines.last().unwrap().to_string(),
-            relaunched: None,
-        }
+        OwnedBroker { dir: lines[0].into(), bootstrap: lines.last().unwrap().to_string(), relaunched: None }
     }
 
     /// `127.0.0.1:PORT`, the same across restarts.
@@ -418,15 +410,14 @@ impl OwnedBroker {
     pub fn restart(&mut self, down: Duration) {
         self.stop_jvm();
         std::thread::sleep(down);
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("logs/kafka.out"))
-            .unwrap();
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("logs/kafka.out")).unwrap();
         let mut cmd = Command::new(root().join("scripts/kafka/kafka"));
         cmd.args(["run", "kafka.Kafka"])
             .arg(self.dir.join("server.properties"))
-            .env("KAFKA_TOOL_OPTS", "-Xmx512m -Xms256m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true")
+            .env(
+                "KAFKA_TOOL_OPTS",
+                "-Xmx512m -Xms256m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true",
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);
@@ -447,11 +438,7 @@ impl OwnedBroker {
             .stderr(Stdio::inherit())
             .status()
             .expect("scripts/kafka/kafka runs");
-        assert!(
-            status.success(),
-            "could not stop the broker in {}",
-            self.dir.display()
-        );
+        assert!(status.success(), "could not stop the broker in {}", self.dir.display());
         if let Some(mut child) = self.relaunched.take() {
             let _ = child.wait();
         }
@@ -465,17 +452,11 @@ impl OwnedBroker {
             .expect("metadata client");
         let deadline = Instant::now() + within;
         loop {
-            if client
-                .fetch_metadata(None, Duration::from_secs(2))
-                .is_ok_and(|md| !md.brokers().is_empty())
-            {
+            if client.fetch_metadata(None, Duration::from_secs(2)).is_ok_and(|md| !md.brokers().is_empty()) {
                 return;
             }
             if let Some(status) = self.relaunched.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!(
-                    "the restarted broker exited ({status}); see {}/logs/kafka.out",
-                    self.dir.display()
-                );
+                panic!("the restarted broker exited ({status}); see {}/logs/kafka.out", self.dir.display());
             }
             assert!(
                 Instant::now() < deadline,
