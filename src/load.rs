@@ -273,19 +273,14 @@ struct DeliveryState {
 /// bootstrap servers, connection failures are DEBUG too.
 impl ClientContext for Deliveries {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        if fac == "FAIL" {
-            tracing::debug!(target: "librdkafka", "{fac} {log_message}");
-        } else {
-            crate::run::quiet::log(level, fac, log_message);
-        }
+        crate::run::quiet::log_connection_failures_quietly(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
-                tracing::debug!(target: "librdkafka", "{error}: {reason}")
-            }
-            _ => crate::run::quiet::error(&error, reason),
+        if crate::run::quiet::is_unreachable(&error) {
+            tracing::debug!(target: "librdkafka", "{error}: {reason}");
+        } else {
+            crate::run::quiet::error(&error, reason);
         }
     }
 }

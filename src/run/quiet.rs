@@ -52,6 +52,22 @@ pub fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
     }
 }
 
+/// [`log`] for a client that reports an unreachable cluster itself (the
+/// sink, `load`): librdkafka's per-connection failure lines go to DEBUG.
+pub fn log_connection_failures_quietly(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    if fac == "FAIL" {
+        tracing::debug!(target: "librdkafka", "{fac} {message}");
+    } else {
+        log(level, fac, message);
+    }
+}
+
+/// True for the errors librdkafka raises, on every retry, while no broker
+/// can be reached.
+pub fn is_unreachable(error: &KafkaError) -> bool {
+    matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure))
+}
+
 /// Logs one librdkafka error event (`ClientContext::error`).
 pub fn error(error: &KafkaError, reason: &str) {
     let code = error.rdkafka_error_code();

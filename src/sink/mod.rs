@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -836,24 +836,16 @@ struct SinkContext {
 
 impl ClientContext for SinkContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        if fac == "FAIL" {
-            // Connection failures: the error event below reports them once.
-            tracing::debug!(target: "librdkafka", "{fac} {log_message}");
-        } else {
-            crate::run::quiet::log(level, fac, log_message);
-        }
+        crate::run::quiet::log_connection_failures_quietly(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
-                if self.unreachable.swap(true, Ordering::Relaxed) {
-                    tracing::debug!("kafka: {reason}");
-                } else {
-                    tracing::warn!(bootstrap_servers = %self.bootstrap, "cannot reach Kafka ({reason}); retrying");
-                }
-            }
-            _ => crate::run::quiet::error(&error, reason),
+        if !crate::run::quiet::is_unreachable(&error) {
+            crate::run::quiet::error(&error, reason);
+        } else if self.unreachable.swap(true, Ordering::Relaxed) {
+            tracing::debug!("kafka: {reason}");
+        } else {
+            tracing::warn!(bootstrap_servers = %self.bootstrap, "cannot reach Kafka ({reason}); retrying");
         }
     }
 }
