@@ -33,18 +33,24 @@ pub fn bootstrap() -> String {
             if let Ok(b) = std::env::var("TRIBUTARY_TEST_BOOTSTRAP") {
                 return b;
             }
-            let out = Command::new(root().join("scripts/kafka/kafka"))
-                .arg("start")
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("scripts/kafka/kafka runs");
-            assert!(out.status.success(), "could not start a Kafka broker");
-            let text = String::from_utf8(out.stdout).unwrap();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!("started a Kafka broker in {}; stop it with scripts/kafka/kafka stop {} --rm", lines[0], lines[0]);
-            lines.last().unwrap().to_string()
+            let (dir, bootstrap) = start_broker();
+            eprintln!("started a Kafka broker in {dir}; stop it with scripts/kafka/kafka stop {dir} --rm");
+            bootstrap
         })
         .clone()
+}
+
+/// Starts a broker with `scripts/kafka/kafka start`: its directory and bootstrap address.
+fn start_broker() -> (String, String) {
+    let out = Command::new(root().join("scripts/kafka/kafka"))
+        .arg("start")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("scripts/kafka/kafka runs");
+    assert!(out.status.success(), "could not start a Kafka broker");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    (lines[0].to_string(), lines.last().unwrap().to_string())
 }
 
 /// A name no other test (or earlier run) uses.
@@ -379,15 +385,8 @@ pub struct OwnedBroker {
 impl OwnedBroker {
     /// Starts a broker in a new directory and waits until it answers.
     pub fn start() -> OwnedBroker {
-        let out = Command::new(root().join("scripts/kafka/kafka"))
-            .arg("start")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("scripts/kafka/kafka runs");
-        assert!(out.status.success(), "could not start a Kafka broker");
-        let text = String::from_utf8(out.stdout).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        OwnedBroker { dir: lines[0].into(), bootstrap: lines.last().unwrap().to_string(), relaunched: None }
+        let (dir, bootstrap) = start_broker();
+        OwnedBroker { dir: dir.into(), bootstrap, relaunched: None }
     }
 
     /// `127.0.0.1:PORT`, the same across restarts.
