@@ -42,7 +42,7 @@ pub async fn serve(listen: &str, metrics: Arc<Metrics>, state: StateQuery) -> st
     Ok(addr)
 }
 
-async fn handle(mut stream: TcpStream, metrics: &Metrics, state: &StateQuery) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, metrics: &Arc<Metrics>, state: &StateQuery) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -56,8 +56,15 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, state: &StateQuery) ->
     let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
     let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
     let path = target.split('?').next().unwrap_or_default();
-    let (status, content_type, body) =
-        if method != "GET" { (405, "text/plain", "only GET is served here\n".to_string()) } else { route(path, metrics, state) };
+    let (status, content_type, body) = if method != "GET" {
+        (405, "text/plain", "only GET is served here\n".to_string())
+    } else if path.starts_with("/state/") {
+        // A state query may wait for the processing thread: off the runtime's threads.
+        let (path, metrics, state) = (path.to_string(), metrics.clone(), state.clone());
+        tokio::task::spawn_blocking(move || route(&path, &metrics, &state)).await.map_err(std::io::Error::other)?
+    } else {
+        route(path, metrics, state)
+    };
     let reason = match status {
         200 => "OK",
         404 => "Not Found",

@@ -1415,11 +1415,26 @@ async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options: RunOption
     let worker_slot: Arc<std::sync::OnceLock<Arc<Mutex<Worker>>>> = Arc::default();
     if config.admin.enabled {
         let slot = worker_slot.clone();
-        // try_lock: a query never waits behind a restore or a slow commit.
-        let query: crate::admin::StateQuery = Arc::new(move |key: &str| match slot.get().map(|w| w.try_lock()) {
-            Some(Ok(mut worker)) => worker.query(key),
-            Some(Err(_)) => (503, serde_json::json!({"error": "busy (restoring or committing); try again"}).to_string()),
-            None => (503, serde_json::json!({"error": "starting; try again"}).to_string()),
+        // The processing thread holds the worker for each step of a cycle and
+        // lets go between polls: a query waits for such a gap, up to
+        // QUERY_WAIT, and only a restore or a stuck commit makes it answer 503.
+        let query: crate::admin::StateQuery = Arc::new(move |key: &str| {
+            let Some(worker) = slot.get() else {
+                return (503, serde_json::json!({"error": "starting; try again"}).to_string());
+            };
+            let deadline = Instant::now() + QUERY_WAIT;
+            loop {
+                match worker.try_lock() {
+                    Ok(mut w) => return w.query(key),
+                    Err(std::sync::TryLockError::Poisoned(_)) => {
+                        return (503, serde_json::json!({"error": "the processing thread failed"}).to_string());
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) if Instant::now() >= deadline => {
+                        return (503, serde_json::json!({"error": "busy (restoring or committing); try again"}).to_string());
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
         });
         crate::admin::serve(&config.admin.listen, metrics.clone(), query)
             .await
@@ -1554,6 +1569,10 @@ async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options: RunOption
     .await
     .expect("the processing thread does not panic")
 }
+
+/// How long `/state/{key}` waits for the processing thread to let go of the
+/// worker between two steps of a cycle.
+const QUERY_WAIT: Duration = Duration::from_secs(3);
 
 fn main_loop(
     consumer: &GroupConsumer,
