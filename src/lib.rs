@@ -2,21 +2,29 @@
 //!
 //! The data path reads top to bottom: [`normalize`] turns a source record
 //! into a [`merge::ChangeEvent`], [`merge`] applies it to the key's state
-//! (pure, no I/O), [`output`] encodes the merged record, and [`pipeline`]
-//! strings them together for every front end (`replay` now, `run` later).
+//! (pure, no I/O), `output` encodes the merged record, and [`pipeline`]
+//! strings them together. Every front end drives the same
+//! [`pipeline::Pipeline`]: [`replay`] from a dump file, [`run`] from the
+//! consumer group with the on-disk `store` beside it. [`sink`] writes the
+//! output topic into a table.
+//!
+//! A module is `pub` only where the binary (`src/main.rs`), the integration
+//! tests or the benches use it; the others stay private so that the compiler
+//! reports what nothing uses.
 #![deny(missing_docs)]
 
 pub mod admin;
 pub mod avro;
 pub mod config;
 pub mod demo;
+pub mod kafka;
 pub mod load;
 pub mod merge;
-pub mod metrics;
+mod metrics;
 pub mod normalize;
-pub mod output;
+mod output;
 pub mod pipeline;
 pub mod replay;
 pub mod run;
 pub mod sink;
-pub mod store;
+mod store;

@@ -29,12 +29,7 @@ pub struct OutputRecord {
     pub timestamp: i64,
 }
 
-/// Encodes a merged view as an output record.
-pub fn encode(partition: i32, key: &str, resolved: &Resolved<'_>, timestamp: i64) -> OutputRecord {
-    encode_owned(partition, key.to_string(), resolved, timestamp)
-}
-
-/// [`encode`], taking the key by value.
+/// Encodes a merged view as an output record (JSON value).
 pub fn encode_owned(partition: i32, key: String, resolved: &Resolved<'_>, timestamp: i64) -> OutputRecord {
     let mut record = without_value(partition, key, resolved, timestamp);
     record.value = resolved.row.as_ref().map(|r| serde_json::to_vec(r.as_ref()).expect("rows serialize"));

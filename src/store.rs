@@ -268,6 +268,7 @@ impl TaskStore {
     }
 
     /// The state of `key`, as the open transaction sees it.
+    #[cfg(test)]
     pub fn get(&mut self, key: &str) -> Result<Option<KeyState>, StoreError> {
         if let Some(cached) = self.cache.get(key) {
             return Ok(cached.clone());
@@ -328,11 +329,6 @@ impl TaskStore {
         self.encoded.insert(key.to_string(), bytes);
     }
 
-    /// Number of keys changed in the open transaction.
-    pub fn pending(&self) -> usize {
-        self.cache.len()
-    }
-
     /// Writes the open transaction's changes and the new checkpoint
     /// atomically, then clears the cache. Call only after the Kafka
     /// transaction carrying the same changes committed.
@@ -389,11 +385,6 @@ impl TaskStore {
             }
         }
         Ok(())
-    }
-
-    /// Estimated bytes of decoded committed states this task holds.
-    pub fn cached_bytes(&self) -> usize {
-        self.clean_bytes
     }
 
     /// The open transaction's changes, encoded for the changelog: key and
