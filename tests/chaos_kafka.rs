@@ -24,14 +24,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::kafka::{compacted, create_topic_at, read_topic_at, unique, OwnedBroker, Processor, Rec};
+use common::kafka::{compacted, read_topic_at, OwnedBroker, Processor, Rec};
+use common::setup::{Conf, Setup, PARTITIONS, SOURCES};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
-use tributary::config::Config;
 
-const PARTITIONS: i32 = 3;
-const SOURCES: [&str; 3] = ["eu", "us", "ap"];
 const INSTANCES: [&str; 3] = ["a", "b", "c"];
 const KEYS: u32 = 1000;
 /// Change events per produced batch, and the pause between batches.
@@ -175,14 +173,12 @@ fn plan(rng: &mut Rng, cycles: usize) -> Vec<Step> {
 struct Chaos {
     seed: u64,
     began: Instant,
-    dir: Option<tempfile::TempDir>,
-    group: String,
-    output: String,
-    topics: Vec<String>,
     running: BTreeMap<&'static str, Processor>,
     starts: BTreeMap<&'static str, u32>,
     /// Processes that exited without being told to.
     exits: Vec<String>,
+    /// Topics and directory: dropped after the processes.
+    setup: Setup,
     /// Declared last: dropped after the processes.
     broker: OwnedBroker,
 }
@@ -192,7 +188,7 @@ impl Drop for Chaos {
         if !std::thread::panicking() {
             return;
         }
-        let dir = self.dir.take().expect("the test directory").keep();
+        let dir = self.setup.keep();
         for name in ["server.log", "kafka.out"] {
             let _ = std::fs::copy(self.broker.dir().join("logs").join(name), dir.join(format!("broker-{name}")));
         }
@@ -203,80 +199,36 @@ impl Drop for Chaos {
 impl Chaos {
     fn new(seed: u64) -> Chaos {
         let broker = OwnedBroker::start();
-        let group = unique("chaos");
-        let topics: Vec<String> = SOURCES.iter().map(|s| format!("{group}.{s}.customers")).collect();
-        for t in &topics {
-            create_topic_at(broker.bootstrap(), t, PARTITIONS, &[]);
-        }
         // Compaction held back on the output, so that every record written
         // can be checked; the changelog is cleaned within seconds, so that
         // restores read compacted partitions.
-        let output = format!("{group}.merged");
-        create_topic_at(
-            broker.bootstrap(),
-            &output,
-            PARTITIONS,
-            &[("cleanup.policy", "compact"), ("min.compaction.lag.ms", "3600000")],
-        );
-        create_topic_at(
-            broker.bootstrap(),
-            &format!("{group}-state-changelog"),
-            PARTITIONS,
-            &[("cleanup.policy", "compact"), ("segment.ms", "3000"), ("min.cleanable.dirty.ratio", "0.01")],
-        );
-        Chaos {
-            seed,
-            began: Instant::now(),
-            dir: Some(tempfile::tempdir().unwrap()),
-            group,
-            output,
-            topics,
-            running: BTreeMap::new(),
-            starts: BTreeMap::new(),
-            exits: Vec::new(),
-            broker,
-        }
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.dir.as_ref().expect("the test directory").path().to_path_buf()
+        let changelog = [("cleanup.policy", "compact"), ("segment.ms", "3000"), ("min.cleanable.dirty.ratio", "0.01")];
+        let setup = Setup::on(broker.bootstrap(), "chaos", &[], &changelog);
+        Chaos { seed, began: Instant::now(), running: BTreeMap::new(), starts: BTreeMap::new(), exits: Vec::new(), setup, broker }
     }
 
     fn say(&self, what: impl std::fmt::Display) {
         eprintln!("[{:6.1}s] {what}", self.began.elapsed().as_secs_f64());
     }
 
-    fn config_text(&self, state: &str) -> String {
-        // Dynamic membership (the default): a killed member holds its
-        // partitions until its session times out, so keep that short.
-        let mut text = format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\n[output]\ntopic = \"{}\"\n\n[merge]\npolicy = \"lww\"\n\n[runtime]\ncommit_interval = \"100ms\"\nstate_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            self.broker.bootstrap(),
-            self.group,
-            self.output,
-            self.state_dir(state).display()
-        );
-        for (s, t) in SOURCES.iter().zip(&self.topics) {
-            text += &format!("\n[[sources]]\nname = \"{s}\"\ntopic = \"{t}\"\npriority = {}\n", s.len());
-        }
-        text
-    }
+    /// Dynamic membership (the default): a killed member holds its
+    /// partitions until its session times out, so keep that short.
+    const CONF: Conf<'static> = Conf {
+        merge: "",
+        runtime: "",
+        tables: "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"",
+    };
 
     fn state_dir(&self, name: &str) -> PathBuf {
-        self.dir().join(format!("state-{name}"))
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir().join(format!("{name}.log"))
+        self.setup.dir.path().join(name)
     }
 
     fn start(&mut self, name: &'static str) {
-        let config = self.dir().join(format!("{name}.toml"));
-        std::fs::write(&config, self.config_text(name)).unwrap();
+        let config = self.setup.config_with(name, &Self::CONF);
         let n = self.starts.entry(name).or_default();
         *n += 1;
         let n = *n;
-        let log = self.log(name);
+        let log = self.setup.log(name);
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         std::io::Write::write_all(
             &mut file,
@@ -293,7 +245,7 @@ impl Chaos {
     fn wait_processing(&mut self, name: &'static str, within: Duration) {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            let text = std::fs::read_to_string(self.log(name)).unwrap_or_default();
+            let text = std::fs::read_to_string(self.setup.log(name)).unwrap_or_default();
             let since = text.rfind("===== chaos: start #").map_or("", |at| &text[at..]);
             if since.contains("task opened") {
                 return;
@@ -349,22 +301,14 @@ impl Chaos {
     }
 
     fn committed_output(&self) -> Vec<Value> {
-        read_topic_at(self.broker.bootstrap(), &self.output, true)
+        read_topic_at(self.broker.bootstrap(), &self.setup.output, true)
     }
 
-    /// What `tributary replay` makes of everything in the source topics.
+    /// The source topics' records, and what `tributary replay` makes of them.
     fn replay(&self) -> (String, Vec<Value>) {
-        let mut dump = String::new();
-        for t in &self.topics {
-            for r in read_topic_at(self.broker.bootstrap(), t, false) {
-                dump += &r.to_string();
-                dump.push('\n');
-            }
-        }
-        let config = Config::parse(&self.config_text("replay"), "test", std::iter::empty()).unwrap();
-        let (mut out, mut log) = (Vec::new(), Vec::new());
-        tributary::replay::replay(&config, dump.as_bytes(), "dump", &mut out, None, &mut log).unwrap();
-        (dump, common::json_lines(&String::from_utf8(out).unwrap()))
+        let dump = self.setup.dump();
+        let replay = self.setup.replay_of(&dump, &Self::CONF);
+        (dump, replay)
     }
 }
 
@@ -461,7 +405,7 @@ fn chaos_kills_scaling_wiped_state_and_broker_restart_converge_to_replay() {
 
     let mut chaos = Chaos::new(seed);
     let stop_feed = Arc::new(AtomicBool::new(false));
-    let feed = Feed { topics: chaos.topics.clone(), rng: Rng(seed ^ 0x5eed_f00d), live: HashMap::new(), written: 0 };
+    let feed = Feed { topics: chaos.setup.topics.clone(), rng: Rng(seed ^ 0x5eed_f00d), live: HashMap::new(), written: 0 };
     let feeder = {
         let (bootstrap, stop) = (chaos.broker.bootstrap().to_string(), stop_feed.clone());
         std::thread::spawn(move || run_feed(bootstrap, feed, stop))
@@ -542,7 +486,7 @@ fn chaos_kills_scaling_wiped_state_and_broker_restart_converge_to_replay() {
     }
     let output = chaos.committed_output();
     let (dump, replay) = chaos.replay();
-    let uncommitted = read_topic_at(chaos.broker.bootstrap(), &chaos.output, false).len();
+    let uncommitted = read_topic_at(chaos.broker.bootstrap(), &chaos.setup.output, false).len();
     let conflicts = output.iter().filter(|r| header(r, "tributary.conflict") == "true").count();
     chaos.say(format!(
         "{} committed outputs ({conflicts} with conflicts), {} keys; {} records written and aborted; starts {:?}; exits by themselves: {:?}",
@@ -571,7 +515,7 @@ fn chaos_kills_scaling_wiped_state_and_broker_restart_converge_to_replay() {
         problems.extend(clocks.into_iter().take(10));
     }
     if !problems.is_empty() {
-        let dir = chaos.dir();
+        let dir = chaos.setup.dir.path();
         let lines = |rs: &[Value]| rs.iter().map(|r| r.to_string() + "\n").collect::<String>();
         std::fs::write(dir.join("output.jsonl"), lines(&output)).unwrap();
         std::fs::write(dir.join("replay.jsonl"), lines(&replay)).unwrap();

@@ -6,114 +6,15 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::kafka::{
-    self, admin_addr, compacted, create_topic, http_get, produce, read_topic, unique, wait_for_records, Processor, Rec,
-};
+use common::kafka::{self, admin_addr, compacted, http_get, produce, read_topic, unique, wait_for_records, Processor, Rec};
+use common::setup::{topic_exists, Conf, Setup, HELD_BACK, PARTITIONS, SOURCES};
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
-use tributary::config::Config;
-
-const PARTITIONS: i32 = 3;
-const SOURCES: [&str; 3] = ["eu", "us", "ap"];
-const OUTPUT_CONFIGS: [(&str, &str); 2] = [("cleanup.policy", "compact"), ("min.compaction.lag.ms", "3600000")];
-
-struct Setup {
-    epoch_ms: i64,
-    dir: tempfile::TempDir,
-    group: String,
-    output: String,
-    changelog: String,
-    topics: Vec<String>,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
-                if entry.path().extension().is_some_and(|e| e == "log") {
-                    let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                    let lines: Vec<&str> = text.lines().collect();
-                    eprintln!("--- {} (last 200 of {} lines) ---", entry.path().display(), lines.len());
-                    for l in &lines[lines.len().saturating_sub(200)..] {
-                        eprintln!("{l}");
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Setup {
-    /// Source, output and (unless `changelog_configs` is `None`) changelog
-    /// topics of a fresh group.
-    fn new(name: &str, changelog_configs: Option<&[(&str, &str)]>) -> Setup {
-        let group = unique(name);
-        let topics: Vec<String> = SOURCES.iter().map(|s| format!("{group}.{s}.customers")).collect();
-        for t in &topics {
-            create_topic(t, PARTITIONS, &[]);
-        }
-        let output = format!("{group}.merged");
-        create_topic(&output, PARTITIONS, &OUTPUT_CONFIGS);
-        let changelog = format!("{group}-state-changelog");
-        if let Some(configs) = changelog_configs {
-            create_topic(&changelog, PARTITIONS, configs);
-        }
-        let epoch_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-        Setup { epoch_ms, dir: tempfile::tempdir().unwrap(), output, changelog, group, topics }
-    }
-
-    fn config_text(&self, state: &str, merge: &str, extra: &str) -> String {
-        let mut text = format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n{extra}\n[output]\ntopic = \"{}\"\n\n[merge]\npolicy = \"lww\"\n{merge}\n[runtime]\ncommit_interval = \"100ms\"\nstate_dir = \"{}\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            kafka::bootstrap(),
-            self.group,
-            self.output,
-            self.dir.path().join(state).display(),
-            if extra.contains("at-least-once") { "processing = \"at-least-once\"" } else { "" },
-        );
-        for (s, t) in SOURCES.iter().zip(&self.topics) {
-            text += &format!("\n[[sources]]\nname = \"{s}\"\ntopic = \"{t}\"\npriority = {}\n", s.len());
-        }
-        text
-    }
-
-    fn config(&self, state: &str, merge: &str, extra: &str) -> PathBuf {
-        let p = self.dir.path().join(format!("{state}.toml"));
-        std::fs::write(&p, self.config_text(state, merge, extra)).unwrap();
-        p
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir.path().join(format!("{name}.log"))
-    }
-
-    /// What `tributary replay` makes of everything in the source topics.
-    fn replay(&self, merge: &str) -> Vec<Value> {
-        let mut dump = String::new();
-        for t in &self.topics {
-            for r in read_topic(t, false) {
-                dump += &r.to_string();
-                dump.push('\n');
-            }
-        }
-        let config = Config::parse(&self.config_text("replay", merge, ""), "test", std::iter::empty()).unwrap();
-        let (mut out, mut log) = (Vec::new(), Vec::new());
-        tributary::replay::replay(&config, dump.as_bytes(), "dump", &mut out, None, &mut log).unwrap();
-        common::json_lines(&String::from_utf8(out).unwrap())
-    }
-
-    fn rec(&self, source: usize, id: u64, partition: Option<i32>, payload: Value) -> Rec {
-        let key = json!({ "id": id }).to_string();
-        let partition = partition.unwrap_or_else(|| tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS));
-        Rec { topic: self.topics[source].clone(), partition, key: Some(key), value: Some(payload.to_string()) }
-    }
-}
 
 /// Every source creates and updates the same keys (conflicts), round `r`
 /// stamped `epoch + r * 100` ms. Derived clocks: every event emits.
@@ -153,7 +54,7 @@ fn assert_same_view(live: &[Value], replay: &[Value]) {
 /// Waits until the output's compacted view equals replay's (the processor
 /// may still be working), then asserts it.
 fn wait_for_view(s: &Setup, merge: &str, within: Duration) -> (Vec<Value>, Vec<Value>) {
-    let replay = s.replay(merge);
+    let replay = s.replay_with(&Conf { merge, ..Conf::default() });
     let deadline = Instant::now() + within;
     loop {
         let live = read_topic(&s.output, true);
@@ -232,8 +133,8 @@ fn wait_for_log(p: &Processor, text: &str, within: Duration) -> bool {
 /// merged clocks diverged from replay.
 #[test]
 fn takeover_restores_past_a_pinned_last_stable_offset() {
-    let s = Setup::new("lso-takeover", Some(&[("cleanup.policy", "compact")]));
-    let a = Processor::start(&s.config("a", "", ""), &s.log("a"));
+    let s = Setup::with_changelog("lso-takeover", &[("cleanup.policy", "compact")]);
+    let a = Processor::start(&s.config("a"), &s.log("a"));
     assert!(wait_for_log(&a, "partition=2 restored=0", Duration::from_secs(60)), "A opened its tasks: {}", a.log_text());
     // Pinned below everything A writes.
     let pin = Pin::open(&s.changelog);
@@ -242,7 +143,7 @@ fn takeover_restores_past_a_pinned_last_stable_offset() {
     wait_for_records(&s.output, first.len(), Duration::from_secs(90));
     assert!(a.stop().success());
 
-    let b = Processor::start(&s.config("b", "", ""), &s.log("b"));
+    let b = Processor::start(&s.config("b"), &s.log("b"));
     let second = history(&s, 30, 3..6);
     produce(&second);
     let waited = wait_for_log(&b, "waiting for an open transaction", Duration::from_secs(20));
@@ -259,13 +160,13 @@ fn takeover_restores_past_a_pinned_last_stable_offset() {
 /// changelog from its start up to the pinned offset over its newer states.
 #[test]
 fn partition_coming_back_does_not_reread_older_states() {
-    let s = Setup::new("lso-back", Some(&[("cleanup.policy", "compact")]));
-    let a = Processor::start(&s.config("a", "", ""), &s.log("a"));
+    let s = Setup::with_changelog("lso-back", &[("cleanup.policy", "compact")]);
+    let a = Processor::start(&s.config("a"), &s.log("a"));
     std::thread::sleep(Duration::from_secs(3));
     let pin = Pin::open(&s.changelog);
     produce(&history(&s, 30, 0..3));
     wait_for_records(&s.output, 1, Duration::from_secs(60));
-    let b = Processor::start(&s.config("b", "", ""), &s.log("b"));
+    let b = Processor::start(&s.config("b"), &s.log("b"));
     // B takes some partitions (and, with the fix, waits for the pin).
     std::thread::sleep(Duration::from_secs(4));
     produce(&history(&s, 30, 3..6));
@@ -284,8 +185,8 @@ fn partition_coming_back_does_not_reread_older_states() {
 /// A changelog whose cleanup.policy includes delete is refused at start-up.
 #[test]
 fn changelog_with_time_retention_is_refused() {
-    let s = Setup::new("cl-delete", Some(&[("cleanup.policy", "compact,delete")]));
-    let p = Processor::start(&s.config("a", "", ""), &s.log("a"));
+    let s = Setup::with_changelog("cl-delete", &[("cleanup.policy", "compact,delete")]);
+    let p = Processor::start(&s.config("a"), &s.log("a"));
     let (status, log) = p.wait_exit(Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains(&format!("changelog topic {} has cleanup.policy=compact,delete", s.changelog)), "{log}");
@@ -298,7 +199,7 @@ fn changelog_with_time_retention_is_refused() {
 /// row back where replay keeps it deleted.
 #[test]
 fn old_backlog_collects_tombstones_by_stream_time() {
-    let s = Setup::new("streamtime", Some(&[("cleanup.policy", "compact")]));
+    let s = Setup::with_changelog("streamtime", &[("cleanup.policy", "compact")]);
     let merge = "tombstone_retention = \"2s\"\n";
     let t0 = s.epoch_ms - 3_600_000;
     // Sorts first in the task's keyspace: the sweep meets it at once.
@@ -318,7 +219,7 @@ fn old_backlog_collects_tombstones_by_stream_time() {
     }
     records.push(s.rec(1, key, None, json!({"before": null, "after": row("us"), "op": "u", "source": {"ts_ms": t0 + 15}})));
     produce(&records);
-    let a = Processor::start(&s.config("a", merge, ""), &s.log("a"));
+    let a = Processor::start(&s.config_with("a", &Conf { merge, ..Conf::default() }), &s.log("a"));
     // Every event emits: the ap and eu creates, the delete, the fillers, and
     // the us update (concurrent with the delete, which wins by time).
     let expected = records.len();
@@ -335,7 +236,7 @@ fn set_output_configs(s: &Setup, extra: &[(&str, &str)]) {
         ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().unwrap();
     // AlterConfigs replaces the topic's dynamic configs: give them all.
     let mut alter = AlterConfig::new(ResourceSpecifier::Topic(&s.output));
-    for (k, v) in OUTPUT_CONFIGS.iter().chain(extra) {
+    for (k, v) in HELD_BACK.iter().chain(extra) {
         alter = alter.set(k, v);
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -351,9 +252,15 @@ fn set_output_configs(s: &Setup, extra: &[(&str, &str)]) {
 /// the events for stale, and their outputs were never written.
 #[test]
 fn at_least_once_output_failure_then_kill_9_loses_no_output() {
-    let s = Setup::new("alo", Some(&[("cleanup.policy", "compact")]));
-    let extra = "[kafka.properties]\n\"message.timeout.ms\" = \"3000\"\n# at-least-once\n";
-    let cfg = s.config("a", "", extra);
+    let s = Setup::with_changelog("alo", &[("cleanup.policy", "compact")]);
+    let cfg = s.config_with(
+        "a",
+        &Conf {
+            runtime: "processing = \"at-least-once\"",
+            tables: "[kafka.properties]\n\"message.timeout.ms\" = \"3000\"",
+            ..Conf::default()
+        },
+    );
     let first = history(&s, 20, 0..2);
     produce(&first);
     let a = Processor::start(&cfg, &s.log("a1"));
@@ -413,7 +320,7 @@ fn partition_back_after_compaction_removed_a_collected_key() {
         ("delete.retention.ms", "1000"),
         ("min.compaction.lag.ms", "0"),
     ];
-    let s = Setup::new("moved-back", Some(&fast));
+    let s = Setup::with_changelog("moved-back", &fast);
     let merge = "tombstone_retention = \"1s\"\n";
     let t = s.epoch_ms;
     let key = 0u64;
@@ -430,13 +337,13 @@ fn partition_back_after_compaction_removed_a_collected_key() {
     };
     produce(&[s.rec(0, key, None, json!({"before": null, "after": row("eu"), "op": "c", "source": {"ts_ms": t}}))]);
     produce(&neighbours(t + 1, 0));
-    let a = Processor::start(&s.config("a", merge, ""), &s.log("a1"));
+    let a = Processor::start(&s.config_with("a", &Conf { merge, ..Conf::default() }), &s.log("a1"));
     wait_for_records(&s.output, 4, Duration::from_secs(60));
     assert_eq!(state_of(&a, key).0, 200);
     assert!(a.stop().success());
 
     // B owns everything now: the delete, then stream time moves past it.
-    let b = Processor::start(&s.config("b", merge, ""), &s.log("b"));
+    let b = Processor::start(&s.config_with("b", &Conf { merge, ..Conf::default() }), &s.log("b"));
     produce(&[s.rec(0, key, None, json!({"before": row("eu"), "after": null, "op": "d", "source": {"ts_ms": t + 10}}))]);
     let k = json!({"id": key}).to_string();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -462,7 +369,7 @@ fn partition_back_after_compaction_removed_a_collected_key() {
     assert!(b.log_text().contains("dropped deleted keys"));
     assert!(b.stop().success());
 
-    let a = Processor::start(&s.config("a", merge, ""), &s.log("a2"));
+    let a = Processor::start(&s.config_with("a", &Conf { merge, ..Conf::default() }), &s.log("a2"));
     let (status, body) = state_of(&a, key);
     assert_eq!(status, 404, "the collected key must not come back from stale local state: {body}");
     assert!(a.log_text().contains("not trusted"), "{}", a.log_text());
@@ -475,10 +382,10 @@ fn partition_back_after_compaction_removed_a_collected_key() {
 /// "past the end"), every event counted as stale and nothing came out.
 #[test]
 fn reset_application_with_recreated_changelog_starts_from_scratch() {
-    let s = Setup::new("reset", Some(&[("cleanup.policy", "compact")]));
+    let s = Setup::with_changelog("reset", &[("cleanup.policy", "compact")]);
     let records = history(&s, 20, 0..3);
     produce(&records);
-    let cfg = s.config("a", "", "");
+    let cfg = s.config("a");
     let a = Processor::start(&cfg, &s.log("a1"));
     wait_for_records(&s.output, records.len(), Duration::from_secs(90));
     assert!(a.stop().success());
@@ -493,7 +400,7 @@ fn reset_application_with_recreated_changelog_starts_from_scratch() {
     }
     // Tributary creates both topics again; wait until the old ones are gone.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while read_topic_exists(&s.output) || read_topic_exists(&s.changelog) {
+    while topic_exists(&s.output) || topic_exists(&s.changelog) {
         assert!(Instant::now() < deadline, "topics not deleted");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -501,11 +408,4 @@ fn reset_application_with_recreated_changelog_starts_from_scratch() {
     wait_for_view(&s, "", Duration::from_secs(90));
     assert!(a.log_text().contains("not trusted"), "{}", a.log_text());
     assert!(a.stop().success());
-}
-
-fn read_topic_exists(topic: &str) -> bool {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().unwrap();
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    md.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
 }

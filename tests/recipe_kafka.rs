@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::kafka::{self, Processor};
+use common::setup::topic_exists;
 use common::*;
 use serde_json::Value;
 
@@ -149,14 +150,6 @@ fn start(command: &str, env: &[(String, String)], log: &Path) -> Processor {
     cmd.args([command, "-c"]).arg(example("tributary.toml")).envs(env.iter().map(|(k, v)| (k, v)));
     cmd.env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn").stdout(Stdio::null()).stderr(file);
     Processor { child: cmd.spawn().expect("tributary starts"), log: log.to_path_buf() }
-}
-
-fn topic_exists(topic: &str) -> bool {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let client: BaseConsumer =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().expect("metadata client");
-    let md = client.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    md.topics().iter().any(|t| t.name() == topic && t.error().is_none())
 }
 
 /// `tributary load ARGS` with `env` (and `stdin`); exit code and stderr.

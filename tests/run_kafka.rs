@@ -5,111 +5,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::kafka::{
     self, admin_addr, compacted, create_topic, http_get, produce, read_topic, unique, wait_for_records, Processor, Rec,
 };
+use common::setup::{topic_exists, Conf, Setup, PARTITIONS, SOURCES};
 use serde_json::{json, Value};
-use tributary::config::Config;
-
-const PARTITIONS: i32 = 3;
-const SOURCES: [&str; 3] = ["eu", "us", "ap"];
-
-struct Setup {
-    /// Commit times start here: real epoch milliseconds, as Debezium sends
-    /// (the broker applies retention and compaction lag to record times).
-    epoch_ms: i64,
-    dir: tempfile::TempDir,
-    group: String,
-    output: String,
-    topics: Vec<String>,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
-                if entry.path().extension().is_some_and(|e| e == "log") {
-                    let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                    let lines: Vec<&str> = text.lines().collect();
-                    eprintln!("--- {} (last 400 of {} lines) ---", entry.path().display(), lines.len());
-                    for l in &lines[lines.len().saturating_sub(400)..] {
-                        eprintln!("{l}");
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Setup {
-    fn new(name: &str) -> Setup {
-        Setup::with_output_config(name, &[])
-    }
-
-    /// [`new`](Setup::new), the output topic created with `extra` configs too.
-    fn with_output_config(name: &str, extra: &[(&str, &str)]) -> Setup {
-        let group = unique(name);
-        let topics: Vec<String> = SOURCES.iter().map(|s| format!("{group}.{s}.customers")).collect();
-        for t in &topics {
-            create_topic(t, PARTITIONS, &[]);
-        }
-        // Compacted as Tributary requires, but with compaction held back for
-        // an hour so the tests can count every record that was written.
-        let output = format!("{group}.merged");
-        let compacted = [("cleanup.policy", "compact"), ("min.compaction.lag.ms", "3600000")];
-        create_topic(&output, PARTITIONS, &[&compacted[..], extra].concat());
-        create_topic(&format!("{group}-state-changelog"), PARTITIONS, &compacted);
-        let epoch_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-        Setup { epoch_ms, dir: tempfile::tempdir().unwrap(), output, group, topics }
-    }
-
-    fn config_text(&self, state: &str, extra: &str) -> String {
-        let mut text = format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{}\"\n\n[merge]\npolicy = \"lww\"\n\n[runtime]\ncommit_interval = \"100ms\"\nstate_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
-            kafka::bootstrap(),
-            self.group,
-            self.output,
-            self.dir.path().join(state).display()
-        );
-        for (s, t) in SOURCES.iter().zip(&self.topics) {
-            text += &format!("\n[[sources]]\nname = \"{s}\"\ntopic = \"{t}\"\npriority = {}\n", s.len());
-        }
-        text
-    }
-
-    /// Writes a config whose state lives in `state` (one per instance).
-    fn config(&self, state: &str) -> PathBuf {
-        self.config_with(state, "")
-    }
-
-    fn config_with(&self, state: &str, extra: &str) -> PathBuf {
-        let p = self.dir.path().join(format!("{state}.toml"));
-        std::fs::write(&p, self.config_text(state, extra)).unwrap();
-        p
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir.path().join(format!("{name}.log"))
-    }
-
-    /// What `tributary replay` makes of everything in the source topics.
-    fn replay(&self) -> Vec<Value> {
-        let mut dump = String::new();
-        for t in &self.topics {
-            for r in read_topic(t, false) {
-                dump += &r.to_string();
-                dump.push('\n');
-            }
-        }
-        let config = Config::parse(&self.config_text("replay", ""), "test", std::iter::empty()).unwrap();
-        let (mut out, mut log) = (Vec::new(), Vec::new());
-        tributary::replay::replay(&config, dump.as_bytes(), "dump", &mut out, None, &mut log).unwrap();
-        common::json_lines(&String::from_utf8(out).unwrap())
-    }
-}
 
 /// A deterministic multi-source history: every source creates, updates and
 /// deletes the same keys (so there are conflicts), with Debezium tombstones
@@ -207,7 +109,7 @@ fn three_sources_with_conflicts_match_replay() {
     assert_same_view(&output, &replay);
     assert!(output.iter().any(|r| header(r, "tributary.conflict") == "true"), "the history has conflicts");
     // Output and changelog were created compacted; the changelog holds state.
-    let changelog = read_topic(&format!("{}-state-changelog", s.group), true);
+    let changelog = read_topic(&s.changelog, true);
     assert_eq!(changelog.len(), expected);
 }
 
@@ -351,14 +253,7 @@ fn co_partitioning_violation_is_refused() {
     assert!(log.contains("co-partitioning violated"), "{log}");
     assert!(log.contains(&format!("{group}.a: 2 partitions")) && log.contains(&format!("{group}.b: 3 partitions")), "{log}");
     // Nothing was created for a refused configuration.
-    assert!(read_topic_exists(&format!("{group}.out")).is_none());
-}
-
-fn read_topic_exists(topic: &str) -> Option<()> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().unwrap();
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    md.topics().iter().find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()).map(|_| ())
+    assert!(!topic_exists(&format!("{group}.out")));
 }
 
 /// The value of one sample line, summed over label sets that contain `labels`.
@@ -483,9 +378,7 @@ fn an_event_whose_merged_record_is_too_large_is_set_aside_not_looped_on() {
 #[test]
 fn deleted_keys_are_dropped_after_tombstone_retention() {
     let s = Setup::new("gc");
-    let cfg = s.dir.path().join("gc.toml");
-    let text = s.config_text("gc", "").replace("policy = \"lww\"\n", "policy = \"lww\"\ntombstone_retention = \"1s\"\n");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = s.config_with("gc", &Conf { merge: "tombstone_retention = \"1s\"", ..Conf::default() });
     let rec = |si: usize, id: u32, payload: Value| {
         let key = json!({ "id": id }).to_string();
         let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
@@ -516,7 +409,7 @@ fn deleted_keys_are_dropped_after_tombstone_retention() {
             .collect::<Vec<_>>(),
     );
     let p = Processor::start(&cfg, &s.log("gc"));
-    let changelog = format!("{}-state-changelog", s.group);
+    let changelog = s.changelog.clone();
     let key1 = json!({ "id": 1 }).to_string();
     // The deleted key's state goes: a null record on the changelog.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -582,7 +475,7 @@ fn lag_cpu_and_state_of_a_key_from_another_partitioner() {
         value: Some(value.to_string()),
     });
     produce(&records);
-    let cfg = s.config_with("a", "[kafka.properties]\n\"statistics.interval.ms\" = \"300\"\n");
+    let cfg = s.config_with("a", &Conf { tables: "[kafka.properties]\n\"statistics.interval.ms\" = \"300\"", ..Conf::default() });
     let p = Processor::start(&cfg, &s.log("a"));
     let addr = admin_addr(&p);
     let lag = |text: &str| metric(text, "tributary_consumer_lag_records", "");
@@ -664,7 +557,7 @@ fn owner_rule_counts_foreign_writes_and_explains_columns() {
     let s = Setup::new("owner");
     let cfg = s.dir.path().join("owner.toml");
     let text = s
-        .config_text("owner", "")
+        .config_text("owner", &Conf::default())
         .replace("policy = \"lww\"\n", "policy = \"field-lww\"\n[merge.columns]\nname = { rule = \"owner\", source = \"eu\" }\n");
     std::fs::write(&cfg, text).unwrap();
     let key = json!({"id": 1}).to_string();

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 pub mod kafka;
 pub mod registry;
+pub mod setup;
 
 /// The crate root.
 pub fn root() -> PathBuf {
