@@ -562,8 +562,16 @@ impl MergeEngine {
                         if rule == Some(&ColumnRule::Union) {
                             let before = if event.full_image { None } else { event.before.as_ref().and_then(|b| b.get(name)) };
                             let set = fields.sets.entry(name.clone()).or_default();
-                            fields_changed |= self.apply_union(set, &event, before, value);
-                            continue;
+                            let (operations, changed) = self.apply_union(set, &event, before, value);
+                            fields_changed |= changed;
+                            if operations {
+                                continue;
+                            }
+                            // The write added and removed nothing (`[]`, null, a
+                            // reordering): it still says the column exists, so it
+                            // is kept as a plain write, shown while no set
+                            // operation is visible. Else a row whose base lacks
+                            // the column would lose it.
                         }
                         let write = FieldVersion {
                             source: event.source.clone(),
@@ -580,7 +588,7 @@ impl MergeEngine {
                         // this write, so dropping it would depend on arrival order.
                         let foreign = matches!(rule, Some(ColumnRule::Owner { source }) if *source != event.source);
                         let inserted = match rule {
-                            None => self.insert(set, write),
+                            None | Some(ColumnRule::Union) => self.insert(set, write),
                             Some(_) => self.insert_by(set, write, self.column_order(rule)),
                         };
                         if inserted == Insert::Added {
@@ -606,20 +614,24 @@ impl MergeEngine {
     /// are additions, those of `before` that `after` lacks are removals.
     /// Without a `before` value (inserts, snapshots, or a source that sends
     /// no `before` image) every element is an addition and nothing is removed.
-    fn apply_union(&self, set: &mut ElementSet, event: &ChangeEvent, before: Option<&Value>, after: &Value) -> bool {
+    /// Returns whether the write added or removed any element, and whether
+    /// that changed the set (a redelivery does not).
+    fn apply_union(&self, set: &mut ElementSet, event: &ChangeEvent, before: Option<&Value>, after: &Value) -> (bool, bool) {
         let after = elements(after);
         let before = before.map(elements).unwrap_or_default();
         let contains = |list: &[Cow<'_, Value>], x: &Value| list.iter().any(|y| same_json(y, x));
         let op = |x: &Value| FieldVersion { source: event.source.clone(), vv: event.vv.clone(), ts: event.ts, value: x.clone() };
         let order = self.column_order(Some(&ColumnRule::Union));
-        let mut changed = false;
+        let (mut operations, mut changed) = (false, false);
         for x in after.iter().filter(|x| !contains(&before, x)) {
+            operations = true;
             changed |= self.insert_by(&mut set.adds, op(x), &order) == Insert::Added;
         }
         for x in before.iter().filter(|x| !contains(&after, x)) {
+            operations = true;
             changed |= self.insert_by(&mut set.removes, op(x), &order) == Insert::Added;
         }
-        changed
+        (operations, changed)
     }
 
     /// The rule of a column, if it has one.
@@ -720,7 +732,9 @@ impl MergeEngine {
                 Some(ColumnRule::Owner { .. }) => "latest write of any source: the owner has written none",
                 Some(ColumnRule::Max) => "largest value written",
                 Some(ColumnRule::Min) => "smallest value written",
-                Some(ColumnRule::Union) => "latest write from before the column had rule union",
+                Some(ColumnRule::Union) => {
+                    "latest write that added or removed no element (or from before the column had rule union)"
+                }
             };
             let rule = rule.map_or("lww", ColumnRule::name);
             out.insert(
@@ -783,8 +797,8 @@ impl MergeEngine {
             Some(rule @ (ColumnRule::Max | ColumnRule::Min)) => {
                 visible().max_by(|a, b| value_rank(rule, &a.value, &b.value).then_with(|| latest(a, b)))
             }
-            // Written before the column became a `union`: shown until a set
-            // operation is visible.
+            // Writes that added and removed nothing, or written before the
+            // column became a `union`: shown until a set operation is visible.
             Some(ColumnRule::Union) => visible().max_by(latest),
         }
     }

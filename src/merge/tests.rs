@@ -448,6 +448,37 @@ fn union_column_sent_as_json_text_stays_json_text() {
 }
 
 #[test]
+fn union_column_written_only_empty_stays_in_a_row_whose_base_lacks_it() {
+    // eu creates the row with no tags; us concurrently creates it without
+    // the column at all and wins the row's base (later commit). eu's `[]`
+    // added nothing, yet the column was written: it must not vanish.
+    let e = with_rules(engine(Policy::FieldLww, DeletePolicy::Lww), &[("tags", ColumnRule::Union)]);
+    let events = [
+        upsert("eu", vv(&[("eu", 1)]), 1, json!({"id":1,"tags":[]})),
+        upsert("us", vv(&[("us", 1)]), 2, json!({"id":1,"name":"x"})),
+        upsert("ap", vv(&[("ap", 1)]), 0, json!({"id":1,"tags":"[]"})),
+    ];
+    for order in [[0, 1, 2], [1, 0, 2], [2, 1, 0], [1, 2, 0]] {
+        let mut s = KeyState::default();
+        for i in order.into_iter().filter(|i| *i != 2) {
+            e.apply(&mut s, events[i].clone());
+        }
+        assert_eq!(out(&e, &s), Some(json!({"id":1,"name":"x","tags":[]})), "order {order:?}");
+        let mut t = KeyState::default();
+        for i in order {
+            e.apply(&mut t, events[i].clone());
+        }
+        assert_eq!(out(&e, &t), Some(json!({"id":1,"name":"x","tags":[]})), "order {order:?}");
+    }
+    // A delete that saw eu's empty write hides it: the column goes back to the base.
+    let mut s = KeyState::default();
+    e.apply(&mut s, events[0].clone());
+    e.apply(&mut s, events[1].clone());
+    e.apply(&mut s, delete("eu", vv(&[("eu", 2)]), 0));
+    assert_eq!(out(&e, &s), Some(json!({"id":1,"name":"x"})));
+}
+
+#[test]
 fn union_column_after_a_delete_keeps_only_unseen_additions() {
     let e = with_rules(engine(Policy::FieldLww, DeletePolicy::UpdateWins), &[("tags", ColumnRule::Union)]);
     let mut s = KeyState::default();
