@@ -1,0 +1,66 @@
+//! The conflict audit record (JSON or Avro).
+
+use std::collections::HashMap;
+
+use crate::config::Config;
+use rdkafka::message::{BorrowedMessage, Message};
+
+use super::AvroRecordIds;
+
+/// The conflict audit record: every version in the set, the policy and
+/// the winner, so an operator can see why a row looks the way it does.
+/// Serialized from borrowed data: no copy of the version set.
+pub(super) fn audit_record(
+    config: &Config,
+    source_of: &HashMap<String, String>,
+    out: &crate::output::OutputRecord,
+    state: &crate::merge::KeyState,
+    msg: &BorrowedMessage<'_>,
+    avro: Option<AvroRecordIds>,
+    columns: &[crate::merge::ColumnWinner],
+) -> Vec<u8> {
+    let winner = out.headers.iter().find(|(k, _)| *k == crate::output::HEADER_WINNER).map(|(_, v)| v.as_str());
+    let merged_vv = state.merged_clock();
+    let record = crate::avro::records::AuditRecord {
+        key: &out.key,
+        partition: out.partition,
+        policy: config.merge.policy.as_str(),
+        deletes: config.merge.deletes.as_str(),
+        winner,
+        merged_vv: &merged_vv,
+        deleted: out.value.is_none(),
+        versions: &state.versions,
+        event: crate::avro::records::AuditEvent {
+            source: source_of.get(msg.topic()).map(String::as_str),
+            topic: msg.topic(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+        },
+        columns,
+    };
+    match avro {
+        Some(ids) => crate::avro::registry::frame(ids.audit, &crate::avro::records::encode_audit(&record)),
+        None => audit_json(&record, columns),
+    }
+}
+
+/// The JSON audit record (README "Conflict audit"): the Avro record's
+/// fields, with rows as JSON objects.
+pub(super) fn audit_json(r: &crate::avro::records::AuditRecord<'_>, columns: &[crate::merge::ColumnWinner]) -> Vec<u8> {
+    let mut record = serde_json::json!({
+        "key": r.key,
+        "partition": r.partition,
+        "policy": r.policy,
+        "deletes": r.deletes,
+        "winner": r.winner,
+        "merged_vv": r.merged_vv,
+        "deleted": r.deleted,
+        "versions": r.versions,
+        "event": {"source": r.event.source, "topic": r.event.topic, "partition": r.event.partition, "offset": r.event.offset},
+    });
+    // field-lww: which write decided each column, and why.
+    if !columns.is_empty() {
+        record["columns"] = serde_json::to_value(columns).expect("column winners serialize");
+    }
+    serde_json::to_vec(&record).expect("audit records serialize")
+}

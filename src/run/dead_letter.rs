@@ -1,0 +1,72 @@
+//! Records that cannot be processed go to the dead-letter topic, with the
+//! reason and their position, inside the open cycle.
+
+use crate::normalize::NormalizeError;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
+
+use super::{RunError, Worker};
+
+impl Worker {
+    pub(super) fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, e: &NormalizeError) -> Result<(), RunError> {
+        tracing::warn!(
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            reason = e.kind.reason(),
+            "dead letter: {e}"
+        );
+        let (partition, offset, mut error) = (msg.partition().to_string(), msg.offset().to_string(), e.to_string());
+        // A value too large to go out again (a record near the size limit,
+        // plus the error and headers) is left out rather than failing the
+        // cycle on every retry; the source offset still finds it.
+        let key_len = msg.key().map_or(0, <[u8]>::len);
+        let value = msg.payload().filter(|v| key_len + v.len() + error.len() + 1024 <= self.record_limit);
+        let omitted = msg.payload().filter(|_| value.is_none()).map(|v| v.len().to_string());
+        if let Some(n) = &omitted {
+            error.push_str(&format!(
+                " (the {n}-byte value is too large for the dead-letter topic and is left out; read it at the source offset)"
+            ));
+        }
+        let mut headers = OwnedHeaders::new_with_capacity(6)
+            .insert(Header { key: "tributary.error", value: Some(error.as_bytes()) })
+            .insert(Header { key: "tributary.error.reason", value: Some(e.kind.reason().as_bytes()) })
+            .insert(Header { key: "tributary.source.topic", value: Some(msg.topic().as_bytes()) })
+            .insert(Header { key: "tributary.source.partition", value: Some(partition.as_bytes()) })
+            .insert(Header { key: "tributary.source.offset", value: Some(offset.as_bytes()) });
+        if let Some(n) = &omitted {
+            headers = headers.insert(Header { key: "tributary.value.omitted.bytes", value: Some(n.as_bytes()) });
+        }
+        let mut record = BaseRecord::to(&self.dlq).partition(msg.partition()).headers(headers);
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        // Avro output: the dead letter is a `schemas/dead-letter.avsc`
+        // envelope holding the raw bytes, so every topic Tributary writes
+        // has a registered schema.
+        let envelope = self.avro_records.map(|ids| {
+            let body = crate::avro::records::encode_dead_letter(&crate::avro::records::DeadLetter {
+                error: &error,
+                reason: e.kind.reason(),
+                source: e.source_name.as_deref(),
+                topic: msg.topic(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                timestamp: msg.timestamp().to_millis(),
+                key: msg.key(),
+                value,
+            });
+            crate::avro::registry::frame(ids.dead_letter, &body)
+        });
+        match (&envelope, value) {
+            (Some(env), _) => record = record.payload(env.as_slice()),
+            (None, Some(v)) => record = record.payload(v),
+            (None, None) => {}
+        }
+        self.send(record)?;
+        self.counters.dead_letters += 1;
+        let source = e.source_name.as_deref().unwrap_or("unknown");
+        self.metrics.dead_letter(source, e.kind.reason());
+        Ok(())
+    }
+}

@@ -1,0 +1,204 @@
+//! One consumed record through the pipeline: merged output, changelog
+//! entry and conflict audit record into the open cycle.
+
+use std::time::Duration;
+
+use crate::normalize::{InputRecord, NormalizeError};
+use crate::pipeline::{ProcessError, Step};
+use crate::store::encode_state;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
+
+use super::audit::audit_record;
+use super::{now_ms, RunError, Worker};
+
+impl Worker {
+    pub(super) fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), RunError> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(20));
+                }
+                Err((e, r)) => return Err(RunError::kafka(format!("produce to {}", r.topic), e)),
+            }
+        }
+    }
+
+    pub(super) fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), RunError> {
+        self.begin()?;
+        self.counters.consumed += 1;
+        self.cycle_events += 1;
+        let partition = msg.partition();
+        let source_label = self.source_of.get(msg.topic()).map_or("unknown", String::as_str);
+        self.metrics.consumed(source_label);
+        let headers: Vec<(&str, &[u8])> = msg
+            .headers()
+            .map_or_else(Vec::new, |h| rdkafka::message::Headers::iter(h).filter_map(|h| Some((h.key, h.value?))).collect());
+        let record = InputRecord {
+            topic: msg.topic(),
+            partition,
+            offset: msg.offset(),
+            timestamp: msg.timestamp().to_millis(),
+            key: msg.key(),
+            value: msg.payload(),
+            headers: &headers,
+        };
+        if let Some(e) = self.set_aside.remove(&(msg.topic().to_string(), partition, msg.offset())) {
+            self.dead_letter(msg, &e)?;
+            self.positions.insert((msg.topic().to_string(), partition), msg.offset() + 1);
+            return Ok(());
+        }
+        if self.partitioner_unchecked.contains(msg.topic()) {
+            self.check_partitioner(msg);
+        }
+        let Some(task) = self.tasks.get_mut(&partition) else {
+            return Err(RunError::Assignment(format!(
+                "received {} partition {partition} but task {partition} is not open",
+                msg.topic()
+            )));
+        };
+        match self.pipeline.process(&record, task) {
+            Ok(Step::Emitted { record: out, siblings, source, event_ts }) => {
+                task.observe_event_time(msg.topic(), event_ts);
+                if let Some(change) = record.key_change() {
+                    self.metrics.primary_key_change(&source, &change);
+                    tracing::debug!(source, topic = msg.topic(), partition, offset = msg.offset(), ?change, "primary key change");
+                }
+                let key_state = task.cached(&out.key).expect("an emitting update leaves a state");
+                let state = encode_state(key_state);
+                let header_bytes: usize = out.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+                let bytes = out.key_bytes().len() + header_bytes + state.len().max(out.value.as_ref().map_or(0, Vec::len));
+                if bytes > self.record_limit {
+                    // The cache already holds the merged state: only an abort
+                    // undoes it. The rewind then brings this record back, and
+                    // it goes to the dead letters instead.
+                    return Err(RunError::SetAside(NormalizeError {
+                        position: (&record).into(),
+                        source_name: Some(source),
+                        kind: crate::normalize::NormalizeErrorKind::TooLarge { key: out.key, bytes, limit: self.record_limit },
+                    }));
+                }
+                let audit = match &self.audit {
+                    Some(topic) if siblings > 1 => {
+                        let columns = self.pipeline.engine().explain(key_state);
+                        let body = audit_record(&self.config, &self.source_of, &out, key_state, msg, self.avro_records, &columns);
+                        if out.key.len() + body.len() > self.record_limit {
+                            // The audit topic would refuse it and fail the
+                            // cycle on every retry: the output goes on without it.
+                            tracing::warn!(
+                                topic = msg.topic(),
+                                partition,
+                                offset = msg.offset(),
+                                bytes = body.len(),
+                                limit = self.record_limit,
+                                "conflict audit record too large for the record limit; not written"
+                            );
+                            self.metrics.dropped(&source, "audit_too_large");
+                            None
+                        } else {
+                            Some((topic, body))
+                        }
+                    }
+                    _ => None,
+                };
+                let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+                for (k, v) in &out.headers {
+                    headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+                }
+                self.cycle_bytes += bytes;
+                let output = BaseRecord::to(&self.config.output.topic)
+                    .partition(out.partition)
+                    .key(out.key_bytes())
+                    .timestamp(out.timestamp)
+                    .headers(headers);
+                let output = match &out.value {
+                    Some(v) => output.payload(v.as_slice()),
+                    None => output,
+                };
+                self.send(output)?;
+                // At-least-once: the changelog goes out at the commit, after
+                // every output record of the cycle is acknowledged (see
+                // `commit_at_least_once`), so a crash can repeat outputs but
+                // never store a state whose output was lost.
+                if self.exactly_once {
+                    self.send(BaseRecord::to(&self.changelog).partition(partition).key(out.key.as_bytes()).payload(&state))?;
+                }
+                if let Some(task) = self.tasks.get_mut(&partition) {
+                    task.remember_encoded(&out.key, state);
+                }
+                if let Some((topic, body)) = audit {
+                    self.send(
+                        BaseRecord::to(topic.as_str()).partition(partition).key(out.key.as_bytes()).payload(body.as_slice()),
+                    )?;
+                }
+                self.counters.emitted += 1;
+                let now = now_ms();
+                let skew = msg.timestamp().to_millis().map(|t| t - event_ts);
+                self.metrics.emitted(&source, siblings, now - event_ts, skew);
+                if siblings > 1 {
+                    let winner =
+                        out.headers.iter().find(|(k, _)| *k == crate::output::HEADER_WINNER).map_or("-", |(_, v)| v.as_str());
+                    self.metrics.conflict(self.config.merge.policy.as_str(), winner);
+                    tracing::debug!(source, topic = msg.topic(), partition, offset = msg.offset(), siblings, "conflict");
+                }
+            }
+            Ok(Step::Stale { source }) => {
+                self.counters.dropped += 1;
+                self.metrics.dropped(&source, "stale");
+            }
+            Ok(Step::Duplicate { source }) => {
+                self.counters.dropped += 1;
+                self.metrics.dropped(&source, "duplicate");
+            }
+            Ok(Step::Ignored { source }) => {
+                self.counters.ignored += 1;
+                self.metrics.dropped(&source, "ignored");
+            }
+            Err(ProcessError::Normalize(e)) if e.kind.is_retriable() => {
+                self.metrics.registry_error("decode");
+                return Err(RunError::RegistryUnavailable(e.to_string()));
+            }
+            Err(ProcessError::Normalize(e)) => self.dead_letter(msg, &e)?,
+            Err(ProcessError::Store(e)) => return Err(e.into()),
+            Err(ProcessError::Output { error, .. }) if error.is_retriable() => {
+                self.metrics.registry_error("register");
+                return Err(RunError::RegistryUnavailable(error.to_string()));
+            }
+            Err(ProcessError::Output { position, source_name, error }) => {
+                // The key's state changed already; only an abort undoes it.
+                return Err(RunError::SetAside(NormalizeError {
+                    position,
+                    source_name: Some(source_name),
+                    kind: crate::normalize::NormalizeErrorKind::OutputSchema {
+                        reason: error.reason(),
+                        detail: error.to_string(),
+                    },
+                }));
+            }
+        }
+        self.positions.insert((msg.topic().to_string(), partition), msg.offset() + 1);
+        Ok(())
+    }
+
+    /// Co-partitioning needs every source to place a key in the same
+    /// partition. Debezium (a Java producer) hashes with murmur2; a key
+    /// elsewhere means a producer with another partitioner (librdkafka's
+    /// default, kcat, the Python and Go clients), which breaks it: say so once.
+    pub(super) fn check_partitioner(&mut self, msg: &BorrowedMessage<'_>) {
+        let Some(key) = msg.key() else { return };
+        let expected = crate::admin::murmur2_partition(key, self.partitions);
+        if expected != msg.partition() {
+            tracing::warn!(
+                topic = msg.topic(),
+                partition = msg.partition(),
+                offset = msg.offset(),
+                murmur2_partition = expected,
+                "a key is not in the partition murmur2 gives it: the topic's producer uses another partitioner (librdkafka's default consistent_random: kcat, Python, Go); co-partitioning with murmur2 sources (Debezium, Java) breaks unless every source uses the same partitioner (librdkafka: partitioner=murmur2_random). Logged once per topic"
+            );
+            self.partitioner_unchecked.remove(msg.topic());
+        }
+    }
+}

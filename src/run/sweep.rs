@@ -1,0 +1,55 @@
+//! Deleted keys past `tombstone_retention` leave the store and the
+//! changelog (by stream time).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::BaseRecord;
+
+use super::{RunError, Worker, SWEEP_BATCH};
+
+impl Worker {
+    /// How often deleted keys are collected: a quarter of the retention,
+    /// between 100 ms and a minute.
+    pub(super) fn sweep_interval(&self) -> Duration {
+        (self.config.merge.tombstone_retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+    }
+
+    /// Drops the states of keys that resolve to deleted and whose newest
+    /// version is older than `tombstone_retention` (design §1, "Deleted
+    /// keys"), a bounded batch per task: removed from the local store at the
+    /// commit, and a null record on the changelog so compaction forgets them
+    /// too. The output topic already holds the key's tombstone.
+    pub(super) fn sweep_tombstones(&mut self) -> Result<(), RunError> {
+        self.last_sweep = Instant::now();
+        let engine = self.pipeline.engine();
+        let mut expired: Vec<(i32, Vec<String>)> = Vec::new();
+        for (p, task) in self.tasks.iter_mut() {
+            // Stream time, not the wall clock: catching up on an old backlog
+            // must not collect a delete while an older concurrent update may
+            // still wait in another source's partition.
+            let Some(stream_time) = task.stream_time(&self.sources) else { continue };
+            let keys = task.sweep(SWEEP_BATCH, |s| engine.tombstone_expired(s, stream_time))?;
+            if !keys.is_empty() {
+                expired.push((*p, keys));
+            }
+        }
+        if expired.is_empty() {
+            return Ok(());
+        }
+        self.begin()?;
+        for (p, keys) in expired {
+            for key in &keys {
+                if self.exactly_once {
+                    // (At-least-once writes the null record at the commit.)
+                    self.send(BaseRecord::to(&self.changelog).partition(p).key(key.as_bytes()))?;
+                }
+                if let Some(task) = self.tasks.get_mut(&p) {
+                    task.remove(key);
+                }
+            }
+            self.counters.tombstones_dropped += keys.len() as u64;
+            tracing::info!(partition = p, keys = keys.len(), "dropped deleted keys past tombstone_retention");
+        }
+        Ok(())
+    }
+}
