@@ -15,7 +15,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::kafka::{self, admin_addr, create_topic, http_get, produce_bin, read_topic, unhex, unique, BinRec, Processor};
+use common::kafka::{
+    self, admin_addr, create_topic, http_get, produce_bin, read_topic, unhex, unique, wait_for_records, BinRec, Processor,
+};
 use common::registry::{fastavro, Registry};
 use serde_json::{json, Value};
 use tributary::config::Config;
@@ -49,6 +51,8 @@ struct Pipeline {
     epoch_ms: i64,
     events: Vec<Event>,
     next_offset: BTreeMap<(String, i32), i64>,
+    /// The body of the `[merge]` section.
+    merge: String,
 }
 
 impl Pipeline {
@@ -76,16 +80,18 @@ impl Pipeline {
             epoch_ms,
             events: Vec::new(),
             next_offset: BTreeMap::new(),
+            merge: "policy = \"lww\"\n".to_string(),
         }
     }
 
     fn config_text(&self, avro: bool) -> String {
         let mut text = format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{}\"\nformat = \"{}\"\n\n[merge]\npolicy = \"lww\"\n\n[runtime]\ncommit_interval = \"100ms\"\nstate_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{}\"\nformat = \"{}\"\n\n[merge]\n{}\n[runtime]\ncommit_interval = \"100ms\"\nstate_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             kafka::bootstrap(),
             self.group,
             self.output,
             if avro { "avro" } else { "json" },
+            self.merge,
             self.dir.path().join("state").display()
         );
         if avro {
@@ -446,4 +452,98 @@ fn a_registry_down_at_start_up_is_waited_for_with_health_up() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(p.stop().success());
+}
+
+/// `field-lww` with column rules and Avro output: the conflict audit records
+/// are Avro and carry the per-column winners the JSON records carry, read
+/// alike with the schema the registry holds (apache-avro) and with fastavro.
+/// The audit subject holds the schema from before `columns` existed, so the
+/// registry's BACKWARD check must accept the new one.
+#[test]
+fn field_lww_avro_audit_records_carry_the_column_winners() {
+    let mut s = Pipeline::new();
+    s.merge =
+        "policy = \"field-lww\"\n[merge.columns]\nname = { rule = \"owner\", source = \"eu\" }\nvisits = { rule = \"max\" }\n"
+            .to_string();
+    let subject = format!("{}-conflicts-value", s.group);
+    let mut old: Value = serde_json::from_str(tributary::avro::records::AUDIT_SCHEMA_JSON).unwrap();
+    old["fields"].as_array_mut().unwrap().retain(|f| f["name"] != "columns");
+    s.registry.register(&subject, &old.to_string());
+
+    // Key 1: both regions insert it concurrently; us later, but eu owns
+    // `name` and eu's `visits` is the larger. Key 2: eu inserts, us deletes
+    // it concurrently and later, so it resolves to deleted.
+    s.send(0, COLUMNS, &[(1, "c", None, row(1, "eu-1", "10.50", 5), 1), (2, "c", None, row(2, "eu-2", "1.00", 1), 1)]);
+    s.send(1, COLUMNS, &[(1, "c", None, row(1, "us-1", "2.00", 3), 2), (2, "d", row(2, "x", "1.00", 0), None, 5)]);
+    let config = s.dir.path().join("tributary.toml");
+    std::fs::write(&config, s.config_text(true)).unwrap();
+    let p = Processor::start(&config, &s.dir.path().join("run.log"));
+    s.converge(&p);
+    let merged = s.actual().unwrap();
+    assert_eq!(merged[r#"{"id":1}"#], json!({"id": 1, "name": "eu-1", "balance": "2.00", "visits": 5}));
+    let audit = wait_for_records(&format!("{}-conflicts", s.group), 2, Duration::from_secs(30));
+    assert!(p.stop().success());
+    assert_eq!(audit.len(), 2, "{audit:#?}");
+
+    // The processor registered the new audit schema as a second version.
+    let (status, latest) = latest(&s.registry, &subject);
+    assert_eq!((status, latest["version"].as_i64()), (200, Some(2)), "{latest}");
+    let registered = apache_avro::Schema::parse_str(latest["schema"].as_str().unwrap()).unwrap();
+    assert_eq!(registered, *tributary::avro::records::audit_schema());
+
+    let hex: Vec<String> = audit.iter().map(|r| json!({"hex": r["payload_hex"]}).to_string()).collect();
+    let by_fastavro = fastavro(&["decode", "--registry", &s.registry.url], &hex);
+    let by_key = |records: Vec<Value>| -> BTreeMap<String, Value> {
+        records.into_iter().map(|r| (r["key"].as_str().unwrap_or_else(|| panic!("no key: {r}")).to_string(), r)).collect()
+    };
+    let by_fastavro = by_key(by_fastavro);
+    let by_registered = by_key(audit.iter().map(|r| decode_with_registered_schema(&s.registry, &r["payload_hex"])).collect());
+    // The two agree on every field but the versions' timestamp-millis,
+    // which fastavro reads as a datetime.
+    let without_ts = |records: &BTreeMap<String, Value>| -> BTreeMap<String, Value> {
+        let mut records = records.clone();
+        for r in records.values_mut() {
+            for v in r["versions"].as_array_mut().unwrap() {
+                v.as_object_mut().unwrap().remove("ts");
+            }
+        }
+        records
+    };
+    assert_eq!(without_ts(&by_registered), without_ts(&by_fastavro), "apache-avro and fastavro read the same records");
+
+    let winner = |column: &str, rule: &str, source: &str, vv: Value, why: &str| json!({"column": column, "rule": rule, "source": source, "vv": vv, "why": why});
+    let (eu, us) = (json!({"eu": 1}), json!({"us": 1}));
+    let key1 = &by_fastavro[r#"{"id":1}"#];
+    assert_eq!(
+        key1["columns"],
+        json!([
+            winner("balance", "lww", "us", us.clone(), "latest write (lww order)"),
+            winner("id", "lww", "us", us.clone(), "latest write (lww order)"),
+            winner("name", "owner", "eu", eu.clone(), "the owner's latest write"),
+            winner("visits", "max", "eu", eu, "largest value written"),
+        ]),
+        "{key1}"
+    );
+    assert_eq!(
+        (key1["policy"].as_str(), key1["winner"].is_null(), key1["deleted"].as_bool()),
+        (Some("field-lww"), true, Some(false))
+    );
+    let key2 = &by_fastavro[r#"{"id":2}"#];
+    assert_eq!((key2["deleted"].as_bool(), &key2["columns"]), (Some(true), &Value::Null), "deleted: no column winners: {key2}");
+}
+
+/// Decodes a Confluent-framed record with apache-avro and the writer schema
+/// the registry holds for its id, as JSON.
+fn decode_with_registered_schema(registry: &Registry, hex: &Value) -> Value {
+    let bytes = unhex(hex.as_str().unwrap());
+    assert_eq!(bytes[0], 0, "Confluent framing");
+    let id = u32::from_be_bytes(bytes[1..5].try_into().unwrap());
+    let (status, answer) = registry.http("GET", &format!("/schemas/ids/{id}"), None);
+    assert_eq!(status, 200, "{answer}");
+    let schema = apache_avro::Schema::parse_str(answer["schema"].as_str().unwrap()).unwrap();
+    let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema).build().unwrap();
+    let mut body = &bytes[5..];
+    let value = reader.read_value(&mut body).unwrap();
+    assert!(body.is_empty(), "{} bytes left after the datum", body.len());
+    Value::try_from(value).unwrap()
 }

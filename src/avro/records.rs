@@ -19,7 +19,7 @@ use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
-use crate::merge::{Op, Row, Version, VersionVector};
+use crate::merge::{ColumnWinner, Op, Row, Version, VersionVector};
 
 /// The conflict audit schema (`schemas/conflict-audit.avsc`), as compiled in.
 pub const AUDIT_SCHEMA_JSON: &str = include_str!("../../schemas/conflict-audit.avsc");
@@ -68,6 +68,10 @@ pub struct AuditRecord<'a> {
     pub versions: &'a [Version],
     /// The input record that triggered the audit record.
     pub event: AuditEvent<'a>,
+    /// `field-lww`: which write decided each column and why
+    /// ([`crate::merge::MergeEngine::explain`]); empty otherwise, written as
+    /// null (the JSON record leaves `columns` out).
+    pub columns: &'a [ColumnWinner],
 }
 
 /// Where the input record that triggered an audit record came from.
@@ -119,6 +123,10 @@ pub fn encode_audit(r: &AuditRecord<'_>) -> Vec<u8> {
         field("deleted", Value::Boolean(r.deleted)),
         field("versions", Value::Array(r.versions.iter().map(audit_version_value).collect())),
         field("event", audit_event_value(&r.event)),
+        field(
+            "columns",
+            optional((!r.columns.is_empty()).then(|| Value::Array(r.columns.iter().map(column_winner_value).collect()))),
+        ),
     ]);
     write_datum(audit_schema(), &value, "conflict audit record")
 }
@@ -199,6 +207,17 @@ fn audit_event_value(e: &AuditEvent<'_>) -> Value {
         field("topic", Value::String(e.topic.to_owned())),
         field("partition", Value::Int(e.partition)),
         field("offset", Value::Long(e.offset)),
+    ])
+}
+
+/// One `io.tributary.audit.ColumnWinner` record.
+fn column_winner_value(c: &ColumnWinner) -> Value {
+    Value::Record(vec![
+        field("column", Value::String(c.column.clone())),
+        field("rule", Value::String(c.rule.to_owned())),
+        field("source", optional(c.source.as_ref().map(|s| Value::String(s.clone())))),
+        field("vv", optional(c.vv.as_ref().map(clock_value))),
+        field("why", Value::String(c.why.to_owned())),
     ])
 }
 
@@ -283,6 +302,7 @@ mod tests {
             deleted: false,
             versions: &versions,
             event: AuditEvent { source: Some("us"), topic: "db.us.customers", partition: 7, offset: 1234 },
+            columns: &[],
         };
         let expected = Value::Record(vec![
             ("key".into(), string(r#"{"id":42}"#)),
@@ -320,6 +340,7 @@ mod tests {
                     ("offset".into(), Value::Long(1234)),
                 ]),
             ),
+            ("columns".into(), null()),
         ]);
         assert_eq!(read(audit_schema(), &encode_audit(&record)), expected);
     }
@@ -337,6 +358,7 @@ mod tests {
             deleted: true,
             versions: &[],
             event: AuditEvent { source: None, topic: "t", partition: 0, offset: 0 },
+            columns: &[],
         };
         let Value::Record(fields) = read(audit_schema(), &encode_audit(&record)) else { panic!("not a record") };
         let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap();
@@ -344,6 +366,7 @@ mod tests {
         assert_eq!(get("merged_vv"), Value::Map(Default::default()));
         assert_eq!(get("deleted"), Value::Boolean(true));
         assert_eq!(get("versions"), Value::Array(vec![]));
+        assert_eq!(get("columns"), null(), "no column winners: null, as the JSON record leaves columns out");
         let Value::Record(event) = get("event") else { panic!("not a record") };
         assert_eq!(event[0], ("source".into(), null()));
     }
@@ -364,8 +387,129 @@ mod tests {
         assert_eq!(avro_fields, json_sorted);
         assert_eq!(
             record_field_names(audit_schema()),
-            ["key", "partition", "policy", "deletes", "winner", "merged_vv", "deleted", "versions", "event"]
+            ["key", "partition", "policy", "deletes", "winner", "merged_vv", "deleted", "versions", "event", "columns"]
         );
+    }
+
+    fn winners() -> Vec<ColumnWinner> {
+        vec![
+            ColumnWinner {
+                column: "email".into(),
+                rule: "owner",
+                source: Some("crm".into()),
+                vv: Some(clock(&[("crm", 2), ("eu", 1)])),
+                why: "the owner's latest write",
+            },
+            ColumnWinner {
+                column: "id".into(),
+                rule: "lww",
+                source: Some("eu".into()),
+                vv: Some(clock(&[("eu", u64::MAX)])),
+                why: "latest write (lww order)",
+            },
+            ColumnWinner {
+                column: "tags".into(),
+                rule: "union",
+                source: None,
+                vv: None,
+                why: "union of the additions no removal had seen",
+            },
+        ]
+    }
+
+    fn field_lww_record<'a>(columns: &'a [ColumnWinner], merged: &'a VersionVector) -> AuditRecord<'a> {
+        AuditRecord {
+            key: r#"{"id":1}"#,
+            partition: 2,
+            policy: "field-lww",
+            deletes: "update-wins",
+            winner: None,
+            merged_vv: merged,
+            deleted: false,
+            versions: &[],
+            event: AuditEvent { source: Some("crm"), topic: "crm.customers", partition: 2, offset: 9 },
+            columns,
+        }
+    }
+
+    #[test]
+    fn audit_records_carry_the_column_winners() {
+        let columns = winners();
+        let merged = clock(&[("crm", 2), ("eu", 1)]);
+        let Value::Record(fields) = read(audit_schema(), &encode_audit(&field_lww_record(&columns, &merged))) else {
+            panic!("not a record")
+        };
+        let column = |name: &str, rule: &str, source: Value, vv: Value, why: &str| {
+            Value::Record(vec![
+                ("column".into(), string(name)),
+                ("rule".into(), string(rule)),
+                ("source".into(), source),
+                ("vv".into(), vv),
+                ("why".into(), string(why)),
+            ])
+        };
+        let expected = some(Value::Array(vec![
+            column("email", "owner", some(string("crm")), some(longs(&[("crm", 2), ("eu", 1)])), "the owner's latest write"),
+            // Counters above i64::MAX: their bit pattern, as everywhere else.
+            column("id", "lww", some(string("eu")), some(longs(&[("eu", -1)])), "latest write (lww order)"),
+            column("tags", "union", null(), null(), "union of the additions no removal had seen"),
+        ]));
+        assert_eq!(fields.last(), Some(&("columns".to_owned(), expected)));
+    }
+
+    #[test]
+    fn column_winners_read_as_the_json_audit_records_columns() {
+        // Field for field and value for value the JSON record's `columns`
+        // (counters within i64, where the two formats agree).
+        let mut columns = winners();
+        columns[1].vv = Some(clock(&[("eu", 7)]));
+        let merged = VersionVector::new();
+        let Value::Record(fields) = read(audit_schema(), &encode_audit(&field_lww_record(&columns, &merged))) else {
+            panic!("not a record")
+        };
+        let Some((_, Value::Union(1, array))) = fields.into_iter().find(|(name, _)| name == "columns") else {
+            panic!("no columns")
+        };
+        let as_json = serde_json::Value::try_from(*array).unwrap();
+        assert_eq!(as_json, serde_json::to_value(&columns).unwrap());
+        // And the record's field names are the JSON object's keys.
+        let Schema::Record(conflict) = audit_schema() else { panic!("not a record") };
+        let Schema::Union(union) = &conflict.fields[conflict.lookup["columns"]].schema else { panic!("columns is not a union") };
+        let Schema::Array(array) = &union.variants()[1] else { panic!("columns is not an optional array") };
+        let mut avro_fields = record_field_names(&array.items);
+        avro_fields.sort();
+        let mut json_fields: Vec<String> =
+            serde_json::to_value(&columns[0]).unwrap().as_object().unwrap().keys().cloned().collect();
+        json_fields.sort();
+        assert_eq!(avro_fields, json_fields);
+    }
+
+    /// The audit schema as it was before `columns`: the same minus that field.
+    fn schema_without_columns() -> Schema {
+        let mut json: serde_json::Value = serde_json::from_str(AUDIT_SCHEMA_JSON).unwrap();
+        let fields = json["fields"].as_array_mut().unwrap();
+        let before = fields.len();
+        fields.retain(|f| f["name"] != "columns");
+        assert_eq!(fields.len(), before - 1);
+        Schema::parse(&json).unwrap()
+    }
+
+    #[test]
+    fn the_audit_schema_evolves_backward_compatibly() {
+        // The registry's default rule: the new schema reads records written
+        // with the old one. An old record then has no column winners.
+        let old = schema_without_columns();
+        apache_avro::schema_compatibility::SchemaCompatibility::can_read(&old, audit_schema()).unwrap();
+        let mut old_record = match read(audit_schema(), &encode_audit(&field_lww_record(&[], &VersionVector::new()))) {
+            Value::Record(fields) => fields,
+            other => panic!("not a record: {other:?}"),
+        };
+        old_record.retain(|(name, _)| name != "columns");
+        let old_datum = write_datum(&old, &Value::Record(old_record.clone()), "old audit record");
+        let reader = GenericDatumReader::builder(&old).reader_schema(audit_schema()).build().unwrap();
+        let Value::Record(fields) = reader.read_value(&mut &old_datum[..]).unwrap() else { panic!("not a record") };
+        assert_eq!(fields[..fields.len() - 1], old_record[..]);
+        assert_eq!(fields.last(), Some(&("columns".to_owned(), null())));
     }
 
     #[test]
@@ -478,6 +622,7 @@ mod tests {
                 deleted: delete,
                 versions: &versions,
                 event: AuditEvent { source: None, topic: "t", partition: 0, offset: 0 },
+                columns: &[],
             };
             let Value::Record(fields) = read(audit_schema(), &encode_audit(&record)) else { panic!("not a record") };
             let expected: HashMap<String, Value> = vv.iter().map(|(k, v)| (k.to_owned(), Value::Long(v as i64))).collect();
