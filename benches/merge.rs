@@ -443,6 +443,7 @@ impl PipelineFixture {
             timestamp: Some(r.timestamp),
             key: Some(&r.key),
             value: Some(&r.value),
+            headers: &[],
         };
         let step = self.pipeline.process(&input, &mut self.store).expect("bench records are valid");
         self.next += 1;
@@ -771,6 +772,7 @@ fn feed(pipeline: &Pipeline, store: &mut MemoryStore, r: &Record, round: u64, ke
         timestamp: Some(r.timestamp),
         key: Some(&r.key),
         value: Some(&r.value),
+        headers: &[],
     };
     pipeline.process(&input, store).expect("bench records are valid")
 }

@@ -28,6 +28,7 @@ pub struct Metrics {
     rebalances: IntCounterVec,
     registry_errors: IntCounterVec,
     foreign_owner_writes: IntCounterVec,
+    primary_key_changes: IntCounterVec,
     ready: IntGauge,
     up: Gauge,
 }
@@ -176,6 +177,12 @@ impl Metrics {
                 "Writes to a column with rule \"owner\" by a source that does not own it (used only while the owner has written nothing)",
                 &["source"],
             ),
+            primary_key_changes: counter(
+                p,
+                "tributary_primary_key_changes_total",
+                "Primary-key changes merged (Debezium's delete of the old key and create of the new one), counted once, on the create",
+                &["source"],
+            ),
             ready,
             up,
             registry: r,
@@ -227,6 +234,15 @@ impl Metrics {
     /// Writes to `owner` columns by a source that does not own them.
     pub fn foreign_owner_writes(&self, source: &str, n: u64) {
         self.foreign_owner_writes.with_label_values(&[source]).inc_by(n);
+    }
+
+    /// One half of a primary-key change was merged. A change counts once, on
+    /// its create half (the record with `__debezium.oldkey`), so the count
+    /// is the number of changes whatever happens to the delete half.
+    pub fn primary_key_change(&self, source: &str, change: &crate::normalize::KeyChange) {
+        if matches!(change, crate::normalize::KeyChange::NewKeyCreated { .. }) {
+            self.primary_key_changes.with_label_values(&[source]).inc();
+        }
     }
 
     /// A record went to the dead-letter topic.
@@ -328,5 +344,15 @@ mod tests {
             assert!(text.contains(name), "missing `{name}` in\n{text}");
         }
         assert!(text.contains("process_resident_memory_bytes"));
+    }
+
+    #[test]
+    fn a_primary_key_change_counts_once_on_its_create_half() {
+        use crate::normalize::KeyChange;
+        let m = Metrics::new();
+        m.primary_key_change("eu", &KeyChange::OldKeyDeleted { new_key: r#"{"id":2}"#.into() });
+        assert!(!m.render().contains("tributary_primary_key_changes_total{"), "the delete half is not counted");
+        m.primary_key_change("eu", &KeyChange::NewKeyCreated { old_key: r#"{"id":1}"#.into() });
+        assert!(m.render().contains("tributary_primary_key_changes_total{source=\"eu\"} 1"), "{}", m.render());
     }
 }

@@ -163,6 +163,14 @@ pub fn replay(
                 continue;
             }
         };
+        let headers: Vec<(&str, &[u8])> = record
+            .headers
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [Some(name), Some(value)] => Some((name.as_str(), value.as_bytes())),
+                _ => None,
+            })
+            .collect();
         let input = InputRecord {
             topic: &record.topic,
             partition: record.partition,
@@ -170,6 +178,7 @@ pub fn replay(
             timestamp: record.timestamp(),
             key: record.key.as_deref().map(str::as_bytes),
             value: record.payload.as_deref().map(str::as_bytes),
+            headers: &headers,
         };
         match pipeline.process(&input, &mut store) {
             Ok(Step::Ignored { .. }) => summary.ignored += 1,

@@ -131,7 +131,7 @@ impl Fixture {
 }
 
 fn input<'a>(offset: i64, key: Option<&'a [u8]>, value: Option<&'a [u8]>) -> InputRecord<'a> {
-    InputRecord { topic: "eu.public.customers", partition: 0, offset, timestamp: Some(1), key, value }
+    InputRecord { topic: "eu.public.customers", partition: 0, offset, timestamp: Some(1), key, value, headers: &[] }
 }
 
 #[test]

@@ -171,10 +171,18 @@ batch_size = 100
     eu.sql("UPDATE customers SET name = 'renamed' WHERE id = 29;");
     eu.sql("INSERT INTO customers VALUES (100, 'eu only', 'x@eu', 'Paris');");
     us.sql("UPDATE customers SET email = 'user12@us' WHERE id = 12;");
+    // Primary-key changes: Debezium sends each as a delete of the old key, a
+    // tombstone and a create of the new key (headers __debezium.newkey and
+    // __debezium.oldkey). Id 100 exists in eu only; id 5 is also updated in
+    // us afterwards, concurrently (us never saw the key change).
+    eu.sql("UPDATE customers SET id = 300 WHERE id = 100;");
+    eu.sql("UPDATE customers SET id = 200 WHERE id = 5;");
+    us.sql("UPDATE customers SET city = 'Lima' WHERE id = 5;");
 
     // Every change reached Kafka: 30+30 snapshot-free inserts, 15+16 updates,
-    // 2 deletes (+2 tombstones), 1 update, 1 insert, 1 update.
-    let expected_source_records = 30 + 30 + 15 + 16 + 2 + 2 + 1 + 1 + 1;
+    // 2 deletes (+2 tombstones), 1 update, 1 insert, 1 update, two key
+    // changes of 3 records each, 1 update.
+    let expected_source_records = 30 + 30 + 15 + 16 + 2 + 2 + 1 + 1 + 1 + 3 + 3 + 1;
     wait_until("Debezium to publish every change", Duration::from_secs(90), || {
         topics.iter().map(|t| read_topic(t, false).len()).sum::<usize>() >= expected_source_records
     });
@@ -192,7 +200,8 @@ batch_size = 100
     let summary = tributary::replay::replay(&config, dump.as_bytes(), "dump", &mut out, None, &mut log).unwrap();
     assert_eq!(summary.dead_lettered, 0, "{}", String::from_utf8_lossy(&log));
     let mut expected: BTreeMap<i64, Vec<Option<String>>> = BTreeMap::new();
-    for r in common::json_lines(&String::from_utf8(out).unwrap()) {
+    let replayed = common::json_lines(&String::from_utf8(out).unwrap());
+    for r in &replayed {
         let key: Value = serde_json::from_str(r["key"].as_str().unwrap()).unwrap();
         let id = key["id"].as_i64().unwrap();
         match r["payload"].as_str() {
@@ -210,7 +219,14 @@ batch_size = 100
     // edits from both regions are merged; id 12's email: the later write (us).
     assert_eq!(expected[&11], vec![Some("name11".into()), Some("user11@eu".into()), Some("Rome".into())]);
     assert_eq!(expected[&12][1].as_deref(), Some("user12@us"));
-    assert_eq!(expected[&100][0].as_deref(), Some("eu only"));
+    // Key changes (field-lww, deletes = lww): the old key is deleted and the
+    // new key holds the row as eu had it. Id 5 comes back as us's row: us's
+    // update is concurrent with eu's key change and committed later, so under
+    // `lww` deletes it outlives the delete half.
+    assert!(!expected.contains_key(&100), "old key 100 deleted: {expected:?}");
+    assert_eq!(expected[&300], vec![Some("eu only".into()), Some("x@eu".into()), Some("Paris".into())]);
+    assert_eq!(expected[&200], vec![Some("name5".into()), Some("user5@eu".into()), Some("Oslo".into())]);
+    assert_eq!(expected[&5], vec![Some("name5".into()), Some("user5@old".into()), Some("Lima".into())]);
 
     // The target table converges to exactly that.
     let table = || -> BTreeMap<i64, Vec<Option<String>>> {
@@ -235,6 +251,16 @@ batch_size = 100
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The output topic ends, key by key, on exactly what replay wrote last:
+    // for the key changes, a tombstone for {"id":100} and eu's row under
+    // {"id":300} and {"id":200}.
+    let last_per_key = |records: &[Value]| -> BTreeMap<String, Option<String>> {
+        records.iter().map(|r| (r["key"].as_str().unwrap().to_string(), r["payload"].as_str().map(String::from))).collect()
+    };
+    let outputs = last_per_key(&read_topic(&output, true));
+    assert_eq!(outputs, last_per_key(&replayed), "output topic vs replay");
+    assert_eq!(outputs[r#"{"id":100}"#], None, "old key ends on a tombstone");
+    assert!(outputs[r#"{"id":300}"#].as_deref().is_some_and(|p| p.contains(r#""id":300"#)), "{outputs:?}");
     let vv = target.sql("SELECT merged_vv FROM customers WHERE id = 11");
     assert!(vv.contains("\"eu\"") && vv.contains("\"us\""), "merged clock stored: {vv}");
 
@@ -251,6 +277,9 @@ batch_size = 100
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(conflicts > 0.0, "{metrics}");
+    // Each key change counts once, on its create half, for the source that made it.
+    assert!(metrics.lines().any(|l| l == r#"tributary_primary_key_changes_total{source="eu"} 2"#), "{metrics}");
+    assert!(!metrics.contains(r#"tributary_primary_key_changes_total{source="us"}"#), "{metrics}");
     assert!(sink.stop().success());
     assert!(processor.stop().success());
 }

@@ -23,6 +23,7 @@ fn rec<'a>(key: Option<&'a str>, value: Option<&'a str>) -> InputRecord<'a> {
         timestamp: Some(999),
         key: key.map(str::as_bytes),
         value: value.map(str::as_bytes),
+        headers: &[],
     }
 }
 
@@ -269,7 +270,8 @@ mod reference {
 fn check_against_reference(bytes: &[u8]) {
     let seq_paths: [Option<Vec<String>>; 3] =
         [None, Some(vec!["source".into(), "lsn".into()]), Some(vec!["source".into(), "a".into(), "b".into()])];
-    let record = InputRecord { topic: "t", partition: 0, offset: 0, timestamp: None, key: None, value: Some(bytes) };
+    let record =
+        InputRecord { topic: "t", partition: 0, offset: 0, timestamp: None, key: None, value: Some(bytes), headers: &[] };
     let text = String::from_utf8_lossy(bytes);
     for seq in &seq_paths {
         let seq = seq.as_deref();
