@@ -9,6 +9,7 @@ use base64::Engine as _;
 use num_bigint::BigInt;
 use serde_json::{Map, Value as Json};
 
+use super::binary::{read_long, write_bytes, write_long, LongError};
 use super::value::{base64_json, decimal_text, f32_as_f64, float_json, json_float, Shape};
 
 /// Items an array or map may hold beyond one per byte left (items that take
@@ -46,15 +47,12 @@ impl<'a> Reader<'a> {
 
     /// A zig-zag varint `long`.
     pub fn long(&mut self) -> Result<i64, String> {
-        let mut value: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = *self.take(1)?.first().expect("one byte");
-            value |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+        read_long(self.buf, &mut self.pos).map_err(|e| match e {
+            LongError::Truncated => {
+                format!("truncated: a varint at byte {} runs past the end ({} bytes)", self.pos, self.buf.len())
             }
-        }
-        Err(format!("a varint longer than 10 bytes at byte {}", self.pos))
+            LongError::TooLong => format!("a varint longer than 64 bits at byte {}", self.pos),
+        })
     }
 
     fn int(&mut self) -> Result<i32, String> {
@@ -100,20 +98,6 @@ impl<'a> Reader<'a> {
             }
         }
     }
-}
-
-fn write_long(out: &mut Vec<u8>, n: i64) {
-    let mut z = ((n << 1) ^ (n >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
-fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    write_long(out, b.len() as i64);
-    out.extend_from_slice(b);
 }
 
 impl Shape {

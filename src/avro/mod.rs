@@ -2,6 +2,8 @@
 //!
 //! - [`registry`]: the registry client (schema_registry_converter underneath),
 //!   with settings, caching and retriable/fatal error classification.
+//! - `binary`: Avro's binary primitives (varint `long`, lengths, strings),
+//!   shared by the two hand-written codecs, `decode` and `state`.
 //! - [`value`]: Avro values ↔ the JSON rows the merge engine works on, by
 //!   Debezium's type conventions.
 //! - [`output`]: the merged row's schema, derived from the sources' schemas,
@@ -11,6 +13,7 @@
 //! - [`records`]: Tributary's own Avro records (`schemas/conflict-audit.avsc`,
 //!   `schemas/dead-letter.avsc`).
 
+mod binary;
 pub mod decode;
 pub mod output;
 pub mod records;

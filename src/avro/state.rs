@@ -48,6 +48,7 @@ use apache_avro::Schema;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::binary::{read_long, write_len, write_long, write_str, LongError};
 use crate::merge::{ElementSet, FieldState, FieldVersion, KeyState, Op, Row, Version, VersionVector};
 
 /// The changelog state schema (`schemas/changelog-state.avsc`), as compiled in.
@@ -225,27 +226,6 @@ pub fn encode_state(state: &KeyState) -> Vec<u8> {
     write_array(&mut buf, &state.versions, write_version);
     write_optional_field_state(&mut buf, state.fields.as_ref());
     buf
-}
-
-/// An Avro `long`: zig-zag, then little-endian base-128 varint.
-fn write_long(buf: &mut Vec<u8>, n: i64) {
-    let mut v = ((n << 1) ^ (n >> 63)) as u64;
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-/// A length or count. `Vec` lengths never exceed `isize::MAX`, so they fit a `long`.
-fn write_len(buf: &mut Vec<u8>, len: usize) {
-    write_long(buf, len as i64);
-}
-
-/// An Avro `string`: length, then the UTF-8 bytes.
-fn write_str(buf: &mut Vec<u8>, s: &str) {
-    write_len(buf, s.len());
-    buf.extend_from_slice(s.as_bytes());
 }
 
 /// An Avro `string` holding compact JSON text. The JSON is serialized straight
@@ -440,26 +420,12 @@ impl<'a> Reader<'a> {
         StateDecodeError::Malformed { what, offset, problem }
     }
 
-    /// An Avro `long`. At most 10 varint bytes, and the tenth may only carry
-    /// the 64th bit, so every accepted encoding denotes exactly one `i64`.
+    /// An Avro `long`.
     fn long(&mut self, what: &'static str) -> Decoded<i64> {
-        let start = self.pos;
-        let mut raw: u64 = 0;
-        let mut shift = 0;
-        loop {
-            let Some(&byte) = self.bytes.get(self.pos) else {
-                return Err(Self::truncated(what, start));
-            };
-            self.pos += 1;
-            if shift == 63 && byte > 1 {
-                return Err(Self::malformed(what, start, "varint does not fit 64 bits"));
-            }
-            raw |= u64::from(byte & 0x7F) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64));
-            }
-            shift += 7;
-        }
+        read_long(self.bytes, &mut self.pos).map_err(|e| match e {
+            LongError::Truncated => Self::truncated(what, self.pos),
+            LongError::TooLong => Self::malformed(what, self.pos, "varint does not fit 64 bits"),
+        })
     }
 
     /// A string or bytes length: non-negative and within the value.
