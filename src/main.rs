@@ -100,21 +100,8 @@ enum Command {
         keep_timestamps: bool,
     },
     /// Try everything with nothing installed: in-process Kafka (librdkafka's mock
-    /// cluster), three simulated regions, the processor and an SQLite sink, then a report.
-    Demo {
-        /// How long the regions write: seconds, or a duration such as `1m`.
-        #[arg(long, default_value = "20", value_parser = tributary::demo::parse_duration)]
-        duration: std::time::Duration,
-        /// Change events per second, all regions together.
-        #[arg(long, default_value_t = 300.0)]
-        rate: f64,
-        /// Merge policy: lww, source-priority or field-lww (default: TRIBUTARY_MERGE__POLICY, else lww).
-        #[arg(long)]
-        policy: Option<String>,
-        /// Directory for the SQLite file and the state store (default: a new one under the system temp dir).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-    },
+    /// cluster), simulated source databases, the processor and an SQLite sink, then a report.
+    Demo(tributary::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -298,9 +285,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 _ => ExitCode::SUCCESS,
             })
         }
-        Command::Demo { duration, rate, policy, dir } => {
-            let policy = policy.or_else(|| std::env::var("TRIBUTARY_MERGE__POLICY").ok()).unwrap_or_else(|| "lww".into());
-            tributary::demo::run(&tributary::demo::DemoOptions { duration, rate, policy, dir })?;
+        Command::Demo(args) => {
+            tributary::demo::run(&args.into())?;
             Ok(ExitCode::SUCCESS)
         }
     }
