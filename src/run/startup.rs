@@ -80,36 +80,83 @@ pub(super) fn avro_startup(
     }
 }
 
+/// Start-up as a sequence of steps, then the processing thread until
+/// shutdown or a fatal error.
 pub(super) async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Result<Counters, RunError> {
-    let group = config.kafka.group_id.clone();
-    let instance = instance_id(&config);
-    let exactly_once = config.runtime.processing == Processing::ExactlyOnce;
-    let source_topics: Vec<String> = config.sources.iter().map(|s| s.topic.clone()).collect();
-    // One line an operator can read; the whole resolved configuration at DEBUG.
+    log_start(&config);
+    let layout = prepare_topics(&config, options.manage_topics).await?;
+    // The admin port comes up before anything that can wait (the schema
+    // registry at start-up): /healthz answers, /readyz says 503 meanwhile.
+    let metrics = options.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new()));
+    let worker_slot: WorkerSlot = Arc::default();
+    if config.admin.enabled {
+        serve_admin(&config, &metrics, worker_slot.clone()).await?;
+    }
+    let avro = if config.uses_avro() {
+        // The registry client blocks on its own runtime: not on this one's threads.
+        let (c, s) = (config.clone(), shutdown.clone());
+        Some(tokio::task::spawn_blocking(move || avro_startup(&c, &s)).await.expect("start-up does not panic")?)
+    } else {
+        None
+    };
+    let db = StateDb::open_with_cache(&config.runtime.state_dir, config.runtime.state_cache_bytes)?;
+    let clients = create_clients(&config, &layout.changelog)?;
+    let worker = Arc::new(Mutex::new(new_worker(&config, layout, clients, avro, db.clone(), &metrics, &shutdown)));
+    let _ = worker_slot.set(worker.clone());
+    let consumer = subscribe(&config, worker.clone(), metrics.clone())?;
+    if let Some(started) = &options.started {
+        started.store(true, Ordering::Relaxed);
+    }
+    process(config.runtime.commit_interval, consumer, worker, db, metrics, shutdown).await
+}
+
+/// One line an operator can read; the whole resolved configuration at DEBUG.
+fn log_start(config: &Config) {
     let sources: Vec<String> = config.sources.iter().map(|s| format!("{}={}", s.name, s.topic)).collect();
     tracing::info!(
         sources = %sources.join(","),
         output = %config.output.topic,
         policy = config.merge.policy.as_str(),
         deletes = config.merge.deletes.as_str(),
-        group = %group,
-        instance = %instance,
+        group = %config.kafka.group_id,
+        instance = %instance_id(config),
         state_dir = %config.runtime.state_dir.display(),
         admin = if config.admin.enabled { config.admin.listen.as_str() } else { "off" },
         processing = ?config.runtime.processing,
         "starting"
     );
     tracing::debug!("resolved configuration:\n{}", config.to_redacted_toml());
+}
 
-    // Start-up checks and topics.
+/// What start-up learned about the topics.
+struct TopicLayout {
+    /// The source partition count (every source has it: co-partitioning).
+    partitions: i32,
+    changelog: String,
+    dlq: String,
+    audit: Option<String>,
+    /// Largest merged record accepted (key plus value).
+    record_limit: usize,
+    /// The changelog's identity (`cluster/topic-id`) for checkpoints.
+    changelog_id: String,
+    changelog_delete_retention_ms: i64,
+}
+
+/// Checks that the sources are co-partitioned, creates or validates the
+/// output, changelog, dead-letter and audit topics (unless the caller manages
+/// them), and reads the limits and identity that later steps need.
+async fn prepare_topics(config: &Config, manage_topics: bool) -> Result<TopicLayout, RunError> {
+    let source_topics: Vec<String> = config.sources.iter().map(|s| s.topic.clone()).collect();
     let probe: BaseConsumer<QuietContext> =
-        client_config(&config, &[]).create_with_context(QuietContext).map_err(|e| RunError::kafka("create client", e))?;
+        client_config(config, &[]).create_with_context(QuietContext).map_err(|e| RunError::kafka("create client", e))?;
     let partitions = topics::check_co_partitioning(&probe, &source_topics, TIMEOUT)?;
     let admin: AdminClient<QuietContext> =
-        client_config(&config, &[]).create_with_context(QuietContext).map_err(|e| RunError::kafka("create admin client", e))?;
-    let changelog = changelog_topic(&group);
-    let dlq = dlq_topic(&group);
-    let specs = [
+        client_config(config, &[]).create_with_context(QuietContext).map_err(|e| RunError::kafka("create admin client", e))?;
+    let group = &config.kafka.group_id;
+    let changelog = changelog_topic(group);
+    let dlq = dlq_topic(group);
+    let audit = config.audit.enabled.then(|| conflicts_topic(group));
+    let mut specs = vec![
         topics::TopicSpec {
             name: config.output.topic.clone(),
             role: "output",
@@ -121,17 +168,13 @@ pub(super) async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options
         topics::TopicSpec { name: changelog.clone(), role: "changelog", cleanup_policy: "compact", configs: vec![] },
         topics::TopicSpec { name: dlq.clone(), role: "dead-letter", cleanup_policy: "delete", configs: vec![] },
     ];
-    let audit = config.audit.enabled.then(|| conflicts_topic(&group));
-    let specs: Vec<topics::TopicSpec> = specs
-        .into_iter()
-        .chain(audit.iter().map(|t| topics::TopicSpec {
-            name: t.clone(),
-            role: "conflict audit",
-            cleanup_policy: "delete",
-            configs: vec![],
-        }))
-        .collect();
-    let record_limit = if options.manage_topics {
+    specs.extend(audit.iter().map(|t| topics::TopicSpec {
+        name: t.clone(),
+        role: "conflict audit",
+        cleanup_policy: "delete",
+        configs: vec![],
+    }));
+    let record_limit = if manage_topics {
         topics::ensure_topics(&admin, &probe, &specs, partitions, config.kafka.replication_factor.unwrap_or(-1), TIMEOUT).await?;
         // The largest record the output and changelog topics take, and the
         // producer: a larger merged record is set aside before the broker
@@ -153,7 +196,7 @@ pub(super) async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options
     tracing::info!(record_limit, "largest merged record accepted (bytes)");
     // What a task's checkpoint belongs to, and how long the changelog keeps
     // null records: together they decide whether local state is trusted.
-    let (changelog_id, changelog_delete_retention_ms) = if options.manage_topics {
+    let (changelog_id, changelog_delete_retention_ms) = if manage_topics {
         let (retention, _) = topics::retention_settings(&admin, &changelog, TIMEOUT).await?;
         (topics::topic_identity(admin.inner(), &changelog, TIMEOUT)?, retention.unwrap_or(86_400_000))
     } else {
@@ -162,52 +205,55 @@ pub(super) async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options
         (format!("mock/{}", config.kafka.bootstrap_servers), 86_400_000)
     };
     tracing::debug!(changelog = %changelog, identity = %changelog_id, delete_retention_ms = changelog_delete_retention_ms, "changelog");
-    drop(probe);
     tracing::info!(partitions, "source topics are co-partitioned");
+    Ok(TopicLayout { partitions, changelog, dlq, audit, record_limit, changelog_id, changelog_delete_retention_ms })
+}
 
-    // The admin port comes up before anything that can wait (the schema
-    // registry at start-up): /healthz answers, /readyz says 503 meanwhile.
-    let metrics = options.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new()));
-    let worker_slot: Arc<std::sync::OnceLock<Arc<Mutex<Worker>>>> = Arc::default();
-    if config.admin.enabled {
-        let slot = worker_slot.clone();
-        // The processing thread holds the worker for each step of a cycle and
-        // lets go between polls: a query waits for such a gap, up to
-        // QUERY_WAIT, and only a restore or a stuck commit makes it answer 503.
-        let query: crate::admin::StateQuery = Arc::new(move |key: &str| {
-            let Some(worker) = slot.get() else {
-                return (503, serde_json::json!({"error": "starting; try again"}).to_string());
-            };
-            let deadline = Instant::now() + QUERY_WAIT;
-            loop {
-                match worker.try_lock() {
-                    Ok(mut w) => return w.query(key),
-                    Err(std::sync::TryLockError::Poisoned(_)) => {
-                        return (503, serde_json::json!({"error": "the processing thread failed"}).to_string());
-                    }
-                    Err(std::sync::TryLockError::WouldBlock) if Instant::now() >= deadline => {
-                        return (503, serde_json::json!({"error": "busy (restoring or committing); try again"}).to_string());
-                    }
-                    Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(2)),
+/// Where the admin port finds the worker once it exists.
+type WorkerSlot = Arc<std::sync::OnceLock<Arc<Mutex<Worker>>>>;
+
+/// Serves the admin port; `/state/{key}` asks the worker once there is one.
+async fn serve_admin(config: &Config, metrics: &Arc<Metrics>, slot: WorkerSlot) -> Result<(), RunError> {
+    // The processing thread holds the worker for each step of a cycle and
+    // lets go between polls: a query waits for such a gap, up to
+    // QUERY_WAIT, and only a restore or a stuck commit makes it answer 503.
+    let query: crate::admin::StateQuery = Arc::new(move |key: &str| {
+        let Some(worker) = slot.get() else {
+            return (503, serde_json::json!({"error": "starting; try again"}).to_string());
+        };
+        let deadline = Instant::now() + QUERY_WAIT;
+        loop {
+            match worker.try_lock() {
+                Ok(mut w) => return w.query(key),
+                Err(std::sync::TryLockError::Poisoned(_)) => {
+                    return (503, serde_json::json!({"error": "the processing thread failed"}).to_string());
                 }
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() >= deadline => {
+                    return (503, serde_json::json!({"error": "busy (restoring or committing); try again"}).to_string());
+                }
+                Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(2)),
             }
-        });
-        crate::admin::serve(&config.admin.listen, metrics.clone(), query)
-            .await
-            .map_err(|e| RunError::Topics(format!("admin.listen {}: {e}", config.admin.listen)))?;
-    }
+        }
+    });
+    crate::admin::serve(&config.admin.listen, metrics.clone(), query)
+        .await
+        .map_err(|e| RunError::Topics(format!("admin.listen {}: {e}", config.admin.listen)))?;
+    Ok(())
+}
 
-    let avro = if config.uses_avro() {
-        // The registry client blocks on its own runtime: not on this one's threads.
-        let (c, s) = (config.clone(), shutdown.clone());
-        Some(tokio::task::spawn_blocking(move || avro_startup(&c, &s)).await.expect("start-up does not panic")?)
-    } else {
-        None
-    };
+/// The clients a worker owns besides the group consumer.
+struct Clients {
+    /// Reads changelog partitions into the store (`read_committed`).
+    restorer: BaseConsumer<QuietContext>,
+    /// Reads the changelog's high watermarks (`read_uncommitted`).
+    watermarks: BaseConsumer<QuietContext>,
+    /// The (transactional, under exactly-once) producer.
+    producer: Producer_,
+}
 
-    let db = StateDb::open_with_cache(&config.runtime.state_dir, config.runtime.state_cache_bytes)?;
+fn create_clients(config: &Config, changelog: &str) -> Result<Clients, RunError> {
     let restorer: BaseConsumer<QuietContext> = client_config(
-        &config,
+        config,
         &[
             ("isolation.level", "read_committed"),
             ("enable.partition.eof", "true"),
@@ -219,10 +265,11 @@ pub(super) async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options
     .create_with_context(QuietContext)
     .map_err(|e| RunError::kafka("create restore consumer", e))?;
     let watermarks: BaseConsumer<QuietContext> =
-        client_config(&config, &[("isolation.level", "read_uncommitted"), ("group.id", "tributary-restore")])
+        client_config(config, &[("isolation.level", "read_uncommitted"), ("group.id", "tributary-restore")])
             .create_with_context(QuietContext)
             .map_err(|e| RunError::kafka("create watermark client", e))?;
-    let transactional_id = format!("{group}-{instance}");
+    let exactly_once = config.runtime.processing == Processing::ExactlyOnce;
+    let transactional_id = format!("{}-{}", config.kafka.group_id, instance_id(config));
     let mut producer_defaults = vec![("enable.idempotence", "true"), ("linger.ms", "5"), ("compression.type", "lz4")];
     if exactly_once {
         producer_defaults.extend([
@@ -231,8 +278,8 @@ pub(super) async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options
             ("message.timeout.ms", "10000"),
         ]);
     }
-    let producer: Producer_ = client_config(&config, &producer_defaults)
-        .create_with_context(DeliveryTracker { changelog_topic: changelog.clone(), state: Mutex::default() })
+    let producer: Producer_ = client_config(config, &producer_defaults)
+        .create_with_context(DeliveryTracker { changelog_topic: changelog.to_string(), state: Mutex::default() })
         .map_err(|e| RunError::kafka("create producer", e))?;
     if exactly_once {
         // Fences an older incarnation with the same transactional.id and
@@ -241,24 +288,34 @@ pub(super) async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options
             .init_transactions(TIMEOUT)
             .map_err(|e| RunError::kafka(format!("init transactions (transactional.id {transactional_id})"), e))?;
     }
+    Ok(Clients { restorer, watermarks, producer })
+}
 
-    let source_of: HashMap<String, String> = config.sources.iter().map(|s| (s.topic.clone(), s.name.clone())).collect();
-    let worker = Arc::new(Mutex::new(Worker {
+fn new_worker(
+    config: &Config,
+    layout: TopicLayout,
+    clients: Clients,
+    avro: Option<(crate::avro::AvroContext, Option<AvroRecordIds>)>,
+    db: StateDb,
+    metrics: &Arc<Metrics>,
+    shutdown: &Arc<AtomicBool>,
+) -> Worker {
+    Worker {
         metrics: metrics.clone(),
-        source_of: source_of.clone(),
-        audit,
-        partitions,
-        pipeline: Pipeline::with_avro(&config, avro.as_ref().map(|(ctx, _)| ctx)),
+        source_of: source_names(config),
+        audit: layout.audit,
+        partitions: layout.partitions,
+        pipeline: Pipeline::with_avro(config, avro.as_ref().map(|(ctx, _)| ctx)),
         config: config.clone(),
-        producer,
-        db: db.clone(),
+        producer: clients.producer,
+        db,
         tasks: BTreeMap::new(),
         positions: HashMap::new(),
         txn_open: false,
-        exactly_once,
-        changelog,
-        dlq,
-        sources: source_topics.iter().cloned().collect(),
+        exactly_once: config.runtime.processing == Processing::ExactlyOnce,
+        changelog: layout.changelog,
+        dlq: layout.dlq,
+        sources: config.sources.iter().map(|s| s.topic.clone()).collect(),
         last_commit: Instant::now(),
         set_aside: HashMap::new(),
         cycle_events: 0,
@@ -268,11 +325,11 @@ pub(super) async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options
         registry_failures: 0,
         registry_max_backoff: config.schema_registry.as_ref().map_or(Duration::from_secs(30), |r| r.max_backoff),
         last_sweep: Instant::now(),
-        record_limit,
-        restorer,
-        watermarks,
-        changelog_id,
-        changelog_delete_retention_ms,
+        record_limit: layout.record_limit,
+        restorer: clients.restorer,
+        watermarks: clients.watermarks,
+        changelog_id: layout.changelog_id,
+        changelog_delete_retention_ms: layout.changelog_delete_retention_ms,
         shutdown: shutdown.clone(),
         cycle_bytes: 0,
         failed_cycles: 0,
@@ -283,10 +340,19 @@ pub(super) async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options
             .filter(|s| s.format != crate::config::SourceFormat::DebeziumAvro)
             .map(|s| s.topic.clone())
             .collect(),
-    }));
-    let _ = worker_slot.set(worker.clone());
+    }
+}
+
+/// Topic → source name, for metric labels.
+fn source_names(config: &Config) -> HashMap<String, String> {
+    config.sources.iter().map(|s| (s.topic.clone(), s.name.clone())).collect()
+}
+
+/// The group consumer (`range` assignor: partition p of every source on
+/// one member), subscribed to every source topic.
+fn subscribe(config: &Config, worker: Arc<Mutex<Worker>>, metrics: Arc<Metrics>) -> Result<GroupConsumer, RunError> {
     let mut consumer_defaults = vec![
-        ("group.id", group.as_str()),
+        ("group.id", config.kafka.group_id.as_str()),
         ("partition.assignment.strategy", "range"),
         ("enable.auto.commit", "false"),
         ("enable.auto.offset.store", "false"),
@@ -297,23 +363,29 @@ pub(super) async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options
     if let Some(id) = &config.kafka.instance_id {
         consumer_defaults.push(("group.instance.id", id.as_str()));
     }
-    let consumer: GroupConsumer = client_config(&config, &consumer_defaults)
-        .create_with_context(GroupContext { worker: worker.clone(), metrics: metrics.clone(), source_of })
+    let consumer: GroupConsumer = client_config(config, &consumer_defaults)
+        .create_with_context(GroupContext { worker, metrics, source_of: source_names(config) })
         .map_err(|e| RunError::kafka("create consumer", e))?;
-    let topic_refs: Vec<&str> = source_topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topic_refs).map_err(|e| RunError::kafka("subscribe", e))?;
-    let interval = config.runtime.commit_interval;
-    let down = metrics.clone();
-    if let Some(started) = &options.started {
-        started.store(true, Ordering::Relaxed);
-    }
+    let topics: Vec<&str> = config.sources.iter().map(|s| s.topic.as_str()).collect();
+    consumer.subscribe(&topics).map_err(|e| RunError::kafka("subscribe", e))?;
+    Ok(consumer)
+}
 
+/// Runs the processing loop on a blocking thread; on the way out, leaves the
+/// group (the revocation callback commits what is open) and persists the store.
+async fn process(
+    interval: Duration,
+    consumer: GroupConsumer,
+    worker: Arc<Mutex<Worker>>,
+    db: StateDb,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<Counters, RunError> {
     tokio::task::spawn_blocking(move || {
         let result = main_loop(&consumer, &worker, interval, &shutdown);
         if result.is_err() {
-            down.set_down();
+            metrics.set_down();
         }
-        // Leave the group (the revocation callback commits what is open).
         consumer.unsubscribe();
         drop(consumer);
         let counters = worker.lock().expect("worker").counters.clone();
