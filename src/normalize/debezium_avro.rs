@@ -1,8 +1,10 @@
 //! Debezium's envelope in Avro, Confluent wire format, for key and value.
 //!
-//! The schema id in each payload is looked up in the registry (cached), the
-//! body decoded with apache-avro, and the envelope read by field name into
-//! the same [`RawChange`] the JSON formats produce; row values follow
+//! The schema id in each payload is looked up in the registry (cached), and
+//! the body read by field name into the same [`RawChange`] the JSON formats
+//! produce: straight from the bytes by the writer schema's [`Shape`], or,
+//! for schemas holding types that reader does not handle (`big-decimal`,
+//! `duration`, recursive types), decoded with apache-avro first. Row values follow
 //! [`crate::avro::value`]'s mapping, so an Avro source and a JSON source of
 //! the same table merge into the same rows. Every schema id seen is
 //! reported to the [`SchemaCatalog`], from which the Avro output schema is
