@@ -215,30 +215,6 @@ fn event_key(i: usize, keys: usize) -> (usize, usize) {
     (i % SOURCES.len(), ((x ^ (x >> 32)) % keys as u64) as usize)
 }
 
-/// Kafka's default partitioner (murmur2 of the key bytes), as Debezium under
-/// Kafka Connect uses: key k lands in the same partition of every source.
-fn murmur2_partition(key: &[u8], partitions: i32) -> i32 {
-    const M: u32 = 0x5bd1_e995;
-    let mut h: u32 = 0x9747_b28c ^ key.len() as u32;
-    let chunks = key.chunks_exact(4);
-    let tail = chunks.remainder();
-    for c in chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]).wrapping_mul(M);
-        k ^= k >> 24;
-        h = h.wrapping_mul(M) ^ k.wrapping_mul(M);
-    }
-    if !tail.is_empty() {
-        for (i, b) in tail.iter().enumerate().rev() {
-            h ^= u32::from(*b) << (8 * i);
-        }
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    ((h & 0x7fff_ffff) % partitions as u32) as i32
-}
-
 fn row_padding() -> usize {
     static PAD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *PAD.get_or_init(|| env_usize("TRIBUTARY_BENCH_ROW_BYTES", 0))
@@ -316,7 +292,7 @@ fn produce_events(bootstrap: &str, topics: &[String], n: usize, keys: usize) -> 
         bytes += value.len();
         let key = format!("{{\"id\":{k}}}");
         let record = BaseRecord::to(&topics[s])
-            .partition(murmur2_partition(key.as_bytes(), PARTITIONS))
+            .partition(tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS))
             .key(key.as_bytes())
             .payload(value.as_bytes())
             .timestamp(ts + 5);

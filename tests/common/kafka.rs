@@ -341,17 +341,22 @@ pub fn unhex(text: &str) -> Vec<u8> {
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect()
 }
 
+/// The tests' HTTP client (the benches use the same crate): no proxy, since
+/// every server the tests talk to is local, and a deadline above the state
+/// query's 3 s wait.
+pub fn http_client() -> &'static reqwest::blocking::Client {
+    static CLIENT: OnceLock<reqwest::blocking::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().expect("HTTP client")
+    })
+}
+
 /// `GET path` on the admin port; returns (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("admin port");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let response =
+        http_client().get(format!("http://{addr}{path}")).send().unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().unwrap_or_else(|e| panic!("GET {path} on {addr}: body: {e}")))
 }
 
 /// The admin address from the processor's log line.
