@@ -114,6 +114,13 @@ pub enum ProcessError<E: std::error::Error + 'static> {
     },
 }
 
+/// Why [`Pipeline::process`] stopped inside the store update: the source
+/// name, and what went wrong.
+enum Failure {
+    Output(String, crate::avro::output::OutputError),
+    Refused(String, crate::merge::Refusal),
+}
+
 /// Normalizers per topic plus the merge engine.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -207,6 +214,12 @@ impl Pipeline {
                     }
                 }
                 match report.applied {
+                    // A column rule cannot take the event: the state is as it
+                    // was, and the record is a dead letter like a bad one.
+                    Applied::Refused => {
+                        let refusal = report.refused.expect("a refused event says why");
+                        Err(Failure::Refused(source, refusal))
+                    }
                     Applied::Stale => Ok(Step::Stale { source }),
                     Applied::Duplicate => Ok(Step::Duplicate { source }),
                     Applied::Changed => {
@@ -225,7 +238,7 @@ impl Pipeline {
                                     out.key_bytes = Some(k);
                                     out.value = v;
                                 }
-                                Err(error) => return Err((source, error)),
+                                Err(error) => return Err(Failure::Output(source, error)),
                             }
                         }
                         Ok(Step::Emitted { source, record: out, siblings: resolved.siblings, event_ts })
@@ -233,7 +246,14 @@ impl Pipeline {
                 }
             })
             .map_err(ProcessError::Store)?
-            .map_err(|(source_name, error)| ProcessError::Output { position: record.into(), source_name, error })?;
+            .map_err(|failure| match failure {
+                Failure::Output(source_name, error) => ProcessError::Output { position: record.into(), source_name, error },
+                Failure::Refused(source_name, refusal) => ProcessError::Normalize(NormalizeError {
+                    position: record.into(),
+                    source_name: Some(source_name),
+                    kind: NormalizeErrorKind::Refused(Box::new(refusal)),
+                }),
+            })?;
         Ok(match step {
             Step::Emitted { source, mut record, siblings, event_ts } => {
                 record.key = key;

@@ -35,10 +35,12 @@
 //! of [`KeyState`]); [`decode_state`] still reads them, so existing stores and
 //! changelogs keep working.
 //!
-//! Schema versions: version 2 (the file) added `FieldState.sets` (`union`
-//! columns) at the end of `FieldState`. Values written with version 1 carry
-//! its fingerprint ([`V1_FINGERPRINT`]) and are still read: the datum is the
-//! same up to the missing field. Every value is written with the newest.
+//! Schema versions: version 2 added `FieldState.sets` (`union` columns) at
+//! the end of `FieldState`, and version 3 (the file) `FieldState.counters`
+//! (`counter` columns) after it. Values written with version 1 or 2 carry
+//! its fingerprint ([`V1_FINGERPRINT`], [`V2_FINGERPRINT`]) and are still
+//! read: the datum is the same up to the missing fields. Every value is
+//! written with the newest.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -48,8 +50,8 @@ use apache_avro::Schema;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::binary::{read_long, write_len, write_long, write_str, LongError};
-use crate::merge::{ElementSet, FieldState, FieldVersion, KeyState, Op, Row, Version, VersionVector};
+use super::binary::{read_bytes, read_long, write_len, write_long, write_str, ReadError};
+use crate::merge::{CounterState, Delta, ElementSet, FieldState, FieldVersion, KeyState, Op, Row, Tally, Version, VersionVector};
 
 /// The changelog state schema (`schemas/changelog-state.avsc`), as compiled in.
 pub const CHANGELOG_SCHEMA_JSON: &str = include_str!("../../schemas/changelog-state.avsc");
@@ -60,6 +62,10 @@ pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
 /// The fingerprint of version 1 of the schema (without `FieldState.sets`),
 /// whose values are still read.
 pub const V1_FINGERPRINT: [u8; 8] = [0xB0, 0x0D, 0x8D, 0x39, 0x80, 0x81, 0x58, 0x37];
+
+/// The fingerprint of version 2 of the schema (without `FieldState.counters`),
+/// whose values are still read.
+pub const V2_FINGERPRINT: [u8; 8] = [0x7D, 0x35, 0xE8, 0xC9, 0xD1, 0x4F, 0x06, 0xC0];
 
 /// Marker plus fingerprint: the datum starts at this offset.
 pub const HEADER_LEN: usize = 10;
@@ -148,10 +154,11 @@ pub enum StateDecodeError {
     },
     /// The value is single-object encoded with a schema this build does not know.
     #[error(
-        "Avro single-object value written with an unknown schema (fingerprint {}); this build reads schemas/changelog-state.avsc (fingerprint {}) and its version 1 (fingerprint {})",
+        "Avro single-object value written with an unknown schema (fingerprint {}); this build reads schemas/changelog-state.avsc (fingerprint {}) and its versions 1 (fingerprint {}) and 2 (fingerprint {})",
         hex(.found),
         hex(.expected),
-        hex(&V1_FINGERPRINT)
+        hex(&V1_FINGERPRINT),
+        hex(&V2_FINGERPRINT)
     )]
     UnknownFingerprint {
         /// The fingerprint in the value's header, in wire order.
@@ -330,6 +337,33 @@ fn write_field_state(buf: &mut Vec<u8>, fields: &FieldState) {
         }
     }
     buf.push(0);
+    if !fields.counters.is_empty() {
+        write_len(buf, fields.counters.len());
+        for (column, counter) in &fields.counters {
+            write_str(buf, column);
+            write_counter(buf, counter);
+        }
+    }
+    buf.push(0);
+}
+
+/// One `CounterState` record: `creates` and `tallies` (one map block).
+fn write_counter(buf: &mut Vec<u8>, counter: &CounterState) {
+    write_array(buf, &counter.creates, write_field_version);
+    if !counter.tallies.is_empty() {
+        write_len(buf, counter.tallies.len());
+        for (source, tally) in &counter.tallies {
+            write_str(buf, source);
+            write_clock(buf, &tally.seen);
+            buf.push(u8::from(tally.deleted));
+            write_array(buf, &tally.deltas, |buf, d: &Delta| {
+                // Bit pattern, as clock counters.
+                write_long(buf, d.at as i64);
+                write_str(buf, &d.amount);
+            });
+        }
+    }
+    buf.push(0);
 }
 
 /// One `FieldVersion` record.
@@ -365,6 +399,8 @@ fn decode_single_object(bytes: &[u8]) -> Result<KeyState, StateDecodeError> {
         return Err(StateDecodeError::Truncated { what: "the single-object header", offset: 0 });
     };
     let version = if found == &CHANGELOG.header[2..] {
+        SchemaVersion::V3
+    } else if found == V2_FINGERPRINT {
         SchemaVersion::V2
     } else if found == V1_FINGERPRINT {
         SchemaVersion::V1
@@ -382,12 +418,14 @@ fn decode_single_object(bytes: &[u8]) -> Result<KeyState, StateDecodeError> {
 }
 
 /// The schema version a value was written with.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum SchemaVersion {
-    /// Without `FieldState.sets`.
+    /// Without `FieldState.sets` and `FieldState.counters`.
     V1,
-    /// `schemas/changelog-state.avsc`.
+    /// Without `FieldState.counters`.
     V2,
+    /// `schemas/changelog-state.avsc`.
+    V3,
 }
 
 /// A cursor over one value. Offsets in errors count from the value's first
@@ -420,31 +458,24 @@ impl<'a> Reader<'a> {
         StateDecodeError::Malformed { what, offset, problem }
     }
 
-    /// An Avro `long`.
-    fn long(&mut self, what: &'static str) -> Decoded<i64> {
-        read_long(self.bytes, &mut self.pos).map_err(|e| match e {
-            LongError::Truncated => Self::truncated(what, self.pos),
-            LongError::TooLong => Self::malformed(what, self.pos, "varint does not fit 64 bits"),
-        })
+    /// The error for `e` met reading `what` at the current position (where
+    /// the primitive started).
+    fn error(&self, what: &'static str, e: ReadError) -> StateDecodeError {
+        match e {
+            ReadError::Truncated => Self::truncated(what, self.pos),
+            ReadError::TooLong => Self::malformed(what, self.pos, "varint does not fit 64 bits"),
+            ReadError::NegativeLength => Self::malformed(what, self.pos, "negative length"),
+        }
     }
 
-    /// A string or bytes length: non-negative and within the value.
-    fn len(&mut self, what: &'static str) -> Decoded<usize> {
-        let start = self.pos;
-        let len = self.long(what)?;
-        let len = usize::try_from(len).map_err(|_| Self::malformed(what, start, "negative length"))?;
-        if len > self.remaining() {
-            return Err(Self::truncated(what, start));
-        }
-        Ok(len)
+    /// An Avro `long`.
+    fn long(&mut self, what: &'static str) -> Decoded<i64> {
+        read_long(self.bytes, &mut self.pos).map_err(|e| self.error(what, e))
     }
 
     /// Length-prefixed bytes, borrowed from the value.
     fn bytes(&mut self, what: &'static str) -> Decoded<&'a [u8]> {
-        let len = self.len(what)?;
-        let bytes = &self.bytes[self.pos..self.pos + len];
-        self.pos += len;
-        Ok(bytes)
+        read_bytes(self.bytes, &mut self.pos).map_err(|e| self.error(what, e))
     }
 
     /// An Avro `string`, borrowed from the value.
@@ -470,6 +501,18 @@ impl<'a> Reader<'a> {
             return Err(StateDecodeError::BadIndex { what, offset: start, index });
         }
         Ok(index)
+    }
+
+    /// An Avro `boolean`: one byte, 0 or 1.
+    fn boolean(&mut self, what: &'static str) -> Decoded<bool> {
+        let start = self.pos;
+        let Some(&byte) = self.bytes.get(self.pos) else { return Err(Self::truncated(what, start)) };
+        self.pos += 1;
+        match byte {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(Self::malformed(what, start, "a boolean is the byte 0 or 1")),
+        }
     }
 
     /// The branch of a `["null", T]` union: true when `T` follows.
@@ -587,7 +630,7 @@ fn read_field_state(r: &mut Reader<'_>, version: SchemaVersion) -> Decoded<Field
     })?;
     let cleared = r.array("fields.cleared", |r| r.clock("a cleared clock"))?;
     let mut sets = BTreeMap::new();
-    if version == SchemaVersion::V2 {
+    if version >= SchemaVersion::V2 {
         r.blocks("fields.sets", |r| {
             let column = r.str("a union column's name")?.to_owned();
             let adds = r.array("a union column's additions", read_field_version)?;
@@ -596,7 +639,34 @@ fn read_field_state(r: &mut Reader<'_>, version: SchemaVersion) -> Decoded<Field
             Ok(())
         })?;
     }
-    Ok(FieldState { fields: columns, cleared, sets })
+    let mut counters = BTreeMap::new();
+    if version >= SchemaVersion::V3 {
+        r.blocks("fields.counters", |r| {
+            let column = r.str("a counter column's name")?.to_owned();
+            counters.insert(column, read_counter(r)?);
+            Ok(())
+        })?;
+    }
+    Ok(FieldState { fields: columns, cleared, sets, counters })
+}
+
+/// One `CounterState` record.
+fn read_counter(r: &mut Reader<'_>) -> Decoded<CounterState> {
+    let creates = r.array("a counter column's creates", read_field_version)?;
+    let mut tallies = BTreeMap::new();
+    r.blocks("a counter column's tallies", |r| {
+        let source = r.str("a tally's source")?.to_owned();
+        let seen = r.clock("a tally's seen clock")?;
+        let deleted = r.boolean("a tally's deleted flag")?;
+        let deltas = r.array("a tally's deltas", |r| {
+            let at = r.long("a delta's at")? as u64;
+            let amount = r.str("a delta's amount")?.to_owned();
+            Ok(Delta { at, amount })
+        })?;
+        tallies.insert(source, Tally { seen, deleted, deltas });
+        Ok(())
+    })?;
+    Ok(CounterState { creates, tallies })
 }
 
 /// One `FieldVersion` record.
@@ -670,8 +740,25 @@ mod tests {
                 fields: columns,
                 cleared: vec![clock(&[("us", 7)]), clock(&[("eu", 1), ("ap", 1)])],
                 sets: sample_sets(),
+                counters: sample_counters(),
             }),
         }
+    }
+
+    fn sample_counters() -> BTreeMap<String, CounterState> {
+        let create = FieldVersion { source: "eu".into(), vv: clock(&[("eu", 1)]), ts: 3, value: json!(100) };
+        let tally = |seen: VersionVector, deleted: bool, deltas: &[(u64, &str)]| Tally {
+            seen,
+            deleted,
+            deltas: deltas.iter().map(|(at, amount)| Delta { at: *at, amount: amount.to_string() }).collect(),
+        };
+        let mut tallies = BTreeMap::new();
+        tallies.insert("eu".to_string(), tally(clock(&[("eu", 4), ("us", 2)]), false, &[(2, "-12.50"), (4, "3")]));
+        tallies.insert("us".to_string(), tally(clock(&[("us", u64::MAX)]), true, &[]));
+        let mut counters = BTreeMap::new();
+        counters.insert("points".to_string(), CounterState { creates: vec![create], tallies });
+        counters.insert("idle".to_string(), CounterState::default());
+        counters
     }
 
     fn sample_sets() -> BTreeMap<String, ElementSet> {
@@ -721,6 +808,51 @@ mod tests {
         ])
     }
 
+    fn avro_counter(counter: &CounterState) -> Avro {
+        let tally = |t: &Tally| {
+            let deltas = t
+                .deltas
+                .iter()
+                .map(|d| {
+                    Avro::Record(vec![("at".into(), Avro::Long(d.at as i64)), ("amount".into(), Avro::String(d.amount.clone()))])
+                })
+                .collect();
+            Avro::Record(vec![
+                ("seen".into(), avro_clock(&t.seen)),
+                ("deleted".into(), Avro::Boolean(t.deleted)),
+                ("deltas".into(), Avro::Array(deltas)),
+            ])
+        };
+        Avro::Record(vec![
+            ("creates".into(), Avro::Array(counter.creates.iter().map(avro_field_version).collect())),
+            ("tallies".into(), Avro::Map(counter.tallies.iter().map(|(s, t)| (s.clone(), tally(t))).collect())),
+        ])
+    }
+
+    fn from_avro_counter(value: &Avro) -> CounterState {
+        let r = record(value);
+        let tallies = match r["tallies"] {
+            Avro::Map(m) => m
+                .iter()
+                .map(|(source, t)| {
+                    let t = record(t);
+                    let deltas = from_avro_array(t["deltas"])
+                        .iter()
+                        .map(|d| {
+                            let d = record(d);
+                            let Avro::Long(at) = d["at"] else { panic!("not a long: {:?}", d["at"]) };
+                            Delta { at: *at as u64, amount: from_avro_string(d["amount"]).to_owned() }
+                        })
+                        .collect();
+                    let Avro::Boolean(deleted) = t["deleted"] else { panic!("not a boolean: {:?}", t["deleted"]) };
+                    (source.clone(), Tally { seen: from_avro_clock(t["seen"]), deleted: *deleted, deltas })
+                })
+                .collect(),
+            other => panic!("not a map: {other:?}"),
+        };
+        CounterState { creates: from_avro_array(r["creates"]).iter().map(from_avro_field_version).collect(), tallies }
+    }
+
     fn to_avro(state: &KeyState) -> Avro {
         let fields = state.fields.as_ref().map(|f| {
             Avro::Record(vec![
@@ -748,6 +880,10 @@ mod tests {
                             })
                             .collect(),
                     ),
+                ),
+                (
+                    "counters".into(),
+                    Avro::Map(f.counters.iter().map(|(c, counter)| (c.clone(), avro_counter(counter))).collect()),
                 ),
             ])
         });
@@ -853,7 +989,16 @@ mod tests {
                     .collect(),
                 other => panic!("not a map: {other:?}"),
             };
-            FieldState { fields: columns, cleared: from_avro_array(f["cleared"]).iter().map(from_avro_clock).collect(), sets }
+            let counters = match f["counters"] {
+                Avro::Map(m) => m.iter().map(|(c, counter)| (c.clone(), from_avro_counter(counter))).collect(),
+                other => panic!("not a map: {other:?}"),
+            };
+            FieldState {
+                fields: columns,
+                cleared: from_avro_array(f["cleared"]).iter().map(from_avro_clock).collect(),
+                sets,
+                counters,
+            }
         });
         KeyState { versions: from_avro_array(r["versions"]).iter().map(from_avro_version).collect(), fields }
     }
@@ -905,6 +1050,40 @@ mod tests {
         columns: BTreeMap<String, Vec<SerFieldVersion>>,
         cleared: Vec<BTreeMap<String, i64>>,
         sets: BTreeMap<String, SerElementSet>,
+        counters: BTreeMap<String, SerCounterState>,
+    }
+
+    #[derive(Serialize)]
+    struct SerCounterState {
+        creates: Vec<SerFieldVersion>,
+        tallies: BTreeMap<String, SerTally>,
+    }
+
+    #[derive(Serialize)]
+    struct SerTally {
+        seen: BTreeMap<String, i64>,
+        deleted: bool,
+        deltas: Vec<SerDelta>,
+    }
+
+    #[derive(Serialize)]
+    struct SerDelta {
+        at: i64,
+        amount: String,
+    }
+
+    fn ser_counter(c: &CounterState) -> SerCounterState {
+        SerCounterState {
+            creates: c.creates.iter().map(ser_field_version).collect(),
+            tallies: c
+                .tallies
+                .iter()
+                .map(|(s, t)| {
+                    let deltas = t.deltas.iter().map(|d| SerDelta { at: d.at as i64, amount: d.amount.clone() }).collect();
+                    (s.clone(), SerTally { seen: ser_clock(&t.seen), deleted: t.deleted, deltas })
+                })
+                .collect(),
+        }
     }
 
     #[derive(Serialize)]
@@ -969,6 +1148,7 @@ mod tests {
                         (c.clone(), set)
                     })
                     .collect(),
+                counters: f.counters.iter().map(|(c, counter)| (c.clone(), ser_counter(counter))).collect(),
             }),
         }
     }
@@ -1049,8 +1229,20 @@ mod tests {
                     .prop_map(|(adds, removes)| ElementSet { adds, removes }),
                 0..3,
             ),
+            prop::collection::btree_map(".{0,8}", arb_counter(), 0..2),
         )
-            .prop_map(|(fields, cleared, sets)| FieldState { fields, cleared, sets })
+            .prop_map(|(fields, cleared, sets, counters)| FieldState { fields, cleared, sets, counters })
+    }
+
+    fn arb_counter() -> impl Strategy<Value = CounterState> {
+        let delta = (any::<u64>(), "-?[0-9]{1,5}(\\.[0-9]{1,3})?").prop_map(|(at, amount)| Delta { at, amount });
+        let tally = (arb_clock(), any::<bool>(), prop::collection::vec(delta, 0..3)).prop_map(|(seen, deleted, deltas)| Tally {
+            seen,
+            deleted,
+            deltas,
+        });
+        (prop::collection::vec(arb_field_version(), 0..2), prop::collection::btree_map(".{0,8}", tally, 0..3))
+            .prop_map(|(creates, tallies)| CounterState { creates, tallies })
     }
 
     fn arb_state() -> impl Strategy<Value = KeyState> {
@@ -1140,6 +1332,16 @@ mod tests {
             write_str(&mut entry, column);
             write_array(&mut entry, &set.adds, write_field_version);
             write_array(&mut entry, &set.removes, write_field_version);
+            write_long(&mut datum, -1);
+            write_len(&mut datum, entry.len());
+            datum.extend_from_slice(&entry);
+        }
+        datum.push(0);
+        // counters: one sized block per column.
+        for (column, counter) in &fields.counters {
+            let mut entry = Vec::new();
+            write_str(&mut entry, column);
+            write_counter(&mut entry, counter);
             write_long(&mut datum, -1);
             write_len(&mut datum, entry.len());
             datum.extend_from_slice(&entry);
@@ -1311,17 +1513,24 @@ mod tests {
         // A schema change that alters the canonical form makes every stored
         // state undecodable until code that reads the old schema exists, so
         // it must be deliberate: update this value only together with that code.
-        // (Version 1's value is `V1_FINGERPRINT`, still read.)
-        assert_eq!(changelog_fingerprint(), [0x7D, 0x35, 0xE8, 0xC9, 0xD1, 0x4F, 0x06, 0xC0]);
+        // (Versions 1 and 2 are `V1_FINGERPRINT` and `V2_FINGERPRINT`, still read.)
+        assert_eq!(changelog_fingerprint(), [0xBB, 0xC7, 0x92, 0xD3, 0x9F, 0x0D, 0x47, 0x59]);
     }
 
-    /// Version 1 of the schema: the file without `FieldState.sets`.
-    fn v1_schema_json() -> String {
+    /// An older version of the schema: the file without its last `FieldState` fields.
+    fn older_schema_json(dropped: &[&str]) -> String {
         let mut json: Value = serde_json::from_str(CHANGELOG_SCHEMA_JSON).unwrap();
         let field_state = &mut json["fields"][1]["type"][1]["fields"];
         let fields = field_state.as_array_mut().unwrap();
-        assert_eq!(fields.pop().unwrap()["name"], "sets");
+        for name in dropped {
+            assert_eq!(fields.pop().unwrap()["name"], *name);
+        }
         json.to_string()
+    }
+
+    /// Version 1 of the schema: the file without `FieldState.sets` (nor `counters`).
+    fn v1_schema_json() -> String {
+        older_schema_json(&["counters", "sets"])
     }
 
     #[test]
@@ -1331,17 +1540,45 @@ mod tests {
     }
 
     #[test]
+    fn version_2_is_the_file_without_counters_and_its_fingerprint_is_pinned() {
+        assert_eq!(spec_fingerprint(&older_schema_json(&["counters"])), V2_FINGERPRINT);
+        assert_ne!(changelog_fingerprint(), V2_FINGERPRINT);
+    }
+
+    #[test]
+    fn version_2_values_still_decode() {
+        let mut state = sample();
+        state.fields.as_mut().unwrap().counters.clear();
+        // apache-avro writing with the version 2 schema, framed with its fingerprint.
+        let v2 = Schema::parse_str(&older_schema_json(&["counters"])).unwrap();
+        let datum =
+            GenericDatumWriter::builder(&v2).build().unwrap().write_value_to_vec(to_avro_older(&state, &["counters"])).unwrap();
+        let mut bytes = single_object_header(&V2_FINGERPRINT).to_vec();
+        bytes.extend_from_slice(&datum);
+        assert_eq!(decode_state(&bytes).unwrap(), state);
+        // The same state in version 3 is one byte longer: the empty `counters` map.
+        assert_eq!(encode_state(&state).len(), bytes.len() + 1);
+        // A version 2 value with union sets, as the previous build wrote it.
+        assert!(!state.fields.as_ref().unwrap().sets.is_empty());
+        let plain = KeyState { versions: state.versions.clone(), fields: None };
+        let mut v2_plain = single_object_header(&V2_FINGERPRINT).to_vec();
+        v2_plain.extend_from_slice(&encode_state(&plain)[HEADER_LEN..]);
+        assert_eq!(decode_state(&v2_plain).unwrap(), plain);
+    }
+
+    #[test]
     fn version_1_values_still_decode() {
         let mut state = sample();
         state.fields.as_mut().unwrap().sets.clear();
+        state.fields.as_mut().unwrap().counters.clear();
         // apache-avro writing with the version 1 schema, framed with its fingerprint.
         let v1 = Schema::parse_str(&v1_schema_json()).unwrap();
         let datum = GenericDatumWriter::builder(&v1).build().unwrap().write_value_to_vec(to_avro_v1(&state)).unwrap();
         let mut bytes = single_object_header(&V1_FINGERPRINT).to_vec();
         bytes.extend_from_slice(&datum);
         assert_eq!(decode_state(&bytes).unwrap(), state);
-        // The same state in version 2 is one byte longer: the empty `sets` map.
-        assert_eq!(encode_state(&state).len(), bytes.len() + 1);
+        // The same state in version 3 is two bytes longer: the empty `sets` and `counters` maps.
+        assert_eq!(encode_state(&state).len(), bytes.len() + 2);
         // Without column state the two versions' datums are the same.
         let plain = KeyState { versions: state.versions.clone(), fields: None };
         let mut v1_plain = single_object_header(&V1_FINGERPRINT).to_vec();
@@ -1351,10 +1588,18 @@ mod tests {
 
     /// apache-avro's generic view of a state in version 1 of the schema.
     fn to_avro_v1(state: &KeyState) -> Avro {
+        to_avro_older(state, &["counters", "sets"])
+    }
+
+    /// apache-avro's generic view of a state in an older version of the
+    /// schema: without the last `FieldState` fields, `dropped`.
+    fn to_avro_older(state: &KeyState, dropped: &[&str]) -> Avro {
         let Avro::Record(mut fields) = to_avro(state) else { unreachable!() };
         if let Avro::Union(1, field_state) = &mut fields[1].1 {
             let Avro::Record(parts) = &mut **field_state else { unreachable!() };
-            assert_eq!(parts.pop().unwrap().0, "sets");
+            for name in dropped {
+                assert_eq!(parts.pop().unwrap().0, *name);
+            }
         }
         Avro::Record(fields)
     }

@@ -12,6 +12,7 @@
 //! elements arrived in, so every interleaving of the same events converges.
 
 mod clock;
+mod counter;
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use clock::{Causality, VersionVector};
+pub use counter::{CounterState, Delta, Refusal, Tally};
 
 /// A row image: a flat JSON object (column → value).
 pub type Row = serde_json::Map<String, Value>;
@@ -104,6 +106,10 @@ pub enum ColumnRule {
     /// a removal takes away only the additions its writer had seen
     /// (add-wins observed-remove set).
     Union,
+    /// A number that sources change by deltas: the initial value (the
+    /// latest insert) plus every source's net `after - before`, so
+    /// concurrent increments add up.
+    Counter,
 }
 
 impl ColumnRule {
@@ -114,6 +120,7 @@ impl ColumnRule {
             ColumnRule::Max => "max",
             ColumnRule::Min => "min",
             ColumnRule::Union => "union",
+            ColumnRule::Counter => "counter",
         }
     }
 }
@@ -136,6 +143,7 @@ enum RuleName {
     Max,
     Min,
     Union,
+    Counter,
 }
 
 impl TryFrom<RuleSpelling> for ColumnRule {
@@ -149,6 +157,7 @@ impl TryFrom<RuleSpelling> for ColumnRule {
             (RuleName::Max, None) => Ok(ColumnRule::Max),
             (RuleName::Min, None) => Ok(ColumnRule::Min),
             (RuleName::Union, None) => Ok(ColumnRule::Union),
+            (RuleName::Counter, None) => Ok(ColumnRule::Counter),
         }
     }
 }
@@ -160,6 +169,7 @@ impl From<ColumnRule> for RuleSpelling {
             ColumnRule::Max => RuleSpelling { rule: RuleName::Max, source: None },
             ColumnRule::Min => RuleSpelling { rule: RuleName::Min, source: None },
             ColumnRule::Union => RuleSpelling { rule: RuleName::Union, source: None },
+            ColumnRule::Counter => RuleSpelling { rule: RuleName::Counter, source: None },
         }
     }
 }
@@ -228,6 +238,9 @@ pub struct FieldState {
     /// Per `union` column, its element additions and removals.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sets: BTreeMap<String, ElementSet>,
+    /// Per `counter` column, its initial values and every source's deltas.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counters: BTreeMap<String, CounterState>,
 }
 
 /// The state of one `union` column: an add-wins observed-remove set. Each
@@ -282,6 +295,9 @@ pub enum Applied {
     /// The same clock and content is stored already (a redelivery or an echo of
     /// a merged record): nothing is emitted.
     Duplicate,
+    /// A column rule cannot take the event ([`ApplyReport::refused`] says
+    /// why): nothing changes, and the record belongs on the dead-letter topic.
+    Refused,
 }
 
 /// The merged view of one key.
@@ -492,6 +508,11 @@ impl MergeEngine {
         self.apply_reported(state, event).applied
     }
 
+    /// The columns with rule `counter`.
+    fn counter_columns(&self) -> impl Iterator<Item = &str> {
+        self.settings.columns.iter().filter(|(_, r)| **r == ColumnRule::Counter).map(|(c, _)| c.as_str())
+    }
+
     /// [`apply`](Self::apply), also telling what the column rules did with
     /// the event (for metrics).
     pub fn apply_reported(&self, state: &mut KeyState, event: ChangeEvent) -> ApplyReport {
@@ -502,7 +523,7 @@ impl MergeEngine {
                 Insert::Duplicate => Applied::Duplicate,
                 Insert::Stale => Applied::Stale,
             };
-            return ApplyReport { applied, foreign_owner_writes: 0 };
+            return ApplyReport { applied, foreign_owner_writes: 0, refused: None };
         }
         self.apply_fields(state, event)
     }
@@ -520,7 +541,7 @@ impl MergeEngine {
                 // Additions and removals of one element each form an antichain;
                 // different elements are unrelated.
                 Some(ColumnRule::Union) if !same_json(&v.value, &e.value) => Causality::Concurrent,
-                Some(ColumnRule::Union) => clocks,
+                Some(ColumnRule::Union | ColumnRule::Counter) => clocks,
                 // A write is redundant when a causally later (or equal) write
                 // holds a value at least as good: whenever a delete hides
                 // the later one it hides the earlier one too.
@@ -537,6 +558,21 @@ impl MergeEngine {
     /// `field-lww`: the row-existence register plus one set of writes per column.
     fn apply_fields(&self, state: &mut KeyState, event: ChangeEvent) -> ApplyReport {
         let mut foreign_owner_writes = 0;
+        // Counter columns are decided first, from the state as it is: a
+        // refused event changes nothing.
+        let mut counter_writes = Vec::new();
+        if self.settings.columns.values().any(|r| *r == ColumnRule::Counter) {
+            let empty = FieldState::default();
+            let fields = state.fields.as_ref().unwrap_or(&empty);
+            for column in self.counter_columns() {
+                match self.counter_write(fields, column, &event) {
+                    Ok(write) => counter_writes.push((column, write)),
+                    Err(refusal) => {
+                        return ApplyReport { applied: Applied::Refused, foreign_owner_writes: 0, refused: Some(refusal) };
+                    }
+                }
+            }
+        }
         let fields = state.fields.get_or_insert_with(FieldState::default);
         let mut fields_changed = false;
         match event.op {
@@ -559,6 +595,9 @@ impl MergeEngine {
                             continue;
                         }
                         let rule = self.rule(name);
+                        if rule == Some(&ColumnRule::Counter) {
+                            continue; // below
+                        }
                         if rule == Some(&ColumnRule::Union) {
                             let before = if event.full_image { None } else { event.before.as_ref().and_then(|b| b.get(name)) };
                             let set = fields.sets.entry(name.clone()).or_default();
@@ -600,6 +639,10 @@ impl MergeEngine {
                 }
             }
         }
+        for (column, write) in counter_writes {
+            fields_changed |= self.apply_counter(fields, column, &event, write);
+            fields_changed |= self.compact_counter(fields, column);
+        }
         let version = Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row };
         let applied = match self.insert(&mut state.versions, version) {
             Insert::Added => Applied::Changed,
@@ -607,7 +650,7 @@ impl MergeEngine {
             Insert::Duplicate => Applied::Duplicate,
             Insert::Stale => Applied::Stale,
         };
-        ApplyReport { applied, foreign_owner_writes }
+        ApplyReport { applied, foreign_owner_writes, refused: None }
     }
 
     /// A `union` column's write: the elements of `after` that `before` lacks
@@ -735,6 +778,7 @@ impl MergeEngine {
                 Some(ColumnRule::Union) => {
                     "latest write that added or removed no element (or from before the column had rule union)"
                 }
+                Some(ColumnRule::Counter) => "latest write from before the column had rule counter",
             };
             let rule = rule.map_or("lww", ColumnRule::name);
             out.insert(
@@ -746,6 +790,14 @@ impl MergeEngine {
             if self.rule(column) == Some(&ColumnRule::Union) && union_elements(fields, set).is_some() {
                 let why = "union of the additions no removal had seen";
                 out.insert(column, ColumnWinner { column: column.clone(), rule: "union", source: None, vv: None, why });
+            }
+        }
+        for column in fields.counters.keys() {
+            if self.rule(column) == Some(&ColumnRule::Counter)
+                && self.counter_value(fields, column, base.row.as_ref().and_then(|r| r.get(column))).is_some()
+            {
+                let why = "the initial value (latest visible insert) plus every source's counted deltas (after - before)";
+                out.insert(column, ColumnWinner { column: column.clone(), rule: "counter", source: None, vv: None, why });
             }
         }
         out.into_values().collect()
@@ -781,6 +833,13 @@ impl MergeEngine {
                 }
             }
         }
+        for name in fields.counters.keys() {
+            if self.rule(name) == Some(&ColumnRule::Counter) {
+                if let Some(value) = self.counter_value(fields, name, base.get(name)) {
+                    row.insert(name.clone(), value);
+                }
+            }
+        }
         row
     }
 
@@ -799,7 +858,8 @@ impl MergeEngine {
             }
             // Writes that added and removed nothing, or written before the
             // column became a `union`: shown until a set operation is visible.
-            Some(ColumnRule::Union) => visible().max_by(latest),
+            // Likewise for a `counter`: until a counted write is visible.
+            Some(ColumnRule::Union | ColumnRule::Counter) => visible().max_by(latest),
         }
     }
 
@@ -831,13 +891,15 @@ pub struct ColumnWinner {
 }
 
 /// What one event did, with what the column rules counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyReport {
     /// Whether the state changed.
     pub applied: Applied,
     /// Writes to `owner` columns by sources other than the owner: kept only
     /// as a fallback for while the owner has written nothing.
     pub foreign_owner_writes: u32,
+    /// Why the event was refused ([`Applied::Refused`]).
+    pub refused: Option<Refusal>,
 }
 
 /// The elements a `union` column's value stands for: an array's items, the

@@ -343,7 +343,7 @@ fn owner_column_takes_the_owners_latest_write_even_when_another_source_saw_it() 
     // email is ignored although its clock dominates crm's.
     let r1 = json!({"id":1,"email":"b@eu","tier":"pro"});
     let report = e.apply_reported(&mut s, update("eu", vv(&[("crm", 1), ("eu", 1)]), 2, r0, r1));
-    assert_eq!(report, ApplyReport { applied: Applied::Changed, foreign_owner_writes: 1 });
+    assert_eq!(report, ApplyReport { applied: Applied::Changed, foreign_owner_writes: 1, refused: None });
     assert_eq!(out(&e, &s), Some(json!({"id":1,"email":"a@crm","tier":"pro"})));
     // Without the rule, eu's causally later email wins.
     let plain = engine(Policy::FieldLww, DeletePolicy::Lww);
@@ -490,6 +490,177 @@ fn union_column_after_a_delete_keeps_only_unseen_additions() {
     assert_eq!(out(&e, &s), Some(json!({"id":1,"tags":["y"]})));
 }
 
+/// Applies `events` in every order that keeps each source's own order, and
+/// checks that all of them give `want` (and the same state).
+fn in_every_order(e: &MergeEngine, events: &[ChangeEvent], want: Value) -> KeyState {
+    fn orders(queues: Vec<Vec<usize>>) -> Vec<Vec<usize>> {
+        if queues.iter().all(Vec::is_empty) {
+            return vec![Vec::new()];
+        }
+        let mut out = Vec::new();
+        for q in 0..queues.len() {
+            if let Some((&first, rest)) = queues[q].split_first() {
+                let mut next = queues.clone();
+                next[q] = rest.to_vec();
+                for mut tail in orders(next) {
+                    tail.insert(0, first);
+                    out.push(tail);
+                }
+            }
+        }
+        out
+    }
+    let mut by_source: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, ev) in events.iter().enumerate() {
+        match by_source.iter_mut().find(|(s, _)| *s == ev.source) {
+            Some((_, q)) => q.push(i),
+            None => by_source.push((ev.source.clone(), vec![i])),
+        }
+    }
+    let mut first: Option<KeyState> = None;
+    for order in orders(by_source.into_iter().map(|(_, q)| q).collect()) {
+        let mut s = KeyState::default();
+        for &i in &order {
+            assert_ne!(e.apply(&mut s, events[i].clone()), Applied::Refused, "order {order:?}");
+        }
+        let mut got = out(e, &s).expect("the row exists");
+        got.as_object_mut().unwrap().remove("_vv");
+        assert_eq!(got, want, "order {order:?}");
+        match &first {
+            None => first = Some(s),
+            Some(f) => assert_eq!(f, &s, "order {order:?}"),
+        }
+    }
+    first.unwrap()
+}
+
+fn counter_engine(deletes: DeletePolicy, carried: bool) -> MergeEngine {
+    let mut e = with_rules(engine(Policy::FieldLww, deletes), &[("points", ColumnRule::Counter)]);
+    if carried {
+        e.settings.clock_field = Some("_vv".into());
+    }
+    e
+}
+
+#[test]
+fn counter_column_adds_up_concurrent_deltas() {
+    let e = counter_engine(DeletePolicy::Lww, false);
+    let r0 = json!({"id":1,"points":100});
+    let events = [
+        upsert("eu", vv(&[("eu", 1)]), 1, r0.clone()),
+        update("eu", vv(&[("eu", 2)]), 3, r0.clone(), json!({"id":1,"points":110})),
+        update("eu", vv(&[("eu", 3)]), 5, json!({"id":1,"points":110}), json!({"id":1,"points":109})),
+        // us holds the same row (inserted there too: one initial value, not two).
+        upsert("us", vv(&[("us", 1)]), 2, r0.clone()),
+        update("us", vv(&[("us", 2)]), 4, r0, json!({"id":1,"points":105})),
+    ];
+    let s = in_every_order(&e, &events, json!({"id":1,"points":114}));
+    // Derived clocks: a source's deltas are summed into one entry.
+    let counter = &s.fields.as_ref().unwrap().counters["points"];
+    assert_eq!(counter.tallies["eu"].deltas, [Delta { at: 3, amount: "9".into() }]);
+    // A redelivery adds nothing.
+    let mut t = s.clone();
+    assert_eq!(e.apply(&mut t, events[1].clone()), Applied::Stale);
+    assert_eq!(t, s);
+    // Without the rule the latest write wins: 109.
+    let plain = engine(Policy::FieldLww, DeletePolicy::Lww);
+    let mut p = KeyState::default();
+    for ev in &events {
+        plain.apply(&mut p, ev.clone());
+    }
+    assert_eq!(out(&plain, &p).unwrap()["points"], json!(109));
+}
+
+#[test]
+fn counter_column_does_not_count_echoes_of_merged_records_under_carried_clocks() {
+    // eu inserts with 0 points. us applies the merged record (an echo: its
+    // own entry does not advance), then adds 5. eu applies the merged 5 (an
+    // echo again, an update 0 -> 5), then adds 2. The value is 7; counting
+    // every after - before would give 12.
+    let e = counter_engine(DeletePolicy::Lww, true);
+    let events = [
+        upsert("eu", vv(&[("eu", 1)]), 1, json!({"id":1,"points":0})),
+        upsert("us", vv(&[("eu", 1)]), 2, json!({"id":1,"points":0})),
+        update("us", vv(&[("eu", 1), ("us", 1)]), 3, json!({"id":1,"points":0}), json!({"id":1,"points":5})),
+        update("eu", vv(&[("eu", 1), ("us", 1)]), 4, json!({"id":1,"points":0}), json!({"id":1,"points":5})),
+        update("eu", vv(&[("eu", 2), ("us", 1)]), 5, json!({"id":1,"points":5}), json!({"id":1,"points":7})),
+        // A concurrent increment by ap, which saw only eu's insert.
+        update("ap", vv(&[("eu", 1), ("ap", 1)]), 6, json!({"id":1,"points":0}), json!({"id":1,"points":10})),
+    ];
+    in_every_order(&e, &events[..5], json!({"id":1,"points":7}));
+    in_every_order(&e, &events, json!({"id":1,"points":17}));
+}
+
+#[test]
+fn counter_column_after_a_delete_keeps_only_unseen_deltas_and_a_recreate_starts_afresh() {
+    let e = counter_engine(DeletePolicy::UpdateWins, true);
+    let r0 = json!({"id":1,"points":10});
+    let events = [
+        upsert("eu", vv(&[("eu", 1)]), 1, r0.clone()),
+        update("eu", vv(&[("eu", 2)]), 2, r0.clone(), json!({"id":1,"points":15})),
+        // us saw the insert (not eu's +5) and adds 4; eu then deletes, not
+        // having seen us's +4: the insert and eu's +5 go, us's +4 stays.
+        update("us", vv(&[("eu", 1), ("us", 1)]), 3, r0, json!({"id":1,"points":14})),
+        delete("eu", vv(&[("eu", 3)]), 4),
+    ];
+    in_every_order(&e, &events, json!({"id":1,"points":4}));
+    // eu re-creates the row with 3 points: the new insert is the initial value.
+    let mut all = events.to_vec();
+    all.push(upsert("eu", vv(&[("eu", 4)]), 5, json!({"id":1,"points":3})));
+    in_every_order(&e, &all, json!({"id":1,"points":7}));
+}
+
+#[test]
+fn counter_column_sums_decimals_exactly_and_keeps_integers_integers() {
+    let e = counter_engine(DeletePolicy::Lww, false);
+    let mut s = KeyState::default();
+    e.apply(&mut s, upsert("eu", vv(&[("eu", 1)]), 1, json!({"id":1,"points":0.1})));
+    e.apply(&mut s, update("eu", vv(&[("eu", 2)]), 2, json!({"id":1,"points":0.1}), json!({"id":1,"points":0.3})));
+    e.apply(&mut s, upsert("us", vv(&[("us", 1)]), 0, json!({"id":1,"points":5})));
+    e.apply(&mut s, update("us", vv(&[("us", 2)]), 3, json!({"id":1,"points":5}), json!({"id":1,"points":5.1})));
+    // 0.1 + 0.2 + 0.1, exactly (in doubles 0.1 + 0.2 is 0.30000000000000004).
+    assert_eq!(out(&e, &s).unwrap()["points"], json!(0.4));
+    let mut t = KeyState::default();
+    e.apply(&mut t, upsert("eu", vv(&[("eu", 1)]), 1, json!({"id":1,"points":9007199254740993u64})));
+    e.apply(&mut t, update("us", vv(&[("us", 1)]), 2, json!({"id":1,"points":0}), json!({"id":1,"points":2})));
+    assert_eq!(out(&e, &t).unwrap()["points"], json!(9007199254740995u64), "past 2^53: exact");
+    // Decimal text (Debezium's decimal.handling.mode=string) stays text.
+    let mut u = KeyState::default();
+    e.apply(&mut u, upsert("eu", vv(&[("eu", 1)]), 1, json!({"id":1,"points":"10.50"})));
+    e.apply(&mut u, update("us", vv(&[("us", 1)]), 2, json!({"id":1,"points":"10.50"}), json!({"id":1,"points":"11.25"})));
+    assert_eq!(out(&e, &u).unwrap()["points"], json!("11.25"));
+}
+
+#[test]
+fn counter_column_refuses_non_numbers_and_updates_without_before_images() {
+    let e = counter_engine(DeletePolicy::Lww, false);
+    let mut s = KeyState::default();
+    e.apply(&mut s, upsert("eu", vv(&[("eu", 1)]), 1, json!({"id":1,"points":1})));
+    let kept = s.clone();
+    let refused = |s: &mut KeyState, ev: ChangeEvent| {
+        let report = e.apply_reported(s, ev);
+        assert_eq!(report.applied, Applied::Refused);
+        report.refused.unwrap()
+    };
+    let r = refused(&mut s, update("eu", vv(&[("eu", 2)]), 2, json!({"id":1,"points":1}), json!({"id":1,"points":"lots"})));
+    assert_eq!(r.reason(), "counter_not_numeric");
+    assert!(r.to_string().contains("column `points` has rule \"counter\" but the after image holds \"lots\""), "{r}");
+    // An update without a before image (REPLICA IDENTITY DEFAULT): Debezium sends none.
+    let r = refused(&mut s, upsert("eu", vv(&[("eu", 3)]), 3, json!({"id":1,"points":4})));
+    assert_eq!(r.reason(), "counter_needs_before");
+    assert!(r.to_string().contains("REPLICA IDENTITY FULL"), "{r}");
+    let r = refused(&mut s, update("eu", vv(&[("eu", 4)]), 4, json!({"id":1}), json!({"id":1,"points":4})));
+    assert!(r.to_string().contains("the update's before image lacks the column"), "{r}");
+    assert_eq!(s, kept, "a refused event changes nothing");
+    // The source's next good update counts as usual.
+    e.apply(&mut s, update("eu", vv(&[("eu", 5)]), 5, json!({"id":1,"points":1}), json!({"id":1,"points":3})));
+    assert_eq!(out(&e, &s).unwrap()["points"], json!(3));
+    // An insert after the source's own delete is a re-create, not a refusal.
+    e.apply(&mut s, delete("eu", vv(&[("eu", 6)]), 6));
+    assert_eq!(e.apply(&mut s, upsert("eu", vv(&[("eu", 7)]), 7, json!({"id":1,"points":8}))), Applied::Changed);
+    assert_eq!(out(&e, &s).unwrap()["points"], json!(8));
+}
+
 #[test]
 fn explain_names_each_columns_rule_deciding_write_and_reason() {
     let rules = [("email", owner("crm")), ("tier", owner("crm")), ("last", ColumnRule::Max), ("tags", ColumnRule::Union)];
@@ -614,22 +785,52 @@ fn mixed_rules() -> [(&'static str, ColumnRule); 4] {
     [("c0", owner("us")), ("c1", ColumnRule::Max), ("c2", ColumnRule::Union), ("c3", ColumnRule::Min)]
 }
 
-/// Turns per-source steps into events. In carried mode, a source's clock has
-/// seen `seen` entries of the other sources' counters so far, which makes
-/// some writes causally later than others and some concurrent.
-fn events(hist: &[Vec<Step>], carried: bool) -> Vec<Vec<ChangeEvent>> {
+/// Mixed rules with a counter (`c1`, which holds numbers).
+fn counter_rules() -> [(&'static str, ColumnRule); 4] {
+    [("c0", owner("us")), ("c1", ColumnRule::Counter), ("c2", ColumnRule::Union), ("c3", ColumnRule::Min)]
+}
+
+/// How the property tests' events get their clocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clocks {
+    /// `{source: seq}`.
+    Derived,
+    /// A source's clock has seen `seen` entries of the other sources'
+    /// counters so far, which makes some writes causally later than others
+    /// and some concurrent; a source's clocks need not grow.
+    Carried,
+    /// As `Carried`, but what a source has seen only grows (as a real
+    /// region's clocks do), and a step with `seen == 0` after the first is
+    /// an echo: the source applied a merged record, so its own entry does
+    /// not advance.
+    Growing,
+}
+
+/// Turns per-source steps into events.
+fn events(hist: &[Vec<Step>], clocks: Clocks) -> Vec<Vec<ChangeEvent>> {
     let mut out = Vec::new();
     let mut images: HashMap<(usize, u8), Row> = HashMap::new();
     for (si, steps) in hist.iter().enumerate() {
         let source = SOURCES[si];
         let mut evs = Vec::new();
-        for (n, st) in steps.iter().enumerate() {
-            let seq = n as u64 + 1;
+        let mut seq = 0;
+        let mut seen_so_far = [0u64; 3];
+        for st in steps {
+            // An echo rewrites the image it had (a merged record applied):
+            // an update, after the source's first write, of a row it has.
+            let echo = clocks == Clocks::Growing && st.seen == 0 && seq > 0 && !st.delete;
+            if !echo {
+                seq += 1;
+            }
             let mut clock = VersionVector::single(source, seq);
-            if carried {
+            if clocks != Clocks::Derived {
                 for (oi, other) in SOURCES.iter().enumerate() {
                     if oi != si {
-                        let seen = (st.seen as u64).min(hist[oi].len() as u64);
+                        let mut seen = (st.seen as u64).min(hist[oi].len() as u64);
+                        if clocks == Clocks::Growing {
+                            seen = seen.max(seen_so_far[oi]);
+                            seen_so_far[oi] = seen;
+                        }
                         clock.set(other, seen);
                     }
                 }
@@ -649,7 +850,14 @@ fn events(hist: &[Vec<Step>], carried: bool) -> Vec<Vec<ChangeEvent>> {
                     vv: clock,
                 }
             } else {
-                let mut r = before.clone().unwrap_or_default();
+                let mut r = before.clone().unwrap_or_else(|| {
+                    // A new row has the counter column (`c1`) from the start,
+                    // as a database row has every column: a `before` image
+                    // lacking it would be refused.
+                    let mut r = Row::new();
+                    r.insert("c1".into(), json!(0));
+                    r
+                });
                 r.insert("id".into(), json!(st.key));
                 r.insert(format!("c{}", st.col), column_value(st.col, st.val));
                 images.insert((si, st.key), r.clone());
@@ -692,7 +900,9 @@ fn run(
         let ev = queues[q][pos[q]].clone();
         pos[q] += 1;
         let st = states.entry(ev.key.clone()).or_default();
-        if e.apply(st, ev.clone()) == Applied::Changed {
+        let applied = e.apply(st, ev.clone());
+        assert_ne!(applied, Applied::Refused, "the generated events are all mergeable: {ev:?}");
+        if applied == Applied::Changed {
             let r = e.resolve(st);
             let mut rendered = r.row.map(|r| Value::Object(r.into_owned()));
             if let Some(v) = rendered.as_mut() {
@@ -706,8 +916,9 @@ fn run(
     (states, emitted)
 }
 
-/// Every policy and delete policy, and `field-lww` with mixed column rules.
-fn all_engines() -> Vec<MergeEngine> {
+/// Every policy and delete policy, and `field-lww` with mixed column rules
+/// (with a counter only where each source's clocks grow, as counters need).
+fn all_engines(clocks: Clocks) -> Vec<MergeEngine> {
     let mut v = Vec::new();
     for policy in [Policy::Lww, Policy::SourcePriority, Policy::FieldLww] {
         for deletes in [DeletePolicy::Lww, DeletePolicy::DeleteWins, DeletePolicy::UpdateWins] {
@@ -715,11 +926,22 @@ fn all_engines() -> Vec<MergeEngine> {
             e.settings.priorities.insert("ap".into(), 3);
             v.push(e.clone());
             if policy == Policy::FieldLww {
-                v.push(with_rules(e, &mixed_rules()));
+                v.push(with_rules(e.clone(), &mixed_rules()));
+                if clocks != Clocks::Carried {
+                    let mut c = with_rules(e, &counter_rules());
+                    if clocks == Clocks::Growing {
+                        c.settings.clock_field = Some("_vv".into());
+                    }
+                    v.push(c);
+                }
             }
         }
     }
     v
+}
+
+fn clocks() -> impl Strategy<Value = Clocks> {
+    prop_oneof![Just(Clocks::Derived), Just(Clocks::Carried), Just(Clocks::Growing)]
 }
 
 proptest! {
@@ -728,12 +950,12 @@ proptest! {
     #[test]
     fn every_interleaving_converges(
         hist in history(),
-        carried in any::<bool>(),
+        clocks in clocks(),
         a in prop::collection::vec(0usize..3, 1..40),
         b in prop::collection::vec(0usize..3, 1..40),
     ) {
-        let queues = events(&hist, carried);
-        for e in all_engines() {
+        let queues = events(&hist, clocks);
+        for e in all_engines(clocks) {
             let (s1, o1) = run(&e, &queues, &a);
             let (s2, o2) = run(&e, &queues, &b);
             let what = format!("{:?}/{:?} {:?}", e.settings.policy, e.settings.deletes, e.settings.columns);
@@ -767,8 +989,8 @@ proptest! {
 
     #[test]
     fn the_state_is_an_antichain_bounded_per_source_in_derived_mode(hist in history(), a in prop::collection::vec(0usize..3, 1..40)) {
-        let queues = events(&hist, false);
-        for e in all_engines() {
+        let queues = events(&hist, Clocks::Derived);
+        for e in all_engines(Clocks::Derived) {
             let (states, _) = run(&e, &queues, &a);
             for st in states.values() {
                 prop_assert!(st.versions.len() <= SOURCES.len());

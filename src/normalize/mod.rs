@@ -215,7 +215,7 @@ pub enum NormalizeErrorKind {
     /// A column rule cannot merge the event (a `counter` column holding no
     /// number, or an update without the `before` value a counter needs).
     #[error("{0}")]
-    Refused(crate::merge::Refusal),
+    Refused(Box<crate::merge::Refusal>),
 }
 
 impl NormalizeErrorKind {
