@@ -50,7 +50,7 @@ use apache_avro::Schema;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::binary::{read_bytes, read_long, write_len, write_long, write_str, ReadError};
+use super::binary::{read_long, write_len, write_long, write_str, LongError};
 use crate::merge::{CounterState, Delta, ElementSet, FieldState, FieldVersion, KeyState, Op, Row, Tally, Version, VersionVector};
 
 /// The changelog state schema (`schemas/changelog-state.avsc`), as compiled in.
@@ -458,24 +458,31 @@ impl<'a> Reader<'a> {
         StateDecodeError::Malformed { what, offset, problem }
     }
 
-    /// The error for `e` met reading `what` at the current position (where
-    /// the primitive started).
-    fn error(&self, what: &'static str, e: ReadError) -> StateDecodeError {
-        match e {
-            ReadError::Truncated => Self::truncated(what, self.pos),
-            ReadError::TooLong => Self::malformed(what, self.pos, "varint does not fit 64 bits"),
-            ReadError::NegativeLength => Self::malformed(what, self.pos, "negative length"),
-        }
-    }
-
     /// An Avro `long`.
     fn long(&mut self, what: &'static str) -> Decoded<i64> {
-        read_long(self.bytes, &mut self.pos).map_err(|e| self.error(what, e))
+        read_long(self.bytes, &mut self.pos).map_err(|e| match e {
+            LongError::Truncated => Self::truncated(what, self.pos),
+            LongError::TooLong => Self::malformed(what, self.pos, "varint does not fit 64 bits"),
+        })
+    }
+
+    /// A string or bytes length: non-negative and within the value.
+    fn len(&mut self, what: &'static str) -> Decoded<usize> {
+        let start = self.pos;
+        let len = self.long(what)?;
+        let len = usize::try_from(len).map_err(|_| Self::malformed(what, start, "negative length"))?;
+        if len > self.remaining() {
+            return Err(Self::truncated(what, start));
+        }
+        Ok(len)
     }
 
     /// Length-prefixed bytes, borrowed from the value.
     fn bytes(&mut self, what: &'static str) -> Decoded<&'a [u8]> {
-        read_bytes(self.bytes, &mut self.pos).map_err(|e| self.error(what, e))
+        let len = self.len(what)?;
+        let bytes = &self.bytes[self.pos..self.pos + len];
+        self.pos += len;
+        Ok(bytes)
     }
 
     /// An Avro `string`, borrowed from the value.
