@@ -281,11 +281,18 @@ fn aggregation_example_readme_figures() {
         assert_eq!(header(r, "tributary.conflict").as_deref(), Some(expected), "{r}");
     }
     assert_eq!(records.len() - seen.len(), count("conflicts"));
-    // Each event but the ignored tombstone (event 17) emitted one record, so
-    // record i is event i + 1 up to event 16.
+    // Each event but the ignored tombstone (event 17) and the dead letter
+    // (event 23) emitted one record, so record i is event i + 1 up to event 16.
     assert_eq!(records.len(), count("accepted"));
     let tombstones = json_lines(&dump).iter().filter(|r| r["payload"].is_null()).count();
     assert_eq!(tombstones, count("ignored"));
+    assert_eq!(count("read"), count("accepted") + count("ignored") + count("dead_lettered"));
+    // The dead letter: the line the README shows, up to its first elision.
+    let dead = lines.iter().map(|l| l.trim()).find(|l| l.contains(": dead letter: ")).expect("the dead-letter line");
+    let shown = dead.split(" (…)").next().unwrap();
+    assert!(stderr.contains(shown), "README: {shown}\nstderr: {stderr}");
+    assert!(stderr.contains("REPLICA IDENTITY FULL"), "{stderr}");
+    assert_eq!(count("dead_lettered"), 1);
     let mut firsts: Vec<usize> = keys.iter().map(|k| records.iter().position(|r| r["key"] == k.as_str()).unwrap() + 1).collect();
     firsts.sort();
     assert!(firsts.iter().all(|&e| e < 17), "{firsts:?}");
