@@ -31,7 +31,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message};
 use serde::Deserialize;
 
-use crate::admin::murmur2_partition;
+use crate::kafka::murmur2_partition;
 use crate::config::Config;
 
 /// How long to wait for the cluster's metadata before giving up.

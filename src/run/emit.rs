@@ -189,7 +189,7 @@ impl Worker {
     /// default, kcat, the Python and Go clients), which breaks it: say so once.
     pub(super) fn check_partitioner(&mut self, msg: &BorrowedMessage<'_>) {
         let Some(key) = msg.key() else { return };
-        let expected = crate::admin::murmur2_partition(key, self.partitions);
+        let expected = crate::kafka::murmur2_partition(key, self.partitions);
         if expected != msg.partition() {
             tracing::warn!(
                 topic = msg.topic(),

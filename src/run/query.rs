@@ -25,7 +25,7 @@ impl Worker {
         // producers (librdkafka's default: kcat, the Python and Go clients)
         // put keys elsewhere: when the murmur2 partition does not hold the
         // key, every owned partition is searched.
-        let partition = crate::admin::murmur2_partition(key.as_bytes(), self.partitions);
+        let partition = crate::kafka::murmur2_partition(key.as_bytes(), self.partitions);
         if self.tasks.get(&partition).is_some_and(|t| matches!(t.get_committed(key), Ok(Some(_)))) {
             return self.answer(key, partition);
         }

@@ -5,23 +5,9 @@
 //! (the caller adds the column and dead-letters the record).
 
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::ColumnType;
-
-/// The unit of an epoch number in a `timestamp`/`timestamptz` column
-/// (`[sink.time_units]`). Without one the magnitude decides, see [`to_micros`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EpochUnit {
-    /// Debezium `io.debezium.time.Timestamp`, `connect.Timestamp`.
-    Millis,
-    /// Debezium `io.debezium.time.MicroTimestamp`.
-    Micros,
-    /// Debezium `io.debezium.time.NanoTimestamp`.
-    Nanos,
-}
+use super::{ColumnType, EpochUnit};
 
 /// Parses a column type, PostgreSQL spellings included
 /// (`double precision`, `timestamp with time zone`, `numeric(12,2)`).

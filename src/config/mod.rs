@@ -1,0 +1,499 @@
+//! Configuration: the TOML file of design §5, environment overrides, and
+//! validation that names the offending key.
+//!
+//! Loading goes file → TOML table → environment overrides → typed structs
+//! (`deny_unknown_fields` everywhere) → semantic checks. Every problem found
+//! by the checks is reported at once, each with the key it is about.
+
+mod sections;
+mod serde_text;
+mod sink;
+#[cfg(test)]
+mod tests;
+
+pub use sections::{
+    AdminConfig, AuditConfig, KafkaConfig, MergeConfig, OutputConfig, OutputFormat, Processing, RuntimeConfig,
+    SchemaRegistryConfig, SourceConfig, SourceFormat,
+};
+pub(crate) use serde_text::duration_text;
+pub use serde_text::is_secret_property;
+pub use sink::{EpochUnit, SinkConfig, TargetKind};
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::merge::MergeSettings;
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "TRIBUTARY_";
+
+/// A configuration problem. Each variant names where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or a key/type problem found while parsing the file.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file (or other origin) of the text.
+        origin: String,
+        /// The parser's message, with line and column where it has them.
+        message: String,
+    },
+    /// An environment override is malformed or names no known key.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Semantic checks failed; every problem is listed with its key.
+    #[error("{origin}: invalid configuration:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        origin: String,
+        /// One line per problem, each starting with the key.
+        problems: Vec<String>,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Kafka connection and consumer group.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// The merged output topic (`tributary sink` may name its topic in `[sink]` instead).
+    #[serde(default)]
+    pub output: OutputConfig,
+    /// Merge policy.
+    #[serde(default)]
+    pub merge: MergeConfig,
+    /// Processing guarantees and local state (used by `tributary run`).
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// The admin HTTP port (`tributary run`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// The conflict audit topic (`tributary run`).
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// The table sink (`tributary sink`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkConfig>,
+    /// The Confluent Schema Registry (Avro input or output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_registry: Option<SchemaRegistryConfig>,
+    /// The source topics, one per source database.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+impl Config {
+    /// Loads a file and applies `TRIBUTARY_…` overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// Parses configuration text, applies overrides from `env` (name, value
+    /// pairs; only `TRIBUTARY_<SECTION>__<KEY>` names are considered) and
+    /// validates the result.
+    pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let config = Self::parse_unvalidated(text, origin, env)?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// [`Config::load`] for `tributary sink`: `[[sources]]` and the
+    /// processor's sections are not needed, only `[kafka]`, `[sink]` and a
+    /// topic (`[sink] topic` or `[output] topic`).
+    pub fn load_for_sink(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse_for_sink(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// [`Config::parse`] for `tributary sink` (see [`Config::load_for_sink`]).
+    pub fn parse_for_sink(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let config = Self::parse_unvalidated(text, origin, env)?;
+        config.validate_for_sink(origin)?;
+        Ok(config)
+    }
+
+    fn parse_unvalidated(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        // First the file alone, so key and type errors point at a line.
+        let parsed: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.into(), message: e.to_string() })?;
+        let overrides: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__")).collect();
+        let config = if overrides.is_empty() {
+            parsed
+        } else {
+            let mut table: toml::Table = toml::from_str(text).expect("parsed above");
+            let mut set = Vec::new();
+            for (var, value) in &overrides {
+                set.push((var, apply_override(&mut table, var, value)?));
+            }
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                // The value came from the environment: name the variable.
+                match set.iter().find(|(_, key)| path == *key || path.starts_with(&format!("{key}."))) {
+                    Some((var, _)) => ConfigError::Env { var: var.to_string(), message: format!("{path}: {}", e.inner()) },
+                    None => ConfigError::Parse {
+                        origin: format!("{origin} with environment overrides"),
+                        message: format!("{path}: {}", e.inner()),
+                    },
+                }
+            })?
+        };
+        Ok(config)
+    }
+
+    /// The checks `tributary sink` needs: the Kafka connection, the topic and `[sink]`.
+    pub fn validate_for_sink(&self, origin: &str) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.kafka.group_id.trim().is_empty() {
+            problems.push("kafka.group_id: must not be empty".into());
+        }
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            problems.push("kafka.bootstrap_servers: must not be empty".into());
+        }
+        for name in ["isolation.level", "enable.auto.commit", "group.id"] {
+            if self.kafka.properties.contains_key(name) {
+                problems.push(format!("kafka.properties.\"{name}\": Tributary sets it"));
+            }
+        }
+        match &self.sink {
+            None => problems.push("sink: the configuration has no [sink] section".into()),
+            Some(sink) => {
+                if let Err(e) = sink.table_spec() {
+                    problems.push(e.to_string().trim_start_matches("sink configuration: ").to_string());
+                }
+                if sink.topic.as_deref().unwrap_or(&self.output.topic).trim().is_empty() {
+                    problems.push("sink.topic: name the topic to read here or in [output] topic".into());
+                }
+            }
+        }
+        if self.output.format == OutputFormat::Avro && self.schema_registry.is_none() {
+            problems.push("schema_registry: output.format = \"avro\" needs [schema_registry] to decode".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { origin: origin.into(), problems })
+        }
+    }
+
+    /// Semantic checks. Reports every problem, each naming its key.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.sources.is_empty() {
+            problems.push("sources: at least one [[sources]] entry is required".to_string());
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            problems.push("kafka.group_id: must not be empty".into());
+        }
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            problems.push("kafka.bootstrap_servers: must not be empty".into());
+        }
+        for (name, why) in [
+            ("isolation.level", "the processor and the sink must read committed data only"),
+            ("partition.assignment.strategy", "co-partitioning needs the range assignor"),
+            ("enable.auto.commit", "offsets are committed with the output"),
+            ("transactional.id", "derived from group_id and instance_id"),
+            ("group.id", "set kafka.group_id"),
+            ("group.instance.id", "set kafka.instance_id"),
+        ] {
+            if self.kafka.properties.contains_key(name) {
+                problems.push(format!("kafka.properties.\"{name}\": Tributary sets it ({why})"));
+            }
+        }
+        if let Some(id) = &self.kafka.instance_id {
+            if id.trim().is_empty() {
+                problems.push("kafka.instance_id: must not be empty when set".into());
+            }
+        }
+        if matches!(self.kafka.replication_factor, Some(n) if n < 1) {
+            problems.push("kafka.replication_factor: must be at least 1".into());
+        }
+        if self.output.topic.trim().is_empty() {
+            problems.push("output.topic: must not be empty".into());
+        }
+        if self.admin.enabled && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!("admin.listen: \"{}\" is not an address such as \"0.0.0.0:9464\"", self.admin.listen));
+        }
+        if self.merge.tombstone_retention.is_zero() {
+            problems.push(
+                "merge.tombstone_retention: must be greater than zero (deleted keys must hold off late concurrent updates for a while)"
+                    .into(),
+            );
+        }
+        if self.runtime.commit_interval.is_zero() {
+            problems.push("runtime.commit_interval: must be greater than zero".into());
+        }
+        if self.runtime.max_cycle_bytes < 1 << 16 {
+            problems.push(format!("runtime.max_cycle_bytes: {} is too small (at least 65536)", self.runtime.max_cycle_bytes));
+        }
+        if self.output.delete_retention.is_some_and(|d| d.is_zero()) {
+            problems.push("output.delete_retention: must be greater than zero".into());
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut topics: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let at = format!("sources[{i}]");
+            if s.name.trim().is_empty() {
+                problems.push(format!("{at}.name: must not be empty"));
+            } else if let Some(j) = names.insert(&s.name, i) {
+                problems.push(format!("{at}.name: duplicate source name \"{}\" (also sources[{j}])", s.name));
+            }
+            if s.topic.trim().is_empty() {
+                problems.push(format!("{at}.topic: must not be empty"));
+            } else if let Some(j) = topics.insert(&s.topic, i) {
+                problems.push(format!("{at}.topic: topic \"{}\" is already read by sources[{j}]", s.topic));
+            }
+            if s.topic == self.output.topic {
+                problems.push(format!("{at}.topic: \"{}\" is also the output topic", s.topic));
+            }
+            if let Some(seq) = &s.sequence {
+                if seq.split('.').any(str::is_empty) {
+                    problems.push(format!("{at}.sequence: \"{seq}\" is not a dotted path such as \"source.lsn\""));
+                }
+                if s.format == SourceFormat::Json {
+                    problems.push(format!(
+                        "{at}.sequence: not supported with format = \"json\": a delete (tombstone) carries no sequence; use the Kafka offset (the default) or clock_field"
+                    ));
+                } else if !seq.starts_with("source.") {
+                    problems.push(format!(
+                        "{at}.sequence: \"{seq}\" must be a field of the Debezium `source` block, e.g. \"source.lsn\" (row fields are absent from deletes)"
+                    ));
+                }
+                if s.clock_field.is_some() {
+                    problems.push(format!(
+                        "{at}.sequence: set together with clock_field; a source's clock is either derived or carried"
+                    ));
+                }
+            }
+            if let Some(f) = &s.clock_field {
+                if f.is_empty() {
+                    problems.push(format!("{at}.clock_field: must not be empty"));
+                }
+            }
+            if let Some(k) = &s.key_fields {
+                if k.is_empty() || k.iter().any(String::is_empty) {
+                    problems.push(format!("{at}.key_fields: must list at least one non-empty field name"));
+                }
+                if k.iter().collect::<HashSet<_>>().len() != k.len() {
+                    problems.push(format!("{at}.key_fields: lists a field twice"));
+                }
+            }
+            if s.ts_field.is_some() && s.format != SourceFormat::Json {
+                problems.push(format!("{at}.ts_field: only applies to format = \"json\" (Debezium events carry source.ts_ms)"));
+            }
+        }
+        let carried: Vec<&str> = self.sources.iter().filter_map(|s| s.clock_field.as_deref()).collect();
+        if self.output.clock_field.is_none() && carried.iter().collect::<HashSet<_>>().len() > 1 {
+            problems.push(format!(
+                "output.clock_field: sources carry clocks in different columns ({}); name the output column",
+                carried.join(", ")
+            ));
+        }
+        self.merge.validate_columns(&self.sources, &mut problems);
+        self.validate_registry(&mut problems);
+        if let Some(sink) = &self.sink {
+            if let Err(e) = sink.table_spec() {
+                problems.push(e.to_string().trim_start_matches("sink configuration: ").to_string());
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { origin: origin.into(), problems })
+        }
+    }
+
+    /// True when some source or the output is Avro (a registry is needed).
+    pub fn uses_avro(&self) -> bool {
+        self.output.format == OutputFormat::Avro || self.sources.iter().any(|s| s.format == SourceFormat::DebeziumAvro)
+    }
+
+    fn validate_registry(&self, problems: &mut Vec<String>) {
+        let Some(registry) = &self.schema_registry else {
+            if self.uses_avro() {
+                let who: Vec<String> = self
+                    .sources
+                    .iter()
+                    .filter(|s| s.format == SourceFormat::DebeziumAvro)
+                    .map(|s| format!("sources.{}.format", s.name))
+                    .chain((self.output.format == OutputFormat::Avro).then(|| "output.format".to_string()))
+                    .collect();
+                problems.push(format!(
+                    "schema_registry: required by {} (Avro); add [schema_registry] url = \"http://…\"",
+                    who.join(", ")
+                ));
+            }
+            return;
+        };
+        if self.output.format == OutputFormat::Avro && !self.sources.iter().any(|s| s.format == SourceFormat::DebeziumAvro) {
+            problems.push(
+                "output.format: \"avro\" derives the output schema from the sources' Avro schemas; at least one source needs format = \"debezium-avro\"".into(),
+            );
+        }
+        let urls = registry.urls();
+        if urls.is_empty() {
+            problems.push("schema_registry.url: must not be empty".into());
+        }
+        for u in &urls {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                problems.push(format!("schema_registry.url: \"{u}\" must start with http:// or https://"));
+            }
+        }
+        if registry.basic_auth_password.is_some() && registry.basic_auth_user.is_none() {
+            problems.push("schema_registry.basic_auth_password: set without basic_auth_user".into());
+        }
+        if registry.certificate_location.is_some() != registry.key_location.is_some() {
+            problems.push("schema_registry.certificate_location/key_location: mutual TLS needs both".into());
+        }
+        for (key, path) in [
+            ("ca_location", &registry.ca_location),
+            ("certificate_location", &registry.certificate_location),
+            ("key_location", &registry.key_location),
+        ] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    problems.push(format!("schema_registry.{key}: {} is not a readable file", p.display()));
+                }
+            }
+        }
+        if registry.timeout.is_zero() {
+            problems.push("schema_registry.timeout: must be positive".into());
+        }
+    }
+
+    /// The source configured for `topic`.
+    pub fn source_for_topic(&self, topic: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.topic == topic)
+    }
+
+    /// The output column that receives the merged clock in carried mode.
+    pub fn output_clock_field(&self) -> Option<String> {
+        self.output.clock_field.clone().or_else(|| self.sources.iter().find_map(|s| s.clock_field.clone()))
+    }
+
+    /// The merge engine's settings.
+    pub fn merge_settings(&self) -> MergeSettings {
+        MergeSettings {
+            policy: self.merge.policy,
+            deletes: self.merge.deletes,
+            priorities: self.sources.iter().map(|s| (s.name.clone(), s.priority)).collect(),
+            clock_field: self.output_clock_field(),
+            tombstone_retention_ms: i64::try_from(self.merge.tombstone_retention.as_millis()).unwrap_or(i64::MAX),
+            columns: self.merge.columns.clone(),
+        }
+    }
+
+    /// The output topic's `delete.retention.ms`: configured, or
+    /// `tombstone_retention` but at least a day (Kafka's default).
+    pub fn output_delete_retention(&self) -> Duration {
+        self.output.delete_retention.unwrap_or_else(|| self.merge.tombstone_retention.max(Duration::from_secs(86_400)))
+    }
+
+    /// The resolved configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut value = toml::Value::try_from(self).expect("the configuration serializes");
+        // `deleted_field` means something for format = "json" only.
+        if let Some(sources) = value.get_mut("sources").and_then(toml::Value::as_array_mut) {
+            for source in sources.iter_mut().filter_map(toml::Value::as_table_mut) {
+                if source.get("format").and_then(toml::Value::as_str) != Some("json") {
+                    source.remove("deleted_field");
+                }
+            }
+        }
+        toml::to_string_pretty(&value).expect("the configuration serializes")
+    }
+}
+
+/// Applies one `TRIBUTARY_<SECTION>__<KEY>` override to the parsed table.
+///
+/// `TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS`, `TRIBUTARY_MERGE__POLICY`,
+/// `TRIBUTARY_KAFKA__PROPERTIES__SASL_PASSWORD` (→ `sasl.password`),
+/// `TRIBUTARY_SOURCES__EU__PRIORITY` (source by name; `_` matches `-`).
+/// Returns the key path it set (`merge.deletes`, `sources[0].priority`).
+fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<String, ConfigError> {
+    let err = |message: String| ConfigError::Env { var: var.into(), message };
+    let parts: Vec<String> = var[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect();
+    let value = parse_env_value(raw);
+    match parts.as_slice() {
+        [section, props, name] if section == "kafka" && props == "properties" => {
+            let kafka = table_mut(table, "kafka").map_err(&err)?;
+            let properties = table_mut(kafka, "properties").map_err(&err)?;
+            properties.insert(name.replace('_', "."), toml::Value::String(raw.to_string()));
+            Ok(format!("kafka.properties.{}", name.replace('_', ".")))
+        }
+        [section, name, key] if section == "sources" => {
+            let sources = table
+                .get_mut("sources")
+                .and_then(toml::Value::as_array_mut)
+                .ok_or_else(|| err("the file has no [[sources]]".into()))?;
+            let wanted = name.replace('_', "-");
+            let (index, source) = sources
+                .iter_mut()
+                .filter_map(toml::Value::as_table_mut)
+                .enumerate()
+                .find(|(_, t)| {
+                    t.get("name")
+                        .and_then(toml::Value::as_str)
+                        .is_some_and(|n| n.to_ascii_lowercase().replace('_', "-") == wanted)
+                })
+                .ok_or_else(|| err(format!("no source named \"{name}\" in the file")))?;
+            source.insert(key.clone(), value);
+            Ok(format!("sources[{index}].{key}"))
+        }
+        [section, key] if section != "sources" => {
+            table_mut(table, section).map_err(&err)?.insert(key.clone(), value);
+            Ok(format!("{section}.{key}"))
+        }
+        _ => Err(err(
+            "expected TRIBUTARY_<SECTION>__<KEY>, TRIBUTARY_KAFKA__PROPERTIES__<NAME> or TRIBUTARY_SOURCES__<NAME>__<KEY>".into(),
+        )),
+    }
+}
+
+fn table_mut<'a>(table: &'a mut toml::Table, key: &str) -> Result<&'a mut toml::Table, String> {
+    table
+        .entry(key.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .ok_or_else(|| format!("`{key}` is not a table"))
+}
+
+/// An override value: a TOML literal when it parses as one (numbers,
+/// booleans, arrays, quoted strings), otherwise the raw text as a string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    #[derive(Deserialize)]
+    struct Holder {
+        v: toml::Value,
+    }
+    match toml::from_str::<Holder>(&format!("v = {raw}")) {
+        Ok(h) if !matches!(h.v, toml::Value::Datetime(_)) => h.v,
+        _ => toml::Value::String(raw.to_string()),
+    }
+}
