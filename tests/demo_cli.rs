@@ -108,6 +108,14 @@ fn demo_aggregation_explains_every_column_and_matches_replay() {
     let check = stdout.lines().find(|l| l.starts_with("Replay check:")).unwrap_or_else(|| panic!("no replay check:\n{stdout}"));
     assert!(check.ends_with(&format!("match replay for all {keys} keys")), "{check}");
     assert_eq!(number_before(&stdout, "Replay check:", "source records"), records, "{stdout}");
+    // loyalty_points (rule counter): every system's own points add up, in every row.
+    let counted =
+        stdout.lines().find(|l| l.starts_with("Counter check:")).unwrap_or_else(|| panic!("no counter check:\n{stdout}"));
+    assert!(counted.ends_with("the sum of what each system's own database holds"), "{counted}");
+    let with_points: u64 =
+        conn.query_row("SELECT count(*) FROM customers WHERE loyalty_points IS NOT NULL", [], |r| r.get(0)).unwrap();
+    assert!(with_points > 0);
+    assert_eq!(number_before(&stdout, "Counter check:", "rows equals"), with_points, "{stdout}");
 
     // What the rules promise, row by row: the owners' emails, sorted unions.
     let mut stmt = conn.prepare("SELECT id, email, tags FROM customers").unwrap();

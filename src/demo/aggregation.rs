@@ -1,16 +1,17 @@
 //! The `aggregation` scenario's systems, as in `examples/aggregation/`: the
-//! CRM (`crm`: name, email, tags, first seen, and a copy of the balance that
-//! sales can edit), billing (`billing`: the balance, its own tags and email,
-//! and customers the CRM never has) and the login services of two regions
-//! (`eu`, `us`: when a customer was first seen and last logged in) feed one
-//! `customers` table, and every column resolves by its own rule.
+//! CRM (`crm`: name, email, tags, first seen, a copy of the balance that
+//! sales can edit, and campaign bonus points), billing (`billing`: the
+//! balance, its own tags and email, and customers the CRM never has) and the
+//! login services of two regions (`eu`, `us`: when a customer was first seen
+//! and last logged in, and points per login) feed one `customers` table, and
+//! every column resolves by its own rule.
 //!
 //! The clocks are derived (the default): each system's writes are ordered
 //! by its topic's offsets, and writes of different systems are always
 //! concurrent, since no system sees another's. So every customer written by
 //! two systems is a live conflict, and the column rules decide the row.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
@@ -34,8 +35,16 @@ const BILLING: usize = 1;
 const WEIGHTS: [u64; 4] = [30, 30, 20, 20];
 
 /// The sink's columns: the union of the systems' columns.
-pub(super) const COLUMNS: [&str; 7] =
-    ["id bigint", "name text", "email text", "balance bigint", "tags json", "first_seen date", "last_login text"];
+pub(super) const COLUMNS: [&str; 8] = [
+    "id bigint",
+    "name text",
+    "email text",
+    "balance bigint",
+    "tags json",
+    "first_seen date",
+    "last_login text",
+    "loyalty_points bigint",
+];
 
 /// A column rule of `[merge.columns]`: column, rule (TOML), what it means here.
 pub(super) struct Rule {
@@ -44,7 +53,7 @@ pub(super) struct Rule {
     pub meaning: &'static str,
 }
 
-pub(super) const RULES: [Rule; 6] = [
+pub(super) const RULES: [Rule; 7] = [
     Rule {
         column: "email",
         toml: r#"{ rule = "owner", source = "crm" }"#,
@@ -65,6 +74,11 @@ pub(super) const RULES: [Rule; 6] = [
         column: "tags",
         toml: r#"{ rule = "union" }"#,
         meaning: "every system's tags; a removal takes away only the additions its writer had seen",
+    },
+    Rule {
+        column: "loyalty_points",
+        toml: r#"{ rule = "counter" }"#,
+        meaning: "every system's points added up: the initial value plus each system's own changes (after - before)",
     },
     Rule { column: "name", toml: "", meaning: "no rule: the latest write (lww order), as every column without one" },
 ];
@@ -116,6 +130,11 @@ fn name(id: u64) -> (&'static str, &'static str) {
     (FIRST[(id % 12) as usize], LAST[((id / 12 + id * 5) % 12) as usize])
 }
 
+fn add_points(row: &mut Map<String, Value>, n: i64) {
+    let points = row.get("loyalty_points").and_then(Value::as_i64).unwrap_or(0);
+    row.insert("loyalty_points".into(), (points + n).into());
+}
+
 impl Sim {
     pub(super) fn new() -> Sim {
         Sim { rng: Rng(0xa66e_6a7e_0c0f_fee5), rows: Default::default(), lsn: [20_000_000; 4] }
@@ -152,6 +171,7 @@ impl Sim {
                 row.insert("balance".into(), 0.into());
                 row.insert("tags".into(), json!([self.rng.pick(&CRM_TAGS)]));
                 row.insert("first_seen".into(), date(&mut self.rng).into());
+                row.insert("loyalty_points".into(), 0.into());
             }
             BILLING => {
                 row.insert("name".into(), format!("{first} {last}").into());
@@ -163,6 +183,7 @@ impl Sim {
                 row.insert("first_seen".into(), date(&mut self.rng).into());
                 let at = self.login(wall_ms);
                 row.insert("last_login".into(), at.into());
+                row.insert("loyalty_points".into(), 0.into());
             }
         }
         row
@@ -185,16 +206,18 @@ impl Sim {
             row.insert("tags".into(), Value::Array(tags));
         };
         match s {
-            CRM if roll < 35 => {
+            CRM if roll < 30 => {
                 let (first, last) = name(id);
                 let email = format!("{}.{}{}@crm.example", first.to_lowercase(), last.to_lowercase(), self.rng.below(100));
                 row.insert("email".into(), email.into());
             }
-            CRM if roll < 65 => toggle(&mut self.rng, row, &CRM_TAGS),
+            CRM if roll < 55 => toggle(&mut self.rng, row, &CRM_TAGS),
             // Sales edits the CRM's copy of the balance: billing owns the column.
-            CRM if roll < 85 => {
+            CRM if roll < 75 => {
                 row.insert("balance".into(), (5 * self.rng.below(40)).into());
             }
+            // A campaign bonus, while the regions add points for logins.
+            CRM if roll < 90 => add_points(row, 25 * (1 + self.rng.below(4) as i64)),
             CRM => {
                 let (first, _) = name(id);
                 row.insert("name".into(), format!("{first} {}", self.rng.pick(&LAST)).into());
@@ -206,6 +229,7 @@ impl Sim {
             _ if roll < 90 => {
                 let at = self.login(wall_ms);
                 row.insert("last_login".into(), at.into());
+                add_points(row, 10);
             }
             _ => {
                 row.insert("first_seen".into(), date(&mut self.rng).into());
@@ -216,6 +240,21 @@ impl Sim {
 
 impl Simulation for Sim {
     fn advance(&mut self, _: Instant) {}
+
+    /// `loyalty_points` of every customer: the sum of what each system that
+    /// has the row holds (each started it at 0), which the counter rule
+    /// promises whatever the order the systems' events arrive in.
+    fn expected(&self) -> BTreeMap<u64, Map<String, Value>> {
+        let mut out: BTreeMap<u64, Map<String, Value>> = BTreeMap::new();
+        for rows in &self.rows {
+            for (id, row) in rows {
+                let Some(points) = row.as_ref().and_then(|r| r.get("loyalty_points")).and_then(Value::as_i64) else { continue };
+                let slot = out.entry(*id).or_default().entry("loyalty_points").or_insert(0.into());
+                *slot = (slot.as_i64().unwrap_or(0) + points).into();
+            }
+        }
+        out
+    }
 
     fn write(&mut self, _: Instant, wall_ms: i64) -> Write_ {
         let s = self.pick_source();
@@ -277,9 +316,9 @@ mod tests {
             let image = if v["op"] == "d" { &v["before"] } else { &v["after"] };
             let columns: Vec<&str> = image.as_object().unwrap().keys().map(String::as_str).collect();
             let allowed: &[&str] = match w.source {
-                CRM => &["id", "name", "email", "balance", "tags", "first_seen"],
+                CRM => &["id", "name", "email", "balance", "tags", "first_seen", "loyalty_points"],
                 BILLING => &["id", "name", "email", "balance", "tags"],
-                _ => &["id", "first_seen", "last_login"],
+                _ => &["id", "first_seen", "last_login", "loyalty_points"],
             };
             assert!(columns.iter().all(|c| allowed.contains(c)), "{}: {columns:?}", SOURCES[w.source].name);
             if w.source == CRM {
@@ -300,6 +339,9 @@ mod tests {
         let section = merge_section();
         let parsed: toml::Table = section.parse().unwrap();
         assert_eq!(parsed["merge"]["columns"]["balance"]["source"].as_str(), Some("billing"));
-        assert_eq!(rules_in_brief(), "email owner crm, balance owner billing, last_login max, first_seen min, tags union");
+        assert_eq!(
+            rules_in_brief(),
+            "email owner crm, balance owner billing, last_login max, first_seen min, tags union, loyalty_points counter"
+        );
     }
 }

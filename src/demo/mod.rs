@@ -8,18 +8,20 @@
 //! SQLite file. At the end a short report says what happened.
 //!
 //! Two scenarios ([`Scenario`]):
-//! - `regions` (the default, [`regions`]): three regions replicate each
-//!   other's writes with a lag, like a multi-primary database, carrying
+//! - `regions` (the default, module `regions`): three regions replicate
+//!   each other's writes with a lag, like a multi-primary database, carrying
 //!   version vectors in a `_vv` column, so some edits are causally later and
 //!   some concurrent; the configured policy resolves the conflicts.
-//! - `aggregation` ([`aggregation`]): a CRM, billing and two regions' login
-//!   services each own part of a customer, and every column resolves by its
-//!   own rule (`owner`, `max`, `min`, `union`); the report says which write
-//!   decided each column and why, and checks the output against replay.
+//! - `aggregation` (module `aggregation`): a CRM, billing and two regions'
+//!   login services each own part of a customer, and every column resolves
+//!   by its own rule (`owner`, `max`, `min`, `union`, `counter`); the report
+//!   says which write decided each column and why, and checks the output
+//!   against replay and the counter against the systems' own databases.
 //!
-//! The parts: [`scenario`] (what differs between the scenarios), the
-//! simulators, [`observe`] (metrics read in process, the state store, the
-//! SQLite file, the replay check, the progress line) and [`report`].
+//! The other modules: `scenario` (what differs between the scenarios),
+//! `observe` (metrics read in process from the processor's registry, its
+//! state store, the SQLite file, the checks, the progress line) and
+//! `report`.
 
 mod aggregation;
 mod observe;
@@ -27,7 +29,7 @@ mod regions;
 mod report;
 mod scenario;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -209,6 +211,11 @@ trait Simulation: Send {
     fn advance(&mut self, now: Instant);
     /// The next write, at wall-clock time `wall_ms`.
     fn write(&mut self, now: Instant, wall_ms: i64) -> Write_;
+    /// Columns whose merged value the scenario knows from its databases,
+    /// per customer, to check the table against.
+    fn expected(&self) -> BTreeMap<u64, serde_json::Map<String, serde_json::Value>> {
+        BTreeMap::new()
+    }
 }
 
 /// What the sources wrote.
@@ -219,11 +226,19 @@ struct Produced {
     deletes: Vec<u64>,
     /// Every key written.
     ids: BTreeSet<u64>,
+    /// What [`Simulation::expected`] said at the end.
+    expected: BTreeMap<u64, serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Produced {
     fn new(sources: usize) -> Produced {
-        Produced { inserts: vec![0; sources], updates: vec![0; sources], deletes: vec![0; sources], ids: BTreeSet::new() }
+        Produced {
+            inserts: vec![0; sources],
+            updates: vec![0; sources],
+            deletes: vec![0; sources],
+            ids: BTreeSet::new(),
+            expected: BTreeMap::new(),
+        }
     }
     fn count(&mut self, w: &Write_) {
         let slot = match w.kind {
@@ -428,6 +443,7 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
 
     let keys = observe::read_states(&state_dir, &produced.ids)?;
     let rows = observe::read_rows(&sqlite).map_err(fail(format!("cannot read {}", sqlite.display())))?;
+    let known = observe::known_values(&produced.expected, &rows);
     let seen = report::Seen {
         config: &config,
         wrote_for,
@@ -442,6 +458,7 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
         consumed: counters.consumed,
         sink_records: sink_stats.records,
         check: check.as_ref(),
+        known: &known,
     };
     match scenario {
         Scenario::Regions => print!("{}", report::Regions(&seen)),
@@ -452,6 +469,11 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
         Some(c) if !c.passed() => Err(DemoError(format!(
             "the output differs from replay's for {} keys (see the report); the state is in {}",
             c.mismatches.len(),
+            dir.display()
+        ))),
+        _ if !known.mismatches.is_empty() => Err(DemoError(format!(
+            "{} rows differ from what the source databases hold (see the report); the state is in {}",
+            known.mismatches.len(),
             dir.display()
         ))),
         _ => Ok(()),
@@ -579,6 +601,7 @@ fn simulate(
     if failed > 0 {
         return Err(DemoError(format!("{failed} source records were not delivered to the mock cluster")));
     }
+    produced.expected = sim.expected();
     Ok(produced)
 }
 

@@ -267,6 +267,37 @@ fn read_topic(client: &BaseConsumer, bootstrap: &str, topic: &str) -> Result<Vec
     Ok(out)
 }
 
+/// The table's rows checked against values the simulated databases imply.
+#[derive(Debug, Default)]
+pub(super) struct KnownValues {
+    /// The columns checked.
+    pub columns: BTreeSet<String>,
+    /// Rows checked (keys deleted in the merge have no row to check).
+    pub rows: usize,
+    /// What differed, one line per row.
+    pub mismatches: Vec<String>,
+}
+
+/// Compares every table row with `expected` (customer id → column → value).
+pub(super) fn known_values(expected: &BTreeMap<u64, Row>, table: &BTreeMap<i64, Row>) -> KnownValues {
+    let mut out = KnownValues::default();
+    for (id, want) in expected {
+        let Some(row) = table.get(&(*id as i64)) else { continue };
+        out.rows += 1;
+        let mut differ = Vec::new();
+        for (column, value) in want {
+            out.columns.insert(column.clone());
+            if !same_value(row.get(column), Some(value)) {
+                differ.push(format!("{column} = {} (the databases imply {value})", row.get(column).unwrap_or(&Value::Null)));
+            }
+        }
+        if !differ.is_empty() {
+            out.mismatches.push(format!("customer {id}: {}", differ.join(", ")));
+        }
+    }
+    out
+}
+
 /// Does the table's `got` hold the merged record's `want`? The sink stores
 /// JSON columns as text and numbers as numbers.
 fn same_value(got: Option<&Value>, want: Option<&Value>) -> bool {
@@ -431,6 +462,20 @@ mod tests {
         let c = compare(&want, &want, &table, &columns);
         assert_eq!(c.mismatches.len(), 1);
         assert!(c.mismatches[0].contains("tags"), "{:?}", c.mismatches);
+    }
+
+    #[test]
+    fn known_values_are_checked_on_the_rows_the_table_has() {
+        let j = |s: &str| serde_json::from_str::<Value>(s).unwrap().as_object().unwrap().clone();
+        let expected: BTreeMap<u64, Row> =
+            [(1, j(r#"{"loyalty_points":30}"#)), (2, j(r#"{"loyalty_points":5}"#)), (3, j(r#"{"loyalty_points":0}"#))].into();
+        let table: BTreeMap<i64, Row> =
+            [(1, j(r#"{"id":1,"loyalty_points":30}"#)), (2, j(r#"{"id":2,"loyalty_points":15}"#))].into();
+        let k = known_values(&expected, &table);
+        assert_eq!(k.rows, 2);
+        assert_eq!(k.columns.iter().collect::<Vec<_>>(), ["loyalty_points"]);
+        assert_eq!(k.mismatches.len(), 1, "{:?}", k.mismatches);
+        assert!(k.mismatches[0].starts_with("customer 2: loyalty_points = 15"), "{:?}", k.mismatches);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use super::observe::{MetricsView, ReplayCheck, Row};
+use super::observe::{KnownValues, MetricsView, ReplayCheck, Row};
 use super::{aggregation, regions, DemoPolicy, Produced, CATCH_UP, TABLE};
 use crate::config::Config;
 use crate::merge::KeyState;
@@ -27,6 +27,7 @@ pub(super) struct Seen<'a> {
     pub consumed: u64,
     pub sink_records: u64,
     pub check: Option<&'a ReplayCheck>,
+    pub known: &'a KnownValues,
 }
 
 /// What the processor's state says about a key.
@@ -259,7 +260,7 @@ impl fmt::Display for Aggregation<'_> {
         writeln!(f, "Column rules ([merge.columns]; the same as examples/aggregation/):")?;
         for r in &aggregation::RULES {
             let rule = if r.toml.is_empty() { "(none)" } else { r.toml };
-            writeln!(f, "  {:<10}  {:<40}  {}", r.column, rule, r.meaning)?;
+            writeln!(f, "  {:<14}  {:<40}  {}", r.column, rule, r.meaning)?;
         }
         writeln!(f)?;
         writeln!(
@@ -332,7 +333,7 @@ impl fmt::Display for Aggregation<'_> {
             deciders.sort_by_key(|(who, n)| (std::cmp::Reverse(**n), who.0.clone()));
             for (i, ((who, why), n)) in deciders.iter().enumerate() {
                 let label = if i == 0 { column } else { "" };
-                writeln!(f, "  {label:<10}  {who:<12} {n:>4}  {why}")?;
+                writeln!(f, "  {label:<14}  {who:<12} {n:>4}  {why}")?;
             }
         }
 
@@ -356,7 +357,9 @@ impl fmt::Display for Aggregation<'_> {
             sample.push(*id);
         }
         let mut rest: Vec<u64> = live_ids.iter().copied().filter(|id| !sample.contains(id)).collect();
-        rest.sort_by_key(|id| (std::cmp::Reverse(systems(id)), *id));
+        // Rather one whose points moved, to show the counter at work.
+        let points = |id: &u64| seen.rows.get(&(*id as i64)).and_then(|r| r.get("loyalty_points")?.as_i64()).unwrap_or(0);
+        rest.sort_by_key(|id| (std::cmp::Reverse(systems(id)), points(id) == 0, *id));
         sample.extend(rest.into_iter().take(3usize.saturating_sub(sample.len()).max(1)));
         writeln!(f)?;
         writeln!(
@@ -377,7 +380,7 @@ impl fmt::Display for Aggregation<'_> {
             for w in engine.explain(state).iter().filter(|w| w.column != "id") {
                 let who = w.source.as_deref().unwrap_or("every system");
                 let value = text(row, &w.column);
-                writeln!(f, "    {:<10}  {:<34} {:<8} {:<12} {}", w.column, value, w.rule, who, w.why)?;
+                writeln!(f, "    {:<14}  {:<34} {:<8} {:<13} {}", w.column, value, w.rule, who, w.why)?;
             }
         }
 
@@ -402,6 +405,25 @@ impl fmt::Display for Aggregation<'_> {
                 }
             }
             None => {}
+        }
+        let known = seen.known;
+        let columns = known.columns.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
+        if known.rows > 0 && known.mismatches.is_empty() {
+            writeln!(
+                f,
+                "Counter check: {columns} of all {} rows equals the sum of what each system's own database holds",
+                known.rows
+            )?;
+        } else if known.rows > 0 {
+            writeln!(
+                f,
+                "Counter check FAILED: {columns} differs from what the systems' databases hold in {} of {} rows:",
+                known.mismatches.len(),
+                known.rows
+            )?;
+            for m in known.mismatches.iter().take(10) {
+                writeln!(f, "  {m}")?;
+            }
         }
         writeln!(f)?;
         writeln!(f, "Metrics were served at {} (and /state/{{key}}, /healthz, /readyz) while the demo ran.", seen.metrics_url)?;
