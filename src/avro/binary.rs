@@ -31,28 +31,30 @@ pub(crate) fn write_str(buf: &mut Vec<u8>, s: &str) {
     write_bytes(buf, s.as_bytes());
 }
 
-/// Why a `long` could not be read.
+/// Why a primitive could not be read. The reader's position is then where
+/// the primitive started, so the caller can say where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LongError {
-    /// The bytes end inside the varint.
+pub(crate) enum ReadError {
+    /// The bytes end inside the value.
     Truncated,
-    /// More than 64 bits: an eleventh byte, or a tenth carrying more than
-    /// the 64th bit. Refused rather than wrapped, so every accepted encoding
-    /// denotes exactly one `i64`.
+    /// A varint of more than 64 bits: an eleventh byte, or a tenth carrying
+    /// more than the 64th bit. Refused rather than wrapped, so every
+    /// accepted encoding denotes exactly one `i64`.
     TooLong,
+    /// A `bytes` or `string` length below zero.
+    NegativeLength,
 }
 
-/// Reads the `long` at `*pos` of `buf` and moves `*pos` past it; on an
-/// error `*pos` is where the varint started.
-pub(crate) fn read_long(buf: &[u8], pos: &mut usize) -> Result<i64, LongError> {
+/// Reads the `long` at `*pos` of `buf` and moves `*pos` past it.
+pub(crate) fn read_long(buf: &[u8], pos: &mut usize) -> Result<i64, ReadError> {
     let mut at = *pos;
     let mut raw: u64 = 0;
     let mut shift = 0;
     loop {
-        let &byte = buf.get(at).ok_or(LongError::Truncated)?;
+        let &byte = buf.get(at).ok_or(ReadError::Truncated)?;
         at += 1;
         if shift == 63 && byte > 1 {
-            return Err(LongError::TooLong);
+            return Err(ReadError::TooLong);
         }
         raw |= u64::from(byte & 0x7F) << shift;
         if byte & 0x80 == 0 {
@@ -61,6 +63,18 @@ pub(crate) fn read_long(buf: &[u8], pos: &mut usize) -> Result<i64, LongError> {
         }
         shift += 7;
     }
+}
+
+/// Reads the `bytes` (or `string`) at `*pos` of `buf`, borrowed, and moves
+/// `*pos` past it. The length is checked against what is left before
+/// anything is taken, so a forged length costs nothing.
+pub(crate) fn read_bytes<'a>(buf: &'a [u8], pos: &mut usize) -> Result<&'a [u8], ReadError> {
+    let mut at = *pos;
+    let len = read_long(buf, &mut at)?;
+    let len = usize::try_from(len).map_err(|_| ReadError::NegativeLength)?;
+    let bytes = buf.get(at..).and_then(|rest| rest.get(..len)).ok_or(ReadError::Truncated)?;
+    *pos = at + len;
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -110,14 +124,39 @@ mod tests {
     #[test]
     fn bad_varints_are_refused_where_they_start() {
         let mut pos = 1;
-        assert_eq!(read_long(&[0x00, 0x80, 0x80], &mut pos), Err(LongError::Truncated));
+        assert_eq!(read_long(&[0x00, 0x80, 0x80], &mut pos), Err(ReadError::Truncated));
         assert_eq!(pos, 1);
         // Ten bytes whose last carries more than the 64th bit, and eleven.
         let mut ten = vec![0xFF; 9];
         ten.push(0x02);
-        assert_eq!(read_long(&ten, &mut 0), Err(LongError::TooLong));
-        assert_eq!(read_long(&[0xFF; 11], &mut 0), Err(LongError::TooLong));
-        assert_eq!(read_long(&[], &mut 0), Err(LongError::Truncated));
+        assert_eq!(read_long(&ten, &mut 0), Err(ReadError::TooLong));
+        assert_eq!(read_long(&[0xFF; 11], &mut 0), Err(ReadError::TooLong));
+        assert_eq!(read_long(&[], &mut 0), Err(ReadError::Truncated));
+    }
+
+    #[test]
+    fn bytes_are_borrowed_and_bad_lengths_refused_where_they_start() {
+        let mut buf = vec![0x07];
+        write_str(&mut buf, "Zoë");
+        write_bytes(&mut buf, &[]);
+        let mut pos = 1;
+        assert_eq!(read_bytes(&buf, &mut pos), Ok("Zoë".as_bytes()));
+        assert_eq!(read_bytes(&buf, &mut pos), Ok(&[][..]));
+        assert_eq!(pos, buf.len());
+        // Length 3 with two bytes left; length -1; a length cut short.
+        for (bad, error) in [
+            (&[0x06, b'a', b'b'][..], ReadError::Truncated),
+            (&[0x01, b'a'], ReadError::NegativeLength),
+            (&[0x80], ReadError::Truncated),
+        ] {
+            let mut pos = 0;
+            assert_eq!(read_bytes(bad, &mut pos), Err(error), "{bad:?}");
+            assert_eq!(pos, 0);
+        }
+        // A length near usize::MAX does not overflow.
+        let mut huge = Vec::new();
+        write_long(&mut huge, i64::MAX);
+        assert_eq!(read_bytes(&huge, &mut 0), Err(ReadError::Truncated));
     }
 
     proptest! {

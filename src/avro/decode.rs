@@ -9,7 +9,7 @@ use base64::Engine as _;
 use num_bigint::BigInt;
 use serde_json::{Map, Value as Json};
 
-use super::binary::{read_long, write_bytes, write_long, LongError};
+use super::binary::{read_bytes, read_long, write_bytes, write_long, ReadError};
 use super::value::{base64_json, decimal_text, f32_as_f64, float_json, json_float, Shape};
 
 /// Items an array or map may hold beyond one per byte left (items that take
@@ -45,14 +45,19 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// The error for `e` met at the current position (where the primitive started).
+    fn error(&self, e: ReadError) -> String {
+        let (at, len) = (self.pos, self.buf.len());
+        match e {
+            ReadError::Truncated => format!("truncated: the value at byte {at} runs past the end ({len} bytes)"),
+            ReadError::TooLong => format!("a varint longer than 64 bits at byte {at}"),
+            ReadError::NegativeLength => format!("a negative length at byte {at}"),
+        }
+    }
+
     /// A zig-zag varint `long`.
     pub fn long(&mut self) -> Result<i64, String> {
-        read_long(self.buf, &mut self.pos).map_err(|e| match e {
-            LongError::Truncated => {
-                format!("truncated: a varint at byte {} runs past the end ({} bytes)", self.pos, self.buf.len())
-            }
-            LongError::TooLong => format!("a varint longer than 64 bits at byte {}", self.pos),
-        })
+        read_long(self.buf, &mut self.pos).map_err(|e| self.error(e))
     }
 
     fn int(&mut self) -> Result<i32, String> {
@@ -60,14 +65,8 @@ impl<'a> Reader<'a> {
         i32::try_from(n).map_err(|_| format!("{n} is out of range for an int"))
     }
 
-    fn len(&mut self) -> Result<usize, String> {
-        let n = self.long()?;
-        usize::try_from(n).map_err(|_| format!("negative length {n}"))
-    }
-
     fn bytes(&mut self) -> Result<&'a [u8], String> {
-        let n = self.len()?;
-        self.take(n)
+        read_bytes(self.buf, &mut self.pos).map_err(|e| self.error(e))
     }
 
     fn str(&mut self) -> Result<&'a str, String> {

@@ -50,7 +50,7 @@ use apache_avro::Schema;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::binary::{read_long, write_len, write_long, write_str, LongError};
+use super::binary::{read_bytes, read_long, write_len, write_long, write_str, ReadError};
 use crate::merge::{CounterState, Delta, ElementSet, FieldState, FieldVersion, KeyState, Op, Row, Tally, Version, VersionVector};
 
 /// The changelog state schema (`schemas/changelog-state.avsc`), as compiled in.
@@ -458,31 +458,24 @@ impl<'a> Reader<'a> {
         StateDecodeError::Malformed { what, offset, problem }
     }
 
-    /// An Avro `long`.
-    fn long(&mut self, what: &'static str) -> Decoded<i64> {
-        read_long(self.bytes, &mut self.pos).map_err(|e| match e {
-            LongError::Truncated => Self::truncated(what, self.pos),
-            LongError::TooLong => Self::malformed(what, self.pos, "varint does not fit 64 bits"),
-        })
+    /// The error for `e` met reading `what` at the current position (where
+    /// the primitive started).
+    fn error(&self, what: &'static str, e: ReadError) -> StateDecodeError {
+        match e {
+            ReadError::Truncated => Self::truncated(what, self.pos),
+            ReadError::TooLong => Self::malformed(what, self.pos, "varint does not fit 64 bits"),
+            ReadError::NegativeLength => Self::malformed(what, self.pos, "negative length"),
+        }
     }
 
-    /// A string or bytes length: non-negative and within the value.
-    fn len(&mut self, what: &'static str) -> Decoded<usize> {
-        let start = self.pos;
-        let len = self.long(what)?;
-        let len = usize::try_from(len).map_err(|_| Self::malformed(what, start, "negative length"))?;
-        if len > self.remaining() {
-            return Err(Self::truncated(what, start));
-        }
-        Ok(len)
+    /// An Avro `long`.
+    fn long(&mut self, what: &'static str) -> Decoded<i64> {
+        read_long(self.bytes, &mut self.pos).map_err(|e| self.error(what, e))
     }
 
     /// Length-prefixed bytes, borrowed from the value.
     fn bytes(&mut self, what: &'static str) -> Decoded<&'a [u8]> {
-        let len = self.len(what)?;
-        let bytes = &self.bytes[self.pos..self.pos + len];
-        self.pos += len;
-        Ok(bytes)
+        read_bytes(self.bytes, &mut self.pos).map_err(|e| self.error(what, e))
     }
 
     /// An Avro `string`, borrowed from the value.
