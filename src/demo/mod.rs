@@ -84,8 +84,7 @@ impl fmt::Display for DemoPolicy {
 /// The command line of `tributary demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// What to show: `regions` (three regions editing the same customers, conflicts resolved
-    /// by --policy) or `aggregation` (four systems each owning part of a customer, column rules).
+    /// Which demo to run.
     #[arg(long, value_enum, default_value_t = Scenario::Regions)]
     pub scenario: Scenario,
     /// How long the sources write: seconds, or a duration such as `1m`.
