@@ -17,7 +17,7 @@ const PARTITIONS: i32 = 2;
 #[derive(Debug, Clone)]
 struct Write {
     key: u8,
-    kind: u8, // 0..=5 update one column, 6 delete, 7 tombstone-after-delete noise
+    kind: u8, // 0..=5 update one column, 6 delete, 7 tombstone-after-delete noise, 8 echo (carried: apply sync_from's row)
     col: u8,
     val: u8,
     ts: i64,
@@ -25,18 +25,22 @@ struct Write {
 }
 
 fn writes() -> impl Strategy<Value = Vec<Vec<Write>>> {
-    let w = (0u8..4, 0u8..8, 0u8..4, 0u8..4, 0i64..8, prop::option::of(0u8..3))
+    let w = (0u8..4, 0u8..9, 0u8..4, 0u8..4, 0i64..8, prop::option::of(0u8..3))
         .prop_map(|(key, kind, col, val, ts, sync_from)| Write { key, kind, col, val, ts, sync_from });
     prop::collection::vec(prop::collection::vec(w, 0..14), 3)
 }
 
 /// Mixed column rules over the generated columns (`field-lww+rules`).
 const RULES: &str = "[merge.columns]\nc0 = { rule = \"owner\", source = \"us\" }\nc1 = { rule = \"max\" }\nc2 = { rule = \"union\" }\nc3 = { rule = \"min\" }\n";
+/// The same with a counter on `c1` (`field-lww+counter`).
+const COUNTER_RULES: &str = "[merge.columns]\nc0 = { rule = \"owner\", source = \"us\" }\nc1 = { rule = \"counter\" }\nc2 = { rule = \"union\" }\nc3 = { rule = \"min\" }\n";
 
 fn config(policy: &str, deletes: &str, carried: bool) -> Config {
     let clock = if carried { "clock_field = \"_vv\"\n" } else { "" };
-    let (policy, rules) = match policy.strip_suffix("+rules") {
-        Some(p) => (p, RULES),
+    let (policy, rules) = match policy.split_once('+') {
+        Some((p, "rules")) => (p, RULES),
+        Some((p, "counter")) => (p, COUNTER_RULES),
+        Some((_, other)) => panic!("no rule set {other}"),
         None => (policy, ""),
     };
     let mut text = format!("[output]\ntopic = \"out\"\n[merge]\npolicy = \"{policy}\"\ndeletes = \"{deletes}\"\n{rules}");
@@ -52,7 +56,11 @@ type Databases = HashMap<(usize, u8), serde_json::Map<String, Value>>;
 /// Builds each topic-partition's record queue, and the sources' final rows.
 /// In carried mode each source keeps a clock per key and sometimes first
 /// observes another source's latest clock (as replication would), so writes
-/// are causally ordered or concurrent in realistic ways.
+/// are causally ordered or concurrent in realistic ways; an echo (kind 8)
+/// applies another source's row and clock without advancing its own entry,
+/// as a region does when a sink writes a merged record into it. A new row
+/// has the counter column `c1` (0) from the start, as a database row has
+/// every column.
 fn queues(hist: &[Vec<Write>], carried: bool) -> (Vec<Vec<DumpRecord>>, Databases) {
     let mut q: BTreeMap<(usize, i32), Vec<DumpRecord>> = BTreeMap::new();
     let mut rows: Databases = HashMap::new();
@@ -79,7 +87,21 @@ fn queues(hist: &[Vec<Write>], carried: bool) -> (Vec<Vec<DumpRecord>>, Database
                 }
                 Value::Object(r)
             };
+            let echo_of = w.sync_from.map(usize::from).filter(|f| *f != si).and_then(|f| rows.get(&(f, w.key)).cloned());
             let payload = match w.kind {
+                8 if carried && before.is_some() && echo_of.is_some() => {
+                    let mut after = echo_of.unwrap();
+                    // The echo keeps this source's columns the other lacks.
+                    for (k, v) in before.clone().unwrap() {
+                        after.entry(k).or_insert(v);
+                    }
+                    rows.insert((si, w.key), after.clone());
+                    let before_v = before.map(|b| with_clock(b, &clocks.get(&(si, w.key)).cloned().unwrap_or_default()));
+                    Some(
+                        json!({"before": before_v, "after": with_clock(after, &clock), "op": "u", "source": {"ts_ms": w.ts}})
+                            .to_string(),
+                    )
+                }
                 6 | 7 if before.is_some() => {
                     let env = json!({
                         "before": with_clock(before.clone().unwrap(), &clock),
@@ -92,7 +114,11 @@ fn queues(hist: &[Vec<Write>], carried: bool) -> (Vec<Vec<DumpRecord>>, Database
                 7 => None, // a tombstone: ignored
                 _ => {
                     *clock.entry(SOURCES[si].into()).or_insert(0) += 1;
-                    let mut after = before.clone().unwrap_or_default();
+                    let mut after = before.clone().unwrap_or_else(|| {
+                        let mut row = serde_json::Map::new();
+                        row.insert("c1".into(), json!(0));
+                        row
+                    });
                     after.insert("id".into(), json!(w.key));
                     // c2 holds arrays (subsets of ["a", "b"]), for the union rule.
                     let value = match w.col {
@@ -190,7 +216,7 @@ proptest! {
         let (q, dbs) = queues(&hist, carried);
         if q.is_empty() { return Ok(()); }
         let (da, db) = (interleave(&q, &a), interleave(&q, &b));
-        for policy in ["lww", "source-priority", "field-lww", "field-lww+rules"] {
+        for policy in ["lww", "source-priority", "field-lww", "field-lww+rules", "field-lww+counter"] {
             for deletes in ["lww", "delete-wins", "update-wins"] {
                 let c = config(policy, deletes, carried);
                 let out = compacted(&c, &da);

@@ -655,6 +655,11 @@ fn counter_column_refuses_non_numbers_and_updates_without_before_images() {
     // The source's next good update counts as usual.
     e.apply(&mut s, update("eu", vv(&[("eu", 5)]), 5, json!({"id":1,"points":1}), json!({"id":1,"points":3})));
     assert_eq!(out(&e, &s).unwrap()["points"], json!(3));
+    let explained = e.explain(&s).into_iter().find(|w| w.column == "points").unwrap();
+    assert_eq!(
+        (explained.rule, explained.why),
+        ("counter", "the initial value (latest visible insert) plus every source's counted deltas (after - before)")
+    );
     // An insert after the source's own delete is a re-create, not a refusal.
     e.apply(&mut s, delete("eu", vv(&[("eu", 6)]), 6));
     assert_eq!(e.apply(&mut s, upsert("eu", vv(&[("eu", 7)]), 7, json!({"id":1,"points":8}))), Applied::Changed);
