@@ -78,6 +78,35 @@ pub enum RunError {
     /// A topic is missing or misconfigured.
     #[error("{0}")]
     Topics(String),
+    /// Source topics that do not exist (yet).
+    #[error("source topic(s) do not exist: {}{}", topics.join(", "), bootstrap.as_ref().map(|b| format!(" (bootstrap servers {b})")).unwrap_or_default())]
+    SourcesMissing {
+        /// The missing topics.
+        topics: Vec<String>,
+        /// The bootstrap servers asked, once known to the caller.
+        bootstrap: Option<String>,
+    },
+    /// The schema registry failed at start-up for a reason that waiting
+    /// does not cure (or the process was stopped while waiting).
+    #[error("schema registry at start-up: {source}")]
+    Registry {
+        /// The registry's error.
+        #[source]
+        source: crate::avro::registry::RegistryError,
+    },
+    /// The admin port could not listen.
+    #[error("admin.listen {listen}: {source}")]
+    Admin {
+        /// The configured address.
+        listen: String,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A setting is missing or contradicts another (caught here when the
+    /// configuration was built in code rather than loaded and validated).
+    #[error("{0}")]
+    Config(String),
     /// The group handed this member an assignment that splits a task.
     #[error("assignment violates co-partitioning: {0}")]
     Assignment(String),
@@ -282,8 +311,8 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         Err(RunError::Kafka { context, source }) if at_startup => {
             Err(RunError::Kafka { context: format!("{context} (bootstrap servers {bootstrap})"), source })
         }
-        Err(RunError::Topics(m)) if at_startup && m.contains("do not exist") => {
-            Err(RunError::Topics(format!("{m} (bootstrap servers {bootstrap})")))
+        Err(RunError::SourcesMissing { topics, .. }) if at_startup => {
+            Err(RunError::SourcesMissing { topics, bootstrap: Some(bootstrap) })
         }
         other => other,
     }

@@ -34,8 +34,8 @@ pub(super) fn avro_startup(
 ) -> Result<(crate::avro::AvroContext, Option<AvroRecordIds>), RunError> {
     use crate::avro::registry::{backoff, Registry, RegistryError};
     let settings =
-        config.schema_registry.as_ref().ok_or_else(|| RunError::Topics("[schema_registry] is required for Avro".into()))?;
-    let registry = Registry::new(settings).map_err(RunError::Topics)?;
+        config.schema_registry.as_ref().ok_or_else(|| RunError::Config("[schema_registry] is required for Avro".into()))?;
+    let registry = Registry::new(settings).map_err(RunError::Config)?;
     let ctx = crate::avro::AvroContext { registry: registry.clone(), catalog: Default::default() };
     let mut attempt = 0;
     loop {
@@ -75,7 +75,7 @@ pub(super) fn avro_startup(
                 tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, "start-up: {e}; retrying");
                 std::thread::sleep(wait);
             }
-            Err(e) => return Err(RunError::Topics(format!("schema registry at start-up: {e}"))),
+            Err(source) => return Err(RunError::Registry { source }),
         }
     }
 }
@@ -237,7 +237,7 @@ async fn serve_admin(config: &Config, metrics: &Arc<Metrics>, slot: WorkerSlot) 
     });
     crate::admin::serve(&config.admin.listen, metrics.clone(), query)
         .await
-        .map_err(|e| RunError::Topics(format!("admin.listen {}: {e}", config.admin.listen)))?;
+        .map_err(|source| RunError::Admin { listen: config.admin.listen.clone(), source })?;
     Ok(())
 }
 

@@ -61,7 +61,7 @@ pub fn check_co_partitioning(
             break;
         }
         if std::time::Instant::now() >= deadline {
-            return Err(RunError::Topics(format!("source topic(s) do not exist: {}", missing.join(", "))));
+            return Err(RunError::SourcesMissing { topics: missing.iter().map(|t| t.to_string()).collect(), bootstrap: None });
         }
         tracing::info!(missing = %missing.join(", "), "source topic(s) not in metadata yet; checking again");
         std::thread::sleep(Duration::from_millis(500));
