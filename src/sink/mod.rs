@@ -228,9 +228,19 @@ pub enum SinkError {
         /// What failed.
         message: String,
     },
-    /// Kafka failed.
+    /// A Kafka call failed.
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        /// What was being done.
+        context: String,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The topic's metadata could not be read (the topic is missing, or
+    /// the cluster did not answer).
     #[error("kafka: {0}")]
-    Kafka(String),
+    Metadata(String),
 }
 
 /// A database the sink writes to.
@@ -596,7 +606,7 @@ pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) ->
     let bootstrap = config.kafka.bootstrap_servers.clone();
     let consumer: BaseConsumer<SinkContext> = client
         .create_with_context(SinkContext { bootstrap: bootstrap.clone(), unreachable: AtomicBool::new(false) })
-        .map_err(|e| SinkError::Kafka(e.to_string()))?;
+        .map_err(|source| SinkError::Kafka { context: "create consumer".into(), source })?;
     // In short steps, so a stop request during the wait is honoured.
     let waiting = Instant::now();
     let mut partitions = loop {
@@ -610,7 +620,7 @@ pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) ->
                 tracing::debug!(bootstrap_servers = %bootstrap, "waiting for the metadata of {topic}: {e}");
             }
             Err(e) => {
-                return Err(SinkError::Kafka(format!(
+                return Err(SinkError::Metadata(format!(
                     "cannot read the metadata of topic {topic} from the bootstrap servers {bootstrap} within {}s: {e}",
                     STARTUP_TIMEOUT.as_secs()
                 )))
@@ -660,7 +670,7 @@ pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) ->
             // Partitions added to the topic later are picked up too.
             last_metadata = Instant::now();
             let now = partition_count(&consumer, &topic, Duration::from_secs(30))
-                .map_err(|e| SinkError::Kafka(format!("metadata of {topic} (bootstrap servers {bootstrap}): {e}")))?;
+                .map_err(|e| SinkError::Metadata(format!("metadata of {topic} (bootstrap servers {bootstrap}): {e}")))?;
             if now > partitions {
                 sink_batch.flush(&mut pending, &mut stats)?;
                 assign_from_database(&consumer, &mut *sink_batch.target, &group, &topic, now)?;
@@ -866,9 +876,10 @@ fn assign_from_database<C: ConsumerContext>(
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         let offset = stored.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(o.next));
-        tpl.add_partition_offset(topic, p, offset).map_err(|e| SinkError::Kafka(e.to_string()))?;
+        tpl.add_partition_offset(topic, p, offset)
+            .map_err(|source| SinkError::Kafka { context: format!("assign {topic} partition {p}"), source })?;
     }
-    consumer.assign(&tpl).map_err(|e| SinkError::Kafka(e.to_string()))?;
+    consumer.assign(&tpl).map_err(|source| SinkError::Kafka { context: format!("assign {topic}"), source })?;
     Ok(stored.len())
 }
 

@@ -142,7 +142,7 @@ pub fn check<C: ConsumerContext>(
         let Some(o) = stored.get(&p) else { continue };
         let (low, high) = consumer
             .fetch_watermarks(topic, p, REQUEST_TIMEOUT)
-            .map_err(|e| SinkError::Kafka(format!("offsets of {topic} partition {p}: {e}")))?;
+            .map_err(|source| SinkError::Kafka { context: format!("offsets of {topic} partition {p}"), source })?;
         match position(o.next, low, high) {
             Position::AtEnd => {}
             Position::BeyondEnd => {
@@ -207,8 +207,11 @@ fn probe_timestamp<C: ConsumerContext>(
     offset: i64,
 ) -> Result<Option<i64>, SinkError> {
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).map_err(|e| SinkError::Kafka(e.to_string()))?;
-    consumer.assign(&tpl).map_err(|e| SinkError::Kafka(e.to_string()))?;
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .map_err(|source| SinkError::Kafka { context: format!("assign {topic} partition {partition}"), source })?;
+    consumer
+        .assign(&tpl)
+        .map_err(|source| SinkError::Kafka { context: format!("assign {topic} partition {partition}"), source })?;
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     let found = loop {
         if Instant::now() > deadline {
@@ -220,7 +223,7 @@ fn probe_timestamp<C: ConsumerContext>(
             _ => {}
         }
     };
-    consumer.unassign().map_err(|e| SinkError::Kafka(e.to_string()))?;
+    consumer.unassign().map_err(|source| SinkError::Kafka { context: "unassign".into(), source })?;
     Ok(found)
 }
 
@@ -274,7 +277,7 @@ pub fn resync(
     let (topic, group) = (source.topic, source.group);
     let started = Instant::now();
     target.begin_resync(spec, group, topic, &plan.reset)?;
-    let kafka = |e: KafkaError| SinkError::Kafka(format!("resync of {topic}: {e}"));
+    let kafka = |source: KafkaError| SinkError::Kafka { context: format!("resync of {topic}"), source };
     let mut client = source.client.clone();
     // The end of a partition is where its scan stops even when the last
     // offsets hold transaction markers, which a read_committed consumer
