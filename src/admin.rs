@@ -22,8 +22,6 @@ use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 
-pub use crate::kafka::murmur2_partition;
-
 /// Answers `GET /state/{key}`: status code and JSON body. It may block (the
 /// processor's query waits for a gap between cycle steps), so it runs on
 /// tokio's blocking pool, never on the runtime's own threads.

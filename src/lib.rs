@@ -13,7 +13,7 @@
 //! reports what nothing uses.
 #![deny(missing_docs)]
 
-pub mod admin;
+mod admin;
 pub mod avro;
 pub mod config;
 pub mod demo;

@@ -87,7 +87,7 @@ impl Feed {
             let k = self.rng.below(u64::from(KEYS)) as u32;
             let key = json!({ "id": k }).to_string();
             // Where Debezium (a Java producer: murmur2) puts the key.
-            let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
+            let partition = tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS);
             let topic = self.topics[si].clone();
             // Sources' clocks disagree a little, so concurrent writes race.
             let ts = now_ms() - self.rng.below(50) as i64;

@@ -204,7 +204,7 @@ fn old_backlog_collects_tombstones_by_stream_time() {
     let t0 = s.epoch_ms - 3_600_000;
     // Sorts first in the task's keyspace: the sweep meets it at once.
     let key = 0u64;
-    let p = tributary::admin::murmur2_partition(json!({"id": key}).to_string().as_bytes(), PARTITIONS);
+    let p = tributary::kafka::murmur2_partition(json!({"id": key}).to_string().as_bytes(), PARTITIONS);
     let row = |by: &str| json!({"id": key, "name": "n", "by": by});
     let mut records = vec![
         s.rec(2, key, None, json!({"before": null, "after": row("ap"), "op": "c", "source": {"ts_ms": t0 + 5}})),
@@ -324,7 +324,7 @@ fn partition_back_after_compaction_removed_a_collected_key() {
     let merge = "tombstone_retention = \"1s\"\n";
     let t = s.epoch_ms;
     let key = 0u64;
-    let p = tributary::admin::murmur2_partition(json!({"id": key}).to_string().as_bytes(), PARTITIONS);
+    let p = tributary::kafka::murmur2_partition(json!({"id": key}).to_string().as_bytes(), PARTITIONS);
     let row = |by: &str| json!({"id": key, "name": "n", "by": by});
     // Events of another key in every source's partition p: they move the
     // task's stream time on.

@@ -331,7 +331,7 @@ fn without_a_partition_the_key_goes_where_murmur2_puts_it_and_timestamps_can_be_
     for r in &records {
         let key = r["key"].as_str().unwrap();
         let i = keys.iter().position(|k| k == key).unwrap();
-        assert_eq!(r["partition"], tributary::admin::murmur2_partition(key.as_bytes(), 4), "{key}");
+        assert_eq!(r["partition"], tributary::kafka::murmur2_partition(key.as_bytes(), 4), "{key}");
         assert_eq!(r["ts"], ts + i as i64, "--keep-timestamps");
         assert_eq!(r["headers"], serde_json::json!(["h", null]), "a header with a null value");
         used.insert(r["partition"].as_i64().unwrap());

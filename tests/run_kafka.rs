@@ -27,7 +27,7 @@ fn history(setup: &Setup, keys: u32, rounds: std::ops::Range<u32>, live: &mut Ha
                 }
                 let key = json!({ "id": k }).to_string();
                 // Where Debezium (a Java producer: murmur2) puts the key.
-                let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
+                let partition = tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS);
                 let before = live.get(&(si, k)).cloned();
                 let ts = setup.epoch_ms + i64::from(r) * 100 + si as i64 * 7 + i64::from(k % 5);
                 let (payload, tombstone) = match &before {
@@ -206,7 +206,7 @@ fn poison_records_go_to_the_dead_letter_topic() {
     for (i, (k, v)) in poison.iter().enumerate() {
         let at = records.len() / 2 + i;
         let key = json!({"id": k}).to_string();
-        let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
+        let partition = tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS);
         records.insert(at, Rec { topic: s.topics[0].clone(), partition, key: Some(key), value: Some(v.clone()) });
     }
     produce(&records);
@@ -220,7 +220,7 @@ fn poison_records_go_to_the_dead_letter_topic() {
         assert_eq!(r["payload"].as_str(), Some(v.as_str()), "raw value kept");
         assert_eq!(r["key"].as_str().unwrap(), json!({"id": k}).to_string());
         assert_eq!(header(r, "tributary.source.topic"), s.topics[0]);
-        let partition = tributary::admin::murmur2_partition(json!({"id": k}).to_string().as_bytes(), PARTITIONS);
+        let partition = tributary::kafka::murmur2_partition(json!({"id": k}).to_string().as_bytes(), PARTITIONS);
         assert_eq!(header(r, "tributary.source.partition"), partition.to_string());
         let offset = header(r, "tributary.source.offset");
         assert!(header(r, "tributary.error").contains(&format!("offset {offset}")), "{r}");
@@ -274,7 +274,7 @@ fn metrics_health_state_query_and_conflict_audit() {
     let tombstones = records.iter().filter(|r| r.value.is_none()).count();
     for (i, bad) in ["{oops", r#"{"op":"t","source":{"ts_ms":1}}"#].iter().enumerate() {
         let key = json!({"id": 1000 + i}).to_string();
-        let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
+        let partition = tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS);
         records.push(Rec { topic: s.topics[1].clone(), partition, key: Some(key), value: Some(bad.to_string()) });
     }
     produce(&records);
@@ -353,7 +353,7 @@ fn an_event_whose_merged_record_is_too_large_is_set_aside_not_looped_on() {
     let mut records = history(&s, 6, 0..2, &mut live);
     let expected = expected_outputs(&records);
     let key = json!({"id": 77}).to_string();
-    let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
+    let partition = tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS);
     let huge = "x".repeat(500_000);
     let value =
         json!({"before": null, "after": {"id": 77, "blob": huge}, "op": "c", "source": {"ts_ms": s.epoch_ms}}).to_string();
@@ -381,7 +381,7 @@ fn deleted_keys_are_dropped_after_tombstone_retention() {
     let cfg = s.config_with("gc", &Conf { merge: "tombstone_retention = \"1s\"", ..Conf::default() });
     let rec = |si: usize, id: u32, payload: Value| {
         let key = json!({ "id": id }).to_string();
-        let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
+        let partition = tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS);
         Rec { topic: s.topics[si].clone(), partition, key: Some(key), value: Some(payload.to_string()) }
     };
     let row = |id: u32, by: &str| json!({"id": id, "name": format!("n{id}"), "by": by});
@@ -393,9 +393,9 @@ fn deleted_keys_are_dropped_after_tombstone_retention() {
     ]);
     // Collection goes by stream time: every source's partition of key 1 must
     // show events newer than the delete plus the retention first.
-    let p1 = tributary::admin::murmur2_partition(json!({"id": 1}).to_string().as_bytes(), PARTITIONS);
+    let p1 = tributary::kafka::murmur2_partition(json!({"id": 1}).to_string().as_bytes(), PARTITIONS);
     let neighbour = (3..)
-        .find(|id: &u32| tributary::admin::murmur2_partition(json!({"id": id}).to_string().as_bytes(), PARTITIONS) == p1)
+        .find(|id: &u32| tributary::kafka::murmur2_partition(json!({"id": id}).to_string().as_bytes(), PARTITIONS) == p1)
         .unwrap();
     produce(
         &(0..3)
@@ -458,7 +458,7 @@ fn lag_cpu_and_state_of_a_key_from_another_partitioner() {
     let mut records: Vec<Rec> = (0..n)
         .map(|i| {
             let key = json!({ "id": i }).to_string();
-            let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
+            let partition = tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS);
             let si = (i % 3) as usize;
             let value = json!({"before": null, "after": {"id": i, "name": "x"}, "op": "c", "source": {"ts_ms": s.epoch_ms}});
             Rec { topic: s.topics[si].clone(), partition, key: Some(key), value: Some(value.to_string()) }
@@ -466,7 +466,7 @@ fn lag_cpu_and_state_of_a_key_from_another_partitioner() {
         .collect();
     // As kcat (librdkafka's consistent_random) might place it: not where murmur2 does.
     let odd_key = json!({"id": 9_999_999}).to_string();
-    let odd_partition = (tributary::admin::murmur2_partition(odd_key.as_bytes(), PARTITIONS) + 1) % PARTITIONS;
+    let odd_partition = (tributary::kafka::murmur2_partition(odd_key.as_bytes(), PARTITIONS) + 1) % PARTITIONS;
     let value = json!({"before": null, "after": {"id": 9_999_999, "name": "kcat"}, "op": "c", "source": {"ts_ms": s.epoch_ms}});
     records.push(Rec {
         topic: s.topics[0].clone(),
@@ -561,7 +561,7 @@ fn owner_rule_counts_foreign_writes_and_explains_columns() {
         .replace("policy = \"lww\"\n", "policy = \"field-lww\"\n[merge.columns]\nname = { rule = \"owner\", source = \"eu\" }\n");
     std::fs::write(&cfg, text).unwrap();
     let key = json!({"id": 1}).to_string();
-    let partition = tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS);
+    let partition = tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS);
     let rec = |si: usize, name: &str, ts: i64| Rec {
         topic: s.topics[si].clone(),
         partition,

@@ -18,7 +18,7 @@ fn output_records(topic: &str, keys: u32, n: u32) -> (Vec<Rec>, BTreeMap<i64, (S
     for i in 0..n {
         let id = i64::from((i * 7919) % keys);
         let key = json!({ "id": id }).to_string();
-        let partition = tributary::admin::murmur2_partition(key.as_bytes(), 3);
+        let partition = tributary::kafka::murmur2_partition(key.as_bytes(), 3);
         if i % 11 == 5 {
             table.remove(&id);
             recs.push(Rec { topic: topic.into(), partition, key: Some(key), value: None });
@@ -66,7 +66,7 @@ fn sqlite_sink_survives_kill_9_mid_batch_without_loss_or_repeats() {
     let (mut recs, table) = output_records(&topic, 300, 3000);
     // A row that does not fit: `seq` is not an integer.
     let bad_key = json!({"id": 100_000}).to_string();
-    let bad_partition = tributary::admin::murmur2_partition(bad_key.as_bytes(), 3);
+    let bad_partition = tributary::kafka::murmur2_partition(bad_key.as_bytes(), 3);
     recs.push(Rec {
         topic: topic.clone(),
         partition: bad_partition,
@@ -177,7 +177,7 @@ fn wait_for_offsets(db: &std::path::Path, n: i64, p: &Processor) {
 
 fn customer(topic: &str, id: i64, partitions: i32) -> Rec {
     let key = json!({ "id": id }).to_string();
-    let partition = tributary::admin::murmur2_partition(key.as_bytes(), partitions);
+    let partition = tributary::kafka::murmur2_partition(key.as_bytes(), partitions);
     Rec {
         topic: topic.into(),
         partition,

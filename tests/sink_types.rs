@@ -339,7 +339,7 @@ fn sink_throughput() {
         .map(|i| {
             let id = (i * 7919) % 50_000;
             let key = json!({ "id": id }).to_string();
-            let partition = tributary::admin::murmur2_partition(key.as_bytes(), 3);
+            let partition = tributary::kafka::murmur2_partition(key.as_bytes(), 3);
             let value = (i % every != every - 1).then(|| json!({"id": id, "name": format!("name {i}"), "seq": i}).to_string());
             Rec { topic: topic.clone(), partition, key: Some(key), value }
         })

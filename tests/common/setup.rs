@@ -166,7 +166,7 @@ impl Setup {
     /// `partition` or where murmur2 (Debezium's Java producer) puts the key.
     pub fn rec(&self, source: usize, id: u64, partition: Option<i32>, payload: Value) -> Rec {
         let key = json!({ "id": id }).to_string();
-        let partition = partition.unwrap_or_else(|| tributary::admin::murmur2_partition(key.as_bytes(), PARTITIONS));
+        let partition = partition.unwrap_or_else(|| tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS));
         Rec { topic: self.topics[source].clone(), partition, key: Some(key), value: Some(payload.to_string()) }
     }
 
