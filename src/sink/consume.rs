@@ -1,0 +1,420 @@
+//! The sink's loop: assign from the offsets the database holds, read,
+//! apply batches, report lag, pick up added partitions, resync when needed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Config;
+
+use super::metrics::SinkMetrics;
+use super::*;
+
+/// Counters of a sink run.
+#[derive(Debug, Default, Clone)]
+pub struct SinkStats {
+    /// Records applied (rows changed or dead-lettered).
+    pub records: u64,
+    /// Database transactions.
+    pub batches: u64,
+    /// Dead rows.
+    pub dead: u64,
+}
+
+/// How `tributary sink` runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SinkOptions {
+    /// Resynchronise the table with the topic before going on (`--resync`).
+    pub resync: bool,
+}
+
+/// Runs the sink until `shutdown` is set.
+pub fn run(config: &Config, shutdown: &AtomicBool) -> Result<SinkStats, SinkError> {
+    run_with(config, shutdown, SinkOptions::default())
+}
+
+/// Avro output: keys and values are decoded through the registry into the
+/// same JSON the JSON output carries.
+pub(super) type AvroReader = Option<(crate::avro::registry::JsonReader, Duration)>;
+
+/// [`run`] with options.
+pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) -> Result<SinkStats, SinkError> {
+    let sink = config.sink.as_ref().ok_or_else(|| SinkError::Config("the configuration has no [sink] section".into()))?;
+    let spec = sink.table_spec()?;
+    let topic = sink.topic.clone().unwrap_or_else(|| config.output.topic.clone());
+    let group = sink.group_id.clone().unwrap_or_else(|| format!("{}-sink", config.kafka.group_id));
+    let metrics = SinkMetrics::new();
+    if let Some(listen) = &sink.admin_listen {
+        serve_admin(listen, metrics.base.clone())?;
+    }
+    let mut target = open_target(sink)?;
+    target.prepare(&spec)?;
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .set("group.id", &group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &config.kafka.properties {
+        client.set(k, v);
+    }
+    let bootstrap = config.kafka.bootstrap_servers.clone();
+    let consumer: BaseConsumer<SinkContext> = client
+        .create_with_context(SinkContext { bootstrap: bootstrap.clone(), unreachable: AtomicBool::new(false) })
+        .map_err(|source| SinkError::Kafka { context: "create consumer".into(), source })?;
+    // In short steps, so a stop request during the wait is honoured.
+    let waiting = Instant::now();
+    let mut partitions = loop {
+        match partition_count(&consumer, &topic, Duration::from_secs(1)) {
+            Ok(n) => break n,
+            Err(_) if shutdown.load(Ordering::Relaxed) => {
+                tracing::info!("sink stopped while waiting for Kafka");
+                return Ok(SinkStats::default());
+            }
+            Err(e) if waiting.elapsed() < STARTUP_TIMEOUT => {
+                tracing::debug!(bootstrap_servers = %bootstrap, "waiting for the metadata of {topic}: {e}");
+            }
+            Err(e) => {
+                return Err(SinkError::Metadata(format!(
+                    "cannot read the metadata of topic {topic} from the bootstrap servers {bootstrap} within {}s: {e}",
+                    STARTUP_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    };
+    let mut avro: AvroReader = match (config.output.format, &config.schema_registry) {
+        (crate::config::OutputFormat::Avro, Some(r)) => Some((
+            crate::avro::registry::JsonReader::new(crate::avro::registry::Registry::new(r).map_err(SinkError::Config)?),
+            r.max_backoff,
+        )),
+        _ => None,
+    };
+    let mut stats = SinkStats::default();
+    let source = resync::Source { client: &client, kafka: &config.kafka, topic: &topic, group: &group, partitions };
+    if let Some(plan) = resync::check(&consumer, &mut *target, &source, options.resync)? {
+        let done = resync::resync(&source, &mut *target, &spec, plan, &mut avro, shutdown, sink.batch_size, &mut stats)?;
+        metrics.resynced(stats.records, stats.dead);
+        if !done {
+            tracing::info!(
+                records = stats.records,
+                batches = stats.batches,
+                "sink stopped during the resync; it starts over on the next start"
+            );
+            return Ok(stats);
+        }
+    }
+    let resumed = assign_from_database(&consumer, &mut *target, &group, &topic, partitions)?;
+    tracing::info!(topic = %topic, group = %group, table = %spec.table, partitions, resumed, "sink started");
+    metrics.base.set_ready(true);
+    let mut pending: Vec<RawRecord> = Vec::new();
+    let mut first = Instant::now();
+    let mut last_metadata = Instant::now();
+    let mut last_lag = Instant::now();
+    let mut last_progress = (Instant::now(), stats.records);
+    let mut sink_batch = SinkBatch { consumer: &consumer, target: &mut *target, spec: &spec, group: &group, metrics: &metrics };
+    while !shutdown.load(Ordering::Relaxed) {
+        if last_lag.elapsed() >= LAG_INTERVAL {
+            last_lag = Instant::now();
+            report_lag(&consumer, &topic, partitions, &pending, &metrics);
+            if last_progress.0.elapsed() >= PROGRESS_INTERVAL && stats.records > last_progress.1 {
+                tracing::info!(records = stats.records, batches = stats.batches, dead = stats.dead, "sink progress");
+                last_progress = (Instant::now(), stats.records);
+            }
+        }
+        if last_metadata.elapsed() >= sink.metadata_interval {
+            // Partitions added to the topic later are picked up too.
+            last_metadata = Instant::now();
+            let now = partition_count(&consumer, &topic, Duration::from_secs(30))
+                .map_err(|e| SinkError::Metadata(format!("metadata of {topic} (bootstrap servers {bootstrap}): {e}")))?;
+            if now > partitions {
+                sink_batch.flush(&mut pending, &mut stats)?;
+                assign_from_database(&consumer, &mut *sink_batch.target, &group, &topic, now)?;
+                tracing::info!(topic = %topic, from = partitions, to = now, "the topic grew; assigned the new partitions");
+                partitions = now;
+            }
+        }
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => {
+                // Reachable again: the next outage is reported too.
+                consumer.context().unreachable.store(false, Ordering::Relaxed);
+                let Some(record) = read_message(&m, &mut avro, shutdown) else {
+                    break;
+                };
+                if pending.is_empty() {
+                    first = Instant::now();
+                }
+                pending.push(record);
+            }
+            // Broker trouble reaches the context's error callback too,
+            // which reports it once.
+            Some(Err(e)) => tracing::debug!("sink consumer: {e}"),
+            None => {}
+        }
+        if !pending.is_empty() && (pending.len() >= sink.batch_size || first.elapsed() >= Duration::from_millis(100)) {
+            sink_batch.flush(&mut pending, &mut stats)?;
+        }
+    }
+    sink_batch.flush(&mut pending, &mut stats)?;
+    tracing::info!(records = stats.records, batches = stats.batches, dead = stats.dead, "sink stopped");
+    Ok(stats)
+}
+
+/// The record as the sink applies it; `None` when the sink is stopping
+/// while the schema registry is unreachable: the record is not the problem,
+/// so it is neither applied nor passed, and the next run reads it again.
+pub(super) fn read_message<M: Message>(m: &M, avro: &mut AvroReader, shutdown: &AtomicBool) -> Option<RawRecord> {
+    let vv = m.headers().and_then(|h| {
+        h.iter()
+            .find(|x| x.key == crate::output::HEADER_VV)
+            .and_then(|x| x.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    });
+    let mut record = RawRecord {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: None,
+        value: None,
+        vv,
+        timestamp: m.timestamp().to_millis(),
+        error: None,
+    };
+    match avro {
+        None => {
+            record.key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+            record.value = m.payload().map(|v| String::from_utf8_lossy(v).into_owned());
+        }
+        Some((reader, max_backoff)) => {
+            let mut unavailable = false;
+            let mut read = |bytes: &[u8], what: &str| match reader.read_patiently(bytes, *max_backoff, shutdown) {
+                Ok(json) => Some(json.to_string()),
+                Err(e) if e.is_retriable() => {
+                    unavailable = true;
+                    None
+                }
+                Err(e) => {
+                    record.error.get_or_insert(format!("{what}: {e}"));
+                    None
+                }
+            };
+            let key = m.key().and_then(|k| read(k, "key"));
+            let value = m.payload().and_then(|v| read(v, "value"));
+            if unavailable {
+                return None;
+            }
+            record.key = key;
+            record.value = value;
+        }
+    }
+    Some(record)
+}
+
+/// How long the first contact with Kafka may take before the sink gives up
+/// with a message naming the bootstrap servers.
+pub(super) const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the lag gauges are updated.
+pub(super) const LAG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often, at most, a progress line is logged while records arrive.
+pub(super) const PROGRESS_INTERVAL: Duration = Duration::from_secs(60);
+
+pub(super) fn partition_count<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, String> {
+    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| e.to_string())?;
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("topic {topic} does not exist"))
+}
+
+/// The sink consumer's context: an unreachable broker is reported once with
+/// the bootstrap servers (librdkafka raises it on every retry), and
+/// librdkafka's own connection-failure log lines are kept at DEBUG; the
+/// rest as `run` logs it (`run::quiet`: expected conditions at DEBUG).
+pub(super) struct SinkContext {
+    bootstrap: String,
+    /// Reported since the last record arrived.
+    unreachable: AtomicBool,
+}
+
+impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::run::quiet::log_connection_failures_quietly(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !crate::run::quiet::is_unreachable(&error) {
+            crate::run::quiet::error(&error, reason);
+        } else if self.unreachable.swap(true, Ordering::Relaxed) {
+            tracing::debug!("kafka: {reason}");
+        } else {
+            tracing::warn!(bootstrap_servers = %self.bootstrap, "cannot reach Kafka ({reason}); retrying");
+        }
+    }
+}
+
+impl ConsumerContext for SinkContext {}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on its own thread.
+pub(super) fn serve_admin(listen: &str, metrics: Arc<crate::metrics::Metrics>) -> Result<(), SinkError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SinkError::Config(format!("sink.admin_listen: {e}")))?;
+    let no_state: crate::admin::StateQuery =
+        Arc::new(|_: &str| (404, "{\"error\":\"tributary sink has no state to query; see tributary run\"}".to_string()));
+    let addr = runtime
+        .block_on(crate::admin::serve(listen, metrics, no_state))
+        .map_err(|e| SinkError::Config(format!("sink.admin_listen: cannot listen on {listen}: {e}")))?;
+    tracing::debug!(%addr, "sink admin port");
+    std::thread::Builder::new()
+        .name("sink-admin".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .map_err(|e| SinkError::Config(format!("sink.admin_listen: {e}")))?;
+    Ok(())
+}
+
+/// The low and high watermarks librdkafka keeps from its fetch answers (no
+/// round trip, unlike `fetch_watermarks`). rust-rdkafka does not wrap this
+/// call. The high watermark counts records of transactions still open;
+/// transaction markers do not count, since the consumer's position moves
+/// past them.
+pub(super) fn cached_watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer lives as long as `consumer`; the out
+    // pointers are valid locals and the topic a NUL-terminated string.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some((low, high))
+}
+
+/// Per partition: what the topic holds (up to its high watermark) and the
+/// sink has not yet committed to the database.
+pub(super) fn report_lag<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: i32,
+    pending: &[RawRecord],
+    metrics: &SinkMetrics,
+) {
+    let Ok(positions) = consumer.position() else { return };
+    for p in 0..partitions {
+        let Some((low, high)) = cached_watermarks(consumer, topic, p) else { continue };
+        let position = match positions.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => low.max(0),
+        };
+        let unapplied = pending.iter().filter(|r| r.partition == p).count() as i64;
+        metrics.lag(p, (high - position).max(0) + unapplied);
+    }
+}
+
+/// Offsets live in the database, next to the rows: assigns every partition
+/// from there (from the beginning when it has none). Call with nothing
+/// pending, so the database offsets are the consumer's positions.
+pub(super) fn assign_from_database<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    target: &mut dyn Target,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<usize, SinkError> {
+    let stored = target.offsets(group, topic)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        let offset = stored.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(o.next));
+        tpl.add_partition_offset(topic, p, offset)
+            .map_err(|source| SinkError::Kafka { context: format!("assign {topic} partition {p}"), source })?;
+    }
+    consumer.assign(&tpl).map_err(|source| SinkError::Kafka { context: format!("assign {topic}"), source })?;
+    Ok(stored.len())
+}
+
+/// What applying a batch in the main loop needs.
+pub(super) struct SinkBatch<'a, C: ConsumerContext> {
+    consumer: &'a BaseConsumer<C>,
+    target: &'a mut dyn Target,
+    spec: &'a TableSpec,
+    group: &'a str,
+    metrics: &'a SinkMetrics,
+}
+
+impl<C: ConsumerContext> SinkBatch<'_, C> {
+    /// Applies the pending records in one transaction, then tells Kafka.
+    fn flush(&mut self, pending: &mut Vec<RawRecord>, stats: &mut SinkStats) -> Result<(), SinkError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let batch = build_batch(self.spec, pending);
+        let (records, dead) = (pending.len(), batch.dead.len());
+        let offsets = batch.offsets.clone();
+        apply_batch(self.target, self.spec, self.group, batch, pending, stats)?;
+        self.metrics.batch(records, dead, started.elapsed().as_secs_f64());
+        commit_to_kafka(self.consumer, &offsets);
+        Ok(())
+    }
+}
+
+/// After the database commit, the same offsets go to the consumer group in
+/// Kafka, as information: lag tools (`kafka-consumer-groups --describe`)
+/// then see the sink. The sink never reads them; the database stays the
+/// source of truth, so a failed commit here only delays what the tools show.
+pub(super) fn commit_to_kafka<C: ConsumerContext>(consumer: &BaseConsumer<C>, offsets: &[OffsetUpdate]) {
+    let mut tpl = TopicPartitionList::new();
+    for o in offsets {
+        if tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.next)).is_err() {
+            return;
+        }
+    }
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!("informational offset commit to Kafka: {e}");
+        }
+    }
+}
+
+pub(super) fn apply_batch(
+    target: &mut dyn Target,
+    spec: &TableSpec,
+    group: &str,
+    batch: Batch,
+    pending: &mut Vec<RawRecord>,
+    stats: &mut SinkStats,
+) -> Result<(), SinkError> {
+    for d in &batch.dead {
+        tracing::warn!(topic = %d.topic, partition = d.partition, offset = d.offset, "sink dead letter: {}", d.error);
+    }
+    target.apply(spec, group, &batch)?;
+    stats.records += pending.len() as u64;
+    stats.batches += 1;
+    stats.dead += batch.dead.len() as u64;
+    pending.clear();
+    Ok(())
+}
