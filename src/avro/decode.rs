@@ -10,7 +10,8 @@ use num_bigint::BigInt;
 use serde_json::{Map, Value as Json};
 
 use super::binary::{read_bytes, read_long, write_bytes, write_long, ReadError};
-use super::value::{base64_json, decimal_text, f32_as_f64, float_json, json_float, Shape};
+use super::shape::Shape;
+use super::value::{base64_json, decimal_text, f32_as_f64, float_json, json_float};
 
 /// Items an array or map may hold beyond one per byte left (items that take
 /// no bytes).

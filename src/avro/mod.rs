@@ -4,6 +4,8 @@
 //!   with settings, caching and retriable/fatal error classification.
 //! - `binary`: Avro's binary primitives (varint `long`, lengths, strings),
 //!   shared by the two hand-written codecs, `decode` and `state`.
+//! - [`shape`]: a schema reduced to what converting values needs, built
+//!   once per schema.
 //! - [`value`]: Avro values ↔ the JSON rows the merge engine works on, by
 //!   Debezium's type conventions.
 //! - [`output`]: the merged row's schema, derived from the sources' schemas,
@@ -18,6 +20,7 @@ pub mod decode;
 pub mod output;
 pub mod records;
 pub mod registry;
+pub mod shape;
 pub mod state;
 pub mod value;
 
