@@ -17,6 +17,7 @@ mod admin;
 pub mod avro;
 pub mod config;
 pub mod demo;
+mod json;
 pub mod kafka;
 pub mod load;
 pub mod merge;

@@ -190,7 +190,7 @@ impl Shape {
     /// the value). On error `out` may hold a partial value: the caller
     /// discards it.
     pub fn encode_json(&self, json: &Json, out: &mut Vec<u8>) -> Result<(), String> {
-        let mismatch = || format!("{} does not fit {}", crate::normalize::json_kind(json), self.describe());
+        let mismatch = || format!("{} does not fit {}", crate::json::json_kind(json), self.describe());
         match self {
             Shape::Null => {
                 if !json.is_null() {

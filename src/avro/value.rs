@@ -258,7 +258,7 @@ impl Shape {
 }
 
 fn kind(json: &Json) -> &'static str {
-    crate::normalize::json_kind(json)
+    crate::json::json_kind(json)
 }
 
 /// A `float` as the f64 of its shortest decimal form (0.1f32 → 0.1, not

@@ -96,7 +96,7 @@ impl DebeziumAvro {
             Value::Object(_) => Err(NormalizeErrorKind::BadKey("the key record has no fields".into())),
             other => Err(NormalizeErrorKind::BadKey(format!(
                 "expected a record, found {} (schema id {})",
-                super::json_kind(&other),
+                crate::json::json_kind(&other),
                 schema.id
             ))),
         }
@@ -329,7 +329,7 @@ impl Format for DebeziumAvro {
             match v {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::Object(o)) => Ok(Some(o)),
-                Some(other) => Err(bad(format!("`{name}` is {}, expected a record", super::json_kind(&other)))),
+                Some(other) => Err(bad(format!("`{name}` is {}, expected a record", crate::json::json_kind(&other)))),
             }
         };
         let after = image(env.after, "after")?;

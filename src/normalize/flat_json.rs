@@ -4,7 +4,8 @@
 
 use serde_json::Value;
 
-use super::{json_kind, lookup, Format, InputRecord, NormalizeErrorKind, RawChange, RawOp};
+use super::{lookup, Format, InputRecord, NormalizeErrorKind, RawChange, RawOp};
+use crate::json::json_kind;
 use crate::merge::Row;
 
 /// The `json` format.

@@ -11,6 +11,7 @@ mod flat_json;
 
 use std::fmt;
 
+use crate::json::json_kind;
 use serde_json::Value;
 
 use crate::config::{SourceConfig, SourceFormat};
@@ -606,17 +607,6 @@ fn already_canonical(bytes: &[u8]) -> Option<&str> {
     }
     // Printable ASCII throughout, so this cannot fail.
     std::str::from_utf8(bytes).ok()
-}
-
-pub(crate) fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// A carried clock: a JSON object of non-negative integers, or a string holding one.
