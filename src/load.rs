@@ -268,19 +268,19 @@ struct DeliveryState {
     failures: Vec<(usize, String)>,
 }
 
-/// librdkafka's log lines and errors, quiet as in `run` ([`crate::run::quiet`]);
+/// librdkafka's log lines and errors, quiet as in `run` ([`crate::kafka::quiet`]);
 /// and since the load reports an unreachable cluster itself, naming the
 /// bootstrap servers, connection failures are DEBUG too.
 impl ClientContext for Deliveries {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        crate::run::quiet::log_connection_failures_quietly(level, fac, log_message);
+        crate::kafka::quiet::log_connection_failures_quietly(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if crate::run::quiet::is_unreachable(&error) {
+        if crate::kafka::quiet::is_unreachable(&error) {
             tracing::debug!(target: "librdkafka", "{error}: {reason}");
         } else {
-            crate::run::quiet::error(&error, reason);
+            crate::kafka::quiet::error(&error, reason);
         }
     }
 }

@@ -20,11 +20,13 @@ mod emit;
 mod group;
 mod main_loop;
 mod query;
-pub mod quiet;
 mod startup;
 mod sweep;
 mod tasks;
 pub mod topics;
+
+/// librdkafka's expected conditions at DEBUG (shared with sink and load).
+pub use crate::kafka::quiet;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -244,7 +244,7 @@ pub(super) fn partition_count<C: ConsumerContext>(
 /// The sink consumer's context: an unreachable broker is reported once with
 /// the bootstrap servers (librdkafka raises it on every retry), and
 /// librdkafka's own connection-failure log lines are kept at DEBUG; the
-/// rest as `run` logs it (`run::quiet`: expected conditions at DEBUG).
+/// rest as `run` logs it (`kafka::quiet`: expected conditions at DEBUG).
 pub(super) struct SinkContext {
     bootstrap: String,
     /// Reported since the last record arrived.
@@ -253,12 +253,12 @@ pub(super) struct SinkContext {
 
 impl ClientContext for SinkContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        crate::run::quiet::log_connection_failures_quietly(level, fac, log_message);
+        crate::kafka::quiet::log_connection_failures_quietly(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if !crate::run::quiet::is_unreachable(&error) {
-            crate::run::quiet::error(&error, reason);
+        if !crate::kafka::quiet::is_unreachable(&error) {
+            crate::kafka::quiet::error(&error, reason);
         } else if self.unreachable.swap(true, Ordering::Relaxed) {
             tracing::debug!("kafka: {reason}");
         } else {

@@ -284,8 +284,8 @@ pub fn resync(
     // never returns.
     client.set("enable.partition.eof", "true");
     // End-of-partition events, which the scan waits for, at DEBUG.
-    let consumer: BaseConsumer<crate::run::quiet::QuietContext> =
-        client.create_with_context(crate::run::quiet::QuietContext).map_err(kafka)?;
+    let consumer: BaseConsumer<crate::kafka::quiet::QuietContext> =
+        client.create_with_context(crate::kafka::quiet::QuietContext).map_err(kafka)?;
     // The end offsets first: the scan ends although producers keep writing.
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
