@@ -31,8 +31,8 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message};
 use serde::Deserialize;
 
-use crate::kafka::murmur2_partition;
 use crate::config::Config;
+use crate::kafka::murmur2_partition;
 
 /// How long to wait for the cluster's metadata before giving up.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
