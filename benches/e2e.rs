@@ -1,7 +1,9 @@
-//! End-to-end throughput of `tributary run` on a real Kafka broker, against a
-//! raw consume → produce pass-through with the same client settings.
+//! End-to-end throughput of `tributary run` on a real Kafka broker, side by
+//! side with raw consume → produce pass-throughs (Rust and Java) and with
+//! Kafka Streams (a pass-through, and the same merge hand-coded), all on the
+//! same data in the same run.
 //!
-//! Run: `cargo bench -j2 --bench e2e` (about 1–4 minutes on 2 cores).
+//! Run: `cargo bench -j2 --bench e2e` (several minutes on 2 cores).
 //! Environment:
 //!
 //! * `TRIBUTARY_BENCH_EVENTS`: change events (default 200 000), spread over
@@ -16,16 +18,26 @@
 //!   builds for this bench (`target/release/tributary`; the bench profile
 //!   inherits release).
 //! * `TRIBUTARY_BENCH_MODES`: comma-separated subset of
-//!   `pass-eos,pass-alo,trib-eos,trib-alo` (default: all, in that order).
+//!   `pass-eos,pass-alo,java-pass,kstreams-pass,kstreams-merge,trib-eos,trib-alo`
+//!   (default: all, in that order).
+//! * `TRIBUTARY_BENCH_JSON`: where to write the results as JSON (default
+//!   `target/e2e-bench/result.json`).
+//! * `TRIBUTARY_BENCH_JAVA` (default `java`) and `TRIBUTARY_BENCH_JAVA_OPTS`
+//!   (JVM options, split at whitespace; default none, so the JVM's own heap
+//!   sizing): how the Java modes run. Their jar,
+//!   `benches/kstreams/target/kstreams-bench.jar`, is built when missing with
+//!   `mvn -q -o package` in `benches/kstreams` (and `mvn -q package`, which
+//!   downloads the dependencies from Maven Central, when the offline build
+//!   fails). Cargo never builds it.
 //! * `TRIBUTARY_BENCH_COMMIT_MS`: commit interval of every mode (100).
 //! * `TRIBUTARY_BENCH_AUDIT=0`: run Tributary without its conflict audit
 //!   topic (on by default, as in Tributary).
-//! * `TRIBUTARY_BENCH_PASS_DRAIN=1`: the pass-through serves its delivery
+//! * `TRIBUTARY_BENCH_PASS_DRAIN=1`: the Rust pass-through serves its delivery
 //!   reports in 1 ms steps before committing (rdkafka 0.39's `flush`, which
 //!   `commit_transaction` calls, otherwise waits in 100 ms steps).
 //! * `TRIBUTARY_BENCH_TIMEOUT_SECS`: give up on a mode after this long (60);
 //!   the table then shows how far it got.
-//! * `TRIBUTARY_BENCH_TRACE`: print the output count every 500 ms.
+//! * `TRIBUTARY_BENCH_TRACE`: print the progress every 500 ms.
 //! * `TRIBUTARY_BENCH_LOG`: `RUST_LOG` of the processor (default
 //!   `info,librdkafka=warn,rdkafka=warn`; `tributary::run=debug` adds every
 //!   "cycle committed elapsed_ms=…", and one line per conflict).
@@ -52,19 +64,38 @@
 //!   see the report of the first runs for why that matters.)
 //! * `pass-alo`: the same without transactions: flush, then a synchronous
 //!   offset commit (Tributary's at-least-once cycle).
+//! * `java-pass`: the same exactly-once pass-through with the Java clients
+//!   (`benches/kstreams`, `PassThrough`: `KafkaConsumer` read_committed +
+//!   transactional `KafkaProducer`, linger.ms=5, lz4,
+//!   `sendOffsetsToTransaction` every commit interval).
+//! * `kstreams-pass`: Kafka Streams, exactly-once v2, source → sink, no state
+//!   (`StreamsPassThrough`).
+//! * `kstreams-merge`: Kafka Streams, exactly-once v2, the merge Tributary
+//!   does here hand-coded as a Streams user would (`StreamsMerge`: derived
+//!   clocks, a KTable of the latest version per source per key, row-level
+//!   `lww`, one merged row per key). Its KTable cache forwards one row per key
+//!   per commit, so its output has fewer records than events; the bench checks
+//!   instead that its compacted output holds every key, and, when a Tributary
+//!   mode ran too, that the last row of every key equals Tributary's.
 //! * `trib-eos` / `trib-alo`: the `tributary run` binary (exactly-once /
 //!   at-least-once) with a fresh group, output topic and temp state dir.
 //!
 //! Every mode is timed the same way: from the start (client creation, or
-//! spawning the process) until a separate `read_committed` reader has seen
-//! all N records in the output topic. Output topics and Tributary's
-//! changelogs are created up front, compacted with `min.compaction.lag.ms`
-//! of an hour, so the counts are exact. `startup` is the time until the
-//! reader saw the first output record; `steady ev/s` is the rate after that.
-//! Per event Tributary writes an output and a changelog record (and an audit
-//! record when the event leaves concurrent versions, which is most events
-//! here), where the pass-through writes one. Processor logs (with the final
-//! `stopped … commits=…` counters) go to `target/e2e-bench/`.
+//! spawning the process) until the group's committed offsets reach the end
+//! of every source partition and, for the modes that write one record per
+//! event, a separate `read_committed` reader has seen all N records in the
+//! output topic. Output topics and Tributary's changelogs are created up
+//! front, compacted with `min.compaction.lag.ms` of an hour, so the counts
+//! are exact. `startup` is the time until the reader saw the first output
+//! record; `steady ev/s` is the rate after that. CPU is user + system time of
+//! the process (`/proc/<pid>/stat`), peak RSS its `VmHWM`, both read just
+//! before it is stopped; for the in-process Rust pass-throughs they are the
+//! bench process's own (including its reader thread; marked `*`). Per event
+//! Tributary writes an output and a changelog record (and an audit record
+//! when the event leaves concurrent versions, which is most events here),
+//! where the pass-throughs write one. Processor logs (with the final
+//! `stopped … commits=…` counters) and the JVMs' stderr go to
+//! `target/e2e-bench/`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -271,8 +302,8 @@ fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Resu
     }
 }
 
-/// Produces the N events (untimed); returns (bytes of values, seconds).
-fn produce_events(bootstrap: &str, topics: &[String], n: usize, keys: usize) -> (usize, f64) {
+/// Produces the N events (untimed); returns (bytes of values, seconds, distinct keys written).
+fn produce_events(bootstrap: &str, topics: &[String], n: usize, keys: usize) -> (usize, f64, usize) {
     let started = Instant::now();
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -299,7 +330,8 @@ fn produce_events(bootstrap: &str, topics: &[String], n: usize, keys: usize) -> 
         send(&producer, record).expect("produce");
     }
     producer.flush(Duration::from_secs(120)).expect("flush");
-    (bytes, started.elapsed().as_secs_f64())
+    let distinct = (0..keys).filter(|k| seen.iter().any(|s| s[*k])).count();
+    (bytes, started.elapsed().as_secs_f64(), distinct)
 }
 
 // ------------------------------------------------------------------ reader
@@ -366,10 +398,122 @@ impl Drop for Reader {
     }
 }
 
+/// The mode's consumer group's committed offsets, summed over the source
+/// partitions: the events it has finished with. (Sources start at offset 0
+/// and hold no transaction markers, so the sum reaches N at the end.)
+struct Committed {
+    consumer: BaseConsumer,
+    partitions: TopicPartitionList,
+}
+
+impl Committed {
+    fn new(bootstrap: &str, group: &str, sources: &[String]) -> Committed {
+        // Never joins the group: it only fetches the group's offsets.
+        // read_uncommitted: with read_committed librdkafka asks for stable
+        // offsets and waits out every open transaction.
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .set("isolation.level", "read_uncommitted")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("offsets reader");
+        let mut partitions = TopicPartitionList::new();
+        for t in sources {
+            for p in 0..PARTITIONS {
+                partitions.add_partition(t, p);
+            }
+        }
+        Committed { consumer, partitions }
+    }
+
+    fn events(&self) -> Option<u64> {
+        let c = self.consumer.committed_offsets(self.partitions.clone(), Duration::from_secs(5)).ok()?;
+        Some(
+            c.elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(o) => o.max(0) as u64,
+                    _ => 0,
+                })
+                .sum(),
+        )
+    }
+}
+
+/// CPU seconds (user + system) and peak resident memory (MB) of a process,
+/// from `/proc/<pid>/stat` and `/proc/<pid>/status` (`self` for this one).
+fn proc_usage(pid: &str) -> (Option<f64>, Option<u64>) {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    // Fields after the command name (which may hold spaces) in parentheses:
+    // state is the first, utime and stime the 12th and 13th.
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|t| {
+        let rest: Vec<&str> = t[t.rfind(')')? + 1..].split_whitespace().collect();
+        let (u, s): (f64, f64) = (rest.get(11)?.parse().ok()?, rest.get(12)?.parse().ok()?);
+        Some((u + s) / ticks)
+    });
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map(|kb| kb / 1024);
+    (cpu, rss)
+}
+
+/// The last committed value of every key of a topic (None: a tombstone),
+/// read from the beginning to the end.
+fn read_last(bootstrap: &str, topic: &str) -> Result<HashMap<Vec<u8>, Option<serde_json::Value>>, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("group.id", format!("{topic}-last"))
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let mut at_end = std::collections::HashSet::new();
+    let mut last = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while at_end.len() < PARTITIONS as usize {
+        if Instant::now() > deadline {
+            return Err(format!("reading {topic}: not at the end after 120 s"));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let value = match m.payload() {
+                    None => None,
+                    Some(v) => Some(serde_json::from_slice(v).map_err(|e| format!("{topic} offset {}: {e}", m.offset()))?),
+                };
+                last.insert(m.key().unwrap_or_default().to_vec(), value);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
+            None => {}
+        }
+    }
+    Ok(last)
+}
+
 // ---------------------------------------------------------------- results
 
 struct Outcome {
     mode: &'static str,
+    /// Its output topic.
+    output: String,
     events: u64,
     /// Output records seen (= events when complete).
     done: u64,
@@ -379,6 +523,12 @@ struct Outcome {
     startup: f64,
     commits: Option<u64>,
     complete: bool,
+    /// CPU seconds (user + system) of the process that did the work.
+    cpu: Option<f64>,
+    /// Its peak resident memory, MB.
+    rss_mb: Option<u64>,
+    /// CPU and memory are the bench process's own (the in-process modes).
+    in_process: bool,
     note: String,
 }
 
@@ -390,42 +540,71 @@ impl Outcome {
     fn steady(&self) -> f64 {
         self.done.saturating_sub(1) as f64 / (self.seconds - self.startup).max(1e-9)
     }
+
+    /// CPU seconds per million events.
+    fn cpu_per_m(&self) -> Option<f64> {
+        self.cpu.filter(|_| self.done > 0).map(|c| c * 1e6 / self.done as f64)
+    }
 }
 
-/// Waits until the reader has seen `n` records (or `within` passed).
-/// Returns (seconds from `start`, startup seconds, complete).
+/// How far a mode got.
+struct Waited {
+    /// From `start` until done (or given up).
+    seconds: f64,
+    /// Until the reader saw the first output record.
+    startup: f64,
+    /// Events covered by the group's committed offsets.
+    done: u64,
+    complete: bool,
+    note: String,
+}
+
+/// Waits until the group's committed offsets cover all `n` events and, with
+/// `records`, the reader has seen `n` output records (or `within` passed, or
+/// `alive` says the worker is gone).
 fn wait_all(
     reader: &Reader,
+    committed: &Committed,
+    records: bool,
     start: Instant,
     n: u64,
     within: Duration,
     mut alive: impl FnMut() -> Result<(), String>,
-) -> (f64, f64, u64, String) {
+) -> Waited {
     let mut note = String::new();
     let trace = std::env::var_os("TRIBUTARY_BENCH_TRACE").is_some();
     let mut next_trace = start;
-    let done = loop {
+    let mut done = 0;
+    let complete = loop {
         let c = reader.count();
+        // A broker round trip: ask every 20 ms, and only once the output is
+        // complete when it must be.
+        if !records || c >= n {
+            done = committed.events().unwrap_or(done);
+        }
         if trace && Instant::now() >= next_trace {
-            eprintln!("    {:6.2} s: {c} records", start.elapsed().as_secs_f64());
+            eprintln!("    {:6.2} s: {c} records, {done} committed", start.elapsed().as_secs_f64());
             next_trace += Duration::from_millis(500);
         }
-        if c >= n {
-            break c;
+        if done >= n && (!records || c >= n) {
+            break true;
         }
         if start.elapsed() > within {
-            note = format!("timed out at {c}/{n} records");
-            break c;
+            note = format!("timed out at {done}/{n} committed, {c} records");
+            break false;
         }
         if let Err(e) = alive() {
-            note = format!("{e} at {c}/{n} records");
-            break c;
+            note = format!("{e} at {done}/{n} committed, {c} records");
+            break false;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(20));
     };
+    if !complete {
+        done = committed.events().unwrap_or(done);
+    }
     let seconds = start.elapsed().as_secs_f64();
     let startup = reader.first().map_or(seconds, |f| f.duration_since(start).as_secs_f64());
-    (seconds, startup, done, note)
+    Waited { seconds, startup, done, complete, note }
 }
 
 // ------------------------------------------------------------ pass-through
@@ -575,18 +754,23 @@ fn run_pass_through(broker: &mut Broker, run: &str, sources: &[String], n: u64, 
     let output = format!("{group}.out");
     broker.compacted_topic(&output);
     let reader = Reader::start(&broker.bootstrap, &output);
+    let committed = Committed::new(&broker.bootstrap, &group, sources);
+    let cpu_before = proc_usage("self").0;
     let start = Instant::now();
     let bootstrap = broker.bootstrap.clone();
     let (srcs, grp, out) = (sources.to_vec(), group.clone(), output.clone());
     let worker = std::thread::spawn(move || pass_through(&bootstrap, &srcs, &grp, &out, n, exactly_once, start, set));
     // The reader may lag the last commit a little.
     let mut ended: Option<Instant> = None;
-    let (seconds, startup, done, mut note) = wait_all(&reader, start, n, set.timeout, || {
-        if worker.is_finished() && ended.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(10) {
-            return Err("pass-through ended".into());
-        }
-        Ok(())
-    });
+    let Waited { seconds, startup, done, complete, mut note } =
+        wait_all(&reader, &committed, true, start, n, set.timeout, || {
+            if worker.is_finished() && ended.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(10) {
+                return Err("pass-through ended".into());
+            }
+            Ok(())
+        });
+    let (cpu_after, rss_mb) = proc_usage("self");
+    let cpu = cpu_before.zip(cpu_after).map(|(b, a)| a - b);
     let mut commits = None;
     match worker.join().expect("pass-through thread") {
         Ok(st) => {
@@ -600,7 +784,7 @@ fn run_pass_through(broker: &mut Broker, run: &str, sources: &[String], n: u64, 
         }
         Err(e) => note = format!("{note}; {e}"),
     }
-    Outcome { mode, events: n, done, seconds, startup, commits, complete: done >= n, note }
+    Outcome { mode, output, events: n, done, seconds, startup, commits, complete, cpu, rss_mb, in_process: true, note }
 }
 
 // --------------------------------------------------------------- tributary
@@ -694,6 +878,7 @@ fn run_tributary(
     let log_path = log_dir.join(format!("{mode}.log"));
     let log = std::fs::File::create(&log_path).unwrap();
     let reader = Reader::start(&broker.bootstrap, &output);
+    let committed = Committed::new(&broker.bootstrap, &group, sources);
 
     let mut cmd = Command::new(tributary_bin());
     for (k, _) in std::env::vars() {
@@ -709,20 +894,15 @@ fn run_tributary(
         .stderr(log);
     let start = Instant::now();
     let mut child = Process(cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", tributary_bin().display())));
-    let (seconds, startup, done, mut note) = wait_all(&reader, start, n, set.timeout, || match child.0.try_wait() {
-        Ok(Some(s)) => Err(format!("tributary exited ({s})")),
-        _ => Ok(()),
-    });
-    // Peak resident memory of the whole run (the kernel's high-water mark).
-    let peak_rss_mb = std::fs::read_to_string(format!("/proc/{}/status", child.0.id()))
-        .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
-        .map(|kb| kb / 1024);
+    let Waited { seconds, startup, done, complete, mut note } =
+        wait_all(&reader, &committed, true, start, n, set.timeout, || match child.0.try_wait() {
+            Ok(Some(s)) => Err(format!("tributary exited ({s})")),
+            _ => Ok(()),
+        });
+    // CPU and peak resident memory (the kernel's high-water mark) of the whole run.
+    let (cpu, rss_mb) = proc_usage(&child.0.id().to_string());
     let status = child.sigterm(Duration::from_secs(60));
     let text = strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default());
-    if let Some(mb) = peak_rss_mb {
-        note = format!("{note} peak_rss={mb}MB");
-    }
     if !status.is_some_and(|s| s.success()) {
         note = format!("{note} exit {status:?}; see {}", log_path.display());
     }
@@ -730,7 +910,154 @@ fn run_tributary(
     if let (Some(consumed), Some(aborts)) = (stopped_field(&text, "consumed"), stopped_field(&text, "aborts")) {
         note = format!("{note} consumed={consumed} aborts={aborts}");
     }
-    Outcome { mode, events: n, done, seconds, startup, commits, complete: done >= n, note: note.trim().to_string() }
+    Outcome {
+        mode,
+        output,
+        events: n,
+        done,
+        seconds,
+        startup,
+        commits,
+        complete,
+        cpu,
+        rss_mb,
+        in_process: false,
+        note: note.trim().to_string(),
+    }
+}
+
+// -------------------------------------------------------------------- java
+
+const ALL_MODES: &str = "pass-eos,pass-alo,java-pass,kstreams-pass,kstreams-merge,trib-eos,trib-alo";
+
+/// The newest modification time under `path`.
+fn newest(path: &Path) -> SystemTime {
+    let meta = std::fs::metadata(path).ok();
+    let own = meta.as_ref().and_then(|m| m.modified().ok()).unwrap_or(UNIX_EPOCH);
+    if !meta.is_some_and(|m| m.is_dir()) {
+        return own;
+    }
+    std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| newest(&e.path())).fold(own, SystemTime::max)
+}
+
+/// The Java baselines' jar (`benches/kstreams`), built with Maven when it is
+/// missing or older than its sources. Cargo never builds it.
+fn kstreams_jar() -> PathBuf {
+    let dir = root().join("benches/kstreams");
+    let jar = dir.join("target/kstreams-bench.jar");
+    let built = std::fs::metadata(&jar).and_then(|m| m.modified()).ok();
+    if built.is_some_and(|b| b >= newest(&dir.join("src")).max(newest(&dir.join("pom.xml")))) {
+        return jar;
+    }
+    eprintln!("building {} (mvn -q -o package)…", jar.display());
+    let mvn = |args: &[&str]| Command::new("mvn").args(args).current_dir(&dir).status();
+    if !mvn(&["-q", "-o", "package"]).is_ok_and(|s| s.success()) {
+        eprintln!("the offline build failed; mvn -q package (downloads the dependencies from Maven Central)…");
+        let status = mvn(&["-q", "package"]).unwrap_or_else(|e| panic!("mvn: {e} (the Java modes need Maven and a JDK 17)"));
+        assert!(status.success(), "mvn package in {} failed", dir.display());
+    }
+    jar
+}
+
+/// A Java baseline from `benches/kstreams` as its own JVM process.
+#[allow(clippy::too_many_arguments)]
+fn run_java(
+    broker: &mut Broker,
+    run: &str,
+    sources: &[String],
+    n: u64,
+    mode: &'static str,
+    set: Settings,
+    jar: &Path,
+    state_root: &Path,
+    log_dir: &Path,
+) -> Outcome {
+    // (main class, writes one output record per event)
+    let (class, records) = match mode {
+        "java-pass" => ("tributary.bench.PassThrough", true),
+        "kstreams-pass" => ("tributary.bench.StreamsPassThrough", true),
+        _ => ("tributary.bench.StreamsMerge", false),
+    };
+    let group = format!("{run}-{mode}");
+    let output = format!("{group}.out");
+    broker.compacted_topic(&output);
+    if mode == "kstreams-merge" {
+        // The KTable's changelog, created by Kafka Streams: deleted at the end with the others.
+        broker.created_topics.push(format!("{group}-merged-changelog"));
+    }
+    let log_path = log_dir.join(format!("{mode}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let reader = Reader::start(&broker.bootstrap, &output);
+    let committed = Committed::new(&broker.bootstrap, &group, sources);
+
+    let mut cmd = Command::new(std::env::var("TRIBUTARY_BENCH_JAVA").unwrap_or_else(|_| "java".into()));
+    cmd.args(std::env::var("TRIBUTARY_BENCH_JAVA_OPTS").unwrap_or_default().split_whitespace());
+    cmd.arg("-cp").arg(jar).arg(class);
+    cmd.args(["--bootstrap", &broker.bootstrap, "--group", &group, "--output", &output]);
+    cmd.args(["--commit-ms", &set.commit_interval.as_millis().to_string()]);
+    cmd.arg("--state-dir").arg(state_root.join(mode));
+    for (s, t) in SOURCES.iter().zip(sources) {
+        cmd.args(["--source", &format!("{s}={t}")]);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    let start = Instant::now();
+    let mut child = Process(cmd.spawn().unwrap_or_else(|e| panic!("spawn java for {mode}: {e}")));
+    let Waited { seconds, startup, done, complete, mut note } =
+        wait_all(&reader, &committed, records, start, n, set.timeout, || match child.0.try_wait() {
+            Ok(Some(s)) => Err(format!("{mode} exited ({s})")),
+            _ => Ok(()),
+        });
+    let (cpu, rss_mb) = proc_usage(&child.0.id().to_string());
+    if !records {
+        note = format!("{note} output records={}", reader.count());
+    }
+    let status = child.sigterm(Duration::from_secs(60));
+    // The JVM ends with 143 (SIGTERM) after its shutdown hook ran.
+    if !status.is_some_and(|s| s.success() || s.code() == Some(143)) {
+        note = format!("{note} exit {status:?}; see {}", log_path.display());
+    }
+    Outcome {
+        mode,
+        output,
+        events: n,
+        done,
+        seconds,
+        startup,
+        commits: None,
+        complete,
+        cpu,
+        rss_mb,
+        in_process: false,
+        note: note.trim().to_string(),
+    }
+}
+
+/// Checks the merged output of `kstreams-merge`: every key present and
+/// live, and when a Tributary mode ran, the same last row per key as
+/// Tributary's. Returns (verdict, all good).
+fn verify_merge(bootstrap: &str, streams_topic: &str, tributary: Option<(&str, &str)>, keys: usize) -> (String, bool) {
+    let last = match read_last(bootstrap, streams_topic) {
+        Ok(l) => l,
+        Err(e) => return (e, false),
+    };
+    let live = last.values().filter(|v| v.is_some()).count();
+    let mut verdict = format!("{} keys in its output ({live} live) of {keys} written", last.len());
+    let mut ok = last.len() == keys && live == keys;
+    if let Some((mode, topic)) = tributary {
+        match read_last(bootstrap, topic) {
+            Ok(theirs) => {
+                let same = last.iter().filter(|(k, v)| theirs.get(*k) == Some(v)).count();
+                verdict +=
+                    &format!("; last row equal to {mode}'s for {same} of {} keys ({} keys there)", last.len(), theirs.len());
+                ok &= same == last.len() && theirs.len() == last.len();
+            }
+            Err(e) => {
+                verdict += &format!("; {e}");
+                ok = false;
+            }
+        }
+    }
+    (verdict, ok)
 }
 
 // -------------------------------------------------------------------- main
@@ -743,7 +1070,7 @@ fn main() {
     let n = env_usize("TRIBUTARY_BENCH_EVENTS", 200_000);
     let keys = env_usize("TRIBUTARY_BENCH_KEYS", 50_000);
     let modes: Vec<String> = std::env::var("TRIBUTARY_BENCH_MODES")
-        .unwrap_or_else(|_| "pass-eos,pass-alo,trib-eos,trib-alo".into())
+        .unwrap_or_else(|_| ALL_MODES.into())
         .split(',')
         .map(|m| m.trim().to_string())
         .collect();
@@ -757,6 +1084,10 @@ fn main() {
     if modes.iter().any(|m| m.starts_with("trib")) {
         assert!(bin.exists(), "{} does not exist (set TRIBUTARY_BIN or build with `cargo build --release -j2`)", bin.display());
     }
+    for m in &modes {
+        assert!(ALL_MODES.split(',').any(|a| a == m), "unknown mode {m:?} in TRIBUTARY_BENCH_MODES (known: {ALL_MODES})");
+    }
+    let jar = modes.iter().any(|m| m.starts_with("java") || m.starts_with("kstreams")).then(kstreams_jar);
 
     let mut broker = Broker::get();
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
@@ -770,70 +1101,155 @@ fn main() {
     std::fs::create_dir_all(&log_dir).unwrap();
 
     eprintln!("producing {n} events ({} sources × {PARTITIONS} partitions, {keys} keys) to {run}.*…", SOURCES.len());
-    let (bytes, secs) = produce_events(&broker.bootstrap, &sources, n, keys);
+    let (bytes, secs, distinct) = produce_events(&broker.bootstrap, &sources, n, keys);
     eprintln!("produced in {secs:.1} s (untimed); average value {} bytes", bytes / n.max(1));
 
     let n = n as u64;
     let mut outcomes = Vec::new();
     for mode in &modes {
         eprintln!("running {mode}…");
+        let jar = jar.as_deref().unwrap_or(Path::new("-"));
         let o = match mode.as_str() {
             "pass-eos" => run_pass_through(&mut broker, &run, &sources, n, true, set),
             "pass-alo" => run_pass_through(&mut broker, &run, &sources, n, false, set),
+            "java-pass" => run_java(&mut broker, &run, &sources, n, "java-pass", set, jar, state.path(), &log_dir),
+            "kstreams-pass" => run_java(&mut broker, &run, &sources, n, "kstreams-pass", set, jar, state.path(), &log_dir),
+            "kstreams-merge" => run_java(&mut broker, &run, &sources, n, "kstreams-merge", set, jar, state.path(), &log_dir),
             "trib-eos" => run_tributary(&mut broker, &run, &sources, n, true, set, state.path(), &log_dir),
             "trib-alo" => run_tributary(&mut broker, &run, &sources, n, false, set, state.path(), &log_dir),
-            other => panic!("unknown mode {other:?} in TRIBUTARY_BENCH_MODES"),
+            other => unreachable!("mode {other}"),
         };
         eprintln!("  {mode}: {:.2} s, {:.0} events/s {}", o.seconds, o.rate(), o.note);
         outcomes.push(o);
     }
 
-    let base = |m: &str| outcomes.iter().find(|o| o.mode == m && o.complete).map(Outcome::rate);
-    let (eos, alo) = (base("pass-eos"), base("pass-alo"));
-    let ratio = |r: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.0} %", 100.0 * r / b));
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "\ne2e: {n} events, {keys} keys, 3 sources × {PARTITIONS} partitions, commit interval {} ms, tributary audit {}{}, broker {}",
+    // The Kafka Streams merge's output: complete, and the same rows as Tributary's.
+    let trib = outcomes.iter().find(|o| o.mode.starts_with("trib") && o.complete).map(|o| (o.mode, o.output.clone()));
+    let mut verification = None;
+    if let Some(k) = outcomes.iter_mut().find(|o| o.mode == "kstreams-merge" && o.complete) {
+        eprintln!("checking the output of kstreams-merge…");
+        let (verdict, ok) = verify_merge(&broker.bootstrap, &k.output, trib.as_ref().map(|(m, t)| (*m, t.as_str())), distinct);
+        eprintln!("  {verdict}");
+        if !ok {
+            k.note = format!("{} OUTPUT CHECK FAILED: {verdict}", k.note).trim().to_string();
+            k.complete = false;
+        }
+        verification = Some(serde_json::json!({ "ok": ok, "verdict": verdict }));
+    }
+
+    let header = format!(
+        "e2e: {n} events, {keys} keys ({distinct} written), 3 sources × {PARTITIONS} partitions, commit interval {} ms, tributary audit {}{}, broker {}",
         set.commit_interval.as_millis(),
         if set.audit { "on" } else { "off" },
-        if set.drain { ", pass-through drains deliveries before committing" } else { "" },
+        if set.drain { ", Rust pass-through drains deliveries before committing" } else { "" },
         broker.bootstrap
-    )
-    .unwrap();
+    );
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\n{header}").unwrap();
     writeln!(
         out,
-        "{:<9} {:>8} {:>8} {:>8} {:>10} {:>11} {:>9} {:>9} {:>8} {:>9}  note",
-        "mode", "events", "seconds", "startup", "events/s", "steady ev/s", "vs p-eos", "vs p-alo", "commits", "ev/commit"
+        "{:<14} {:>8} {:>8} {:>8} {:>10} {:>11} {:>10} {:>9} {:>8} {:>9}  note",
+        "mode", "events", "seconds", "startup", "events/s", "steady ev/s", "CPU s/M ev", "peak RSS", "commits", "ev/commit"
     )
     .unwrap();
+    let star = |o: &Outcome| if o.in_process { "*" } else { "" };
     for o in &outcomes {
         let mark = if o.complete { String::new() } else { format!(" INCOMPLETE ({}/{})", o.done, o.events) };
         writeln!(
             out,
-            "{:<9} {:>8} {:>8.2} {:>8.2} {:>10.0} {:>11.0} {:>9} {:>9} {:>8} {:>9}  {}{mark}",
+            "{:<14} {:>8} {:>8.2} {:>8.2} {:>10.0} {:>11.0} {:>10} {:>9} {:>8} {:>9}  {}{mark}",
             o.mode,
             o.done,
             o.seconds,
             o.startup,
             o.rate(),
             o.steady(),
-            ratio(o.rate(), eos),
-            ratio(o.rate(), alo),
+            o.cpu_per_m().map_or("-".into(), |c| format!("{c:.1}{}", star(o))),
+            o.rss_mb.map_or("-".into(), |m| format!("{m} MB{}", star(o))),
             o.commits.map_or("-".into(), |c| c.to_string()),
             o.commits.filter(|c| *c > 0).map_or("-".into(), |c| format!("{:.0}", o.done as f64 / c as f64)),
             o.note
         )
         .unwrap();
     }
-    if let (Some(t), Some(b)) = (outcomes.iter().find(|o| o.mode == "trib-eos" && o.complete), eos) {
-        let pct = 100.0 * t.rate() / b;
-        writeln!(
-            out,
-            "goal: tributary exactly-once >= 60 % of the exactly-once pass-through: {pct:.0} % ({})",
-            if pct >= 60.0 { "met" } else { "MISSED" }
-        )
-        .unwrap();
+    if outcomes.iter().any(|o| o.in_process) {
+        writeln!(out, "* the bench process's own CPU and memory (the Rust pass-throughs run in it, beside its reader)").unwrap();
     }
+
+    // Ratios of every complete Tributary mode to every complete baseline.
+    let complete = |m: &str| outcomes.iter().find(|o| o.mode == m && o.complete);
+    let mut ratios = Vec::new();
+    for t in outcomes.iter().filter(|o| o.mode.starts_with("trib") && o.complete) {
+        for b in outcomes.iter().filter(|o| !o.mode.starts_with("trib") && o.complete) {
+            let speed = t.rate() / b.rate();
+            let cpu = t.cpu_per_m().zip(b.cpu_per_m()).map(|(a, b)| a / b);
+            writeln!(
+                out,
+                "{} / {:<14} {speed:>5.2} × the events/s, {} the CPU per event",
+                t.mode,
+                b.mode,
+                cpu.map_or("-".into(), |c| format!("{c:.2} ×{}", star(b)))
+            )
+            .unwrap();
+            ratios.push(serde_json::json!({
+                "tributary": t.mode, "baseline": b.mode, "events_per_s": speed, "cpu_per_event": cpu,
+            }));
+        }
+    }
+    let mut goals = Vec::new();
+    if let (Some(t), Some(b)) = (complete("trib-eos"), complete("pass-eos").or(complete("java-pass"))) {
+        // Issue 15, goal 1.
+        let (pct, want) = (100.0 * t.rate() / b.rate(), if set.audit { 65.0 } else { 80.0 });
+        goals.push(format!(
+            "tributary exactly-once >= {want:.0} % of the raw transactional pass-through ({}): {pct:.0} % ({})",
+            b.mode,
+            if pct >= want { "met" } else { "MISSED" }
+        ));
+    }
+    if let (Some(t), Some(km), Some(kp)) = (complete("trib-eos"), complete("kstreams-merge"), complete("kstreams-pass")) {
+        // Issue 15, goal 2: in events/s and in CPU per event.
+        let cpu_at_most = |b: &Outcome, factor: f64| t.cpu_per_m().zip(b.cpu_per_m()).is_some_and(|(a, b)| a * factor <= b);
+        let met = t.rate() >= 3.0 * km.rate() && cpu_at_most(km, 3.0) && t.rate() >= kp.rate() && cpu_at_most(kp, 1.0);
+        goals.push(format!(
+            "tributary exactly-once >= 3 × the Kafka Streams merge and >= the Kafka Streams pass-through, in events/s and CPU per event: {}",
+            if met { "met" } else { "MISSED" }
+        ));
+    }
+    for g in &goals {
+        writeln!(out, "goal: {g}").unwrap();
+    }
+
+    let json = serde_json::json!({
+        "header": header,
+        "events": n,
+        "keys": keys,
+        "keys_written": distinct,
+        "sources": SOURCES.len(),
+        "partitions": PARTITIONS,
+        "commit_interval_ms": set.commit_interval.as_millis() as u64,
+        "audit": set.audit,
+        "modes": outcomes.iter().map(|o| serde_json::json!({
+            "mode": o.mode,
+            "complete": o.complete,
+            "events": o.done,
+            "seconds": o.seconds,
+            "startup_seconds": o.startup,
+            "events_per_s": o.rate(),
+            "steady_events_per_s": o.steady(),
+            "cpu_seconds": o.cpu,
+            "cpu_seconds_per_m_events": o.cpu_per_m(),
+            "peak_rss_mb": o.rss_mb,
+            "measured_in_bench_process": o.in_process,
+            "commits": o.commits,
+            "note": o.note,
+        })).collect::<Vec<_>>(),
+        "ratios": ratios,
+        "kstreams_merge_output": verification,
+        "goals": goals,
+    });
+    let json_path = std::env::var_os("TRIBUTARY_BENCH_JSON").map_or_else(|| log_dir.join("result.json"), PathBuf::from);
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", json_path.display()));
+    writeln!(out, "results: {}", json_path.display()).unwrap();
     writeln!(out, "processor logs: {}", log_dir.display()).unwrap();
 }
