@@ -10,6 +10,7 @@ use num_bigint::BigInt;
 use serde_json::{Map, Value as Json};
 
 use super::binary::{read_bytes, read_long, write_bytes, write_long, ReadError};
+use super::error::CodecError;
 use super::shape::Shape;
 use super::value::{base64_json, decimal_text, f32_as_f64, float_json, json_float};
 
@@ -35,50 +36,50 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|e| *e <= self.buf.len())
-            .ok_or_else(|| format!("truncated: {n} bytes wanted at byte {} of {}", self.pos, self.buf.len()))?;
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or(CodecError::Truncated {
+            wanted: n,
+            at: self.pos,
+            len: self.buf.len(),
+        })?;
         let out = &self.buf[self.pos..end];
         self.pos = end;
         Ok(out)
     }
 
     /// The error for `e` met at the current position (where the primitive started).
-    fn error(&self, e: ReadError) -> String {
+    fn error(&self, e: ReadError) -> CodecError {
         let (at, len) = (self.pos, self.buf.len());
         match e {
-            ReadError::Truncated => format!("truncated: the value at byte {at} runs past the end ({len} bytes)"),
-            ReadError::TooLong => format!("a varint longer than 64 bits at byte {at}"),
-            ReadError::NegativeLength => format!("a negative length at byte {at}"),
+            ReadError::Truncated => CodecError::RunsPastEnd { at, len },
+            ReadError::TooLong => CodecError::VarintTooLong { at },
+            ReadError::NegativeLength => CodecError::NegativeLength { at },
         }
     }
 
     /// A zig-zag varint `long`.
-    pub fn long(&mut self) -> Result<i64, String> {
+    pub fn long(&mut self) -> Result<i64, CodecError> {
         read_long(self.buf, &mut self.pos).map_err(|e| self.error(e))
     }
 
-    fn int(&mut self) -> Result<i32, String> {
+    fn int(&mut self) -> Result<i32, CodecError> {
         let n = self.long()?;
-        i32::try_from(n).map_err(|_| format!("{n} is out of range for an int"))
+        i32::try_from(n).map_err(|_| CodecError::IntOutOfRange(n))
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
+    fn bytes(&mut self) -> Result<&'a [u8], CodecError> {
         read_bytes(self.buf, &mut self.pos).map_err(|e| self.error(e))
     }
 
-    fn str(&mut self) -> Result<&'a str, String> {
-        std::str::from_utf8(self.bytes()?).map_err(|e| format!("a string is not UTF-8: {e}"))
+    fn str(&mut self) -> Result<&'a str, CodecError> {
+        std::str::from_utf8(self.bytes()?).map_err(CodecError::NotUtf8)
     }
 
     /// Runs `item` for every element of an array or map (block-encoded).
     /// Items may take no bytes at all (`null`, an empty record), so the
     /// count cannot be checked against the bytes left; it is capped instead,
     /// so a forged count cannot spin for ages.
-    fn blocks(&mut self, mut item: impl FnMut(&mut Self) -> Result<(), String>) -> Result<(), String> {
+    fn blocks(&mut self, mut item: impl FnMut(&mut Self) -> Result<(), CodecError>) -> Result<(), CodecError> {
         let mut total: u64 = 0;
         loop {
             let count = self.long()?;
@@ -91,7 +92,7 @@ impl<'a> Reader<'a> {
             total = total.saturating_add(count.unsigned_abs());
             let cap = (self.buf.len() - self.pos) as u64 + MAX_EMPTY_ITEMS;
             if total > cap {
-                return Err(format!("{total} items with {} bytes left", self.buf.len() - self.pos));
+                return Err(CodecError::TooManyItems { items: total, left: self.buf.len() - self.pos });
             }
             for _ in 0..count.unsigned_abs() {
                 item(self)?;
@@ -116,13 +117,13 @@ impl Shape {
     }
 
     /// Decodes one value of this shape into JSON.
-    pub fn decode_json(&self, r: &mut Reader<'_>) -> Result<Json, String> {
+    pub fn decode_json(&self, r: &mut Reader<'_>) -> Result<Json, CodecError> {
         Ok(match self {
             Shape::Null => Json::Null,
             Shape::Boolean => match r.take(1)?[0] {
                 0 => Json::Bool(false),
                 1 => Json::Bool(true),
-                b => return Err(format!("{b} is not a boolean")),
+                b => return Err(CodecError::NotBoolean(b)),
             },
             Shape::Int(_) => Json::from(r.int()?),
             Shape::Long(_) => Json::from(r.long()?),
@@ -133,8 +134,7 @@ impl Shape {
             Shape::Fixed(n) => Json::String(base64::engine::general_purpose::STANDARD.encode(r.take(*n)?)),
             Shape::Enum(symbols) => {
                 let i = r.long()?;
-                let s =
-                    usize::try_from(i).ok().and_then(|i| symbols.get(i)).ok_or_else(|| format!("enum index {i} out of range"))?;
+                let s = usize::try_from(i).ok().and_then(|i| symbols.get(i)).ok_or(CodecError::EnumIndex(i))?;
                 Json::String(s.clone())
             }
             Shape::Decimal { scale, fixed } => {
@@ -164,22 +164,19 @@ impl Shape {
             }
             Shape::Union(branches) => {
                 let i = r.long()?;
-                let b = usize::try_from(i)
-                    .ok()
-                    .and_then(|i| branches.get(i))
-                    .ok_or_else(|| format!("union branch {i} out of range"))?;
+                let b = usize::try_from(i).ok().and_then(|i| branches.get(i)).ok_or(CodecError::UnionBranch(i))?;
                 b.decode_json(r)?
             }
             Shape::Record(fields) => {
                 let mut out = Map::new();
                 for f in fields {
-                    let v = f.shape.decode_json(r).map_err(|e| format!("{}: {e}", f.name))?;
+                    let v = f.shape.decode_json(r).map_err(|e| e.in_field(&f.name))?;
                     out.insert(f.name.clone(), v);
                 }
                 Json::Object(out)
             }
             Shape::BigDecimal | Shape::Duration | Shape::Opaque => {
-                return Err(format!("{} is not decoded directly", self.describe()));
+                return Err(CodecError::NotDirect { shape: self.describe(), direction: "decoded" });
             }
         })
     }
@@ -189,8 +186,8 @@ impl Shape {
     /// union takes `null` for JSON null, else its first branch that accepts
     /// the value). On error `out` may hold a partial value: the caller
     /// discards it.
-    pub fn encode_json(&self, json: &Json, out: &mut Vec<u8>) -> Result<(), String> {
-        let mismatch = || format!("{} does not fit {}", crate::json::json_kind(json), self.describe());
+    pub fn encode_json(&self, json: &Json, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        let mismatch = || CodecError::Misfit { found: crate::json::json_kind(json), expected: self.describe() };
         match self {
             Shape::Null => {
                 if !json.is_null() {
@@ -216,13 +213,13 @@ impl Shape {
             Shape::Fixed(n) => {
                 let b = base64_json(json).ok_or_else(mismatch)?;
                 if b.len() != *n {
-                    return Err(format!("{} bytes do not fit fixed({n})", b.len()));
+                    return Err(CodecError::FixedSize { len: b.len(), size: *n });
                 }
                 out.extend_from_slice(&b);
             }
             Shape::Enum(symbols) => {
                 let s = json.as_str().ok_or_else(mismatch)?;
-                let i = symbols.iter().position(|x| x == s).ok_or_else(|| format!("\"{s}\" is not a symbol of the enum"))?;
+                let i = symbols.iter().position(|x| x == s).ok_or_else(|| CodecError::NotASymbol(s.to_string()))?;
                 write_long(out, i as i64);
             }
             Shape::Decimal { scale, fixed } => {
@@ -232,7 +229,7 @@ impl Shape {
                     None => write_bytes(out, &bytes),
                     Some(size) => {
                         if bytes.len() > *size {
-                            return Err(format!("the decimal needs {} bytes, over fixed({size})", bytes.len()));
+                            return Err(CodecError::DecimalTooWide { len: bytes.len(), size: *size });
                         }
                         let fill = if unscaled.sign() == num_bigint::Sign::Minus { 0xff } else { 0 };
                         out.resize(out.len() + size - bytes.len(), fill);
@@ -286,7 +283,7 @@ impl Shape {
                 self.encode_record(o, out)?;
             }
             Shape::BigDecimal | Shape::Duration | Shape::Opaque => {
-                return Err(format!("{} is not encoded directly", self.describe()));
+                return Err(CodecError::NotDirect { shape: self.describe(), direction: "encoded" });
             }
         }
         Ok(())
@@ -294,9 +291,9 @@ impl Shape {
 
     /// [`encode_json`](Self::encode_json) of an object as this record: a
     /// missing field takes its default, or null.
-    pub fn encode_record(&self, o: &Map<String, Json>, out: &mut Vec<u8>) -> Result<(), String> {
+    pub fn encode_record(&self, o: &Map<String, Json>, out: &mut Vec<u8>) -> Result<(), CodecError> {
         let Shape::Record(fields) = self else {
-            return Err(format!("an object does not fit {}", self.describe()));
+            return Err(CodecError::Misfit { found: "an object", expected: self.describe() });
         };
         for f in fields {
             match (o.get(&f.name), &f.default) {
@@ -304,16 +301,16 @@ impl Shape {
                 (None, Some(d)) => f.shape.encode_default(d, out),
                 (None, None) => f.shape.encode_json(&Json::Null, out),
             }
-            .map_err(|e| format!("{}: {e}", f.name))?;
+            .map_err(|e| e.in_field(&f.name))?;
         }
         Ok(())
     }
 
     /// A default in Avro's JSON notation: a union's is of its first branch.
-    fn encode_default(&self, json: &Json, out: &mut Vec<u8>) -> Result<(), String> {
+    fn encode_default(&self, json: &Json, out: &mut Vec<u8>) -> Result<(), CodecError> {
         match self {
             Shape::Union(branches) => {
-                let first = branches.first().ok_or("empty union")?;
+                let first = branches.first().ok_or(CodecError::EmptyUnion)?;
                 write_long(out, 0);
                 first.encode_default(json, out)
             }
@@ -329,7 +326,7 @@ impl Shape {
     }
 
     /// Steps over one value of this shape.
-    pub fn skip(&self, r: &mut Reader<'_>) -> Result<(), String> {
+    pub fn skip(&self, r: &mut Reader<'_>) -> Result<(), CodecError> {
         match self {
             Shape::Null => {}
             Shape::Boolean => {
@@ -357,10 +354,7 @@ impl Shape {
             })?,
             Shape::Union(branches) => {
                 let i = r.long()?;
-                let b = usize::try_from(i)
-                    .ok()
-                    .and_then(|i| branches.get(i))
-                    .ok_or_else(|| format!("union branch {i} out of range"))?;
+                let b = usize::try_from(i).ok().and_then(|i| branches.get(i)).ok_or(CodecError::UnionBranch(i))?;
                 b.skip(r)?;
             }
             Shape::Record(fields) => {
@@ -369,7 +363,7 @@ impl Shape {
                 }
             }
             Shape::BigDecimal | Shape::Duration | Shape::Opaque => {
-                return Err(format!("{} is not decoded directly", self.describe()));
+                return Err(CodecError::NotDirect { shape: self.describe(), direction: "decoded" });
             }
         }
         Ok(())
@@ -519,7 +513,8 @@ mod tests {
         super::write_long(&mut bytes, 1 << 40);
         bytes.push(0);
         let e = shape.skip(&mut Reader::new(&bytes)).unwrap_err();
-        assert!(e.contains("items with"), "{e}");
+        assert!(matches!(e, CodecError::TooManyItems { items: 1_099_511_627_776, left: 1 }), "{e}");
+        assert_eq!(e.to_string(), "1099511627776 items with 1 bytes left");
         assert!(shape.decode_json(&mut Reader::new(&bytes)).is_err());
         // A modest array of nulls is fine.
         let mut ok = Vec::new();

@@ -17,6 +17,7 @@
 
 mod binary;
 pub mod decode;
+pub mod error;
 pub mod output;
 pub mod records;
 pub mod registry;

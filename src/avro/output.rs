@@ -144,7 +144,11 @@ pub enum OutputError {
     Conflict(String),
     /// The row does not fit the output schema.
     #[error("the merged row does not fit the output schema: {0}")]
-    Misfit(String),
+    Misfit(#[source] super::error::CodecError),
+    /// The row or key cannot be written for a reason outside the codec (the
+    /// key is not JSON, a column no known schema has, apache-avro refused it).
+    #[error("the merged row does not fit the output schema: {0}")]
+    Unwritable(String),
 }
 
 impl OutputError {
@@ -159,7 +163,7 @@ impl OutputError {
             Self::Registry(RegistryError::Unavailable(_)) => "registry_unavailable",
             Self::Registry(_) => "schema_rejected",
             Self::Conflict(_) => "schema_conflict",
-            Self::Misfit(_) => "schema_misfit",
+            Self::Misfit(_) | Self::Unwritable(_) => "schema_misfit",
         }
     }
 }
@@ -636,7 +640,7 @@ impl Encoder {
 
     fn frame(&self, value: &apache_avro::types::Value) -> Result<Vec<u8>, OutputError> {
         let mut out = frame(self.id, &[]);
-        self.writer.write_value_ref(&mut out, value).map_err(|e| OutputError::Misfit(e.to_string()))?;
+        self.writer.write_value_ref(&mut out, value).map_err(|e| OutputError::Unwritable(e.to_string()))?;
         Ok(out)
     }
 }
@@ -844,15 +848,15 @@ impl AvroOutput {
         let mut current = self.current.lock().expect("avro output");
         self.refresh_locked(&mut current)?;
         let c = current.as_ref().expect("refreshed");
-        let key_json: Json = serde_json::from_str(key).map_err(|e| OutputError::Misfit(format!("key {key}: {e}")))?;
-        let key_bytes = c.key.encode(&key_json).map_err(|e| OutputError::Misfit(format!("key {key}: {e}")))?;
+        let key_json: Json = serde_json::from_str(key).map_err(|e| OutputError::Unwritable(format!("key {key}: {e}")))?;
+        let key_bytes = c.key.encode(&key_json).map_err(|e| OutputError::Unwritable(format!("key {key}: {e}")))?;
         let value = match row {
             None => None,
             Some(row) => {
                 if let Some(col) = row.keys().find(|k| !c.columns.contains(*k)) {
-                    return Err(
-                        self.explain(OutputError::Misfit(format!("column `{col}` is in no source schema known to this process")))
-                    );
+                    return Err(self.explain(OutputError::Unwritable(format!(
+                        "column `{col}` is in no source schema known to this process"
+                    ))));
                 }
                 Some(c.value.encode_row(row).map_err(|e| self.explain(e))?)
             }

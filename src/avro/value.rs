@@ -30,16 +30,17 @@ use base64::Engine as _;
 use num_bigint::BigInt;
 use serde_json::Value as Json;
 
+use super::error::CodecError;
 pub use super::shape::{FieldShape, IntKind, LongKind, Names, Shape};
 
 impl Shape {
     /// Converts a decoded value to JSON.
-    pub fn to_json(&self, value: &Value) -> Result<Json, String> {
+    pub fn to_json(&self, value: &Value) -> Result<Json, CodecError> {
         Ok(match (self, value) {
             (_, Value::Union(i, inner)) => match self {
                 Shape::Union(branches) => match branches.get(*i as usize) {
                     Some(b) => b.to_json(inner)?,
-                    None => return Err(format!("union branch {i} is not in the schema")),
+                    None => return Err(CodecError::UnionBranchNotInSchema(*i)),
                 },
                 _ => self.to_json(inner)?,
             },
@@ -104,7 +105,7 @@ impl Shape {
                     let shape = shapes
                         .and_then(|s| s.get(i).filter(|f| &f.name == name).or_else(|| s.iter().find(|f| &f.name == name)))
                         .map_or(&Shape::Opaque, |f| &f.shape);
-                    out.insert(name.clone(), shape.to_json(v).map_err(|e| format!("{name}: {e}"))?);
+                    out.insert(name.clone(), shape.to_json(v).map_err(|e| e.in_field(name))?);
                 }
                 Json::Object(out)
             }
@@ -112,8 +113,8 @@ impl Shape {
     }
 
     /// Converts JSON to a value of this shape.
-    pub fn to_avro(&self, json: &Json) -> Result<Value, String> {
-        let mismatch = || format!("{} does not fit {}", kind(json), self.describe());
+    pub fn to_avro(&self, json: &Json) -> Result<Value, CodecError> {
+        let mismatch = || CodecError::Misfit { found: kind(json), expected: self.describe() };
         Ok(match self {
             Shape::Null => match json {
                 Json::Null => Value::Null,
@@ -155,13 +156,13 @@ impl Shape {
             Shape::Fixed(size) => {
                 let b = base64_json(json).ok_or_else(mismatch)?;
                 if b.len() != *size {
-                    return Err(format!("{} bytes do not fit fixed({size})", b.len()));
+                    return Err(CodecError::FixedSize { len: b.len(), size: *size });
                 }
                 Value::Fixed(*size, b)
             }
             Shape::Enum(symbols) => {
                 let s = json.as_str().ok_or_else(mismatch)?;
-                let i = symbols.iter().position(|x| x == s).ok_or_else(|| format!("\"{s}\" is not a symbol of the enum"))?;
+                let i = symbols.iter().position(|x| x == s).ok_or_else(|| CodecError::NotASymbol(s.to_string()))?;
                 Value::Enum(i as u32, s.to_string())
             }
             Shape::Decimal { scale, fixed } => {
@@ -169,7 +170,7 @@ impl Shape {
                 let mut bytes = unscaled.to_signed_bytes_be();
                 if let Some(size) = fixed {
                     if bytes.len() > *size {
-                        return Err(format!("the decimal needs {} bytes, over fixed({size})", bytes.len()));
+                        return Err(CodecError::DecimalTooWide { len: bytes.len(), size: *size });
                     }
                     let fill = if unscaled.sign() == num_bigint::Sign::Minus { 0xff } else { 0 };
                     let mut padded = vec![fill; size - bytes.len()];
@@ -186,14 +187,14 @@ impl Shape {
                 };
                 Value::BigDecimal(s.parse().map_err(|_| mismatch())?)
             }
-            Shape::Duration => return Err("writing the Avro duration type is not supported".into()),
+            Shape::Duration => return Err(CodecError::Unsupported("writing the Avro duration type is not supported")),
             Shape::Array(item) => match json {
                 Json::Array(items) => Value::Array(items.iter().map(|v| item.to_avro(v)).collect::<Result<_, _>>()?),
                 _ => return Err(mismatch()),
             },
             Shape::Map(inner) => match json {
                 Json::Object(o) => Value::Map(
-                    o.iter().map(|(k, v)| Ok((k.clone(), inner.to_avro(v)?))).collect::<Result<HashMap<_, _>, String>>()?,
+                    o.iter().map(|(k, v)| Ok((k.clone(), inner.to_avro(v)?))).collect::<Result<HashMap<_, _>, CodecError>>()?,
                 ),
                 _ => return Err(mismatch()),
             },
@@ -217,15 +218,15 @@ impl Shape {
                 let Json::Object(o) = json else { return Err(mismatch()) };
                 self.record_to_avro(o)?
             }
-            Shape::Opaque => return Err("the schema nests too deep to write".into()),
+            Shape::Opaque => return Err(CodecError::Unsupported("the schema nests too deep to write")),
         })
     }
 
     /// A JSON object as a value of this record shape: missing fields take
     /// their default, or null.
-    pub fn record_to_avro(&self, o: &serde_json::Map<String, Json>) -> Result<Value, String> {
+    pub fn record_to_avro(&self, o: &serde_json::Map<String, Json>) -> Result<Value, CodecError> {
         let Shape::Record(fields) = self else {
-            return Err(format!("an object does not fit {}", self.describe()));
+            return Err(CodecError::Misfit { found: "an object", expected: self.describe() });
         };
         let mut out = Vec::with_capacity(fields.len());
         for f in fields {
@@ -234,7 +235,7 @@ impl Shape {
                 (None, Some(d)) => f.shape.default_to_avro(d),
                 (None, None) => f.shape.to_avro(&Json::Null),
             }
-            .map_err(|e| format!("{}: {e}", f.name))?;
+            .map_err(|e| e.in_field(&f.name))?;
             out.push((f.name.clone(), v));
         }
         Ok(Value::Record(out))
@@ -242,10 +243,10 @@ impl Shape {
 
     /// A default value in Avro's JSON notation (a union's default is of its
     /// first branch; bytes defaults are ISO-8859-1 strings).
-    fn default_to_avro(&self, json: &Json) -> Result<Value, String> {
+    fn default_to_avro(&self, json: &Json) -> Result<Value, CodecError> {
         match self {
             Shape::Union(branches) => {
-                let first = branches.first().ok_or("empty union")?;
+                let first = branches.first().ok_or(CodecError::EmptyUnion)?;
                 Ok(Value::Union(0, Box::new(first.default_to_avro(json)?)))
             }
             Shape::Bytes | Shape::Fixed(_) => match json {
@@ -405,8 +406,11 @@ mod tests {
     fn misfits_are_named() {
         let (_, shape) = shape(r#"{"type":"record","name":"R","fields":[{"name":"n","type":"int"}]}"#);
         let e = shape.to_avro(&json!({"n": "x"})).unwrap_err();
-        assert!(e.contains("n:") && e.contains("int"), "{e}");
+        let CodecError::InField { field, source } = &e else { panic!("{e:?}") };
+        assert_eq!(field, "n");
+        assert!(matches!(**source, CodecError::Misfit { found: "a string", .. }), "{e}");
+        assert_eq!(e.to_string(), "n: a string does not fit int");
         let e = shape.to_avro(&json!({"n": 1u64 << 40})).unwrap_err();
-        assert!(e.contains("int"), "{e}");
+        assert!(e.to_string().contains("int"), "{e}");
     }
 }

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use super::{Format, InputRecord, NormalizeErrorKind, Parsed, RawChange, RawOp};
 use crate::avro::decode::Reader;
+use crate::avro::error::CodecError;
 use crate::avro::output::SchemaCatalog;
 use crate::avro::registry::{frame_id, Registry, RegistryError};
 use crate::avro::value::{Names, Shape};
@@ -89,7 +90,7 @@ impl DebeziumAvro {
                 .map_err(|e| NormalizeErrorKind::BadKey(format!("schema id {}: {e}", schema.id)))?
         } else {
             let (_, value) = self.decode(bytes, "key").map_err(as_key)?;
-            shape.to_json(&value).map_err(NormalizeErrorKind::BadKey)?
+            shape.to_json(&value).map_err(|e| NormalizeErrorKind::BadKey(e.to_string()))?
         };
         match json {
             Value::Object(o) if !o.is_empty() => Ok(Value::Object(o).to_string()),
@@ -123,7 +124,7 @@ impl DebeziumAvro {
         let mut r = Reader::new(body);
         let mut env = Envelope::default();
         for f in fields {
-            let at = |e: String| bad(format!("{}: {e}", f.name));
+            let at = |e: CodecError| bad(format!("{}: {e}", f.name));
             match f.name.as_str() {
                 "op" => env.op = Some(f.shape.decode_json(&mut r).map_err(at)?),
                 "after" => env.after = optional(&f.shape, &mut r, true).map_err(at)?.1,
@@ -216,12 +217,11 @@ fn registry_error(e: RegistryError, what: &str) -> NormalizeErrorKind {
 
 /// An optional image (`["null", record]` in Debezium): whether it is there,
 /// and its value when `keep` (else it is stepped over).
-fn optional(shape: &Shape, r: &mut Reader<'_>, keep: bool) -> Result<(bool, Option<Value>), String> {
+fn optional(shape: &Shape, r: &mut Reader<'_>, keep: bool) -> Result<(bool, Option<Value>), CodecError> {
     let shape = match shape {
         Shape::Union(branches) => {
             let i = r.long()?;
-            let b =
-                usize::try_from(i).ok().and_then(|i| branches.get(i)).ok_or_else(|| format!("union branch {i} out of range"))?;
+            let b = usize::try_from(i).ok().and_then(|i| branches.get(i)).ok_or(CodecError::UnionBranch(i))?;
             if *b == Shape::Null {
                 return Ok((false, None));
             }
@@ -238,11 +238,11 @@ fn optional(shape: &Shape, r: &mut Reader<'_>, keep: bool) -> Result<(bool, Opti
 }
 
 /// `source.ts_ms`, stepping over the rest of the block.
-fn source_ts(shape: &Shape, r: &mut Reader<'_>) -> Result<Option<i64>, String> {
+fn source_ts(shape: &Shape, r: &mut Reader<'_>) -> Result<Option<i64>, CodecError> {
     let shape = match shape {
         Shape::Union(branches) => {
             let i = r.long()?;
-            usize::try_from(i).ok().and_then(|i| branches.get(i)).ok_or_else(|| format!("union branch {i} out of range"))?
+            usize::try_from(i).ok().and_then(|i| branches.get(i)).ok_or(CodecError::UnionBranch(i))?
         }
         other => other,
     };
@@ -253,9 +253,9 @@ fn source_ts(shape: &Shape, r: &mut Reader<'_>) -> Result<Option<i64>, String> {
     let mut ts = None;
     for f in fields {
         if f.name == "ts_ms" {
-            ts = f.shape.decode_json(r).map_err(|e| format!("ts_ms: {e}"))?.as_i64();
+            ts = f.shape.decode_json(r).map_err(|e| e.in_field("ts_ms"))?.as_i64();
         } else {
-            f.shape.skip(r).map_err(|e| format!("{}: {e}", f.name))?;
+            f.shape.skip(r).map_err(|e| e.in_field(&f.name))?;
         }
     }
     Ok(ts)
