@@ -29,3 +29,4 @@ pub mod replay;
 pub mod run;
 pub mod sink;
 mod store;
+pub mod transform;

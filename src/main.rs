@@ -75,6 +75,20 @@ enum Command {
         #[arg(long)]
         dead_letters: Option<PathBuf>,
     },
+    /// Try one source's [sources.transform] and `where` on a kcat -J dump: prints each
+    /// record's source and target columns side by side, or the dead-letter reason.
+    /// Exit status 1 when some record would be a dead letter.
+    TransformTest {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The source (its `name`) whose records to try; records of other topics are skipped.
+        #[arg(long)]
+        source: String,
+        /// The dump (JSON lines, kcat -J shape); `-` for stdin.
+        #[arg(long, short)]
+        input: PathBuf,
+    },
     /// Produce a kcat -J dump to its topics (the inverse of capturing with `kcat -J`).
     ///
     /// Every record goes to its topic with its key, headers and recorded partition
@@ -255,6 +269,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             .context("replay failed")?;
             eprintln!("{summary}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::TransformTest { config, source, input } => {
+            let config = Config::load(&config)?;
+            let reader: Box<dyn BufRead> = if is_std(&input) {
+                Box::new(io::stdin().lock())
+            } else {
+                Box::new(BufReader::new(File::open(&input).with_context(|| format!("cannot open dump {}", input.display()))?))
+            };
+            let name = if is_std(&input) { "<stdin>".to_string() } else { input.display().to_string() };
+            let mut stdout = BufWriter::new(io::stdout().lock());
+            let summary = tributary::replay::transform_test(&config, &source, reader, &name, &mut stdout)?;
+            eprintln!("{summary}");
+            Ok(if summary.dead_letters > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Load { config, input, rename_topic, keep_timestamps } => {
             let config = Config::load(&config)?;

@@ -175,6 +175,15 @@ impl Pipeline {
             .collect()
     }
 
+    /// Takes the counts of each `where` filter since the last call:
+    /// (source, matched, dropped), for sources with a filter.
+    pub fn take_filter_counts(&self) -> Vec<(&str, u64, u64)> {
+        self.sources
+            .values()
+            .filter_map(|n| n.filter_counts().map(|c| c.take()).map(|(matched, dropped)| (n.source(), matched, dropped)))
+            .collect()
+    }
+
     /// The Avro output encoder, when the output is Avro.
     pub fn avro_output(&self) -> Option<&std::sync::Arc<crate::avro::output::AvroOutput>> {
         self.avro_output.as_ref()
@@ -194,7 +203,7 @@ impl Pipeline {
         })?;
         let source = normalizer.source().to_string();
         let mut event = match normalizer.normalize(record)? {
-            Normalized::Tombstone => return Ok(Step::Ignored { source }),
+            Normalized::Tombstone | Normalized::Filtered => return Ok(Step::Ignored { source }),
             Normalized::Event(e) => e,
         };
         // `apply` does not read the key: move it out, to end in the output record.

@@ -308,6 +308,7 @@ impl Config {
             if s.ts_field.is_some() && s.format != SourceFormat::Json {
                 problems.push(format!("{at}.ts_field: only applies to format = \"json\" (Debezium events carry source.ts_ms)"));
             }
+            validate_transform(s, &at, &mut problems);
         }
         let carried: Vec<&str> = self.sources.iter().filter_map(|s| s.clock_field.as_deref()).collect();
         if self.output.clock_field.is_none() && carried.iter().collect::<HashSet<_>>().len() > 1 {
@@ -428,6 +429,31 @@ impl Config {
             }
         }
         toml::to_string_pretty(&value).expect("the configuration serializes")
+    }
+}
+
+/// Compiles a source's `transform` and `where` as start-up will, listing
+/// each problem with its key and the source's name; key and clock columns
+/// must survive the mapping.
+fn validate_transform(s: &SourceConfig, at: &str, problems: &mut Vec<String>) {
+    let named = |p: crate::transform::SpecProblem| format!("{at}.{} (source \"{}\"): {}", p.key, s.name, p.message);
+    if let Some(spec) = &s.transform {
+        match crate::transform::Transform::compile(spec) {
+            Ok(t) => {
+                for f in s.key_fields.iter().flatten().filter(|f| !t.keeps(f)) {
+                    problems.push(format!("{at}.key_fields: \"{f}\" is dropped by the transform (key fields name columns after it)"));
+                }
+                if let Some(f) = s.clock_field.as_ref().filter(|f| !t.keeps(f)) {
+                    problems.push(format!("{at}.clock_field: \"{f}\" is dropped by the transform"));
+                }
+            }
+            Err(found) => problems.extend(found.into_iter().map(named)),
+        }
+    }
+    if let Some(spec) = &s.filter {
+        if let Err(found) = crate::transform::Filter::compile(spec) {
+            problems.extend(found.into_iter().map(named));
+        }
     }
 }
 

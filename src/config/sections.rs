@@ -342,6 +342,13 @@ pub struct SourceConfig {
     /// `json` format: the field that marks a rewritten delete (`"true"`).
     #[serde(default = "default_deleted_field")]
     pub deleted_field: String,
+    /// `[sources.transform]`: the mapping of this source's rows to the
+    /// target shape, applied before `key_fields` and `clock_field` are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<crate::transform::TransformSpec>,
+    /// `[sources.where]`: the records to keep, tested on the source row.
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::transform::FilterSpec>,
 }
 
 pub(super) fn default_deleted_field() -> String {

@@ -46,7 +46,7 @@ fn row(id: i64, email: &str, city: &str) -> Value {
 fn event_of(n: &SourceNormalizer, r: &InputRecord<'_>) -> ChangeEvent {
     match n.normalize(r).unwrap() {
         Normalized::Event(e) => e,
-        Normalized::Tombstone => panic!("expected an event"),
+        other => panic!("expected an event, got {other:?}"),
     }
 }
 

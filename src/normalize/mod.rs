@@ -11,11 +11,12 @@ mod flat_json;
 
 use std::fmt;
 
-use crate::json::json_kind;
+pub(crate) use crate::json::json_kind;
 use serde_json::Value;
 
 use crate::config::{SourceConfig, SourceFormat};
 use crate::merge::{ChangeEvent, Op, Policy, Row, VersionVector};
+use crate::transform::{Filter, Image, Transform};
 
 pub use debezium_avro::DebeziumAvro;
 pub use debezium_json::DebeziumJson;
@@ -217,6 +218,15 @@ pub enum NormalizeErrorKind {
     /// number, or an update without the `before` value a counter needs).
     #[error("{0}")]
     Refused(Box<crate::merge::Refusal>),
+    /// The source's `[sources.transform]` cannot map the record (a failing
+    /// cast, a missing required column, a code without an entry).
+    #[error("transform of source `{source_name}`: {error}")]
+    Transform {
+        /// The configured source.
+        source_name: String,
+        /// The column, its value and what is wrong.
+        error: crate::transform::TransformError,
+    },
 }
 
 impl NormalizeErrorKind {
@@ -238,6 +248,7 @@ impl NormalizeErrorKind {
             Self::UnknownSchema(_) => "unknown_schema",
             Self::OutputSchema { reason, .. } => reason,
             Self::RegistryUnavailable(_) => "registry_unavailable",
+            Self::Transform { .. } => "transform",
         }
     }
 
@@ -255,6 +266,25 @@ pub enum Normalized {
     Event(ChangeEvent),
     /// A Debezium tombstone (null value after a delete): nothing to do.
     Tombstone,
+    /// The source's `where` filter dropped the record.
+    Filtered,
+}
+
+/// How many records a source's `where` filter kept (`matched`) and dropped.
+#[derive(Debug, Default)]
+pub struct FilterCounts {
+    /// Records the filter kept.
+    pub matched: std::sync::atomic::AtomicU64,
+    /// Records the filter dropped.
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+impl FilterCounts {
+    /// Takes the counts since the last call: (matched, dropped).
+    pub fn take(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.matched.swap(0, Relaxed), self.dropped.swap(0, Relaxed))
+    }
 }
 
 /// The kind of change as the source reported it.
@@ -353,6 +383,10 @@ pub struct SourceNormalizer {
     /// (changed-column detection). Deletes always keep theirs (key fields,
     /// carried clocks).
     upsert_before: bool,
+    /// `[sources.transform]`, compiled.
+    transform: Option<Transform>,
+    /// `[sources.where]`, compiled, with its counts.
+    filter: Option<(Filter, FilterCounts)>,
 }
 
 impl SourceNormalizer {
@@ -384,7 +418,26 @@ impl SourceNormalizer {
             clock_field: config.clock_field.clone(),
             key_fields: config.key_fields.clone(),
             upsert_before: policy == Policy::FieldLww,
+            // The configuration's checks compiled both already and listed
+            // every problem; a configuration that skipped them fails here.
+            transform: config.transform.as_ref().map(|spec| {
+                Transform::compile(spec).unwrap_or_else(|p| panic!("source {}: invalid transform: {p:?}", config.name))
+            }),
+            filter: config.filter.as_ref().map(|spec| {
+                let filter = Filter::compile(spec).unwrap_or_else(|p| panic!("source {}: invalid where: {p:?}", config.name));
+                (filter, FilterCounts::default())
+            }),
         }
+    }
+
+    /// The counts of the source's `where` filter, when it has one.
+    pub fn filter_counts(&self) -> Option<&FilterCounts> {
+        self.filter.as_ref().map(|(_, counts)| counts)
+    }
+
+    /// The source's compiled transformation, when it has one.
+    pub fn transform(&self) -> Option<&Transform> {
+        self.transform.as_ref()
     }
 
     /// The source name.
@@ -412,6 +465,24 @@ impl SourceNormalizer {
         };
         if op == Op::Upsert && raw.after.is_none() {
             return Err(NormalizeErrorKind::MissingAfter(format!("{:?}", raw.op).to_lowercase()));
+        }
+        if let Some((filter, counts)) = &self.filter {
+            let row = if op == Op::Upsert { raw.after.as_ref() } else { raw.before.as_ref() };
+            let keep = filter.keeps(row, op == Op::Delete);
+            let n = if keep { &counts.matched } else { &counts.dropped };
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !keep {
+                return Ok(Normalized::Filtered);
+            }
+        }
+        if let Some(t) = &self.transform {
+            let failed = |error| NormalizeErrorKind::Transform { source_name: self.name.clone(), error };
+            if let Some(after) = raw.after.as_mut() {
+                t.apply(after, Image::After).map_err(failed)?;
+            }
+            if let Some(before) = raw.before.as_mut() {
+                t.apply(before, Image::Before).map_err(failed)?;
+            }
         }
         let key = self.key(record, &raw)?;
         let ts = raw.ts.or(record.timestamp.filter(|t| *t >= 0)).ok_or(NormalizeErrorKind::MissingTimestamp)?;
@@ -484,7 +555,8 @@ impl SourceNormalizer {
                         Some(k) => k.clone(),
                         None => record_key(record)?,
                     };
-                    from_key = serde_json::from_str::<Row>(&text).map_err(|e| NormalizeErrorKind::BadKey(e.to_string()))?;
+                    from_key = self
+                        .key_image(serde_json::from_str::<Row>(&text).map_err(|e| NormalizeErrorKind::BadKey(e.to_string()))?)?;
                     &from_key
                 }
             };
@@ -495,10 +567,26 @@ impl SourceNormalizer {
             }
             return Ok(Value::Object(key).to_string());
         }
-        match &raw.key {
-            Some(k) => Ok(k.clone()),
-            None => record_key(record),
+        let key = match &raw.key {
+            Some(k) => k.clone(),
+            None => record_key(record)?,
+        };
+        if self.transform.is_none() {
+            return Ok(key);
         }
+        // The record key's fields get the row's names and types, so every
+        // source's key of one entity is the same text.
+        let row = serde_json::from_str::<Row>(&key).map_err(|e| NormalizeErrorKind::BadKey(e.to_string()))?;
+        Ok(Value::Object(self.key_image(row)?).to_string())
+    }
+
+    /// A record key's fields through the transform's per-column steps.
+    fn key_image(&self, mut row: Row) -> Result<Row, NormalizeErrorKind> {
+        if let Some(t) = &self.transform {
+            t.apply(&mut row, Image::Key)
+                .map_err(|error| NormalizeErrorKind::Transform { source_name: self.name.clone(), error })?;
+        }
+        Ok(row)
     }
 }
 
@@ -653,3 +741,5 @@ fn parse_sequence(path: &str, value: Option<&Value>) -> Result<u64, NormalizeErr
 mod key_change_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transform_tests;
