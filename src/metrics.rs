@@ -28,6 +28,7 @@ pub struct Metrics {
     rebalances: IntCounterVec,
     registry_errors: IntCounterVec,
     foreign_owner_writes: IntCounterVec,
+    filter_records: IntCounterVec,
     primary_key_changes: IntCounterVec,
     ready: IntGauge,
     up: Gauge,
@@ -171,6 +172,12 @@ impl Metrics {
                 "Schema Registry calls that failed while it was unavailable (processing paused and retried)",
                 &["operation"],
             ),
+            filter_records: counter(
+                p,
+                "tributary_source_filter_records_total",
+                "Records tested by a source's `where` filter, by outcome (matched: kept, dropped)",
+                &["source", "outcome"],
+            ),
             foreign_owner_writes: counter(
                 p,
                 "tributary_owner_foreign_writes_total",
@@ -229,6 +236,12 @@ impl Metrics {
     /// A Schema Registry call failed as unavailable (`operation`: decode, register, startup).
     pub fn registry_error(&self, operation: &str) {
         self.registry_errors.with_label_values(&[operation]).inc();
+    }
+
+    /// Records a source's `where` filter kept (`matched`) and dropped.
+    pub fn filter_records(&self, source: &str, matched: u64, dropped: u64) {
+        self.filter_records.with_label_values(&[source, "matched"]).inc_by(matched);
+        self.filter_records.with_label_values(&[source, "dropped"]).inc_by(dropped);
     }
 
     /// Writes to `owner` columns by a source that does not own them.

@@ -77,6 +77,9 @@ impl Worker {
                 for (source, n) in self.pipeline.take_foreign_owner_writes() {
                     self.metrics.foreign_owner_writes(source, n);
                 }
+                for (source, matched, dropped) in self.pipeline.take_filter_counts() {
+                    self.metrics.filter_records(source, matched, dropped);
+                }
                 Ok(())
             }
             Err(e) => {
