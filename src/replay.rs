@@ -293,7 +293,8 @@ pub fn transform_test(
             "sources.{source_name}.format = \"debezium-avro\": transform-test reads kcat -J dumps of JSON sources"
         )));
     }
-    let mapped = SourceNormalizer::new(source, config.merge.policy);
+    // Under field-lww, upserts keep their before image: show it too.
+    let mapped = SourceNormalizer::new(source, crate::merge::Policy::FieldLww);
     // The same source without mapping, filter, key fields or clock: the
     // record as it arrives (key fields and the clock name target columns).
     let mut plain_config = source.clone();

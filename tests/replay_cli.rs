@@ -310,3 +310,153 @@ fn aggregation_example_readme_figures() {
         assert_eq!(view[cleo]["payload"], Value::Null, "Cleo under deletes = {deletes}");
     }
 }
+
+fn legacy(file: &str) -> std::path::PathBuf {
+    root().join("examples/legacy-erp").join(file)
+}
+
+/// The indented blocks (4 spaces) of the legacy-erp walk-through, de-indented.
+fn legacy_readme_blocks() -> Vec<String> {
+    let text = std::fs::read_to_string(legacy("README.md")).unwrap();
+    let mut blocks: Vec<String> = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    for line in text.lines().chain([""]) {
+        match line.strip_prefix("    ") {
+            Some(code) => current.push(code),
+            None if line.is_empty() && !current.is_empty() => {
+                blocks.push(current.join("\n"));
+                current.clear();
+            }
+            None => current.clear(),
+        }
+    }
+    blocks
+}
+
+#[test]
+fn legacy_erp_replay_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let dl = dir.path().join("dead.jsonl");
+    let out = run(tributary()
+        .args(["replay", "-c"])
+        .arg(legacy("tributary.toml"))
+        .arg("-i")
+        .arg(legacy("dump.jsonl"))
+        .args(["-o", "-", "--dead-letters"])
+        .arg(&dl));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    let blocks = legacy_readme_blocks();
+    let summary = "replay: read=11 accepted=7 stale=0 duplicates=0 ignored=0 conflicts=2 dead_lettered=2 output=7 keys=3\nreplay: source erp where: matched=5 dropped=2";
+    assert!(blocks.iter().any(|b| b == summary), "the README shows the summary");
+    assert!(stderr.contains(summary), "{stderr}");
+    let records = json_lines(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(records.len(), 7);
+    let row = |i: usize| payload(&records[i]);
+    let h = |i: usize, name: &str| header(&records[i], name).unwrap();
+    // 1. eu creates Ada.
+    assert_eq!((records[0]["key"].as_str(), h(0, "tributary.winner").as_str()), (Some(r#"{"id":1}"#), "eu"));
+    // 2. us creates Bob: the timestamp in the one form, credit_score dropped.
+    assert_eq!(
+        row(1),
+        json!({"id":2,"name":"Bob Stone","email":"bob@us.example","status":"active","balance":10.5,
+               "updated_at":"2024-03-01T10:00:00.000000Z","region":"us"})
+    );
+    // 3. The ERP's Ada: a conflict erp wins under lww.
+    assert_eq!(
+        row(2),
+        json!({"id":1,"name":"Ada Lovelace","email":"ada@erp.example","status":"inactive","balance":2500.75,
+               "updated_at":"2024-03-01T11:00:00.000000Z","region":"erp"})
+    );
+    assert_eq!(
+        (h(2, "tributary.siblings"), h(2, "tributary.vv"), h(2, "tributary.winner")),
+        ("2".into(), r#"{"erp":1,"eu":1}"#.into(), "erp".into())
+    );
+    // 4. Cleo, only in the ERP.
+    assert_eq!(records[3]["key"], r#"{"id":3}"#);
+    assert_eq!(row(3)["name"], "Cleo Park");
+    // 9. Bob's new e-mail.
+    assert_eq!(row(4)["email"], "bob@new.example");
+    // 10. eu's Ada wins the conflict again.
+    assert_eq!((h(5, "tributary.vv"), h(5, "tributary.winner")), (r#"{"erp":1,"eu":2}"#.into(), "eu".into()));
+    assert_eq!(
+        (row(5)["email"].as_str(), row(5)["status"].as_str(), row(5)["region"].as_str()),
+        (Some("ada@lovelace.example"), Some("active"), Some("eu"))
+    );
+    // 11. The ERP's tombstone deletes Cleo under the transformed key.
+    assert_eq!((records[6]["key"].as_str(), &records[6]["payload"]), (Some(r#"{"id":3}"#), &Value::Null));
+    // The final table: Ada from eu, Bob from us, Cleo deleted.
+    let view = last_per_key(&records);
+    assert_eq!(view.len(), 3);
+    // 7. and 8.: dead letters with reason transform, naming source, column and value.
+    let dead = json_lines(&std::fs::read_to_string(&dl).unwrap());
+    let errors: Vec<(&str, &str)> = dead.iter().map(|d| (d["reason"].as_str().unwrap(), d["error"].as_str().unwrap())).collect();
+    assert_eq!(
+        errors,
+        [
+            ("transform", "topic erp.customers partition 0 offset 4: transform of source `erp`: column `balance` value \"12,50\": cannot cast to cents: not a whole number"),
+            ("transform", "topic erp.customers partition 0 offset 5: transform of source `erp`: column `status` value \"X\": no entry in the code table (known: A, I)"),
+        ]
+    );
+}
+
+#[test]
+fn transform_test_prints_columns_side_by_side_and_dead_letter_reasons() {
+    let out = run(tributary()
+        .args(["transform-test", "-c"])
+        .arg(legacy("tributary.toml"))
+        .args(["--source", "erp", "-i"])
+        .arg(legacy("dump.jsonl")));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "a record would be a dead letter: {stderr}");
+    let blocks = legacy_readme_blocks();
+    // Every printed block of the walk-through appears as shown.
+    let shown: Vec<&String> = blocks.iter().filter(|b| b.starts_with("record ")).collect();
+    assert_eq!(shown.len(), 2, "{blocks:#?}");
+    for block in shown {
+        assert!(stdout.contains(block.as_str()), "missing from the output:\n{block}\n--- output:\n{stdout}");
+    }
+    let summary = "transform-test: source=erp records=7 transformed=3 filtered=2 tombstones=0 dead_letters=2 other_topics=4";
+    assert!(blocks.iter().any(|b| b == summary));
+    assert!(stderr.contains(summary), "{stderr}");
+    assert_eq!(stdout.matches("  dropped by where\n").count(), 2, "{stdout}");
+    assert!(stdout.contains("record 7 (line 11, topic erp.customers partition 0 offset 6):\n  delete, key {\"CUST_NO\":\"000003\"} -> {\"id\":3}\n"), "{stdout}");
+
+    // A source whose records all map: exit 0; its before images are shown too.
+    let out = run(tributary()
+        .args(["transform-test", "-c"])
+        .arg(legacy("tributary.toml"))
+        .args(["--source", "us", "-i"])
+        .arg(legacy("dump.jsonl")));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("  before:\n"), "{stdout}");
+    assert_eq!(stdout.matches("credit_score = 710").count(), 2, "after of record 1 and before of record 2: {stdout}");
+    assert!(stdout.contains("|  (dropped)"), "{stdout}");
+
+    // An unknown source is an error naming the configured ones.
+    let out = run(tributary()
+        .args(["transform-test", "-c"])
+        .arg(legacy("tributary.toml"))
+        .args(["--source", "nope", "-i"])
+        .arg(legacy("dump.jsonl")));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--source nope: no such source (configured: eu, us, erp)"));
+}
+
+#[test]
+fn check_config_names_the_source_and_key_of_a_bad_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(legacy("tributary.toml")).unwrap().replace("balance = \"cents\"", "balance = \"money\"");
+    let cfg = write(dir.path(), "bad.toml", &text);
+    let out = run(tributary().args(["check-config", "-c"]).arg(&cfg));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sources[2].transform.cast.balance (source \"erp\"): unknown cast \"money\""), "{stderr}");
+    // The valid file prints back with its mappings.
+    let out = run(tributary().args(["check-config", "-c"]).arg(legacy("tributary.toml")));
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.contains("[sources.transform.map.status]") && printed.contains("[sources.where]"), "{printed}");
+}
