@@ -30,6 +30,7 @@ pub struct Metrics {
     foreign_owner_writes: IntCounterVec,
     filter_records: IntCounterVec,
     primary_key_changes: IntCounterVec,
+    source_paused: IntGaugeVec,
     ready: IntGauge,
     up: Gauge,
 }
@@ -190,6 +191,12 @@ impl Metrics {
                 "Primary-key changes merged (Debezium's delete of the old key and create of the new one), counted once, on the create",
                 &["source"],
             ),
+            source_paused: gauge(
+                p,
+                "tributary_source_paused",
+                "1 while an operator has paused the source (POST /sources/{name}/pause): its partitions are not fetched",
+                &["source"],
+            ),
             ready,
             up,
             registry: r,
@@ -298,6 +305,11 @@ impl Metrics {
         self.restore_rate.with_label_values(&[&p]).set(rate);
     }
 
+    /// A source's pause state (`paused`: its partitions are not fetched).
+    pub fn source_paused(&self, source: &str, paused: bool) {
+        self.source_paused.with_label_values(&[source]).set(i64::from(paused));
+    }
+
     /// Readiness: every assigned task restored and processing.
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
@@ -338,6 +350,7 @@ mod tests {
         m.lag("eu", 0, 7);
         m.state_keys(0, 3);
         m.restore(0, 0, 0.0);
+        m.source_paused("eu", true);
         m.set_ready(true);
         let text = m.render();
         for name in [
@@ -352,6 +365,7 @@ mod tests {
             "tributary_consumer_lag_records{partition=\"0\",source=\"eu\"} 7",
             "tributary_transactions_total{outcome=\"aborted\"} 1",
             "tributary_rebalances_total{kind=\"assign\"} 1",
+            "tributary_source_paused{source=\"eu\"} 1",
             "tributary_ready 1",
         ] {
             assert!(text.contains(name), "missing `{name}` in\n{text}");

@@ -241,6 +241,17 @@ impl Config {
         if self.admin.enabled && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("admin.listen: \"{}\" is not an address such as \"0.0.0.0:9464\"", self.admin.listen));
         }
+        // An inline token (or both keys) is checked here; a token file is
+        // read at start-up, where the mounted secret is.
+        if self.admin.token.is_some() {
+            if let Err(problem) = self.admin.resolve_token() {
+                problems.push(problem);
+            }
+        }
+        for name in self.admin.start_paused.iter().filter(|n| !self.sources.iter().any(|s| &s.name == *n)) {
+            let known: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
+            problems.push(format!("admin.start_paused: no source named \"{name}\" (the sources are {})", known.join(", ")));
+        }
         if self.merge.tombstone_retention.is_zero() {
             problems.push(
                 "merge.tombstone_retention: must be greater than zero (deleted keys must hold off late concurrent updates for a while)"

@@ -11,7 +11,7 @@ use crate::merge::{ColumnRule, DeletePolicy, Policy};
 use super::serde_text::{duration_text, duration_text_opt, serialize_redacted, serialize_secret};
 
 /// `[admin]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of the admin HTTP port (`/metrics`, `/healthz`, `/readyz`, `/state/{key}`).
@@ -20,11 +20,71 @@ pub struct AdminConfig {
     /// Serve it at all.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// The bearer token that `/state/{key}` and the mutating endpoints
+    /// (pause, resume) require, usually set through the environment
+    /// (`TRIBUTARY_ADMIN__TOKEN`). Never logged.
+    #[serde(default, serialize_with = "serialize_secret", skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A file holding that token (a mounted Kubernetes secret), read at
+    /// start-up; surrounding whitespace is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Sources paused from start-up, until resumed through the admin port:
+    /// pauses made through the port live in memory, so a restarted or an
+    /// added instance pauses only these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_paused: Vec<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: default_admin_listen(), enabled: true }
+        Self { listen: default_admin_listen(), enabled: true, token: None, token_file: None, start_paused: vec![] }
+    }
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("enabled", &self.enabled)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("start_paused", &self.start_paused)
+            .finish()
+    }
+}
+
+impl AdminConfig {
+    /// The configured token, read from `token_file` when that is set; `None`
+    /// when neither is set (the protected endpoints are then off). The
+    /// error names the key and, for the file, the path and why.
+    pub fn resolve_token(&self) -> Result<Option<String>, String> {
+        let text = match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => return Err("admin.token and admin.token_file: set one, not both".into()),
+            (Some(token), None) => token.clone(),
+            (None, Some(path)) => {
+                std::fs::read_to_string(path).map_err(|e| format!("admin.token_file: cannot read {}: {e}", path.display()))?
+            }
+            (None, None) => return Ok(None),
+        };
+        let key = if self.token.is_some() { "admin.token" } else { "admin.token_file" };
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!("{key}: the token is empty"));
+        }
+        // What an Authorization header can carry (RFC 6750 b64token).
+        if let Some(c) = token.chars().find(|c| !(c.is_ascii_alphanumeric() || "-._~+/=".contains(*c))) {
+            return Err(format!(
+                "{key}: the token holds {c:?}; use letters, digits and - . _ ~ + / = only (e.g. `openssl rand -hex 32`)"
+            ));
+        }
+        if token.len() < 16 {
+            return Err(format!(
+                "{key}: the token has {} characters; use at least 16 (e.g. `openssl rand -hex 32`)",
+                token.len()
+            ));
+        }
+        Ok(Some(token.to_string()))
     }
 }
 

@@ -9,12 +9,15 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientContext;
 
+use super::pause::SourceControl;
 use super::{quiet, Worker};
 
 pub(super) struct GroupContext {
     pub(super) worker: Arc<Mutex<Worker>>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) source_of: HashMap<String, String>,
+    /// Paused sources: their partitions are paused again on every assignment.
+    pub(super) control: Arc<SourceControl>,
 }
 
 impl ClientContext for GroupContext {
@@ -54,6 +57,9 @@ impl ConsumerContext for GroupContext {
             if let Err(e) = w.on_revoke(consumer, tpl) {
                 w.fatal.get_or_insert(e);
             }
+            if let Err(e) = self.control.revoke(consumer, tpl) {
+                tracing::warn!("resuming revoked partitions of paused sources: {e}");
+            }
         }
     }
 
@@ -61,6 +67,10 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Assign(tpl) = rebalance {
             self.metrics.rebalance("assign");
             let mut w = self.worker.lock().expect("worker");
+            // Before the next poll hands over a record of a paused source.
+            if let Err(e) = self.control.apply_to(consumer, tpl) {
+                tracing::warn!("pausing the assigned partitions of paused sources: {e}");
+            }
             match w.on_assign(consumer, tpl) {
                 Ok(()) => self.metrics.set_ready(true),
                 Err(e) => {

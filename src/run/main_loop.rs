@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::group::{is_fatal_consumer_error, GroupConsumer};
+use super::pause::SourceControl;
 use super::{RunError, Worker, MAX_CYCLE_EVENTS};
 
 /// How long `/state/{key}` waits for the processing thread to let go of the
@@ -17,10 +18,18 @@ pub(super) const QUERY_WAIT: Duration = Duration::from_secs(3);
 pub(super) fn main_loop(
     consumer: &GroupConsumer,
     worker: &Mutex<Worker>,
+    control: &SourceControl,
     interval: Duration,
     shutdown: &AtomicBool,
 ) -> Result<(), RunError> {
     while !shutdown.load(Ordering::Relaxed) {
+        // A pause or resume from the admin port, between two steps: the
+        // open cycle goes on with what it has.
+        if control.pending() {
+            if let Err(e) = control.apply(consumer) {
+                tracing::warn!("applying a source pause or resume: {e}; retrying");
+            }
+        }
         let msg = consumer.poll(Duration::from_millis(20));
         let mut w = worker.lock().expect("worker");
         match w.fatal.take() {

@@ -19,6 +19,7 @@ mod deliveries;
 mod emit;
 mod group;
 mod main_loop;
+mod pause;
 mod query;
 mod startup;
 mod sweep;

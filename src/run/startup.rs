@@ -18,6 +18,7 @@ use rdkafka::producer::Producer;
 use super::deliveries::{DeliveryTracker, Producer_};
 use super::group::{GroupConsumer, GroupContext};
 use super::main_loop::{main_loop, QUERY_WAIT};
+use super::pause::SourceControl;
 use super::{
     changelog_topic, client_config, conflicts_topic, dlq_topic, instance_id, topics, AvroRecordIds, Counters, RunError,
     RunOptions, Worker, LIBRDKAFKA_MESSAGE_MAX_BYTES, MAX_RECORD_BYTES, RECORD_OVERHEAD, TIMEOUT,
@@ -89,8 +90,9 @@ pub(super) async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options
     // registry at start-up): /healthz answers, /readyz says 503 meanwhile.
     let metrics = options.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new()));
     let worker_slot: WorkerSlot = Arc::default();
+    let control = Arc::new(SourceControl::new(&config, metrics.clone()));
     if config.admin.enabled {
-        serve_admin(&config, &metrics, worker_slot.clone()).await?;
+        serve_admin(&config, &metrics, worker_slot.clone(), control.clone()).await?;
     }
     let avro = if config.uses_avro() {
         // The registry client blocks on its own runtime: not on this one's threads.
@@ -103,11 +105,11 @@ pub(super) async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options
     let clients = create_clients(&config, &layout.changelog)?;
     let worker = Arc::new(Mutex::new(new_worker(&config, layout, clients, avro, db.clone(), &metrics, &shutdown)));
     let _ = worker_slot.set(worker.clone());
-    let consumer = subscribe(&config, worker.clone(), metrics.clone())?;
+    let consumer = subscribe(&config, worker.clone(), metrics.clone(), control.clone())?;
     if let Some(started) = &options.started {
         started.store(true, Ordering::Relaxed);
     }
-    process(config.runtime.commit_interval, consumer, worker, db, metrics, shutdown).await
+    process(config.runtime.commit_interval, consumer, worker, control, db, metrics, shutdown).await
 }
 
 /// One line an operator can read; the whole resolved configuration at DEBUG.
@@ -212,8 +214,28 @@ async fn prepare_topics(config: &Config, manage_topics: bool) -> Result<TopicLay
 /// Where the admin port finds the worker once it exists.
 type WorkerSlot = Arc<std::sync::OnceLock<Arc<Mutex<Worker>>>>;
 
-/// Serves the admin port; `/state/{key}` asks the worker once there is one.
-async fn serve_admin(config: &Config, metrics: &Arc<Metrics>, slot: WorkerSlot) -> Result<(), RunError> {
+/// Serves the admin port; `/state/{key}` asks the worker once there is one,
+/// pause and resume go to `control`. Both need the admin token: without one
+/// they are off, and the log says so.
+async fn serve_admin(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    slot: WorkerSlot,
+    control: Arc<SourceControl>,
+) -> Result<(), RunError> {
+    let token = config.admin.resolve_token().map_err(RunError::Config)?;
+    match (&token, &config.admin.token_file) {
+        (Some(_), Some(file)) => tracing::info!(
+            token_file = %file.display(),
+            "admin: /state/{{key}} and POST /sources/{{name}}/pause|resume require the bearer token from the token file"
+        ),
+        (Some(_), None) => {
+            tracing::info!("admin: /state/{{key}} and POST /sources/{{name}}/pause|resume require the bearer token (admin.token)")
+        }
+        (None, _) => tracing::info!(
+            "admin: no token configured, so /state/{{key}} and POST /sources/{{name}}/pause|resume are off; set admin.token_file (a mounted secret) or TRIBUTARY_ADMIN__TOKEN to turn them on"
+        ),
+    }
     // The processing thread holds the worker for each step of a cycle and
     // lets go between polls: a query waits for such a gap, up to
     // QUERY_WAIT, and only a restore or a stuck commit makes it answer 503.
@@ -235,7 +257,12 @@ async fn serve_admin(config: &Config, metrics: &Arc<Metrics>, slot: WorkerSlot) 
             }
         }
     });
-    crate::admin::serve(&config.admin.listen, metrics.clone(), query)
+    let endpoints = crate::admin::Endpoints {
+        state: Some(query),
+        sources: Some(control),
+        token: token.as_deref().map(crate::admin::AdminToken::new),
+    };
+    crate::admin::serve(&config.admin.listen, metrics.clone(), endpoints)
         .await
         .map_err(|source| RunError::Admin { listen: config.admin.listen.clone(), source })?;
     Ok(())
@@ -350,7 +377,12 @@ fn source_names(config: &Config) -> HashMap<String, String> {
 
 /// The group consumer (`range` assignor: partition p of every source on
 /// one member), subscribed to every source topic.
-fn subscribe(config: &Config, worker: Arc<Mutex<Worker>>, metrics: Arc<Metrics>) -> Result<GroupConsumer, RunError> {
+fn subscribe(
+    config: &Config,
+    worker: Arc<Mutex<Worker>>,
+    metrics: Arc<Metrics>,
+    control: Arc<SourceControl>,
+) -> Result<GroupConsumer, RunError> {
     let mut consumer_defaults = vec![
         ("group.id", config.kafka.group_id.as_str()),
         ("partition.assignment.strategy", "range"),
@@ -364,7 +396,7 @@ fn subscribe(config: &Config, worker: Arc<Mutex<Worker>>, metrics: Arc<Metrics>)
         consumer_defaults.push(("group.instance.id", id.as_str()));
     }
     let consumer: GroupConsumer = client_config(config, &consumer_defaults)
-        .create_with_context(GroupContext { worker, metrics, source_of: source_names(config) })
+        .create_with_context(GroupContext { worker, metrics, source_of: source_names(config), control })
         .map_err(|e| RunError::kafka("create consumer", e))?;
     let topics: Vec<&str> = config.sources.iter().map(|s| s.topic.as_str()).collect();
     consumer.subscribe(&topics).map_err(|e| RunError::kafka("subscribe", e))?;
@@ -377,12 +409,13 @@ async fn process(
     interval: Duration,
     consumer: GroupConsumer,
     worker: Arc<Mutex<Worker>>,
+    control: Arc<SourceControl>,
     db: StateDb,
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<Counters, RunError> {
     tokio::task::spawn_blocking(move || {
-        let result = main_loop(&consumer, &worker, interval, &shutdown);
+        let result = main_loop(&consumer, &worker, &control, interval, &shutdown);
         if result.is_err() {
             metrics.set_down();
         }

@@ -275,10 +275,8 @@ pub(super) fn serve_admin(listen: &str, metrics: Arc<crate::metrics::Metrics>) -
         .enable_all()
         .build()
         .map_err(|e| SinkError::Config(format!("sink.admin_listen: {e}")))?;
-    let no_state: crate::admin::StateQuery =
-        Arc::new(|_: &str| (404, "{\"error\":\"tributary sink has no state to query; see tributary run\"}".to_string()));
     let addr = runtime
-        .block_on(crate::admin::serve(listen, metrics, no_state))
+        .block_on(crate::admin::serve(listen, metrics, crate::admin::Endpoints::default()))
         .map_err(|e| SinkError::Config(format!("sink.admin_listen: cannot listen on {listen}: {e}")))?;
     tracing::debug!(%addr, "sink admin port");
     std::thread::Builder::new()
