@@ -29,4 +29,4 @@ pub mod replay;
 pub mod run;
 pub mod sink;
 mod store;
-pub mod transform;
+mod transform;
