@@ -1,7 +1,8 @@
 //! Tributary: multi-source replication over Kafka.
 //!
 //! The data path reads top to bottom: [`normalize`] turns a source record
-//! into a [`merge::ChangeEvent`], [`merge`] applies it to the key's state
+//! into a [`merge::ChangeEvent`] (the row mapped and filtered by the
+//! source's `transform` on the way), [`merge`] applies it to the key's state
 //! (pure, no I/O), `output` encodes the merged record, and [`pipeline`]
 //! strings them together. Every front end drives the same
 //! [`pipeline::Pipeline`]: [`replay`] from a dump file, [`run`] from the
