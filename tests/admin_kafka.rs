@@ -19,10 +19,10 @@ const US: usize = 1;
 
 /// The test's configuration with the token file under `[admin]`, and `admin` lines after it.
 fn config(s: &Setup, state: &str, token_file: &Path, admin: &str) -> PathBuf {
-    let text = s
-        .config_text(state, &Conf::default())
-        .replace("[admin]\n", &format!("[admin]\ntoken_file = \"{}\"\n{admin}\n", token_file.display()));
-    assert!(text.contains("token_file"), "the setup's configuration has an [admin] table");
+    let inline = format!("token = \"{}\"\n", common::kafka::ADMIN_TOKEN);
+    let text =
+        s.config_text(state, &Conf::default()).replace(&inline, &format!("token_file = \"{}\"\n{admin}\n", token_file.display()));
+    assert!(text.contains("token_file"), "the setup's configuration has a token to replace");
     common::write(s.dir.path(), &format!("{state}.toml"), &text)
 }
 
@@ -186,7 +186,9 @@ fn b_log(s: &Setup) -> String {
 #[test]
 fn without_a_token_state_and_pause_are_off() {
     let s = Setup::new("notoken");
-    let p = Processor::start(&s.config("a"), &s.log("a"));
+    let text = s.config_text("a", &Conf::default()).replace(&format!("token = \"{}\"\n", common::kafka::ADMIN_TOKEN), "");
+    assert!(!text.contains("token ="));
+    let p = Processor::start(&common::write(s.dir.path(), "a.toml", &text), &s.log("a"));
     let addr = admin_addr(&p);
     for (method, path) in [("GET", "/state/%7B%22id%22%3A1%7D"), ("POST", "/sources/eu/pause"), ("POST", "/sources/eu/resume")] {
         for token in [None, Some(TOKEN)] {

@@ -86,13 +86,14 @@ impl Pipeline {
 
     fn config_text(&self, avro: bool) -> String {
         let mut text = format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{}\"\nformat = \"{}\"\n\n[merge]\n{}\n[runtime]\ncommit_interval = \"100ms\"\nstate_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{}\"\nformat = \"{}\"\n\n[merge]\n{}\n[runtime]\ncommit_interval = \"100ms\"\nstate_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{}\"\n",
             kafka::bootstrap(),
             self.group,
             self.output,
             if avro { "avro" } else { "json" },
             self.merge,
-            self.dir.path().join("state").display()
+            self.dir.path().join("state").display(),
+            kafka::ADMIN_TOKEN
         );
         if avro {
             text += &format!("\n[schema_registry]\nurl = \"{}\"\ntimeout = \"5s\"\nmax_backoff = \"1s\"\n", self.registry.url);

@@ -351,10 +351,18 @@ pub fn http_client() -> &'static reqwest::blocking::Client {
     })
 }
 
-/// `GET path` on the admin port; returns (status, body).
+/// The admin token of the tests' configurations (`[admin] token`), which
+/// `/state/{key}` and pause/resume require.
+pub const ADMIN_TOKEN: &str = "tributary-tests-admin-token-0001";
+
+/// `GET path` on the admin port with `Authorization: Bearer` [`ADMIN_TOKEN`]
+/// (the open endpoints ignore it); returns (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let response =
-        http_client().get(format!("http://{addr}{path}")).send().unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"));
+    let response = http_client()
+        .get(format!("http://{addr}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"));
     let status = response.status().as_u16();
     (status, response.text().unwrap_or_else(|e| panic!("GET {path} on {addr}: body: {e}")))
 }

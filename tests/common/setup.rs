@@ -97,16 +97,18 @@ impl Setup {
     }
 
     /// The configuration of an instance whose state lives in `state` (one
-    /// per instance): every source, `lww`, 100 ms cycles, an admin port.
+    /// per instance): every source, `lww`, 100 ms cycles, an admin port
+    /// with [`kafka::ADMIN_TOKEN`].
     pub fn config_text(&self, state: &str, conf: &Conf) -> String {
         let mut text = format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{}\"\n\n[merge]\npolicy = \"lww\"\n{}\n\n[runtime]\ncommit_interval = \"100ms\"\nstate_dir = \"{}\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}\n",
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{}\"\n\n[merge]\npolicy = \"lww\"\n{}\n\n[runtime]\ncommit_interval = \"100ms\"\nstate_dir = \"{}\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{}\"\n\n{}\n",
             self.bootstrap,
             self.group,
             self.output,
             conf.merge,
             self.dir.path().join(state).display(),
             conf.runtime,
+            kafka::ADMIN_TOKEN,
             conf.tables,
         );
         for (s, t) in SOURCES.iter().zip(&self.topics) {
