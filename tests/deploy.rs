@@ -410,6 +410,18 @@ fn kubernetes_manifests_fit_together() {
     assert!(c["volumeMounts"].as_array().unwrap().iter().any(
         |m| m["mountPath"] == "/var/lib/tributary" && m["name"] == sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
     ));
+    // The admin token: a Secret mounted where the configuration's token_file points.
+    let text = k("configmap.yaml")["data"]["tributary.toml"].as_str().expect("configmap data").to_string();
+    let token_file = parse_config(&text, "configmap.yaml", vec![]).admin.token_file.expect("[admin] token_file");
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| token_file.parent() == Some(Path::new(m["mountPath"].as_str().unwrap())))
+        .unwrap_or_else(|| panic!("no volume mounted at the directory of {}", token_file.display()));
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).expect("the mounted volume");
+    assert_eq!(volume["secret"]["secretName"], "tributary-admin", "the token comes from a Secret");
+    assert_eq!(token_file.file_name().unwrap(), "admin-token", "the Secret's key is the file name");
 
     let svc = k("service.yaml");
     assert_eq!(svc["spec"]["clusterIP"], "None");
