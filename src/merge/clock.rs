@@ -66,6 +66,18 @@ impl VersionVector {
         self.0.iter().map(|(k, v)| (k.as_str(), *v))
     }
 
+    /// Becomes a copy of `other`, in place when both have the same sources
+    /// (no allocation: the usual case for one source's successive writes).
+    pub fn assign(&mut self, other: &VersionVector) {
+        if self.0.len() == other.0.len() && self.0.keys().eq(other.0.keys()) {
+            for (mine, theirs) in self.0.values_mut().zip(other.0.values()) {
+                *mine = *theirs;
+            }
+        } else {
+            self.0.clone_from(&other.0);
+        }
+    }
+
     /// Pointwise maximum with `other`, in place.
     pub fn join(&mut self, other: &VersionVector) {
         for (source, &counter) in &other.0 {

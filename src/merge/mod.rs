@@ -360,7 +360,11 @@ impl Versioned for Version {
     fn same_content(&self, other: &Self) -> bool {
         // Canonical text, not `Value ==` (which equates 0.0 and -0.0), so
         // equality agrees with the content order in `equal_clock_cmp`.
-        self.op == other.op && (self.row == other.row && self.content_json() == other.content_json())
+        self.op == other.op
+            && match (&self.row, &other.row) {
+                (Some(a), Some(b)) => same_row(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            }
     }
     fn content_json(&self) -> String {
         // serde_json's map is a BTreeMap: keys come out sorted.
@@ -379,10 +383,56 @@ impl Versioned for FieldVersion {
         self.ts
     }
     fn same_content(&self, other: &Self) -> bool {
-        self.value == other.value && self.content_json() == other.content_json()
+        same_json(&self.value, &other.value)
     }
     fn content_json(&self) -> String {
         serde_json::to_string(&self.value).expect("values serialize")
+    }
+}
+
+/// A member of an antichain that a new element can be written into.
+trait Slot: Sized {
+    /// Becomes `from`; `from` is left valid but unspecified.
+    fn overwrite(&mut self, from: &mut Self) {
+        std::mem::swap(self, from);
+    }
+    /// A member made of `self`, leaving `self` valid but unspecified.
+    fn take(&mut self) -> Self;
+}
+
+impl Slot for Version {
+    fn take(&mut self) -> Self {
+        let empty = Version { source: String::new(), vv: VersionVector::new(), ts: 0, op: Op::Delete, row: None };
+        std::mem::replace(self, empty)
+    }
+}
+
+impl Slot for FieldVersion {
+    /// In place: the source and clock keep their allocations (a column's
+    /// next write usually comes from the same source with a clock of the
+    /// same shape), and the value is swapped, so `from` holds the old one
+    /// for [`assign_value`] to reuse.
+    fn overwrite(&mut self, from: &mut Self) {
+        if self.source != from.source {
+            self.source.clone_from(&from.source);
+        }
+        self.vv.assign(&from.vv);
+        self.ts = from.ts;
+        std::mem::swap(&mut self.value, &mut from.value);
+    }
+
+    /// Keeps the source and clock, so one write template serves every
+    /// column of an event.
+    fn take(&mut self) -> Self {
+        FieldVersion { source: self.source.clone(), vv: self.vv.clone(), ts: self.ts, value: std::mem::take(&mut self.value) }
+    }
+}
+
+/// `*dst = src.clone()`, reusing `dst`'s string buffer where both are strings.
+fn assign_value(dst: &mut Value, src: &Value) {
+    match (dst, src) {
+        (Value::String(d), Value::String(s)) => d.clone_from(s),
+        (dst, src) => *dst = src.clone(),
     }
 }
 
@@ -455,7 +505,7 @@ impl MergeEngine {
     }
 
     /// Inserts `e` into the antichain `set` (design §1, "State per key").
-    fn insert<T: Versioned>(&self, set: &mut Vec<T>, e: T) -> Insert {
+    fn insert<T: Versioned + Slot>(&self, set: &mut Vec<T>, e: T) -> Insert {
         self.insert_by(set, e, |v, e| v.vv().causality(e.vv()))
     }
 
@@ -464,7 +514,16 @@ impl MergeEngine {
     /// apart as equal clocks are). The maximal elements of a set under a
     /// partial order do not depend on arrival order, which is what makes
     /// every column rule converge.
-    fn insert_by<T: Versioned>(&self, set: &mut Vec<T>, e: T, order: impl Fn(&T, &T) -> Causality) -> Insert {
+    fn insert_by<T: Versioned + Slot>(&self, set: &mut Vec<T>, mut e: T, order: impl Fn(&T, &T) -> Causality) -> Insert {
+        self.insert_into(set, &mut e, order)
+    }
+
+    /// [`insert_by`](Self::insert_by) from a place the caller keeps: when
+    /// `e` supersedes a member, it is written into that member's slot
+    /// ([`Slot::overwrite`], which for column writes reuses the member's
+    /// allocations), else a copy is pushed ([`Slot::take`]). The set is the
+    /// same either way; this only saves allocations on the hot path.
+    fn insert_into<T: Versioned + Slot>(&self, set: &mut Vec<T>, e: &mut T, order: impl Fn(&T, &T) -> Causality) -> Insert {
         // Each member is compared once: the relations are kept for the
         // `retain` below (on the stack for the usual handful of members).
         const ON_STACK: usize = 8;
@@ -477,20 +536,26 @@ impl MergeEngine {
             &mut heap
         };
         for (v, relation) in set.iter().zip(relations.iter_mut()) {
-            *relation = order(v, &e);
+            *relation = order(v, e);
             match *relation {
                 Causality::After => return Insert::Stale,
-                Causality::Equal if self.equal_clock_cmp(v, &e) != Ordering::Less => {
-                    return if v.same_content(&e) { Insert::Duplicate } else { Insert::Stale };
+                Causality::Equal if self.equal_clock_cmp(v, e) != Ordering::Less => {
+                    return if v.same_content(e) { Insert::Duplicate } else { Insert::Stale };
                 }
                 _ => {}
             }
         }
         // Nothing supersedes `e`: drop what `e` supersedes (everything before
         // it, and the equal clock it beats, if any).
-        let mut relation = relations.iter();
-        set.retain(|_| !matches!(relation.next(), Some(Causality::Before | Causality::Equal)));
-        set.push(e);
+        let superseded = |r: &Causality| matches!(r, Causality::Before | Causality::Equal);
+        match relations.iter().position(superseded) {
+            Some(first) => {
+                set[first].overwrite(e);
+                let mut relation = relations.iter().enumerate();
+                set.retain(|_| relation.next().is_some_and(|(i, r)| i == first || !superseded(r)));
+            }
+            None => set.push(e.take()),
+        }
         self.sort_winner_first(set);
         Insert::Added
     }
@@ -575,6 +640,9 @@ impl MergeEngine {
         }
         let fields = state.fields.get_or_insert_with(FieldState::default);
         let mut fields_changed = false;
+        // One write template for every column of the event: its source and
+        // clock are copied only where a write cannot reuse a superseded one's.
+        let mut write = FieldVersion { source: event.source.clone(), vv: event.vv.clone(), ts: event.ts, value: Value::Null };
         match event.op {
             Op::Delete => {
                 // Every delete clock is recorded, stale at row level or not, so
@@ -601,7 +669,7 @@ impl MergeEngine {
                         if rule == Some(&ColumnRule::Union) {
                             let before = if event.full_image { None } else { event.before.as_ref().and_then(|b| b.get(name)) };
                             let set = fields.sets.entry(name.clone()).or_default();
-                            let (operations, changed) = self.apply_union(set, &event, before, value);
+                            let (operations, changed) = self.apply_union(set, &mut write, before, value);
                             fields_changed |= changed;
                             if operations {
                                 continue;
@@ -612,12 +680,7 @@ impl MergeEngine {
                             // operation is visible. Else a row whose base lacks
                             // the column would lose it.
                         }
-                        let write = FieldVersion {
-                            source: event.source.clone(),
-                            vv: event.vv.clone(),
-                            ts: event.ts,
-                            value: value.clone(),
-                        };
+                        assign_value(&mut write.value, value);
                         let set = match fields.fields.get_mut(name) {
                             Some(set) => set,
                             None => fields.fields.entry(name.clone()).or_default(),
@@ -627,8 +690,8 @@ impl MergeEngine {
                         // this write, so dropping it would depend on arrival order.
                         let foreign = matches!(rule, Some(ColumnRule::Owner { source }) if *source != event.source);
                         let inserted = match rule {
-                            None | Some(ColumnRule::Union) => self.insert(set, write),
-                            Some(_) => self.insert_by(set, write, self.column_order(rule)),
+                            None | Some(ColumnRule::Union) => self.insert_into(set, &mut write, |v, e| v.vv.causality(&e.vv)),
+                            Some(_) => self.insert_into(set, &mut write, self.column_order(rule)),
                         };
                         if inserted == Insert::Added {
                             fields_changed = true;
@@ -659,20 +722,22 @@ impl MergeEngine {
     /// no `before` image) every element is an addition and nothing is removed.
     /// Returns whether the write added or removed any element, and whether
     /// that changed the set (a redelivery does not).
-    fn apply_union(&self, set: &mut ElementSet, event: &ChangeEvent, before: Option<&Value>, after: &Value) -> (bool, bool) {
+    /// `write` is the event's write template (source, clock, commit time).
+    fn apply_union(&self, set: &mut ElementSet, write: &mut FieldVersion, before: Option<&Value>, after: &Value) -> (bool, bool) {
         let after = elements(after);
         let before = before.map(elements).unwrap_or_default();
         let contains = |list: &[Cow<'_, Value>], x: &Value| list.iter().any(|y| same_json(y, x));
-        let op = |x: &Value| FieldVersion { source: event.source.clone(), vv: event.vv.clone(), ts: event.ts, value: x.clone() };
         let order = self.column_order(Some(&ColumnRule::Union));
         let (mut operations, mut changed) = (false, false);
         for x in after.iter().filter(|x| !contains(&before, x)) {
             operations = true;
-            changed |= self.insert_by(&mut set.adds, op(x), &order) == Insert::Added;
+            assign_value(&mut write.value, x);
+            changed |= self.insert_into(&mut set.adds, write, &order) == Insert::Added;
         }
         for x in before.iter().filter(|x| !contains(&after, x)) {
             operations = true;
-            changed |= self.insert_by(&mut set.removes, op(x), &order) == Insert::Added;
+            assign_value(&mut write.value, x);
+            changed |= self.insert_into(&mut set.removes, write, &order) == Insert::Added;
         }
         (operations, changed)
     }
@@ -818,7 +883,7 @@ impl MergeEngine {
             if let Some(w) = self.column_winner(fields, name, writes) {
                 // In place when the base has the column: no new key string.
                 match row.get_mut(name) {
-                    Some(slot) => slot.clone_from(&w.value),
+                    Some(slot) => assign_value(slot, &w.value),
                     None => {
                         row.insert(name.clone(), w.value.clone());
                     }
@@ -829,7 +894,12 @@ impl MergeEngine {
             if self.rule(name) == Some(&ColumnRule::Union) {
                 if let Some(elements) = union_elements(fields, set) {
                     let value = union_value(base.get(name), elements);
-                    row.insert(name.clone(), value);
+                    match row.get_mut(name) {
+                        Some(slot) => *slot = value,
+                        None => {
+                            row.insert(name.clone(), value);
+                        }
+                    }
                 }
             }
         }
@@ -930,8 +1000,24 @@ fn union_value(base: Option<&Value>, elements: Vec<Value>) -> Value {
 
 /// Equal as canonical JSON text (unlike `Value ==`, which equates `0.0` and
 /// `-0.0`), so element identity agrees with the order of `equal_clock_cmp`.
+/// Compared in place: serde_json writes a float as the shortest text that
+/// reads back as its bits, so equal text is equal bits.
 fn same_json(a: &Value, b: &Value) -> bool {
-    a == b && serde_json::to_string(a).ok() == serde_json::to_string(b).ok()
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            _ if x.is_f64() != y.is_f64() => false,
+            (Some(fx), Some(fy)) if x.is_f64() => fx.to_bits() == fy.to_bits(),
+            _ => x == y,
+        },
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y)),
+        (Value::Object(x), Value::Object(y)) => same_row(x, y),
+        _ => a == b,
+    }
+}
+
+/// [`same_json`] for rows: the same columns holding the same JSON text.
+fn same_row(a: &Row, b: &Row) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && same_json(va, vb))
 }
 
 /// A `union` column's value: its present elements in [`value_cmp`] order,

@@ -716,6 +716,32 @@ fn value_order_is_total_and_null_loses() {
 }
 
 #[test]
+fn same_json_is_equality_of_canonical_text() {
+    let text_eq = |a: &Value, b: &Value| serde_json::to_string(a).unwrap() == serde_json::to_string(b).unwrap();
+    let values = [
+        json!(0.0),
+        json!(-0.0),
+        json!(1),
+        json!(1.0),
+        json!(-1),
+        json!(u64::MAX),
+        json!("1"),
+        json!([0.0, {"a": -0.0}]),
+        json!([-0.0, {"a": -0.0}]),
+        json!([0.0, {"a": 0.0}]),
+        json!({"a": 1, "b": [true, null]}),
+        json!({"a": 1, "b": [true, null], "c": 2}),
+        json!({"a": 1.0, "b": [true, null]}),
+        json!(null),
+    ];
+    for a in &values {
+        for b in &values {
+            assert_eq!(same_json(a, b), text_eq(a, b), "{a} vs {b}");
+        }
+    }
+}
+
+#[test]
 fn merged_clock_conflict_and_siblings() {
     let e = lww();
     let mut s = KeyState::default();
