@@ -108,6 +108,16 @@ pub struct StateDb {
 /// Default for [`StateDb::open`]'s decoded-state cache.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
+/// fjall's block cache (its default is 32 MiB). Hot states are served by
+/// the task caches above it (`runtime.state_cache_bytes`), so the block
+/// cache only needs the index and filter blocks and a few data blocks.
+const BLOCK_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// Largest memtable of a task's keyspace before fjall flushes it to a
+/// segment (its default is 64 MiB per keyspace, so 64 MiB per task: most of
+/// the memory of a process with a few tasks). States are written once per
+/// cycle, in batches, so small memtables cost little throughput.
+const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+
 impl StateDb {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path) -> Result<StateDb, StoreError> {
@@ -120,7 +130,7 @@ impl StateDb {
         let path = dir.display().to_string();
         let err = |source| StoreError::Db { path: path.clone(), source };
         std::fs::create_dir_all(dir).map_err(|e| err(fjall::Error::from(e)))?;
-        let db = Database::builder(dir).open().map_err(|e| match e {
+        let db = Database::builder(dir).cache_size(BLOCK_CACHE_BYTES).open().map_err(|e| match e {
             fjall::Error::Locked => StoreError::Locked { path: path.clone() },
             e => err(e),
         })?;
@@ -132,7 +142,7 @@ impl StateDb {
     pub fn task(&self, partition: i32) -> Result<TaskStore, StoreError> {
         let keyspace = self
             .db
-            .keyspace(&format!("task-{partition}"), KeyspaceCreateOptions::default)
+            .keyspace(&format!("task-{partition}"), || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES))
             .map_err(|source| StoreError::Db { path: self.path.clone(), source })?;
         let checkpoint = self
             .meta
@@ -152,6 +162,7 @@ impl StateDb {
             clean: HashMap::new(),
             clean_bytes: 0,
             sweep_cursor: None,
+            restored: None,
         })
     }
 
@@ -186,6 +197,9 @@ pub struct TaskStore {
     clean_bytes: usize,
     /// Where the tombstone sweep goes on from (`None`: the start).
     sweep_cursor: Option<Vec<u8>>,
+    /// Changelog records of a restore, written as they are (no decode, no
+    /// encode) by the next commit.
+    restored: Option<fjall::OwnedWriteBatch>,
 }
 
 /// Estimated memory of a decoded state beyond its encoding: the map entry,
@@ -246,6 +260,7 @@ impl TaskStore {
         self.clean.clear();
         self.clean_bytes = 0;
         self.sweep_cursor = None;
+        self.restored = None;
         let mut removed = 0u64;
         loop {
             let keys: Vec<fjall::Slice> =
@@ -316,11 +331,29 @@ impl TaskStore {
         self.cache.get(key).and_then(Option::as_ref)
     }
 
-    /// Puts a restored state (from the changelog) into the open cache.
-    pub fn put_restored(&mut self, key: String, state: Option<KeyState>) {
-        self.forget_clean(&key);
-        self.encoded.remove(&key);
-        self.cache.insert(key, state);
+    /// Puts a restored changelog value (`None`: the key was removed) into the
+    /// next commit as it is: the restore neither decodes nor re-encodes it.
+    /// Only its header is checked here; the state decodes when first read.
+    pub fn put_restored_bytes(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+        let text = std::str::from_utf8(key).ok();
+        if let Some(v) = value {
+            crate::avro::state::check_state_header(v).map_err(|source| StoreError::Decode {
+                partition: self.partition,
+                key: String::from_utf8_lossy(key).into_owned(),
+                source,
+            })?;
+        }
+        if let Some(k) = text {
+            self.forget_clean(k);
+            self.encoded.remove(k);
+            self.cache.remove(k);
+        }
+        let batch = self.restored.get_or_insert_with(|| self.db.db.batch());
+        match value {
+            Some(v) => batch.insert(&self.keyspace, key, v),
+            None => batch.remove(&self.keyspace, key),
+        }
+        Ok(())
     }
 
     /// Remembers the encoding of `key`'s cached state (made for the
@@ -333,7 +366,7 @@ impl TaskStore {
     /// atomically, then clears the cache. Call only after the Kafka
     /// transaction carrying the same changes committed.
     pub fn commit(&mut self, checkpoint: i64) -> Result<(), StoreError> {
-        let mut batch = self.db.db.batch();
+        let mut batch = self.restored.take().unwrap_or_else(|| self.db.db.batch());
         let mut committed = Vec::with_capacity(self.cache.len());
         let mut added = 0;
         for (key, state) in self.cache.drain() {
@@ -450,6 +483,7 @@ impl TaskStore {
     pub fn abort(&mut self) {
         self.cache.clear();
         self.encoded.clear();
+        self.restored = None;
     }
 
     /// Number of keys on disk (approximate; for metrics and logs).
@@ -593,6 +627,35 @@ mod tests {
         t.commit(1).unwrap();
         let stored = t.keyspace.get("k").unwrap().unwrap();
         assert_eq!(&stored[..2], &[0xC3, 0x01]);
+    }
+
+    #[test]
+    fn restored_values_are_stored_as_they_are_and_decode_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let mut t = db.task(2).unwrap();
+        t.update("old", |s| *s = state(1)).unwrap();
+        t.commit(10).unwrap();
+        // A restore: one new key, one key overwritten, one removed.
+        t.put_restored_bytes(b"new", Some(&encode_state(&state(7)))).unwrap();
+        t.put_restored_bytes(b"old", None).unwrap();
+        t.put_restored_bytes(b"json", Some(serde_json::to_string(&state(3)).unwrap().as_bytes())).unwrap();
+        assert_eq!(t.keyspace.get("new").unwrap(), None, "nothing is written before the commit");
+        t.commit(20).unwrap();
+        assert_eq!(t.checkpoint(), 20);
+        assert_eq!(t.keyspace.get("new").unwrap().as_deref(), Some(encode_state(&state(7)).as_slice()), "the very bytes");
+        assert_eq!(t.get("new").unwrap(), Some(state(7)));
+        assert_eq!(t.get("old").unwrap(), None);
+        assert_eq!(t.get("json").unwrap(), Some(state(3)), "earlier encodings are kept and read as before");
+        // A value this version cannot read stops the restore, naming the key.
+        let err = t.put_restored_bytes(b"bad", Some(&[0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 9])).unwrap_err();
+        assert!(matches!(&err, StoreError::Decode { partition: 2, key, .. } if key == "bad"), "{err}");
+        assert!(t.put_restored_bytes(b"bad", Some(b"")).is_err());
+        // An abort drops restored records not yet committed.
+        t.put_restored_bytes(b"gone", Some(&encode_state(&state(9)))).unwrap();
+        t.abort();
+        t.commit(30).unwrap();
+        assert_eq!(t.get("gone").unwrap(), None);
     }
 
     #[test]

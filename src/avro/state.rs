@@ -392,6 +392,31 @@ pub fn decode_state(bytes: &[u8]) -> Result<KeyState, StateDecodeError> {
     }
 }
 
+/// Checks that `bytes` are a key state this version reads (a known header:
+/// single-object marker and a fingerprint of schema version 1, 2 or 3, or
+/// the legacy JSON encoding) without decoding the datum: for a restore that
+/// stores changelog values as they are and decodes them when read.
+pub fn check_state_header(bytes: &[u8]) -> Result<(), StateDecodeError> {
+    if bytes.starts_with(b"{") {
+        return Ok(());
+    }
+    if bytes.is_empty() {
+        return Err(StateDecodeError::Empty);
+    }
+    if !bytes.starts_with(&SINGLE_OBJECT_MARKER) {
+        return Err(StateDecodeError::UnknownFormat { found: bytes[..bytes.len().min(HEADER_LEN)].to_vec() });
+    }
+    let Some(found) = bytes.get(2..HEADER_LEN) else {
+        return Err(StateDecodeError::Truncated { what: "the single-object header", offset: 0 });
+    };
+    if found == &CHANGELOG.header[2..] || found == V2_FINGERPRINT || found == V1_FINGERPRINT {
+        return Ok(());
+    }
+    let mut fingerprint = [0; 8];
+    fingerprint.copy_from_slice(found);
+    Err(StateDecodeError::UnknownFingerprint { found: fingerprint, expected: changelog_fingerprint() })
+}
+
 /// Checks the header's fingerprint, then reads the datum, which must fill the
 /// rest of the value.
 fn decode_single_object(bytes: &[u8]) -> Result<KeyState, StateDecodeError> {

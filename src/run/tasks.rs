@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::store::{decode_state, StoreError, TaskStore};
+use crate::store::TaskStore;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -216,16 +216,8 @@ impl Worker {
                 }
                 Some(Err(e)) => return Err(RunError::kafka(format!("restore {} partition {p}", self.changelog), e)),
                 Some(Ok(m)) => {
-                    let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                    let state = match m.payload() {
-                        Some(v) => Some(decode_state(v).map_err(|source| StoreError::Decode {
-                            partition: p,
-                            key: key.clone(),
-                            source,
-                        })?),
-                        None => None,
-                    };
-                    task.put_restored(key, state);
+                    // Stored as it is: the state decodes when first read.
+                    task.put_restored_bytes(m.key().unwrap_or_default(), m.payload())?;
                     next = m.offset() + 1;
                     restored += 1;
                     if restored.is_multiple_of(10_000) {
