@@ -75,11 +75,11 @@ impl Worker {
                     // The cache already holds the merged state: only an abort
                     // undoes it. The rewind then brings this record back, and
                     // it goes to the dead letters instead.
-                    return Err(RunError::SetAside(NormalizeError {
+                    return Err(RunError::SetAside(Box::new(NormalizeError {
                         position: (&record).into(),
                         source_name: Some(source),
                         kind: crate::normalize::NormalizeErrorKind::TooLarge { key: out.key, bytes, limit: self.record_limit },
-                    }));
+                    })));
                 }
                 let audit = match &self.audit {
                     Some(topic) if siblings > 1 => {
@@ -169,14 +169,14 @@ impl Worker {
             }
             Err(ProcessError::Output { position, source_name, error }) => {
                 // The key's state changed already; only an abort undoes it.
-                return Err(RunError::SetAside(NormalizeError {
+                return Err(RunError::SetAside(Box::new(NormalizeError {
                     position,
                     source_name: Some(source_name),
                     kind: crate::normalize::NormalizeErrorKind::OutputSchema {
                         reason: error.reason(),
                         detail: error.to_string(),
                     },
-                }));
+                })));
             }
         }
         self.positions.insert((msg.topic().to_string(), partition), msg.offset() + 1);

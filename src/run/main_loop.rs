@@ -46,7 +46,7 @@ pub(super) fn main_loop(
                 Err(RunError::SetAside(e)) => {
                     tracing::warn!("{e}");
                     let p = &e.position;
-                    w.set_aside.insert((p.topic.clone(), p.partition, p.offset), e);
+                    w.set_aside.insert((p.topic.clone(), p.partition, p.offset), *e);
                     w.abort(consumer, KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
                 }
                 other => other,

@@ -120,7 +120,7 @@ pub enum RunError {
     /// merged record would exceed the record size limit, or does not fit the
     /// Avro output schema. After the rewind it goes to the dead letters.
     #[error("{0}")]
-    SetAside(NormalizeError),
+    SetAside(Box<NormalizeError>),
     /// The schema registry is unavailable: abort the cycle, wait, retry.
     #[error("{0}")]
     RegistryUnavailable(String),
