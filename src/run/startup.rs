@@ -268,6 +268,20 @@ async fn serve_admin(
     Ok(())
 }
 
+/// Memory bounds of the Kafka clients, chosen on purpose (librdkafka's
+/// defaults suit a process that does nothing else; `[kafka.properties]`
+/// overrides each). The group consumer and the restore consumer each keep at
+/// most this much prefetched (librdkafka: 64 MiB): a cycle takes at most
+/// `max_cycle_bytes` (32 MiB) of state anyway, and 16 MiB still holds several
+/// fetches of every partition.
+const CONSUMER_QUEUE_KBYTES: &str = "16384";
+/// Largest fetch response (librdkafka: 50 MiB), in line with the queue.
+const FETCH_MAX_BYTES: &str = "16777216";
+/// The producer's queue (librdkafka: 1 GiB). A cycle's output, changelog and
+/// audit records wait here until the commit flushes them; a full queue makes
+/// `send` serve delivery reports and retry, so this bounds memory, not records.
+const PRODUCER_QUEUE_KBYTES: &str = "65536";
+
 /// The clients a worker owns besides the group consumer.
 struct Clients {
     /// Reads changelog partitions into the store (`read_committed`).
@@ -287,6 +301,8 @@ fn create_clients(config: &Config, changelog: &str) -> Result<Clients, RunError>
             ("enable.auto.commit", "false"),
             ("auto.offset.reset", "error"),
             ("group.id", "tributary-restore"),
+            ("queued.max.messages.kbytes", CONSUMER_QUEUE_KBYTES),
+            ("fetch.max.bytes", FETCH_MAX_BYTES),
         ],
     )
     .create_with_context(QuietContext)
@@ -297,7 +313,12 @@ fn create_clients(config: &Config, changelog: &str) -> Result<Clients, RunError>
             .map_err(|e| RunError::kafka("create watermark client", e))?;
     let exactly_once = config.runtime.processing == Processing::ExactlyOnce;
     let transactional_id = format!("{}-{}", config.kafka.group_id, instance_id(config));
-    let mut producer_defaults = vec![("enable.idempotence", "true"), ("linger.ms", "5"), ("compression.type", "lz4")];
+    let mut producer_defaults = vec![
+        ("enable.idempotence", "true"),
+        ("linger.ms", "5"),
+        ("compression.type", "lz4"),
+        ("queue.buffering.max.kbytes", PRODUCER_QUEUE_KBYTES),
+    ];
     if exactly_once {
         producer_defaults.extend([
             ("transactional.id", transactional_id.as_str()),
@@ -391,6 +412,8 @@ fn subscribe(
         ("isolation.level", "read_committed"),
         ("auto.offset.reset", "earliest"),
         ("statistics.interval.ms", "5000"),
+        ("queued.max.messages.kbytes", CONSUMER_QUEUE_KBYTES),
+        ("fetch.max.bytes", FETCH_MAX_BYTES),
     ];
     if let Some(id) = &config.kafka.instance_id {
         consumer_defaults.push(("group.instance.id", id.as_str()));
