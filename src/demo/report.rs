@@ -228,7 +228,11 @@ impl fmt::Display for Regions<'_> {
             )?;
         }
         writeln!(f)?;
-        writeln!(f, "Metrics were served at {} (and /state/{{key}}, /healthz, /readyz) while the demo ran.", seen.metrics_url)?;
+        writeln!(
+            f,
+            "Metrics were served at {} (and /healthz, /readyz; /state/{{key}} needs an [admin] token) while the demo ran.",
+            seen.metrics_url
+        )?;
         writeln!(f, "Look at the table:   sqlite3 {} 'SELECT * FROM {TABLE} LIMIT 10'", seen.sqlite.display())?;
         writeln!(f, "Re-run with another policy or scenario (from a checkout: cargo run --release -- demo ...):")?;
         for other in DemoPolicy::ALL.iter().filter(|p| p.as_str() != policy) {
@@ -426,7 +430,11 @@ impl fmt::Display for Aggregation<'_> {
             }
         }
         writeln!(f)?;
-        writeln!(f, "Metrics were served at {} (and /state/{{key}}, /healthz, /readyz) while the demo ran.", seen.metrics_url)?;
+        writeln!(
+            f,
+            "Metrics were served at {} (and /healthz, /readyz; /state/{{key}} needs an [admin] token) while the demo ran.",
+            seen.metrics_url
+        )?;
         writeln!(f, "Look at the table:   sqlite3 {} 'SELECT * FROM {TABLE} LIMIT 10'", seen.sqlite.display())?;
         writeln!(f, "The same rules on a fixed dump, step by step: examples/aggregation/README.md")?;
         writeln!(f, "  TRIBUTARY_MERGE__DELETES=lww tributary demo --scenario aggregation")?;
