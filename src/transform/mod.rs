@@ -290,9 +290,13 @@ pub enum Image {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transform {
     rename: Vec<(String, String)>,
+    /// Whether a rename's target is also renamed (a swap or a chain): then
+    /// every renamed column is taken out before any is put back.
+    rename_overlaps: bool,
     required: Vec<String>,
     cast: Vec<(String, Cast)>,
-    map: Vec<(String, HashMap<String, Value>)>,
+    /// Code tables are short: a linear search beats hashing the code.
+    map: Vec<(String, Vec<(String, Value)>)>,
     compute: Vec<(String, Compute)>,
     set: Vec<(String, Value)>,
     drop: Vec<String>,
@@ -331,7 +335,7 @@ impl Transform {
             if table.is_empty() {
                 problem(format!("transform.map.{column}"), "the code table is empty".into());
             }
-            map.push((column.clone(), table.iter().map(|(k, v)| (k.clone(), v.clone())).collect()));
+            map.push((column.clone(), table.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()));
         }
         let mut compute = Vec::new();
         for (column, c) in &spec.compute {
@@ -359,6 +363,7 @@ impl Transform {
         }
         Ok(Self {
             rename: spec.rename.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
+            rename_overlaps: spec.rename.values().any(|to| spec.rename.contains_key(to)),
             required: spec.required.clone(),
             cast,
             map,
@@ -378,8 +383,14 @@ impl Transform {
     /// Applies the mapping to one image, in place. On error the row is left
     /// part-way: the caller sets the record aside.
     pub fn apply(&self, row: &mut Row, image: Image) -> Result<(), TransformError> {
-        // Take every renamed column out first, so swaps (a → b, b → a) work.
-        if !self.rename.is_empty() {
+        if !self.rename_overlaps {
+            for (from, to) in &self.rename {
+                if let Some(v) = row.remove(from) {
+                    row.insert(to.clone(), v);
+                }
+            }
+        } else {
+            // Take every renamed column out first, so swaps (a → b, b → a) work.
             let moved: Vec<(&str, Value)> =
                 self.rename.iter().filter_map(|(from, to)| row.remove(from).map(|v| (to.as_str(), v))).collect();
             for (to, v) in moved {
@@ -412,16 +423,17 @@ impl Transform {
         }
         for (column, table) in &self.map {
             if let Some(v) = row.get_mut(column) {
+                let find = |code: &str| table.iter().find(|(k, _)| k == code).map(|(_, v)| v);
                 let code = match v {
                     Value::Null => continue,
-                    Value::String(s) => table.get(s.as_str()),
-                    Value::Number(_) | Value::Bool(_) => table.get(&v.to_string()),
+                    Value::String(s) => find(s),
+                    Value::Number(_) | Value::Bool(_) => find(&v.to_string()),
                     _ => None,
                 };
                 match code {
                     Some(mapped) => *v = mapped.clone(),
                     None => {
-                        let mut known: Vec<&str> = table.keys().map(String::as_str).collect();
+                        let mut known: Vec<&str> = table.iter().map(|(k, _)| k.as_str()).collect();
                         known.sort_unstable();
                         return Err(TransformError::new(
                             column,
