@@ -45,7 +45,7 @@ fn keys() -> usize {
 /// One logical row: (`id`, status code, balance in cents, updated_at millis).
 fn logical(k: usize, s: usize, round: u64) -> (usize, bool, i64, i64) {
     let ts = T0 + (round as i64) * 10_000_000 + (k as i64) * 3 + s as i64;
-    (k, (k + s) % 5 != 0, 10_000 + (k as i64 * 37 + s as i64) % 900_000, ts)
+    (k, !(k + s).is_multiple_of(5), 10_000 + (k as i64 * 37 + s as i64) % 900_000, ts)
 }
 
 fn iso(ms: i64) -> String {

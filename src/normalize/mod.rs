@@ -224,8 +224,9 @@ pub enum NormalizeErrorKind {
     Transform {
         /// The configured source.
         source_name: String,
-        /// The column, its value and what is wrong.
-        error: crate::transform::TransformError,
+        /// The column, its value and what is wrong (boxed: it would double
+        /// the size of every normalize result).
+        error: Box<crate::transform::TransformError>,
     },
 }
 
@@ -476,7 +477,7 @@ impl SourceNormalizer {
             }
         }
         if let Some(t) = &self.transform {
-            let failed = |error| NormalizeErrorKind::Transform { source_name: self.name.clone(), error };
+            let failed = |error| NormalizeErrorKind::Transform { source_name: self.name.clone(), error: Box::new(error) };
             if let Some(after) = raw.after.as_mut() {
                 t.apply(after, Image::After).map_err(failed)?;
             }
@@ -584,7 +585,7 @@ impl SourceNormalizer {
     fn key_image(&self, mut row: Row) -> Result<Row, NormalizeErrorKind> {
         if let Some(t) = &self.transform {
             t.apply(&mut row, Image::Key)
-                .map_err(|error| NormalizeErrorKind::Transform { source_name: self.name.clone(), error })?;
+                .map_err(|error| NormalizeErrorKind::Transform { source_name: self.name.clone(), error: Box::new(error) })?;
         }
         Ok(row)
     }

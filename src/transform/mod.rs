@@ -669,7 +669,7 @@ impl Test {
             Test::Le(x) => order(v, x).is_some_and(|o| o.is_le()),
             Test::Gt(x) => order(v, x).is_some_and(|o| o.is_gt()),
             Test::Ge(x) => order(v, x).is_some_and(|o| o.is_ge()),
-            Test::Present(p) => !v.is_null() == *p,
+            Test::Present(p) => v.is_null() != *p,
         }
     }
 }
