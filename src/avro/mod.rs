@@ -16,7 +16,9 @@
 //!   `schemas/dead-letter.avsc`).
 
 mod binary;
+mod catalog;
 pub mod decode;
+mod derive;
 pub mod error;
 pub mod output;
 pub mod records;
