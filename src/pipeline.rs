@@ -9,8 +9,20 @@ use std::convert::Infallible;
 
 use crate::config::Config;
 use crate::merge::{Applied, KeyState, MergeEngine};
-use crate::normalize::{InputRecord, NormalizeError, NormalizeErrorKind, Normalized, SourceNormalizer};
+use crate::normalize::{InputRecord, NormalizeError, NormalizeErrorKind, Normalized, RecordPosition, SourceNormalizer};
 use crate::output::{encode_owned, OutputRecord};
+
+/// What a [`StateStore::try_update`] function did with the state.
+#[derive(Debug)]
+pub enum Verdict<T> {
+    /// Left it as it was.
+    Unchanged(T),
+    /// Changed it: the change is kept.
+    Changed(T),
+    /// Changed it, but the change must not be kept: the store puts the
+    /// state back as it was before the function ran.
+    Undo(T),
+}
 
 /// Where key states live. The processor's store is on disk with a
 /// changelog; replay keeps them in memory.
@@ -20,6 +32,11 @@ pub trait StateStore {
     /// Runs `f` on the state of `key` (empty when none is stored) and keeps the
     /// result; an empty state afterwards is not kept.
     fn update<R>(&mut self, key: &str, f: impl FnOnce(&mut KeyState) -> R) -> Result<R, Self::Error>;
+    /// Runs `f` on the state of `key` and keeps or undoes what it did, as its
+    /// [`Verdict`] says. `may_undo` false promises no [`Verdict::Undo`]: a
+    /// store that can only undo from a copy then makes none.
+    fn try_update<T>(&mut self, key: &str, may_undo: bool, f: impl FnOnce(&mut KeyState) -> Verdict<T>)
+        -> Result<T, Self::Error>;
 }
 
 /// An in-memory state store.
@@ -59,6 +76,30 @@ impl StateStore for MemoryStore {
         }
         Ok(r)
     }
+
+    fn try_update<T>(&mut self, key: &str, may_undo: bool, f: impl FnOnce(&mut KeyState) -> Verdict<T>) -> Result<T, Infallible> {
+        let Some(state) = self.states.get_mut(key) else {
+            let mut state = KeyState::default();
+            return Ok(match f(&mut state) {
+                Verdict::Changed(t) | Verdict::Unchanged(t) => {
+                    if !state.is_empty() {
+                        self.states.insert(key.to_string(), state);
+                    }
+                    t
+                }
+                Verdict::Undo(t) => t,
+            });
+        };
+        // Only a copy can undo here: made when an undo may come.
+        let before = may_undo.then(|| state.clone());
+        Ok(match f(state) {
+            Verdict::Changed(t) | Verdict::Unchanged(t) => t,
+            Verdict::Undo(t) => {
+                *state = before.expect("an undo was announced");
+                t
+            }
+        })
+    }
 }
 
 /// What one input record did.
@@ -85,6 +126,11 @@ pub enum Step {
         source: String,
         /// The record for the output topic.
         record: OutputRecord,
+        /// The winning source (row-level policies).
+        winner: Option<String>,
+        /// The key's new state, encoded for the store and the changelog
+        /// (when the pipeline has a record limit: see [`Pipeline::with_record_limit`]).
+        state: Option<Vec<u8>>,
         /// Versions in the key's set after the event (> 1: a live conflict).
         siblings: usize,
         /// The event's own commit time (ms).
@@ -92,33 +138,100 @@ pub enum Step {
     },
 }
 
+/// Why a record goes to the dead letters (or, when
+/// [retriable](DeadLetterReason::is_retriable), waits for the registry).
+/// The [`reason`](Self::reason) labels are the `tributary.error.reason`
+/// header and the `tributary_dead_letters_total{reason}` label values.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeadLetterReason {
+    /// The record cannot be normalized.
+    #[error(transparent)]
+    Input(#[from] NormalizeErrorKind),
+    /// A column rule cannot merge the event (a `counter` column holding no
+    /// number, or an update without the `before` value a counter needs).
+    #[error("{0}")]
+    Refused(Box<crate::merge::Refusal>),
+    /// Merging the event would make the key's output or changelog record
+    /// larger than a Kafka record may be.
+    #[error("the merged record of key {key} would be {bytes} bytes, over the {limit}-byte record limit; the event is set aside")]
+    TooLarge {
+        /// The canonical key.
+        key: String,
+        /// The size it would have.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The merged record cannot be encoded for the Avro output (it does not
+    /// fit the output schema, a schema conflict, the registry refused or is
+    /// unavailable).
+    #[error(transparent)]
+    Output(crate::avro::output::OutputError),
+}
+
+impl DeadLetterReason {
+    /// A short, bounded label for metrics and the dead-letter header.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Input(kind) => kind.reason(),
+            Self::Refused(refusal) => refusal.reason(),
+            Self::TooLarge { .. } => "too_large",
+            Self::Output(error) => error.reason(),
+        }
+    }
+
+    /// True when the record is not at fault and processing it later may
+    /// succeed (the schema registry is unavailable): not a dead letter.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Input(kind) => kind.is_retriable(),
+            Self::Output(error) => error.is_retriable(),
+            Self::Refused(_) | Self::TooLarge { .. } => false,
+        }
+    }
+}
+
+/// A record the pipeline refuses: where it is, its source and why. The
+/// key's state is as it was before the record.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{position}: {reason}")]
+pub struct DeadLetter {
+    /// The record's position.
+    pub position: RecordPosition,
+    /// The configured source name, when the topic belongs to one.
+    pub source_name: Option<String>,
+    /// Why.
+    pub reason: DeadLetterReason,
+}
+
+impl From<NormalizeError> for DeadLetter {
+    fn from(e: NormalizeError) -> Self {
+        Self { position: e.position, source_name: e.source_name, reason: DeadLetterReason::Input(e.kind) }
+    }
+}
+
 /// Why a record could not be processed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError<E: std::error::Error + 'static> {
-    /// The record is bad: dead-letter it and go on.
+    /// The record cannot be processed: dead-letter it and go on (or, when
+    /// its reason is retriable, wait and retry).
     #[error(transparent)]
-    Normalize(#[from] NormalizeError),
+    Rejected(Box<DeadLetter>),
     /// The state store failed: not the record's fault.
     #[error("state store: {0}")]
     Store(#[source] E),
-    /// The merged record could not be encoded (Avro output). The key's state
-    /// has changed already: the caller must discard the open cycle.
-    #[error("{position}: {error}")]
-    Output {
-        /// The record whose event made the output.
-        position: crate::normalize::RecordPosition,
-        /// The configured source name.
-        source_name: String,
-        /// What went wrong.
-        error: crate::avro::output::OutputError,
-    },
 }
 
-/// Why [`Pipeline::process`] stopped inside the store update: the source
-/// name, and what went wrong.
-enum Failure {
-    Output(String, crate::avro::output::OutputError),
-    Refused(String, crate::merge::Refusal),
+impl<E: std::error::Error + 'static> From<NormalizeError> for ProcessError<E> {
+    fn from(e: NormalizeError) -> Self {
+        Self::Rejected(Box::new(e.into()))
+    }
+}
+
+impl<E: std::error::Error + 'static> From<DeadLetter> for ProcessError<E> {
+    fn from(e: DeadLetter) -> Self {
+        Self::Rejected(Box::new(e))
+    }
 }
 
 /// Normalizers per topic plus the merge engine.
@@ -130,6 +243,8 @@ pub struct Pipeline {
     /// Per source: writes to `owner` columns it does not own (kept only as a
     /// fallback while the owner has written nothing), not yet taken.
     foreign_owner_writes: HashMap<String, std::sync::atomic::AtomicU64>,
+    /// The largest output or changelog record accepted (bytes), when checked.
+    record_limit: Option<usize>,
 }
 
 impl Pipeline {
@@ -160,7 +275,18 @@ impl Pipeline {
             engine: MergeEngine::new(config.merge_settings()),
             avro_output,
             foreign_owner_writes: config.sources.iter().map(|s| (s.name.clone(), Default::default())).collect(),
+            record_limit: None,
         }
+    }
+
+    /// Checks every merged record against `limit` (bytes: the larger of the
+    /// output value and the encoded state, plus key and headers) and
+    /// returns the encoded state with it ([`Step::Emitted::state`]). A
+    /// record over the limit is refused ([`DeadLetterReason::TooLarge`])
+    /// and leaves the key's state as it was.
+    pub fn with_record_limit(mut self, limit: usize) -> Self {
+        self.record_limit = Some(limit);
+        self
     }
 
     /// Takes the counts of writes to `owner` columns by sources that do not
@@ -194,7 +320,8 @@ impl Pipeline {
         &self.engine
     }
 
-    /// Processes one record against `store`.
+    /// Processes one record against `store`: a step, or a refusal that
+    /// leaves the key's state as it was.
     pub fn process<S: StateStore>(&self, record: &InputRecord<'_>, store: &mut S) -> Result<Step, ProcessError<S::Error>> {
         let normalizer = self.sources.get(record.topic).ok_or_else(|| NormalizeError {
             position: record.into(),
@@ -206,15 +333,32 @@ impl Pipeline {
             Normalized::Tombstone | Normalized::Filtered => return Ok(Step::Ignored { source }),
             Normalized::Event(e) => e,
         };
+        let avro = self.avro_output.as_deref();
+        if let Some(avro) = avro {
+            // Schemas the event brought are registered here, outside the
+            // store's update; encoding inside it then finds them current.
+            // A schema the output cannot take is reported by the encoding,
+            // for the events whose rows need it.
+            if let Err(error) = avro.refresh() {
+                if error.is_retriable() {
+                    return Err(DeadLetter {
+                        position: record.into(),
+                        source_name: Some(source),
+                        reason: DeadLetterReason::Output(error),
+                    }
+                    .into());
+                }
+            }
+        }
         // `apply` does not read the key: move it out, to end in the output record.
         let key = std::mem::take(&mut event.key);
         let event_ts = event.ts;
         let engine = &self.engine;
-        let avro = self.avro_output.as_deref();
-        let key_ref = &key;
+        let emit = Emit { engine, avro, limit: self.record_limit, key: &key, partition: record.partition, event_ts };
         let foreign = &self.foreign_owner_writes;
+        let may_undo = avro.is_some() || self.record_limit.is_some();
         let step = store
-            .update(&key, |state| {
+            .try_update(&key, may_undo, |state| {
                 let report = engine.apply_reported(state, event);
                 // Looked up only when there is something to count: no hashing per event.
                 if report.foreign_owner_writes > 0 {
@@ -227,48 +371,246 @@ impl Pipeline {
                     // was, and the record is a dead letter like a bad one.
                     Applied::Refused => {
                         let refusal = report.refused.expect("a refused event says why");
-                        Err(Failure::Refused(source, refusal))
+                        Verdict::Unchanged(Err((source, DeadLetterReason::Refused(Box::new(refusal)))))
                     }
-                    Applied::Stale => Ok(Step::Stale { source }),
-                    Applied::Duplicate => Ok(Step::Duplicate { source }),
-                    Applied::Changed => {
-                        let resolved = engine.resolve(state);
-                        // The newest commit time in the set: a function of the state,
-                        // so the last record per key is the same in every interleaving.
-                        let ts = state.versions.iter().map(|v| v.ts).max().unwrap_or(0).max(0);
-                        // The key is filled in below, once the store has done with it.
-                        let mut out = match avro {
-                            None => encode_owned(record.partition, String::new(), &resolved, ts),
-                            Some(_) => crate::output::without_value(record.partition, String::new(), &resolved, ts),
-                        };
-                        if let Some(avro) = avro {
-                            match avro.encode(key_ref, resolved.row.as_deref()) {
-                                Ok((k, v)) => {
-                                    out.key_bytes = Some(k);
-                                    out.value = v;
-                                }
-                                Err(error) => return Err(Failure::Output(source, error)),
-                            }
-                        }
-                        Ok(Step::Emitted { source, record: out, siblings: resolved.siblings, event_ts })
-                    }
+                    Applied::Stale => Verdict::Unchanged(Ok(Step::Stale { source })),
+                    Applied::Duplicate => Verdict::Unchanged(Ok(Step::Duplicate { source })),
+                    Applied::Changed => match emitted(&emit, source, state) {
+                        Ok(step) => Verdict::Changed(Ok(step)),
+                        Err(refused) => Verdict::Undo(Err(refused)),
+                    },
                 }
             })
             .map_err(ProcessError::Store)?
-            .map_err(|failure| match failure {
-                Failure::Output(source_name, error) => ProcessError::Output { position: record.into(), source_name, error },
-                Failure::Refused(source_name, refusal) => ProcessError::Normalize(NormalizeError {
-                    position: record.into(),
-                    source_name: Some(source_name),
-                    kind: NormalizeErrorKind::Refused(Box::new(refusal)),
-                }),
-            })?;
+            .map_err(|(source_name, reason)| DeadLetter { position: record.into(), source_name: Some(source_name), reason })?;
         Ok(match step {
-            Step::Emitted { source, mut record, siblings, event_ts } => {
+            Step::Emitted { source, mut record, winner, state, siblings, event_ts } => {
                 record.key = key;
-                Step::Emitted { source, record, siblings, event_ts }
+                Step::Emitted { source, record, winner, state, siblings, event_ts }
             }
             other => other,
         })
+    }
+}
+
+/// The pipeline's parts that turn a changed state into a [`Step::Emitted`].
+struct Emit<'a> {
+    engine: &'a MergeEngine,
+    avro: Option<&'a crate::avro::output::AvroOutput>,
+    limit: Option<usize>,
+    key: &'a str,
+    partition: i32,
+    event_ts: i64,
+}
+
+/// The step of `source`'s event that changed `state` (the output record's
+/// key left empty: the caller fills it in), or why the change cannot be
+/// kept.
+fn emitted(e: &Emit<'_>, source: String, state: &KeyState) -> Result<Step, (String, DeadLetterReason)> {
+    match emitted_record(e, state) {
+        Ok((record, winner, siblings, state)) => {
+            Ok(Step::Emitted { source, record, winner, state, siblings, event_ts: e.event_ts })
+        }
+        Err(reason) => Err((source, reason)),
+    }
+}
+
+type EmittedRecord = (OutputRecord, Option<String>, usize, Option<Vec<u8>>);
+
+/// The output record, the winner, the number of versions and, with a
+/// record limit, the encoded state.
+fn emitted_record(e: &Emit<'_>, state: &KeyState) -> Result<EmittedRecord, DeadLetterReason> {
+    let Emit { engine, avro, limit, key, partition, .. } = *e;
+    let resolved = engine.resolve(state);
+    // The newest commit time in the set: a function of the state,
+    // so the last record per key is the same in every interleaving.
+    let ts = state.versions.iter().map(|v| v.ts).max().unwrap_or(0).max(0);
+    let out = match avro {
+        None => encode_owned(partition, String::new(), &resolved, ts),
+        Some(avro) => {
+            let mut out = crate::output::without_value(partition, String::new(), &resolved, ts);
+            let (k, v) = avro.encode(key, resolved.row.as_deref()).map_err(DeadLetterReason::Output)?;
+            out.key_bytes = Some(k);
+            out.value = v;
+            out
+        }
+    };
+    let winner = resolved.winner.map(str::to_string);
+    let siblings = resolved.siblings;
+    drop(resolved);
+    let Some(limit) = limit else { return Ok((out, winner, siblings, None)) };
+    let encoded = crate::avro::state::encode_state(state);
+    let key_len = out.key_bytes.as_ref().map_or(key.len(), Vec::len);
+    let header_bytes: usize = out.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let bytes = key_len + header_bytes + encoded.len().max(out.value.as_ref().map_or(0, Vec::len));
+    if bytes > limit {
+        return Err(DeadLetterReason::TooLarge { key: key.to_string(), bytes, limit });
+    }
+    Ok((out, winner, siblings, Some(encoded)))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{decode_state, StateDb, TaskStore};
+
+    const CONFIG: &str = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+group_id = "g"
+[output]
+topic = "customers.merged"
+[merge]
+policy = "lww"
+[[sources]]
+name = "eu"
+topic = "eu.customers"
+[[sources]]
+name = "us"
+topic = "us.customers"
+"#;
+
+    /// Limits fitting small rows but not a 5 000-character one.
+    const LIMIT: usize = 4_000;
+
+    fn pipeline(limit: Option<usize>) -> Pipeline {
+        pipeline_of(CONFIG, limit)
+    }
+
+    fn pipeline_of(config: &str, limit: Option<usize>) -> Pipeline {
+        let config = Config::parse(config, "test.toml", []).unwrap();
+        let p = Pipeline::new(&config);
+        match limit {
+            Some(l) => p.with_record_limit(l),
+            None => p,
+        }
+    }
+
+    /// A Debezium create of key `{"id": 1}` from `topic` at `offset`.
+    fn process<S: StateStore>(
+        p: &Pipeline,
+        store: &mut S,
+        topic: &str,
+        offset: i64,
+        after: serde_json::Value,
+    ) -> Result<Step, ProcessError<S::Error>> {
+        let value = json!({"before": null, "after": after, "op": "c", "source": {"ts_ms": 1_000 + offset}}).to_string();
+        let key = json!({"id": 1}).to_string();
+        let record = InputRecord {
+            topic,
+            partition: 0,
+            offset,
+            timestamp: None,
+            key: Some(key.as_bytes()),
+            value: Some(value.as_bytes()),
+            headers: &[],
+        };
+        p.process(&record, store)
+    }
+
+    fn too_large<E: std::error::Error>(r: Result<Step, ProcessError<E>>) -> Box<DeadLetter> {
+        match r {
+            Err(ProcessError::Rejected(d)) => d,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn big() -> serde_json::Value {
+        json!({"id": 1, "blob": "x".repeat(5_000)})
+    }
+
+    #[test]
+    fn an_emitted_step_carries_the_typed_winner_and_the_encoded_state() {
+        let p = pipeline(Some(LIMIT));
+        let mut store = MemoryStore::default();
+        process(&p, &mut store, "eu.customers", 0, json!({"id": 1, "name": "a"})).unwrap();
+        let Step::Emitted { record, winner, state, siblings, .. } =
+            process(&p, &mut store, "us.customers", 0, json!({"id": 1, "name": "b"})).unwrap()
+        else {
+            panic!("not emitted")
+        };
+        assert_eq!(siblings, 2);
+        let header = record.headers.iter().find(|(k, _)| *k == crate::output::HEADER_WINNER).map(|(_, v)| v.clone());
+        assert_eq!(winner, header);
+        assert!(winner.is_some());
+        let key = json!({"id": 1}).to_string();
+        assert_eq!(&decode_state(&state.expect("a record limit: the state comes encoded")).unwrap(), store.get(&key).unwrap());
+        // Without a limit (replay, benches) nothing is encoded for a store.
+        let p = pipeline(None);
+        let step = process(&p, &mut MemoryStore::default(), "eu.customers", 0, json!({"id": 1})).unwrap();
+        assert!(matches!(step, Step::Emitted { state: None, .. }), "{step:?}");
+    }
+
+    #[test]
+    fn a_merged_record_over_the_limit_is_refused_and_the_state_stays_as_it_was() {
+        let p = pipeline(Some(LIMIT));
+        let mut store = MemoryStore::default();
+        let key = json!({"id": 1}).to_string();
+        process(&p, &mut store, "eu.customers", 0, json!({"id": 1, "name": "a"})).unwrap();
+        let before = store.get(&key).unwrap().clone();
+        let d = too_large(process(&p, &mut store, "us.customers", 7, big()));
+        assert!(matches!(d.reason, DeadLetterReason::TooLarge { limit: LIMIT, .. }), "{d:?}");
+        assert_eq!(d.reason.reason(), "too_large");
+        assert_eq!(d.source_name.as_deref(), Some("us"));
+        let text = d.to_string();
+        assert!(text.starts_with("topic us.customers partition 0 offset 7: the merged record of key"), "{text}");
+        assert!(text.contains(&format!("over the {LIMIT}-byte record limit")), "{text}");
+        assert_eq!(store.get(&key), Some(&before), "the refused event left no trace");
+        // A first event that is too large leaves no state at all.
+        let mut empty = MemoryStore::default();
+        too_large(process(&p, &mut empty, "us.customers", 0, big()));
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn the_task_store_undoes_a_refused_record_in_every_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let mut task: TaskStore = db.task(0).unwrap();
+        let p = pipeline(Some(LIMIT));
+        let key = json!({"id": 1}).to_string();
+        let emit = |task: &mut TaskStore, topic: &str, offset: i64, after: serde_json::Value| {
+            let step = process(&p, task, topic, offset, after).unwrap();
+            let Step::Emitted { record, state, .. } = step else { panic!("not emitted: {step:?}") };
+            // As the processor does: the change's encoding is remembered.
+            task.remember_encoded(&record.key, state.unwrap());
+        };
+        // A key changed in the open transaction: put back from its remembered encoding.
+        emit(&mut task, "eu.customers", 0, json!({"id": 1, "name": "a"}));
+        let changed = task.cached(&key).unwrap().clone();
+        too_large(process(&p, &mut task, "us.customers", 1, big()));
+        assert_eq!(task.cached(&key), Some(&changed));
+        // A stale event keeps the encoding; a refusal after it still undoes.
+        let stale = process(&p, &mut task, "eu.customers", 0, json!({"id": 1, "name": "a"})).unwrap();
+        assert!(matches!(stale, Step::Stale { .. } | Step::Duplicate { .. }), "{stale:?}");
+        too_large(process(&p, &mut task, "us.customers", 2, big()));
+        assert_eq!(task.cached(&key), Some(&changed));
+        // The commit writes the state as it was before the refused events.
+        task.commit(1).unwrap();
+        assert_eq!(task.get(&key).unwrap().as_ref(), Some(&changed));
+        // A committed key loaded for the refused event: not cached, read again.
+        too_large(process(&p, &mut task, "us.customers", 3, big()));
+        assert_eq!(task.cached(&key), None);
+        assert_eq!(task.get(&key).unwrap().as_ref(), Some(&changed));
+        // A key loaded by a stale event (no encoding remembered): undone from a copy.
+        process(&p, &mut task, "eu.customers", 0, json!({"id": 1, "name": "a"})).unwrap();
+        too_large(process(&p, &mut task, "us.customers", 4, big()));
+        assert_eq!(task.cached(&key), Some(&changed));
+        task.commit(2).unwrap();
+        assert_eq!(task.get(&key).unwrap().as_ref(), Some(&changed));
+    }
+
+    #[test]
+    fn a_column_rule_refusal_is_a_dead_letter_with_the_rule_reason() {
+        let config =
+            CONFIG.replace("policy = \"lww\"", "policy = \"field-lww\"\n[merge.columns]\nvisits = { rule = \"counter\" }");
+        let p = pipeline_of(&config, Some(LIMIT));
+        let mut store = MemoryStore::default();
+        let d = too_large(process(&p, &mut store, "eu.customers", 0, json!({"id": 1, "visits": "many"})));
+        assert!(matches!(d.reason, DeadLetterReason::Refused(_)), "{d:?}");
+        assert!(!d.reason.is_retriable());
+        assert!(store.is_empty());
     }
 }

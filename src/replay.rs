@@ -213,18 +213,16 @@ pub fn replay(
                 output.write_all(b"\n")?;
                 summary.output += 1;
             }
-            Err(ProcessError::Normalize(e)) => {
+            Err(ProcessError::Rejected(e)) => {
                 summary.dead_lettered += 1;
                 writeln!(log, "{input_name}:{line_no}: dead letter: {e}")?;
                 if let Some(dl) = dead_letters.as_mut() {
-                    let entry = DeadLetter { record: &record, error: e.to_string(), reason: e.kind.reason() };
+                    let entry = DeadLetter { record: &record, error: e.to_string(), reason: e.reason.reason() };
                     serde_json::to_writer(&mut *dl, &entry)?;
                     dl.write_all(b"\n")?;
                 }
             }
             Err(ProcessError::Store(never)) => match never {},
-            // Replay writes JSON (kcat -J carries text); no Avro encoder here.
-            Err(ProcessError::Output { error, .. }) => unreachable!("replay encodes JSON only: {error}"),
         }
     }
     output.flush()?;

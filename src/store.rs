@@ -16,7 +16,7 @@ use std::sync::Arc;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::merge::KeyState;
-use crate::pipeline::StateStore;
+use crate::pipeline::{StateStore, Verdict};
 
 /// A state store failure.
 #[derive(Debug, thiserror::Error)]
@@ -512,6 +512,53 @@ impl StateStore for TaskStore {
         let keep = if state.is_empty() { None } else { Some(state) };
         self.cache.insert(key.to_string(), keep);
         Ok(r)
+    }
+
+    /// An undo puts back the state the open transaction had: from the
+    /// encoding remembered for it (`remember_encoded`, which the processor
+    /// calls for every change), else from a copy made before `f`; a state
+    /// loaded for `f` is simply not cached (disk still has it).
+    fn try_update<T>(&mut self, key: &str, may_undo: bool, f: impl FnOnce(&mut KeyState) -> Verdict<T>) -> Result<T, StoreError> {
+        let before = if self.encoded.is_empty() { None } else { self.encoded.remove(key) };
+        if let Some(Some(state)) = self.cache.get_mut(key) {
+            let copy = (may_undo && before.is_none()).then(|| state.clone());
+            return match f(state) {
+                Verdict::Changed(t) => Ok(t),
+                Verdict::Unchanged(t) => {
+                    if let Some(bytes) = before {
+                        self.encoded.insert(key.to_string(), bytes);
+                    }
+                    Ok(t)
+                }
+                Verdict::Undo(t) => {
+                    *state = match (before, copy) {
+                        (_, Some(copy)) => copy,
+                        (Some(bytes), None) => {
+                            let restored = decode_state(&bytes).map_err(|source| StoreError::Decode {
+                                partition: self.partition,
+                                key: key.to_string(),
+                                source,
+                            })?;
+                            self.encoded.insert(key.to_string(), bytes);
+                            restored
+                        }
+                        (None, None) => unreachable!("an undo without may_undo"),
+                    };
+                    Ok(t)
+                }
+            };
+        }
+        let removed = matches!(self.cache.get(key), Some(None));
+        let mut state = if removed { KeyState::default() } else { self.load(key)?.unwrap_or_default() };
+        match f(&mut state) {
+            Verdict::Changed(t) | Verdict::Unchanged(t) => {
+                self.cache.insert(key.to_string(), if state.is_empty() { None } else { Some(state) });
+                Ok(t)
+            }
+            // A key removed in this transaction stays removed; one loaded
+            // from the committed states is read again when next needed.
+            Verdict::Undo(t) => Ok(t),
+        }
     }
 }
 

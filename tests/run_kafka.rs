@@ -376,6 +376,40 @@ fn an_event_whose_merged_record_is_too_large_is_set_aside_not_looped_on() {
 }
 
 #[test]
+fn an_oversized_merged_record_is_a_dead_letter_without_an_aborted_cycle() {
+    let s = Setup::with_output_config("oversize", &[("max.message.bytes", "400000")]);
+    let key = json!({"id": 5}).to_string();
+    let partition = tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS);
+    let event = |source: usize, after: Value, at: i64| Rec {
+        topic: s.topics[source].clone(),
+        partition,
+        key: Some(key.clone()),
+        value: Some(json!({"before": null, "after": after, "op": "c", "source": {"ts_ms": s.epoch_ms + at}}).to_string()),
+    };
+    produce(&[
+        event(0, json!({"id": 5, "by": "eu"}), 1),
+        event(1, json!({"id": 5, "by": "us", "blob": "x".repeat(500_000)}), 2),
+        event(1, json!({"id": 5, "by": "us"}), 3),
+    ]);
+    let p = Processor::start(&s.config("a"), &s.log("a"));
+    let addr = admin_addr(&p);
+    let dlq = wait_for_records(&format!("{}-dlq", s.group), 1, Duration::from_secs(60));
+    let output = wait_for_records(&s.output, 2, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, text) = http_get(&addr, "/metrics");
+    assert!(p.stop().success());
+    assert_eq!(header(&dlq[0], "tributary.error.reason"), "too_large");
+    // The other two events merged (the topics are read in either order),
+    // and the refused event's cycle was not aborted.
+    let last: Value = serde_json::from_str(output[1]["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(last, json!({"id": 5, "by": "us"}));
+    assert_eq!(header(&output[1], "tributary.siblings"), "2");
+    assert_eq!(metric(&text, "tributary_transactions_total", "outcome=\"aborted\""), 0.0, "{text}");
+    assert!(metric(&text, "tributary_transactions_total", "outcome=\"committed\"") >= 1.0, "{text}");
+    assert_eq!(metric(&text, "tributary_dead_letters_total", "reason=\"too_large\""), 1.0, "{text}");
+}
+
+#[test]
 fn deleted_keys_are_dropped_after_tombstone_retention() {
     let s = Setup::new("gc");
     let cfg = s.config_with("gc", &Conf { merge: "tombstone_retention = \"1s\"", ..Conf::default() });

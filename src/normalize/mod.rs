@@ -179,26 +179,6 @@ pub enum NormalizeErrorKind {
         /// What is wrong.
         problem: String,
     },
-    /// Merging the event would make the key's output or changelog record
-    /// larger than a Kafka record may be.
-    #[error("the merged record of key {key} would be {bytes} bytes, over the {limit}-byte record limit; the event is set aside")]
-    TooLarge {
-        /// The canonical key.
-        key: String,
-        /// The size it would have.
-        bytes: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// The merged record does not fit the Avro output schema, or the
-    /// schema the event brought conflicts with another source's.
-    #[error("{detail}")]
-    OutputSchema {
-        /// Short label (`schema_conflict`, `schema_misfit`, `schema_rejected`).
-        reason: &'static str,
-        /// What is wrong.
-        detail: String,
-    },
     /// The Avro payload names a schema id the registry does not have.
     #[error("{0}")]
     UnknownSchema(String),
@@ -214,10 +194,6 @@ pub enum NormalizeErrorKind {
         /// What is wrong.
         problem: String,
     },
-    /// A column rule cannot merge the event (a `counter` column holding no
-    /// number, or an update without the `before` value a counter needs).
-    #[error("{0}")]
-    Refused(Box<crate::merge::Refusal>),
     /// The source's `[sources.transform]` cannot map the record (a failing
     /// cast, a missing required column, a code without an entry).
     #[error("transform of source `{source_name}`: {error}")]
@@ -244,10 +220,7 @@ impl NormalizeErrorKind {
             Self::MissingTimestamp | Self::BadTimestamp { .. } => "bad_timestamp",
             Self::BadSequence { .. } => "bad_sequence",
             Self::BadClock { .. } => "bad_clock",
-            Self::Refused(refusal) => refusal.reason(),
-            Self::TooLarge { .. } => "too_large",
             Self::UnknownSchema(_) => "unknown_schema",
-            Self::OutputSchema { reason, .. } => reason,
             Self::RegistryUnavailable(_) => "registry_unavailable",
             Self::Transform { .. } => "transform",
         }

@@ -7,19 +7,26 @@ use rdkafka::message::{BorrowedMessage, Message};
 
 use super::AvroRecordIds;
 
+/// What a conflicting emission merged: its output record, the winning
+/// source (row-level policies) and the key's state.
+pub(super) struct Merged<'a> {
+    pub out: &'a crate::output::OutputRecord,
+    pub winner: Option<&'a str>,
+    pub state: &'a crate::merge::KeyState,
+}
+
 /// The conflict audit record: every version in the set, the policy and
 /// the winner, so an operator can see why a row looks the way it does.
 /// Serialized from borrowed data: no copy of the version set.
 pub(super) fn audit_record(
     config: &Config,
     source_of: &HashMap<String, String>,
-    out: &crate::output::OutputRecord,
-    state: &crate::merge::KeyState,
+    merged: &Merged<'_>,
     msg: &BorrowedMessage<'_>,
     avro: Option<AvroRecordIds>,
     columns: &[crate::merge::ColumnWinner],
 ) -> Vec<u8> {
-    let winner = out.headers.iter().find(|(k, _)| *k == crate::output::HEADER_WINNER).map(|(_, v)| v.as_str());
+    let Merged { out, winner, state } = *merged;
     let merged_vv = state.merged_clock();
     let record = crate::avro::records::AuditRecord {
         key: &out.key,

@@ -82,10 +82,7 @@ impl Worker {
                 }
                 Ok(())
             }
-            Err(e) => {
-                self.metrics.cycle(false, 0.0);
-                self.abort(consumer, e)
-            }
+            Err(e) => self.abort(consumer, e),
         }
     }
 
@@ -205,6 +202,8 @@ impl Worker {
     /// Aborts the open cycle for `why` and rewinds to the committed offsets.
     pub(super) fn abort_cycle(&mut self, consumer: &GroupConsumer, why: &str) -> Result<(), RunError> {
         self.counters.aborts += 1;
+        // Every aborted cycle counts, whatever failed: a commit, a produce, the registry.
+        self.metrics.cycle(false, 0.0);
         self.failed_cycles = self.failed_cycles.saturating_add(1);
         self.cycle_bytes = 0;
         if self.exactly_once && self.txn_open {

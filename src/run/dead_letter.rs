@@ -1,19 +1,19 @@
 //! Records that cannot be processed go to the dead-letter topic, with the
 //! reason and their position, inside the open cycle.
 
-use crate::normalize::NormalizeError;
+use crate::pipeline::DeadLetter;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 
 use super::{RunError, Worker};
 
 impl Worker {
-    pub(super) fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, e: &NormalizeError) -> Result<(), RunError> {
+    pub(super) fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, e: &DeadLetter) -> Result<(), RunError> {
         tracing::warn!(
             topic = msg.topic(),
             partition = msg.partition(),
             offset = msg.offset(),
-            reason = e.kind.reason(),
+            reason = e.reason.reason(),
             "dead letter: {e}"
         );
         let (partition, offset, mut error) = (msg.partition().to_string(), msg.offset().to_string(), e.to_string());
@@ -30,7 +30,7 @@ impl Worker {
         }
         let mut headers = OwnedHeaders::new_with_capacity(6)
             .insert(Header { key: "tributary.error", value: Some(error.as_bytes()) })
-            .insert(Header { key: "tributary.error.reason", value: Some(e.kind.reason().as_bytes()) })
+            .insert(Header { key: "tributary.error.reason", value: Some(e.reason.reason().as_bytes()) })
             .insert(Header { key: "tributary.source.topic", value: Some(msg.topic().as_bytes()) })
             .insert(Header { key: "tributary.source.partition", value: Some(partition.as_bytes()) })
             .insert(Header { key: "tributary.source.offset", value: Some(offset.as_bytes()) });
@@ -47,7 +47,7 @@ impl Worker {
         let envelope = self.avro_records.map(|ids| {
             let body = crate::avro::records::encode_dead_letter(&crate::avro::records::DeadLetter {
                 error: &error,
-                reason: e.kind.reason(),
+                reason: e.reason.reason(),
                 source: e.source_name.as_deref(),
                 topic: msg.topic(),
                 partition: msg.partition(),
@@ -66,7 +66,7 @@ impl Worker {
         self.send(record)?;
         self.counters.dead_letters += 1;
         let source = e.source_name.as_deref().unwrap_or("unknown");
-        self.metrics.dead_letter(source, e.kind.reason());
+        self.metrics.dead_letter(source, e.reason.reason());
         Ok(())
     }
 }

@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use crate::normalize::{InputRecord, NormalizeError};
-use crate::pipeline::{ProcessError, Step};
-use crate::store::encode_state;
+use crate::normalize::InputRecord;
+use crate::pipeline::{DeadLetterReason, ProcessError, Step};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 
-use super::audit::audit_record;
+use super::audit::{audit_record, Merged};
 use super::{now_ms, RunError, Worker};
 
 impl Worker {
@@ -46,11 +45,6 @@ impl Worker {
             value: msg.payload(),
             headers: &headers,
         };
-        if let Some(e) = self.set_aside.remove(&(msg.topic().to_string(), partition, msg.offset())) {
-            self.dead_letter(msg, &e)?;
-            self.positions.insert((msg.topic().to_string(), partition), msg.offset() + 1);
-            return Ok(());
-        }
         if self.partitioner_unchecked.contains(msg.topic()) {
             self.check_partitioner(msg);
         }
@@ -61,30 +55,22 @@ impl Worker {
             )));
         };
         match self.pipeline.process(&record, task) {
-            Ok(Step::Emitted { record: out, siblings, source, event_ts }) => {
+            Ok(Step::Emitted { record: out, winner, state, siblings, source, event_ts }) => {
                 task.observe_event_time(msg.topic(), event_ts);
                 if let Some(change) = record.key_change() {
                     self.metrics.primary_key_change(&source, &change);
                     tracing::debug!(source, topic = msg.topic(), partition, offset = msg.offset(), ?change, "primary key change");
                 }
-                let key_state = task.cached(&out.key).expect("an emitting update leaves a state");
-                let state = encode_state(key_state);
+                // The pipeline has checked the size against the record limit.
+                let state = state.expect("the processor's pipeline has a record limit");
                 let header_bytes: usize = out.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
                 let bytes = out.key_bytes().len() + header_bytes + state.len().max(out.value.as_ref().map_or(0, Vec::len));
-                if bytes > self.record_limit {
-                    // The cache already holds the merged state: only an abort
-                    // undoes it. The rewind then brings this record back, and
-                    // it goes to the dead letters instead.
-                    return Err(RunError::SetAside(Box::new(NormalizeError {
-                        position: (&record).into(),
-                        source_name: Some(source),
-                        kind: crate::normalize::NormalizeErrorKind::TooLarge { key: out.key, bytes, limit: self.record_limit },
-                    })));
-                }
                 let audit = match &self.audit {
                     Some(topic) if siblings > 1 => {
+                        let key_state = task.cached(&out.key).expect("an emitting update leaves a state");
                         let columns = self.pipeline.engine().explain(key_state);
-                        let body = audit_record(&self.config, &self.source_of, &out, key_state, msg, self.avro_records, &columns);
+                        let merged = Merged { out: &out, winner: winner.as_deref(), state: key_state };
+                        let body = audit_record(&self.config, &self.source_of, &merged, msg, self.avro_records, &columns);
                         if out.key.len() + body.len() > self.record_limit {
                             // The audit topic would refuse it and fail the
                             // cycle on every retry: the output goes on without it.
@@ -139,9 +125,7 @@ impl Worker {
                 let skew = msg.timestamp().to_millis().map(|t| t - event_ts);
                 self.metrics.emitted(&source, siblings, now - event_ts, skew);
                 if siblings > 1 {
-                    let winner =
-                        out.headers.iter().find(|(k, _)| *k == crate::output::HEADER_WINNER).map_or("-", |(_, v)| v.as_str());
-                    self.metrics.conflict(self.config.merge.policy.as_str(), winner);
+                    self.metrics.conflict(self.config.merge.policy.as_str(), winner.as_deref().unwrap_or("-"));
                     tracing::debug!(source, topic = msg.topic(), partition, offset = msg.offset(), siblings, "conflict");
                 }
             }
@@ -157,27 +141,24 @@ impl Worker {
                 self.counters.ignored += 1;
                 self.metrics.dropped(&source, "ignored");
             }
-            Err(ProcessError::Normalize(e)) if e.kind.is_retriable() => {
-                self.metrics.registry_error("decode");
-                return Err(RunError::RegistryUnavailable(e.to_string()));
+            // The registry is unavailable: not the record's fault. The
+            // cycle is aborted and the record comes back after a wait.
+            Err(ProcessError::Rejected(e)) if e.reason.is_retriable() => {
+                return Err(match e.reason {
+                    DeadLetterReason::Output(error) => {
+                        self.metrics.registry_error("register");
+                        RunError::RegistryUnavailable(error.to_string())
+                    }
+                    _ => {
+                        self.metrics.registry_error("decode");
+                        RunError::RegistryUnavailable(e.to_string())
+                    }
+                });
             }
-            Err(ProcessError::Normalize(e)) => self.dead_letter(msg, &e)?,
+            // The key's state is as it was: the record goes to the dead
+            // letters inside the open cycle, which goes on.
+            Err(ProcessError::Rejected(e)) => self.dead_letter(msg, &e)?,
             Err(ProcessError::Store(e)) => return Err(e.into()),
-            Err(ProcessError::Output { error, .. }) if error.is_retriable() => {
-                self.metrics.registry_error("register");
-                return Err(RunError::RegistryUnavailable(error.to_string()));
-            }
-            Err(ProcessError::Output { position, source_name, error }) => {
-                // The key's state changed already; only an abort undoes it.
-                return Err(RunError::SetAside(Box::new(NormalizeError {
-                    position,
-                    source_name: Some(source_name),
-                    kind: crate::normalize::NormalizeErrorKind::OutputSchema {
-                        reason: error.reason(),
-                        detail: error.to_string(),
-                    },
-                })));
-            }
         }
         self.positions.insert((msg.topic().to_string(), partition), msg.offset() + 1);
         Ok(())

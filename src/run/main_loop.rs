@@ -5,8 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-
 use super::group::{is_fatal_consumer_error, GroupConsumer};
 use super::pause::SourceControl;
 use super::{RunError, Worker, MAX_CYCLE_EVENTS};
@@ -43,12 +41,6 @@ pub(super) fn main_loop(
                 // state): abort, rewind and go on; `abort` stops on fatal ones.
                 Err(RunError::Kafka { source, .. }) => w.abort(consumer, source),
                 Err(RunError::RegistryUnavailable(why)) => w.registry_wait(consumer, &why, shutdown),
-                Err(RunError::SetAside(e)) => {
-                    tracing::warn!("{e}");
-                    let p = &e.position;
-                    w.set_aside.insert((p.topic.clone(), p.partition, p.offset), *e);
-                    w.abort(consumer, KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
-                }
                 other => other,
             },
             Some(Err(e)) if is_fatal_consumer_error(&e) => Err(RunError::Fatal(format!("consumer: {e}"))),

@@ -41,7 +41,6 @@ use rdkafka::error::KafkaError;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::normalize::NormalizeError;
 use crate::pipeline::Pipeline;
 use crate::store::{StateDb, StoreError, TaskStore};
 
@@ -116,11 +115,6 @@ pub enum RunError {
     /// The local state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// An event that must be set aside after the open cycle is aborted: its
-    /// merged record would exceed the record size limit, or does not fit the
-    /// Avro output schema. After the rewind it goes to the dead letters.
-    #[error("{0}")]
-    SetAside(Box<NormalizeError>),
     /// The schema registry is unavailable: abort the cycle, wait, retry.
     #[error("{0}")]
     RegistryUnavailable(String),
@@ -224,9 +218,6 @@ struct Worker {
     dlq: String,
     sources: BTreeSet<String>,
     last_commit: Instant,
-    /// Records set aside after their merged records turned out too large:
-    /// after the abort and rewind they go to the dead-letter topic.
-    set_aside: HashMap<(String, i32, i64), NormalizeError>,
     /// Events in the open cycle.
     cycle_events: usize,
     fatal: Option<RunError>,
