@@ -222,7 +222,7 @@ fn process(c: &mut Criterion) {
     let mut group = c.benchmark_group("process");
     group.throughput(Throughput::Elements(1));
     for (name, transform, filter) in
-        [("no-transform", false, false), ("8-op-transform", true, false), ("8-op-transform+where", true, true)]
+        [("8-op-transform+where", true, true), ("no-transform", false, false), ("8-op-transform", true, false)]
     {
         let mut f = Fixture::new(keys, transform, filter);
         eprintln!("{name}: {keys} keys x 3 sources, value {} bytes", f.records[0].value.len());
