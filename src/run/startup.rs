@@ -270,10 +270,12 @@ async fn serve_admin(
 
 /// Memory bounds of the Kafka clients, chosen on purpose (librdkafka's
 /// defaults suit a process that does nothing else; `[kafka.properties]`
-/// overrides each). The group consumer and the restore consumer each keep at
-/// most this much prefetched (librdkafka: 64 MiB): a cycle takes at most
-/// `max_cycle_bytes` (32 MiB) of state anyway, and 16 MiB still holds several
-/// fetches of every partition.
+/// overrides each). The group consumer keeps at most this much prefetched
+/// (librdkafka: 64 MiB): a cycle takes at most `max_cycle_bytes` (32 MiB) of
+/// state anyway, and 16 MiB still holds several fetches of every partition.
+/// The restore consumer keeps librdkafka's defaults: it reads one partition
+/// at a time, only while a task opens, and with a 16 MiB queue it restored at
+/// half the speed (`scripts/bench/restore`).
 const CONSUMER_QUEUE_KBYTES: &str = "16384";
 /// Largest fetch response (librdkafka: 50 MiB), in line with the queue.
 const FETCH_MAX_BYTES: &str = "16777216";
@@ -301,8 +303,6 @@ fn create_clients(config: &Config, changelog: &str) -> Result<Clients, RunError>
             ("enable.auto.commit", "false"),
             ("auto.offset.reset", "error"),
             ("group.id", "tributary-restore"),
-            ("queued.max.messages.kbytes", CONSUMER_QUEUE_KBYTES),
-            ("fetch.max.bytes", FETCH_MAX_BYTES),
         ],
     )
     .create_with_context(QuietContext)
