@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tributary::config::Config;
 
 // The merge path allocates and frees many small strings per event; mimalloc
-// handles that pattern far better than glibc (see README, Benchmarks).
+// handles that pattern far better than glibc (see doc/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -1,4 +1,4 @@
-//! Prometheus metrics. The naming rule (see README, "Metrics"):
+//! Prometheus metrics. The naming rule (see doc/operations.md, "Metrics"):
 //! `tributary_<noun>_<unit>[_total]`, labels of bounded cardinality only
 //! (`source`, `partition`, `outcome`, `policy`, `winner`, `reason`, `kind`),
 //! never a key. Each happening has one method here that counts it, so call

@@ -22,10 +22,23 @@ fn example(file: &str) -> PathBuf {
 /// A table row: column → value as text (NULL: None).
 type Row = BTreeMap<String, Option<String>>;
 
-/// The text between `## {title}` and the next `## ` heading.
+/// The README and the reference under doc/, one after the other.
+fn docs() -> String {
+    let mut text = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut pages: Vec<_> = std::fs::read_dir(root().join("doc")).unwrap().map(|e| e.unwrap().path()).collect();
+    pages.sort();
+    for page in pages.iter().filter(|p| p.extension().is_some_and(|e| e == "md")) {
+        text.push('\n');
+        text.push_str(&std::fs::read_to_string(page).unwrap());
+    }
+    text
+}
+
+/// The text between `## {title}` (in the README or a page under doc/) and
+/// the next `## ` heading.
 fn readme_section(title: &str) -> String {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let start = readme.find(&format!("\n{title}\n")).unwrap_or_else(|| panic!("README has no {title}"));
+    let readme = docs();
+    let start = readme.find(&format!("\n{title}\n")).unwrap_or_else(|| panic!("the docs have no {title}"));
     let body = &readme[start + title.len() + 2..];
     let end = body.find("\n## ").unwrap_or(body.len());
     body[..end].to_string()
@@ -372,10 +385,9 @@ fn the_readme_gives_the_example_tables_sink_columns() {
     let config: toml::Table = toml::from_str(&text).unwrap();
     let columns = config["sink"]["columns"].as_array().expect("[sink] columns");
     let listed: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.as_str().unwrap())).collect();
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let readme = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    let readme = docs().split_whitespace().collect::<Vec<_>>().join(" ");
     let wanted = format!("`columns = [{}]`", listed.join(", "));
-    assert!(readme.contains(&wanted), "the README should name the example's columns: {wanted}");
+    assert!(readme.contains(&wanted), "the docs should name the example's columns: {wanted}");
 }
 
 /// Ctrl-C in the middle of a load: what was sent is awaited and counted, and

@@ -2,7 +2,7 @@
 //! schemas, registered under `<output topic>-value` (key: `-key`), and the
 //! Confluent-framed encoding of output records.
 //!
-//! Schema rules (the README repeats them for users):
+//! Schema rules (doc/avro.md repeats them for users):
 //! - The output value is a record `<namespace>.Value`, the namespace being
 //!   the output topic with characters Avro does not allow replaced by `_`.
 //! - Its fields are the union of the columns of every source's `after`

@@ -1,6 +1,6 @@
 //! Primary-key changes: how Debezium's two halves normalize, and what they
 //! merge to under every policy, alone and against a concurrent update of the
-//! old key in another region. Each test backs a sentence of the README's
+//! old key in another region. Each test backs a sentence of doc/operations.md's
 //! "Primary-key changes" section.
 
 use super::*;

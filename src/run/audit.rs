@@ -51,7 +51,7 @@ pub(super) fn audit_record(
     }
 }
 
-/// The JSON audit record (README "Conflict audit"): the Avro record's
+/// The JSON audit record (doc/operations.md, "Conflict audit topic"): the Avro record's
 /// fields, with rows as JSON objects.
 pub(super) fn audit_json(r: &crate::avro::records::AuditRecord<'_>, columns: &[crate::merge::ColumnWinner]) -> Vec<u8> {
     let mut record = serde_json::json!({
