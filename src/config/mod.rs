@@ -452,7 +452,8 @@ fn validate_transform(s: &SourceConfig, at: &str, problems: &mut Vec<String>) {
         match crate::transform::Transform::compile(spec) {
             Ok(t) => {
                 for f in s.key_fields.iter().flatten().filter(|f| !t.keeps(f)) {
-                    problems.push(format!("{at}.key_fields: \"{f}\" is dropped by the transform (key fields name columns after it)"));
+                    problems
+                        .push(format!("{at}.key_fields: \"{f}\" is dropped by the transform (key fields name columns after it)"));
                 }
                 if let Some(f) = s.clock_field.as_ref().filter(|f| !t.keeps(f)) {
                     problems.push(format!("{at}.clock_field: \"{f}\" is dropped by the transform"));
