@@ -111,8 +111,8 @@ impl Config {
     /// pairs; only `TRIBUTARY_<SECTION>__<KEY>` names are considered) and
     /// validates the result.
     pub fn parse(text: &str, origin: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let config = Self::parse_unvalidated(text, origin, env)?;
-        config.validate(origin)?;
+        let (config, overridden) = Self::parse_unvalidated(text, origin, env)?;
+        config.validate(origin).map_err(|e| with_lines(e, text, &overridden))?;
         Ok(config)
     }
 
@@ -130,8 +130,8 @@ impl Config {
         origin: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let config = Self::parse_unvalidated(text, origin, env)?;
-        config.validate_for_sink(origin)?;
+        let (config, overridden) = Self::parse_unvalidated(text, origin, env)?;
+        config.validate_for_sink(origin).map_err(|e| with_lines(e, text, &overridden))?;
         Ok(config)
     }
 
@@ -139,12 +139,13 @@ impl Config {
         text: &str,
         origin: &str,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<(Config, Vec<String>), ConfigError> {
         // First the file alone, so key and type errors point at a line.
         let parsed: Config =
             toml::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.into(), message: e.to_string() })?;
         let overrides: Vec<(String, String)> =
             env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__")).collect();
+        let mut overridden = Vec::new();
         let config = if overrides.is_empty() {
             parsed
         } else {
@@ -153,7 +154,7 @@ impl Config {
             for (var, value) in &overrides {
                 set.push((var, apply_override(&mut table, var, value)?));
             }
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let path = e.path().to_string();
                 // The value came from the environment: name the variable.
                 match set.iter().find(|(_, key)| path == *key || path.starts_with(&format!("{key}."))) {
@@ -163,9 +164,11 @@ impl Config {
                         message: format!("{path}: {}", e.inner()),
                     },
                 }
-            })?
+            })?;
+            overridden = set.into_iter().map(|(_, key)| key).collect();
+            config
         };
-        Ok(config)
+        Ok((config, overridden))
     }
 
     /// The checks `tributary sink` needs: the Kafka connection, the topic and `[sink]`.
@@ -475,6 +478,59 @@ fn validate_transform(s: &SourceConfig, at: &str, problems: &mut Vec<String>) {
 /// `TRIBUTARY_KAFKA__PROPERTIES__SASL_PASSWORD` (→ `sasl.password`),
 /// `TRIBUTARY_SOURCES__EU__PRIORITY` (source by name; `_` matches `-`).
 /// Returns the key path it set (`merge.deletes`, `sources[0].priority`).
+/// Adds the line of the key each problem names (`sources[2].transform.cast.balance
+/// ...: unknown cast "centz" (line 53)`), where the key is in the file (not
+/// for keys set by environment overrides, or missing ones).
+fn with_lines(e: ConfigError, text: &str, overridden: &[String]) -> ConfigError {
+    let ConfigError::Invalid { origin, problems } = e else { return e };
+    let Ok(doc) = toml_edit::ImDocument::parse(text) else { return ConfigError::Invalid { origin, problems } };
+    let problems = problems
+        .into_iter()
+        .map(|p| {
+            let path = p.split([' ', ':']).next().unwrap_or_default();
+            let from_env =
+                overridden.iter().any(|k| path == k || path.starts_with(&format!("{k}.")) || k.starts_with(&format!("{path}.")));
+            match key_line(&doc, text, path).filter(|_| !from_env) {
+                Some(line) => format!("{p} (line {line})"),
+                None => p,
+            }
+        })
+        .collect();
+    ConfigError::Invalid { origin, problems }
+}
+
+/// The line (1-based) of the key at `path` (`a.b[2].c`) in `doc`, parsed from `text`.
+fn key_line(doc: &toml_edit::ImDocument<&str>, text: &str, path: &str) -> Option<usize> {
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    let mut span = None;
+    let mut segments = path.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, Some(rest.strip_suffix(']')?.parse::<usize>().ok()?)),
+            None => (segment, None),
+        };
+        let (key, item) = table.get_key_value(name)?;
+        span = key.span();
+        let item = match index {
+            None => item,
+            Some(i) => {
+                let t = item.as_array_of_tables()?.get(i)?;
+                span = t.span().or(span);
+                if segments.peek().is_none() {
+                    break;
+                }
+                table = t;
+                continue;
+            }
+        };
+        if segments.peek().is_some() {
+            table = item.as_table_like()?;
+        }
+    }
+    let start = span?.start;
+    Some(text[..start.min(text.len())].matches('\n').count() + 1)
+}
+
 fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<String, ConfigError> {
     let err = |message: String| ConfigError::Env { var: var.into(), message };
     let parts: Vec<String> = var[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect();

@@ -96,6 +96,26 @@ fn duplicate_names_topics_and_empty_sources_are_reported_together() {
 }
 
 #[test]
+fn problems_name_the_line_of_their_key() {
+    let text =
+        format!("{BASE}\n[[sources]]\nname = \"eu\"\ntopic = \"x\"\n[sources.transform]\ncast = {{ balance = \"centz\" }}\n");
+    let line_of = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    let name_line = text.lines().enumerate().filter(|(_, l)| l.starts_with("name = \"eu\"")).last().unwrap().0 + 1;
+    match parse(&text, &[]).unwrap_err() {
+        ConfigError::Invalid { problems, .. } => {
+            let name = problems.iter().find(|p| p.starts_with("sources[2].name:")).expect("the duplicate name");
+            assert!(name.ends_with(&format!("(line {name_line})")), "{problems:?}");
+            let cast = problems.iter().find(|p| p.starts_with("sources[2].transform.cast.balance")).expect("the cast");
+            assert!(cast.ends_with(&format!("(line {})", line_of("cast = "))), "{problems:?}");
+        }
+        other => panic!("{other}"),
+    }
+    // A key set by an environment override has no line.
+    let e = parse(BASE, &[("TRIBUTARY_OUTPUT__TOPIC", "")]).unwrap_err().to_string();
+    assert!(e.contains("output.topic: must not be empty") && !e.contains("must not be empty (line"), "{e}");
+}
+
+#[test]
 fn environment_overrides_apply_by_section_source_and_property() {
     let c = parse(
         BASE,
