@@ -205,5 +205,11 @@ fn without_a_token_state_and_pause_are_off() {
         assert!(Instant::now() < deadline, "the start-up log does not say the endpoints are off");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Stopped once start-up is over (a signal during start-up exits with 130).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while request("GET", &addr, "/readyz", None).0 != 200 {
+        assert!(Instant::now() < deadline, "the processor did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(p.stop().success());
 }
