@@ -26,6 +26,7 @@ mod metrics;
 pub mod normalize;
 mod output;
 pub mod pipeline;
+pub mod repartition;
 pub mod replay;
 pub mod run;
 pub mod sink;

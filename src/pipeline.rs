@@ -289,6 +289,21 @@ impl Pipeline {
         self
     }
 
+    /// Reads the sources whose topics are `topics` as repartition topics:
+    /// each record stands for the original its origin headers name (see
+    /// [`crate::repartition`]). Other sources ignore such headers.
+    ///
+    /// # Panics
+    /// When a topic belongs to no source (a caller bug).
+    pub fn with_repartitioned<'t>(mut self, topics: impl IntoIterator<Item = &'t str>) -> Self {
+        for topic in topics {
+            let normalizer =
+                self.sources.remove(topic).unwrap_or_else(|| panic!("repartition topic {topic} belongs to no source"));
+            self.sources.insert(topic.to_string(), normalizer.repartitioned());
+        }
+        self
+    }
+
     /// Takes the counts of writes to `owner` columns by sources that do not
     /// own them, per source, since the last call.
     pub fn take_foreign_owner_writes(&self) -> Vec<(&str, u64)> {

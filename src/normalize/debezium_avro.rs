@@ -278,6 +278,9 @@ impl Format for DebeziumAvro {
     fn name(&self) -> &'static str {
         FORMAT
     }
+    fn decodes_key(&self) -> bool {
+        true
+    }
 
     fn parse(&self, record: &InputRecord<'_>, sequence: Option<&[String]>) -> Result<Option<RawChange>, NormalizeErrorKind> {
         Ok(self.parse_lean(record, sequence, true)?.map(|p| p.raw))

@@ -8,6 +8,7 @@
 mod debezium_avro;
 mod debezium_json;
 mod flat_json;
+mod origin;
 
 use std::fmt;
 
@@ -21,6 +22,7 @@ use crate::transform::{Filter, Image, Transform};
 pub use debezium_avro::DebeziumAvro;
 pub use debezium_json::DebeziumJson;
 pub use flat_json::FlatJson;
+pub use origin::{ORIGIN_KEY_HEADER, ORIGIN_OFFSET_HEADER, ORIGIN_PARTITION_HEADER, ORIGIN_TOPIC_HEADER};
 
 /// One consumed record, whatever its origin (a broker, a dump file).
 #[derive(Debug, Clone, Copy)]
@@ -204,6 +206,10 @@ pub enum NormalizeErrorKind {
         /// the size of every normalize result).
         error: Box<crate::transform::TransformError>,
     },
+    /// A record of a repartition topic without a readable origin: Tributary
+    /// writes every one with its origin headers, so something else wrote it.
+    #[error("repartition record: {0}")]
+    BadOrigin(String),
 }
 
 impl NormalizeErrorKind {
@@ -223,6 +229,7 @@ impl NormalizeErrorKind {
             Self::UnknownSchema(_) => "unknown_schema",
             Self::RegistryUnavailable(_) => "registry_unavailable",
             Self::Transform { .. } => "transform",
+            Self::BadOrigin(_) => "bad_origin",
         }
     }
 
@@ -321,6 +328,11 @@ pub trait Format: Send + Sync + fmt::Debug {
         let _ = upsert_before;
         Ok(self.parse(record, sequence)?.map(|raw| Parsed { had_before: raw.before.is_some(), raw }))
     }
+    /// True when the format decodes the record key itself
+    /// ([`RawChange::key`]); false: the key is the record key's JSON text.
+    fn decodes_key(&self) -> bool {
+        false
+    }
 }
 
 /// Looks up a dotted path (already split) in a JSON value.
@@ -335,6 +347,9 @@ struct NoRegistry;
 impl Format for NoRegistry {
     fn name(&self) -> &'static str {
         "debezium-avro"
+    }
+    fn decodes_key(&self) -> bool {
+        true
     }
     fn parse(&self, _: &InputRecord<'_>, _: Option<&[String]>) -> Result<Option<RawChange>, NormalizeErrorKind> {
         Err(NormalizeErrorKind::BadValue {
@@ -361,6 +376,9 @@ pub struct SourceNormalizer {
     transform: Option<Transform>,
     /// `[sources.where]`, compiled, with its counts.
     filter: Option<(Filter, FilterCounts)>,
+    /// The source is read from its repartition topic: each record stands
+    /// for the original named by its origin headers (see [`origin`]).
+    repartitioned: bool,
 }
 
 impl SourceNormalizer {
@@ -401,7 +419,23 @@ impl SourceNormalizer {
                 let filter = Filter::compile(spec).unwrap_or_else(|p| panic!("source {}: invalid where: {p:?}", config.name));
                 (filter, FilterCounts::default())
             }),
+            repartitioned: false,
         }
+    }
+
+    /// Reads the source from its repartition topic: a record's origin
+    /// headers give the offset for the derived clock and the key that key
+    /// extraction sees, so the event is the one the original record gives.
+    /// Only a source marked so honours those headers; on any other topic
+    /// they are just headers.
+    pub fn repartitioned(mut self) -> Self {
+        self.repartitioned = true;
+        self
+    }
+
+    /// True when the source is read from its repartition topic.
+    pub fn is_repartitioned(&self) -> bool {
+        self.repartitioned
     }
 
     /// The counts of the source's `where` filter, when it has one.
@@ -419,16 +453,52 @@ impl SourceNormalizer {
         &self.name
     }
 
-    /// Normalizes one record.
+    /// Normalizes one record. A repartitioned source's errors name the
+    /// original record's position: the repartition record is deleted once
+    /// consumed, the original stays where the user can find it.
     pub fn normalize(&self, record: &InputRecord<'_>) -> Result<Normalized, NormalizeError> {
-        self.normalize_inner(record).map_err(|kind| NormalizeError {
-            position: record.into(),
-            source_name: Some(self.name.clone()),
-            kind,
-        })
+        let error =
+            |at: &InputRecord<'_>, kind| NormalizeError { position: at.into(), source_name: Some(self.name.clone()), kind };
+        if self.repartitioned {
+            let original = origin::original(record).map_err(|kind| error(record, kind))?;
+            return self.normalize_inner(&original, true).map_err(|kind| error(&original, kind));
+        }
+        self.normalize_inner(record, true).map_err(|kind| error(record, kind))
     }
 
-    fn normalize_inner(&self, record: &InputRecord<'_>) -> Result<Normalized, NormalizeErrorKind> {
+    /// The canonical key `record` merges under, for re-keying it: what
+    /// [`normalize`](Self::normalize) would put in the event's `key`, or
+    /// the error it would give. `Ok(None)`: the record merges nothing (a
+    /// tombstone, or dropped by the `where` filter), so any key will do.
+    /// Filter counts are left alone: the record is counted where it is
+    /// normalized.
+    pub fn canonical_key(&self, record: &InputRecord<'_>) -> Result<Option<String>, NormalizeErrorKind> {
+        // Without key_fields, a JSON format's key is the record key alone:
+        // no need to parse the value. Errors take the long way, which
+        // reports what normalizing would (a filtered record is no error).
+        if self.key_fields.is_none() && !self.format.decodes_key() {
+            if let Ok(key) = self.record_key_image(record) {
+                return Ok(Some(key));
+            }
+        }
+        match self.normalize_inner(record, false)? {
+            Normalized::Event(e) => Ok(Some(e.key)),
+            Normalized::Tombstone | Normalized::Filtered => Ok(None),
+        }
+    }
+
+    /// The record key, canonical, through the transform's key steps.
+    fn record_key_image(&self, record: &InputRecord<'_>) -> Result<String, NormalizeErrorKind> {
+        let key = record_key(record)?;
+        if self.transform.is_none() {
+            return Ok(key);
+        }
+        let row = serde_json::from_str::<Row>(&key).map_err(|e| NormalizeErrorKind::BadKey(e.to_string()))?;
+        Ok(Value::Object(self.key_image(row)?).to_string())
+    }
+
+    /// `count`: whether the `where` filter's counts take the record.
+    fn normalize_inner(&self, record: &InputRecord<'_>, count: bool) -> Result<Normalized, NormalizeErrorKind> {
         let seq_path = self.sequence.as_ref().map(|(_, p)| p.as_slice());
         let Some(Parsed { mut raw, had_before }) = self.format.parse_lean(record, seq_path, self.upsert_before)? else {
             return Ok(Normalized::Tombstone);
@@ -443,8 +513,10 @@ impl SourceNormalizer {
         if let Some((filter, counts)) = &self.filter {
             let row = if op == Op::Upsert { raw.after.as_ref() } else { raw.before.as_ref() };
             let keep = filter.keeps(row, op == Op::Delete);
-            let n = if keep { &counts.matched } else { &counts.dropped };
-            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if count {
+                let n = if keep { &counts.matched } else { &counts.dropped };
+                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if !keep {
                 return Ok(Normalized::Filtered);
             }
@@ -543,7 +615,7 @@ impl SourceNormalizer {
         }
         let key = match &raw.key {
             Some(k) => k.clone(),
-            None => record_key(record)?,
+            None => return self.record_key_image(record),
         };
         if self.transform.is_none() {
             return Ok(key);
