@@ -94,17 +94,19 @@ fn check_admin_port(sink: &Processor, records: usize) {
     let metrics = loop {
         let (status, body) = http_get(&addr, "/metrics");
         assert_eq!(status, 200);
-        let lag: Option<f64> =
-            ["0", "1"].iter().map(|p| sample(&body, &format!("tributary_sink_lag_records{{partition=\"{p}\"}}"))).sum();
-        if sample(&body, "tributary_sink_records_applied_total") == Some(records as f64) && lag == Some(0.0) {
+        let lag: Option<f64> = ["0", "1"]
+            .iter()
+            .map(|p| sample(&body, &format!("tributary_sink_lag_records{{partition=\"{p}\",table=\"facts\"}}")))
+            .sum();
+        if sample(&body, "tributary_sink_records_applied_total{table=\"facts\"}") == Some(records as f64) && lag == Some(0.0) {
             break body;
         }
         assert!(Instant::now() < deadline, "metrics never showed {records} records applied and no lag:\n{body}");
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(sample(&metrics, "tributary_sink_dead_rows_total"), Some(misfits().len() as f64), "{metrics}");
-    assert!(sample(&metrics, "tributary_sink_batch_records_count").unwrap() >= 1.0, "{metrics}");
-    assert!(sample(&metrics, "tributary_sink_batch_duration_seconds_count").unwrap() >= 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "tributary_sink_dead_rows_total{table=\"facts\"}"), Some(misfits().len() as f64), "{metrics}");
+    assert!(sample(&metrics, "tributary_sink_batch_records_count{table=\"facts\"}").unwrap() >= 1.0, "{metrics}");
+    assert!(sample(&metrics, "tributary_sink_batch_duration_seconds_count{table=\"facts\"}").unwrap() >= 1.0, "{metrics}");
     assert_eq!(sample(&metrics, "tributary_up"), Some(1.0), "{metrics}");
     // The sink's port serves the sink's series, not the processor's at zero.
     assert!(!metrics.contains("tributary_siblings") && !metrics.contains("tributary_records_consumed_total"), "{metrics}");

@@ -17,7 +17,7 @@ pub use sections::{
 };
 pub(crate) use serde_text::duration_text;
 pub use serde_text::is_secret_property;
-pub use sink::{EpochUnit, SinkConfig, TargetKind};
+pub use sink::{EpochUnit, SinkConfig, SinkTableConfig, TargetKind};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -187,14 +187,7 @@ impl Config {
         }
         match &self.sink {
             None => problems.push("sink: the configuration has no [sink] section".into()),
-            Some(sink) => {
-                if let Err(e) = sink.table_spec() {
-                    problems.push(e.to_string().trim_start_matches("sink configuration: ").to_string());
-                }
-                if sink.topic.as_deref().unwrap_or(&self.output.topic).trim().is_empty() {
-                    problems.push("sink.topic: name the topic to read here or in [output] topic".into());
-                }
-            }
+            Some(sink) => problems.extend(sink.problems(self)),
         }
         if self.output.format == OutputFormat::Avro && self.schema_registry.is_none() {
             problems.push("schema_registry: output.format = \"avro\" needs [schema_registry] to decode".into());
@@ -334,9 +327,7 @@ impl Config {
         self.merge.validate_columns(&self.sources, &mut problems);
         self.validate_registry(&mut problems);
         if let Some(sink) = &self.sink {
-            if let Err(e) = sink.table_spec() {
-                problems.push(e.to_string().trim_start_matches("sink configuration: ").to_string());
-            }
+            problems.extend(sink.problems(self));
         }
         if problems.is_empty() {
             Ok(())

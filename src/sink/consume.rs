@@ -1,6 +1,7 @@
 //! The sink's loop: assign from the offsets the database holds, read,
 //! apply batches, report lag, pick up added partitions, resync when needed.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,15 +48,16 @@ pub(super) type AvroReader = Option<(crate::avro::registry::JsonReader, Duration
 /// [`run`] with options.
 pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) -> Result<SinkStats, SinkError> {
     let sink = config.sink.as_ref().ok_or_else(|| SinkError::Config("the configuration has no [sink] section".into()))?;
-    let spec = sink.table_spec()?;
-    let topic = sink.topic.clone().unwrap_or_else(|| config.output.topic.clone());
+    let tables = sink.resolve(config).map_err(|problems| SinkError::Config(problems.join("; ")))?;
     let group = sink.group_id.clone().unwrap_or_else(|| format!("{}-sink", config.kafka.group_id));
     let metrics = SinkMetrics::new();
     if let Some(listen) = &sink.admin_listen {
         serve_admin(listen, metrics.base.clone())?;
     }
     let mut target = open_target(sink)?;
-    target.prepare(&spec)?;
+    for t in &tables {
+        target.prepare(&t.spec)?;
+    }
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.kafka.bootstrap_servers)
@@ -70,25 +72,9 @@ pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) ->
     let consumer: BaseConsumer<SinkContext> = client
         .create_with_context(SinkContext { bootstrap: bootstrap.clone(), unreachable: AtomicBool::new(false) })
         .map_err(|source| SinkError::Kafka { context: "create consumer".into(), source })?;
-    // In short steps, so a stop request during the wait is honoured.
-    let waiting = Instant::now();
-    let mut partitions = loop {
-        match partition_count(&consumer, &topic, Duration::from_secs(1)) {
-            Ok(n) => break n,
-            Err(_) if shutdown.load(Ordering::Relaxed) => {
-                tracing::info!("sink stopped while waiting for Kafka");
-                return Ok(SinkStats::default());
-            }
-            Err(e) if waiting.elapsed() < STARTUP_TIMEOUT => {
-                tracing::debug!(bootstrap_servers = %bootstrap, "waiting for the metadata of {topic}: {e}");
-            }
-            Err(e) => {
-                return Err(SinkError::Metadata(format!(
-                    "cannot read the metadata of topic {topic} from the bootstrap servers {bootstrap} within {}s: {e}",
-                    STARTUP_TIMEOUT.as_secs()
-                )))
-            }
-        }
+    let Some(mut partitions) = wait_for_topics(&consumer, &tables, &bootstrap, shutdown)? else {
+        tracing::info!("sink stopped while waiting for Kafka");
+        return Ok(SinkStats::default());
     };
     let mut avro: AvroReader = match (config.output.format, &config.schema_registry) {
         (crate::config::OutputFormat::Avro, Some(r)) => Some((
@@ -98,47 +84,71 @@ pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) ->
         _ => None,
     };
     let mut stats = SinkStats::default();
-    let source = resync::Source { client: &client, kafka: &config.kafka, topic: &topic, group: &group, partitions };
-    if let Some(plan) = resync::check(&consumer, &mut *target, &source, options.resync)? {
-        let done = resync::resync(&source, &mut *target, &spec, plan, &mut avro, shutdown, sink.batch_size, &mut stats)?;
-        metrics.resynced(stats.records, stats.dead);
-        if !done {
-            tracing::info!(
-                records = stats.records,
-                batches = stats.batches,
-                "sink stopped during the resync; it starts over on the next start"
-            );
-            return Ok(stats);
+    // One table at a time: the resync's live-key set is one temporary table.
+    for (t, &n) in tables.iter().zip(&partitions) {
+        let source = resync::Source { client: &client, kafka: &config.kafka, topic: &t.topic, group: &group, partitions: n };
+        if let Some(plan) = resync::check(&consumer, &mut *target, &source, options.resync)? {
+            let before = stats.clone();
+            let done = resync::resync(&source, &mut *target, &t.spec, plan, &mut avro, shutdown, sink.batch_size, &mut stats)?;
+            metrics.resynced(&t.spec.table, stats.records - before.records, stats.dead - before.dead);
+            if !done {
+                tracing::info!(
+                    records = stats.records,
+                    batches = stats.batches,
+                    table = %t.spec.table,
+                    "sink stopped during the resync; it starts over on the next start"
+                );
+                return Ok(stats);
+            }
         }
     }
-    let resumed = assign_from_database(&consumer, &mut *target, &group, &topic, partitions)?;
-    tracing::info!(topic = %topic, group = %group, table = %spec.table, partitions, resumed, "sink started");
+    let resumed = assign_from_database(&consumer, &mut *target, &group, &assignment(&tables, &partitions))?;
+    for (t, &n) in tables.iter().zip(&partitions) {
+        tracing::info!(topic = %t.topic, table = %t.spec.table, partitions = n, "sink table assigned");
+    }
+    let names: Vec<&str> = tables.iter().map(|t| t.spec.table.as_str()).collect();
+    tracing::info!(group = %group, tables = %names.join(","), resumed, "sink started");
     metrics.base.set_ready(true);
-    let mut pending: Vec<RawRecord> = Vec::new();
-    let mut first = Instant::now();
+    let by_topic: HashMap<&str, usize> = tables.iter().enumerate().map(|(i, t)| (t.topic.as_str(), i)).collect();
+    // Batches are per table: one table's records, one database transaction.
+    let mut pending: Vec<Pending> = tables.iter().map(|_| Pending::default()).collect();
     let mut last_metadata = Instant::now();
     let mut last_lag = Instant::now();
     let mut last_progress = (Instant::now(), stats.records);
-    let mut sink_batch = SinkBatch { consumer: &consumer, target: &mut *target, spec: &spec, group: &group, metrics: &metrics };
+    let mut sink_batch = SinkBatch { consumer: &consumer, target: &mut *target, group: &group, metrics: &metrics };
     while !shutdown.load(Ordering::Relaxed) {
         if last_lag.elapsed() >= LAG_INTERVAL {
             last_lag = Instant::now();
-            report_lag(&consumer, &topic, partitions, &pending, &metrics);
+            for ((t, &n), p) in tables.iter().zip(&partitions).zip(&pending) {
+                report_lag(&consumer, t, n, &p.records, &metrics);
+            }
             if last_progress.0.elapsed() >= PROGRESS_INTERVAL && stats.records > last_progress.1 {
                 tracing::info!(records = stats.records, batches = stats.batches, dead = stats.dead, "sink progress");
                 last_progress = (Instant::now(), stats.records);
             }
         }
         if last_metadata.elapsed() >= sink.metadata_interval {
-            // Partitions added to the topic later are picked up too.
+            // Partitions added to a topic later are picked up too.
             last_metadata = Instant::now();
-            let now = partition_count(&consumer, &topic, Duration::from_secs(30))
-                .map_err(|e| SinkError::Metadata(format!("metadata of {topic} (bootstrap servers {bootstrap}): {e}")))?;
-            if now > partitions {
-                sink_batch.flush(&mut pending, &mut stats)?;
-                assign_from_database(&consumer, &mut *sink_batch.target, &group, &topic, now)?;
-                tracing::info!(topic = %topic, from = partitions, to = now, "the topic grew; assigned the new partitions");
-                partitions = now;
+            let mut now = Vec::with_capacity(tables.len());
+            for t in &tables {
+                let topic = &t.topic;
+                now.push(
+                    partition_count(&consumer, topic, Duration::from_secs(30))
+                        .map_err(|e| SinkError::Metadata(format!("metadata of {topic} (bootstrap servers {bootstrap}): {e}")))?,
+                );
+            }
+            if now.iter().zip(&partitions).any(|(now, before)| now > before) {
+                for (t, p) in tables.iter().zip(&mut pending) {
+                    sink_batch.flush(t, p, &mut stats)?;
+                }
+                // An assignment replaces the whole previous one.
+                let grown: Vec<i32> = now.iter().zip(&partitions).map(|(now, before)| *now.max(before)).collect();
+                assign_from_database(&consumer, &mut *sink_batch.target, &group, &assignment(&tables, &grown))?;
+                for ((t, from), to) in tables.iter().zip(&partitions).zip(&grown).filter(|((_, from), to)| to > from) {
+                    tracing::info!(topic = %t.topic, table = %t.spec.table, from, to, "the topic grew; assigned the new partitions");
+                }
+                partitions = grown;
             }
         }
         match consumer.poll(Duration::from_millis(50)) {
@@ -148,23 +158,85 @@ pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) ->
                 let Some(record) = read_message(&m, &mut avro, shutdown) else {
                     break;
                 };
-                if pending.is_empty() {
-                    first = Instant::now();
+                // Only assigned topics deliver records.
+                if let Some(&i) = by_topic.get(record.topic.as_str()) {
+                    pending[i].push(record);
                 }
-                pending.push(record);
             }
             // Broker trouble reaches the context's error callback too,
             // which reports it once.
             Some(Err(e)) => tracing::debug!("sink consumer: {e}"),
             None => {}
         }
-        if !pending.is_empty() && (pending.len() >= sink.batch_size || first.elapsed() >= Duration::from_millis(100)) {
-            sink_batch.flush(&mut pending, &mut stats)?;
+        for (t, p) in tables.iter().zip(&mut pending) {
+            if p.due(sink.batch_size) {
+                sink_batch.flush(t, p, &mut stats)?;
+            }
         }
     }
-    sink_batch.flush(&mut pending, &mut stats)?;
+    for (t, p) in tables.iter().zip(&mut pending) {
+        sink_batch.flush(t, p, &mut stats)?;
+    }
     tracing::info!(records = stats.records, batches = stats.batches, dead = stats.dead, "sink stopped");
     Ok(stats)
+}
+
+/// One table's records read but not yet applied.
+#[derive(Default)]
+pub(super) struct Pending {
+    records: Vec<RawRecord>,
+    /// When the first of them arrived.
+    first: Option<Instant>,
+}
+
+impl Pending {
+    fn push(&mut self, record: RawRecord) {
+        self.first.get_or_insert_with(Instant::now);
+        self.records.push(record);
+    }
+
+    /// A full batch, or records that waited long enough.
+    fn due(&self, batch_size: usize) -> bool {
+        self.records.len() >= batch_size || self.first.is_some_and(|f| f.elapsed() >= Duration::from_millis(100))
+    }
+}
+
+/// Every table's topic with its partition count, for [`assign_from_database`].
+fn assignment<'a>(tables: &'a [SinkTable], partitions: &[i32]) -> Vec<(&'a str, i32)> {
+    tables.iter().zip(partitions).map(|(t, &n)| (t.topic.as_str(), n)).collect()
+}
+
+/// The partition count of every table's topic, waiting (in short steps, so
+/// a stop request is honoured) up to [`STARTUP_TIMEOUT`] for Kafka; `None`
+/// when stopped meanwhile.
+fn wait_for_topics(
+    consumer: &BaseConsumer<SinkContext>,
+    tables: &[SinkTable],
+    bootstrap: &str,
+    shutdown: &AtomicBool,
+) -> Result<Option<Vec<i32>>, SinkError> {
+    let waiting = Instant::now();
+    let mut partitions = Vec::with_capacity(tables.len());
+    for t in tables {
+        let topic = &t.topic;
+        let n = loop {
+            match partition_count(consumer, topic, Duration::from_secs(1)) {
+                Ok(n) => break n,
+                Err(_) if shutdown.load(Ordering::Relaxed) => return Ok(None),
+                Err(e) if waiting.elapsed() < STARTUP_TIMEOUT => {
+                    tracing::debug!(bootstrap_servers = %bootstrap, "waiting for the metadata of {topic}: {e}");
+                }
+                Err(e) => {
+                    return Err(SinkError::Metadata(format!(
+                        "cannot read the metadata of topic {topic} from the bootstrap servers {bootstrap} within {}s: {e}",
+                        STARTUP_TIMEOUT.as_secs()
+                    )))
+                }
+            }
+        };
+        partitions.push(n);
+    }
+    Ok(Some(partitions))
 }
 
 /// The record as the sink applies it; `None` when the sink is stopping
@@ -316,11 +388,12 @@ pub(super) fn cached_watermarks<C: ConsumerContext>(
 /// sink has not yet committed to the database.
 pub(super) fn report_lag<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
-    topic: &str,
+    table: &SinkTable,
     partitions: i32,
     pending: &[RawRecord],
     metrics: &SinkMetrics,
 ) {
+    let topic = table.topic.as_str();
     let Ok(positions) = consumer.position() else { return };
     for p in 0..partitions {
         let Some((low, high)) = cached_watermarks(consumer, topic, p) else { continue };
@@ -329,52 +402,56 @@ pub(super) fn report_lag<C: ConsumerContext>(
             _ => low.max(0),
         };
         let unapplied = pending.iter().filter(|r| r.partition == p).count() as i64;
-        metrics.lag(p, (high - position).max(0) + unapplied);
+        metrics.lag(&table.spec.table, p, (high - position).max(0) + unapplied);
     }
 }
 
 /// Offsets live in the database, next to the rows: assigns every partition
-/// from there (from the beginning when it has none). Call with nothing
-/// pending, so the database offsets are the consumer's positions.
+/// of every topic from there (from the beginning when it has none). Call
+/// with nothing pending, so the database offsets are the consumer's
+/// positions. Returns how many partitions had stored offsets.
 pub(super) fn assign_from_database<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     target: &mut dyn Target,
     group: &str,
-    topic: &str,
-    partitions: i32,
+    topics: &[(&str, i32)],
 ) -> Result<usize, SinkError> {
-    let stored = target.offsets(group, topic)?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        let offset = stored.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(o.next));
-        tpl.add_partition_offset(topic, p, offset)
-            .map_err(|source| SinkError::Kafka { context: format!("assign {topic} partition {p}"), source })?;
+    let mut resumed = 0;
+    for &(topic, partitions) in topics {
+        let stored = target.offsets(group, topic)?;
+        resumed += stored.len();
+        for p in 0..partitions {
+            let offset = stored.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(o.next));
+            tpl.add_partition_offset(topic, p, offset)
+                .map_err(|source| SinkError::Kafka { context: format!("assign {topic} partition {p}"), source })?;
+        }
     }
-    consumer.assign(&tpl).map_err(|source| SinkError::Kafka { context: format!("assign {topic}"), source })?;
-    Ok(stored.len())
+    consumer.assign(&tpl).map_err(|source| SinkError::Kafka { context: "assign the topics".into(), source })?;
+    Ok(resumed)
 }
 
 /// What applying a batch in the main loop needs.
 pub(super) struct SinkBatch<'a, C: ConsumerContext> {
     consumer: &'a BaseConsumer<C>,
     target: &'a mut dyn Target,
-    spec: &'a TableSpec,
     group: &'a str,
     metrics: &'a SinkMetrics,
 }
 
 impl<C: ConsumerContext> SinkBatch<'_, C> {
-    /// Applies the pending records in one transaction, then tells Kafka.
-    fn flush(&mut self, pending: &mut Vec<RawRecord>, stats: &mut SinkStats) -> Result<(), SinkError> {
-        if pending.is_empty() {
+    /// Applies a table's pending records in one transaction, then tells Kafka.
+    fn flush(&mut self, table: &SinkTable, pending: &mut Pending, stats: &mut SinkStats) -> Result<(), SinkError> {
+        pending.first = None;
+        if pending.records.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
-        let batch = build_batch(self.spec, pending);
-        let (records, dead) = (pending.len(), batch.dead.len());
+        let batch = build_batch(&table.spec, &pending.records);
+        let (records, dead) = (pending.records.len(), batch.dead.len());
         let offsets = batch.offsets.clone();
-        apply_batch(self.target, self.spec, self.group, batch, pending, stats)?;
-        self.metrics.batch(records, dead, started.elapsed().as_secs_f64());
+        apply_batch(self.target, &table.spec, self.group, batch, &mut pending.records, stats)?;
+        self.metrics.batch(&table.spec.table, records, dead, started.elapsed().as_secs_f64());
         commit_to_kafka(self.consumer, &offsets);
         Ok(())
     }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 
 use crate::metrics::Metrics;
 
@@ -12,10 +12,10 @@ use crate::metrics::Metrics;
 pub struct SinkMetrics {
     /// The shared registry, with the admin port's `up` and `ready`.
     pub base: Arc<Metrics>,
-    applied: IntCounter,
-    dead: IntCounter,
-    batch_records: Histogram,
-    batch_seconds: Histogram,
+    applied: IntCounterVec,
+    dead: IntCounterVec,
+    batch_records: HistogramVec,
+    batch_seconds: HistogramVec,
     lag: IntGaugeVec,
 }
 
@@ -24,24 +24,34 @@ impl SinkMetrics {
     pub fn new() -> SinkMetrics {
         let base = Arc::new(Metrics::base());
         let r = base.registry();
-        let applied = IntCounter::new(
-            "tributary_sink_records_applied_total",
-            "Records the sink committed to the database (rows upserted or deleted, dead rows included)",
+        // `table`: the configured tables ([sink] or [[sink.tables]]), a
+        // bounded set.
+        let applied = IntCounterVec::new(
+            Opts::new(
+                "tributary_sink_records_applied_total",
+                "Records the sink committed to the database (rows upserted or deleted, dead rows included)",
+            ),
+            &["table"],
         )
         .expect("valid metric");
-        let dead = IntCounter::new(
-            "tributary_sink_dead_rows_total",
-            "Records that did not fit the table and went to tributary_sink_dead_letters",
+        let dead = IntCounterVec::new(
+            Opts::new(
+                "tributary_sink_dead_rows_total",
+                "Records that did not fit the table and went to tributary_sink_dead_letters",
+            ),
+            &["table"],
         )
         .expect("valid metric");
-        let batch_records = Histogram::with_opts(
+        let batch_records = HistogramVec::new(
             HistogramOpts::new("tributary_sink_batch_records", "Records per database transaction")
                 .buckets(prometheus::exponential_buckets(1.0, 4.0, 8).expect("buckets")),
+            &["table"],
         )
         .expect("valid metric");
-        let batch_seconds = Histogram::with_opts(
+        let batch_seconds = HistogramVec::new(
             HistogramOpts::new("tributary_sink_batch_duration_seconds", "Time to apply and commit one batch")
                 .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("buckets")),
+            &["table"],
         )
         .expect("valid metric");
         let lag = IntGaugeVec::new(
@@ -49,7 +59,7 @@ impl SinkMetrics {
                 "tributary_sink_lag_records",
                 "Records of the topic not yet in the database, per partition (high watermark minus the sink's position, plus records read but not committed)",
             ),
-            &["partition"],
+            &["table", "partition"],
         )
         .expect("valid metric");
         for m in [
@@ -65,24 +75,25 @@ impl SinkMetrics {
         SinkMetrics { base, applied, dead, batch_records, batch_seconds, lag }
     }
 
-    /// A batch was committed.
-    pub fn batch(&self, records: usize, dead: usize, seconds: f64) {
-        self.applied.inc_by(records as u64);
-        self.dead.inc_by(dead as u64);
-        self.batch_records.observe(records as f64);
-        self.batch_seconds.observe(seconds);
-        tracing::debug!(records, dead, seconds, "sink batch committed");
+    /// A batch of `table` was committed.
+    pub fn batch(&self, table: &str, records: usize, dead: usize, seconds: f64) {
+        self.applied.with_label_values(&[table]).inc_by(records as u64);
+        self.dead.with_label_values(&[table]).inc_by(dead as u64);
+        self.batch_records.with_label_values(&[table]).observe(records as f64);
+        self.batch_seconds.with_label_values(&[table]).observe(seconds);
+        tracing::debug!(table, records, dead, seconds, "sink batch committed");
     }
 
-    /// A resync applied `records` (of which `dead` dead rows) before the sink went on.
-    pub fn resynced(&self, records: u64, dead: u64) {
-        self.applied.inc_by(records);
-        self.dead.inc_by(dead);
+    /// A resync of `table` applied `records` (of which `dead` dead rows)
+    /// before the sink went on.
+    pub fn resynced(&self, table: &str, records: u64, dead: u64) {
+        self.applied.with_label_values(&[table]).inc_by(records);
+        self.dead.with_label_values(&[table]).inc_by(dead);
     }
 
     /// A partition's lag.
-    pub fn lag(&self, partition: i32, records: i64) {
-        self.lag.with_label_values(&[&partition.to_string()]).set(records.max(0));
+    pub fn lag(&self, table: &str, partition: i32, records: i64) {
+        self.lag.with_label_values(&[table, &partition.to_string()]).set(records.max(0));
     }
 }
 

@@ -23,7 +23,8 @@ mod sql;
 mod sqlite;
 mod types;
 
-pub use crate::config::{EpochUnit, SinkConfig, TargetKind};
+use crate::config::Config;
+pub use crate::config::{EpochUnit, SinkConfig, SinkTableConfig, TargetKind};
 pub use batch::{build_batch, build_resync_batch, to_sql, RawRecord};
 pub use consume::{run, run_with, SinkOptions, SinkStats};
 
@@ -266,30 +267,39 @@ pub trait Target {
     fn finish_resync(&mut self, group: &str, topic: &str) -> Result<(), SinkError>;
 }
 
-impl SinkConfig {
-    /// Validates the column list and builds the table layout.
-    pub fn table_spec(&self) -> Result<TableSpec, SinkError> {
-        let bad = |m: String| SinkError::Config(m);
+/// One topic and the table it is materialized into, resolved from `[sink]`.
+#[derive(Debug, Clone)]
+pub struct SinkTable {
+    /// The topic to read.
+    pub topic: String,
+    /// The table's layout.
+    pub spec: TableSpec,
+}
+
+impl SinkTableConfig {
+    /// Validates the column list and builds the table layout; problems name
+    /// their key under `at` (`sink`, `sink.tables[1]`).
+    pub fn spec(&self, at: &str) -> Result<TableSpec, String> {
         if !is_identifier(&self.table) {
-            return Err(bad(format!("sink.table: \"{}\" is not a plain SQL identifier", self.table)));
+            return Err(format!("{at}.table: \"{}\" is not a plain SQL identifier", self.table));
         }
         let mut columns = Vec::new();
         for (i, c) in self.columns.iter().enumerate() {
             let (name, ty) = c.trim().split_once(char::is_whitespace).unwrap_or((c.trim(), ""));
             if ty.trim().is_empty() {
-                return Err(bad(format!("sink.columns[{i}]: \"{c}\" must be \"name type\"")));
+                return Err(format!("{at}.columns[{i}]: \"{c}\" must be \"name type\""));
             }
             if !is_identifier(name) {
-                return Err(bad(format!("sink.columns[{i}]: \"{name}\" is not a plain SQL identifier")));
+                return Err(format!("{at}.columns[{i}]: \"{name}\" is not a plain SQL identifier"));
             }
             let Some(ty) = types::parse_type(ty) else {
-                return Err(bad(format!(
-                    "sink.columns[{i}]: unknown type \"{}\" (text, bigint, integer, double precision, boolean, json, numeric(p,s), date, timestamp, timestamptz, uuid, bytea)",
+                return Err(format!(
+                    "{at}.columns[{i}]: unknown type \"{}\" (text, bigint, integer, double precision, boolean, json, numeric(p,s), date, timestamp, timestamptz, uuid, bytea)",
                     ty.trim()
-                )));
+                ));
             };
             if columns.iter().any(|c: &Column| c.name == name) {
-                return Err(bad(format!("sink.columns[{i}]: column \"{name}\" listed twice")));
+                return Err(format!("{at}.columns[{i}]: column \"{name}\" listed twice"));
             }
             let unit = self.time_units.get(name).copied();
             columns.push(Column { name: name.to_string(), ty, unit });
@@ -299,17 +309,17 @@ impl SinkConfig {
             let i = columns
                 .iter()
                 .position(|c| &c.name == k)
-                .ok_or_else(|| bad(format!("sink.key_columns: \"{k}\" is not in sink.columns")))?;
+                .ok_or_else(|| format!("{at}.key_columns: \"{k}\" is not in {at}.columns"))?;
             key.push(i);
         }
         if key.is_empty() {
-            return Err(bad("sink.key_columns: at least one key column is required".into()));
+            return Err(format!("{at}.key_columns: at least one key column is required"));
         }
         let vv = match &self.vv_column {
             Some(v) if columns.iter().any(|c| &c.name == v) => {
-                return Err(bad(format!("sink.vv_column: \"{v}\" is also in sink.columns")))
+                return Err(format!("{at}.vv_column: \"{v}\" is also in {at}.columns"))
             }
-            Some(v) if !is_identifier(v) => return Err(bad(format!("sink.vv_column: \"{v}\" is not a plain SQL identifier"))),
+            Some(v) if !is_identifier(v) => return Err(format!("{at}.vv_column: \"{v}\" is not a plain SQL identifier")),
             Some(v) => {
                 columns.push(Column { name: v.clone(), ty: ColumnType::Text, unit: None });
                 Some(columns.len() - 1)
@@ -318,19 +328,114 @@ impl SinkConfig {
         };
         for name in self.time_units.keys() {
             if !columns.iter().any(|c| &c.name == name && matches!(c.ty, ColumnType::Timestamp | ColumnType::TimestampTz)) {
-                return Err(bad(format!("sink.time_units.{name}: not a timestamp or timestamptz column of sink.columns")));
+                return Err(format!("{at}.time_units.{name}: not a timestamp or timestamptz column of {at}.columns"));
+            }
+        }
+        Ok(TableSpec { table: self.table.clone(), columns, key, vv })
+    }
+}
+
+impl SinkConfig {
+    /// Validates `[sink]` without its topics and builds the first table's
+    /// layout (every table's, see [`SinkConfig::table_specs`]); the error
+    /// names the first problem's key.
+    pub fn table_spec(&self) -> Result<TableSpec, SinkError> {
+        Ok(self.table_specs()?.swap_remove(0))
+    }
+
+    /// Validates `[sink]` without its topics and builds every table's layout.
+    pub fn table_specs(&self) -> Result<Vec<TableSpec>, SinkError> {
+        let mut problems = Vec::new();
+        let specs = self.specs(&mut problems);
+        match problems.into_iter().next() {
+            Some(p) => Err(SinkError::Config(p)),
+            None => Ok(specs.into_iter().map(|(_, s)| s).collect()),
+        }
+    }
+
+    /// Every problem of `[sink]` in `config`, each naming its key.
+    pub fn problems(&self, config: &Config) -> Vec<String> {
+        self.resolve(config).err().unwrap_or_default()
+    }
+
+    /// The tables to materialize with their topics, or every problem.
+    ///
+    /// A table's topic is its `topic`, else (single-table form) `[output]
+    /// topic`, else the output topic of the Tributary table (`[[tables]]`)
+    /// of the same name.
+    pub fn resolve(&self, config: &Config) -> Result<Vec<SinkTable>, Vec<String>> {
+        let mut problems = Vec::new();
+        let specs = self.specs(&mut problems);
+        let mut tables: Vec<(String, SinkTable)> = Vec::new();
+        for (at, entry) in self.entries() {
+            let Some((_, spec)) = specs.iter().find(|(a, _)| *a == at) else { continue };
+            let topic = entry.topic.clone().filter(|t| !t.trim().is_empty()).or_else(|| {
+                if self.tables.is_empty() && !config.output.topic.trim().is_empty() {
+                    Some(config.output.topic.clone())
+                } else {
+                    tributary_table_topic(config, &entry.table)
+                }
+            });
+            let Some(topic) = topic else {
+                problems.push(match self.tables.is_empty() {
+                    true => "sink.topic: name the topic to read here or in [output] topic".to_string(),
+                    false => format!("{at}.topic: name the topic to read (no Tributary table is named \"{}\")", entry.table),
+                });
+                continue;
+            };
+            if let Some((first, _)) = tables.iter().find(|(_, t)| t.topic == topic) {
+                problems.push(format!("{at}.topic: \"{topic}\" is already materialized by {first}"));
+                continue;
+            }
+            tables.push((at, SinkTable { topic, spec: spec.clone() }));
+        }
+        match problems.is_empty() {
+            true => Ok(tables.into_iter().map(|(_, t)| t).collect()),
+            false => Err(problems),
+        }
+    }
+
+    /// The layouts of the tables that are valid, by key prefix; the
+    /// problems of the others and of the shared keys go to `problems`.
+    fn specs(&self, problems: &mut Vec<String>) -> Vec<(String, TableSpec)> {
+        let misplaced = self.misplaced_keys();
+        if !misplaced.is_empty() {
+            problems.push(format!(
+                "sink.{}: with [[sink.tables]] every table has its own; move {} into the [[sink.tables]] entries",
+                misplaced[0],
+                misplaced.join(", ")
+            ));
+        }
+        let mut specs: Vec<(String, TableSpec)> = Vec::new();
+        for (at, entry) in self.entries() {
+            match entry.spec(&at) {
+                Ok(spec) => {
+                    // SQLite compares names without case, even quoted ones.
+                    if let Some((first, _)) = specs.iter().find(|(_, s)| s.table.eq_ignore_ascii_case(&spec.table)) {
+                        problems.push(format!("{at}.table: \"{}\" is also {first}.table", spec.table));
+                    } else {
+                        specs.push((at, spec));
+                    }
+                }
+                Err(e) => problems.push(e),
             }
         }
         if let Some(a) = &self.admin_listen {
             if a.parse::<std::net::SocketAddr>().is_err() {
-                return Err(bad(format!("sink.admin_listen: \"{a}\" is not an address such as \"127.0.0.1:9465\"")));
+                problems.push(format!("sink.admin_listen: \"{a}\" is not an address such as \"127.0.0.1:9465\""));
             }
         }
         if self.batch_size == 0 {
-            return Err(bad("sink.batch_size: must be at least 1".into()));
+            problems.push("sink.batch_size: must be at least 1".into());
         }
-        Ok(TableSpec { table: self.table.clone(), columns, key, vv })
+        specs
     }
+}
+
+/// The output topic of the Tributary table `name`, when the processor's
+/// configuration declares one.
+fn tributary_table_topic(_config: &Config, _name: &str) -> Option<String> {
+    None
 }
 
 fn is_identifier(s: &str) -> bool {

@@ -330,3 +330,88 @@ key_columns = ["id"]
     let e = Config::parse_for_sink("[kafka]\n[output]\ntopic = \"x\"\n", "sink.toml", []).unwrap_err().to_string();
     assert!(e.contains("no [sink] section"), "{e}");
 }
+
+const TWO_TABLES: &str = r#"
+[kafka]
+bootstrap_servers = "k:9092"
+[sink]
+url = "c.sqlite"
+batch_size = 10
+[[sink.tables]]
+table = "customers"
+topic = "customers.merged"
+columns = ["id bigint", "name text"]
+key_columns = ["id"]
+[[sink.tables]]
+table = "orders"
+topic = "orders.merged"
+columns = ["order_id text", "customer bigint", "placed timestamp"]
+key_columns = ["order_id"]
+vv_column = "_vv"
+[sink.tables.time_units]
+placed = "micros"
+"#;
+
+#[test]
+fn several_tables_resolve_each_with_its_topic_and_layout() {
+    let c = Config::parse_for_sink(TWO_TABLES, "sink.toml", []).unwrap();
+    let tables = c.sink.as_ref().unwrap().resolve(&c).unwrap();
+    let got: Vec<(&str, &str, usize)> =
+        tables.iter().map(|t| (t.topic.as_str(), t.spec.table.as_str(), t.spec.columns.len())).collect();
+    assert_eq!(got, [("customers.merged", "customers", 2), ("orders.merged", "orders", 4)]);
+    assert_eq!(tables[1].spec.columns[2].unit, Some(EpochUnit::Micros), "time_units belong to their table");
+    assert_eq!(tables[1].spec.vv, Some(3));
+    assert_eq!(tables[0].spec.vv, None);
+}
+
+#[test]
+fn problems_of_several_tables_name_the_entry() {
+    let problems = |text: String| match Config::parse_for_sink(&text, "sink.toml", []) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    };
+    let e = problems(TWO_TABLES.replace("topic = \"orders.merged\"\n", ""));
+    assert!(e.contains("sink.tables[1].topic: name the topic to read (no Tributary table is named \"orders\")"), "{e}");
+    let e = problems(TWO_TABLES.replace("orders.merged", "customers.merged"));
+    assert!(e.contains("sink.tables[1].topic: \"customers.merged\" is already materialized by sink.tables[0]"), "{e}");
+    let e = problems(TWO_TABLES.replace("table = \"orders\"", "table = \"Customers\""));
+    assert!(e.contains("sink.tables[1].table: \"Customers\" is also sink.tables[0].table"), "{e}");
+    let e = problems(TWO_TABLES.replace("\"placed timestamp\"", "\"placed money\""));
+    assert!(e.contains("sink.tables[1].columns[2]: unknown type \"money\""), "{e}");
+    let e = problems(TWO_TABLES.replace("key_columns = [\"order_id\"]", "key_columns = [\"id\"]"));
+    assert!(e.contains("sink.tables[1].key_columns: \"id\" is not in sink.tables[1].columns"), "{e}");
+    let e = problems(TWO_TABLES.replace("placed = \"micros\"", "customer = \"micros\""));
+    assert!(e.contains("sink.tables[1].time_units.customer: not a timestamp"), "{e}");
+    let e = problems(TWO_TABLES.replace("batch_size = 10\n", "batch_size = 10\ntable = \"x\"\ncolumns = [\"id bigint\"]\n"));
+    assert!(e.contains("sink.table: with [[sink.tables]] every table has its own; move table, columns"), "{e}");
+    let e = problems(TWO_TABLES.replace("table = \"orders\"", "table = \"orders\"\nbatch_size = 3"));
+    assert!(e.contains("batch_size"), "connection and group keys stay in [sink]: {e}");
+}
+
+#[test]
+fn two_tables_share_one_database_and_keep_their_offsets_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.sqlite").display().to_string();
+    let mut c = Config::parse_for_sink(TWO_TABLES, "sink.toml", []).unwrap();
+    c.sink.as_mut().unwrap().url = path.clone();
+    let sink = c.sink.as_ref().unwrap();
+    let tables = sink.resolve(&c).unwrap();
+    let mut t = open_target(sink).unwrap();
+    for table in &tables {
+        t.prepare(&table.spec).unwrap();
+    }
+    let customer = RawRecord { topic: "customers.merged".into(), ..rec(4, 1, Some(json!({"id":1,"name":"a"}))) };
+    let order = RawRecord {
+        topic: "orders.merged".into(),
+        key: Some(json!({"order_id": "o-1"}).to_string()),
+        ..rec(9, 0, Some(json!({"order_id":"o-1","customer":1,"placed":1_700_000_000_000_000i64})))
+    };
+    t.apply(&tables[0].spec, "g", &build_batch(&tables[0].spec, &[customer])).unwrap();
+    t.apply(&tables[1].spec, "g", &build_batch(&tables[1].spec, &[order])).unwrap();
+    assert_eq!(t.offsets("g", "customers.merged").unwrap()[&0].next, 5);
+    assert_eq!(t.offsets("g", "orders.merged").unwrap()[&0].next, 10);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let placed: String = conn.query_row("SELECT placed FROM orders WHERE order_id = 'o-1'", [], |r| r.get(0)).unwrap();
+    assert_eq!(placed, "2023-11-14 22:13:20", "the table's time_units (micros) applied");
+    assert_eq!(ids(&path, "customers"), vec![1]);
+}
