@@ -63,8 +63,8 @@ pub struct SinkConfig {
 pub struct SinkTableConfig {
     /// The table to materialize into (created when missing).
     pub table: String,
-    /// The topic to read; default: the output topic of the Tributary table
-    /// (`[[tables]]`) of the same name.
+    /// The topic to read (required; `None` only so that a missing one is
+    /// reported with the entry's index).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
     /// Columns as `"name type"`, as `[sink] columns`.

@@ -360,9 +360,8 @@ impl SinkConfig {
 
     /// The tables to materialize with their topics, or every problem.
     ///
-    /// A table's topic is its `topic`, else (single-table form) `[output]
-    /// topic`, else the output topic of the Tributary table (`[[tables]]`)
-    /// of the same name.
+    /// A table's topic is its `topic`, else (single-table form only)
+    /// `[output] topic`.
     pub fn resolve(&self, config: &Config) -> Result<Vec<SinkTable>, Vec<String>> {
         let mut problems = Vec::new();
         let specs = self.specs(&mut problems);
@@ -370,16 +369,12 @@ impl SinkConfig {
         for (at, entry) in self.entries() {
             let Some((_, spec)) = specs.iter().find(|(a, _)| *a == at) else { continue };
             let topic = entry.topic.clone().filter(|t| !t.trim().is_empty()).or_else(|| {
-                if self.tables.is_empty() && !config.output.topic.trim().is_empty() {
-                    Some(config.output.topic.clone())
-                } else {
-                    tributary_table_topic(config, &entry.table)
-                }
+                (self.tables.is_empty() && !config.output.topic.trim().is_empty()).then(|| config.output.topic.clone())
             });
             let Some(topic) = topic else {
                 problems.push(match self.tables.is_empty() {
                     true => "sink.topic: name the topic to read here or in [output] topic".to_string(),
-                    false => format!("{at}.topic: name the topic to read (no Tributary table is named \"{}\")", entry.table),
+                    false => format!("{at}.topic: name the topic to read"),
                 });
                 continue;
             };
@@ -430,12 +425,6 @@ impl SinkConfig {
         }
         specs
     }
-}
-
-/// The output topic of the Tributary table `name`, when the processor's
-/// configuration declares one.
-fn tributary_table_topic(_config: &Config, _name: &str) -> Option<String> {
-    None
 }
 
 fn is_identifier(s: &str) -> bool {
