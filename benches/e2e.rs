@@ -18,8 +18,10 @@
 //!   builds for this bench (`target/release/tributary`; the bench profile
 //!   inherits release).
 //! * `TRIBUTARY_BENCH_MODES`: comma-separated subset of
-//!   `pass-eos,pass-alo,java-pass,kstreams-pass,kstreams-merge,trib-eos,trib-alo`
-//!   (default: all, in that order).
+//!   `pass-eos,pass-alo,java-pass,kstreams-pass,kstreams-merge,trib-eos,trib-alo,tables,repartition`
+//!   (default: all, in that order). `tables` and `repartition` are compared
+//!   with `trib-eos`, so run it too.
+//! * `TRIBUTARY_BENCH_TABLES`: tables of the `tables` mode (default 20).
 //! * `TRIBUTARY_BENCH_JSON`: where to write the results as JSON (default
 //!   `target/e2e-bench/result.json`).
 //! * `TRIBUTARY_BENCH_JAVA` (default `java`) and `TRIBUTARY_BENCH_JAVA_OPTS`
@@ -79,6 +81,19 @@
 //!   mode ran too, that the last row of every key equals Tributary's.
 //! * `trib-eos` / `trib-alo`: the `tributary run` binary (exactly-once /
 //!   at-least-once) with a fresh group, output topic and temp state dir.
+//! * `tables` (issue 14): `trib-eos`'s events split by key into 20 tables
+//!   (key `k` in table `k % 20`) of 3 regional topics each
+//!   (`{run}.tables.{region}.public.t07`, 3 partitions; produced again,
+//!   untimed), merged by one process found by `[tables_pattern]`: the same
+//!   total events, keys and updates per key as the single table, over 20×
+//!   the topics, tasks, changelogs and outputs. Reported as a ratio to
+//!   `trib-eos` (goal: at least 0.9 of its events/s).
+//! * `repartition` (issue 14): `trib-eos`'s events with ap's in a topic of
+//!   2 partitions (produced again, untimed), so a third of the events are
+//!   re-keyed through the repartition topic and read back; eu and us are
+//!   `trib-eos`'s topics. Its ratio to `trib-eos` is the detour's cost.
+//!   Both modes' outputs are checked against `trib-eos`'s: the last row of
+//!   every key must be the same.
 //!
 //! Every mode is timed the same way: from the start (client creation, or
 //! spawning the process) until the group's committed offsets reach the end
@@ -187,7 +202,11 @@ impl Broker {
     }
 
     fn create_topic(&mut self, name: &str, config: &[(&str, &str)]) {
-        let mut topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
+        self.create_topic_of(name, PARTITIONS, config);
+    }
+
+    fn create_topic_of(&mut self, name: &str, partitions: i32, config: &[(&str, &str)]) {
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
         for (k, v) in config {
             topic = topic.set(k, v);
         }
@@ -304,6 +323,18 @@ fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Resu
 
 /// Produces the N events (untimed); returns (bytes of values, seconds, distinct keys written).
 fn produce_events(bootstrap: &str, topics: &[String], n: usize, keys: usize) -> (usize, f64, usize) {
+    produce_routed(bootstrap, n, keys, |s, _| Some((topics[s].as_str(), PARTITIONS)))
+}
+
+/// [`produce_events`] with the topic of each event chosen by `route(source,
+/// key id)`: (topic, its partition count), or None to leave the event out.
+/// Events, keys, rows and times are the same whatever the route.
+fn produce_routed<'a>(
+    bootstrap: &str,
+    n: usize,
+    keys: usize,
+    route: impl Fn(usize, usize) -> Option<(&'a str, i32)>,
+) -> (usize, f64, usize) {
     let started = Instant::now();
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -318,12 +349,13 @@ fn produce_events(bootstrap: &str, topics: &[String], n: usize, keys: usize) -> 
     for i in 0..n {
         let (s, k) = event_key(i, keys);
         let first = !std::mem::replace(&mut seen[s][k], true);
+        let Some((topic, partitions)) = route(s, k) else { continue };
         let ts = base + (i / 8) as i64;
         let value = envelope(i, s, k, first, ts);
         bytes += value.len();
         let key = format!("{{\"id\":{k}}}");
-        let record = BaseRecord::to(&topics[s])
-            .partition(tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS))
+        let record = BaseRecord::to(topic)
+            .partition(tributary::kafka::murmur2_partition(key.as_bytes(), partitions))
             .key(key.as_bytes())
             .payload(value.as_bytes())
             .timestamp(ts + 5);
@@ -346,23 +378,30 @@ struct Reader {
 
 impl Reader {
     fn start(bootstrap: &str, topic: &str) -> Reader {
+        Reader::start_many(bootstrap, &[topic.to_string()])
+    }
+
+    /// One reader counting the records of every topic of `topics` together.
+    fn start_many(bootstrap: &str, topics: &[String]) -> Reader {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "50")
-            .set("group.id", format!("{topic}-reader"))
+            .set("group.id", format!("{}-reader", topics[0]))
             .create()
             .expect("reader");
         let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        for topic in topics {
+            for p in 0..PARTITIONS {
+                tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+            }
         }
         consumer.assign(&tpl).expect("assign");
         let (count, first, stop) =
             (Arc::new(AtomicU64::new(0)), Arc::new(std::sync::Mutex::new(None)), Arc::new(AtomicBool::new(false)));
         let (c, f, st) = (count.clone(), first.clone(), stop.clone());
-        let topic = topic.to_string();
+        let topic = topics.join(",");
         let handle = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 match consumer.poll(Duration::from_millis(50)) {
@@ -408,6 +447,12 @@ struct Committed {
 
 impl Committed {
     fn new(bootstrap: &str, group: &str, sources: &[String]) -> Committed {
+        let sources: Vec<(String, i32)> = sources.iter().map(|t| (t.clone(), PARTITIONS)).collect();
+        Committed::with_partitions(bootstrap, group, &sources)
+    }
+
+    /// [`new`](Committed::new) for sources of the given partition counts.
+    fn with_partitions(bootstrap: &str, group: &str, sources: &[(String, i32)]) -> Committed {
         // Never joins the group: it only fetches the group's offsets.
         // read_uncommitted: with read_committed librdkafka asks for stable
         // offsets and waits out every open transaction.
@@ -419,8 +464,8 @@ impl Committed {
             .create()
             .expect("offsets reader");
         let mut partitions = TopicPartitionList::new();
-        for t in sources {
-            for p in 0..PARTITIONS {
+        for (t, n) in sources {
+            for p in 0..*n {
                 partitions.add_partition(t, p);
             }
         }
@@ -862,23 +907,50 @@ fn run_tributary(
     let output = format!("{group}.merged");
     broker.compacted_topic(&output);
     broker.compacted_topic(&format!("{group}-state-changelog"));
-    let mut config = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n\n[output]\ntopic = \"{output}\"\n\n[merge]\npolicy = \"lww\"\n\n[runtime]\nprocessing = \"{}\"\ncommit_interval = \"{}ms\"\nstate_dir = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = {}\n",
-        broker.bootstrap,
-        if exactly_once { "exactly-once" } else { "at-least-once" },
-        set.commit_interval.as_millis(),
-        state_root.join(mode).display(),
-        set.audit,
-    );
+    let mut config = tributary_config(broker, &group, exactly_once, set, &state_root.join(mode));
+    config += &format!("\n[output]\ntopic = \"{output}\"\n");
     for (i, (s, t)) in SOURCES.iter().zip(sources).enumerate() {
         config += &format!("\n[[sources]]\nname = \"{s}\"\ntopic = \"{t}\"\npriority = {i}\n");
     }
+    let sources: Vec<(String, i32)> = sources.iter().map(|t| (t.clone(), PARTITIONS)).collect();
+    run_tributary_config(broker, mode, &group, &config, &[output], &sources, n, set, state_root, log_dir)
+}
+
+/// The sections every Tributary mode shares: `[kafka]`, `[merge]`,
+/// `[runtime]`, `[admin]`, `[audit]`.
+fn tributary_config(broker: &Broker, group: &str, exactly_once: bool, set: Settings, state_dir: &Path) -> String {
+    format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n\n[merge]\npolicy = \"lww\"\n\n[runtime]\nprocessing = \"{}\"\ncommit_interval = \"{}ms\"\nstate_dir = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = {}\n",
+        broker.bootstrap,
+        if exactly_once { "exactly-once" } else { "at-least-once" },
+        set.commit_interval.as_millis(),
+        state_dir.display(),
+        set.audit,
+    )
+}
+
+/// Runs `tributary run` on `config` until the group has committed all `n`
+/// events of `sources` (topic, partitions) and the `outputs` together hold
+/// `n` committed records.
+#[allow(clippy::too_many_arguments)]
+fn run_tributary_config(
+    broker: &Broker,
+    mode: &'static str,
+    group: &str,
+    config: &str,
+    outputs: &[String],
+    sources: &[(String, i32)],
+    n: u64,
+    set: Settings,
+    state_root: &Path,
+    log_dir: &Path,
+) -> Outcome {
     let config_path = state_root.join(format!("{mode}.toml"));
     std::fs::write(&config_path, config).unwrap();
     let log_path = log_dir.join(format!("{mode}.log"));
     let log = std::fs::File::create(&log_path).unwrap();
-    let reader = Reader::start(&broker.bootstrap, &output);
-    let committed = Committed::new(&broker.bootstrap, &group, sources);
+    let reader = Reader::start_many(&broker.bootstrap, outputs);
+    let committed = Committed::with_partitions(&broker.bootstrap, group, sources);
 
     let mut cmd = Command::new(tributary_bin());
     for (k, _) in std::env::vars() {
@@ -912,7 +984,7 @@ fn run_tributary(
     }
     Outcome {
         mode,
-        output,
+        output: outputs.join(","),
         events: n,
         done,
         seconds,
@@ -926,9 +998,113 @@ fn run_tributary(
     }
 }
 
+// ------------------------------------------------------------- many tables
+
+/// Tables of the `tables` mode (`TRIBUTARY_BENCH_TABLES`, default 20).
+fn tables_count() -> usize {
+    env_usize("TRIBUTARY_BENCH_TABLES", 20)
+}
+
+fn table_name(t: usize) -> String {
+    format!("t{t:02}")
+}
+
+/// The source topics of the `tables` mode: `[table][source]`, named
+/// `{run}.tables.{region}.public.{table}` (what `[tables_pattern]` matches).
+fn tables_topics(run: &str, tables: usize) -> Vec<Vec<String>> {
+    (0..tables).map(|t| SOURCES.iter().map(|s| format!("{run}.tables.{s}.public.{}", table_name(t))).collect()).collect()
+}
+
+/// `tables`: the same events as `trib-eos`, each key's in table
+/// `key % tables`, found by `[tables_pattern]`; one process, one group.
+#[allow(clippy::too_many_arguments)]
+fn run_tables(
+    broker: &mut Broker,
+    run: &str,
+    topics: &[Vec<String>],
+    n: u64,
+    set: Settings,
+    state_root: &Path,
+    log_dir: &Path,
+) -> Outcome {
+    let mode = "tables";
+    let group = format!("{run}-{mode}");
+    let mut outputs = Vec::new();
+    for t in 0..topics.len() {
+        // Created up front as for the single table: compacted, counted exactly.
+        let output = format!("{group}.{}.merged", table_name(t));
+        broker.compacted_topic(&output);
+        broker.compacted_topic(&format!("{group}-{}-state-changelog", table_name(t)));
+        outputs.push(output);
+    }
+    let mut config = tributary_config(broker, &group, true, set, &state_root.join(mode));
+    config += &format!(
+        "\n[tables_pattern]\nsources = \"{run}.tables.{{region}}.public.{{table}}\"\nregions = [{}]\noutput = \"{group}.{{table}}.merged\"\n\n[tables_pattern.priority]\n",
+        SOURCES.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+    );
+    // The single-table run's priorities.
+    for (i, s) in SOURCES.iter().enumerate() {
+        config += &format!("{s} = {i}\n");
+    }
+    let sources: Vec<(String, i32)> = topics.iter().flatten().map(|t| (t.clone(), PARTITIONS)).collect();
+    run_tributary_config(broker, mode, &group, &config, &outputs, &sources, n, set, state_root, log_dir)
+}
+
+/// Partitions of the one source that is not co-partitioned in the
+/// `repartition` mode.
+const REPARTITIONED_PARTITIONS: i32 = 2;
+
+/// `repartition`: the same events as `trib-eos`, eu and us from the same
+/// topics, ap from `ap_topic` ([`REPARTITIONED_PARTITIONS`] partitions), so
+/// ap's events take the detour through the repartition topic.
+#[allow(clippy::too_many_arguments)]
+fn run_repartition(
+    broker: &mut Broker,
+    run: &str,
+    sources: &[String],
+    ap_topic: &str,
+    n: u64,
+    set: Settings,
+    state_root: &Path,
+    log_dir: &Path,
+) -> Outcome {
+    let mode = "repartition";
+    let group = format!("{run}-{mode}");
+    let output = format!("{group}.merged");
+    broker.compacted_topic(&output);
+    broker.compacted_topic(&format!("{group}-state-changelog"));
+    let mut config = tributary_config(broker, &group, true, set, &state_root.join(mode));
+    config += &format!("\n[output]\ntopic = \"{output}\"\n");
+    let topics =
+        [(sources[0].clone(), PARTITIONS), (sources[1].clone(), PARTITIONS), (ap_topic.to_string(), REPARTITIONED_PARTITIONS)];
+    for (i, (s, (t, _))) in SOURCES.iter().zip(&topics).enumerate() {
+        config += &format!("\n[[sources]]\nname = \"{s}\"\ntopic = \"{t}\"\npriority = {i}\n");
+    }
+    run_tributary_config(broker, mode, &group, &config, &[output], &topics, n, set, state_root, log_dir)
+}
+
+/// Whether the last row of every key in `outputs` together equals the last
+/// row in `reference` (the single-table run's output).
+fn verify_same_rows(bootstrap: &str, outputs: &str, reference: &str) -> (String, bool) {
+    let theirs = match read_last(bootstrap, reference) {
+        Ok(l) => l,
+        Err(e) => return (e, false),
+    };
+    let mut ours = HashMap::new();
+    for topic in outputs.split(',') {
+        match read_last(bootstrap, topic) {
+            Ok(l) => ours.extend(l),
+            Err(e) => return (e, false),
+        }
+    }
+    let same = ours.iter().filter(|(k, v)| theirs.get(*k) == Some(v)).count();
+    let ok = same == theirs.len() && ours.len() == theirs.len();
+    (format!("last row equal to trib-eos's for {same} of {} keys ({} keys there)", ours.len(), theirs.len()), ok)
+}
+
 // -------------------------------------------------------------------- java
 
-const ALL_MODES: &str = "pass-eos,pass-alo,java-pass,kstreams-pass,kstreams-merge,trib-eos,trib-alo";
+const ALL_MODES: &str = "pass-eos,pass-alo,java-pass,kstreams-pass,kstreams-merge,trib-eos,trib-alo,tables,repartition";
 
 /// The newest modification time under `path`.
 fn newest(path: &Path) -> SystemTime {
@@ -1081,7 +1257,7 @@ fn main() {
         audit: std::env::var("TRIBUTARY_BENCH_AUDIT").map_or(true, |v| v != "0" && v != "false"),
     };
     let bin = tributary_bin();
-    if modes.iter().any(|m| m.starts_with("trib")) {
+    if modes.iter().any(|m| m.starts_with("trib") || m == "tables" || m == "repartition") {
         assert!(bin.exists(), "{} does not exist (set TRIBUTARY_BIN or build with `cargo build --release -j2`)", bin.display());
     }
     for m in &modes {
@@ -1103,6 +1279,26 @@ fn main() {
     eprintln!("producing {n} events ({} sources × {PARTITIONS} partitions, {keys} keys) to {run}.*…", SOURCES.len());
     let (bytes, secs, distinct) = produce_events(&broker.bootstrap, &sources, n, keys);
     eprintln!("produced in {secs:.1} s (untimed); average value {} bytes", bytes / n.max(1));
+    // The same events again for the modes that read them from other topics.
+    let tables = tables_count();
+    let table_topics = tables_topics(&run, tables);
+    if modes.iter().any(|m| m == "tables") {
+        for t in table_topics.iter().flatten() {
+            broker.create_topic(t, &[]);
+        }
+        eprintln!("producing them again to {tables} tables × {} sources ({run}.tables.*)…", SOURCES.len());
+        let (_, secs, _) =
+            produce_routed(&broker.bootstrap, n, keys, |s, k| Some((table_topics[k % tables][s].as_str(), PARTITIONS)));
+        eprintln!("produced in {secs:.1} s (untimed)");
+    }
+    let ap_topic = format!("{run}.{}-{REPARTITIONED_PARTITIONS}p.public.customers", SOURCES[2]);
+    if modes.iter().any(|m| m == "repartition") {
+        broker.create_topic_of(&ap_topic, REPARTITIONED_PARTITIONS, &[]);
+        eprintln!("producing the {} events again to {ap_topic} ({REPARTITIONED_PARTITIONS} partitions)…", SOURCES[2]);
+        let (_, secs, _) =
+            produce_routed(&broker.bootstrap, n, keys, |s, _| (s == 2).then_some((ap_topic.as_str(), REPARTITIONED_PARTITIONS)));
+        eprintln!("produced in {secs:.1} s (untimed)");
+    }
 
     let n = n as u64;
     let mut outcomes = Vec::new();
@@ -1117,6 +1313,8 @@ fn main() {
             "kstreams-merge" => run_java(&mut broker, &run, &sources, n, "kstreams-merge", set, jar, state.path(), &log_dir),
             "trib-eos" => run_tributary(&mut broker, &run, &sources, n, true, set, state.path(), &log_dir),
             "trib-alo" => run_tributary(&mut broker, &run, &sources, n, false, set, state.path(), &log_dir),
+            "tables" => run_tables(&mut broker, &run, &table_topics, n, set, state.path(), &log_dir),
+            "repartition" => run_repartition(&mut broker, &run, &sources, &ap_topic, n, set, state.path(), &log_dir),
             other => unreachable!("mode {other}"),
         };
         eprintln!("  {mode}: {:.2} s, {:.0} events/s {}", o.seconds, o.rate(), o.note);
@@ -1135,6 +1333,19 @@ fn main() {
             k.complete = false;
         }
         verification = Some(serde_json::json!({ "ok": ok, "verdict": verdict }));
+    }
+
+    // The many-tables and repartition runs' output: the single table's rows.
+    let single = outcomes.iter().find(|o| o.mode == "trib-eos" && o.complete).map(|o| o.output.clone());
+    for o in outcomes.iter_mut().filter(|o| (o.mode == "tables" || o.mode == "repartition") && o.complete) {
+        let Some(reference) = &single else { break };
+        eprintln!("checking the output of {}…", o.mode);
+        let (verdict, ok) = verify_same_rows(&broker.bootstrap, &o.output, reference);
+        eprintln!("  {verdict}");
+        if !ok {
+            o.note = format!("{} OUTPUT CHECK FAILED: {verdict}", o.note).trim().to_string();
+            o.complete = false;
+        }
     }
 
     let header = format!(
@@ -1215,6 +1426,33 @@ fn main() {
             if met { "met" } else { "MISSED" }
         ));
     }
+    // Issue 14: many tables against one, and the repartition detour's cost.
+    let mut table_ratios = serde_json::Map::new();
+    if let Some(single) = complete("trib-eos") {
+        for (mode, what) in
+            [("tables", format!("{tables} tables × {} regions", SOURCES.len())), ("repartition", "ap not co-partitioned".into())]
+        {
+            let Some(o) = complete(mode) else { continue };
+            let (speed, steady) = (o.rate() / single.rate(), o.steady() / single.steady());
+            let cpu = o.cpu_per_m().zip(single.cpu_per_m()).map(|(a, b)| a / b);
+            writeln!(
+                out,
+                "{mode} ({what}) / trib-eos: {speed:.2} × the events/s, {steady:.2} × the steady events/s, {} the CPU per event",
+                cpu.map_or("-".into(), |c| format!("{c:.2} ×"))
+            )
+            .unwrap();
+            table_ratios.insert(
+                mode.into(),
+                serde_json::json!({ "events_per_s": speed, "steady_events_per_s": steady, "cpu_per_event": cpu }),
+            );
+            if mode == "tables" {
+                goals.push(format!(
+                    "{tables} tables >= 0.9 × the events/s of one table with the same events: {speed:.2} ({})",
+                    if speed >= 0.9 { "met" } else { "MISSED" }
+                ));
+            }
+        }
+    }
     for g in &goals {
         writeln!(out, "goal: {g}").unwrap();
     }
@@ -1245,6 +1483,8 @@ fn main() {
         })).collect::<Vec<_>>(),
         "ratios": ratios,
         "kstreams_merge_output": verification,
+        "tables": tables,
+        "to_single_table": table_ratios,
         "goals": goals,
     });
     let json_path = std::env::var_os("TRIBUTARY_BENCH_JSON").map_or_else(|| log_dir.join("result.json"), PathBuf::from);
