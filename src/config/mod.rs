@@ -8,16 +8,18 @@
 mod sections;
 mod serde_text;
 mod sink;
+mod tables;
 #[cfg(test)]
 mod tests;
 
 pub use sections::{
-    AdminConfig, AuditConfig, KafkaConfig, MergeConfig, OutputConfig, OutputFormat, Processing, RuntimeConfig,
+    AdminConfig, AuditConfig, KafkaConfig, MergeConfig, OutputConfig, OutputFormat, Processing, Repartition, RuntimeConfig,
     SchemaRegistryConfig, SourceConfig, SourceFormat,
 };
 pub(crate) use serde_text::duration_text;
 pub use serde_text::is_secret_property;
 pub use sink::{EpochUnit, SinkConfig, SinkTableConfig, TargetKind};
+pub use tables::{glob_matches, is_pattern_table_name, TableConfig, TablesPattern, DEFAULT_TABLE, MAX_TABLES};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -69,7 +71,7 @@ pub enum ConfigError {
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "ConfigFile")]
 pub struct Config {
     /// Kafka connection and consumer group.
     #[serde(default)]
@@ -96,8 +98,63 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_registry: Option<SchemaRegistryConfig>,
     /// The source topics, one per source database.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceConfig>,
+    /// `[[tables]]`: several tables, each with its output, merge settings
+    /// and sources (instead of `[output]` and `[[sources]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableConfig>,
+    /// `[tables_pattern]`: tables found from topic names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables_pattern: Option<TablesPattern>,
+}
+
+/// [`Config`] as written in the file: a `[[tables]]` entry without
+/// `[tables.merge]` takes the top-level `[merge]` once the file is read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    kafka: KafkaConfig,
+    #[serde(default)]
+    output: OutputConfig,
+    #[serde(default)]
+    merge: MergeConfig,
+    #[serde(default)]
+    runtime: RuntimeConfig,
+    #[serde(default)]
+    admin: AdminConfig,
+    #[serde(default)]
+    audit: AuditConfig,
+    #[serde(default)]
+    sink: Option<SinkConfig>,
+    #[serde(default)]
+    schema_registry: Option<SchemaRegistryConfig>,
+    #[serde(default)]
+    sources: Vec<SourceConfig>,
+    #[serde(default)]
+    tables: Vec<tables::TableEntry>,
+    #[serde(default)]
+    tables_pattern: Option<TablesPattern>,
+}
+
+impl From<ConfigFile> for Config {
+    fn from(f: ConfigFile) -> Self {
+        let tables = f.tables.into_iter().map(|t| t.resolve(&f.merge)).collect();
+        Config {
+            kafka: f.kafka,
+            output: f.output,
+            merge: f.merge,
+            runtime: f.runtime,
+            admin: f.admin,
+            audit: f.audit,
+            sink: f.sink,
+            schema_registry: f.schema_registry,
+            sources: f.sources,
+            tables,
+            tables_pattern: f.tables_pattern,
+        }
+    }
 }
 
 impl Config {
@@ -333,6 +390,38 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError::Invalid { origin: origin.into(), problems })
+        }
+    }
+
+    /// The tables configured: the `[[tables]]` entries, or the single table
+    /// "default" of the legacy form (`[output]`, `[[sources]]`). Tables
+    /// found by `[tables_pattern]` are not among them (see
+    /// [`TablesPattern::discover`]); with a pattern and no `[[tables]]` the
+    /// list is empty.
+    pub fn tables(&self) -> Vec<TableConfig> {
+        if !self.tables.is_empty() || self.tables_pattern.is_some() {
+            return self.tables.clone();
+        }
+        vec![TableConfig {
+            name: DEFAULT_TABLE.to_string(),
+            output: self.output.clone(),
+            merge: self.merge.clone(),
+            sources: self.sources.clone(),
+        }]
+    }
+
+    /// A copy of this configuration for one table, in the legacy form: its
+    /// `output`, `merge` and `sources` are the table's, and it has no
+    /// `[[tables]]` or `[tables_pattern]` (so everything that reads a
+    /// single-table configuration, `Pipeline::new` for one, works per table).
+    pub fn for_table(&self, t: &TableConfig) -> Config {
+        Config {
+            output: t.output.clone(),
+            merge: t.merge.clone(),
+            sources: t.sources.clone(),
+            tables: Vec::new(),
+            tables_pattern: None,
+            ..self.clone()
         }
     }
 

@@ -409,6 +409,41 @@ pub struct SourceConfig {
     /// `[sources.where]`: the records to keep, tested on the source row.
     #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
     pub filter: Option<crate::transform::FilterSpec>,
+    /// When this source's records detour through a repartition topic
+    /// (`<group_id>-<table>-<source>-repartition`) before they are merged.
+    #[serde(default, skip_serializing_if = "Repartition::is_auto")]
+    pub repartition: Repartition,
+}
+
+/// `repartition` of a source: when its records are re-keyed by the
+/// canonical key into the table's partition count before the merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Repartition {
+    /// When the source topic's partition count differs from the table's.
+    #[default]
+    Auto,
+    /// Always, also when the counts agree: for records keyed by something
+    /// other than the canonical key (e.g. `key_fields` picks other fields).
+    Always,
+    /// Never: a partition-count mismatch stops start-up.
+    Never,
+}
+
+impl Repartition {
+    /// The default, which the resolved configuration leaves out.
+    pub fn is_auto(&self) -> bool {
+        *self == Repartition::Auto
+    }
+
+    /// The configuration spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Repartition::Auto => "auto",
+            Repartition::Always => "always",
+            Repartition::Never => "never",
+        }
+    }
 }
 
 pub(super) fn default_deleted_field() -> String {
