@@ -241,23 +241,6 @@ fn root() -> PathBuf {
 
 // ---------------------------------------------------------------- workload
 
-/// `2024-05-01T12:34:56.789Z` from epoch milliseconds (UTC).
-fn iso8601(ms: i64) -> String {
-    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    // Civil date from days since 1970-01-01 (H. Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let (h, mi, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
-    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z")
-}
-
 /// Event i: (source, key id). Sources take turns; ids are scattered.
 fn event_key(i: usize, keys: usize) -> (usize, usize) {
     let x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5851_F42D_4C95_7F2D;
@@ -283,7 +266,7 @@ fn envelope(i: usize, s: usize, k: usize, first: bool, ts: i64) -> String {
         "country": country,
         "tier": TIERS[k % TIERS.len()],
         "balance": balance,
-        "updated_at": iso8601(ts),
+        "updated_at": tributary::time::format_millis(ts).expect("a commit time in years 1 to 9999"),
     });
     // TRIBUTARY_BENCH_ROW_BYTES: pad the row to about that many bytes (the
     // memory figure per key is stated for ~500-byte rows).

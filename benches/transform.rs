@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 use tributary::config::Config;
 use tributary::normalize::InputRecord;
 use tributary::pipeline::{MemoryStore, Pipeline, Step};
+use tributary::time;
 
 const SOURCES: [&str; 3] = ["eu", "us", "ap"];
 const TOPICS: [&str; 3] = ["eu.public.customers", "us.public.customers", "ap.public.customers"];
@@ -48,31 +49,12 @@ fn logical(k: usize, s: usize, round: u64) -> (usize, bool, i64, i64) {
     (k, !(k + s).is_multiple_of(5), 10_000 + (k as i64 * 37 + s as i64) % 900_000, ts)
 }
 
-fn iso(ms: i64) -> String {
-    // Only for the target shape: the transform's own form, checked against it below.
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let (y, m, d) = {
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        (yoe + era * 400 + i64::from(m <= 2), m, d)
-    };
-    let sod = secs.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z", sod / 3600, sod / 60 % 60, sod % 60, ms.rem_euclid(1000) * 1000)
-}
-
 fn target_row(k: usize, s: usize, round: u64) -> Value {
     let (id, active, cents, ts) = logical(k, s, round);
     json!({
         "id": id, "name": format!("Customer {k}"), "email": format!("customer{k}@example.com"),
         "status": if active { "active" } else { "inactive" }, "balance": cents as f64 / 100.0,
-        "updated_at": iso(ts), "region": SOURCES[s], "tier": TIERS[k % 3],
+        "updated_at": time::format_micros(ts * 1000).unwrap(), "region": SOURCES[s], "tier": TIERS[k % 3],
     })
 }
 

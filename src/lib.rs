@@ -31,4 +31,5 @@ pub mod replay;
 pub mod run;
 pub mod sink;
 mod store;
+pub mod time;
 mod transform;

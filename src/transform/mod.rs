@@ -11,8 +11,6 @@
 //! / `keep`. The filter reads the source row as it arrives (source column
 //! names), so records the target does not want are never transformed.
 
-mod time;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
@@ -20,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
 
 use crate::merge::Row;
+use crate::time;
 
 /// `[sources.transform]` as written in the configuration.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

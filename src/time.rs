@@ -1,10 +1,16 @@
-//! The one timestamp form casts produce: RFC 3339 in UTC with microseconds,
-//! `2024-03-01T10:00:00.000000Z`, from epoch seconds, millis, micros or an
-//! ISO-8601 text. Microseconds hold every PostgreSQL timestamp and every
-//! epoch-millis value without loss; a finer input is refused, not rounded.
+//! Calendar arithmetic, once for the crate and its benches: the
+//! `timestamp` casts of a source's `transform` and the benches that build
+//! the rows those casts would produce.
+//!
+//! The one timestamp form casts produce is RFC 3339 in UTC with
+//! microseconds, `2024-03-01T10:00:00.000000Z`, from epoch seconds, millis,
+//! micros or an ISO-8601 text. Microseconds hold every PostgreSQL timestamp
+//! and every epoch-millis value without loss; a finer input is refused, not
+//! rounded.
 
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// algorithm: exact for every `i64` year the result fits in).
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -15,7 +21,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 }
 
 /// The date of a day number (inverse of [`days_from_civil`]).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -41,17 +47,29 @@ fn days_in_month(year: i64, month: u32) -> u32 {
 const MIN_MICROS: i64 = -62_135_596_800_000_000; // 0001-01-01T00:00:00Z
 const MAX_MICROS: i64 = 253_402_300_799_999_999; // 9999-12-31T23:59:59.999999Z
 
-/// Formats microseconds since the epoch; `None` outside years 1–9999.
-pub(crate) fn format_micros(micros: i64) -> Option<String> {
+/// Formats microseconds since the epoch as `2024-03-01T10:00:00.123456Z`;
+/// `None` outside years 1–9999.
+pub fn format_micros(micros: i64) -> Option<String> {
+    format_fraction(micros, 6)
+}
+
+/// Formats milliseconds since the epoch as `2024-03-01T10:00:00.123Z` (the
+/// form Debezium and most producers write); `None` outside years 1–9999.
+pub fn format_millis(millis: i64) -> Option<String> {
+    format_fraction(millis.checked_mul(1000)?, 3)
+}
+
+/// RFC 3339 in UTC with `digits` (1–6) of the second's fraction, truncated.
+fn format_fraction(micros: i64, digits: u32) -> Option<String> {
     if !(MIN_MICROS..=MAX_MICROS).contains(&micros) {
         return None;
     }
     let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000) / 10i64.pow(6 - digits);
     let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
     // By hand: `format!` with seven fields costs more than the arithmetic.
-    let mut out = String::with_capacity(27);
+    let mut out = String::with_capacity(21 + digits as usize);
     for (n, width, sep) in [
         (year, 4, '-'),
         (i64::from(month), 2, '-'),
@@ -59,7 +77,7 @@ pub(crate) fn format_micros(micros: i64) -> Option<String> {
         (sod / 3600, 2, ':'),
         (sod / 60 % 60, 2, ':'),
         (sod % 60, 2, '.'),
-        (frac, 6, 'Z'),
+        (frac, digits, 'Z'),
     ] {
         for i in (0..width).rev() {
             out.push(char::from(b'0' + (n / 10i64.pow(i) % 10) as u8));
@@ -169,6 +187,44 @@ mod tests {
         assert_eq!(format_micros(MAX_MICROS + 1), None);
         for m in [0, 1, -1, 951_782_400_000_000, 1_709_287_200_123_456, MIN_MICROS, MAX_MICROS, 4_107_542_399_000_001] {
             assert_eq!(parse_iso8601(&format_micros(m).unwrap()), Ok(m), "{m}");
+        }
+    }
+
+    #[test]
+    fn day_numbers_round_trip_through_dates() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(days_from_civil(2024, 2, 29) + 1), (2024, 3, 1));
+        assert_eq!(civil_from_days(days_from_civil(1900, 2, 28) + 1), (1900, 3, 1), "1900 is not a leap year");
+        assert_eq!(days_from_civil(1, 1, 1), MIN_MICROS / 86_400_000_000);
+        // Every day of four centuries (one full 400-year cycle on each side of the epoch).
+        let mut expected = (1800, 1, 1);
+        for day in days_from_civil(1800, 1, 1)..days_from_civil(2200, 1, 1) {
+            assert_eq!(civil_from_days(day), expected, "day {day}");
+            assert_eq!(days_from_civil(expected.0, expected.1, expected.2), day);
+            let (y, m, d) = expected;
+            expected = if d < days_in_month(y, m) {
+                (y, m, d + 1)
+            } else if m < 12 {
+                (y, m + 1, 1)
+            } else {
+                (y + 1, 1, 1)
+            };
+        }
+    }
+
+    #[test]
+    fn formats_millis_with_three_digits() {
+        assert_eq!(format_millis(0).unwrap(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_millis(1_714_566_896_789).unwrap(), "2024-05-01T12:34:56.789Z");
+        assert_eq!(format_millis(-1).unwrap(), "1969-12-31T23:59:59.999Z");
+        assert_eq!(format_millis(MAX_MICROS / 1000).unwrap(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(format_millis(MAX_MICROS / 1000 + 1), None);
+        assert_eq!(format_millis(i64::MAX), None);
+        for ms in [0, -1, 1_714_566_896_789, MIN_MICROS / 1000] {
+            assert_eq!(parse_iso8601(&format_millis(ms).unwrap()), Ok(ms * 1000), "{ms}");
         }
     }
 
