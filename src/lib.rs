@@ -28,6 +28,7 @@ mod output;
 pub mod pipeline;
 pub mod repartition;
 pub mod replay;
+mod retry;
 pub mod run;
 pub mod sink;
 mod store;

@@ -22,6 +22,7 @@ use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{RawError, SchemaType, SuppliedSchema};
 
 use crate::config::SchemaRegistryConfig;
+use crate::retry::Backoff;
 
 /// What went wrong talking to the registry, sorted by what to do about it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -283,21 +284,20 @@ impl JsonReader {
     }
 
     /// [`read`](Self::read), waiting out an unavailable registry (with
-    /// backoff, up to `max_backoff` between tries) until `stop` is set.
+    /// [`unavailable_backoff`], up to `max_backoff` between tries) until `stop` is set.
     pub fn read_patiently(
         &mut self,
         framed: &[u8],
         max_backoff: Duration,
         stop: &std::sync::atomic::AtomicBool,
     ) -> Result<serde_json::Value, RegistryError> {
-        let mut attempt = 0;
+        let mut backoff = unavailable_backoff(max_backoff);
         loop {
             match self.read(framed) {
                 Err(e) if e.is_retriable() && !stop.load(std::sync::atomic::Ordering::Relaxed) => {
-                    let wait = backoff(attempt, max_backoff);
-                    attempt += 1;
-                    tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, "{e}; retrying");
-                    std::thread::sleep(wait);
+                    let wait = backoff.next_delay();
+                    tracing::warn!(attempt = backoff.attempts(), wait_ms = wait.as_millis() as u64, "{e}; retrying");
+                    crate::retry::sleep(wait, stop);
                 }
                 other => return other,
             }
@@ -340,10 +340,17 @@ pub fn frame(id: u32, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// How long to wait before retry `attempt` (0-based) while the registry is
-/// unavailable: doubling from 100 ms up to `max`.
+/// The waits while the registry is unavailable: doubling from 100 ms up to
+/// `max` (`schema_registry.max_backoff`).
+pub(crate) fn unavailable_backoff(max: Duration) -> Backoff {
+    Backoff::new(Duration::from_millis(100), max, 2)
+}
+
+/// The wait before retry `attempt` (0-based) of [`unavailable_backoff`], for
+/// callers that count their failures themselves (`run`'s start-up and
+/// registry pause, until they hold a [`Backoff`]).
 pub fn backoff(attempt: u32, max: Duration) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1u64 << attempt.min(16))).min(max)
+    unavailable_backoff(max).delay(attempt)
 }
 
 #[cfg(test)]
@@ -362,9 +369,11 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let max = Duration::from_secs(5);
-        assert_eq!(backoff(0, max), Duration::from_millis(100));
+        let mut b = unavailable_backoff(max);
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
+        assert_eq!(b.delay(3), Duration::from_millis(800));
+        assert_eq!(b.delay(40), max);
         assert_eq!(backoff(3, max), Duration::from_millis(800));
-        assert_eq!(backoff(40, max), max);
     }
 
     fn raw(code: u32, message: &str) -> RawError {
