@@ -44,8 +44,7 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -636,15 +635,13 @@ impl StandIn {
 
     /// How many registry API requests the stand-in has served.
     fn requests(&self) -> usize {
-        let host = self.url.trim_start_matches("http://");
-        let mut stream = TcpStream::connect(host).expect("connect to the registry stand-in");
-        write!(stream, "GET /__standin/requests HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").expect("request");
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).expect("answer");
-        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        match serde_json::from_str::<Value>(body) {
-            Ok(Value::Array(requests)) => requests.len(),
-            _ => panic!("GET /__standin/requests: unexpected answer {answer:?}"),
+        // The tests' HTTP client crate; no proxy, the stand-in is local.
+        let client = reqwest::blocking::Client::builder().no_proxy().build().expect("HTTP client");
+        let url = format!("{}/__standin/requests", self.url);
+        let answer = client.get(&url).send().and_then(|r| r.error_for_status()).and_then(|r| r.text());
+        match answer.as_deref().map(serde_json::from_str::<Value>) {
+            Ok(Ok(Value::Array(requests))) => requests.len(),
+            _ => panic!("GET {url}: unexpected answer {answer:?}"),
         }
     }
 }

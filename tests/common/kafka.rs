@@ -351,6 +351,13 @@ pub fn http_client() -> &'static reqwest::blocking::Client {
     })
 }
 
+/// Runs `f` on a thread of its own: `reqwest::blocking` panics when it is
+/// called from inside a tokio runtime (a `#[tokio::test]`), and a plain
+/// thread is outside every runtime. A panic in `f` fails the caller as it is.
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+}
+
 /// The admin token of the tests' configurations (`[admin] token`), which
 /// `/state/{key}` and pause/resume require.
 pub const ADMIN_TOKEN: &str = "tributary-tests-admin-token-0001";

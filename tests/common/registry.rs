@@ -7,8 +7,7 @@
 //! needs `pip install fastavro` and fails the test when that is missing.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -41,8 +40,8 @@ impl Registry {
     }
 
     /// Starts a stand-in serving HTTPS with `cert`/`key`; with `client_ca`,
-    /// it requires client certificates signed by it (mutual TLS). The
-    /// harness's own HTTP helpers speak plain HTTP only: talk to this one
+    /// it requires client certificates signed by it (mutual TLS).
+    /// [`Registry::http`] does not trust that certificate: talk to this one
     /// through the product's client.
     pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, client_ca: Option<&std::path::Path>) -> Registry {
         let mut extra = vec!["--tls-cert".to_string(), cert.display().to_string(), "--tls-key".into(), key.display().to_string()];
@@ -102,13 +101,33 @@ impl Registry {
     }
 
     /// One HTTP call: (status, JSON body; Null when empty). Sends the
-    /// credentials the stand-in was started with.
+    /// credentials the stand-in was started with. Callable from a
+    /// `#[tokio::test]` too (see [`super::kafka::off_runtime`]).
     pub fn http(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let auth = match &self.auth {
-            Some((u, p)) => format!("Authorization: Basic {}\r\n", base64(format!("{u}:{p}").as_bytes())),
-            None => String::new(),
+        let what = format!("{method} {path}");
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let (status, text) = super::kafka::off_runtime(|| {
+            const MEDIA_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+            let mut request = super::kafka::http_client()
+                .request(method, format!("{}{path}", self.url.trim_end_matches('/')))
+                .header(reqwest::header::ACCEPT, MEDIA_TYPE)
+                .header(reqwest::header::CONTENT_TYPE, MEDIA_TYPE);
+            if let Some((user, pass)) = &self.auth {
+                request = request.basic_auth(user, Some(pass));
+            }
+            if let Some(body) = body {
+                request = request.body(body.to_string());
+            }
+            let response = request.send().unwrap_or_else(|e| panic!("{what} on {}: {e}", self.url));
+            let status = response.status().as_u16();
+            (status, response.text().unwrap_or_else(|e| panic!("{what}: body: {e}")))
+        });
+        let value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: answer not JSON ({e}): {text:?}"))
         };
-        http(&self.url, method, path, body, &auth)
+        (status, value)
     }
 
     /// Makes the next `count` requests whose path starts with `path_prefix`
@@ -149,49 +168,6 @@ impl Drop for Registry {
 
 fn read_log(log: &tempfile::NamedTempFile) -> String {
     std::fs::read_to_string(log.path()).unwrap_or_default()
-}
-
-/// A minimal HTTP/1.1 call (Connection: close) to `base` (`http://host:port`).
-fn http(base: &str, method: &str, path: &str, body: Option<&Value>, extra_headers: &str) -> (u16, Value) {
-    let host = base.strip_prefix("http://").expect("an http:// URL").trim_end_matches('/');
-    let mut stream = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect to {host}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
-         Accept: application/vnd.schemaregistry.v1+json\r\n\
-         Content-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let text = String::from_utf8_lossy(&raw);
-    let (head, payload) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{method} {path}: bad answer {text:?}"));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status in {head:?}"));
-    let value = if payload.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(payload).unwrap_or_else(|e| panic!("{method} {path}: answer not JSON ({e}): {payload:?}"))
-    };
-    (status, value)
-}
-
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Runs `python3 tests/avro/fastavro_tool.py ARGS` with `input_lines` on
