@@ -10,6 +10,8 @@ mod serde_text;
 mod sink;
 mod tables;
 #[cfg(test)]
+mod tables_tests;
+#[cfg(test)]
 mod tests;
 
 pub use sections::{
@@ -21,7 +23,7 @@ pub use serde_text::is_secret_property;
 pub use sink::{EpochUnit, SinkConfig, SinkTableConfig, TargetKind};
 pub use tables::{glob_matches, is_pattern_table_name, TableConfig, TablesPattern, DEFAULT_TABLE, MAX_TABLES};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -259,9 +261,6 @@ impl Config {
     /// Semantic checks. Reports every problem, each naming its key.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        if self.sources.is_empty() {
-            problems.push("sources: at least one [[sources]] entry is required".to_string());
-        }
         if self.kafka.group_id.trim().is_empty() {
             problems.push("kafka.group_id: must not be empty".into());
         }
@@ -288,9 +287,6 @@ impl Config {
         if matches!(self.kafka.replication_factor, Some(n) if n < 1) {
             problems.push("kafka.replication_factor: must be at least 1".into());
         }
-        if self.output.topic.trim().is_empty() {
-            problems.push("output.topic: must not be empty".into());
-        }
         if self.admin.enabled && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("admin.listen: \"{}\" is not an address such as \"0.0.0.0:9464\"", self.admin.listen));
         }
@@ -301,15 +297,10 @@ impl Config {
                 problems.push(problem);
             }
         }
-        for name in self.admin.start_paused.iter().filter(|n| !self.sources.iter().any(|s| &s.name == *n)) {
-            let known: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
+        let known = self.source_names();
+        for name in self.admin.start_paused.iter().filter(|n| !known.contains(n)) {
+            let known: Vec<&str> = known.iter().map(String::as_str).collect();
             problems.push(format!("admin.start_paused: no source named \"{name}\" (the sources are {})", known.join(", ")));
-        }
-        if self.merge.tombstone_retention.is_zero() {
-            problems.push(
-                "merge.tombstone_retention: must be greater than zero (deleted keys must hold off late concurrent updates for a while)"
-                    .into(),
-            );
         }
         if self.runtime.commit_interval.is_zero() {
             problems.push("runtime.commit_interval: must be greater than zero".into());
@@ -317,71 +308,7 @@ impl Config {
         if self.runtime.max_cycle_bytes < 1 << 16 {
             problems.push(format!("runtime.max_cycle_bytes: {} is too small (at least 65536)", self.runtime.max_cycle_bytes));
         }
-        if self.output.delete_retention.is_some_and(|d| d.is_zero()) {
-            problems.push("output.delete_retention: must be greater than zero".into());
-        }
-        let mut names: HashMap<&str, usize> = HashMap::new();
-        let mut topics: HashMap<&str, usize> = HashMap::new();
-        for (i, s) in self.sources.iter().enumerate() {
-            let at = format!("sources[{i}]");
-            if s.name.trim().is_empty() {
-                problems.push(format!("{at}.name: must not be empty"));
-            } else if let Some(j) = names.insert(&s.name, i) {
-                problems.push(format!("{at}.name: duplicate source name \"{}\" (also sources[{j}])", s.name));
-            }
-            if s.topic.trim().is_empty() {
-                problems.push(format!("{at}.topic: must not be empty"));
-            } else if let Some(j) = topics.insert(&s.topic, i) {
-                problems.push(format!("{at}.topic: topic \"{}\" is already read by sources[{j}]", s.topic));
-            }
-            if s.topic == self.output.topic {
-                problems.push(format!("{at}.topic: \"{}\" is also the output topic", s.topic));
-            }
-            if let Some(seq) = &s.sequence {
-                if seq.split('.').any(str::is_empty) {
-                    problems.push(format!("{at}.sequence: \"{seq}\" is not a dotted path such as \"source.lsn\""));
-                }
-                if s.format == SourceFormat::Json {
-                    problems.push(format!(
-                        "{at}.sequence: not supported with format = \"json\": a delete (tombstone) carries no sequence; use the Kafka offset (the default) or clock_field"
-                    ));
-                } else if !seq.starts_with("source.") {
-                    problems.push(format!(
-                        "{at}.sequence: \"{seq}\" must be a field of the Debezium `source` block, e.g. \"source.lsn\" (row fields are absent from deletes)"
-                    ));
-                }
-                if s.clock_field.is_some() {
-                    problems.push(format!(
-                        "{at}.sequence: set together with clock_field; a source's clock is either derived or carried"
-                    ));
-                }
-            }
-            if let Some(f) = &s.clock_field {
-                if f.is_empty() {
-                    problems.push(format!("{at}.clock_field: must not be empty"));
-                }
-            }
-            if let Some(k) = &s.key_fields {
-                if k.is_empty() || k.iter().any(String::is_empty) {
-                    problems.push(format!("{at}.key_fields: must list at least one non-empty field name"));
-                }
-                if k.iter().collect::<HashSet<_>>().len() != k.len() {
-                    problems.push(format!("{at}.key_fields: lists a field twice"));
-                }
-            }
-            if s.ts_field.is_some() && s.format != SourceFormat::Json {
-                problems.push(format!("{at}.ts_field: only applies to format = \"json\" (Debezium events carry source.ts_ms)"));
-            }
-            validate_transform(s, &at, &mut problems);
-        }
-        let carried: Vec<&str> = self.sources.iter().filter_map(|s| s.clock_field.as_deref()).collect();
-        if self.output.clock_field.is_none() && carried.iter().collect::<HashSet<_>>().len() > 1 {
-            problems.push(format!(
-                "output.clock_field: sources carry clocks in different columns ({}); name the output column",
-                carried.join(", ")
-            ));
-        }
-        self.merge.validate_columns(&self.sources, &mut problems);
+        self.validate_tables(&mut problems);
         self.validate_registry(&mut problems);
         if let Some(sink) = &self.sink {
             problems.extend(sink.problems(self));
@@ -425,21 +352,37 @@ impl Config {
         }
     }
 
-    /// True when some source or the output is Avro (a registry is needed).
+    /// True when some source or output is Avro (a registry is needed).
     pub fn uses_avro(&self) -> bool {
-        self.output.format == OutputFormat::Avro || self.sources.iter().any(|s| s.format == SourceFormat::DebeziumAvro)
+        !self.avro_users().is_empty()
+    }
+
+    /// The keys that make Avro of a source or an output.
+    fn avro_users(&self) -> Vec<String> {
+        let mut who = Vec::new();
+        for (prefix, t) in self.checked_tables() {
+            for (j, s) in t.sources.iter().enumerate().filter(|(_, s)| s.format == SourceFormat::DebeziumAvro) {
+                // The legacy form names the source, as before.
+                who.push(if prefix.is_empty() {
+                    format!("sources.{}.format", s.name)
+                } else {
+                    format!("{prefix}sources[{j}].format")
+                });
+            }
+            if t.output.format == OutputFormat::Avro {
+                who.push(format!("{prefix}output.format"));
+            }
+        }
+        if self.tables_pattern.as_ref().is_some_and(|p| p.source.format == SourceFormat::DebeziumAvro) {
+            who.push("tables_pattern.source.format".into());
+        }
+        who
     }
 
     fn validate_registry(&self, problems: &mut Vec<String>) {
         let Some(registry) = &self.schema_registry else {
-            if self.uses_avro() {
-                let who: Vec<String> = self
-                    .sources
-                    .iter()
-                    .filter(|s| s.format == SourceFormat::DebeziumAvro)
-                    .map(|s| format!("sources.{}.format", s.name))
-                    .chain((self.output.format == OutputFormat::Avro).then(|| "output.format".to_string()))
-                    .collect();
+            let who = self.avro_users();
+            if !who.is_empty() {
                 problems.push(format!(
                     "schema_registry: required by {} (Avro); add [schema_registry] url = \"http://…\"",
                     who.join(", ")
@@ -447,10 +390,12 @@ impl Config {
             }
             return;
         };
-        if self.output.format == OutputFormat::Avro && !self.sources.iter().any(|s| s.format == SourceFormat::DebeziumAvro) {
-            problems.push(
-                "output.format: \"avro\" derives the output schema from the sources' Avro schemas; at least one source needs format = \"debezium-avro\"".into(),
-            );
+        for (prefix, t) in self.checked_tables() {
+            if t.output.format == OutputFormat::Avro && !t.sources.iter().any(|s| s.format == SourceFormat::DebeziumAvro) {
+                problems.push(format!(
+                    "{prefix}output.format: \"avro\" derives the output schema from the sources' Avro schemas; at least one source needs format = \"debezium-avro\""
+                ));
+            }
         }
         let urls = registry.urls();
         if urls.is_empty() {
@@ -515,22 +460,76 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut value = toml::Value::try_from(self).expect("the configuration serializes");
         // `deleted_field` means something for format = "json" only.
-        if let Some(sources) = value.get_mut("sources").and_then(toml::Value::as_array_mut) {
-            for source in sources.iter_mut().filter_map(toml::Value::as_table_mut) {
-                if source.get("format").and_then(toml::Value::as_str) != Some("json") {
-                    source.remove("deleted_field");
-                }
+        let not_json = |source: &mut toml::Table| {
+            if source.get("format").and_then(toml::Value::as_str) != Some("json") {
+                source.remove("deleted_field");
+            }
+        };
+        let each = |sources: Option<&mut toml::Value>| {
+            sources
+                .and_then(toml::Value::as_array_mut)
+                .into_iter()
+                .flatten()
+                .filter_map(toml::Value::as_table_mut)
+                .for_each(not_json)
+        };
+        for (key, item) in value.as_table_mut().expect("a table").iter_mut() {
+            match key.as_str() {
+                "sources" => each(Some(item)),
+                "tables" => item.as_array_mut().into_iter().flatten().for_each(|t| each(t.get_mut("sources"))),
+                "tables_pattern" => item.get_mut("source").and_then(toml::Value::as_table_mut).into_iter().for_each(not_json),
+                _ => {}
             }
         }
         toml::to_string_pretty(&value).expect("the configuration serializes")
     }
 }
 
+/// The checks of one source (or of the pattern's template) whose keys start with `at`.
+fn validate_source(s: &SourceConfig, at: &str, problems: &mut Vec<String>) {
+    if let Some(seq) = &s.sequence {
+        if seq.split('.').any(str::is_empty) {
+            problems.push(format!("{at}.sequence: \"{seq}\" is not a dotted path such as \"source.lsn\""));
+        }
+        if s.format == SourceFormat::Json {
+            problems.push(format!(
+                "{at}.sequence: not supported with format = \"json\": a delete (tombstone) carries no sequence; use the Kafka offset (the default) or clock_field"
+            ));
+        } else if !seq.starts_with("source.") {
+            problems.push(format!(
+                "{at}.sequence: \"{seq}\" must be a field of the Debezium `source` block, e.g. \"source.lsn\" (row fields are absent from deletes)"
+            ));
+        }
+        if s.clock_field.is_some() {
+            problems.push(format!("{at}.sequence: set together with clock_field; a source's clock is either derived or carried"));
+        }
+    }
+    if let Some(f) = &s.clock_field {
+        if f.is_empty() {
+            problems.push(format!("{at}.clock_field: must not be empty"));
+        }
+    }
+    if let Some(k) = &s.key_fields {
+        if k.is_empty() || k.iter().any(String::is_empty) {
+            problems.push(format!("{at}.key_fields: must list at least one non-empty field name"));
+        }
+        if k.iter().collect::<HashSet<_>>().len() != k.len() {
+            problems.push(format!("{at}.key_fields: lists a field twice"));
+        }
+    }
+    if s.ts_field.is_some() && s.format != SourceFormat::Json {
+        problems.push(format!("{at}.ts_field: only applies to format = \"json\" (Debezium events carry source.ts_ms)"));
+    }
+    validate_transform(s, at, problems);
+}
+
 /// Compiles a source's `transform` and `where` as start-up will, listing
 /// each problem with its key and the source's name; key and clock columns
 /// must survive the mapping.
 fn validate_transform(s: &SourceConfig, at: &str, problems: &mut Vec<String>) {
-    let named = |p: crate::transform::SpecProblem| format!("{at}.{} (source \"{}\"): {}", p.key, s.name, p.message);
+    // The pattern's template has no name (it is every region's source).
+    let label = if s.name.is_empty() { String::new() } else { format!(" (source \"{}\")", s.name) };
+    let named = |p: crate::transform::SpecProblem| format!("{at}.{}{label}: {}", p.key, p.message);
     if let Some(spec) = &s.transform {
         match crate::transform::Transform::compile(spec) {
             Ok(t) => {
@@ -579,7 +578,8 @@ fn with_lines(e: ConfigError, text: &str, overridden: &[String]) -> ConfigError 
     ConfigError::Invalid { origin, problems }
 }
 
-/// The line (1-based) of the key at `path` (`a.b[2].c`) in `doc`, parsed from `text`.
+/// The line (1-based) of the key at `path` (`a.b[2].c`) in `doc`, parsed
+/// from `text`, or of its closest enclosing key that is there.
 fn key_line(doc: &toml_edit::ImDocument<&str>, text: &str, path: &str) -> Option<usize> {
     let mut table: &dyn toml_edit::TableLike = doc.as_table();
     let mut span = None;
@@ -589,12 +589,14 @@ fn key_line(doc: &toml_edit::ImDocument<&str>, text: &str, path: &str) -> Option
             Some((name, rest)) => (name, Some(rest.strip_suffix(']')?.parse::<usize>().ok()?)),
             None => (segment, None),
         };
-        let (key, item) = table.get_key_value(name)?;
-        span = key.span();
+        // A key that is missing (`tables[1].sources` of a table without
+        // sources) is named by the line of the section that lacks it.
+        let Some((key, item)) = table.get_key_value(name) else { break };
+        span = key.span().or(span);
         let item = match index {
             None => item,
             Some(i) => {
-                let t = item.as_array_of_tables()?.get(i)?;
+                let Some(t) = item.as_array_of_tables().and_then(|a| a.get(i)) else { break };
                 span = t.span().or(span);
                 if segments.peek().is_none() {
                     break;
@@ -641,6 +643,9 @@ fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<Strin
             source.insert(key.clone(), value);
             Ok(format!("sources[{index}].{key}"))
         }
+        [section, ..] if section == "tables" => Err(err(
+            "[[tables]] cannot be set from the environment; write the tables in the file (TRIBUTARY_TABLES_PATTERN__<KEY> sets a key of [tables_pattern])".into(),
+        )),
         [section, key] if section != "sources" => {
             table_mut(table, section).map_err(&err)?.insert(key.clone(), value);
             Ok(format!("{section}.{key}"))

@@ -280,24 +280,33 @@ impl Default for MergeConfig {
 }
 
 impl MergeConfig {
-    /// Checks `[merge.columns]` against the policy, the source names and the
-    /// clock columns.
-    pub(super) fn validate_columns(&self, sources: &[SourceConfig], problems: &mut Vec<String>) {
-        if !self.columns.is_empty() && self.policy != Policy::FieldLww {
+    /// The checks that need no sources, for the section at `at` (`merge`,
+    /// `tables[1].merge`).
+    pub(super) fn validate(&self, at: &str, problems: &mut Vec<String>) {
+        if self.tombstone_retention.is_zero() {
             problems.push(format!(
-                "merge.columns: column rules need policy = \"field-lww\" (policy is \"{}\")",
-                self.policy.as_str()
+                "{at}.tombstone_retention: must be greater than zero (deleted keys must hold off late concurrent updates for a while)"
             ));
         }
+        if !self.columns.is_empty() && self.policy != Policy::FieldLww {
+            problems
+                .push(format!("{at}.columns: column rules need policy = \"field-lww\" (policy is \"{}\")", self.policy.as_str()));
+        }
+    }
+
+    /// Checks `[merge.columns]` against the source names and the clock
+    /// columns of the table that uses the section at `at`; `label` names
+    /// that table when the section is shared (` (table "orders")`).
+    pub(super) fn validate_columns(&self, at: &str, label: &str, sources: &[SourceConfig], problems: &mut Vec<String>) {
         for (column, rule) in &self.columns {
             if sources.iter().any(|s| s.clock_field.as_deref() == Some(column.as_str())) {
-                problems.push(format!("merge.columns.{column}: \"{column}\" is a clock column, which takes no rule"));
+                problems.push(format!("{at}.columns.{column}{label}: \"{column}\" is a clock column, which takes no rule"));
             }
             if let ColumnRule::Owner { source } = rule {
                 if !sources.iter().any(|s| s.name == *source) {
                     let known: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
                     problems.push(format!(
-                        "merge.columns.{column}.source: \"{source}\" is not a configured source ({})",
+                        "{at}.columns.{column}.source{label}: \"{source}\" is not a configured source ({})",
                         known.join(", ")
                     ));
                 }

@@ -8,8 +8,10 @@ use serde::de::Error as _;
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use std::collections::{HashMap, HashSet};
+
 use super::serde_text::duration_text;
-use super::{MergeConfig, OutputConfig, SourceConfig};
+use super::{validate_source, Config, MergeConfig, OutputConfig, SourceConfig};
 
 /// The name of the single table of the legacy form (`[output]`, `[[sources]]`).
 pub const DEFAULT_TABLE: &str = "default";
@@ -251,5 +253,223 @@ impl TablesPattern {
                 }
             })
             .collect()
+    }
+}
+
+/// Whether `name` may name an explicit table: `[A-Za-z0-9_.-]+`.
+fn is_table_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// The same settings, compared as written (MergeConfig has no `PartialEq`).
+fn same_merge(a: &MergeConfig, b: &MergeConfig) -> bool {
+    toml::Value::try_from(a).ok() == toml::Value::try_from(b).ok()
+}
+
+impl Config {
+    /// Every source name: of the tables configured and the pattern's regions.
+    pub(super) fn source_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tables().into_iter().flat_map(|t| t.sources).map(|s| s.name).collect();
+        names.extend(self.tables_pattern.iter().flat_map(|p| p.regions.iter().cloned()));
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The tables checked by [`Config::validate`], each with the prefix of
+    /// its keys (`""` for the legacy form, `tables[1].`).
+    pub(super) fn checked_tables(&self) -> Vec<(String, TableConfig)> {
+        if self.tables.is_empty() && self.tables_pattern.is_none() {
+            self.tables().into_iter().map(|t| (String::new(), t)).collect()
+        } else {
+            self.tables.iter().enumerate().map(|(i, t)| (format!("tables[{i}]."), t.clone())).collect()
+        }
+    }
+
+    /// The checks of the tables: the legacy form's `[output]`, `[merge]` and
+    /// `[[sources]]`, or every `[[tables]]` entry and `[tables_pattern]`.
+    pub(super) fn validate_tables(&self, problems: &mut Vec<String>) {
+        let many = !self.tables.is_empty() || self.tables_pattern.is_some();
+        if many {
+            let with = match (self.tables.is_empty(), self.tables_pattern.is_none()) {
+                (false, true) => "[[tables]]",
+                (true, false) => "[tables_pattern]",
+                _ => "[[tables]] and [tables_pattern]",
+            };
+            if !self.sources.is_empty() {
+                problems.push(format!(
+                    "sources: [[sources]] must be absent with {with}; list a table's sources under [[tables.sources]]"
+                ));
+            }
+            if !self.output.topic.is_empty() {
+                problems.push(format!("output: [output] must be absent with {with}; name a table's output in [tables.output]"));
+            }
+        } else if self.sources.is_empty() {
+            problems.push("sources: at least one [[sources]] entry is required".into());
+        }
+        if self.tables.len() > MAX_TABLES {
+            problems.push(format!(
+                "tables: {} tables; one process merges at most {MAX_TABLES} (metric labels name the table)",
+                self.tables.len()
+            ));
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            let at = format!("tables[{i}].name");
+            if t.name.is_empty() {
+                problems.push(format!("{at}: must not be empty"));
+            } else if !is_table_name(&t.name) {
+                problems.push(format!("{at}: \"{}\" may hold letters, digits, '_', '.' and '-' only", t.name));
+            } else if t.name == DEFAULT_TABLE {
+                problems.push(format!(
+                    "{at}: \"{DEFAULT_TABLE}\" is reserved for the single table of [output] and [[sources]]; choose another name"
+                ));
+            } else if let Some(j) = names.insert(&t.name, i) {
+                problems.push(format!("{at}: duplicate table name \"{}\" (also tables[{j}])", t.name));
+            }
+        }
+        // The top-level [merge]: checked once, with the pattern's regions
+        // when the pattern uses it.
+        self.merge.validate("merge", problems);
+        let checked = self.checked_tables();
+        let mut outputs: HashMap<String, String> = HashMap::new();
+        let mut read: HashMap<String, String> = HashMap::new();
+        for (prefix, t) in &checked {
+            if t.output.topic.trim().is_empty() {
+                problems.push(format!("{prefix}output.topic: must not be empty"));
+            } else if let Some(other) = outputs.insert(t.output.topic.clone(), t.name.clone()) {
+                problems.push(format!("{prefix}output.topic: \"{}\" is also the output of table \"{other}\"", t.output.topic));
+            }
+            if t.output.delete_retention.is_some_and(|d| d.is_zero()) {
+                problems.push(format!("{prefix}output.delete_retention: must be greater than zero"));
+            }
+            if !prefix.is_empty() && t.sources.is_empty() {
+                problems.push(format!("{prefix}sources: at least one [[tables.sources]] entry is required"));
+            }
+            let mut source_names: HashMap<&str, usize> = HashMap::new();
+            for (j, s) in t.sources.iter().enumerate() {
+                let at = format!("{prefix}sources[{j}]");
+                if s.name.trim().is_empty() {
+                    problems.push(format!("{at}.name: must not be empty"));
+                } else if let Some(k) = source_names.insert(&s.name, j) {
+                    problems.push(format!("{at}.name: duplicate source name \"{}\" (also {prefix}sources[{k}])", s.name));
+                }
+                if s.topic.trim().is_empty() {
+                    problems.push(format!("{at}.topic: must not be empty"));
+                } else if let Some(other) = read.get(&s.topic) {
+                    problems.push(format!("{at}.topic: topic \"{}\" is already read by {other}", s.topic));
+                } else {
+                    read.insert(s.topic.clone(), at.clone());
+                }
+                validate_source(s, &at, problems);
+            }
+            let carried: Vec<&str> = t.sources.iter().filter_map(|s| s.clock_field.as_deref()).collect();
+            if t.output.clock_field.is_none() && carried.iter().collect::<HashSet<_>>().len() > 1 {
+                problems.push(format!(
+                    "{prefix}output.clock_field: sources carry clocks in different columns ({}); name the output column",
+                    carried.join(", ")
+                ));
+            }
+            if prefix.is_empty() {
+                t.merge.validate_columns("merge", "", &t.sources, problems);
+            } else if same_merge(&t.merge, &self.merge) {
+                t.merge.validate_columns("merge", &format!(" (table \"{}\")", t.name), &t.sources, problems);
+            } else {
+                let at = format!("{prefix}merge");
+                t.merge.validate(&at, problems);
+                t.merge.validate_columns(&at, "", &t.sources, problems);
+            }
+        }
+        for (prefix, t) in &checked {
+            for (j, s) in t.sources.iter().enumerate() {
+                if let Some(owner) = outputs.get(&s.topic) {
+                    let of = if prefix.is_empty() { String::new() } else { format!(" of table \"{owner}\"") };
+                    problems.push(format!("{prefix}sources[{j}].topic: \"{}\" is also the output topic{of}", s.topic));
+                }
+            }
+        }
+        if let Some(p) = &self.tables_pattern {
+            p.validate(&self.merge, &checked, problems);
+        }
+    }
+}
+
+impl TablesPattern {
+    /// The checks of `[tables_pattern]`; `explicit` are the `[[tables]]`
+    /// entries with the prefixes of their keys.
+    fn validate(&self, merge: &MergeConfig, explicit: &[(String, TableConfig)], problems: &mut Vec<String>) {
+        let at = "tables_pattern";
+        for (key, template, needs) in
+            [("sources", &self.sources, &["{region}", "{table}"][..]), ("output", &self.output, &["{table}"][..])]
+        {
+            for placeholder in needs {
+                let n = template.matches(placeholder).count();
+                if n != 1 {
+                    problems.push(format!("{at}.{key}: \"{template}\" holds {placeholder} {n} times; it needs it exactly once"));
+                }
+            }
+            let rest = template.replace("{region}", "").replace("{table}", "");
+            if key == "output" && template.contains("{region}") {
+                problems.push(format!(
+                    "{at}.output: \"{template}\" holds {{region}}; a table has one output for all regions, use {{table}} only"
+                ));
+            } else if rest.contains(['{', '}']) {
+                problems.push(format!("{at}.{key}: \"{template}\" holds a placeholder other than {}", needs.join(" and ")));
+            }
+        }
+        if self.regions.is_empty() {
+            problems.push(format!("{at}.regions: must list at least one region"));
+        }
+        let mut seen = HashSet::new();
+        for r in &self.regions {
+            if !is_table_name(r) {
+                problems.push(format!(
+                    "{at}.regions: \"{r}\" is not a region name (letters, digits, '_', '.' and '-'; it names the source)"
+                ));
+            } else if !seen.insert(r) {
+                problems.push(format!("{at}.regions: \"{r}\" is listed twice"));
+            }
+        }
+        if self.min_regions < 1 || self.min_regions > self.regions.len().max(1) {
+            problems.push(format!(
+                "{at}.min_regions: {} must be between 1 and the number of regions ({})",
+                self.min_regions,
+                self.regions.len()
+            ));
+        }
+        if self.discovery_interval.is_zero() {
+            problems.push(format!("{at}.discovery_interval: must be greater than zero"));
+        }
+        for (key, globs) in [("allow", &self.allow), ("deny", &self.deny)] {
+            for g in globs {
+                if g.is_empty() || !g.chars().all(|c| c == '*' || is_pattern_table_name(&c.to_string())) {
+                    problems.push(format!(
+                        "{at}.{key}: \"{g}\" can never match: tables found by the pattern are named with letters, digits, '_' and '-' (globs: '*' only)"
+                    ));
+                }
+            }
+        }
+        for region in self.priority.keys().filter(|r| !self.regions.contains(r)) {
+            problems
+                .push(format!("{at}.priority.{region}: \"{region}\" is not one of the regions ({})", self.regions.join(", ")));
+        }
+        validate_source(&self.source, &format!("{at}.source"), problems);
+        let sources: Vec<SourceConfig> =
+            self.regions.iter().map(|r| SourceConfig { name: r.clone(), ..self.source.clone() }).collect();
+        merge.validate_columns("merge", &format!(" ({at})"), &sources, problems);
+        // A topic of an explicit table that the pattern matches would be
+        // read twice (or, an output, fed back), unless the explicit table has
+        // the name the pattern gives it (explicit tables win).
+        for (prefix, t) in explicit {
+            let topics = t.sources.iter().enumerate().map(|(j, s)| (format!("{prefix}sources[{j}].topic"), &s.topic));
+            for (key, topic) in topics.chain([(format!("{prefix}output.topic"), &t.output.topic)]) {
+                let found = self.regions.iter().find_map(|r| self.table_of(r, topic)).filter(|n| self.selects(n));
+                if let Some(name) = found.filter(|n| !explicit.iter().any(|(_, e)| e.name == *n)) {
+                    problems.push(format!(
+                        "{key}: \"{topic}\" is also a source of table \"{name}\" found by [tables_pattern]; deny \"{name}\" there or name this table \"{name}\""
+                    ));
+                }
+            }
+        }
     }
 }
