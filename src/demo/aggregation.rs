@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 use super::scenario::SourceSpec;
-use super::{key_of, Kind, Rng, Simulation, Write_};
+use super::sources::{key_of, Kind, Rng, Simulation, Write_};
 
 /// Customers 1..=CRM_CUSTOMERS are the CRM's; billing also has the rest.
 pub(super) const CRM_CUSTOMERS: u64 = 100;
@@ -137,7 +137,7 @@ fn add_points(row: &mut Map<String, Value>, n: i64) {
 
 impl Sim {
     pub(super) fn new() -> Sim {
-        Sim { rng: Rng(0xa66e_6a7e_0c0f_fee5), rows: Default::default(), lsn: [20_000_000; 4] }
+        Sim { rng: Rng::new(0xa66e_6a7e_0c0f_fee5), rows: Default::default(), lsn: [20_000_000; 4] }
     }
 
     fn pick_source(&mut self) -> usize {

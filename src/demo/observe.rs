@@ -18,7 +18,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::Value;
 
 use super::scenario::{Scenario, SourceSpec};
-use super::{fail, key_of, DemoError, LiveCounts, GROUP, OUTPUT, PARTITIONS, TABLE};
+use super::sources::{key_of, LiveCounts};
+use super::{fail, DemoError, GROUP, OUTPUT, PARTITIONS, TABLE};
 use crate::config::Config;
 use crate::merge::KeyState;
 use crate::metrics::Metrics;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::scenario::SourceSpec;
-use super::{key_of, Kind, Rng, Simulation, Write_};
+use super::sources::{key_of, Kind, Rng, Simulation, Write_};
 
 pub(super) const CUSTOMERS: u64 = 200;
 /// The first keys take a share of all writes, so regions edit them concurrently.
@@ -97,7 +97,7 @@ pub(super) struct Sim {
 
 impl Sim {
     pub(super) fn new() -> Sim {
-        Sim { rng: Rng(0x5eed_0f7a_1b07_a41e), locals: Default::default(), inbox: Vec::new(), lsn: [10_000_000; 3] }
+        Sim { rng: Rng::new(0x5eed_0f7a_1b07_a41e), locals: Default::default(), inbox: Vec::new(), lsn: [10_000_000; 3] }
     }
 
     /// Applies replicated versions that are due: a version that dominates

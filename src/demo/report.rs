@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::observe::{KnownValues, MetricsView, ReplayCheck, Row};
-use super::{aggregation, regions, DemoPolicy, Produced, CATCH_UP, TABLE};
+use super::sources::Produced;
+use super::{aggregation, regions, DemoPolicy, CATCH_UP, TABLE};
 use crate::config::Config;
 use crate::merge::KeyState;
 use crate::pipeline::Pipeline;

@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::{aggregation, regions, DemoError, DemoPolicy, Simulation, COMMIT_INTERVAL, GROUP, OUTPUT, TABLE};
+use super::sources::Simulation;
+use super::{aggregation, regions, DemoError, DemoPolicy, COMMIT_INTERVAL, GROUP, OUTPUT, TABLE};
 use crate::config::Config;
 
 /// Which demo `tributary demo` runs (`--scenario`).
