@@ -210,7 +210,9 @@ impl EventSource {
 
 /// What the processor does per event, over a `MemoryStore`-like map: find
 /// (or create) the key's state, apply, and resolve when the state changed.
-#[inline]
+/// Never inlined, so that `valgrind --tool=callgrind
+/// --toggle-collect=merge::merge_one` counts exactly the timed work.
+#[inline(never)]
 fn merge_one(engine: &MergeEngine, states: &mut HashMap<String, KeyState>, mut event: ChangeEvent) -> Applied {
     // `apply` does not read the key: move it out instead of copying it.
     let key = std::mem::take(&mut event.key);

@@ -672,7 +672,7 @@ fn read_field_state(r: &mut Reader<'_>, version: SchemaVersion) -> Decoded<Field
             Ok(())
         })?;
     }
-    Ok(FieldState { fields: columns, cleared, sets, counters })
+    Ok(FieldState { fields: columns, cleared, sets, counters, ..FieldState::default() })
 }
 
 /// One `CounterState` record.
@@ -766,6 +766,7 @@ mod tests {
                 cleared: vec![clock(&[("us", 7)]), clock(&[("eu", 1), ("ap", 1)])],
                 sets: sample_sets(),
                 counters: sample_counters(),
+                ..FieldState::default()
             }),
         }
     }
@@ -1023,6 +1024,7 @@ mod tests {
                 cleared: from_avro_array(f["cleared"]).iter().map(from_avro_clock).collect(),
                 sets,
                 counters,
+                ..FieldState::default()
             }
         });
         KeyState { versions: from_avro_array(r["versions"]).iter().map(from_avro_version).collect(), fields }
@@ -1256,7 +1258,13 @@ mod tests {
             ),
             prop::collection::btree_map(".{0,8}", arb_counter(), 0..2),
         )
-            .prop_map(|(fields, cleared, sets, counters)| FieldState { fields, cleared, sets, counters })
+            .prop_map(|(fields, cleared, sets, counters)| FieldState {
+                fields,
+                cleared,
+                sets,
+                counters,
+                ..FieldState::default()
+            })
     }
 
     fn arb_counter() -> impl Strategy<Value = CounterState> {

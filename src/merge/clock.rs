@@ -69,6 +69,15 @@ impl VersionVector {
     /// Becomes a copy of `other`, in place when both have the same sources
     /// (no allocation: the usual case for one source's successive writes).
     pub fn assign(&mut self, other: &VersionVector) {
+        // Derived clocks have one entry: no walk of both maps.
+        if self.0.len() == 1 && other.0.len() == 1 {
+            if let (Some((mine, slot)), Some((theirs, &counter))) = (self.0.iter_mut().next(), other.0.iter().next()) {
+                if mine == theirs {
+                    *slot = counter;
+                    return;
+                }
+            }
+        }
         if self.0.len() == other.0.len() && self.0.keys().eq(other.0.keys()) {
             for (mine, theirs) in self.0.values_mut().zip(other.0.values()) {
                 *mine = *theirs;

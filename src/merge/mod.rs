@@ -17,6 +17,9 @@ mod counter;
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::iter::Peekable;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -241,6 +244,35 @@ pub struct FieldState {
     /// Per `counter` column, its initial values and every source's deltas.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub counters: BTreeMap<String, CounterState>,
+    /// The merged row as last rendered: derived from the rest, never stored.
+    #[serde(skip)]
+    pub(crate) rendered: Rendered,
+}
+
+/// A `field-lww` row rendered by [`MergeEngine::apply`], so that
+/// [`MergeEngine::resolve`] lends it instead of building a row per event
+/// (a row is a dozen small allocations), and the next event updates it in
+/// place. It is derived data: equal states are equal whatever it holds, and
+/// a state that was decoded or changed other than through `apply` has none
+/// (or one the engine no longer trusts) and is rendered from scratch.
+#[derive(Clone, Default)]
+pub(crate) struct Rendered {
+    /// The [`MergeEngine::id`] that rendered it (the row depends on the settings).
+    engine: u64,
+    /// `Some(None)`: the key resolves to deleted; `None`: nothing rendered.
+    row: Option<Option<Row>>,
+}
+
+impl PartialEq for Rendered {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.row.is_some() { "Rendered" } else { "NotRendered" })
+    }
 }
 
 /// The state of one `union` column: an add-wins observed-remove set. Each
@@ -448,12 +480,19 @@ enum Insert {
 #[derive(Debug, Clone, Default)]
 pub struct MergeEngine {
     settings: MergeSettings,
+    /// Tells apart engines with different settings (clones share it), so a
+    /// row rendered by one is never lent out by another. 0 is the default
+    /// settings' engine.
+    id: u64,
 }
+
+/// The next [`MergeEngine::id`].
+static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
 
 impl MergeEngine {
     /// An engine with these settings.
     pub fn new(settings: MergeSettings) -> Self {
-        Self { settings }
+        Self { settings, id: NEXT_ENGINE.fetch_add(1, AtomicOrdering::Relaxed) }
     }
 
     /// The settings in force.
@@ -656,19 +695,29 @@ impl MergeEngine {
             }
             Op::Upsert => {
                 if let Some(row) = &event.row {
+                    // The row, the rules and the column map are all sorted by
+                    // column name: walked together, no column is looked up.
+                    let mut rules = self.settings.columns.iter().peekable();
+                    let FieldState { fields: columns, sets, .. } = fields;
+                    let mut known = columns.iter_mut().peekable();
+                    let mut new_columns = Vec::new();
                     for (name, value) in row {
                         let changed =
                             event.full_image || event.before.as_ref().is_none_or(|before| before.get(name) != Some(value));
                         if !changed {
                             continue;
                         }
-                        let rule = self.rule(name);
+                        while rules.next_if(|(column, _)| column.as_str() < name.as_str()).is_some() {}
+                        let rule = rules.peek().filter(|(column, _)| *column == name).map(|(_, rule)| *rule);
                         if rule == Some(&ColumnRule::Counter) {
                             continue; // below
                         }
                         if rule == Some(&ColumnRule::Union) {
                             let before = if event.full_image { None } else { event.before.as_ref().and_then(|b| b.get(name)) };
-                            let set = fields.sets.entry(name.clone()).or_default();
+                            let set = match sets.get_mut(name) {
+                                Some(set) => set,
+                                None => sets.entry(name.clone()).or_default(),
+                            };
                             let (operations, changed) = self.apply_union(set, &mut write, before, value);
                             fields_changed |= changed;
                             if operations {
@@ -680,24 +729,21 @@ impl MergeEngine {
                             // operation is visible. Else a row whose base lacks
                             // the column would lose it.
                         }
-                        assign_value(&mut write.value, value);
-                        let set = match fields.fields.get_mut(name) {
-                            Some(set) => set,
-                            None => fields.fields.entry(name.clone()).or_default(),
-                        };
-                        // A row-stale event's column writes still apply: a later
-                        // version that did not change this column does not carry
-                        // this write, so dropping it would depend on arrival order.
-                        let foreign = matches!(rule, Some(ColumnRule::Owner { source }) if *source != event.source);
-                        let inserted = match rule {
-                            None | Some(ColumnRule::Union) => self.insert_into(set, &mut write, |v, e| v.vv.causality(&e.vv)),
-                            Some(_) => self.insert_into(set, &mut write, self.column_order(rule)),
-                        };
-                        if inserted == Insert::Added {
-                            fields_changed = true;
-                            // Counted once: a redelivery is a duplicate.
-                            foreign_owner_writes += u32::from(foreign);
+                        while known.next_if(|(column, _)| column.as_str() < name.as_str()).is_some() {}
+                        match known.next_if(|(column, _)| *column == name) {
+                            Some((_, set)) => {
+                                let (added, foreign) = self.write_column(set, rule, &mut write, value);
+                                fields_changed |= added;
+                                foreign_owner_writes += u32::from(foreign);
+                            }
+                            None => new_columns.push((name, rule, value)),
                         }
+                    }
+                    for (name, rule, value) in new_columns {
+                        let set = columns.entry(name.clone()).or_default();
+                        let (added, foreign) = self.write_column(set, rule, &mut write, value);
+                        fields_changed |= added;
+                        foreign_owner_writes += u32::from(foreign);
                     }
                 }
             }
@@ -713,7 +759,35 @@ impl MergeEngine {
             Insert::Duplicate => Applied::Duplicate,
             Insert::Stale => Applied::Stale,
         };
+        let fresh = state.fields.as_ref().is_some_and(|f| f.rendered.engine == self.id && f.rendered.row.is_some());
+        if applied == Applied::Changed || !fresh {
+            self.rerender(state);
+        }
         ApplyReport { applied, foreign_owner_writes, refused: None }
+    }
+
+    /// Inserts one column write (`write`, the event's template, with
+    /// `value`) into the column's set of writes under its rule. Returns
+    /// whether the set changed, and whether that write was a foreign write
+    /// to an `owner` column (counted once: a redelivery is a duplicate).
+    fn write_column(
+        &self,
+        set: &mut Vec<FieldVersion>,
+        rule: Option<&ColumnRule>,
+        write: &mut FieldVersion,
+        value: &Value,
+    ) -> (bool, bool) {
+        assign_value(&mut write.value, value);
+        // A row-stale event's column writes still apply: a later version
+        // that did not change this column does not carry this write, so
+        // dropping it would depend on arrival order.
+        let foreign = matches!(rule, Some(ColumnRule::Owner { source }) if *source != write.source);
+        let inserted = match rule {
+            None | Some(ColumnRule::Union) => self.insert_into(set, write, |v, e| v.vv.causality(&e.vv)),
+            Some(_) => self.insert_into(set, write, self.column_order(rule)),
+        };
+        let added = inserted == Insert::Added;
+        (added, added && foreign)
     }
 
     /// A `union` column's write: the elements of `after` that `before` lacks
@@ -773,14 +847,10 @@ impl MergeEngine {
         let vv = state.merged_clock();
         let siblings = state.versions.len();
         let (mut row, winner): (Option<Cow<'a, Row>>, Option<&'a str>) = match self.settings.policy {
-            Policy::FieldLww => {
-                let base = self
-                    .decide(&state.versions, |a, b| self.lww_cmp(a, b))
-                    .map(|i| &state.versions[i])
-                    .filter(|v| v.op == Op::Upsert)
-                    .and_then(|v| v.row.as_ref());
-                (base.map(|base| Cow::Owned(self.render_fields(state, base))), None)
-            }
+            Policy::FieldLww => match state.fields.as_ref().map(|f| &f.rendered) {
+                Some(Rendered { engine, row: Some(row) }) if *engine == self.id => (row.as_ref().map(Cow::Borrowed), None),
+                _ => (self.field_base(state).map(|base| Cow::Owned(self.render_fields(state, base))), None),
+            },
             Policy::Lww | Policy::SourcePriority => match self.decide(&state.versions, |a, b| self.policy_cmp(a, b)) {
                 Some(i) => {
                     let w = &state.versions[i];
@@ -868,6 +938,81 @@ impl MergeEngine {
         out.into_values().collect()
     }
 
+    /// The full after image of the winning existence version (`field-lww`),
+    /// or `None` when the key resolves to deleted.
+    fn field_base<'s>(&self, state: &'s KeyState) -> Option<&'s Row> {
+        self.decide(&state.versions, |a, b| self.lww_cmp(a, b))
+            .map(|i| &state.versions[i])
+            .filter(|v| v.op == Op::Upsert)
+            .and_then(|v| v.row.as_ref())
+    }
+
+    /// Brings the state's rendered row up to date: in place when it has the
+    /// columns the new row has (the usual case: the same columns, some new
+    /// values), else rendered afresh.
+    fn rerender(&self, state: &mut KeyState) {
+        let Some(fields) = state.fields.as_mut() else { return };
+        let old = std::mem::take(&mut fields.rendered);
+        let old = if old.engine == self.id { old.row.flatten() } else { None };
+        let fields = state.fields.as_ref().expect("checked above");
+        let row = self.field_base(state).map(|base| match old {
+            Some(mut row) => {
+                if !self.render_in_place(fields, base, &mut row) {
+                    row = self.render_fields(state, base);
+                }
+                row
+            }
+            None => self.render_fields(state, base),
+        });
+        // Every unit test that applies an event checks the in-place render.
+        #[cfg(test)]
+        assert_eq!(row, self.field_base(state).map(|base| self.render_fields(state, base)), "in-place render differs");
+        state.fields.as_mut().expect("checked above").rendered = Rendered { engine: self.id, row: Some(row) };
+    }
+
+    /// [`render_fields`](Self::render_fields) into `row`, the row rendered
+    /// before, without allocating where the values fit: walks the row and
+    /// every per-column map together (all sorted by column name). Returns
+    /// false, leaving `row` unspecified, when the new row's columns are not
+    /// exactly `row`'s.
+    fn render_in_place(&self, fields: &FieldState, base: &Row, row: &mut Row) -> bool {
+        let mut in_base = base.iter().peekable();
+        let mut writes = fields.fields.iter().peekable();
+        let mut sets = fields.sets.iter().peekable();
+        let mut counters = fields.counters.iter().peekable();
+        let mut rules = self.settings.columns.iter().peekable();
+        for (name, slot) in row.iter_mut() {
+            let (Ok(from_base), Ok(written), Ok(set), Ok(counter)) =
+                (at(&mut in_base, name), at(&mut writes, name), at(&mut sets, name), at(&mut counters, name))
+            else {
+                return false; // a column the rendered row lacks
+            };
+            while rules.next_if(|(column, _)| column.as_str() < name.as_str()).is_some() {}
+            let rule = rules.peek().filter(|(column, _)| *column == name).map(|(_, rule)| *rule);
+            let mut value = written.and_then(|w| self.winner_under(fields, rule, w)).map(|w| &w.value).or(from_base);
+            let mut computed = None;
+            if let (Some(set), Some(ColumnRule::Union)) = (set, rule) {
+                if let Some(elements) = present_elements(fields, set) {
+                    write_union(slot, from_base, &elements);
+                    continue;
+                }
+            }
+            if counter.is_some() && rule == Some(&ColumnRule::Counter) {
+                if let Some(v) = self.counter_value(fields, name, from_base) {
+                    computed = Some(v);
+                }
+            }
+            match computed {
+                Some(v) => *slot = v,
+                None => match value.take() {
+                    Some(v) => assign_value(slot, v),
+                    None => return false, // a column the new row lacks
+                },
+            }
+        }
+        in_base.peek().is_none() && writes.peek().is_none() && sets.peek().is_none() && counters.peek().is_none()
+    }
+
     /// The `field-lww` row: the visible column winners laid over `base`, the
     /// full after image of the winning existence version.
     ///
@@ -916,9 +1061,19 @@ impl MergeEngine {
     /// The write a column shows under its rule, among the writes no delete
     /// has hidden; `None` leaves the column to the base.
     fn column_winner<'s>(&self, fields: &FieldState, name: &str, writes: &'s [FieldVersion]) -> Option<&'s FieldVersion> {
+        self.winner_under(fields, self.rule(name), writes)
+    }
+
+    /// [`column_winner`](Self::column_winner) for a column whose rule is known.
+    fn winner_under<'s>(
+        &self,
+        fields: &FieldState,
+        rule: Option<&ColumnRule>,
+        writes: &'s [FieldVersion],
+    ) -> Option<&'s FieldVersion> {
         let visible = || writes.iter().filter(|w| !fields.cleared.iter().any(|c| w.vv.happened_before(c)));
         let latest = |a: &&FieldVersion, b: &&FieldVersion| self.lww_cmp(*a, *b);
-        match self.rule(name) {
+        match rule {
             None => visible().max_by(latest),
             Some(ColumnRule::Owner { source }) => {
                 visible().filter(|w| w.source == *source).max_by(latest).or_else(|| visible().max_by(latest))
@@ -941,6 +1096,20 @@ impl MergeEngine {
             None => true,
             Some(ts) => self.resolve(state).row.is_none() && ts.saturating_add(self.settings.tombstone_retention_ms) < now_ms,
         }
+    }
+}
+
+/// Advances a walk over a map sorted by column name to `name`: its entry
+/// there, if any, or `Err` when the map has a column before `name` (one the
+/// walk of the other map skipped).
+fn at<'m, V: 'm>(map: &mut Peekable<impl Iterator<Item = (&'m String, &'m V)>>, name: &str) -> Result<Option<&'m V>, ()> {
+    match map.peek() {
+        Some((column, _)) => match column.as_str().cmp(name) {
+            Ordering::Less => Err(()),
+            Ordering::Equal => Ok(map.next().map(|(_, v)| v)),
+            Ordering::Greater => Ok(None),
+        },
+        None => Ok(None),
     }
 }
 
@@ -1024,6 +1193,11 @@ fn same_row(a: &Row, b: &Row) -> bool {
 /// or `None` when no operation on it is visible (a delete hid them all),
 /// which leaves the column to the row's base.
 fn union_elements(fields: &FieldState, set: &ElementSet) -> Option<Vec<Value>> {
+    present_elements(fields, set).map(|present| present.into_iter().cloned().collect())
+}
+
+/// [`union_elements`], borrowed from the set.
+fn present_elements<'s>(fields: &FieldState, set: &'s ElementSet) -> Option<Vec<&'s Value>> {
     let visible = |w: &FieldVersion| !fields.cleared.iter().any(|c| w.vv.happened_before(c));
     if !set.adds.iter().chain(&set.removes).any(visible) {
         return None;
@@ -1036,7 +1210,30 @@ fn union_elements(fields: &FieldState, set: &ElementSet) -> Option<Vec<Value>> {
     let mut present: Vec<&Value> = set.adds.iter().filter(|a| visible(a) && !observed(a)).map(|a| &a.value).collect();
     present.sort_by(|a, b| value_cmp(a, b));
     present.dedup_by(|a, b| same_json(a, b));
-    Some(present.into_iter().cloned().collect())
+    Some(present)
+}
+
+/// `*slot = union_value(base, elements)`, reusing the slot's buffers: a
+/// `union` column usually renders to the same text event after event.
+fn write_union(slot: &mut Value, base: Option<&Value>, elements: &[&Value]) {
+    match (base, slot) {
+        (Some(Value::String(_)), Value::String(text)) => {
+            let mut bytes = std::mem::take(text).into_bytes();
+            bytes.clear();
+            serde_json::to_writer(&mut bytes, elements).expect("values serialize");
+            *text = String::from_utf8(bytes).expect("serde_json writes UTF-8");
+        }
+        (Some(Value::String(_)), slot) => *slot = Value::String(serde_json::to_string(elements).expect("values serialize")),
+        (_, Value::Array(items)) => {
+            items.truncate(elements.len());
+            for (item, element) in items.iter_mut().zip(elements) {
+                assign_value(item, element);
+            }
+            let have = items.len();
+            items.extend(elements[have..].iter().map(|e| (*e).clone()));
+        }
+        (_, slot) => *slot = Value::Array(elements.iter().map(|e| (*e).clone()).collect()),
+    }
 }
 
 /// How `a` ranks against `b` under a `max` or `min` rule: `Greater` when `a`
