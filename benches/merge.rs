@@ -38,6 +38,13 @@
 //! cached after the first lookup; the bench checks, through the stand-in's
 //! request log, that no registry request happens while timing.
 //!
+//! Instruction counts (repeatable where wall clock is noisy):
+//! `TRIBUTARY_BENCH_KEYS=2000 valgrind --tool=callgrind --dump-instr=no
+//! --toggle-collect=merge::merge_one target/release/deps/merge-HASH --bench
+//! --profile-time 2 'apply\+resolve/lww/'`, then the inclusive cost and call
+//! count of `merge_one` as called from `MergeFixture::run` (the set-up's two
+//! rounds call it too).
+//!
 //! Run: `cargo bench -j2 --bench merge`; `TRIBUTARY_BENCH_KEYS=10000 cargo bench …`
 //! for a smaller state; `cargo bench -j2 --bench merge -- process/` for the
 //! JSON/Avro comparison only.

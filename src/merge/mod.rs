@@ -292,6 +292,10 @@ pub struct ElementSet {
 }
 
 /// Everything stored for one key.
+///
+/// Change it through [`MergeEngine::apply`] only: under `field-lww` it
+/// also holds the row last rendered ([`FieldState`]), which `resolve` lends
+/// out and a direct change of the fields would leave stale.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeyState {
     /// The antichain of maximal versions, sorted winner-first by the `lww` order.
@@ -638,6 +642,8 @@ impl MergeEngine {
             let clocks = v.vv.causality(&e.vv);
             match rule {
                 None => clocks,
+                // Every rule keeps concurrent writes apart: no need to look further.
+                Some(_) if clocks == Causality::Concurrent => Causality::Concurrent,
                 // Owner and non-owner writes are kept apart: a non-owner
                 // write that saw the owner's must not displace it.
                 Some(ColumnRule::Owner { source }) if (v.source == *source) != (e.source == *source) => Causality::Concurrent,
