@@ -71,9 +71,9 @@ impl VersionVector {
     pub fn assign(&mut self, other: &VersionVector) {
         // Derived clocks have one entry: no walk of both maps.
         if self.0.len() == 1 && other.0.len() == 1 {
-            if let (Some((mine, slot)), Some((theirs, &counter))) = (self.0.iter_mut().next(), other.0.iter().next()) {
-                if mine == theirs {
-                    *slot = counter;
+            if let (Some(mut mine), Some((theirs, &counter))) = (self.0.first_entry(), other.0.first_key_value()) {
+                if mine.key() == theirs {
+                    mine.insert(counter);
                     return;
                 }
             }
@@ -100,7 +100,7 @@ impl VersionVector {
     pub fn causality(&self, other: &VersionVector) -> Causality {
         // Derived clocks have one entry: compare them without walking the maps.
         if self.0.len() == 1 && other.0.len() == 1 {
-            let ((a, x), (b, y)) = (self.0.iter().next().unwrap(), other.0.iter().next().unwrap());
+            let ((a, x), (b, y)) = (self.0.first_key_value().unwrap(), other.0.first_key_value().unwrap());
             return if a != b {
                 Causality::Concurrent
             } else {
