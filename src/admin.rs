@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 /// Answers `GET /state/{key}`: status code and JSON body. It may block (the
 /// processor's query waits for a gap between cycle steps), so it runs on
 /// tokio's blocking pool, never on the runtime's own threads.
-pub type StateQuery = Arc<dyn Fn(&str) -> (u16, String) + Send + Sync>;
+pub type StateQuery = Arc<dyn Fn(Option<&str>, &str) -> (u16, String) + Send + Sync>;
 
 /// The bearer token that guards `/state` and the mutating endpoints. Its
 /// `Debug` shows nothing of it, so it cannot reach a log by accident.
@@ -154,7 +154,7 @@ async fn serve_with(listen: &str, metrics: Arc<Metrics>, endpoints: Endpoints, l
     let mut open = vec!["/metrics", "/healthz", "/readyz"];
     let mut guarded = vec![];
     if endpoints.state.is_some() {
-        guarded.push("/state/{key}");
+        guarded.push("/state/{table}/{key}");
     }
     if endpoints.sources.is_some() {
         open.push("/sources");
@@ -285,12 +285,19 @@ async fn readyz(State(s): State<Shared>) -> Response {
     }
 }
 
-/// The key is the rest of the path, percent-decoded (keys are JSON:
-/// `/state/%7B%22id%22%3A42%7D`); a query string is ignored.
+/// `/state/{table}/{key}` or `/state/{key}`: the key is the rest of the
+/// path, percent-decoded (keys are JSON: `/state/%7B%22id%22%3A42%7D`); a
+/// `/` in the raw path separates the table from the key (a key's own `/` is
+/// sent as `%2F`, as every client encodes a path segment); a query string is
+/// ignored.
 async fn state(State(s): State<Shared>, uri: Uri) -> Response {
-    let key = percent_decode(uri.path().strip_prefix("/state/").unwrap_or_default());
+    let rest = uri.path().strip_prefix("/state/").unwrap_or_default();
+    let (table, key) = match rest.split_once('/') {
+        Some((table, key)) => (Some(percent_decode(table)), percent_decode(key)),
+        None => (None, percent_decode(rest)),
+    };
     let query = s.endpoints.state.clone().expect("routed only with a state query");
-    match tokio::task::spawn_blocking(move || query(&key)).await {
+    match tokio::task::spawn_blocking(move || query(table.as_deref(), &key)).await {
         Ok((status, body)) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
@@ -449,7 +456,7 @@ mod tests {
 
     fn answer(status: u16, body: &str) -> StateQuery {
         let body = body.to_string();
-        Arc::new(move |_: &str| (status, body.clone()))
+        Arc::new(move |_: Option<&str>, _: &str| (status, body.clone()))
     }
 
     /// The processor's side of pause and resume, kept in memory: requests
@@ -530,16 +537,19 @@ mod tests {
     async fn routes_status_codes_and_bodies() {
         let keys = Arc::new(Mutex::new(Vec::new()));
         let seen = keys.clone();
-        let state: StateQuery = Arc::new(move |key: &str| {
-            seen.lock().unwrap().push(key.to_string());
+        let state: StateQuery = Arc::new(move |table: Option<&str>, key: &str| {
+            seen.lock().unwrap().push(match table {
+                Some(t) => format!("{t}|{key}"),
+                None => key.to_string(),
+            });
             (404, r#"{"error":"no state"}"#.to_string())
         });
         let (base, metrics) = start(endpoints(state, Some(TOKEN)).0, LIMITS).await;
-        metrics.consumed("eu");
+        metrics.consumed("t", "eu");
 
         let r = get(&base, "/metrics").await;
         assert_eq!((r.status(), content_type(&r)), (StatusCode::OK, "text/plain; version=0.0.4".into()));
-        assert!(r.text().await.unwrap().contains("tributary_records_consumed_total{source=\"eu\"} 1"));
+        assert!(r.text().await.unwrap().contains("tributary_records_consumed_total{source=\"eu\",table=\"t\"} 1"));
 
         let r = get(&base, "/healthz").await;
         assert_eq!((r.status(), content_type(&r)), (StatusCode::OK, "text/plain".into()));
@@ -564,7 +574,7 @@ mod tests {
         assert_eq!(r.text().await.unwrap(), r#"{"error":"no state"}"#);
         assert_eq!(get(&base, "/state/a/b%2Fc").await.status(), StatusCode::NOT_FOUND);
         assert_eq!(get(&base, "/state/").await.status(), StatusCode::NOT_FOUND);
-        assert_eq!(*keys.lock().unwrap(), [r#"{"id":42}"#, "a/b/c", ""]);
+        assert_eq!(*keys.lock().unwrap(), [r#"{"id":42}"#, "a|b/c", ""]);
 
         let r = get(&base, "/nothing/here").await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
@@ -580,7 +590,7 @@ mod tests {
     async fn state_and_pause_resume_need_the_token_the_rest_is_open() {
         let asked = Arc::new(AtomicU64::new(0));
         let counter = asked.clone();
-        let state: StateQuery = Arc::new(move |_: &str| {
+        let state: StateQuery = Arc::new(move |_: Option<&str>, _: &str| {
             counter.fetch_add(1, Ordering::SeqCst);
             (200, "{}".to_string())
         });
@@ -754,7 +764,7 @@ mod tests {
     /// single-threaded runtime, /healthz answers while it waits.
     #[tokio::test(flavor = "current_thread")]
     async fn a_slow_state_query_runs_off_the_runtime() {
-        let slow: StateQuery = Arc::new(|_: &str| {
+        let slow: StateQuery = Arc::new(|_: Option<&str>, _: &str| {
             std::thread::sleep(Duration::from_millis(1500));
             (200, "{}".to_string())
         });
@@ -774,7 +784,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_past_its_deadline_gets_503() {
-        let stuck: StateQuery = Arc::new(|_: &str| {
+        let stuck: StateQuery = Arc::new(|_: Option<&str>, _: &str| {
             std::thread::sleep(Duration::from_secs(2));
             (200, "{}".to_string())
         });

@@ -1,7 +1,8 @@
 //! Prometheus metrics. The naming rule (see doc/operations.md, "Metrics"):
 //! `tributary_<noun>_<unit>[_total]`, labels of bounded cardinality only
-//! (`source`, `partition`, `outcome`, `policy`, `winner`, `reason`, `kind`),
-//! never a key. Each happening has one method here that counts it, so call
+//! (`table`, `source`, `partition`, `outcome`, `policy`, `winner`, `reason`,
+//! `kind`), never a key. `table` is bounded by the tables one process merges
+//! (at most 200, see doc/configuration.md "Many tables"). Each happening has one method here that counts it, so call
 //! sites stay one line.
 
 use prometheus::{
@@ -31,6 +32,9 @@ pub struct Metrics {
     filter_records: IntCounterVec,
     primary_key_changes: IntCounterVec,
     source_paused: IntGaugeVec,
+    repartitioned: IntGaugeVec,
+    repartitioned_records: IntCounterVec,
+    tables: IntGauge,
     ready: IntGauge,
     up: Gauge,
 }
@@ -141,7 +145,7 @@ impl Metrics {
                 "Age of an event when its merged record is emitted: now minus the source commit time",
             )
             .buckets(prometheus::exponential_buckets(0.01, 2.5, 14).expect("buckets")),
-            &["source"],
+            &["table", "source"],
         )
         .expect("valid metric");
         p.register(Box::new(event_age.clone())).expect("registered once");
@@ -152,19 +156,19 @@ impl Metrics {
         r.register(Box::new(up.clone())).expect("registered once");
         up.set(1.0);
         Metrics {
-            consumed: counter(p, "tributary_records_consumed_total", "Source records consumed", &["source"]),
-            emitted: counter(p, "tributary_records_emitted_total", "Merged records written to the output topic", &["source"]),
-            dropped: counter(p, "tributary_events_dropped_total", "Events that changed nothing (stale, duplicate) or were ignored (Debezium tombstones)", &["source", "outcome"]),
-            conflicts: counter(p, "tributary_conflicts_total", "State-changing events that left more than one version", &["policy", "winner"]),
-            dead_letters: counter(p, "tributary_dead_letters_total", "Records sent to the dead-letter topic", &["source", "reason"]),
+            consumed: counter(p, "tributary_records_consumed_total", "Source records consumed", &["table", "source"]),
+            emitted: counter(p, "tributary_records_emitted_total", "Merged records written to the output topic", &["table", "source"]),
+            dropped: counter(p, "tributary_events_dropped_total", "Events that changed nothing (stale, duplicate) or were ignored (Debezium tombstones)", &["table", "source", "outcome"]),
+            conflicts: counter(p, "tributary_conflicts_total", "State-changing events that left more than one version", &["table", "policy", "winner"]),
+            dead_letters: counter(p, "tributary_dead_letters_total", "Records sent to the dead-letter topic", &["table", "source", "reason"]),
             siblings,
             cycle,
             event_age,
-            lag: gauge(p, "tributary_consumer_lag_records", "Records between the consumer's position and the partition's end (the last stable offset under read_committed), per source partition", &["source", "partition"]),
-            skew: float_gauge(p, "tributary_clock_skew_seconds", "Kafka record time minus source commit time, last seen per source", &["source"]),
-            state_keys: gauge(p, "tributary_state_keys", "Keys in a task's local state (approximate)", &["partition"]),
-            restore_remaining: gauge(p, "tributary_restore_remaining_records", "Changelog records left to restore", &["partition"]),
-            restore_rate: float_gauge(p, "tributary_restore_rate_records_per_second", "Restore speed", &["partition"]),
+            lag: gauge(p, "tributary_consumer_lag_records", "Records between the consumer's position and the partition's end (the last stable offset under read_committed), per source partition", &["table", "source", "partition"]),
+            skew: float_gauge(p, "tributary_clock_skew_seconds", "Kafka record time minus source commit time, last seen per source", &["table", "source"]),
+            state_keys: gauge(p, "tributary_state_keys", "Keys in a task's local state (approximate)", &["table", "partition"]),
+            restore_remaining: gauge(p, "tributary_restore_remaining_records", "Changelog records left to restore", &["table", "partition"]),
+            restore_rate: float_gauge(p, "tributary_restore_rate_records_per_second", "Restore speed", &["table", "partition"]),
             transactions: counter(p, "tributary_transactions_total", "Processing cycles by outcome", &["outcome"]),
             rebalances: counter(p, "tributary_rebalances_total", "Group rebalance callbacks", &["kind"]),
             registry_errors: counter(
@@ -177,19 +181,19 @@ impl Metrics {
                 p,
                 "tributary_source_filter_records_total",
                 "Records tested by a source's `where` filter, by outcome (matched: kept, dropped)",
-                &["source", "outcome"],
+                &["table", "source", "outcome"],
             ),
             foreign_owner_writes: counter(
                 p,
                 "tributary_owner_foreign_writes_total",
                 "Writes to a column with rule \"owner\" by a source that does not own it (used only while the owner has written nothing)",
-                &["source"],
+                &["table", "source"],
             ),
             primary_key_changes: counter(
                 p,
                 "tributary_primary_key_changes_total",
                 "Primary-key changes merged (Debezium's delete of the old key and create of the new one), counted once, on the create",
-                &["source"],
+                &["table", "source"],
             ),
             source_paused: gauge(
                 p,
@@ -197,6 +201,23 @@ impl Metrics {
                 "1 while an operator has paused the source (POST /sources/{name}/pause): its partitions are not fetched",
                 &["source"],
             ),
+            repartitioned: gauge(
+                p,
+                "tributary_repartitioned_sources",
+                "1 for a source whose records are re-keyed through the table's repartition topic (not co-partitioned with the table)",
+                &["table", "source"],
+            ),
+            repartitioned_records: counter(
+                p,
+                "tributary_repartitioned_records_total",
+                "Records of a source that is not co-partitioned with its table, re-keyed into the table's repartition topic",
+                &["table", "source"],
+            ),
+            tables: {
+                let g = IntGauge::new("tributary_tables", "Tables this process merges (discovered ones included)").expect("valid metric");
+                p.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             ready,
             up,
             registry: r,
@@ -216,28 +237,28 @@ impl Metrics {
     }
 
     /// A source record was consumed; `skew_ms` is record time minus commit time.
-    pub fn consumed(&self, source: &str) {
-        self.consumed.with_label_values(&[source]).inc();
+    pub fn consumed(&self, table: &str, source: &str) {
+        self.consumed.with_label_values(&[table, source]).inc();
     }
 
     /// A merged record was emitted for an event of `source`.
-    pub fn emitted(&self, source: &str, siblings: usize, age_ms: i64, skew_ms: Option<i64>) {
-        self.emitted.with_label_values(&[source]).inc();
+    pub fn emitted(&self, table: &str, source: &str, siblings: usize, age_ms: i64, skew_ms: Option<i64>) {
+        self.emitted.with_label_values(&[table, source]).inc();
         self.siblings.observe(siblings as f64);
-        self.event_age.with_label_values(&[source]).observe(age_ms.max(0) as f64 / 1000.0);
+        self.event_age.with_label_values(&[table, source]).observe(age_ms.max(0) as f64 / 1000.0);
         if let Some(skew) = skew_ms {
-            self.skew.with_label_values(&[source]).set(skew as f64 / 1000.0);
+            self.skew.with_label_values(&[table, source]).set(skew as f64 / 1000.0);
         }
     }
 
     /// An event was dropped (`stale`, `duplicate`) or ignored (`ignored`).
-    pub fn dropped(&self, source: &str, outcome: &str) {
-        self.dropped.with_label_values(&[source, outcome]).inc();
+    pub fn dropped(&self, table: &str, source: &str, outcome: &str) {
+        self.dropped.with_label_values(&[table, source, outcome]).inc();
     }
 
     /// An accepted event left a conflict.
-    pub fn conflict(&self, policy: &str, winner: &str) {
-        self.conflicts.with_label_values(&[policy, winner]).inc();
+    pub fn conflict(&self, table: &str, policy: &str, winner: &str) {
+        self.conflicts.with_label_values(&[table, policy, winner]).inc();
     }
 
     /// A Schema Registry call failed as unavailable (`operation`: decode, register, startup).
@@ -246,28 +267,28 @@ impl Metrics {
     }
 
     /// Records a source's `where` filter kept (`matched`) and dropped.
-    pub fn filter_records(&self, source: &str, matched: u64, dropped: u64) {
-        self.filter_records.with_label_values(&[source, "matched"]).inc_by(matched);
-        self.filter_records.with_label_values(&[source, "dropped"]).inc_by(dropped);
+    pub fn filter_records(&self, table: &str, source: &str, matched: u64, dropped: u64) {
+        self.filter_records.with_label_values(&[table, source, "matched"]).inc_by(matched);
+        self.filter_records.with_label_values(&[table, source, "dropped"]).inc_by(dropped);
     }
 
     /// Writes to `owner` columns by a source that does not own them.
-    pub fn foreign_owner_writes(&self, source: &str, n: u64) {
-        self.foreign_owner_writes.with_label_values(&[source]).inc_by(n);
+    pub fn foreign_owner_writes(&self, table: &str, source: &str, n: u64) {
+        self.foreign_owner_writes.with_label_values(&[table, source]).inc_by(n);
     }
 
     /// One half of a primary-key change was merged. A change counts once, on
     /// its create half (the record with `__debezium.oldkey`), so the count
     /// is the number of changes whatever happens to the delete half.
-    pub fn primary_key_change(&self, source: &str, change: &crate::normalize::KeyChange) {
+    pub fn primary_key_change(&self, table: &str, source: &str, change: &crate::normalize::KeyChange) {
         if matches!(change, crate::normalize::KeyChange::NewKeyCreated { .. }) {
-            self.primary_key_changes.with_label_values(&[source]).inc();
+            self.primary_key_changes.with_label_values(&[table, source]).inc();
         }
     }
 
     /// A record went to the dead-letter topic.
-    pub fn dead_letter(&self, source: &str, reason: &str) {
-        self.dead_letters.with_label_values(&[source, reason]).inc();
+    pub fn dead_letter(&self, table: &str, source: &str, reason: &str) {
+        self.dead_letters.with_label_values(&[table, source, reason]).inc();
     }
 
     /// A cycle ended.
@@ -284,30 +305,45 @@ impl Metrics {
     }
 
     /// Consumer lag of one source partition.
-    pub fn lag(&self, source: &str, partition: i32, lag: i64) {
-        self.lag.with_label_values(&[source, &partition.to_string()]).set(lag.max(0));
+    pub fn lag(&self, table: &str, source: &str, partition: i32, lag: i64) {
+        self.lag.with_label_values(&[table, source, &partition.to_string()]).set(lag.max(0));
     }
 
     /// A source partition this instance no longer consumes has no lag here.
-    pub fn forget_lag(&self, source: &str, partition: i32) {
-        let _ = self.lag.remove_label_values(&[source, &partition.to_string()]);
+    pub fn forget_lag(&self, table: &str, source: &str, partition: i32) {
+        let _ = self.lag.remove_label_values(&[table, source, &partition.to_string()]);
     }
 
     /// Keys in a task's state.
-    pub fn state_keys(&self, partition: i32, keys: usize) {
-        self.state_keys.with_label_values(&[&partition.to_string()]).set(keys as i64);
+    pub fn state_keys(&self, table: &str, partition: i32, keys: usize) {
+        self.state_keys.with_label_values(&[table, &partition.to_string()]).set(keys as i64);
     }
 
     /// Restore progress of a task.
-    pub fn restore(&self, partition: i32, remaining: i64, rate: f64) {
+    pub fn restore(&self, table: &str, partition: i32, remaining: i64, rate: f64) {
         let p = partition.to_string();
-        self.restore_remaining.with_label_values(&[&p]).set(remaining.max(0));
-        self.restore_rate.with_label_values(&[&p]).set(rate);
+        self.restore_remaining.with_label_values(&[table, &p]).set(remaining.max(0));
+        self.restore_rate.with_label_values(&[table, &p]).set(rate);
     }
 
     /// A source's pause state (`paused`: its partitions are not fetched).
     pub fn source_paused(&self, source: &str, paused: bool) {
         self.source_paused.with_label_values(&[source]).set(i64::from(paused));
+    }
+
+    /// A source of `table` is re-keyed through a repartition topic.
+    pub fn repartitioned(&self, table: &str, source: &str) {
+        self.repartitioned.with_label_values(&[table, source]).set(1);
+    }
+
+    /// A record was re-keyed into a repartition topic.
+    pub fn repartitioned_record(&self, table: &str, source: &str) {
+        self.repartitioned_records.with_label_values(&[table, source]).inc();
+    }
+
+    /// How many tables the process merges.
+    pub fn tables(&self, n: usize) {
+        self.tables.set(n as i64);
     }
 
     /// Readiness: every assigned task restored and processing.
@@ -339,30 +375,30 @@ mod tests {
     #[test]
     fn renders_every_family_with_bounded_labels() {
         let m = Metrics::new();
-        m.consumed("eu");
-        m.emitted("eu", 2, 1500, Some(-20));
-        m.dropped("eu", "stale");
-        m.conflict("lww", "eu");
-        m.dead_letter("eu", "bad_value");
+        m.consumed("t", "eu");
+        m.emitted("t", "eu", 2, 1500, Some(-20));
+        m.dropped("t", "eu", "stale");
+        m.conflict("t", "lww", "eu");
+        m.dead_letter("t", "eu", "bad_value");
         m.cycle(true, 0.01);
         m.cycle(false, 0.0);
         m.rebalance("assign");
-        m.lag("eu", 0, 7);
-        m.state_keys(0, 3);
-        m.restore(0, 0, 0.0);
+        m.lag("t", "eu", 0, 7);
+        m.state_keys("t", 0, 3);
+        m.restore("t", 0, 0, 0.0);
         m.source_paused("eu", true);
         m.set_ready(true);
         let text = m.render();
         for name in [
-            "tributary_records_consumed_total{source=\"eu\"} 1",
-            "tributary_records_emitted_total{source=\"eu\"} 1",
-            "tributary_events_dropped_total{outcome=\"stale\",source=\"eu\"} 1",
-            "tributary_conflicts_total{policy=\"lww\",winner=\"eu\"} 1",
-            "tributary_dead_letters_total{reason=\"bad_value\",source=\"eu\"} 1",
+            "tributary_records_consumed_total{source=\"eu\",table=\"t\"} 1",
+            "tributary_records_emitted_total{source=\"eu\",table=\"t\"} 1",
+            "tributary_events_dropped_total{outcome=\"stale\",source=\"eu\",table=\"t\"} 1",
+            "tributary_conflicts_total{policy=\"lww\",table=\"t\",winner=\"eu\"} 1",
+            "tributary_dead_letters_total{reason=\"bad_value\",source=\"eu\",table=\"t\"} 1",
             "tributary_siblings_count 1",
-            "tributary_event_age_seconds_count{source=\"eu\"} 1",
-            "tributary_clock_skew_seconds{source=\"eu\"} -0.02",
-            "tributary_consumer_lag_records{partition=\"0\",source=\"eu\"} 7",
+            "tributary_event_age_seconds_count{source=\"eu\",table=\"t\"} 1",
+            "tributary_clock_skew_seconds{source=\"eu\",table=\"t\"} -0.02",
+            "tributary_consumer_lag_records{partition=\"0\",source=\"eu\",table=\"t\"} 7",
             "tributary_transactions_total{outcome=\"aborted\"} 1",
             "tributary_rebalances_total{kind=\"assign\"} 1",
             "tributary_source_paused{source=\"eu\"} 1",
@@ -377,9 +413,9 @@ mod tests {
     fn a_primary_key_change_counts_once_on_its_create_half() {
         use crate::normalize::KeyChange;
         let m = Metrics::new();
-        m.primary_key_change("eu", &KeyChange::OldKeyDeleted { new_key: r#"{"id":2}"#.into() });
+        m.primary_key_change("t", "eu", &KeyChange::OldKeyDeleted { new_key: r#"{"id":2}"#.into() });
         assert!(!m.render().contains("tributary_primary_key_changes_total{"), "the delete half is not counted");
-        m.primary_key_change("eu", &KeyChange::NewKeyCreated { old_key: r#"{"id":1}"#.into() });
-        assert!(m.render().contains("tributary_primary_key_changes_total{source=\"eu\"} 1"), "{}", m.render());
+        m.primary_key_change("t", "eu", &KeyChange::NewKeyCreated { old_key: r#"{"id":1}"#.into() });
+        assert!(m.render().contains("tributary_primary_key_changes_total{source=\"eu\",table=\"t\"} 1"), "{}", m.render());
     }
 }

@@ -138,15 +138,26 @@ impl StateDb {
         Ok(StateDb { db, meta, path, cache_budget: cache_bytes, open_tasks: Arc::default() })
     }
 
-    /// Opens the task store of partition `p`.
+    /// Opens the task store of partition `p` of the single (default) table.
     pub fn task(&self, partition: i32) -> Result<TaskStore, StoreError> {
+        self.table_task(None, partition)
+    }
+
+    /// Opens the task store of (`table`, `partition`); `None` is the default
+    /// table of a single-table configuration, whose keyspaces keep the names
+    /// they had before tables existed (`task-<p>`), so upgrading keeps the state.
+    pub fn table_task(&self, table: Option<&str>, partition: i32) -> Result<TaskStore, StoreError> {
+        let (name, checkpoint_key) = match table {
+            None => (format!("task-{partition}"), checkpoint_key(partition)),
+            Some(t) => (format!("task-{t}-{partition}"), format!("checkpoint/{t}/{partition}")),
+        };
         let keyspace = self
             .db
-            .keyspace(&format!("task-{partition}"), || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES))
+            .keyspace(&name, || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES))
             .map_err(|source| StoreError::Db { path: self.path.clone(), source })?;
         let checkpoint = self
             .meta
-            .get(checkpoint_key(partition))
+            .get(&checkpoint_key)
             .map_err(|source| StoreError::Db { path: self.path.clone(), source })?
             .map(|v| Checkpoint::decode(&v))
             .unwrap_or_default();
@@ -155,6 +166,7 @@ impl StateDb {
             db: self.clone(),
             keyspace,
             partition,
+            checkpoint_key,
             changelog: checkpoint.changelog.clone(),
             checkpoint,
             cache: HashMap::new(),
@@ -181,6 +193,8 @@ pub struct TaskStore {
     db: StateDb,
     keyspace: Keyspace,
     partition: i32,
+    /// Where the checkpoint lives in the meta keyspace.
+    checkpoint_key: String,
     /// What the keyspace is complete up to (as last committed, plus the
     /// stream time of the open cycle).
     checkpoint: Checkpoint,
@@ -274,7 +288,7 @@ impl TaskStore {
             if done {
                 self.checkpoint = Checkpoint { changelog: self.changelog.clone(), ..Checkpoint::default() };
                 let bytes = serde_json::to_vec(&self.checkpoint).expect("checkpoints serialize");
-                batch.insert(&self.db.meta, checkpoint_key(self.partition), bytes);
+                batch.insert(&self.db.meta, self.checkpoint_key.as_str(), bytes);
                 batch.commit().map_err(err)?;
                 return Ok(removed);
             }
@@ -393,7 +407,7 @@ impl TaskStore {
             stream_time: std::mem::take(&mut self.checkpoint.stream_time),
         };
         let bytes = serde_json::to_vec(&next).expect("checkpoints serialize");
-        batch.insert(&self.db.meta, checkpoint_key(self.partition), bytes);
+        batch.insert(&self.db.meta, self.checkpoint_key.as_str(), bytes);
         if let Err(source) = batch.commit() {
             self.checkpoint.stream_time = std::mem::take(&mut next.stream_time);
             return Err(StoreError::Db { path: self.db.path.clone(), source });

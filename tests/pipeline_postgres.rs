@@ -278,8 +278,8 @@ batch_size = 100
         .sum();
     assert!(conflicts > 0.0, "{metrics}");
     // Each key change counts once, on its create half, for the source that made it.
-    assert!(metrics.lines().any(|l| l == r#"tributary_primary_key_changes_total{source="eu"} 2"#), "{metrics}");
-    assert!(!metrics.contains(r#"tributary_primary_key_changes_total{source="us"}"#), "{metrics}");
+    assert!(metrics.lines().any(|l| l == r#"tributary_primary_key_changes_total{source="eu",table="default"} 2"#), "{metrics}");
+    assert!(!metrics.contains(r#"tributary_primary_key_changes_total{source="us","#), "{metrics}");
     assert!(sink.stop().success());
     assert!(processor.stop().success());
 }

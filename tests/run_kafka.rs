@@ -231,8 +231,10 @@ fn poison_records_go_to_the_dead_letter_topic() {
     assert_same_view(&output, &s.replay());
 }
 
+/// With repartitioning off (`repartition = "never"`), sources of different
+/// partition counts are refused at start-up, as before repartitioning existed.
 #[test]
-fn co_partitioning_violation_is_refused() {
+fn co_partitioning_violation_is_refused_when_repartitioning_is_off() {
     let group = unique("copart");
     let dir = tempfile::tempdir().unwrap();
     create_topic(&format!("{group}.a"), 2, &[]);
@@ -241,7 +243,7 @@ fn co_partitioning_violation_is_refused() {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n[output]\ntopic = \"{group}.out\"\n[runtime]\nstate_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[sources]]\nname = \"a\"\ntopic = \"{group}.a\"\n[[sources]]\nname = \"b\"\ntopic = \"{group}.b\"\n",
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n[output]\ntopic = \"{group}.out\"\n[runtime]\nstate_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[sources]]\nname = \"a\"\ntopic = \"{group}.a\"\nrepartition = \"never\"\n[[sources]]\nname = \"b\"\ntopic = \"{group}.b\"\nrepartition = \"never\"\n",
             kafka::bootstrap(),
             dir.path().join("state").display()
         ),

@@ -414,9 +414,9 @@ mod tests {
     #[test]
     fn metrics_are_read_from_the_registry_by_label() {
         let m = Metrics::new();
-        m.conflict("lww", "eu");
-        m.conflict("lww", "eu");
-        m.conflict("lww", "ap");
+        m.conflict("default", "lww", "eu");
+        m.conflict("default", "lww", "eu");
+        m.conflict("default", "lww", "ap");
         m.set_ready(true);
         let v = MetricsView::read(&m);
         assert_eq!(v.sum("tributary_conflicts_total", &[]), 3.0);

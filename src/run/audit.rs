@@ -1,7 +1,5 @@
 //! The conflict audit record (JSON or Avro).
 
-use std::collections::HashMap;
-
 use crate::config::Config;
 use rdkafka::message::{BorrowedMessage, Message};
 
@@ -15,18 +13,25 @@ pub(super) struct Merged<'a> {
     pub state: &'a crate::merge::KeyState,
 }
 
+/// The event that made a conflicting emission, and where it belongs.
+pub(super) struct AuditSource<'a> {
+    pub table: &'a str,
+    pub source: &'a str,
+    pub msg: &'a BorrowedMessage<'a>,
+}
+
 /// The conflict audit record: every version in the set, the policy and
 /// the winner, so an operator can see why a row looks the way it does.
 /// Serialized from borrowed data: no copy of the version set.
 pub(super) fn audit_record(
     config: &Config,
-    source_of: &HashMap<String, String>,
     merged: &Merged<'_>,
-    msg: &BorrowedMessage<'_>,
+    event: &AuditSource<'_>,
     avro: Option<AvroRecordIds>,
     columns: &[crate::merge::ColumnWinner],
 ) -> Vec<u8> {
     let Merged { out, winner, state } = *merged;
+    let msg = event.msg;
     let merged_vv = state.merged_clock();
     let record = crate::avro::records::AuditRecord {
         key: &out.key,
@@ -38,7 +43,7 @@ pub(super) fn audit_record(
         deleted: out.value.is_none(),
         versions: &state.versions,
         event: crate::avro::records::AuditEvent {
-            source: source_of.get(msg.topic()).map(String::as_str),
+            source: Some(event.source),
             topic: msg.topic(),
             partition: msg.partition(),
             offset: msg.offset(),
@@ -47,14 +52,19 @@ pub(super) fn audit_record(
     };
     match avro {
         Some(ids) => crate::avro::registry::frame(ids.audit, &crate::avro::records::encode_audit(&record)),
-        None => audit_json(&record, columns),
+        None => audit_json(&record, event.table, columns),
     }
 }
 
 /// The JSON audit record (doc/operations.md, "Conflict audit topic"): the Avro record's
 /// fields, with rows as JSON objects.
-pub(super) fn audit_json(r: &crate::avro::records::AuditRecord<'_>, columns: &[crate::merge::ColumnWinner]) -> Vec<u8> {
+pub(super) fn audit_json(
+    r: &crate::avro::records::AuditRecord<'_>,
+    table: &str,
+    columns: &[crate::merge::ColumnWinner],
+) -> Vec<u8> {
     let mut record = serde_json::json!({
+        "table": table,
         "key": r.key,
         "partition": r.partition,
         "policy": r.policy,

@@ -52,15 +52,19 @@ impl Worker {
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "cycle committed");
         match result {
             Ok(()) => {
-                let delivered = std::mem::take(&mut self.producer.context().state.lock().expect("deliveries").changelog);
+                let delivered = std::mem::take(&mut self.producer.context().state.lock().expect("deliveries").delivered);
                 // Only this task's owner writes its changelog partition, so in
                 // exactly-once mode the transaction's commit marker directly
                 // follows its last record: the next offset is one further on.
                 let marker = i64::from(self.exactly_once);
-                for (p, task) in self.tasks.iter_mut() {
-                    let checkpoint = delivered.get(p).map_or(task.checkpoint(), |o| o + 1 + marker);
-                    task.commit(checkpoint)?;
+                for table in &mut self.tables {
+                    let written = delivered.get(&table.changelog);
+                    for (p, task) in table.tasks.iter_mut() {
+                        let checkpoint = written.and_then(|w| w.get(p)).map_or(task.checkpoint(), |o| o + 1 + marker);
+                        task.commit(checkpoint)?;
+                    }
                 }
+                self.purge.committed(&self.positions);
                 self.positions.clear();
                 self.txn_open = false;
                 self.failed_cycles = 0;
@@ -71,14 +75,16 @@ impl Worker {
                     self.registry_failures = 0;
                     self.metrics.set_ready(true);
                 }
-                for (p, task) in &self.tasks {
-                    self.metrics.state_keys(*p, task.approximate_keys());
-                }
-                for (source, n) in self.pipeline.take_foreign_owner_writes() {
-                    self.metrics.foreign_owner_writes(source, n);
-                }
-                for (source, matched, dropped) in self.pipeline.take_filter_counts() {
-                    self.metrics.filter_records(source, matched, dropped);
+                for table in &self.tables {
+                    for (p, task) in &table.tasks {
+                        self.metrics.state_keys(&table.name, *p, task.approximate_keys());
+                    }
+                    for (source, n) in table.pipeline.take_foreign_owner_writes() {
+                        self.metrics.foreign_owner_writes(&table.name, source, n);
+                    }
+                    for (source, matched, dropped) in table.pipeline.take_filter_counts() {
+                        self.metrics.filter_records(&table.name, source, matched, dropped);
+                    }
                 }
                 Ok(())
             }
@@ -154,11 +160,16 @@ impl Worker {
         self.drain_deliveries();
         self.producer.flush(TIMEOUT)?;
         self.check_deliveries()?;
-        let changes: Vec<(i32, Vec<ChangelogEntry>)> =
-            self.tasks.iter_mut().map(|(p, t)| (*p, t.pending_changes())).filter(|(_, c)| !c.is_empty()).collect();
-        for (p, keyed) in &changes {
+        let changes: Vec<(usize, i32, Vec<ChangelogEntry>)> = self
+            .tables
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(ti, table)| table.tasks.iter_mut().map(move |(p, t)| (ti, *p, t.pending_changes())))
+            .filter(|(_, _, c)| !c.is_empty())
+            .collect();
+        for (ti, p, keyed) in &changes {
             for (key, state) in keyed {
-                let record = BaseRecord::to(&self.changelog).partition(*p).key(key.as_bytes());
+                let record = BaseRecord::to(&self.tables[*ti].changelog).partition(*p).key(key.as_bytes());
                 let record = match state {
                     Some(bytes) => record.payload(bytes.as_slice()),
                     None => record,
@@ -212,8 +223,8 @@ impl Worker {
             }
         }
         self.take_delivery_failures();
-        self.producer.context().state.lock().expect("deliveries").changelog.clear();
-        for task in self.tasks.values_mut() {
+        self.producer.context().state.lock().expect("deliveries").delivered.clear();
+        for task in self.tables.iter_mut().flat_map(|t| t.tasks.values_mut()) {
             task.abort();
         }
         self.positions.clear();
@@ -243,7 +254,7 @@ impl Worker {
         if self.txn_open && self.exactly_once {
             let _ = self.abort_transaction(Duration::from_secs(5));
         }
-        for task in self.tasks.values_mut() {
+        for task in self.tables.iter_mut().flat_map(|t| t.tasks.values_mut()) {
             task.abort();
         }
         self.positions.clear();

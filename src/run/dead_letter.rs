@@ -5,11 +5,13 @@ use crate::pipeline::DeadLetter;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 
-use super::{RunError, Worker};
+use super::{RunError, Worker, TABLE_HEADER};
 
 impl Worker {
-    pub(super) fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, e: &DeadLetter) -> Result<(), RunError> {
+    pub(super) fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, e: &DeadLetter, table: usize) -> Result<(), RunError> {
+        let table = self.tables[table].name.clone();
         tracing::warn!(
+            table = %table,
             topic = msg.topic(),
             partition = msg.partition(),
             offset = msg.offset(),
@@ -28,7 +30,8 @@ impl Worker {
                 " (the {n}-byte value is too large for the dead-letter topic and is left out; read it at the source offset)"
             ));
         }
-        let mut headers = OwnedHeaders::new_with_capacity(6)
+        let mut headers = OwnedHeaders::new_with_capacity(7)
+            .insert(Header { key: TABLE_HEADER, value: Some(table.as_bytes()) })
             .insert(Header { key: "tributary.error", value: Some(error.as_bytes()) })
             .insert(Header { key: "tributary.error.reason", value: Some(e.reason.reason().as_bytes()) })
             .insert(Header { key: "tributary.source.topic", value: Some(msg.topic().as_bytes()) })
@@ -37,7 +40,7 @@ impl Worker {
         if let Some(n) = &omitted {
             headers = headers.insert(Header { key: "tributary.value.omitted.bytes", value: Some(n.as_bytes()) });
         }
-        let mut record = BaseRecord::to(&self.dlq).partition(msg.partition()).headers(headers);
+        let mut record = BaseRecord::to(&self.dlq).partition(msg.partition() % self.shared_partitions).headers(headers);
         if let Some(k) = msg.key() {
             record = record.key(k);
         }
@@ -66,7 +69,7 @@ impl Worker {
         self.send(record)?;
         self.counters.dead_letters += 1;
         let source = e.source_name.as_deref().unwrap_or("unknown");
-        self.metrics.dead_letter(source, e.reason.reason());
+        self.metrics.dead_letter(&table, source, e.reason.reason());
         Ok(())
     }
 }

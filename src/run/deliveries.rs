@@ -14,14 +14,14 @@ use super::quiet;
 /// Counts the delivery reports of the open cycle.
 #[derive(Default)]
 pub(super) struct Deliveries {
-    /// Highest delivered changelog offset per partition.
-    pub(super) changelog: HashMap<i32, i64>,
+    /// Highest delivered offset per topic and partition (the cycle reads
+    /// its changelogs' from it).
+    pub(super) delivered: HashMap<String, HashMap<i32, i64>>,
     /// Delivery failures (the cycle must not commit).
     pub(super) failures: Vec<String>,
 }
 
 pub(super) struct DeliveryTracker {
-    pub(super) changelog_topic: String,
     pub(super) state: Mutex<Deliveries>,
 }
 
@@ -41,11 +41,14 @@ impl ProducerContext for DeliveryTracker {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         let mut st = self.state.lock().expect("delivery state");
         match result {
-            Ok(m) if m.topic() == self.changelog_topic => {
-                let e = st.changelog.entry(m.partition()).or_insert(-1);
+            Ok(m) => {
+                let offsets = match st.delivered.get_mut(m.topic()) {
+                    Some(o) => o,
+                    None => st.delivered.entry(m.topic().to_string()).or_default(),
+                };
+                let e = offsets.entry(m.partition()).or_insert(-1);
                 *e = (*e).max(m.offset());
             }
-            Ok(_) => {}
             Err((e, m)) => st.failures.push(format!("{} partition {}: {e}", m.topic(), m.partition())),
         }
     }

@@ -9,7 +9,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 
-use super::audit::{audit_record, Merged};
+use super::audit::{audit_record, AuditSource, Merged};
+use super::TABLE_HEADER;
 use super::{now_ms, RunError, Worker};
 
 impl Worker {
@@ -31,8 +32,11 @@ impl Worker {
         self.counters.consumed += 1;
         self.cycle_events += 1;
         let partition = msg.partition();
-        let source_label = self.source_of.get(msg.topic()).map_or("unknown", String::as_str);
-        self.metrics.consumed(source_label);
+        let Some(route) = self.routes.get(msg.topic()) else {
+            return Err(RunError::Assignment(format!("received {} partition {partition}, a topic of no table", msg.topic())));
+        };
+        let (ti, source_label, rekey) = (route.table, route.source.clone(), route.rekey.is_some());
+        self.metrics.consumed(&self.tables[ti].name, &source_label);
         let headers: Vec<(&str, &[u8])> = msg
             .headers()
             .map_or_else(Vec::new, |h| rdkafka::message::Headers::iter(h).filter_map(|h| Some((h.key, h.value?))).collect());
@@ -45,36 +49,54 @@ impl Worker {
             value: msg.payload(),
             headers: &headers,
         };
-        if self.partitioner_unchecked.contains(msg.topic()) {
-            self.check_partitioner(msg);
+        if self.tables[ti].partitioner_unchecked.contains(msg.topic()) {
+            self.check_partitioner(ti, msg);
         }
-        let Some(task) = self.tasks.get_mut(&partition) else {
+        if rekey {
+            self.repartition(msg, &record, ti, &source_label)?;
+            self.positions.insert((msg.topic().to_string(), partition), msg.offset() + 1);
+            return Ok(());
+        }
+        let table = &mut self.tables[ti];
+        let Some(task) = table.tasks.get_mut(&partition) else {
             return Err(RunError::Assignment(format!(
-                "received {} partition {partition} but task {partition} is not open",
-                msg.topic()
+                "received {} partition {partition} but task {partition} of table {} is not open",
+                msg.topic(),
+                table.name
             )));
         };
-        match self.pipeline.process(&record, task) {
+        let step = table.pipeline.process(&record, task);
+        let table_name = table.name.clone();
+        match step {
             Ok(Step::Emitted { record: out, winner, state, siblings, source, event_ts }) => {
-                task.observe_event_time(msg.topic(), event_ts);
+                if let Some(task) = self.tables[ti].tasks.get_mut(&partition) {
+                    task.observe_event_time(msg.topic(), event_ts);
+                }
                 if let Some(change) = record.key_change() {
-                    self.metrics.primary_key_change(&source, &change);
-                    tracing::debug!(source, topic = msg.topic(), partition, offset = msg.offset(), ?change, "primary key change");
+                    self.metrics.primary_key_change(&table_name, &source, &change);
+                    tracing::debug!(table = %table_name, source, topic = msg.topic(), partition, offset = msg.offset(), ?change, "primary key change");
                 }
                 // The pipeline has checked the size against the record limit.
                 let state = state.expect("the processor's pipeline has a record limit");
                 let header_bytes: usize = out.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
                 let bytes = out.key_bytes().len() + header_bytes + state.len().max(out.value.as_ref().map_or(0, Vec::len));
+                let table = &self.tables[ti];
                 let audit = match &self.audit {
                     Some(topic) if siblings > 1 => {
-                        let key_state = task.cached(&out.key).expect("an emitting update leaves a state");
-                        let columns = self.pipeline.engine().explain(key_state);
+                        let key_state = table
+                            .tasks
+                            .get(&partition)
+                            .and_then(|t| t.cached(&out.key))
+                            .expect("an emitting update leaves a state");
+                        let columns = table.pipeline.engine().explain(key_state);
                         let merged = Merged { out: &out, winner: winner.as_deref(), state: key_state };
-                        let body = audit_record(&self.config, &self.source_of, &merged, msg, self.avro_records, &columns);
+                        let event = AuditSource { table: &table.name, source: &source_label, msg };
+                        let body = audit_record(&table.config, &merged, &event, self.avro_records, &columns);
                         if out.key.len() + body.len() > self.record_limit {
                             // The audit topic would refuse it and fail the
                             // cycle on every retry: the output goes on without it.
                             tracing::warn!(
+                                table = %table.name,
                                 topic = msg.topic(),
                                 partition,
                                 offset = msg.offset(),
@@ -82,7 +104,7 @@ impl Worker {
                                 limit = self.record_limit,
                                 "conflict audit record too large for the record limit; not written"
                             );
-                            self.metrics.dropped(&source, "audit_too_large");
+                            self.metrics.dropped(&table.name, &source, "audit_too_large");
                             None
                         } else {
                             Some((topic, body))
@@ -94,8 +116,7 @@ impl Worker {
                 for (k, v) in &out.headers {
                     headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
                 }
-                self.cycle_bytes += bytes;
-                let output = BaseRecord::to(&self.config.output.topic)
+                let output = BaseRecord::to(&table.config.output.topic)
                     .partition(out.partition)
                     .key(out.key_bytes())
                     .timestamp(out.timestamp)
@@ -110,36 +131,44 @@ impl Worker {
                 // `commit_at_least_once`), so a crash can repeat outputs but
                 // never store a state whose output was lost.
                 if self.exactly_once {
-                    self.send(BaseRecord::to(&self.changelog).partition(partition).key(out.key.as_bytes()).payload(&state))?;
-                }
-                if let Some(task) = self.tasks.get_mut(&partition) {
-                    task.remember_encoded(&out.key, state);
+                    self.send(BaseRecord::to(&table.changelog).partition(partition).key(out.key.as_bytes()).payload(&state))?;
                 }
                 if let Some((topic, body)) = audit {
+                    let headers = OwnedHeaders::new_with_capacity(1)
+                        .insert(Header { key: TABLE_HEADER, value: Some(table.name.as_bytes()) });
                     self.send(
-                        BaseRecord::to(topic.as_str()).partition(partition).key(out.key.as_bytes()).payload(body.as_slice()),
+                        BaseRecord::to(topic.as_str())
+                            .partition(partition % self.shared_partitions)
+                            .key(out.key.as_bytes())
+                            .payload(body.as_slice())
+                            .headers(headers),
                     )?;
+                }
+                let policy = table.config.merge.policy.as_str();
+                self.cycle_bytes += bytes;
+                if let Some(task) = self.tables[ti].tasks.get_mut(&partition) {
+                    task.remember_encoded(&out.key, state);
                 }
                 self.counters.emitted += 1;
                 let now = now_ms();
                 let skew = msg.timestamp().to_millis().map(|t| t - event_ts);
-                self.metrics.emitted(&source, siblings, now - event_ts, skew);
+                self.metrics.emitted(&table_name, &source, siblings, now - event_ts, skew);
                 if siblings > 1 {
-                    self.metrics.conflict(self.config.merge.policy.as_str(), winner.as_deref().unwrap_or("-"));
-                    tracing::debug!(source, topic = msg.topic(), partition, offset = msg.offset(), siblings, "conflict");
+                    self.metrics.conflict(&table_name, policy, winner.as_deref().unwrap_or("-"));
+                    tracing::debug!(table = %table_name, source, topic = msg.topic(), partition, offset = msg.offset(), siblings, "conflict");
                 }
             }
             Ok(Step::Stale { source }) => {
                 self.counters.dropped += 1;
-                self.metrics.dropped(&source, "stale");
+                self.metrics.dropped(&table_name, &source, "stale");
             }
             Ok(Step::Duplicate { source }) => {
                 self.counters.dropped += 1;
-                self.metrics.dropped(&source, "duplicate");
+                self.metrics.dropped(&table_name, &source, "duplicate");
             }
             Ok(Step::Ignored { source }) => {
                 self.counters.ignored += 1;
-                self.metrics.dropped(&source, "ignored");
+                self.metrics.dropped(&table_name, &source, "ignored");
             }
             // The registry is unavailable: not the record's fault. The
             // cycle is aborted and the record comes back after a wait.
@@ -157,7 +186,7 @@ impl Worker {
             }
             // The key's state is as it was: the record goes to the dead
             // letters inside the open cycle, which goes on.
-            Err(ProcessError::Rejected(e)) => self.dead_letter(msg, &e)?,
+            Err(ProcessError::Rejected(e)) => self.dead_letter(msg, &e, ti)?,
             Err(ProcessError::Store(e)) => return Err(e.into()),
         }
         self.positions.insert((msg.topic().to_string(), partition), msg.offset() + 1);
@@ -168,9 +197,10 @@ impl Worker {
     /// partition. Debezium (a Java producer) hashes with murmur2; a key
     /// elsewhere means a producer with another partitioner (librdkafka's
     /// default, kcat, the Python and Go clients), which breaks it: say so once.
-    pub(super) fn check_partitioner(&mut self, msg: &BorrowedMessage<'_>) {
+    pub(super) fn check_partitioner(&mut self, table: usize, msg: &BorrowedMessage<'_>) {
         let Some(key) = msg.key() else { return };
-        let expected = crate::kafka::murmur2_partition(key, self.partitions);
+        let table = &mut self.tables[table];
+        let expected = crate::kafka::murmur2_partition(key, table.partitions);
         if expected != msg.partition() {
             tracing::warn!(
                 topic = msg.topic(),
@@ -179,7 +209,7 @@ impl Worker {
                 murmur2_partition = expected,
                 "a key is not in the partition murmur2 gives it: the topic's producer uses another partitioner (librdkafka's default consistent_random: kcat, Python, Go); co-partitioning with murmur2 sources (Debezium, Java) breaks unless every source uses the same partitioner (librdkafka: partitioner=murmur2_random). Logged once per topic"
             );
-            self.partitioner_unchecked.remove(msg.topic());
+            table.partitioner_unchecked.remove(msg.topic());
         }
     }
 }

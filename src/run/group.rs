@@ -1,7 +1,6 @@
 //! The consumer group's context: rebalance callbacks that open and close
 //! tasks, and statistics that feed the lag gauge.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::metrics::Metrics;
@@ -15,7 +14,8 @@ use super::{quiet, Worker};
 pub(super) struct GroupContext {
     pub(super) worker: Arc<Mutex<Worker>>,
     pub(super) metrics: Arc<Metrics>,
-    pub(super) source_of: HashMap<String, String>,
+    /// Topic → (table, source) of every consumed topic.
+    pub(super) labels: super::Labels,
     /// Paused sources: their partitions are paused again on every assignment.
     pub(super) control: Arc<SourceControl>,
 }
@@ -30,18 +30,19 @@ impl ClientContext for GroupContext {
     }
 
     fn stats(&self, stats: rdkafka::Statistics) {
+        let labels = self.labels.read().expect("labels");
         for (topic, t) in &stats.topics {
-            let Some(source) = self.source_of.get(topic) else { continue };
+            let Some((table, source)) = labels.get(topic) else { continue };
             for (p, part) in &t.partitions {
                 if *p < 0 {
                     continue;
                 }
                 if !part.desired {
-                    self.metrics.forget_lag(source, *p);
+                    self.metrics.forget_lag(table, source, *p);
                     continue;
                 }
                 if let Some(lag) = partition_lag(part) {
-                    self.metrics.lag(source, *p, lag);
+                    self.metrics.lag(table, source, *p, lag);
                 }
             }
         }

@@ -16,20 +16,23 @@ mod audit;
 mod cycle;
 mod dead_letter;
 mod deliveries;
+mod discovery;
 mod emit;
 mod group;
 mod main_loop;
 mod pause;
 mod query;
+mod repartition;
 mod startup;
 mod sweep;
+mod table;
 mod tasks;
 pub mod topics;
 
 /// librdkafka's expected conditions at DEBUG (shared with sink and load).
 pub use crate::kafka::quiet;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,11 +44,11 @@ use rdkafka::error::KafkaError;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
-use crate::store::{StateDb, StoreError, TaskStore};
+use crate::store::{StateDb, StoreError};
 
 use deliveries::Producer_;
 use startup::run_inner;
+use table::{Labels, Route, Table};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Events after which a cycle commits even before `commit_interval`.
@@ -58,6 +61,9 @@ const SWEEP_BATCH: usize = 2_000;
 const MAX_RECORD_BYTES: usize = 900_000;
 /// What a record needs beyond its key and value: batch framing and headers.
 const RECORD_OVERHEAD: usize = 16 * 1024;
+/// The header naming the table on Tributary's shared topics (dead letters,
+/// conflict audit).
+pub const TABLE_HEADER: &str = "tributary.table";
 /// librdkafka's default `message.max.bytes`.
 const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
@@ -72,9 +78,9 @@ pub enum RunError {
         /// librdkafka's error.
         source: KafkaError,
     },
-    /// Source topics have different partition counts.
+    /// Sources that must not be repartitioned have different partition counts.
     #[error(
-        "co-partitioning violated: every source topic must have the same partition count so that key k lives in partition p of every source ({0})"
+        "co-partitioning violated: sources with repartition = \"never\" must all have the table's partition count so that key k lives in partition p of every source; let Tributary re-key the others (repartition = \"auto\") ({0})"
     )]
     CoPartitioning(String),
     /// A topic is missing or misconfigured.
@@ -133,9 +139,18 @@ impl RunError {
     }
 }
 
-/// The changelog topic of a group.
+/// The changelog topic of a group's single (default) table.
 pub fn changelog_topic(group_id: &str) -> String {
     format!("{group_id}-state-changelog")
+}
+
+/// The changelog topic of one of a group's tables (`None`: the default
+/// table of a single-table configuration, which keeps its old name).
+pub fn table_changelog_topic(group_id: &str, table: Option<&str>) -> String {
+    match table {
+        None => changelog_topic(group_id),
+        Some(t) => format!("{group_id}-{t}-state-changelog"),
+    }
 }
 
 /// The conflict audit topic of a group.
@@ -205,30 +220,31 @@ pub struct Counters {
 }
 
 struct Worker {
+    /// The process-wide configuration (kafka, runtime, admin, audit); each
+    /// table has its own in [`Table::config`].
     config: Config,
-    pipeline: Pipeline,
+    /// The tables merged: a task is a (table, partition).
+    tables: Vec<Table>,
+    /// What to do with a record of each consumed topic.
+    routes: HashMap<String, Route>,
+    /// Topic → (table, source) for metric labels, shared with the group's
+    /// statistics callback.
+    labels: Labels,
     producer: Producer_,
     db: StateDb,
-    tasks: BTreeMap<i32, TaskStore>,
     /// Next offset per consumed topic-partition in the open cycle.
     positions: HashMap<(String, i32), i64>,
     txn_open: bool,
     exactly_once: bool,
-    changelog: String,
     dlq: String,
-    sources: BTreeSet<String>,
     last_commit: Instant,
     /// Events in the open cycle.
     cycle_events: usize,
     fatal: Option<RunError>,
     counters: Counters,
     metrics: Arc<Metrics>,
-    /// Topic → source name, for metric labels.
-    source_of: HashMap<String, String>,
     /// The audit topic, when enabled.
     audit: Option<String>,
-    /// The source partition count.
-    partitions: i32,
     /// Avro output: the registered ids of the audit and dead-letter schemas.
     avro_records: Option<AvroRecordIds>,
     /// Consecutive cycles lost to an unavailable schema registry.
@@ -244,21 +260,20 @@ struct Worker {
     /// Reads the changelog's high watermarks: a `read_committed` client is
     /// told the last stable offset instead, which an open transaction pins.
     watermarks: BaseConsumer<QuietContext>,
-    /// The changelog's identity (`cluster/topic-id`), recorded with every
-    /// checkpoint.
-    changelog_id: String,
-    /// The changelog's `delete.retention.ms`: how long a null record
-    /// written after a checkpoint is sure to be still there.
-    changelog_delete_retention_ms: i64,
     /// Set by SIGINT/SIGTERM.
     shutdown: Arc<AtomicBool>,
     /// Bytes of state and output the open cycle wrote.
     cycle_bytes: usize,
     /// Cycles that failed in a row (the wait before the next grows).
     failed_cycles: u32,
-    /// Source topics whose keys are checked against murmur2 partitioning
-    /// (until the first mismatch, which is logged once).
-    partitioner_unchecked: BTreeSet<String>,
+    /// Repartition topics' records consumed and committed, deleted from
+    /// time to time (see `repartition::Purge`).
+    purge: repartition::Purge,
+    /// Partitions of the dead-letter and audit topics: a record of source
+    /// partition p goes to p mod this (p itself with one table).
+    shared_partitions: i32,
+    /// The periodic check for new tables (`[tables_pattern]`).
+    discovery: Option<discovery::Discovery>,
 }
 
 /// Schema ids of Tributary's own Avro records (Avro output).

@@ -12,20 +12,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::TopicPartitionList;
 
 use crate::admin::{SourceStatus, SourceSwitch};
+#[cfg(test)]
 use crate::config::Config;
 use crate::metrics::Metrics;
 
 /// The pause switch of every configured source.
 pub(super) struct SourceControl {
-    /// Name and topic of each source, in configuration order.
-    sources: Vec<(String, String)>,
+    /// Name and topic of each source, in configuration order (a source
+    /// name may stand for topics of several tables: pausing `eu` pauses
+    /// region eu in every table).
+    sources: RwLock<Vec<(String, String)>>,
     /// Sources an operator paused, and the ticket of the latest request.
     wanted: Mutex<(BTreeSet<String>, u64)>,
     /// The ticket of the latest request the consumer has applied.
@@ -39,9 +42,16 @@ pub(super) struct SourceControl {
 }
 
 impl SourceControl {
+    #[cfg(test)]
     pub(super) fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
         let sources: Vec<(String, String)> = config.sources.iter().map(|s| (s.name.clone(), s.topic.clone())).collect();
-        let wanted: BTreeSet<String> = config.admin.start_paused.iter().cloned().collect();
+        Self::with_sources(sources, &config.admin.start_paused, metrics)
+    }
+
+    /// The switches of `sources` (name, topic); `start_paused` are paused
+    /// from the first assignment on.
+    pub(super) fn with_sources(sources: Vec<(String, String)>, start_paused: &[String], metrics: Arc<Metrics>) -> Self {
+        let wanted: BTreeSet<String> = start_paused.iter().cloned().collect();
         for (name, _) in &sources {
             metrics.source_paused(name, wanted.contains(name));
         }
@@ -49,7 +59,24 @@ impl SourceControl {
             tracing::info!(sources = ?wanted, "paused from start-up (admin.start_paused) until resumed");
         }
         // Ticket 1 stands for the start-up pauses: pending until the first assignment applies them.
-        Self { sources, wanted: Mutex::new((wanted, 1)), applied: AtomicU64::new(0), paused: Mutex::default(), metrics }
+        Self {
+            sources: RwLock::new(sources),
+            wanted: Mutex::new((wanted, 1)),
+            applied: AtomicU64::new(0),
+            paused: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// Sources of a table discovered while running: a pause of their name
+    /// applies to them from their first assignment on.
+    pub(super) fn add_sources(&self, more: impl IntoIterator<Item = (String, String)>) {
+        let wanted = self.wanted.lock().expect("pauses").0.clone();
+        let mut sources = self.sources.write().expect("sources");
+        for (name, topic) in more {
+            self.metrics.source_paused(&name, wanted.contains(&name));
+            sources.push((name, topic));
+        }
     }
 
     /// A request not yet applied to the consumer.
@@ -71,8 +98,9 @@ impl SourceControl {
         assignment: &TopicPartitionList,
     ) -> Result<(), KafkaError> {
         let (wanted, ticket) = self.wanted.lock().expect("pauses").clone();
+        let sources = self.sources.read().expect("sources");
         let paused_topics: BTreeSet<&str> =
-            self.sources.iter().filter(|(name, _)| wanted.contains(name)).map(|(_, topic)| topic.as_str()).collect();
+            sources.iter().filter(|(name, _)| wanted.contains(name)).map(|(_, topic)| topic.as_str()).collect();
         let assigned: BTreeSet<(String, i32)> =
             assignment.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         let mut paused = self.paused.lock().expect("pauses");
@@ -85,14 +113,15 @@ impl SourceControl {
         if to_resume.count() > 0 {
             consumer.resume(&to_resume)?;
         }
-        let before = paused_sources(&self.sources, &paused);
+        let before = paused_sources(&sources, &paused);
         *paused = assigned.into_iter().filter(|(topic, _)| paused_topics.contains(topic.as_str())).collect();
-        let after = paused_sources(&self.sources, &paused);
+        let after = paused_sources(&sources, &paused);
         drop(paused);
-        for (name, _) in &self.sources {
+        let names: BTreeSet<&str> = sources.iter().map(|(name, _)| name.as_str()).collect();
+        for name in names {
             let on = wanted.contains(name);
             self.metrics.source_paused(name, on);
-            let (was, is) = (before.get(name.as_str()), after.get(name.as_str()));
+            let (was, is) = (before.get(name), after.get(name));
             if was != is {
                 let partitions = is.or(was).cloned().unwrap_or_default();
                 tracing::info!(source = %name, ?partitions, "source {}", if on { "paused" } else { "resumed" });
@@ -161,8 +190,9 @@ impl SourceSwitch for SourceControl {
     fn list(&self) -> Vec<SourceStatus> {
         let wanted = self.wanted.lock().expect("pauses").0.clone();
         let paused = self.paused.lock().expect("pauses");
-        let by_source = paused_sources(&self.sources, &paused);
-        self.sources
+        let sources = self.sources.read().expect("sources");
+        let by_source = paused_sources(&sources, &paused);
+        sources
             .iter()
             .map(|(name, topic)| SourceStatus {
                 name: name.clone(),
@@ -174,7 +204,7 @@ impl SourceSwitch for SourceControl {
     }
 
     fn request(&self, name: &str, paused: bool) -> Option<u64> {
-        self.sources.iter().find(|(n, _)| n == name)?;
+        self.sources.read().expect("sources").iter().find(|(n, _)| n == name)?;
         let mut wanted = self.wanted.lock().expect("pauses");
         if paused {
             wanted.0.insert(name.to_string());

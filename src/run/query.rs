@@ -1,16 +1,38 @@
-//! `/state/{key}`: a key's merged row, version set and column winners,
+//! `/state/{table}/{key}`: a key's merged row, version set and column winners,
 //! looked up in the task that owns it.
 
 use super::Worker;
 
 impl Worker {
-    /// Answers `GET /state/{key}` for the admin port.
-    pub(super) fn query(&mut self, key: &str) -> (u16, String) {
-        let owned: Vec<i32> = self.tasks.keys().copied().collect();
+    /// Answers `GET /state/{table}/{key}` (and `GET /state/{key}` when
+    /// there is one table) for the admin port.
+    pub(super) fn query(&mut self, table: Option<&str>, key: &str) -> (u16, String) {
+        let names: Vec<&str> = self.tables.iter().map(|t| t.name.as_str()).collect();
+        let found = match table {
+            Some(name) if self.tables.len() == 1 && self.tables[0].name != name => {
+                // One table: `/state/{key}` with a key holding a raw `/`.
+                return self.query(None, &format!("{name}/{key}"));
+            }
+            Some(name) => self.tables.iter().position(|t| t.name == name),
+            None if self.tables.len() == 1 => Some(0),
+            None => {
+                let body = serde_json::json!({
+                    "error": "this process merges several tables: ask /state/{table}/{key}",
+                    "tables": names,
+                });
+                return (400, body.to_string());
+            }
+        };
+        let Some(ti) = found else {
+            let body = serde_json::json!({"error": format!("no table {}", table.unwrap_or_default()), "tables": names});
+            return (404, body.to_string());
+        };
+        let t = &self.tables[ti];
+        let owned: Vec<i32> = t.tasks.keys().copied().collect();
         // Avro source keys are Confluent-framed bytes whose murmur2 hash
         // cannot be computed from the key's text: look in every owned task.
-        if self.config.sources.iter().any(|s| s.format == crate::config::SourceFormat::DebeziumAvro) {
-            let found = owned.iter().find(|p| self.tasks.get(p).is_some_and(|t| matches!(t.get_committed(key), Ok(Some(_)))));
+        if t.config.sources.iter().any(|s| s.format == crate::config::SourceFormat::DebeziumAvro) {
+            let found = owned.iter().find(|p| t.tasks.get(p).is_some_and(|t| matches!(t.get_committed(key), Ok(Some(_)))));
             let Some(&partition) = found else {
                 let body = serde_json::json!({
                     "error": format!("no state for key {key} in the partitions this instance owns; with Avro sources the owning partition cannot be computed from the key text, so ask the other instances"),
@@ -18,23 +40,21 @@ impl Worker {
                 });
                 return (404, body.to_string());
             };
-            return self.answer(key, partition);
+            return self.answer(ti, key, partition);
         }
         // Debezium's JSON converter (schemas off) writes the key as this
         // canonical JSON, and Java producers partition with murmur2. Other
         // producers (librdkafka's default: kcat, the Python and Go clients)
         // put keys elsewhere: when the murmur2 partition does not hold the
         // key, every owned partition is searched.
-        let partition = crate::kafka::murmur2_partition(key.as_bytes(), self.partitions);
-        if self.tasks.get(&partition).is_some_and(|t| matches!(t.get_committed(key), Ok(Some(_)))) {
-            return self.answer(key, partition);
+        let partition = crate::kafka::murmur2_partition(key.as_bytes(), t.partitions);
+        if t.tasks.get(&partition).is_some_and(|t| matches!(t.get_committed(key), Ok(Some(_)))) {
+            return self.answer(ti, key, partition);
         }
-        if let Some(&found) =
-            owned.iter().find(|p| self.tasks.get(p).is_some_and(|t| matches!(t.get_committed(key), Ok(Some(_)))))
-        {
-            return self.answer(key, found);
+        if let Some(&found) = owned.iter().find(|p| t.tasks.get(p).is_some_and(|t| matches!(t.get_committed(key), Ok(Some(_))))) {
+            return self.answer(ti, key, found);
         }
-        let error = if self.tasks.contains_key(&partition) {
+        let error = if t.tasks.contains_key(&partition) {
             format!("no state for key {key} in the partitions this instance owns (murmur2, as Java producers and Debezium partition, puts it in partition {partition})")
         } else {
             format!("no state for key {key} in the partitions this instance owns; murmur2 (Java producers, Debezium) puts it in partition {partition}, which another instance owns")
@@ -49,15 +69,17 @@ impl Worker {
     }
 
     /// The state query's answer for a key of an owned `partition`.
-    pub(super) fn answer(&mut self, key: &str, partition: i32) -> (u16, String) {
-        let Some(task) = self.tasks.get(&partition) else {
+    pub(super) fn answer(&self, table: usize, key: &str, partition: i32) -> (u16, String) {
+        let table = &self.tables[table];
+        let Some(task) = table.tasks.get(&partition) else {
             return (500, serde_json::json!({"error": format!("task {partition} is not open")}).to_string());
         };
         // Committed state only: what the output topic shows, not the open cycle.
         match task.get_committed(key) {
             Ok(Some(state)) => {
-                let r = self.pipeline.engine().resolve(&state);
+                let r = table.pipeline.engine().resolve(&state);
                 let body = serde_json::json!({
+                    "table": table.name,
                     "key": key,
                     "partition": partition,
                     "row": r.row.as_deref(),
@@ -68,7 +90,7 @@ impl Worker {
                     "siblings": r.siblings,
                     "versions": state.versions,
                     // field-lww: per column, its rule, the write that decided it, and why.
-                    "columns": self.pipeline.engine().explain(&state),
+                    "columns": table.pipeline.engine().explain(&state),
                 });
                 (200, body.to_string())
             }

@@ -1,13 +1,13 @@
 //! Start-up: topics checked or created, schema registry, state store,
 //! clients, admin port; then the processing thread.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::quiet::QuietContext;
-use crate::config::{Config, Processing};
+use crate::config::{Config, Processing, Repartition, TableConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::store::StateDb;
@@ -16,12 +16,14 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
 
 use super::deliveries::{DeliveryTracker, Producer_};
+use super::discovery::Discovery;
 use super::group::{GroupConsumer, GroupContext};
 use super::main_loop::{main_loop, QUERY_WAIT};
 use super::pause::SourceControl;
+use super::table::Rekey;
 use super::{
-    changelog_topic, client_config, conflicts_topic, dlq_topic, instance_id, topics, AvroRecordIds, Counters, RunError,
-    RunOptions, Worker, LIBRDKAFKA_MESSAGE_MAX_BYTES, MAX_RECORD_BYTES, RECORD_OVERHEAD, TIMEOUT,
+    client_config, conflicts_topic, dlq_topic, instance_id, table_changelog_topic, topics, AvroRecordIds, Counters, Labels,
+    Route, RunError, RunOptions, Table, Worker, LIBRDKAFKA_MESSAGE_MAX_BYTES, MAX_RECORD_BYTES, RECORD_OVERHEAD, TIMEOUT,
 };
 
 /// Connects to the schema registry and reads what is registered already:
@@ -85,31 +87,100 @@ pub(super) fn avro_startup(
 /// shutdown or a fatal error.
 pub(super) async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options: RunOptions) -> Result<Counters, RunError> {
     log_start(&config);
-    let layout = prepare_topics(&config, options.manage_topics).await?;
+    let kafka = Probe::new(&config)?;
+    let tables = resolve_tables(&config, &kafka.consumer)?;
+    let mut layouts = Vec::with_capacity(tables.len());
+    for table in &tables {
+        layouts.push(prepare_table(&config, table, &kafka, options.manage_topics).await?);
+    }
+    let shared = prepare_shared(&config, &layouts, &kafka, options.manage_topics).await?;
     // The admin port comes up before anything that can wait (the schema
     // registry at start-up): /healthz answers, /readyz says 503 meanwhile.
     let metrics = options.metrics.clone().unwrap_or_else(|| Arc::new(Metrics::new()));
     let worker_slot: WorkerSlot = Arc::default();
-    let control = Arc::new(SourceControl::new(&config, metrics.clone()));
+    let control = Arc::new(SourceControl::with_sources(
+        layouts.iter().flat_map(TableLayout::switches).collect(),
+        &config.admin.start_paused,
+        metrics.clone(),
+    ));
     if config.admin.enabled {
         serve_admin(&config, &metrics, worker_slot.clone(), control.clone()).await?;
     }
-    let avro = if config.uses_avro() {
-        // The registry client blocks on its own runtime: not on this one's threads.
-        let (c, s) = (config.clone(), shutdown.clone());
-        Some(tokio::task::spawn_blocking(move || avro_startup(&c, &s)).await.expect("start-up does not panic")?)
-    } else {
-        None
-    };
+    let mut avro = Vec::with_capacity(layouts.len());
+    for layout in &layouts {
+        avro.push(if layout.config.uses_avro() {
+            // The registry client blocks on its own runtime: not on this one's threads.
+            // Subjects are named after the sources' own topics.
+            let (c, s) = (layout.original.clone(), shutdown.clone());
+            Some(tokio::task::spawn_blocking(move || avro_startup(&c, &s)).await.expect("start-up does not panic")?)
+        } else {
+            None
+        });
+    }
     let db = StateDb::open_with_cache(&config.runtime.state_dir, config.runtime.state_cache_bytes)?;
-    let clients = create_clients(&config, &layout.changelog)?;
-    let worker = Arc::new(Mutex::new(new_worker(&config, layout, clients, avro, db.clone(), &metrics, &shutdown)));
+    let clients = create_clients(&config)?;
+    let purge = super::repartition::Purge::new(Some(Arc::new(kafka.admin)), purge_interval(&config));
+    let mut worker = new_worker(&config, shared, clients, db.clone(), &metrics, &shutdown, purge);
+    for (layout, avro) in layouts.into_iter().zip(avro) {
+        worker.add_table(layout, avro)?;
+    }
+    metrics.tables(worker.tables.len());
+    worker.discovery = Discovery::new(&config, &tables);
+    let labels = worker.labels.clone();
+    let worker = Arc::new(Mutex::new(worker));
     let _ = worker_slot.set(worker.clone());
-    let consumer = subscribe(&config, worker.clone(), metrics.clone(), control.clone())?;
+    let consumer = subscribe(&config, worker.clone(), metrics.clone(), control.clone(), labels)?;
     if let Some(started) = &options.started {
         started.store(true, Ordering::Relaxed);
     }
     process(config.runtime.commit_interval, consumer, worker, control, db, metrics, shutdown).await
+}
+
+/// How often consumed repartition records are deleted: ten commit
+/// intervals, between 1 s and Kafka Streams' 30 s.
+fn purge_interval(config: &Config) -> Duration {
+    (config.runtime.commit_interval * 10).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// The start-up clients: metadata and topic administration.
+pub(super) struct Probe {
+    pub(super) consumer: BaseConsumer<QuietContext>,
+    pub(super) admin: AdminClient<QuietContext>,
+}
+
+impl Probe {
+    pub(super) fn new(config: &Config) -> Result<Self, RunError> {
+        Ok(Self {
+            consumer: client_config(config, &[])
+                .create_with_context(QuietContext)
+                .map_err(|e| RunError::kafka("create client", e))?,
+            admin: client_config(config, &[])
+                .create_with_context(QuietContext)
+                .map_err(|e| RunError::kafka("create admin client", e))?,
+        })
+    }
+}
+
+/// The tables to merge: those configured (or the single table of the
+/// classic configuration) and those `[tables_pattern]` finds now.
+fn resolve_tables(config: &Config, consumer: &BaseConsumer<QuietContext>) -> Result<Vec<TableConfig>, RunError> {
+    let mut tables = config.tables();
+    if let Some(pattern) = &config.tables_pattern {
+        let names = super::discovery::topic_names(consumer)?;
+        let found = pattern.discover(&names.iter().map(String::as_str).collect::<Vec<_>>(), &config.merge);
+        tracing::info!(tables = %found.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(","), pattern = %pattern.sources, "tables found by pattern");
+        for t in found {
+            if !tables.iter().any(|e| e.name == t.name) {
+                tables.push(t);
+            }
+        }
+    }
+    if tables.is_empty() {
+        return Err(RunError::Config(
+            "no table to merge: [tables_pattern] matched no topic yet (the processor needs one to start)".into(),
+        ));
+    }
+    Ok(tables)
 }
 
 /// One line an operator can read; the whole resolved configuration at DEBUG.
@@ -117,6 +188,8 @@ fn log_start(config: &Config) {
     let sources: Vec<String> = config.sources.iter().map(|s| format!("{}={}", s.name, s.topic)).collect();
     tracing::info!(
         sources = %sources.join(","),
+        tables = config.tables.len(),
+        pattern = config.tables_pattern.as_ref().map_or("-", |p| p.sources.as_str()),
         output = %config.output.topic,
         policy = config.merge.policy.as_str(),
         deletes = config.merge.deletes.as_str(),
@@ -130,61 +203,232 @@ fn log_start(config: &Config) {
     tracing::debug!("resolved configuration:\n{}", config.to_redacted_toml());
 }
 
-/// What start-up learned about the topics.
-struct TopicLayout {
-    /// The source partition count (every source has it: co-partitioning).
-    partitions: i32,
-    changelog: String,
-    dlq: String,
-    audit: Option<String>,
-    /// Largest merged record accepted (key plus value).
-    record_limit: usize,
-    /// The changelog's identity (`cluster/topic-id`) for checkpoints.
-    changelog_id: String,
-    changelog_delete_retention_ms: i64,
+/// What start-up learned about a table's topics.
+pub(super) struct TableLayout {
+    pub(super) name: String,
+    pub(super) store_name: Option<String>,
+    /// The table's configuration as its tasks consume it: a repartitioned
+    /// source's topic is its repartition topic.
+    pub(super) config: Config,
+    /// The table's configuration with the sources' own topics (re-keying
+    /// reads those).
+    pub(super) original: Config,
+    pub(super) partitions: i32,
+    pub(super) changelog: String,
+    pub(super) changelog_id: String,
+    pub(super) changelog_delete_retention_ms: i64,
+    /// Sources not co-partitioned with the table: (source, its topic, the
+    /// repartition topic).
+    pub(super) rekeyed: Vec<(String, String, String)>,
 }
 
-/// Checks that the sources are co-partitioned, creates or validates the
-/// output, changelog, dead-letter and audit topics (unless the caller manages
-/// them), and reads the limits and identity that later steps need.
-async fn prepare_topics(config: &Config, manage_topics: bool) -> Result<TopicLayout, RunError> {
-    let source_topics: Vec<String> = config.sources.iter().map(|s| s.topic.clone()).collect();
-    let probe: BaseConsumer<QuietContext> =
-        client_config(config, &[]).create_with_context(QuietContext).map_err(|e| RunError::kafka("create client", e))?;
-    let partitions = topics::check_co_partitioning(&probe, &source_topics, TIMEOUT)?;
-    let admin: AdminClient<QuietContext> =
-        client_config(config, &[]).create_with_context(QuietContext).map_err(|e| RunError::kafka("create admin client", e))?;
+impl TableLayout {
+    /// (source name, topic) of every topic the table consumes, for pausing.
+    pub(super) fn switches(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self.config.sources.iter().map(|s| (s.name.clone(), s.topic.clone())).collect();
+        out.extend(self.rekeyed.iter().map(|(source, topic, _)| (source.clone(), topic.clone())));
+        out
+    }
+}
+
+/// The table's partition count and which sources are re-keyed: sources
+/// with `repartition = "always"`, and `auto` ones whose partition count is
+/// not the table's. The table's count is the one its `never` sources have
+/// (they must agree), else the most common among the others (the larger on
+/// a tie), else (every source re-keyed) the largest.
+pub(super) fn plan_partitions(table: &TableConfig, counts: &BTreeMap<String, i32>) -> Result<(i32, Vec<usize>), RunError> {
+    let count = |s: &crate::config::SourceConfig| counts.get(&s.topic).copied().unwrap_or(0);
+    let never: BTreeSet<i32> = table.sources.iter().filter(|s| s.repartition == Repartition::Never).map(count).collect();
+    let listing = || table.sources.iter().map(|s| format!("{}: {} partitions", s.topic, count(s))).collect::<Vec<_>>().join(", ");
+    if never.len() > 1 {
+        return Err(RunError::CoPartitioning(listing()));
+    }
+    let partitions = match never.first() {
+        Some(n) => *n,
+        None => {
+            let mut freq: BTreeMap<i32, usize> = BTreeMap::new();
+            for s in table.sources.iter().filter(|s| s.repartition != Repartition::Always) {
+                *freq.entry(count(s)).or_default() += 1;
+            }
+            match freq.iter().max_by_key(|(n, f)| (**f, **n)) {
+                Some((n, _)) => *n,
+                None => table.sources.iter().map(count).max().unwrap_or(1),
+            }
+        }
+    };
+    let mut rekeyed = Vec::new();
+    for (i, s) in table.sources.iter().enumerate() {
+        let differs = count(s) != partitions;
+        match s.repartition {
+            Repartition::Never if differs => return Err(RunError::CoPartitioning(listing())),
+            Repartition::Always => rekeyed.push(i),
+            Repartition::Auto if differs => rekeyed.push(i),
+            _ => {}
+        }
+    }
+    Ok((partitions, rekeyed))
+}
+
+/// Reads the sources' partition counts, plans the repartitioning, creates
+/// or validates the table's output, changelog and repartition topics
+/// (unless the caller manages them) and reads the changelog's identity.
+pub(super) async fn prepare_table(
+    config: &Config,
+    table: &TableConfig,
+    kafka: &Probe,
+    manage_topics: bool,
+) -> Result<TableLayout, RunError> {
+    let source_topics: Vec<String> = table.sources.iter().map(|s| s.topic.clone()).collect();
+    let counts = topics::partition_counts(&kafka.consumer, &source_topics, TIMEOUT)?;
+    let (partitions, rekeyed_idx) = plan_partitions(table, &counts)?;
     let group = &config.kafka.group_id;
-    let changelog = changelog_topic(group);
-    let dlq = dlq_topic(group);
-    let audit = config.audit.enabled.then(|| conflicts_topic(group));
+    let store_name = (!table.is_default()).then(|| table.name.clone());
+    let changelog = table_changelog_topic(group, store_name.as_deref());
+    let original = config.for_table(table);
+    let mut consumed = original.clone();
+    let mut rekeyed = Vec::new();
+    for i in rekeyed_idx {
+        let source = &mut consumed.sources[i];
+        let topic = crate::repartition::repartition_topic(group, &table.name, &source.name);
+        tracing::info!(
+            table = %table.name,
+            source = %source.name,
+            topic = %source.topic,
+            partitions = counts.get(&source.topic).copied().unwrap_or(0),
+            table_partitions = partitions,
+            repartition_topic = %topic,
+            "source is not co-partitioned with its table: its records are re-keyed through a repartition topic"
+        );
+        rekeyed.push((source.name.clone(), source.topic.clone(), topic.clone()));
+        source.topic = topic;
+    }
     let mut specs = vec![
         topics::TopicSpec {
-            name: config.output.topic.clone(),
+            name: original.output.topic.clone(),
             role: "output",
             cleanup_policy: "compact",
             // How long readers (sinks) still see a deleted key's tombstone;
             // a sink away for longer resynchronises.
-            configs: vec![("delete.retention.ms", config.output_delete_retention().as_millis().to_string())],
+            configs: vec![("delete.retention.ms", original.output_delete_retention().as_millis().to_string())],
+            any_partitions: false,
         },
-        topics::TopicSpec { name: changelog.clone(), role: "changelog", cleanup_policy: "compact", configs: vec![] },
-        topics::TopicSpec { name: dlq.clone(), role: "dead-letter", cleanup_policy: "delete", configs: vec![] },
+        topics::TopicSpec {
+            name: changelog.clone(),
+            role: "changelog",
+            cleanup_policy: "compact",
+            configs: vec![],
+            any_partitions: false,
+        },
     ];
+    specs.extend(rekeyed.iter().map(|(_, _, topic)| topics::TopicSpec {
+        name: topic.clone(),
+        role: "repartition",
+        cleanup_policy: "delete",
+        // Consumed records are deleted after each commit; retention only
+        // bounds what a processor that stays away leaves behind.
+        configs: vec![("retention.ms", REPARTITION_RETENTION_MS.to_string())],
+        any_partitions: false,
+    }));
+    let (changelog_id, changelog_delete_retention_ms) = if manage_topics {
+        topics::ensure_topics(
+            &kafka.admin,
+            &kafka.consumer,
+            &specs,
+            partitions,
+            config.kafka.replication_factor.unwrap_or(-1),
+            TIMEOUT,
+        )
+        .await?;
+        // What a task's checkpoint belongs to, and how long the changelog keeps
+        // null records: together they decide whether local state is trusted.
+        let (retention, _) = topics::retention_settings(&kafka.admin, &changelog, TIMEOUT).await?;
+        (topics::topic_identity(kafka.admin.inner(), &changelog, TIMEOUT)?, retention.unwrap_or(86_400_000))
+    } else {
+        // librdkafka's mock cluster (the demo) has no DescribeTopics: the
+        // bootstrap address stands in, as the mock lives as long as the demo.
+        (format!("mock/{}", config.kafka.bootstrap_servers), 86_400_000)
+    };
+    tracing::debug!(table = %table.name, changelog = %changelog, identity = %changelog_id, delete_retention_ms = changelog_delete_retention_ms, "changelog");
+    tracing::info!(table = %table.name, partitions, repartitioned = rekeyed.len(), "table ready");
+    Ok(TableLayout {
+        name: table.name.clone(),
+        store_name,
+        config: consumed,
+        original,
+        partitions,
+        changelog,
+        changelog_id,
+        changelog_delete_retention_ms,
+        rekeyed,
+    })
+}
+
+/// Retention of repartition topics (7 days, as Kafka Streams sets it).
+const REPARTITION_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// What every table shares.
+pub(super) struct SharedLayout {
+    dlq: String,
+    audit: Option<String>,
+    /// Largest merged record accepted (key plus value).
+    record_limit: usize,
+    /// Partitions of the dead-letter and audit topics (the fewer of the two).
+    partitions: i32,
+}
+
+/// Creates or validates the dead-letter and audit topics that every table
+/// shares, and reads the largest record every written topic takes.
+async fn prepare_shared(
+    config: &Config,
+    layouts: &[TableLayout],
+    kafka: &Probe,
+    manage_topics: bool,
+) -> Result<SharedLayout, RunError> {
+    let group = &config.kafka.group_id;
+    let dlq = dlq_topic(group);
+    let audit = config.audit.enabled.then(|| conflicts_topic(group));
+    // One table: as many partitions as it has (a dead letter goes to its
+    // source partition). Several: the most any table has; an existing topic
+    // may have any count (records go to partition p mod n).
+    let several = layouts.len() > 1 || config.tables_pattern.is_some();
+    let partitions = layouts.iter().map(|l| l.partitions).max().unwrap_or(1);
+    let mut specs = vec![topics::TopicSpec {
+        name: dlq.clone(),
+        role: "dead-letter",
+        cleanup_policy: "delete",
+        configs: vec![],
+        any_partitions: several,
+    }];
     specs.extend(audit.iter().map(|t| topics::TopicSpec {
         name: t.clone(),
         role: "conflict audit",
         cleanup_policy: "delete",
         configs: vec![],
+        any_partitions: several,
     }));
     let record_limit = if manage_topics {
-        topics::ensure_topics(&admin, &probe, &specs, partitions, config.kafka.replication_factor.unwrap_or(-1), TIMEOUT).await?;
+        topics::ensure_topics(
+            &kafka.admin,
+            &kafka.consumer,
+            &specs,
+            partitions,
+            config.kafka.replication_factor.unwrap_or(-1),
+            TIMEOUT,
+        )
+        .await?;
         // The largest record the output and changelog topics take, and the
         // producer: a larger merged record is set aside before the broker
         // would refuse it (which would fail the cycle again on every retry).
-        // Every topic a cycle writes to: output, changelog, dead letters, audit.
-        let mut written = vec![config.output.topic.as_str(), changelog.as_str(), dlq.as_str()];
+        // Every topic a cycle writes to: outputs, changelogs, repartition
+        // topics, dead letters, audit.
+        let mut written: Vec<&str> = vec![dlq.as_str()];
         written.extend(audit.as_deref());
-        let topic_limit = topics::max_message_bytes(&admin, &written, TIMEOUT).await?;
+        for l in layouts {
+            written.push(l.config.output.topic.as_str());
+            written.push(l.changelog.as_str());
+            written.extend(l.rekeyed.iter().map(|(_, _, t)| t.as_str()));
+        }
+        let topic_limit = topics::max_message_bytes(&kafka.admin, &written, TIMEOUT).await?;
         let producer_limit = config
             .kafka
             .properties
@@ -196,19 +440,14 @@ async fn prepare_topics(config: &Config, manage_topics: bool) -> Result<TopicLay
         MAX_RECORD_BYTES
     };
     tracing::info!(record_limit, "largest merged record accepted (bytes)");
-    // What a task's checkpoint belongs to, and how long the changelog keeps
-    // null records: together they decide whether local state is trusted.
-    let (changelog_id, changelog_delete_retention_ms) = if manage_topics {
-        let (retention, _) = topics::retention_settings(&admin, &changelog, TIMEOUT).await?;
-        (topics::topic_identity(admin.inner(), &changelog, TIMEOUT)?, retention.unwrap_or(86_400_000))
+    let shared_partitions = if manage_topics {
+        let mut names = vec![dlq.clone()];
+        names.extend(audit.iter().cloned());
+        topics::partition_counts(&kafka.consumer, &names, TIMEOUT)?.values().copied().min().unwrap_or(partitions)
     } else {
-        // librdkafka's mock cluster (the demo) has no DescribeTopics: the
-        // bootstrap address stands in, as the mock lives as long as the demo.
-        (format!("mock/{}", config.kafka.bootstrap_servers), 86_400_000)
+        partitions
     };
-    tracing::debug!(changelog = %changelog, identity = %changelog_id, delete_retention_ms = changelog_delete_retention_ms, "changelog");
-    tracing::info!(partitions, "source topics are co-partitioned");
-    Ok(TopicLayout { partitions, changelog, dlq, audit, record_limit, changelog_id, changelog_delete_retention_ms })
+    Ok(SharedLayout { dlq, audit, record_limit, partitions: shared_partitions.max(1) })
 }
 
 /// Where the admin port finds the worker once it exists.
@@ -239,14 +478,14 @@ async fn serve_admin(
     // The processing thread holds the worker for each step of a cycle and
     // lets go between polls: a query waits for such a gap, up to
     // QUERY_WAIT, and only a restore or a stuck commit makes it answer 503.
-    let query: crate::admin::StateQuery = Arc::new(move |key: &str| {
+    let query: crate::admin::StateQuery = Arc::new(move |table: Option<&str>, key: &str| {
         let Some(worker) = slot.get() else {
             return (503, serde_json::json!({"error": "starting; try again"}).to_string());
         };
         let deadline = Instant::now() + QUERY_WAIT;
         loop {
             match worker.try_lock() {
-                Ok(mut w) => return w.query(key),
+                Ok(mut w) => return w.query(table, key),
                 Err(std::sync::TryLockError::Poisoned(_)) => {
                     return (503, serde_json::json!({"error": "the processing thread failed"}).to_string());
                 }
@@ -294,7 +533,7 @@ struct Clients {
     producer: Producer_,
 }
 
-fn create_clients(config: &Config, changelog: &str) -> Result<Clients, RunError> {
+fn create_clients(config: &Config) -> Result<Clients, RunError> {
     let restorer: BaseConsumer<QuietContext> = client_config(
         config,
         &[
@@ -327,7 +566,7 @@ fn create_clients(config: &Config, changelog: &str) -> Result<Clients, RunError>
         ]);
     }
     let producer: Producer_ = client_config(config, &producer_defaults)
-        .create_with_context(DeliveryTracker { changelog_topic: changelog.to_string(), state: Mutex::default() })
+        .create_with_context(DeliveryTracker { state: Mutex::default() })
         .map_err(|e| RunError::kafka("create producer", e))?;
     if exactly_once {
         // Fences an older incarnation with the same transactional.id and
@@ -341,67 +580,123 @@ fn create_clients(config: &Config, changelog: &str) -> Result<Clients, RunError>
 
 fn new_worker(
     config: &Config,
-    layout: TopicLayout,
+    shared: SharedLayout,
     clients: Clients,
-    avro: Option<(crate::avro::AvroContext, Option<AvroRecordIds>)>,
     db: StateDb,
     metrics: &Arc<Metrics>,
     shutdown: &Arc<AtomicBool>,
+    purge: super::repartition::Purge,
 ) -> Worker {
     Worker {
-        metrics: metrics.clone(),
-        source_of: source_names(config),
-        audit: layout.audit,
-        partitions: layout.partitions,
-        pipeline: Pipeline::with_avro(config, avro.as_ref().map(|(ctx, _)| ctx)).with_record_limit(layout.record_limit),
         config: config.clone(),
+        tables: Vec::new(),
+        routes: HashMap::new(),
+        labels: Labels::default(),
+        metrics: metrics.clone(),
+        audit: shared.audit,
+        shared_partitions: shared.partitions,
         producer: clients.producer,
         db,
-        tasks: BTreeMap::new(),
         positions: HashMap::new(),
         txn_open: false,
         exactly_once: config.runtime.processing == Processing::ExactlyOnce,
-        changelog: layout.changelog,
-        dlq: layout.dlq,
-        sources: config.sources.iter().map(|s| s.topic.clone()).collect(),
+        dlq: shared.dlq,
         last_commit: Instant::now(),
         cycle_events: 0,
         fatal: None,
         counters: Counters::default(),
-        avro_records: avro.as_ref().and_then(|(_, ids)| *ids),
+        avro_records: None,
         registry_failures: 0,
         registry_max_backoff: config.schema_registry.as_ref().map_or(Duration::from_secs(30), |r| r.max_backoff),
         last_sweep: Instant::now(),
-        record_limit: layout.record_limit,
+        record_limit: shared.record_limit,
         restorer: clients.restorer,
         watermarks: clients.watermarks,
-        changelog_id: layout.changelog_id,
-        changelog_delete_retention_ms: layout.changelog_delete_retention_ms,
         shutdown: shutdown.clone(),
         cycle_bytes: 0,
         failed_cycles: 0,
-        // Avro keys are framed bytes whose hash says nothing of the key.
-        partitioner_unchecked: config
-            .sources
-            .iter()
-            .filter(|s| s.format != crate::config::SourceFormat::DebeziumAvro)
-            .map(|s| s.topic.clone())
-            .collect(),
+        purge,
+        discovery: None,
     }
 }
 
-/// Topic → source name, for metric labels.
-fn source_names(config: &Config) -> HashMap<String, String> {
-    config.sources.iter().map(|s| (s.topic.clone(), s.name.clone())).collect()
+impl Worker {
+    /// Adds a table: its pipeline, routes for its topics and labels.
+    pub(super) fn add_table(
+        &mut self,
+        layout: TableLayout,
+        avro: Option<(crate::avro::AvroContext, Option<AvroRecordIds>)>,
+    ) -> Result<(), RunError> {
+        let index = self.tables.len();
+        if let Some((_, Some(ids))) = &avro {
+            self.avro_records = Some(*ids);
+        }
+        let ctx = avro.as_ref().map(|(ctx, _)| ctx);
+        let mut labels = self.labels.write().expect("labels");
+        for s in &layout.config.sources {
+            self.routes.insert(s.topic.clone(), Route { table: index, source: Arc::from(s.name.as_str()), rekey: None });
+            labels.insert(s.topic.clone(), (layout.name.clone(), s.name.clone()));
+        }
+        for (source, topic, repartition) in &layout.rekeyed {
+            let rekeyer = crate::repartition::Rekeyer::new(&layout.original, source, layout.partitions, ctx)
+                .map_err(|e| RunError::Config(format!("table {} source {source}: {e}", layout.name)))?;
+            self.routes.insert(
+                topic.clone(),
+                Route {
+                    table: index,
+                    source: Arc::from(source.as_str()),
+                    rekey: Some(Rekey { topic: repartition.clone(), rekeyer }),
+                },
+            );
+            labels.insert(topic.clone(), (layout.name.clone(), source.clone()));
+            self.purge.watch(repartition);
+            self.metrics.repartitioned(&layout.name, source);
+        }
+        drop(labels);
+        let repartitioned: BTreeSet<&str> = layout.rekeyed.iter().map(|(_, _, t)| t.as_str()).collect();
+        let pipeline = Pipeline::with_avro(&layout.config, ctx)
+            .with_record_limit(self.record_limit)
+            .with_repartitioned(repartitioned.iter().copied());
+        self.tables.push(Table {
+            name: layout.name.clone(),
+            store_name: layout.store_name.clone(),
+            pipeline,
+            tasks: BTreeMap::new(),
+            changelog: layout.changelog.clone(),
+            changelog_id: layout.changelog_id.clone(),
+            changelog_delete_retention_ms: layout.changelog_delete_retention_ms,
+            partitions: layout.partitions,
+            topics: layout.config.sources.iter().map(|s| s.topic.clone()).collect(),
+            // Avro keys are framed bytes whose hash says nothing of the key;
+            // repartition topics are written by Tributary with murmur2.
+            partitioner_unchecked: layout
+                .config
+                .sources
+                .iter()
+                .filter(|s| s.format != crate::config::SourceFormat::DebeziumAvro && !repartitioned.contains(s.topic.as_str()))
+                .map(|s| s.topic.clone())
+                .collect(),
+            config: layout.config,
+        });
+        Ok(())
+    }
+
+    /// Every topic the group consumer subscribes to.
+    pub(super) fn subscribed_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.routes.keys().cloned().collect();
+        topics.sort();
+        topics
+    }
 }
 
-/// The group consumer (`range` assignor: partition p of every source on
-/// one member), subscribed to every source topic.
+/// The group consumer (`range` assignor: partition p of every topic of a
+/// table on one member), subscribed to every topic of every table.
 fn subscribe(
     config: &Config,
     worker: Arc<Mutex<Worker>>,
     metrics: Arc<Metrics>,
     control: Arc<SourceControl>,
+    labels: Labels,
 ) -> Result<GroupConsumer, RunError> {
     let mut consumer_defaults = vec![
         ("group.id", config.kafka.group_id.as_str()),
@@ -417,10 +712,11 @@ fn subscribe(
     if let Some(id) = &config.kafka.instance_id {
         consumer_defaults.push(("group.instance.id", id.as_str()));
     }
+    let topics = worker.lock().expect("worker").subscribed_topics();
     let consumer: GroupConsumer = client_config(config, &consumer_defaults)
-        .create_with_context(GroupContext { worker, metrics, source_of: source_names(config), control })
+        .create_with_context(GroupContext { worker, metrics, labels, control })
         .map_err(|e| RunError::kafka("create consumer", e))?;
-    let topics: Vec<&str> = config.sources.iter().map(|s| s.topic.as_str()).collect();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(|e| RunError::kafka("subscribe", e))?;
     Ok(consumer)
 }

@@ -12,34 +12,56 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::group::{is_fatal_consumer_error, GroupConsumer};
-use super::{now_ms, RunError, Worker, TIMEOUT};
+use super::{now_ms, RunError, Table, Worker, TIMEOUT};
 
 impl Worker {
     pub(super) fn on_revoke(&mut self, consumer: &GroupConsumer, tpl: &TopicPartitionList) -> Result<(), RunError> {
         self.commit(consumer)?;
-        let revoked: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        for p in &revoked {
-            if self.tasks.remove(p).is_some() {
-                tracing::info!(partition = p, "task closed (revoked)");
+        for (ti, partitions) in self.tasks_of(tpl) {
+            let table = &mut self.tables[ti];
+            for p in partitions.into_keys() {
+                if table.tasks.remove(&p).is_some() {
+                    tracing::info!(table = %table.name, partition = p, "task closed (revoked)");
+                }
             }
         }
         Ok(())
     }
 
-    pub(super) fn on_assign(&mut self, consumer: &GroupConsumer, tpl: &TopicPartitionList) -> Result<(), RunError> {
-        let mut by_partition: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+    /// The (table, partitions) pairs whose tasks `tpl` names: partitions of
+    /// the topics a table's tasks consume (a source re-keyed into a
+    /// repartition topic is consumed outside the tasks).
+    fn tasks_of(&self, tpl: &TopicPartitionList) -> BTreeMap<usize, BTreeMap<i32, BTreeSet<String>>> {
+        let mut out: BTreeMap<usize, BTreeMap<i32, BTreeSet<String>>> = BTreeMap::new();
         for el in tpl.elements() {
-            by_partition.entry(el.partition()).or_default().insert(el.topic().to_string());
-        }
-        for (p, topics) in &by_partition {
-            if topics != &self.sources {
-                let missing: Vec<&String> = self.sources.difference(topics).collect();
-                return Err(RunError::Assignment(format!(
-                    "partition {p} was assigned for {topics:?} but not for {missing:?}; use partition.assignment.strategy=range and equal partition counts"
-                )));
+            match self.routes.get(el.topic()) {
+                Some(route) if route.rekey.is_none() => {
+                    out.entry(route.table).or_default().entry(el.partition()).or_default().insert(el.topic().to_string());
+                }
+                _ => {}
             }
         }
-        let new: Vec<i32> = by_partition.keys().copied().filter(|p| !self.tasks.contains_key(p)).collect();
+        out
+    }
+
+    pub(super) fn on_assign(&mut self, consumer: &GroupConsumer, tpl: &TopicPartitionList) -> Result<(), RunError> {
+        let assigned = self.tasks_of(tpl);
+        let mut new: Vec<(usize, i32)> = Vec::new();
+        for (ti, partitions) in &assigned {
+            let table = &self.tables[*ti];
+            for (p, topics) in partitions {
+                if topics != &table.topics {
+                    let missing: Vec<&String> = table.topics.difference(topics).collect();
+                    return Err(RunError::Assignment(format!(
+                        "partition {p} of table {} was assigned for {topics:?} but not for {missing:?}; use partition.assignment.strategy=range and equal partition counts",
+                        table.name
+                    )));
+                }
+                if !table.tasks.contains_key(p) {
+                    new.push((*ti, *p));
+                }
+            }
+        }
         if new.is_empty() {
             return Ok(());
         }
@@ -50,25 +72,29 @@ impl Worker {
         // watermarks read next. Restoring up to those brings the state up to
         // the offsets the consumer will start from.
         let mut wanted = TopicPartitionList::new();
-        for el in tpl.elements().iter().filter(|el| new.contains(&el.partition())) {
-            wanted.add_partition(el.topic(), el.partition());
+        for (ti, p) in &new {
+            for topic in &self.tables[*ti].topics {
+                wanted.add_partition(topic, *p);
+            }
         }
         consumer
             .committed_offsets(wanted, TIMEOUT)
             .map_err(|e| RunError::kafka("read the group's committed offsets of the assigned partitions", e))?;
-        for p in new {
-            let mut task = self.db.task(p)?;
-            task.bind_changelog(&self.changelog_id);
+        for (ti, p) in new {
+            let table = &self.tables[ti];
+            let mut task = self.db.table_task(table.store_name.as_deref(), p)?;
+            task.bind_changelog(&table.changelog_id);
             let started = Instant::now();
-            let restored = self.restore(&mut task)?;
+            let restored = self.restore(ti, &mut task)?;
             tracing::info!(
+                table = %table.name,
                 partition = p,
                 restored,
                 checkpoint = task.checkpoint(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "task opened"
             );
-            self.tasks.insert(p, task);
+            self.tables[ti].tasks.insert(p, task);
         }
         Ok(())
     }
@@ -76,15 +102,15 @@ impl Worker {
     /// Why the task's local keyspace cannot be taken to continue at its
     /// checkpoint within the changelog partition spanning `low..high`
     /// (`None`: it can).
-    pub(super) fn discontinuity(&self, task: &TaskStore, low: i64, high: i64) -> Option<String> {
+    pub(super) fn discontinuity(table: &Table, task: &TaskStore, low: i64, high: i64) -> Option<String> {
         let cp = task.checkpoint_info();
         if cp.offset == 0 && task.approximate_keys() == 0 {
             return None;
         }
         match &cp.changelog {
             None => return Some("the checkpoint does not say which changelog it belongs to (written by an earlier version)".into()),
-            Some(id) if *id != self.changelog_id => {
-                return Some(format!("the changelog is not the one the checkpoint belongs to (it was {id}, now {}): deleted and created again, or another cluster", self.changelog_id))
+            Some(id) if *id != table.changelog_id => {
+                return Some(format!("the changelog is not the one the checkpoint belongs to (it was {id}, now {}): deleted and created again, or another cluster", table.changelog_id))
             }
             Some(_) => {}
         }
@@ -95,14 +121,14 @@ impl Worker {
             return Some(format!("the checkpoint {} is below the changelog's start {low}", cp.offset));
         }
         let age = now_ms() - cp.written_ms;
-        if cp.offset < high && age >= self.changelog_delete_retention_ms {
+        if cp.offset < high && age >= table.changelog_delete_retention_ms {
             // Another owner wrote after the checkpoint; a null record it
             // wrote (a key deleted and collected) may have been compacted
             // away since, and the local keyspace would keep that key.
             return Some(format!(
                 "the checkpoint was written {} s ago, longer than the changelog's delete.retention.ms ({} s): null records written since may be compacted away",
                 age / 1000,
-                self.changelog_delete_retention_ms / 1000
+                table.changelog_delete_retention_ms / 1000
             ));
         }
         None
@@ -114,12 +140,14 @@ impl Worker {
     /// committed records only, and does not stop at an end that an open
     /// transaction pins (the last stable offset) below the high watermark:
     /// it waits until everything up to the high watermark is decided.
-    pub(super) fn restore(&self, task: &mut TaskStore) -> Result<u64, RunError> {
+    pub(super) fn restore(&self, table: usize, task: &mut TaskStore) -> Result<u64, RunError> {
         let p = task.partition();
+        let table = &self.tables[table];
+        let changelog = table.changelog.as_str();
         let watermarks = || {
             self.watermarks
-                .fetch_watermarks(&self.changelog, p, TIMEOUT)
-                .map_err(|e| RunError::kafka(format!("watermarks of {} partition {p}", self.changelog), e))
+                .fetch_watermarks(changelog, p, TIMEOUT)
+                .map_err(|e| RunError::kafka(format!("watermarks of {changelog} partition {p}"), e))
         };
         let (mut low, mut high) = watermarks()?;
         // A checkpoint counts the commit marker of this instance's last
@@ -132,9 +160,10 @@ impl Worker {
             std::thread::sleep(Duration::from_millis(100));
             (low, high) = watermarks()?;
         }
-        if let Some(why) = self.discontinuity(task, low, high) {
+        if let Some(why) = Self::discontinuity(table, task, low, high) {
             let removed = task.wipe()?;
             tracing::info!(
+                table = %table.name,
                 partition = p,
                 removed,
                 "local state of task {p} not trusted, restoring it from the changelog's start: {why}"
@@ -143,23 +172,31 @@ impl Worker {
         let start = task.checkpoint().max(low);
         if start >= high {
             task.commit(start)?;
-            self.metrics.restore(p, 0, 0.0);
+            self.metrics.restore(&table.name, p, 0, 0.0);
             return Ok(0);
         }
         let began = Instant::now();
-        tracing::info!(partition = p, from = start, to = high, "restoring state from the changelog");
+        tracing::info!(table = %table.name, partition = p, from = start, to = high, "restoring state from the changelog");
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.changelog, p, Offset::Offset(start)).map_err(|e| RunError::kafka("restore", e))?;
+        tpl.add_partition_offset(changelog, p, Offset::Offset(start)).map_err(|e| RunError::kafka("restore", e))?;
         self.restorer.assign(&tpl).map_err(|e| RunError::kafka("assign changelog", e))?;
-        let result = self.restore_from(task, start, high, began);
+        let result = self.restore_from(table, task, start, high, began);
         let _ = self.restorer.unassign();
         let restored = result?;
-        self.metrics.restore(p, 0, restored as f64 / began.elapsed().as_secs_f64().max(1e-3));
+        self.metrics.restore(&table.name, p, 0, restored as f64 / began.elapsed().as_secs_f64().max(1e-3));
         Ok(restored)
     }
 
-    pub(super) fn restore_from(&self, task: &mut TaskStore, start: i64, high: i64, began: Instant) -> Result<u64, RunError> {
+    pub(super) fn restore_from(
+        &self,
+        table: &Table,
+        task: &mut TaskStore,
+        start: i64,
+        high: i64,
+        began: Instant,
+    ) -> Result<u64, RunError> {
         let p = task.partition();
+        let changelog = table.changelog.as_str();
         let mut next = start;
         let mut restored = 0u64;
         let mut last_log = Instant::now();
@@ -170,14 +207,14 @@ impl Worker {
         // (the LSO never goes back) and take the next end-of-partition as
         // the end.
         let settled = || -> Result<bool, RunError> {
-            match self.restorer.fetch_watermarks(&self.changelog, p, TIMEOUT) {
+            match self.restorer.fetch_watermarks(changelog, p, TIMEOUT) {
                 Ok((_, stable)) => Ok(stable >= high),
                 // Not known now (the broker away): not settled; asked again.
                 Err(e) if !is_fatal_consumer_error(&e) => {
-                    tracing::debug!(partition = p, "last stable offset of {}: {e}", self.changelog);
+                    tracing::debug!(partition = p, "last stable offset of {}: {e}", changelog);
                     Ok(false)
                 }
-                Err(e) => Err(RunError::kafka(format!("last stable offset of {} partition {p}", self.changelog), e)),
+                Err(e) => Err(RunError::kafka(format!("last stable offset of {} partition {p}", changelog), e)),
             }
         };
         let mut confirmed: Option<Instant> = None;
@@ -193,8 +230,8 @@ impl Worker {
                     let again = confirmed.is_some_and(|at| at.elapsed() > Duration::from_secs(3));
                     if (confirmed.is_none() && settled()?) || again {
                         self.restorer
-                            .seek(&self.changelog, p, Offset::Offset(next), TIMEOUT)
-                            .map_err(|e| RunError::kafka(format!("seek {} partition {p}", self.changelog), e))?;
+                            .seek(changelog, p, Offset::Offset(next), TIMEOUT)
+                            .map_err(|e| RunError::kafka(format!("seek {} partition {p}", changelog), e))?;
                         confirmed = Some(Instant::now());
                     } else if confirmed.is_none() && last_log.elapsed() > Duration::from_secs(5) {
                         tracing::info!(
@@ -210,11 +247,11 @@ impl Worker {
                 // reconnects by itself; the restore waits, as the main loop does.
                 Some(Err(e)) if !is_fatal_consumer_error(&e) => {
                     if last_log.elapsed() > Duration::from_secs(5) {
-                        tracing::warn!(partition = p, at = next, to = high, "restoring {}: {e}; retrying", self.changelog);
+                        tracing::warn!(partition = p, at = next, to = high, "restoring {}: {e}; retrying", changelog);
                         last_log = Instant::now();
                     }
                 }
-                Some(Err(e)) => return Err(RunError::kafka(format!("restore {} partition {p}", self.changelog), e)),
+                Some(Err(e)) => return Err(RunError::kafka(format!("restore {} partition {p}", changelog), e)),
                 Some(Ok(m)) => {
                     // Stored as it is: the state decodes when first read.
                     task.put_restored_bytes(m.key().unwrap_or_default(), m.payload())?;
@@ -225,7 +262,12 @@ impl Worker {
                         task.commit(next)?;
                     }
                     if restored.is_multiple_of(1000) {
-                        self.metrics.restore(p, high - next, restored as f64 / began.elapsed().as_secs_f64().max(1e-3));
+                        self.metrics.restore(
+                            &table.name,
+                            p,
+                            high - next,
+                            restored as f64 / began.elapsed().as_secs_f64().max(1e-3),
+                        );
                     }
                     if last_log.elapsed() > Duration::from_secs(5) {
                         tracing::info!(partition = p, at = next, to = high, restored, "restoring");

@@ -23,6 +23,9 @@ pub struct TopicSpec {
     pub cleanup_policy: &'static str,
     /// Further topic configs set when Tributary creates the topic.
     pub configs: Vec<(&'static str, String)>,
+    /// An existing topic may have any partition count (the shared dead-letter
+    /// and audit topics of several tables: records go to partition p mod n).
+    pub any_partitions: bool,
 }
 
 /// How long a source topic may be missing from metadata before start-up
@@ -37,6 +40,22 @@ pub fn check_co_partitioning(
     topics: &[String],
     timeout: Duration,
 ) -> Result<i32, RunError> {
+    let counts = partition_counts(consumer, topics, timeout)?;
+    let distinct: std::collections::BTreeSet<i32> = counts.values().copied().collect();
+    if distinct.len() > 1 {
+        let listing = counts.iter().map(|(t, c)| format!("{t}: {c} partitions")).collect::<Vec<_>>().join(", ");
+        return Err(RunError::CoPartitioning(listing));
+    }
+    Ok(*distinct.iter().next().expect("at least one source topic"))
+}
+
+/// The partition count of every topic of `topics`, waiting a little for
+/// topics not in metadata yet.
+pub fn partition_counts(
+    consumer: &BaseConsumer<QuietContext>,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<BTreeMap<String, i32>, RunError> {
     let deadline = std::time::Instant::now() + MISSING_TOPIC_GRACE;
     let mut counts: BTreeMap<String, Option<i32>> = BTreeMap::new();
     loop {
@@ -66,12 +85,7 @@ pub fn check_co_partitioning(
         tracing::info!(missing = %missing.join(", "), "source topic(s) not in metadata yet; checking again");
         std::thread::sleep(Duration::from_millis(500));
     }
-    let distinct: std::collections::BTreeSet<i32> = counts.values().flatten().copied().collect();
-    if distinct.len() > 1 {
-        let listing = counts.iter().map(|(t, c)| format!("{t}: {} partitions", c.unwrap_or(0))).collect::<Vec<_>>().join(", ");
-        return Err(RunError::CoPartitioning(listing));
-    }
-    Ok(*distinct.iter().next().expect("at least one source topic"))
+    Ok(counts.into_iter().map(|(t, c)| (t, c.unwrap_or(0))).collect())
 }
 
 /// Creates each topic that is missing (with `partitions` partitions) and
@@ -97,7 +111,7 @@ pub async fn ensure_topics(
             .map(|t| t.partitions().len() as i32);
         match existing {
             Some(n) if n > 0 => {
-                if n != partitions {
+                if n != partitions && !spec.any_partitions {
                     return Err(RunError::Topics(format!(
                         "{} topic {} has {n} partitions, the source topics have {partitions}: partition p of the output must belong to task p",
                         spec.role, spec.name
