@@ -71,6 +71,13 @@ impl Worker {
         let kafka = Probe::new(&self.config)?;
         let mut added = Vec::new();
         for table in new {
+            if self.tables.len() >= crate::config::MAX_TABLES {
+                tracing::warn!(table = %table.name, limit = crate::config::MAX_TABLES, "more tables match the pattern than one process merges; not merging this one (narrow tables_pattern.allow or run another group)");
+                if let Some(d) = &mut self.discovery {
+                    d.known.insert(table.name.clone());
+                }
+                continue;
+            }
             let layout = match runtime.block_on(prepare_table(&self.config, &table, &kafka, true)) {
                 Ok(l) => l,
                 Err(e) => {

@@ -170,6 +170,10 @@ fn resolve_tables(config: &Config, consumer: &BaseConsumer<QuietContext>) -> Res
         let found = pattern.discover(&names.iter().map(String::as_str).collect::<Vec<_>>(), &config.merge);
         tracing::info!(tables = %found.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(","), pattern = %pattern.sources, "tables found by pattern");
         for t in found {
+            if tables.len() >= crate::config::MAX_TABLES {
+                tracing::warn!(table = %t.name, limit = crate::config::MAX_TABLES, "more tables match the pattern than one process merges; not merging this one (narrow tables_pattern.allow or run another group)");
+                continue;
+            }
             if !tables.iter().any(|e| e.name == t.name) {
                 tables.push(t);
             }
@@ -466,13 +470,13 @@ async fn serve_admin(
     match (&token, &config.admin.token_file) {
         (Some(_), Some(file)) => tracing::info!(
             token_file = %file.display(),
-            "admin: /state/{{key}} and POST /sources/{{name}}/pause|resume require the bearer token from the token file"
+            "admin: /state/{{table}}/{{key}} and POST /sources/{{name}}/pause|resume require the bearer token from the token file"
         ),
         (Some(_), None) => {
-            tracing::info!("admin: /state/{{key}} and POST /sources/{{name}}/pause|resume require the bearer token (admin.token)")
+            tracing::info!("admin: /state/{{table}}/{{key}} and POST /sources/{{name}}/pause|resume require the bearer token (admin.token)")
         }
         (None, _) => tracing::info!(
-            "admin: no token configured, so /state/{{key}} and POST /sources/{{name}}/pause|resume are off; set admin.token_file (a mounted secret) or TRIBUTARY_ADMIN__TOKEN to turn them on"
+            "admin: no token configured, so /state/{{table}}/{{key}} and POST /sources/{{name}}/pause|resume are off; set admin.token_file (a mounted secret) or TRIBUTARY_ADMIN__TOKEN to turn them on"
         ),
     }
     // The processing thread holds the worker for each step of a cycle and
