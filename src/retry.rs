@@ -48,10 +48,6 @@ impl Backoff {
     }
 
     /// A try succeeded: the next failure waits `initial` again.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "for run's registry pause, which counts its failures itself until it holds a Backoff")
-    )]
     pub(crate) fn reset(&mut self) {
         self.attempts = 0;
     }

@@ -346,13 +346,6 @@ pub(crate) fn unavailable_backoff(max: Duration) -> Backoff {
     Backoff::new(Duration::from_millis(100), max, 2)
 }
 
-/// The wait before retry `attempt` (0-based) of [`unavailable_backoff`], for
-/// callers that count their failures themselves (`run`'s start-up and
-/// registry pause, until they hold a [`Backoff`]).
-pub fn backoff(attempt: u32, max: Duration) -> Duration {
-    unavailable_backoff(max).delay(attempt)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,7 +366,6 @@ mod tests {
         assert_eq!(b.next_delay(), Duration::from_millis(100));
         assert_eq!(b.delay(3), Duration::from_millis(800));
         assert_eq!(b.delay(40), max);
-        assert_eq!(backoff(3, max), Duration::from_millis(800));
     }
 
     fn raw(code: u32, message: &str) -> RawError {

@@ -70,9 +70,12 @@ impl Worker {
                 self.failed_cycles = 0;
                 self.counters.commits += 1;
                 self.metrics.cycle(true, started.elapsed().as_secs_f64());
-                if self.registry_failures > 0 {
-                    tracing::info!(after = self.registry_failures, "schema registry available again; processing resumed");
-                    self.registry_failures = 0;
+                if self.registry_backoff.attempts() > 0 {
+                    tracing::info!(
+                        after = self.registry_backoff.attempts(),
+                        "schema registry available again; processing resumed"
+                    );
+                    self.registry_backoff.reset();
                     self.metrics.set_ready(true);
                 }
                 for table in &self.tables {
@@ -236,15 +239,15 @@ impl Worker {
     /// dead-lettered for it), report not ready, wait with a growing backoff
     /// and let the rewind bring the records back.
     pub(super) fn registry_wait(&mut self, consumer: &GroupConsumer, why: &str, shutdown: &AtomicBool) -> Result<(), RunError> {
-        let wait = crate::avro::registry::backoff(self.registry_failures, self.registry_max_backoff);
-        self.registry_failures = self.registry_failures.saturating_add(1);
-        tracing::warn!(attempt = self.registry_failures, wait_ms = wait.as_millis() as u64, "{why}; pausing, then retrying");
+        let wait = self.registry_backoff.next_delay();
+        tracing::warn!(
+            attempt = self.registry_backoff.attempts(),
+            wait_ms = wait.as_millis() as u64,
+            "{why}; pausing, then retrying"
+        );
         self.metrics.set_ready(false);
         self.abort_cycle(consumer, why)?;
-        let until = Instant::now() + wait;
-        while Instant::now() < until && !shutdown.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
-        }
+        crate::retry::sleep(wait, shutdown);
         Ok(())
     }
 
@@ -264,13 +267,14 @@ impl Worker {
     /// Seeks every assigned partition back to its committed offset; reading
     /// the committed offsets is retried for a while before giving up.
     pub(super) fn rewind(&mut self, consumer: &GroupConsumer) -> Result<(), RunError> {
-        let mut attempt = 0u32;
+        // 0.5 s doubling to 8 s, six tries (about 30 s in all).
+        let mut backoff = crate::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(8), 2);
         loop {
             match self.rewind_once(consumer) {
-                Err(RunError::Kafka { context, source }) if attempt < 6 && !self.shutdown.load(Ordering::Relaxed) => {
-                    attempt += 1;
-                    tracing::warn!(attempt, "{context}: {source}; retrying the rewind");
-                    std::thread::sleep(Duration::from_millis(250 << attempt.min(5)));
+                Err(RunError::Kafka { context, source }) if backoff.attempts() < 6 && !self.shutdown.load(Ordering::Relaxed) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(attempt = backoff.attempts(), "{context}: {source}; retrying the rewind");
+                    crate::retry::sleep(wait, &self.shutdown);
                 }
                 other => return other,
             }

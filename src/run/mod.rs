@@ -247,10 +247,9 @@ struct Worker {
     audit: Option<String>,
     /// Avro output: the registered ids of the audit and dead-letter schemas.
     avro_records: Option<AvroRecordIds>,
-    /// Consecutive cycles lost to an unavailable schema registry.
-    registry_failures: u32,
-    /// Longest wait between registry retries.
-    registry_max_backoff: Duration,
+    /// The wait after cycles lost to an unavailable schema registry (its
+    /// attempts count them).
+    registry_backoff: crate::retry::Backoff,
     /// When deleted keys past `tombstone_retention` were last collected.
     last_sweep: Instant,
     /// Largest merged record (key plus output or changelog value) written.

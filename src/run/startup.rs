@@ -35,12 +35,12 @@ pub(super) fn avro_startup(
     config: &Config,
     shutdown: &AtomicBool,
 ) -> Result<(crate::avro::AvroContext, Option<AvroRecordIds>), RunError> {
-    use crate::avro::registry::{backoff, Registry, RegistryError};
+    use crate::avro::registry::{unavailable_backoff, Registry, RegistryError};
     let settings =
         config.schema_registry.as_ref().ok_or_else(|| RunError::Config("[schema_registry] is required for Avro".into()))?;
     let registry = Registry::new(settings).map_err(RunError::Config)?;
     let ctx = crate::avro::AvroContext { registry: registry.clone(), catalog: Default::default() };
-    let mut attempt = 0;
+    let mut backoff = unavailable_backoff(settings.max_backoff);
     loop {
         let result = (|| -> Result<Option<AvroRecordIds>, RegistryError> {
             for s in config.sources.iter().filter(|s| s.format == crate::config::SourceFormat::DebeziumAvro) {
@@ -73,10 +73,9 @@ pub(super) fn avro_startup(
                 return Ok((ctx, ids));
             }
             Err(e) if e.is_retriable() && !shutdown.load(Ordering::Relaxed) => {
-                let wait = backoff(attempt, settings.max_backoff);
-                attempt += 1;
-                tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, "start-up: {e}; retrying");
-                std::thread::sleep(wait);
+                let wait = backoff.next_delay();
+                tracing::warn!(attempt = backoff.attempts(), wait_ms = wait.as_millis() as u64, "start-up: {e}; retrying");
+                crate::retry::sleep(wait, shutdown);
             }
             Err(source) => return Err(RunError::Registry { source }),
         }
@@ -610,8 +609,9 @@ fn new_worker(
         fatal: None,
         counters: Counters::default(),
         avro_records: None,
-        registry_failures: 0,
-        registry_max_backoff: config.schema_registry.as_ref().map_or(Duration::from_secs(30), |r| r.max_backoff),
+        registry_backoff: crate::avro::registry::unavailable_backoff(
+            config.schema_registry.as_ref().map_or(Duration::from_secs(30), |r| r.max_backoff),
+        ),
         last_sweep: Instant::now(),
         record_limit: shared.record_limit,
         restorer: clients.restorer,
