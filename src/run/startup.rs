@@ -327,7 +327,7 @@ pub(super) async fn prepare_table(
         name: topic.clone(),
         role: "repartition",
         cleanup_policy: "delete",
-        // Consumed records are deleted after each commit; retention only
+        // Consumed records are deleted after commits (run::repartition::Purge); retention only
         // bounds what a processor that stays away leaves behind.
         configs: vec![("retention.ms", REPARTITION_RETENTION_MS.to_string())],
         any_partitions: false,
