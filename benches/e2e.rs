@@ -305,17 +305,20 @@ fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Resu
 }
 
 /// Produces the N events (untimed); returns (bytes of values, seconds, distinct keys written).
-fn produce_events(bootstrap: &str, topics: &[String], n: usize, keys: usize) -> (usize, f64, usize) {
-    produce_routed(bootstrap, n, keys, |s, _| Some((topics[s].as_str(), PARTITIONS)))
+/// Commit times start at `base` (epoch ms).
+fn produce_events(bootstrap: &str, topics: &[String], n: usize, keys: usize, base: i64) -> (usize, f64, usize) {
+    produce_routed(bootstrap, n, keys, base, |s, _| Some((topics[s].as_str(), PARTITIONS)))
 }
 
 /// [`produce_events`] with the topic of each event chosen by `route(source,
 /// key id)`: (topic, its partition count), or None to leave the event out.
-/// Events, keys, rows and times are the same whatever the route.
+/// Events, keys, rows and times are the same whatever the route (for the
+/// same `base`).
 fn produce_routed<'a>(
     bootstrap: &str,
     n: usize,
     keys: usize,
+    base: i64,
     route: impl Fn(usize, usize) -> Option<(&'a str, i32)>,
 ) -> (usize, f64, usize) {
     let started = Instant::now();
@@ -327,7 +330,6 @@ fn produce_routed<'a>(
         .create()
         .expect("producer");
     let mut seen = vec![vec![false; keys]; SOURCES.len()];
-    let base = now_ms();
     let mut bytes = 0;
     for i in 0..n {
         let (s, k) = event_key(i, keys);
@@ -1260,7 +1262,9 @@ fn main() {
     std::fs::create_dir_all(&log_dir).unwrap();
 
     eprintln!("producing {n} events ({} sources × {PARTITIONS} partitions, {keys} keys) to {run}.*…", SOURCES.len());
-    let (bytes, secs, distinct) = produce_events(&broker.bootstrap, &sources, n, keys);
+    // One time base for every copy of the events: the same rows everywhere.
+    let base = now_ms();
+    let (bytes, secs, distinct) = produce_events(&broker.bootstrap, &sources, n, keys, base);
     eprintln!("produced in {secs:.1} s (untimed); average value {} bytes", bytes / n.max(1));
     // The same events again for the modes that read them from other topics.
     let tables = tables_count();
@@ -1271,15 +1275,16 @@ fn main() {
         }
         eprintln!("producing them again to {tables} tables × {} sources ({run}.tables.*)…", SOURCES.len());
         let (_, secs, _) =
-            produce_routed(&broker.bootstrap, n, keys, |s, k| Some((table_topics[k % tables][s].as_str(), PARTITIONS)));
+            produce_routed(&broker.bootstrap, n, keys, base, |s, k| Some((table_topics[k % tables][s].as_str(), PARTITIONS)));
         eprintln!("produced in {secs:.1} s (untimed)");
     }
     let ap_topic = format!("{run}.{}-{REPARTITIONED_PARTITIONS}p.public.customers", SOURCES[2]);
     if modes.iter().any(|m| m == "repartition") {
         broker.create_topic_of(&ap_topic, REPARTITIONED_PARTITIONS, &[]);
         eprintln!("producing the {} events again to {ap_topic} ({REPARTITIONED_PARTITIONS} partitions)…", SOURCES[2]);
-        let (_, secs, _) =
-            produce_routed(&broker.bootstrap, n, keys, |s, _| (s == 2).then_some((ap_topic.as_str(), REPARTITIONED_PARTITIONS)));
+        let (_, secs, _) = produce_routed(&broker.bootstrap, n, keys, base, |s, _| {
+            (s == 2).then_some((ap_topic.as_str(), REPARTITIONED_PARTITIONS))
+        });
         eprintln!("produced in {secs:.1} s (untimed)");
     }
 
@@ -1374,7 +1379,9 @@ fn main() {
     let complete = |m: &str| outcomes.iter().find(|o| o.mode == m && o.complete);
     let mut ratios = Vec::new();
     for t in outcomes.iter().filter(|o| o.mode.starts_with("trib") && o.complete) {
-        for b in outcomes.iter().filter(|o| !o.mode.starts_with("trib") && o.complete) {
+        // The many-tables and repartition modes are Tributary too: compared with trib-eos below.
+        let baseline = |o: &&Outcome| !o.mode.starts_with("trib") && o.mode != "tables" && o.mode != "repartition";
+        for b in outcomes.iter().filter(baseline).filter(|o| o.complete) {
             let speed = t.rate() / b.rate();
             let cpu = t.cpu_per_m().zip(b.cpu_per_m()).map(|(a, b)| a / b);
             writeln!(
