@@ -52,6 +52,7 @@ pub(super) fn main_loop(
         };
         let step = step.and_then(|()| if w.last_sweep.elapsed() >= w.sweep_interval() { w.sweep_tombstones() } else { Ok(()) });
         let step = step.and_then(|()| w.discover_tables(consumer, control));
+        w.purge.tick();
         // A cycle ends on the interval, or when it holds enough events or
         // bytes that a longer transaction would only grow the producer's
         // queue and the memory held for it.

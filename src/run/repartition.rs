@@ -106,18 +106,30 @@ impl Purge {
                 self.pending.insert((topic.clone(), *p), *offset);
             }
         }
+        self.tick();
+    }
+
+    /// The offsets to delete up to, once the interval since the last purge
+    /// is up and a commit left some.
+    fn due(&mut self) -> Option<TopicPartitionList> {
         if self.pending.is_empty() || self.last.elapsed() < self.every {
-            return;
+            return None;
         }
         self.last = Instant::now();
-        let (Some(admin), Some(runtime)) = (&self.admin, &self.runtime) else {
-            self.pending.clear();
-            return;
-        };
         let mut tpl = TopicPartitionList::new();
         for ((topic, p), offset) in self.pending.drain() {
             let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(offset));
         }
+        Some(tpl)
+    }
+
+    /// Purges what commits left pending once the interval is up; called
+    /// after every commit and from the idle loop too, so the records of the
+    /// last busy cycle are deleted even when nothing else arrives (as Kafka
+    /// Streams purges on a timer).
+    pub(super) fn tick(&mut self) {
+        let Some(tpl) = self.due() else { return };
+        let (Some(admin), Some(runtime)) = (&self.admin, &self.runtime) else { return };
         let admin = admin.clone();
         // Off the processing thread: a slow or failed purge only leaves
         // records for the next one (retention bounds them anyway).
@@ -137,5 +149,35 @@ impl Purge {
                 Err(e) => tracing::debug!("purging repartition records: {e}"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(tpl: &TopicPartitionList) -> Vec<(String, i32, Offset)> {
+        let mut v: Vec<_> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition(), e.offset())).collect();
+        v.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        v
+    }
+
+    /// The last busy cycle's records are purged by the timer alone: an idle
+    /// processor commits nothing more, and must not keep them for 7 days.
+    #[test]
+    fn records_of_the_last_commit_are_purged_on_the_timer_without_another_commit() {
+        let mut purge = Purge::new(None, Duration::from_millis(50));
+        purge.watch("g-t-erp-repartition");
+        let positions: HashMap<(String, i32), i64> =
+            [(("g-t-erp-repartition".to_string(), 0), 10), (("eu".to_string(), 0), 99)].into();
+        // Right after a purge: the commit's offsets wait for the interval.
+        purge.last = Instant::now();
+        purge.committed(&positions);
+        assert!(purge.due().is_none(), "not before the interval");
+        std::thread::sleep(Duration::from_millis(60));
+        // No further commit: the idle loop's tick finds them due.
+        let due = purge.due().expect("due on the timer");
+        assert_eq!(offsets(&due), [("g-t-erp-repartition".to_string(), 0, Offset::Offset(10))], "only repartition topics");
+        assert!(purge.due().is_none(), "purged once");
     }
 }
