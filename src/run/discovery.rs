@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::Consumer;
 
 use super::group::GroupConsumer;
+use super::layout::prepare_table;
 use super::pause::SourceControl;
-use super::startup::{avro_startup, prepare_table, Probe};
+use super::startup::{avro_startup, Probe};
 use super::{RunError, Worker, TIMEOUT};
 use crate::config::{Config, TableConfig, TablesPattern};
 

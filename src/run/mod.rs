@@ -19,6 +19,7 @@ mod deliveries;
 mod discovery;
 mod emit;
 mod group;
+mod layout;
 mod main_loop;
 mod pause;
 mod query;

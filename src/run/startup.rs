@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::quiet::QuietContext;
-use crate::config::{Config, Processing, Repartition, TableConfig};
+use crate::config::{Config, Processing, TableConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::store::StateDb;
@@ -18,12 +18,13 @@ use rdkafka::producer::Producer;
 use super::deliveries::{DeliveryTracker, Producer_};
 use super::discovery::Discovery;
 use super::group::{GroupConsumer, GroupContext};
+use super::layout::{prepare_shared, prepare_table, SharedLayout, TableLayout};
 use super::main_loop::{main_loop, QUERY_WAIT};
 use super::pause::SourceControl;
 use super::table::Rekey;
 use super::{
-    client_config, conflicts_topic, dlq_topic, instance_id, table_changelog_topic, topics, AvroRecordIds, Counters, Labels,
-    Route, RunError, RunOptions, Table, Worker, LIBRDKAFKA_MESSAGE_MAX_BYTES, MAX_RECORD_BYTES, RECORD_OVERHEAD, TIMEOUT,
+    client_config, conflicts_topic, dlq_topic, instance_id, AvroRecordIds, Counters, Labels, Route, RunError, RunOptions, Table,
+    Worker, TIMEOUT,
 };
 
 /// Connects to the schema registry and reads what is registered already:
@@ -204,253 +205,6 @@ fn log_start(config: &Config) {
         "starting"
     );
     tracing::debug!("resolved configuration:\n{}", config.to_redacted_toml());
-}
-
-/// What start-up learned about a table's topics.
-pub(super) struct TableLayout {
-    pub(super) name: String,
-    pub(super) store_name: Option<String>,
-    /// The table's configuration as its tasks consume it: a repartitioned
-    /// source's topic is its repartition topic.
-    pub(super) config: Config,
-    /// The table's configuration with the sources' own topics (re-keying
-    /// reads those).
-    pub(super) original: Config,
-    pub(super) partitions: i32,
-    pub(super) changelog: String,
-    pub(super) changelog_id: String,
-    pub(super) changelog_delete_retention_ms: i64,
-    /// Sources not co-partitioned with the table: (source, its topic, the
-    /// repartition topic).
-    pub(super) rekeyed: Vec<(String, String, String)>,
-}
-
-impl TableLayout {
-    /// (source name, topic) of every topic the table consumes, for pausing.
-    pub(super) fn switches(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = self.config.sources.iter().map(|s| (s.name.clone(), s.topic.clone())).collect();
-        out.extend(self.rekeyed.iter().map(|(source, topic, _)| (source.clone(), topic.clone())));
-        out
-    }
-}
-
-/// The table's partition count and which sources are re-keyed: sources
-/// with `repartition = "always"`, and `auto` ones whose partition count is
-/// not the table's. The table's count is the one its `never` sources have
-/// (they must agree), else the most common among the others (the larger on
-/// a tie), else (every source re-keyed) the largest.
-pub(super) fn plan_partitions(table: &TableConfig, counts: &BTreeMap<String, i32>) -> Result<(i32, Vec<usize>), RunError> {
-    let count = |s: &crate::config::SourceConfig| counts.get(&s.topic).copied().unwrap_or(0);
-    let never: BTreeSet<i32> = table.sources.iter().filter(|s| s.repartition == Repartition::Never).map(count).collect();
-    let listing = || table.sources.iter().map(|s| format!("{}: {} partitions", s.topic, count(s))).collect::<Vec<_>>().join(", ");
-    if never.len() > 1 {
-        return Err(RunError::CoPartitioning(listing()));
-    }
-    let partitions = match never.first() {
-        Some(n) => *n,
-        None => {
-            let mut freq: BTreeMap<i32, usize> = BTreeMap::new();
-            for s in table.sources.iter().filter(|s| s.repartition != Repartition::Always) {
-                *freq.entry(count(s)).or_default() += 1;
-            }
-            match freq.iter().max_by_key(|(n, f)| (**f, **n)) {
-                Some((n, _)) => *n,
-                None => table.sources.iter().map(count).max().unwrap_or(1),
-            }
-        }
-    };
-    let mut rekeyed = Vec::new();
-    for (i, s) in table.sources.iter().enumerate() {
-        let differs = count(s) != partitions;
-        match s.repartition {
-            Repartition::Never if differs => return Err(RunError::CoPartitioning(listing())),
-            Repartition::Always => rekeyed.push(i),
-            Repartition::Auto if differs => rekeyed.push(i),
-            _ => {}
-        }
-    }
-    Ok((partitions, rekeyed))
-}
-
-/// Reads the sources' partition counts, plans the repartitioning, creates
-/// or validates the table's output, changelog and repartition topics
-/// (unless the caller manages them) and reads the changelog's identity.
-pub(super) async fn prepare_table(
-    config: &Config,
-    table: &TableConfig,
-    kafka: &Probe,
-    manage_topics: bool,
-) -> Result<TableLayout, RunError> {
-    let source_topics: Vec<String> = table.sources.iter().map(|s| s.topic.clone()).collect();
-    let counts = topics::partition_counts(&kafka.consumer, &source_topics, TIMEOUT)?;
-    let (partitions, rekeyed_idx) = plan_partitions(table, &counts)?;
-    let group = &config.kafka.group_id;
-    let store_name = (!table.is_default()).then(|| table.name.clone());
-    let changelog = table_changelog_topic(group, store_name.as_deref());
-    let original = config.for_table(table);
-    let mut consumed = original.clone();
-    let mut rekeyed = Vec::new();
-    for i in rekeyed_idx {
-        let source = &mut consumed.sources[i];
-        let topic = crate::repartition::repartition_topic(group, &table.name, &source.name);
-        tracing::info!(
-            table = %table.name,
-            source = %source.name,
-            topic = %source.topic,
-            partitions = counts.get(&source.topic).copied().unwrap_or(0),
-            table_partitions = partitions,
-            repartition_topic = %topic,
-            "source is not co-partitioned with its table: its records are re-keyed through a repartition topic"
-        );
-        rekeyed.push((source.name.clone(), source.topic.clone(), topic.clone()));
-        source.topic = topic;
-    }
-    let mut specs = vec![
-        topics::TopicSpec {
-            name: original.output.topic.clone(),
-            role: "output",
-            cleanup_policy: "compact",
-            // How long readers (sinks) still see a deleted key's tombstone;
-            // a sink away for longer resynchronises.
-            configs: vec![("delete.retention.ms", original.output_delete_retention().as_millis().to_string())],
-            any_partitions: false,
-        },
-        topics::TopicSpec {
-            name: changelog.clone(),
-            role: "changelog",
-            cleanup_policy: "compact",
-            configs: vec![],
-            any_partitions: false,
-        },
-    ];
-    specs.extend(rekeyed.iter().map(|(_, _, topic)| topics::TopicSpec {
-        name: topic.clone(),
-        role: "repartition",
-        cleanup_policy: "delete",
-        // Consumed records are deleted after commits (run::repartition::Purge); retention only
-        // bounds what a processor that stays away leaves behind.
-        configs: vec![("retention.ms", REPARTITION_RETENTION_MS.to_string())],
-        any_partitions: false,
-    }));
-    let (changelog_id, changelog_delete_retention_ms) = if manage_topics {
-        topics::ensure_topics(
-            &kafka.admin,
-            &kafka.consumer,
-            &specs,
-            partitions,
-            config.kafka.replication_factor.unwrap_or(-1),
-            TIMEOUT,
-        )
-        .await?;
-        // What a task's checkpoint belongs to, and how long the changelog keeps
-        // null records: together they decide whether local state is trusted.
-        let (retention, _) = topics::retention_settings(&kafka.admin, &changelog, TIMEOUT).await?;
-        (topics::topic_identity(kafka.admin.inner(), &changelog, TIMEOUT)?, retention.unwrap_or(86_400_000))
-    } else {
-        // librdkafka's mock cluster (the demo) has no DescribeTopics: the
-        // bootstrap address stands in, as the mock lives as long as the demo.
-        (format!("mock/{}", config.kafka.bootstrap_servers), 86_400_000)
-    };
-    tracing::debug!(table = %table.name, changelog = %changelog, identity = %changelog_id, delete_retention_ms = changelog_delete_retention_ms, "changelog");
-    tracing::info!(table = %table.name, partitions, repartitioned = rekeyed.len(), "table ready");
-    Ok(TableLayout {
-        name: table.name.clone(),
-        store_name,
-        config: consumed,
-        original,
-        partitions,
-        changelog,
-        changelog_id,
-        changelog_delete_retention_ms,
-        rekeyed,
-    })
-}
-
-/// Retention of repartition topics (7 days, as Kafka Streams sets it).
-const REPARTITION_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
-
-/// What every table shares.
-pub(super) struct SharedLayout {
-    dlq: String,
-    audit: Option<String>,
-    /// Largest merged record accepted (key plus value).
-    record_limit: usize,
-    /// Partitions of the dead-letter and audit topics (the fewer of the two).
-    partitions: i32,
-}
-
-/// Creates or validates the dead-letter and audit topics that every table
-/// shares, and reads the largest record every written topic takes.
-async fn prepare_shared(
-    config: &Config,
-    layouts: &[TableLayout],
-    kafka: &Probe,
-    manage_topics: bool,
-) -> Result<SharedLayout, RunError> {
-    let group = &config.kafka.group_id;
-    let dlq = dlq_topic(group);
-    let audit = config.audit.enabled.then(|| conflicts_topic(group));
-    // One table: as many partitions as it has (a dead letter goes to its
-    // source partition). Several: the most any table has; an existing topic
-    // may have any count (records go to partition p mod n).
-    let several = layouts.len() > 1 || config.tables_pattern.is_some();
-    let partitions = layouts.iter().map(|l| l.partitions).max().unwrap_or(1);
-    let mut specs = vec![topics::TopicSpec {
-        name: dlq.clone(),
-        role: "dead-letter",
-        cleanup_policy: "delete",
-        configs: vec![],
-        any_partitions: several,
-    }];
-    specs.extend(audit.iter().map(|t| topics::TopicSpec {
-        name: t.clone(),
-        role: "conflict audit",
-        cleanup_policy: "delete",
-        configs: vec![],
-        any_partitions: several,
-    }));
-    let record_limit = if manage_topics {
-        topics::ensure_topics(
-            &kafka.admin,
-            &kafka.consumer,
-            &specs,
-            partitions,
-            config.kafka.replication_factor.unwrap_or(-1),
-            TIMEOUT,
-        )
-        .await?;
-        // The largest record the output and changelog topics take, and the
-        // producer: a larger merged record is set aside before the broker
-        // would refuse it (which would fail the cycle again on every retry).
-        // Every topic a cycle writes to: outputs, changelogs, repartition
-        // topics, dead letters, audit.
-        let mut written: Vec<&str> = vec![dlq.as_str()];
-        written.extend(audit.as_deref());
-        for l in layouts {
-            written.push(l.config.output.topic.as_str());
-            written.push(l.changelog.as_str());
-            written.extend(l.rekeyed.iter().map(|(_, _, t)| t.as_str()));
-        }
-        let topic_limit = topics::max_message_bytes(&kafka.admin, &written, TIMEOUT).await?;
-        let producer_limit = config
-            .kafka
-            .properties
-            .get("message.max.bytes")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(LIBRDKAFKA_MESSAGE_MAX_BYTES);
-        topic_limit.map_or(producer_limit, |t| t.min(producer_limit)).saturating_sub(RECORD_OVERHEAD)
-    } else {
-        MAX_RECORD_BYTES
-    };
-    tracing::info!(record_limit, "largest merged record accepted (bytes)");
-    let shared_partitions = if manage_topics {
-        let mut names = vec![dlq.clone()];
-        names.extend(audit.iter().cloned());
-        topics::partition_counts(&kafka.consumer, &names, TIMEOUT)?.values().copied().min().unwrap_or(partitions)
-    } else {
-        partitions
-    };
-    Ok(SharedLayout { dlq, audit, record_limit, partitions: shared_partitions.max(1) })
 }
 
 /// Where the admin port finds the worker once it exists.
