@@ -13,6 +13,7 @@
 //! the consumer to the committed offsets, so nothing is applied twice.
 
 mod audit;
+mod clients;
 mod cycle;
 mod dead_letter;
 mod deliveries;

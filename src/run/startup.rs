@@ -13,9 +13,8 @@ use crate::pipeline::Pipeline;
 use crate::store::StateDb;
 use rdkafka::admin::AdminClient;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::Producer;
 
-use super::deliveries::{DeliveryTracker, Producer_};
+use super::clients::{create_clients, Clients, CONSUMER_QUEUE_KBYTES, FETCH_MAX_BYTES};
 use super::discovery::Discovery;
 use super::group::{GroupConsumer, GroupContext};
 use super::layout::{prepare_shared, prepare_table, SharedLayout, TableLayout};
@@ -24,7 +23,7 @@ use super::pause::SourceControl;
 use super::table::Rekey;
 use super::{
     client_config, conflicts_topic, dlq_topic, instance_id, AvroRecordIds, Counters, Labels, Route, RunError, RunOptions, Table,
-    Worker, TIMEOUT,
+    Worker,
 };
 
 /// Connects to the schema registry and reads what is registered already:
@@ -262,77 +261,6 @@ async fn serve_admin(
         .await
         .map_err(|source| RunError::Admin { listen: config.admin.listen.clone(), source })?;
     Ok(())
-}
-
-/// Memory bounds of the Kafka clients, chosen on purpose (librdkafka's
-/// defaults suit a process that does nothing else; `[kafka.properties]`
-/// overrides each). The group consumer keeps at most this much prefetched
-/// (librdkafka: 64 MiB): a cycle takes at most `max_cycle_bytes` (32 MiB) of
-/// state anyway, and 16 MiB still holds several fetches of every partition.
-/// The restore consumer keeps librdkafka's defaults: it reads one partition
-/// at a time, only while a task opens, and with a 16 MiB queue it restored at
-/// half the speed (`scripts/bench/restore`).
-const CONSUMER_QUEUE_KBYTES: &str = "16384";
-/// Largest fetch response (librdkafka: 50 MiB), in line with the queue.
-const FETCH_MAX_BYTES: &str = "16777216";
-/// The producer's queue (librdkafka: 1 GiB). A cycle's output, changelog and
-/// audit records wait here until the commit flushes them; a full queue makes
-/// `send` serve delivery reports and retry, so this bounds memory, not records.
-const PRODUCER_QUEUE_KBYTES: &str = "65536";
-
-/// The clients a worker owns besides the group consumer.
-struct Clients {
-    /// Reads changelog partitions into the store (`read_committed`).
-    restorer: BaseConsumer<QuietContext>,
-    /// Reads the changelog's high watermarks (`read_uncommitted`).
-    watermarks: BaseConsumer<QuietContext>,
-    /// The (transactional, under exactly-once) producer.
-    producer: Producer_,
-}
-
-fn create_clients(config: &Config) -> Result<Clients, RunError> {
-    let restorer: BaseConsumer<QuietContext> = client_config(
-        config,
-        &[
-            ("isolation.level", "read_committed"),
-            ("enable.partition.eof", "true"),
-            ("enable.auto.commit", "false"),
-            ("auto.offset.reset", "error"),
-            ("group.id", "tributary-restore"),
-        ],
-    )
-    .create_with_context(QuietContext)
-    .map_err(|e| RunError::kafka("create restore consumer", e))?;
-    let watermarks: BaseConsumer<QuietContext> =
-        client_config(config, &[("isolation.level", "read_uncommitted"), ("group.id", "tributary-restore")])
-            .create_with_context(QuietContext)
-            .map_err(|e| RunError::kafka("create watermark client", e))?;
-    let exactly_once = config.runtime.processing == Processing::ExactlyOnce;
-    let transactional_id = format!("{}-{}", config.kafka.group_id, instance_id(config));
-    let mut producer_defaults = vec![
-        ("enable.idempotence", "true"),
-        ("linger.ms", "5"),
-        ("compression.type", "lz4"),
-        ("queue.buffering.max.kbytes", PRODUCER_QUEUE_KBYTES),
-    ];
-    if exactly_once {
-        producer_defaults.extend([
-            ("transactional.id", transactional_id.as_str()),
-            ("transaction.timeout.ms", "10000"),
-            ("message.timeout.ms", "10000"),
-        ]);
-    }
-    let producer: Producer_ = client_config(config, &producer_defaults)
-        .create_with_context(DeliveryTracker { state: Mutex::default() })
-        .map_err(|e| RunError::kafka("create producer", e))?;
-    if exactly_once {
-        // Fences an older incarnation with the same transactional.id and
-        // aborts whatever transaction it left open (e.g. after kill -9).
-        producer
-            .init_transactions(TIMEOUT)
-            .map_err(|e| RunError::kafka(format!("init transactions (transactional.id {transactional_id})"), e))?;
-    }
-    Ok(Clients { restorer, watermarks, producer })
 }
 
 fn new_worker(

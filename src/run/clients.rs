@@ -1,0 +1,83 @@
+//! The Kafka clients a worker owns besides the group consumer, and their
+//! memory bounds.
+
+use std::sync::Mutex;
+
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::producer::Producer;
+
+use super::deliveries::{DeliveryTracker, Producer_};
+use super::quiet::QuietContext;
+use super::{client_config, instance_id, RunError, TIMEOUT};
+use crate::config::{Config, Processing};
+
+/// Memory bounds of the Kafka clients, chosen on purpose (librdkafka's
+/// defaults suit a process that does nothing else; `[kafka.properties]`
+/// overrides each). The group consumer keeps at most this much prefetched
+/// (librdkafka: 64 MiB): a cycle takes at most `max_cycle_bytes` (32 MiB) of
+/// state anyway, and 16 MiB still holds several fetches of every partition.
+/// The restore consumer keeps librdkafka's defaults: it reads one partition
+/// at a time, only while a task opens, and with a 16 MiB queue it restored at
+/// half the speed (`scripts/bench/restore`).
+pub(super) const CONSUMER_QUEUE_KBYTES: &str = "16384";
+/// Largest fetch response (librdkafka: 50 MiB), in line with the queue.
+pub(super) const FETCH_MAX_BYTES: &str = "16777216";
+/// The producer's queue (librdkafka: 1 GiB). A cycle's output, changelog and
+/// audit records wait here until the commit flushes them; a full queue makes
+/// `send` serve delivery reports and retry, so this bounds memory, not records.
+const PRODUCER_QUEUE_KBYTES: &str = "65536";
+
+/// The clients a worker owns besides the group consumer.
+pub(super) struct Clients {
+    /// Reads changelog partitions into the store (`read_committed`).
+    pub(super) restorer: BaseConsumer<QuietContext>,
+    /// Reads the changelog's high watermarks (`read_uncommitted`).
+    pub(super) watermarks: BaseConsumer<QuietContext>,
+    /// The (transactional, under exactly-once) producer.
+    pub(super) producer: Producer_,
+}
+
+pub(super) fn create_clients(config: &Config) -> Result<Clients, RunError> {
+    let restorer: BaseConsumer<QuietContext> = client_config(
+        config,
+        &[
+            ("isolation.level", "read_committed"),
+            ("enable.partition.eof", "true"),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "error"),
+            ("group.id", "tributary-restore"),
+        ],
+    )
+    .create_with_context(QuietContext)
+    .map_err(|e| RunError::kafka("create restore consumer", e))?;
+    let watermarks: BaseConsumer<QuietContext> =
+        client_config(config, &[("isolation.level", "read_uncommitted"), ("group.id", "tributary-restore")])
+            .create_with_context(QuietContext)
+            .map_err(|e| RunError::kafka("create watermark client", e))?;
+    let exactly_once = config.runtime.processing == Processing::ExactlyOnce;
+    let transactional_id = format!("{}-{}", config.kafka.group_id, instance_id(config));
+    let mut producer_defaults = vec![
+        ("enable.idempotence", "true"),
+        ("linger.ms", "5"),
+        ("compression.type", "lz4"),
+        ("queue.buffering.max.kbytes", PRODUCER_QUEUE_KBYTES),
+    ];
+    if exactly_once {
+        producer_defaults.extend([
+            ("transactional.id", transactional_id.as_str()),
+            ("transaction.timeout.ms", "10000"),
+            ("message.timeout.ms", "10000"),
+        ]);
+    }
+    let producer: Producer_ = client_config(config, &producer_defaults)
+        .create_with_context(DeliveryTracker { state: Mutex::default() })
+        .map_err(|e| RunError::kafka("create producer", e))?;
+    if exactly_once {
+        // Fences an older incarnation with the same transactional.id and
+        // aborts whatever transaction it left open (e.g. after kill -9).
+        producer
+            .init_transactions(TIMEOUT)
+            .map_err(|e| RunError::kafka(format!("init transactions (transactional.id {transactional_id})"), e))?;
+    }
+    Ok(Clients { restorer, watermarks, producer })
+}
