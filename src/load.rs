@@ -32,7 +32,7 @@ use rdkafka::{ClientContext, Message};
 use serde::Deserialize;
 
 use crate::config::Config;
-use crate::kafka::murmur2_partition;
+use crate::kafka::{murmur2_partition, send_waiting};
 
 /// How long to wait for the cluster's metadata before giving up.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
@@ -417,18 +417,8 @@ pub fn load(
                 rec = rec.timestamp(ts);
             }
         }
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    rec = back;
-                    producer.poll(Duration::from_millis(50));
-                }
-                Err((e, _)) => {
-                    send_failures.push((line_no, format!("not produced to {topic}: {e}")));
-                    break;
-                }
-            }
+        if let Err((e, _)) = send_waiting(&producer, rec, Duration::from_millis(50)) {
+            send_failures.push((line_no, format!("not produced to {topic}: {e}")));
         }
         producer.poll(Duration::ZERO);
     }

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
@@ -177,16 +176,8 @@ pub(super) fn simulate(
                 if let Some(v) = value.as_deref() {
                     record = record.payload(v);
                 }
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            record = back;
-                            producer.poll(Duration::from_millis(10));
-                        }
-                        Err((e, _)) => return Err(DemoError(format!("{}: produce to {}: {e}", source.name, source.topic))),
-                    }
-                }
+                crate::kafka::send_waiting(&producer, record, Duration::from_millis(10))
+                    .map_err(|(e, _)| DemoError(format!("{}: produce to {}: {e}", source.name, source.topic)))?;
             }
             produced.count(&w);
             live.events[w.source].fetch_add(1, Ordering::Relaxed);

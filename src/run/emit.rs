@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crate::normalize::InputRecord;
 use crate::pipeline::{DeadLetterReason, ProcessError, Step};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 
@@ -14,17 +13,9 @@ use super::TABLE_HEADER;
 use super::{now_ms, RunError, Worker};
 
 impl Worker {
-    pub(super) fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), RunError> {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(20));
-                }
-                Err((e, r)) => return Err(RunError::kafka(format!("produce to {}", r.topic), e)),
-            }
-        }
+    pub(super) fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), RunError> {
+        crate::kafka::send_waiting(&self.producer, record, Duration::from_millis(20))
+            .map_err(|(e, r)| RunError::kafka(format!("produce to {}", r.topic), e))
     }
 
     pub(super) fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), RunError> {
