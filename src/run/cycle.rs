@@ -335,13 +335,14 @@ pub(super) fn current_positions(consumer: &GroupConsumer) -> Result<TopicPartiti
 /// Calls `f` again while librdkafka says its error is retriable (a timeout:
 /// the outcome is not known yet, and calling again is how to learn it).
 pub(super) fn retrying(mut f: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
-    let mut attempts = 0;
+    // 200 ms doubling to 1 s, five tries (about 3.4 s beside the calls' own timeouts).
+    let mut backoff = crate::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(1), 2);
     loop {
         match f() {
-            Err(KafkaError::Transaction(rd)) if rd.is_retriable() && !rd.txn_requires_abort() && attempts < 5 => {
-                attempts += 1;
-                tracing::warn!(attempt = attempts, "retriable transaction error: {rd}");
-                std::thread::sleep(Duration::from_millis(200 * attempts));
+            Err(KafkaError::Transaction(rd)) if rd.is_retriable() && !rd.txn_requires_abort() && backoff.attempts() < 5 => {
+                let wait = backoff.next_delay();
+                tracing::warn!(attempt = backoff.attempts(), "retriable transaction error: {rd}");
+                std::thread::sleep(wait);
             }
             other => return other,
         }
