@@ -3,7 +3,7 @@
 //! validated when present).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::quiet::QuietContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -11,6 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 
 use super::RunError;
+use crate::retry::Backoff;
 
 /// What a topic must look like.
 #[derive(Debug, Clone)]
@@ -155,7 +156,10 @@ pub async fn ensure_topics(
                     .map_err(|e| RunError::kafka(format!("create {} topic {}", spec.role, spec.name), e))?;
                 for r in results {
                     match r {
-                        Ok(_) => tracing::info!(topic = %spec.name, role = spec.role, partitions, "created topic"),
+                        Ok(_) => {
+                            tracing::info!(topic = %spec.name, role = spec.role, partitions, "created topic");
+                            wait_in_metadata(consumer, &spec.name, partitions, timeout)?;
+                        }
                         Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                         Err((name, code)) => {
                             return Err(RunError::Topics(format!("cannot create {} topic {name}: {code}", spec.role)))
@@ -166,6 +170,42 @@ pub async fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// Waits until the broker's metadata shows `topic` with `partitions`
+/// partitions. CreateTopics answers once the controller has recorded the
+/// topic; the broker that serves metadata learns of it a moment later, and
+/// until then producing to it, assigning it or describing it fails with
+/// UNKNOWN_TOPIC_OR_PART.
+fn wait_in_metadata(
+    consumer: &BaseConsumer<QuietContext>,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<(), RunError> {
+    let deadline = Instant::now() + MISSING_TOPIC_GRACE;
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500), 2);
+    loop {
+        let md = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| RunError::kafka(format!("metadata of topic {topic}"), e))?;
+        let seen = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .filter(|t| t.error().is_none())
+            .is_some_and(|t| t.partitions().len() as i32 == partitions && t.partitions().iter().all(|p| p.leader() >= 0));
+        if seen {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(RunError::Topics(format!(
+                "topic {topic} was created but is not in the broker's metadata after {} s",
+                MISSING_TOPIC_GRACE.as_secs()
+            )));
+        }
+        std::thread::sleep(backoff.next_delay());
+    }
 }
 
 /// The smallest `max.message.bytes` of `topics` (the broker's limit on one
@@ -201,17 +241,40 @@ pub fn topic_identity(
     let cluster = client
         .fetch_cluster_id(timeout)
         .ok_or_else(|| RunError::Topics(format!("could not read the cluster id while checking topic {topic}")))?;
-    let id = describe_topic_id(client.native_ptr(), topic, timeout)
-        .map_err(|e| RunError::Topics(format!("describe topic {topic}: {e}")))?;
+    // A topic created moments ago (by this start-up, or by whoever created
+    // it just before) can be unknown to the broker's metadata for a short
+    // while after CreateTopics answered.
+    let deadline = Instant::now() + MISSING_TOPIC_GRACE;
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500), 2);
+    let id = loop {
+        match describe_topic_id(client.native_ptr(), topic, timeout) {
+            Ok(id) => break id,
+            Err(DescribeError::UnknownTopic) if Instant::now() < deadline => {
+                tracing::debug!(topic, "topic not in the broker's metadata yet; asking again");
+                std::thread::sleep(backoff.next_delay());
+            }
+            Err(e) => return Err(RunError::Topics(format!("describe topic {topic}: {e}"))),
+        }
+    };
     Ok(format!("{cluster}/{id}"))
+}
+
+/// Why DescribeTopics gave no topic id.
+#[derive(Debug, thiserror::Error)]
+enum DescribeError {
+    /// The broker does not know the topic (yet).
+    #[error("UNKNOWN_TOPIC_OR_PART")]
+    UnknownTopic,
+    #[error("{0}")]
+    Other(String),
 }
 
 /// The topic id of `topic` through librdkafka's DescribeTopics (which the
 /// Rust wrapper does not expose), base64 as Kafka's tools print it.
-fn describe_topic_id(rk: *mut rdkafka::bindings::rd_kafka_t, topic: &str, timeout: Duration) -> Result<String, String> {
+fn describe_topic_id(rk: *mut rdkafka::bindings::rd_kafka_t, topic: &str, timeout: Duration) -> Result<String, DescribeError> {
     use rdkafka::bindings as rd;
     use std::ffi::{CStr, CString};
-    let name = CString::new(topic).map_err(|e| e.to_string())?;
+    let name = CString::new(topic).map_err(|e| DescribeError::Other(e.to_string()))?;
     let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: every handle created here is destroyed before returning; the
     // result's strings are copied out before the event is destroyed.
@@ -225,24 +288,31 @@ fn describe_topic_id(rk: *mut rdkafka::bindings::rd_kafka_t, topic: &str, timeou
         rd::rd_kafka_DescribeTopics(rk, collection, options, queue);
         let event = rd::rd_kafka_queue_poll(queue, timeout_ms.saturating_add(1000));
         let result = if event.is_null() {
-            Err("timed out".to_string())
+            Err(DescribeError::Other("timed out".to_string()))
         } else if rd::rd_kafka_event_error(event) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-            Err(CStr::from_ptr(rd::rd_kafka_event_error_string(event)).to_string_lossy().into_owned())
+            Err(DescribeError::Other(CStr::from_ptr(rd::rd_kafka_event_error_string(event)).to_string_lossy().into_owned()))
         } else {
             let res = rd::rd_kafka_event_DescribeTopics_result(event);
             let mut n = 0usize;
             let descs = rd::rd_kafka_DescribeTopics_result_topics(res, &mut n);
             if res.is_null() || descs.is_null() || n == 0 {
-                Err("no description returned".to_string())
+                Err(DescribeError::Other("no description returned".to_string()))
             } else {
                 let desc = *descs;
                 let err = rd::rd_kafka_TopicDescription_error(desc);
-                if !err.is_null() && rd::rd_kafka_error_code(err) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-                    Err(CStr::from_ptr(rd::rd_kafka_error_name(err)).to_string_lossy().into_owned())
+                let code = if err.is_null() {
+                    rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                } else {
+                    rd::rd_kafka_error_code(err)
+                };
+                if code == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART {
+                    Err(DescribeError::UnknownTopic)
+                } else if code != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    Err(DescribeError::Other(CStr::from_ptr(rd::rd_kafka_error_name(err)).to_string_lossy().into_owned()))
                 } else {
                     let id = rd::rd_kafka_TopicDescription_topic_id(desc);
                     if id.is_null() {
-                        Err("no topic id".to_string())
+                        Err(DescribeError::Other("no topic id".to_string()))
                     } else {
                         Ok(CStr::from_ptr(rd::rd_kafka_Uuid_base64str(id)).to_string_lossy().into_owned())
                     }
