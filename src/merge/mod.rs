@@ -13,12 +13,13 @@
 
 mod clock;
 mod counter;
+mod fields;
+mod rules;
+mod union;
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::iter::Peekable;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,11 @@ use serde_json::Value;
 
 pub use clock::{Causality, VersionVector};
 pub use counter::{CounterState, Delta, Refusal, Tally};
+use fields::Rendered;
+pub use fields::{ColumnWinner, FieldState, FieldVersion};
+pub use rules::ColumnRule;
+use rules::{value_cmp, value_rank};
+pub use union::ElementSet;
 
 /// A row image: a flat JSON object (column → value).
 pub type Row = serde_json::Map<String, Value>;
@@ -88,95 +94,6 @@ pub enum DeletePolicy {
     UpdateWins,
 }
 
-/// How one column resolves under `field-lww` (`[merge.columns]`); a column
-/// without a rule takes its latest write by the `lww` order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "RuleSpelling", into = "RuleSpelling")]
-pub enum ColumnRule {
-    /// Only the owning source's writes count: the column takes the owner's
-    /// latest write, and the latest write of any source while the owner has
-    /// none (so a row inserted elsewhere is still complete).
-    Owner {
-        /// The owning source's configured name.
-        source: String,
-    },
-    /// The largest value ever written (JSON numbers by value, strings by
-    /// byte order; null loses to any value).
-    Max,
-    /// The smallest value ever written (null loses to any value).
-    Min,
-    /// A JSON array holding the union of the elements ever added, sorted;
-    /// a removal takes away only the additions its writer had seen
-    /// (add-wins observed-remove set).
-    Union,
-    /// A number that sources change by deltas: the initial value (the
-    /// latest insert) plus every source's net `after - before`, so
-    /// concurrent increments add up.
-    Counter,
-}
-
-impl ColumnRule {
-    /// The configuration spelling of the rule (`owner`, `max`, `min`, `union`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            ColumnRule::Owner { .. } => "owner",
-            ColumnRule::Max => "max",
-            ColumnRule::Min => "min",
-            ColumnRule::Union => "union",
-            ColumnRule::Counter => "counter",
-        }
-    }
-}
-
-/// A rule as written in TOML: `{ rule = "owner", source = "crm" }`. (serde's
-/// internally tagged enums let unknown keys through on unit variants, so a
-/// misplaced `source` would be silently ignored.)
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleSpelling {
-    rule: RuleName,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    source: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum RuleName {
-    Owner,
-    Max,
-    Min,
-    Union,
-    Counter,
-}
-
-impl TryFrom<RuleSpelling> for ColumnRule {
-    type Error = String;
-
-    fn try_from(r: RuleSpelling) -> Result<Self, String> {
-        match (r.rule, r.source) {
-            (RuleName::Owner, Some(source)) => Ok(ColumnRule::Owner { source }),
-            (RuleName::Owner, None) => Err("rule \"owner\" needs `source`, the owning source's name".into()),
-            (_, Some(_)) => Err("`source` applies to rule \"owner\" only".into()),
-            (RuleName::Max, None) => Ok(ColumnRule::Max),
-            (RuleName::Min, None) => Ok(ColumnRule::Min),
-            (RuleName::Union, None) => Ok(ColumnRule::Union),
-            (RuleName::Counter, None) => Ok(ColumnRule::Counter),
-        }
-    }
-}
-
-impl From<ColumnRule> for RuleSpelling {
-    fn from(rule: ColumnRule) -> Self {
-        match rule {
-            ColumnRule::Owner { source } => RuleSpelling { rule: RuleName::Owner, source: Some(source) },
-            ColumnRule::Max => RuleSpelling { rule: RuleName::Max, source: None },
-            ColumnRule::Min => RuleSpelling { rule: RuleName::Min, source: None },
-            ColumnRule::Union => RuleSpelling { rule: RuleName::Union, source: None },
-            ColumnRule::Counter => RuleSpelling { rule: RuleName::Counter, source: None },
-        }
-    }
-}
-
 impl Policy {
     /// The configuration spelling (`lww`, `source-priority`, `field-lww`).
     pub fn as_str(self) -> &'static str {
@@ -213,82 +130,6 @@ pub struct Version {
     /// The row image (upserts); `None` for deletes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub row: Option<Row>,
-}
-
-/// One maximal write of a single column (`field-lww`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FieldVersion {
-    /// The source that wrote it.
-    pub source: String,
-    /// The writing event's version vector.
-    pub vv: VersionVector,
-    /// The writing event's commit time (ms).
-    pub ts: i64,
-    /// The column value.
-    pub value: Value,
-}
-
-/// Column-level state for `field-lww`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FieldState {
-    /// Per column, the antichain of its maximal writes.
-    pub fields: BTreeMap<String, Vec<FieldVersion>>,
-    /// The antichain of delete clocks seen: a column write that happened
-    /// before a delete is hidden, so a re-created row does not bring back
-    /// columns of its previous life.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cleared: Vec<VersionVector>,
-    /// Per `union` column, its element additions and removals.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub sets: BTreeMap<String, ElementSet>,
-    /// Per `counter` column, its initial values and every source's deltas.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub counters: BTreeMap<String, CounterState>,
-    /// The merged row as last rendered: derived from the rest, never stored.
-    #[serde(skip)]
-    pub(crate) rendered: Rendered,
-}
-
-/// A `field-lww` row rendered by [`MergeEngine::apply`], so that
-/// [`MergeEngine::resolve`] lends it instead of building a row per event
-/// (a row is a dozen small allocations), and the next event updates it in
-/// place. It is derived data: equal states are equal whatever it holds, and
-/// a state that was decoded or changed other than through `apply` has none
-/// (or one the engine no longer trusts) and is rendered from scratch.
-#[derive(Clone, Default)]
-pub(crate) struct Rendered {
-    /// The [`MergeEngine::id`] that rendered it (the row depends on the settings).
-    engine: u64,
-    /// `Some(None)`: the key resolves to deleted; `None`: nothing rendered.
-    row: Option<Option<Row>>,
-}
-
-impl PartialEq for Rendered {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl fmt::Debug for Rendered {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.row.is_some() { "Rendered" } else { "NotRendered" })
-    }
-}
-
-/// The state of one `union` column: an add-wins observed-remove set. Each
-/// addition and removal of an element is kept with the writing event's
-/// clock (as a [`FieldVersion`] whose value is the element), as the maximal
-/// ones per element. An element is present when some addition of it is
-/// neither followed by a removal of it (the remover had seen it: the
-/// addition's clock ≤ the removal's) nor hidden by a delete of the row.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ElementSet {
-    /// Maximal additions, per element.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub adds: Vec<FieldVersion>,
-    /// Maximal removals, per element.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub removes: Vec<FieldVersion>,
 }
 
 /// Everything stored for one key.
@@ -408,24 +249,6 @@ impl Versioned for Version {
     }
 }
 
-impl Versioned for FieldVersion {
-    fn source(&self) -> &str {
-        &self.source
-    }
-    fn vv(&self) -> &VersionVector {
-        &self.vv
-    }
-    fn ts(&self) -> i64 {
-        self.ts
-    }
-    fn same_content(&self, other: &Self) -> bool {
-        same_json(&self.value, &other.value)
-    }
-    fn content_json(&self) -> String {
-        serde_json::to_string(&self.value).expect("values serialize")
-    }
-}
-
 /// A member of an antichain that a new element can be written into.
 trait Slot: Sized {
     /// Becomes `from`; `from` is left valid but unspecified.
@@ -440,27 +263,6 @@ impl Slot for Version {
     fn take(&mut self) -> Self {
         let empty = Version { source: String::new(), vv: VersionVector::new(), ts: 0, op: Op::Delete, row: None };
         std::mem::replace(self, empty)
-    }
-}
-
-impl Slot for FieldVersion {
-    /// In place: the source and clock keep their allocations (a column's
-    /// next write usually comes from the same source with a clock of the
-    /// same shape), and the value is swapped, so `from` holds the old one
-    /// for [`assign_value`] to reuse.
-    fn overwrite(&mut self, from: &mut Self) {
-        if self.source != from.source {
-            self.source.clone_from(&from.source);
-        }
-        self.vv.assign(&from.vv);
-        self.ts = from.ts;
-        std::mem::swap(&mut self.value, &mut from.value);
-    }
-
-    /// Keeps the source and clock, so one write template serves every
-    /// column of an event.
-    fn take(&mut self) -> Self {
-        FieldVersion { source: self.source.clone(), vv: self.vv.clone(), ts: self.ts, value: std::mem::take(&mut self.value) }
     }
 }
 
@@ -616,11 +418,6 @@ impl MergeEngine {
         self.apply_reported(state, event).applied
     }
 
-    /// The columns with rule `counter`.
-    fn counter_columns(&self) -> impl Iterator<Item = &str> {
-        self.settings.columns.iter().filter(|(_, r)| **r == ColumnRule::Counter).map(|(c, _)| c.as_str())
-    }
-
     /// [`apply`](Self::apply), also telling what the column rules did with
     /// the event (for metrics).
     pub fn apply_reported(&self, state: &mut KeyState, event: ChangeEvent) -> ApplyReport {
@@ -634,200 +431,6 @@ impl MergeEngine {
             return ApplyReport { applied, foreign_owner_writes: 0, refused: None };
         }
         self.apply_fields(state, event)
-    }
-
-    /// The order among one column's writes under its rule (see `insert_by`).
-    fn column_order<'r>(&self, rule: Option<&'r ColumnRule>) -> impl Fn(&FieldVersion, &FieldVersion) -> Causality + 'r {
-        move |v: &FieldVersion, e: &FieldVersion| {
-            let clocks = v.vv.causality(&e.vv);
-            match rule {
-                None => clocks,
-                // Every rule keeps concurrent writes apart: no need to look further.
-                Some(_) if clocks == Causality::Concurrent => Causality::Concurrent,
-                // Owner and non-owner writes are kept apart: a non-owner
-                // write that saw the owner's must not displace it.
-                Some(ColumnRule::Owner { source }) if (v.source == *source) != (e.source == *source) => Causality::Concurrent,
-                Some(ColumnRule::Owner { .. }) => clocks,
-                // Additions and removals of one element each form an antichain;
-                // different elements are unrelated.
-                Some(ColumnRule::Union) if !same_json(&v.value, &e.value) => Causality::Concurrent,
-                Some(ColumnRule::Union | ColumnRule::Counter) => clocks,
-                // A write is redundant when a causally later (or equal) write
-                // holds a value at least as good: whenever a delete hides
-                // the later one it hides the earlier one too.
-                Some(rule @ (ColumnRule::Max | ColumnRule::Min)) => match (clocks, value_rank(rule, &v.value, &e.value)) {
-                    (Causality::Equal, Ordering::Equal) => Causality::Equal,
-                    (Causality::After | Causality::Equal, Ordering::Greater | Ordering::Equal) => Causality::After,
-                    (Causality::Before | Causality::Equal, Ordering::Less | Ordering::Equal) => Causality::Before,
-                    _ => Causality::Concurrent,
-                },
-            }
-        }
-    }
-
-    /// `field-lww`: the row-existence register plus one set of writes per column.
-    fn apply_fields(&self, state: &mut KeyState, event: ChangeEvent) -> ApplyReport {
-        let mut foreign_owner_writes = 0;
-        // Counter columns are decided first, from the state as it is: a
-        // refused event changes nothing.
-        let mut counter_writes = Vec::new();
-        if self.settings.columns.values().any(|r| *r == ColumnRule::Counter) {
-            let empty = FieldState::default();
-            let fields = state.fields.as_ref().unwrap_or(&empty);
-            for column in self.counter_columns() {
-                match self.counter_write(fields, column, &event) {
-                    Ok(write) => counter_writes.push((column, write)),
-                    Err(refusal) => {
-                        return ApplyReport { applied: Applied::Refused, foreign_owner_writes: 0, refused: Some(refusal) };
-                    }
-                }
-            }
-        }
-        let fields = state.fields.get_or_insert_with(FieldState::default);
-        let mut fields_changed = false;
-        // One write template for every column of the event: its source and
-        // clock are copied only where a write cannot reuse a superseded one's.
-        let mut write = FieldVersion { source: event.source.clone(), vv: event.vv.clone(), ts: event.ts, value: Value::Null };
-        match event.op {
-            Op::Delete => {
-                // Every delete clock is recorded, stale at row level or not, so
-                // the set of delete clocks converges like everything else.
-                if !fields.cleared.iter().any(|c| matches!(c.causality(&event.vv), Causality::After | Causality::Equal)) {
-                    fields.cleared.retain(|c| c.causality(&event.vv) != Causality::Before);
-                    fields.cleared.push(event.vv.clone());
-                    fields.cleared.sort_by_key(VersionVector::to_json);
-                    fields_changed = true;
-                }
-            }
-            Op::Upsert => {
-                if let Some(row) = &event.row {
-                    // The row, the rules and the column map are all sorted by
-                    // column name: walked together, no column is looked up.
-                    let mut rules = self.settings.columns.iter().peekable();
-                    let FieldState { fields: columns, sets, .. } = fields;
-                    let mut known = columns.iter_mut().peekable();
-                    let mut new_columns = Vec::new();
-                    for (name, value) in row {
-                        let changed =
-                            event.full_image || event.before.as_ref().is_none_or(|before| before.get(name) != Some(value));
-                        if !changed {
-                            continue;
-                        }
-                        while rules.next_if(|(column, _)| column.as_str() < name.as_str()).is_some() {}
-                        let rule = rules.peek().filter(|(column, _)| *column == name).map(|(_, rule)| *rule);
-                        if rule == Some(&ColumnRule::Counter) {
-                            continue; // below
-                        }
-                        if rule == Some(&ColumnRule::Union) {
-                            let before = if event.full_image { None } else { event.before.as_ref().and_then(|b| b.get(name)) };
-                            let set = match sets.get_mut(name) {
-                                Some(set) => set,
-                                None => sets.entry(name.clone()).or_default(),
-                            };
-                            let (operations, changed) = self.apply_union(set, &mut write, before, value);
-                            fields_changed |= changed;
-                            if operations {
-                                continue;
-                            }
-                            // The write added and removed nothing (`[]`, null, a
-                            // reordering): it still says the column exists, so it
-                            // is kept as a plain write, shown while no set
-                            // operation is visible. Else a row whose base lacks
-                            // the column would lose it.
-                        }
-                        while known.next_if(|(column, _)| column.as_str() < name.as_str()).is_some() {}
-                        match known.next_if(|(column, _)| *column == name) {
-                            Some((_, set)) => {
-                                let (added, foreign) = self.write_column(set, rule, &mut write, value);
-                                fields_changed |= added;
-                                foreign_owner_writes += u32::from(foreign);
-                            }
-                            None => new_columns.push((name, rule, value)),
-                        }
-                    }
-                    for (name, rule, value) in new_columns {
-                        let set = columns.entry(name.clone()).or_default();
-                        let (added, foreign) = self.write_column(set, rule, &mut write, value);
-                        fields_changed |= added;
-                        foreign_owner_writes += u32::from(foreign);
-                    }
-                }
-            }
-        }
-        for (column, write) in counter_writes {
-            fields_changed |= self.apply_counter(fields, column, &event, write);
-            fields_changed |= self.compact_counter(fields, column);
-        }
-        let version = Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row };
-        let applied = match self.insert(&mut state.versions, version) {
-            Insert::Added => Applied::Changed,
-            _ if fields_changed => Applied::Changed,
-            Insert::Duplicate => Applied::Duplicate,
-            Insert::Stale => Applied::Stale,
-        };
-        let fresh = state.fields.as_ref().is_some_and(|f| f.rendered.engine == self.id && f.rendered.row.is_some());
-        if applied == Applied::Changed || !fresh {
-            self.rerender(state);
-        }
-        ApplyReport { applied, foreign_owner_writes, refused: None }
-    }
-
-    /// Inserts one column write (`write`, the event's template, with
-    /// `value`) into the column's set of writes under its rule. Returns
-    /// whether the set changed, and whether that write was a foreign write
-    /// to an `owner` column (counted once: a redelivery is a duplicate).
-    fn write_column(
-        &self,
-        set: &mut Vec<FieldVersion>,
-        rule: Option<&ColumnRule>,
-        write: &mut FieldVersion,
-        value: &Value,
-    ) -> (bool, bool) {
-        assign_value(&mut write.value, value);
-        // A row-stale event's column writes still apply: a later version
-        // that did not change this column does not carry this write, so
-        // dropping it would depend on arrival order.
-        let foreign = matches!(rule, Some(ColumnRule::Owner { source }) if *source != write.source);
-        let inserted = match rule {
-            None | Some(ColumnRule::Union) => self.insert_into(set, write, |v, e| v.vv.causality(&e.vv)),
-            Some(_) => self.insert_into(set, write, self.column_order(rule)),
-        };
-        let added = inserted == Insert::Added;
-        (added, added && foreign)
-    }
-
-    /// A `union` column's write: the elements of `after` that `before` lacks
-    /// are additions, those of `before` that `after` lacks are removals.
-    /// Without a `before` value (inserts, snapshots, or a source that sends
-    /// no `before` image) every element is an addition and nothing is removed.
-    /// Returns whether the write added or removed any element, and whether
-    /// that changed the set (a redelivery does not).
-    /// `write` is the event's write template (source, clock, commit time).
-    fn apply_union(&self, set: &mut ElementSet, write: &mut FieldVersion, before: Option<&Value>, after: &Value) -> (bool, bool) {
-        let after = elements(after);
-        let before = before.map(elements).unwrap_or_default();
-        let contains = |list: &[Cow<'_, Value>], x: &Value| list.iter().any(|y| same_json(y, x));
-        let order = self.column_order(Some(&ColumnRule::Union));
-        let (mut operations, mut changed) = (false, false);
-        for x in after.iter().filter(|x| !contains(&before, x)) {
-            operations = true;
-            assign_value(&mut write.value, x);
-            changed |= self.insert_into(&mut set.adds, write, &order) == Insert::Added;
-        }
-        for x in before.iter().filter(|x| !contains(&after, x)) {
-            operations = true;
-            assign_value(&mut write.value, x);
-            changed |= self.insert_into(&mut set.removes, write, &order) == Insert::Added;
-        }
-        (operations, changed)
-    }
-
-    /// The rule of a column, if it has one.
-    fn rule(&self, column: &str) -> Option<&ColumnRule> {
-        if self.settings.columns.is_empty() {
-            return None;
-        }
-        self.settings.columns.get(column)
     }
 
     /// Picks the deciding version of the set under the delete policy, with
@@ -877,223 +480,6 @@ impl MergeEngine {
         Resolved { row, vv, winner, siblings }
     }
 
-    /// Why each column of a `field-lww` row has its value (for `/state/{key}`
-    /// and conflict audits): the rule, the write that decided it and the
-    /// reason, in column order. Empty when the key resolves to deleted or
-    /// under a row-level policy (the version set tells the story there).
-    pub fn explain(&self, state: &KeyState) -> Vec<ColumnWinner> {
-        let base = match self.settings.policy {
-            Policy::FieldLww => {
-                self.decide(&state.versions, |a, b| self.lww_cmp(a, b)).map(|i| &state.versions[i]).filter(|v| v.op == Op::Upsert)
-            }
-            Policy::Lww | Policy::SourcePriority => None,
-        };
-        let Some(base) = base else { return Vec::new() };
-        let empty = FieldState::default();
-        let fields = state.fields.as_ref().unwrap_or(&empty);
-        let from_base = |column: &str, why: &'static str| ColumnWinner {
-            column: column.to_owned(),
-            rule: self.rule(column).map_or("lww", ColumnRule::name),
-            source: Some(base.source.clone()),
-            vv: Some(base.vv.clone()),
-            why,
-        };
-        let mut out: BTreeMap<&str, ColumnWinner> = BTreeMap::new();
-        for column in base.row.iter().flat_map(|r| r.keys()) {
-            let why = if fields.fields.contains_key(column) || fields.sets.contains_key(column) {
-                "the row's base: a delete hides every write of this column"
-            } else {
-                "the row's base (the full image of the version that decides the row exists): no write of this column"
-            };
-            out.insert(column, from_base(column, why));
-        }
-        for (column, writes) in &fields.fields {
-            let Some(w) = self.column_winner(fields, column, writes) else { continue };
-            let rule = self.rule(column);
-            let why = match rule {
-                None => "latest write (lww order)",
-                Some(ColumnRule::Owner { source }) if w.source == *source => "the owner's latest write",
-                Some(ColumnRule::Owner { .. }) => "latest write of any source: the owner has written none",
-                Some(ColumnRule::Max) => "largest value written",
-                Some(ColumnRule::Min) => "smallest value written",
-                Some(ColumnRule::Union) => {
-                    "latest write that added or removed no element (or from before the column had rule union)"
-                }
-                Some(ColumnRule::Counter) => "latest write from before the column had rule counter",
-            };
-            let rule = rule.map_or("lww", ColumnRule::name);
-            out.insert(
-                column,
-                ColumnWinner { column: column.clone(), rule, source: Some(w.source.clone()), vv: Some(w.vv.clone()), why },
-            );
-        }
-        for (column, set) in &fields.sets {
-            if self.rule(column) == Some(&ColumnRule::Union) && union_elements(fields, set).is_some() {
-                let why = "union of the additions no removal had seen";
-                out.insert(column, ColumnWinner { column: column.clone(), rule: "union", source: None, vv: None, why });
-            }
-        }
-        for column in fields.counters.keys() {
-            if self.rule(column) == Some(&ColumnRule::Counter)
-                && self.counter_value(fields, column, base.row.as_ref().and_then(|r| r.get(column))).is_some()
-            {
-                let why = "the initial value (latest visible insert) plus every source's counted deltas (after - before)";
-                out.insert(column, ColumnWinner { column: column.clone(), rule: "counter", source: None, vv: None, why });
-            }
-        }
-        out.into_values().collect()
-    }
-
-    /// The full after image of the winning existence version (`field-lww`),
-    /// or `None` when the key resolves to deleted.
-    fn field_base<'s>(&self, state: &'s KeyState) -> Option<&'s Row> {
-        self.decide(&state.versions, |a, b| self.lww_cmp(a, b))
-            .map(|i| &state.versions[i])
-            .filter(|v| v.op == Op::Upsert)
-            .and_then(|v| v.row.as_ref())
-    }
-
-    /// Brings the state's rendered row up to date: in place when it has the
-    /// columns the new row has (the usual case: the same columns, some new
-    /// values), else rendered afresh.
-    fn rerender(&self, state: &mut KeyState) {
-        let Some(fields) = state.fields.as_mut() else { return };
-        let old = std::mem::take(&mut fields.rendered);
-        let old = if old.engine == self.id { old.row.flatten() } else { None };
-        let fields = state.fields.as_ref().expect("checked above");
-        let row = self.field_base(state).map(|base| match old {
-            Some(mut row) => {
-                if !self.render_in_place(fields, base, &mut row) {
-                    row = self.render_fields(state, base);
-                }
-                row
-            }
-            None => self.render_fields(state, base),
-        });
-        // Every unit test that applies an event checks the in-place render.
-        #[cfg(test)]
-        assert_eq!(row, self.field_base(state).map(|base| self.render_fields(state, base)), "in-place render differs");
-        state.fields.as_mut().expect("checked above").rendered = Rendered { engine: self.id, row: Some(row) };
-    }
-
-    /// [`render_fields`](Self::render_fields) into `row`, the row rendered
-    /// before, without allocating where the values fit: walks the row and
-    /// every per-column map together (all sorted by column name). Returns
-    /// false, leaving `row` unspecified, when the new row's columns are not
-    /// exactly `row`'s.
-    fn render_in_place(&self, fields: &FieldState, base: &Row, row: &mut Row) -> bool {
-        let mut in_base = base.iter().peekable();
-        let mut writes = fields.fields.iter().peekable();
-        let mut sets = fields.sets.iter().peekable();
-        let mut counters = fields.counters.iter().peekable();
-        let mut rules = self.settings.columns.iter().peekable();
-        for (name, slot) in row.iter_mut() {
-            let (Ok(from_base), Ok(written), Ok(set), Ok(counter)) =
-                (at(&mut in_base, name), at(&mut writes, name), at(&mut sets, name), at(&mut counters, name))
-            else {
-                return false; // a column the rendered row lacks
-            };
-            while rules.next_if(|(column, _)| column.as_str() < name.as_str()).is_some() {}
-            let rule = rules.peek().filter(|(column, _)| *column == name).map(|(_, rule)| *rule);
-            let mut value = written.and_then(|w| self.winner_under(fields, rule, w)).map(|w| &w.value).or(from_base);
-            let mut computed = None;
-            if let (Some(set), Some(ColumnRule::Union)) = (set, rule) {
-                if let Some(elements) = present_elements(fields, set) {
-                    write_union(slot, from_base, &elements);
-                    continue;
-                }
-            }
-            if counter.is_some() && rule == Some(&ColumnRule::Counter) {
-                if let Some(v) = self.counter_value(fields, name, from_base) {
-                    computed = Some(v);
-                }
-            }
-            match computed {
-                Some(v) => *slot = v,
-                None => match value.take() {
-                    Some(v) => assign_value(slot, v),
-                    None => return false, // a column the new row lacks
-                },
-            }
-        }
-        in_base.peek().is_none() && writes.peek().is_none() && sets.peek().is_none() && counters.peek().is_none()
-    }
-
-    /// The `field-lww` row: the visible column winners laid over `base`, the
-    /// full after image of the winning existence version.
-    ///
-    /// The base matters after a delete: the delete hides every column write
-    /// it causally followed, so a concurrent update that survives it may have
-    /// written only one column, and without the base the row would be that
-    /// column alone (no key fields, NULL everywhere else in a sink). The
-    /// surviving writer still holds the rest of its row, which is the base.
-    fn render_fields(&self, state: &KeyState, base: &Row) -> Row {
-        let mut row = base.clone();
-        let Some(fields) = &state.fields else { return row };
-        for (name, writes) in &fields.fields {
-            if let Some(w) = self.column_winner(fields, name, writes) {
-                // In place when the base has the column: no new key string.
-                match row.get_mut(name) {
-                    Some(slot) => assign_value(slot, &w.value),
-                    None => {
-                        row.insert(name.clone(), w.value.clone());
-                    }
-                }
-            }
-        }
-        for (name, set) in &fields.sets {
-            if self.rule(name) == Some(&ColumnRule::Union) {
-                if let Some(elements) = union_elements(fields, set) {
-                    let value = union_value(base.get(name), elements);
-                    match row.get_mut(name) {
-                        Some(slot) => *slot = value,
-                        None => {
-                            row.insert(name.clone(), value);
-                        }
-                    }
-                }
-            }
-        }
-        for name in fields.counters.keys() {
-            if self.rule(name) == Some(&ColumnRule::Counter) {
-                if let Some(value) = self.counter_value(fields, name, base.get(name)) {
-                    row.insert(name.clone(), value);
-                }
-            }
-        }
-        row
-    }
-
-    /// The write a column shows under its rule, among the writes no delete
-    /// has hidden; `None` leaves the column to the base.
-    fn column_winner<'s>(&self, fields: &FieldState, name: &str, writes: &'s [FieldVersion]) -> Option<&'s FieldVersion> {
-        self.winner_under(fields, self.rule(name), writes)
-    }
-
-    /// [`column_winner`](Self::column_winner) for a column whose rule is known.
-    fn winner_under<'s>(
-        &self,
-        fields: &FieldState,
-        rule: Option<&ColumnRule>,
-        writes: &'s [FieldVersion],
-    ) -> Option<&'s FieldVersion> {
-        let visible = || writes.iter().filter(|w| !fields.cleared.iter().any(|c| w.vv.happened_before(c)));
-        let latest = |a: &&FieldVersion, b: &&FieldVersion| self.lww_cmp(*a, *b);
-        match rule {
-            None => visible().max_by(latest),
-            Some(ColumnRule::Owner { source }) => {
-                visible().filter(|w| w.source == *source).max_by(latest).or_else(|| visible().max_by(latest))
-            }
-            Some(rule @ (ColumnRule::Max | ColumnRule::Min)) => {
-                visible().max_by(|a, b| value_rank(rule, &a.value, &b.value).then_with(|| latest(a, b)))
-            }
-            // Writes that added and removed nothing, or written before the
-            // column became a `union`: shown until a set operation is visible.
-            // Likewise for a `counter`: until a counted write is visible.
-            Some(ColumnRule::Union | ColumnRule::Counter) => visible().max_by(latest),
-        }
-    }
-
     /// True when the key resolves to deleted and its newest version is older
     /// than `tombstone_retention` at `now_ms`: its state may then be dropped.
     pub fn tombstone_expired(&self, state: &KeyState, now_ms: i64) -> bool {
@@ -1103,36 +489,6 @@ impl MergeEngine {
             Some(ts) => self.resolve(state).row.is_none() && ts.saturating_add(self.settings.tombstone_retention_ms) < now_ms,
         }
     }
-}
-
-/// Advances a walk over a map sorted by column name to `name`: its entry
-/// there, if any, or `Err` when the map has a column before `name` (one the
-/// walk of the other map skipped).
-fn at<'m, V: 'm>(map: &mut Peekable<impl Iterator<Item = (&'m String, &'m V)>>, name: &str) -> Result<Option<&'m V>, ()> {
-    match map.peek() {
-        Some((column, _)) => match column.as_str().cmp(name) {
-            Ordering::Less => Err(()),
-            Ordering::Equal => Ok(map.next().map(|(_, v)| v)),
-            Ordering::Greater => Ok(None),
-        },
-        None => Ok(None),
-    }
-}
-
-/// Why one column of a `field-lww` row has its value ([`MergeEngine::explain`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ColumnWinner {
-    /// The column.
-    pub column: String,
-    /// Its rule (`lww` when it has none).
-    pub rule: &'static str,
-    /// The source of the deciding write or of the row's base (none for `union`,
-    /// whose value comes from many writes).
-    pub source: Option<String>,
-    /// That write's clock.
-    pub vv: Option<VersionVector>,
-    /// Why, in words.
-    pub why: &'static str,
 }
 
 /// What one event did, with what the column rules counted.
@@ -1145,32 +501,6 @@ pub struct ApplyReport {
     pub foreign_owner_writes: u32,
     /// Why the event was refused ([`Applied::Refused`]).
     pub refused: Option<Refusal>,
-}
-
-/// The elements a `union` column's value stands for: an array's items, the
-/// items of a string holding a JSON array (Debezium sends `json`/`jsonb`
-/// columns as strings), none for null, and any other value as one element.
-fn elements(value: &Value) -> Vec<Cow<'_, Value>> {
-    match value {
-        Value::Array(items) => items.iter().map(Cow::Borrowed).collect(),
-        Value::Null => Vec::new(),
-        Value::String(text) if text.starts_with('[') => match serde_json::from_str::<Vec<Value>>(text) {
-            Ok(items) => items.into_iter().map(Cow::Owned).collect(),
-            Err(_) => vec![Cow::Borrowed(value)],
-        },
-        other => vec![Cow::Borrowed(other)],
-    }
-}
-
-/// A `union` column's elements in the shape the row's base has: JSON text
-/// when the source sends the column as a string (`json`/`jsonb`), so a sink
-/// writes it back as it came; an array otherwise.
-fn union_value(base: Option<&Value>, elements: Vec<Value>) -> Value {
-    let array = Value::Array(elements);
-    match base {
-        Some(Value::String(_)) => Value::String(array.to_string()),
-        _ => array,
-    }
 }
 
 /// Equal as canonical JSON text (unlike `Value ==`, which equates `0.0` and
@@ -1193,104 +523,6 @@ fn same_json(a: &Value, b: &Value) -> bool {
 /// [`same_json`] for rows: the same columns holding the same JSON text.
 fn same_row(a: &Row, b: &Row) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && same_json(va, vb))
-}
-
-/// A `union` column's value: its present elements in [`value_cmp`] order,
-/// or `None` when no operation on it is visible (a delete hid them all),
-/// which leaves the column to the row's base.
-fn union_elements(fields: &FieldState, set: &ElementSet) -> Option<Vec<Value>> {
-    present_elements(fields, set).map(|present| present.into_iter().cloned().collect())
-}
-
-/// [`union_elements`], borrowed from the set.
-fn present_elements<'s>(fields: &FieldState, set: &'s ElementSet) -> Option<Vec<&'s Value>> {
-    let visible = |w: &FieldVersion| !fields.cleared.iter().any(|c| w.vv.happened_before(c));
-    if !set.adds.iter().chain(&set.removes).any(visible) {
-        return None;
-    }
-    let observed = |a: &FieldVersion| {
-        set.removes
-            .iter()
-            .any(|r| same_json(&r.value, &a.value) && matches!(a.vv.causality(&r.vv), Causality::Before | Causality::Equal))
-    };
-    let mut present: Vec<&Value> = set.adds.iter().filter(|a| visible(a) && !observed(a)).map(|a| &a.value).collect();
-    present.sort_by(|a, b| value_cmp(a, b));
-    present.dedup_by(|a, b| same_json(a, b));
-    Some(present)
-}
-
-/// `*slot = union_value(base, elements)`, reusing the slot's buffers: a
-/// `union` column usually renders to the same text event after event.
-fn write_union(slot: &mut Value, base: Option<&Value>, elements: &[&Value]) {
-    match (base, slot) {
-        (Some(Value::String(_)), Value::String(text)) => {
-            let mut bytes = std::mem::take(text).into_bytes();
-            bytes.clear();
-            serde_json::to_writer(&mut bytes, elements).expect("values serialize");
-            *text = String::from_utf8(bytes).expect("serde_json writes UTF-8");
-        }
-        (Some(Value::String(_)), slot) => *slot = Value::String(serde_json::to_string(elements).expect("values serialize")),
-        (_, Value::Array(items)) => {
-            items.truncate(elements.len());
-            for (item, element) in items.iter_mut().zip(elements) {
-                assign_value(item, element);
-            }
-            let have = items.len();
-            items.extend(elements[have..].iter().map(|e| (*e).clone()));
-        }
-        (_, slot) => *slot = Value::Array(elements.iter().map(|e| (*e).clone()).collect()),
-    }
-}
-
-/// How `a` ranks against `b` under a `max` or `min` rule: `Greater` when `a`
-/// is the better value. Null loses to anything; otherwise values order by
-/// kind (bool, number, string, array, object), numbers by value, strings by
-/// bytes, and the rest, and equal numbers of different spelling (`1`, `1.0`),
-/// by canonical JSON text, so the order is total.
-fn value_rank(rule: &ColumnRule, a: &Value, b: &Value) -> Ordering {
-    match (a.is_null(), b.is_null()) {
-        (true, true) => Ordering::Equal,
-        (true, false) => Ordering::Less,
-        (false, true) => Ordering::Greater,
-        (false, false) => {
-            let order = value_cmp(a, b);
-            if *rule == ColumnRule::Min {
-                order.reverse()
-            } else {
-                order
-            }
-        }
-    }
-}
-
-/// A total order on JSON values (see [`value_rank`]).
-fn value_cmp(a: &Value, b: &Value) -> Ordering {
-    fn kind(v: &Value) -> u8 {
-        match v {
-            Value::Null => 0,
-            Value::Bool(_) => 1,
-            Value::Number(_) => 2,
-            Value::String(_) => 3,
-            Value::Array(_) => 4,
-            Value::Object(_) => 5,
-        }
-    }
-    let text = || serde_json::to_string(a).expect("values serialize").cmp(&serde_json::to_string(b).expect("values serialize"));
-    match (a, b) {
-        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
-        (Value::Number(x), Value::Number(y)) => {
-            let by_value = match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
-                (Some(x), Some(y), _, _) => x.cmp(&y),
-                (_, _, Some(x), Some(y)) => x.cmp(&y),
-                (Some(_), None, _, Some(_)) => Ordering::Less, // an i64 vs a u64 above i64::MAX
-                (None, Some(_), Some(_), _) => Ordering::Greater,
-                _ => x.as_f64().unwrap_or(f64::NAN).total_cmp(&y.as_f64().unwrap_or(f64::NAN)),
-            };
-            by_value.then_with(text)
-        }
-        (Value::String(x), Value::String(y)) => x.cmp(y),
-        _ => kind(a).cmp(&kind(b)).then_with(text),
-    }
 }
 
 #[cfg(test)]

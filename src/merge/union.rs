@@ -1,0 +1,131 @@
+//! The `union` column rule: an add-wins observed-remove set of elements.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{assign_value, same_json, value_cmp, Causality, ColumnRule, FieldState, FieldVersion, Insert, MergeEngine};
+
+/// The state of one `union` column: an add-wins observed-remove set. Each
+/// addition and removal of an element is kept with the writing event's
+/// clock (as a [`FieldVersion`] whose value is the element), as the maximal
+/// ones per element. An element is present when some addition of it is
+/// neither followed by a removal of it (the remover had seen it: the
+/// addition's clock ≤ the removal's) nor hidden by a delete of the row.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ElementSet {
+    /// Maximal additions, per element.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adds: Vec<FieldVersion>,
+    /// Maximal removals, per element.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removes: Vec<FieldVersion>,
+}
+
+impl MergeEngine {
+    /// A `union` column's write: the elements of `after` that `before` lacks
+    /// are additions, those of `before` that `after` lacks are removals.
+    /// Without a `before` value (inserts, snapshots, or a source that sends
+    /// no `before` image) every element is an addition and nothing is removed.
+    /// Returns whether the write added or removed any element, and whether
+    /// that changed the set (a redelivery does not).
+    /// `write` is the event's write template (source, clock, commit time).
+    pub(super) fn apply_union(
+        &self,
+        set: &mut ElementSet,
+        write: &mut FieldVersion,
+        before: Option<&Value>,
+        after: &Value,
+    ) -> (bool, bool) {
+        let after = elements(after);
+        let before = before.map(elements).unwrap_or_default();
+        let contains = |list: &[Cow<'_, Value>], x: &Value| list.iter().any(|y| same_json(y, x));
+        let order = self.column_order(Some(&ColumnRule::Union));
+        let (mut operations, mut changed) = (false, false);
+        for x in after.iter().filter(|x| !contains(&before, x)) {
+            operations = true;
+            assign_value(&mut write.value, x);
+            changed |= self.insert_into(&mut set.adds, write, &order) == Insert::Added;
+        }
+        for x in before.iter().filter(|x| !contains(&after, x)) {
+            operations = true;
+            assign_value(&mut write.value, x);
+            changed |= self.insert_into(&mut set.removes, write, &order) == Insert::Added;
+        }
+        (operations, changed)
+    }
+}
+
+/// The elements a `union` column's value stands for: an array's items, the
+/// items of a string holding a JSON array (Debezium sends `json`/`jsonb`
+/// columns as strings), none for null, and any other value as one element.
+pub(super) fn elements(value: &Value) -> Vec<Cow<'_, Value>> {
+    match value {
+        Value::Array(items) => items.iter().map(Cow::Borrowed).collect(),
+        Value::Null => Vec::new(),
+        Value::String(text) if text.starts_with('[') => match serde_json::from_str::<Vec<Value>>(text) {
+            Ok(items) => items.into_iter().map(Cow::Owned).collect(),
+            Err(_) => vec![Cow::Borrowed(value)],
+        },
+        other => vec![Cow::Borrowed(other)],
+    }
+}
+
+/// A `union` column's elements in the shape the row's base has: JSON text
+/// when the source sends the column as a string (`json`/`jsonb`), so a sink
+/// writes it back as it came; an array otherwise.
+pub(super) fn union_value(base: Option<&Value>, elements: Vec<Value>) -> Value {
+    let array = Value::Array(elements);
+    match base {
+        Some(Value::String(_)) => Value::String(array.to_string()),
+        _ => array,
+    }
+}
+
+/// A `union` column's value: its present elements in [`value_cmp`] order,
+/// or `None` when no operation on it is visible (a delete hid them all),
+/// which leaves the column to the row's base.
+pub(super) fn union_elements(fields: &FieldState, set: &ElementSet) -> Option<Vec<Value>> {
+    present_elements(fields, set).map(|present| present.into_iter().cloned().collect())
+}
+
+/// [`union_elements`], borrowed from the set.
+pub(super) fn present_elements<'s>(fields: &FieldState, set: &'s ElementSet) -> Option<Vec<&'s Value>> {
+    let visible = |w: &FieldVersion| !fields.cleared.iter().any(|c| w.vv.happened_before(c));
+    if !set.adds.iter().chain(&set.removes).any(visible) {
+        return None;
+    }
+    let observed = |a: &FieldVersion| {
+        set.removes
+            .iter()
+            .any(|r| same_json(&r.value, &a.value) && matches!(a.vv.causality(&r.vv), Causality::Before | Causality::Equal))
+    };
+    let mut present: Vec<&Value> = set.adds.iter().filter(|a| visible(a) && !observed(a)).map(|a| &a.value).collect();
+    present.sort_by(|a, b| value_cmp(a, b));
+    present.dedup_by(|a, b| same_json(a, b));
+    Some(present)
+}
+
+/// `*slot = union_value(base, elements)`, reusing the slot's buffers: a
+/// `union` column usually renders to the same text event after event.
+pub(super) fn write_union(slot: &mut Value, base: Option<&Value>, elements: &[&Value]) {
+    match (base, slot) {
+        (Some(Value::String(_)), Value::String(text)) => {
+            let mut bytes = std::mem::take(text).into_bytes();
+            bytes.clear();
+            serde_json::to_writer(&mut bytes, elements).expect("values serialize");
+            *text = String::from_utf8(bytes).expect("serde_json writes UTF-8");
+        }
+        (Some(Value::String(_)), slot) => *slot = Value::String(serde_json::to_string(elements).expect("values serialize")),
+        (_, Value::Array(items)) => {
+            items.truncate(elements.len());
+            for (item, element) in items.iter_mut().zip(elements) {
+                assign_value(item, element);
+            }
+            let have = items.len();
+            items.extend(elements[have..].iter().map(|e| (*e).clone()));
+        }
+        (_, slot) => *slot = Value::Array(elements.iter().map(|e| (*e).clone()).collect()),
+    }
+}
