@@ -14,6 +14,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Partitioner, ProducerContext};
 
 pub use partitioner::{murmur2, murmur2_partition};
 
+/// A send that failed: librdkafka's error and the record, handed back as
+/// rdkafka's `send` does.
+pub type Unsent<'a, K, P, D> = (KafkaError, BaseRecord<'a, K, P, D>);
+
 /// Produces `record`, serving delivery reports for `wait` at a time while
 /// librdkafka's queue is full (`queue.buffering.max.messages` or `.kbytes`
 /// reached): a full queue is back-pressure, not a failure, and only `poll`
@@ -23,7 +27,7 @@ pub fn send_waiting<'a, K, P, C, Part>(
     producer: &BaseProducer<C, Part>,
     mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
     wait: Duration,
-) -> Result<(), (KafkaError, BaseRecord<'a, K, P, C::DeliveryOpaque>)>
+) -> Result<(), Unsent<'a, K, P, C::DeliveryOpaque>>
 where
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
