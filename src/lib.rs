@@ -18,6 +18,7 @@ mod admin;
 pub mod avro;
 pub mod config;
 pub mod demo;
+mod events;
 mod json;
 pub mod kafka;
 pub mod load;

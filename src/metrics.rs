@@ -2,8 +2,9 @@
 //! `tributary_<noun>_<unit>[_total]`, labels of bounded cardinality only
 //! (`table`, `source`, `partition`, `outcome`, `policy`, `winner`, `reason`,
 //! `kind`), never a key. `table` is bounded by the tables one process merges
-//! (at most 200, see doc/configuration.md "Many tables"). Each happening has one method here that counts it, so call
-//! sites stay one line.
+//! (at most 200, see doc/configuration.md "Many tables"). The methods here count;
+//! call sites go through `crate::events`, which logs and counts each happening
+//! once.
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -34,6 +35,7 @@ pub struct Metrics {
     source_paused: IntGaugeVec,
     repartitioned: IntGaugeVec,
     repartitioned_records: IntCounterVec,
+    tombstones_dropped: IntCounterVec,
     tables: IntGauge,
     ready: IntGauge,
     up: Gauge,
@@ -213,6 +215,12 @@ impl Metrics {
                 "Records of a source that is not co-partitioned with its table, re-keyed into the table's repartition topic",
                 &["table", "source"],
             ),
+            tombstones_dropped: counter(
+                p,
+                "tributary_tombstones_dropped_total",
+                "Deleted keys dropped from the state and the changelog after tombstone_retention",
+                &["table"],
+            ),
             tables: {
                 let g = IntGauge::new("tributary_tables", "Tables this process merges (discovered ones included)").expect("valid metric");
                 p.register(Box::new(g.clone())).expect("registered once");
@@ -236,7 +244,24 @@ impl Metrics {
         String::from_utf8(buf).expect("utf-8")
     }
 
-    /// A source record was consumed; `skew_ms` is record time minus commit time.
+    /// The value of the series `name` whose labels are exactly `labels`
+    /// (a histogram's: its count of observations), for tests and the demo
+    /// that check what happened by the numbers.
+    pub fn sample(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let family = self.registry.gather().into_iter().find(|f| f.name() == name)?;
+        let metric = family.get_metric().iter().find(|m| {
+            m.get_label().len() == labels.len()
+                && labels.iter().all(|(k, v)| m.get_label().iter().any(|l| l.name() == *k && l.value() == *v))
+        })?;
+        Some(match family.get_field_type() {
+            prometheus::proto::MetricType::COUNTER => metric.get_counter().get_value(),
+            prometheus::proto::MetricType::GAUGE => metric.get_gauge().get_value(),
+            prometheus::proto::MetricType::HISTOGRAM => metric.get_histogram().get_sample_count() as f64,
+            _ => return None,
+        })
+    }
+
+    /// A source record was consumed.
     pub fn consumed(&self, table: &str, source: &str) {
         self.consumed.with_label_values(&[table, source]).inc();
     }
@@ -339,6 +364,11 @@ impl Metrics {
     /// A record was re-keyed into a repartition topic.
     pub fn repartitioned_record(&self, table: &str, source: &str) {
         self.repartitioned_records.with_label_values(&[table, source]).inc();
+    }
+
+    /// Deleted keys past `tombstone_retention` left the state.
+    pub fn tombstones_dropped(&self, table: &str, keys: usize) {
+        self.tombstones_dropped.with_label_values(&[table]).inc_by(keys as u64);
     }
 
     /// How many tables the process merges.

@@ -11,6 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::group::GroupConsumer;
 use super::{ChangelogEntry, RunError, Worker, TIMEOUT};
+use crate::events::{CycleAborted, CycleCommitted, RegistryAvailable, RegistryWaiting};
 
 impl Worker {
     pub(super) fn begin(&mut self) -> Result<(), RunError> {
@@ -49,7 +50,6 @@ impl Worker {
         } else {
             self.commit_at_least_once(consumer, &offsets)
         };
-        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "cycle committed");
         match result {
             Ok(()) => {
                 let delivered = std::mem::take(&mut self.producer.context().state.lock().expect("deliveries").delivered);
@@ -68,15 +68,10 @@ impl Worker {
                 self.positions.clear();
                 self.txn_open = false;
                 self.failed_cycles = 0;
-                self.counters.commits += 1;
-                self.metrics.cycle(true, started.elapsed().as_secs_f64());
+                CycleCommitted { took: started.elapsed() }.emit(&self.metrics, &mut self.counters);
                 if self.registry_backoff.attempts() > 0 {
-                    tracing::info!(
-                        after = self.registry_backoff.attempts(),
-                        "schema registry available again; processing resumed"
-                    );
+                    RegistryAvailable { after: self.registry_backoff.attempts() }.emit(&self.metrics);
                     self.registry_backoff.reset();
-                    self.metrics.set_ready(true);
                 }
                 for table in &self.tables {
                     for (p, task) in &table.tasks {
@@ -209,15 +204,13 @@ impl Worker {
                 return Err(RunError::Fatal(error.to_string()));
             }
         }
-        tracing::warn!(error = %error, "cycle failed; aborting and rewinding to the committed offsets");
         self.abort_cycle(consumer, &error.to_string())
     }
 
     /// Aborts the open cycle for `why` and rewinds to the committed offsets.
     pub(super) fn abort_cycle(&mut self, consumer: &GroupConsumer, why: &str) -> Result<(), RunError> {
-        self.counters.aborts += 1;
         // Every aborted cycle counts, whatever failed: a commit, a produce, the registry.
-        self.metrics.cycle(false, 0.0);
+        CycleAborted { why }.emit(&self.metrics, &mut self.counters);
         self.failed_cycles = self.failed_cycles.saturating_add(1);
         self.cycle_bytes = 0;
         if self.exactly_once && self.txn_open {
@@ -240,12 +233,7 @@ impl Worker {
     /// and let the rewind bring the records back.
     pub(super) fn registry_wait(&mut self, consumer: &GroupConsumer, why: &str, shutdown: &AtomicBool) -> Result<(), RunError> {
         let wait = self.registry_backoff.next_delay();
-        tracing::warn!(
-            attempt = self.registry_backoff.attempts(),
-            wait_ms = wait.as_millis() as u64,
-            "{why}; pausing, then retrying"
-        );
-        self.metrics.set_ready(false);
+        RegistryWaiting { attempt: self.registry_backoff.attempts(), wait, why }.emit(&self.metrics);
         self.abort_cycle(consumer, why)?;
         crate::retry::sleep(wait, shutdown);
         Ok(())

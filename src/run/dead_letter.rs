@@ -1,6 +1,7 @@
 //! Records that cannot be processed go to the dead-letter topic, with the
 //! reason and their position, inside the open cycle.
 
+use crate::events::{At, DeadLettered};
 use crate::pipeline::DeadLetter;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
@@ -10,14 +11,6 @@ use super::{RunError, Worker, TABLE_HEADER};
 impl Worker {
     pub(super) fn dead_letter(&mut self, msg: &BorrowedMessage<'_>, e: &DeadLetter, table: usize) -> Result<(), RunError> {
         let table = self.tables[table].name.clone();
-        tracing::warn!(
-            table = %table,
-            topic = msg.topic(),
-            partition = msg.partition(),
-            offset = msg.offset(),
-            reason = e.reason.reason(),
-            "dead letter: {e}"
-        );
         let (partition, offset, mut error) = (msg.partition().to_string(), msg.offset().to_string(), e.to_string());
         // A value too large to go out again (a record near the size limit,
         // plus the error and headers) is left out rather than failing the
@@ -67,9 +60,14 @@ impl Worker {
             (None, None) => {}
         }
         self.send(record)?;
-        self.counters.dead_letters += 1;
-        let source = e.source_name.as_deref().unwrap_or("unknown");
-        self.metrics.dead_letter(&table, source, e.reason.reason());
+        let event = DeadLettered {
+            table: &table,
+            source: e.source_name.as_deref(),
+            at: At::of(msg),
+            reason: e.reason.reason(),
+            error: e,
+        };
+        event.emit(&self.metrics, &mut self.counters);
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ use super::pause::SourceControl;
 use super::startup::{avro_startup, Probe};
 use super::{RunError, Worker, TIMEOUT};
 use crate::config::{Config, TableConfig, TablesPattern};
+use crate::events::TableFound;
 
 /// The periodic check for new tables.
 pub(super) struct Discovery {
@@ -88,8 +89,9 @@ impl Worker {
             };
             let avro = if layout.config.uses_avro() { Some(avro_startup(&layout.original, &self.shutdown)?) } else { None };
             control.add_sources(layout.switches());
-            tracing::info!(table = %table.name, sources = layout.config.sources.len(), "new table found by pattern; merging it");
+            let sources = layout.config.sources.len();
             self.add_table(layout, avro)?;
+            TableFound { table: &table.name, sources, tables: self.tables.len() }.emit(&self.metrics);
             if let Some(d) = &mut self.discovery {
                 d.known.insert(table.name.clone());
             }
@@ -98,7 +100,6 @@ impl Worker {
         if added.is_empty() {
             return Ok(());
         }
-        self.metrics.tables(self.tables.len());
         let topics = self.subscribed_topics();
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         // A new subscription rebalances the group: the revocation commits

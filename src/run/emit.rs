@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+use crate::events::{
+    At, AuditRecordTooLarge, Dropped, EventDropped, PrimaryKeyChanged, RecordConsumed, RecordEmitted, RegistryCall,
+    RegistryUnavailable,
+};
 use crate::normalize::InputRecord;
 use crate::pipeline::{DeadLetterReason, ProcessError, Step};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
@@ -20,14 +24,13 @@ impl Worker {
 
     pub(super) fn process(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), RunError> {
         self.begin()?;
-        self.counters.consumed += 1;
         self.cycle_events += 1;
         let partition = msg.partition();
         let Some(route) = self.routes.get(msg.topic()) else {
             return Err(RunError::Assignment(format!("received {} partition {partition}, a topic of no table", msg.topic())));
         };
         let (ti, source_label, rekey) = (route.table, route.source.clone(), route.rekey.is_some());
-        self.metrics.consumed(&self.tables[ti].name, &source_label);
+        RecordConsumed { table: &self.tables[ti].name, source: &source_label }.emit(&self.metrics, &mut self.counters);
         let headers: Vec<(&str, &[u8])> = msg
             .headers()
             .map_or_else(Vec::new, |h| rdkafka::message::Headers::iter(h).filter_map(|h| Some((h.key, h.value?))).collect());
@@ -64,8 +67,8 @@ impl Worker {
                     task.observe_event_time(msg.topic(), event_ts);
                 }
                 if let Some(change) = record.key_change() {
-                    self.metrics.primary_key_change(&table_name, &source, &change);
-                    tracing::debug!(table = %table_name, source, topic = msg.topic(), partition, offset = msg.offset(), ?change, "primary key change");
+                    PrimaryKeyChanged { table: &table_name, source: &source, at: At::of(msg), change: &change }
+                        .emit(&self.metrics);
                 }
                 // The pipeline has checked the size against the record limit.
                 let state = state.expect("the processor's pipeline has a record limit");
@@ -86,16 +89,9 @@ impl Worker {
                         if out.key.len() + body.len() > self.record_limit {
                             // The audit topic would refuse it and fail the
                             // cycle on every retry: the output goes on without it.
-                            tracing::warn!(
-                                table = %table.name,
-                                topic = msg.topic(),
-                                partition,
-                                offset = msg.offset(),
-                                bytes = body.len(),
-                                limit = self.record_limit,
-                                "conflict audit record too large for the record limit; not written"
-                            );
-                            self.metrics.dropped(&table.name, &source, "audit_too_large");
+                            let (bytes, limit) = (body.len(), self.record_limit);
+                            AuditRecordTooLarge { table: &table.name, source: &source, at: At::of(msg), bytes, limit }
+                                .emit(&self.metrics);
                             None
                         } else {
                             Some((topic, body))
@@ -140,37 +136,37 @@ impl Worker {
                 if let Some(task) = self.tables[ti].tasks.get_mut(&partition) {
                     task.remember_encoded(&out.key, state);
                 }
-                self.counters.emitted += 1;
-                let now = now_ms();
-                let skew = msg.timestamp().to_millis().map(|t| t - event_ts);
-                self.metrics.emitted(&table_name, &source, siblings, now - event_ts, skew);
-                if siblings > 1 {
-                    self.metrics.conflict(&table_name, policy, winner.as_deref().unwrap_or("-"));
-                    tracing::debug!(table = %table_name, source, topic = msg.topic(), partition, offset = msg.offset(), siblings, "conflict");
-                }
+                let skew_ms = msg.timestamp().to_millis().map(|t| t - event_ts);
+                let (age_ms, winner) = (now_ms() - event_ts, winner.as_deref());
+                let event = RecordEmitted {
+                    table: &table_name,
+                    source: &source,
+                    at: At::of(msg),
+                    siblings,
+                    age_ms,
+                    skew_ms,
+                    policy,
+                    winner,
+                };
+                event.emit(&self.metrics, &mut self.counters);
             }
             Ok(Step::Stale { source }) => {
-                self.counters.dropped += 1;
-                self.metrics.dropped(&table_name, &source, "stale");
+                EventDropped { table: &table_name, source: &source, why: Dropped::Stale }.emit(&self.metrics, &mut self.counters)
             }
-            Ok(Step::Duplicate { source }) => {
-                self.counters.dropped += 1;
-                self.metrics.dropped(&table_name, &source, "duplicate");
-            }
-            Ok(Step::Ignored { source }) => {
-                self.counters.ignored += 1;
-                self.metrics.dropped(&table_name, &source, "ignored");
-            }
+            Ok(Step::Duplicate { source }) => EventDropped { table: &table_name, source: &source, why: Dropped::Duplicate }
+                .emit(&self.metrics, &mut self.counters),
+            Ok(Step::Ignored { source }) => EventDropped { table: &table_name, source: &source, why: Dropped::Ignored }
+                .emit(&self.metrics, &mut self.counters),
             // The registry is unavailable: not the record's fault. The
             // cycle is aborted and the record comes back after a wait.
             Err(ProcessError::Rejected(e)) if e.reason.is_retriable() => {
                 return Err(match e.reason {
                     DeadLetterReason::Output(error) => {
-                        self.metrics.registry_error("register");
+                        RegistryUnavailable { call: RegistryCall::Register }.emit(&self.metrics);
                         RunError::RegistryUnavailable(error.to_string())
                     }
                     _ => {
-                        self.metrics.registry_error("decode");
+                        RegistryUnavailable { call: RegistryCall::Decode }.emit(&self.metrics);
                         RunError::RegistryUnavailable(e.to_string())
                     }
                 });

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::events::Rebalanced;
 use crate::metrics::Metrics;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -52,8 +53,7 @@ impl ClientContext for GroupContext {
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            self.metrics.rebalance("revoke");
-            self.metrics.set_ready(false);
+            Rebalanced::Revoke.emit(&self.metrics);
             let mut w = self.worker.lock().expect("worker");
             if let Err(e) = w.on_revoke(consumer, tpl) {
                 w.fatal.get_or_insert(e);
@@ -66,7 +66,7 @@ impl ConsumerContext for GroupContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            self.metrics.rebalance("assign");
+            Rebalanced::Assign.emit(&self.metrics);
             let mut w = self.worker.lock().expect("worker");
             // Before the next poll hands over a record of a paused source.
             if let Err(e) = self.control.apply_to(consumer, tpl) {

@@ -200,26 +200,7 @@ fn client_config(config: &Config, defaults: &[(&str, &str)]) -> ClientConfig {
 /// A key and its encoded state (`None`: removed) for the changelog.
 type ChangelogEntry = (String, Option<Vec<u8>>);
 
-/// Counters of one run, logged on exit and read by tests through the logs.
-#[derive(Debug, Default, Clone)]
-pub struct Counters {
-    /// Records consumed.
-    pub consumed: u64,
-    /// Output records produced (committed or not).
-    pub emitted: u64,
-    /// Stale or duplicate events.
-    pub dropped: u64,
-    /// Dead letters produced.
-    pub dead_letters: u64,
-    /// Committed cycles.
-    pub commits: u64,
-    /// Aborted cycles.
-    pub aborts: u64,
-    /// Deleted keys dropped after `tombstone_retention`.
-    pub tombstones_dropped: u64,
-    /// Debezium tombstones (null values after a delete), ignored by design.
-    pub ignored: u64,
-}
+pub use crate::events::Counters;
 
 struct Worker {
     /// The process-wide configuration (kafka, runtime, admin, audit); each

@@ -21,6 +21,7 @@ use rdkafka::TopicPartitionList;
 use crate::admin::{SourceStatus, SourceSwitch};
 #[cfg(test)]
 use crate::config::Config;
+use crate::events::SourcePause;
 use crate::metrics::Metrics;
 
 /// The pause switch of every configured source.
@@ -53,7 +54,7 @@ impl SourceControl {
     pub(super) fn with_sources(sources: Vec<(String, String)>, start_paused: &[String], metrics: Arc<Metrics>) -> Self {
         let wanted: BTreeSet<String> = start_paused.iter().cloned().collect();
         for (name, _) in &sources {
-            metrics.source_paused(name, wanted.contains(name));
+            SourcePause { source: name, paused: wanted.contains(name), changed: None }.emit(&metrics);
         }
         if !wanted.is_empty() {
             tracing::info!(sources = ?wanted, "paused from start-up (admin.start_paused) until resumed");
@@ -74,7 +75,7 @@ impl SourceControl {
         let wanted = self.wanted.lock().expect("pauses").0.clone();
         let mut sources = self.sources.write().expect("sources");
         for (name, topic) in more {
-            self.metrics.source_paused(&name, wanted.contains(&name));
+            SourcePause { source: &name, paused: wanted.contains(&name), changed: None }.emit(&self.metrics);
             sources.push((name, topic));
         }
     }
@@ -119,13 +120,9 @@ impl SourceControl {
         drop(paused);
         let names: BTreeSet<&str> = sources.iter().map(|(name, _)| name.as_str()).collect();
         for name in names {
-            let on = wanted.contains(name);
-            self.metrics.source_paused(name, on);
             let (was, is) = (before.get(name), after.get(name));
-            if was != is {
-                let partitions = is.or(was).cloned().unwrap_or_default();
-                tracing::info!(source = %name, ?partitions, "source {}", if on { "paused" } else { "resumed" });
-            }
+            let changed = if was != is { Some(is.or(was).map_or(&[][..], Vec::as_slice)) } else { None };
+            SourcePause { source: name, paused: wanted.contains(name), changed }.emit(&self.metrics);
         }
         self.applied.fetch_max(ticket, Ordering::AcqRel);
         Ok(())

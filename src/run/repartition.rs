@@ -16,6 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::quiet::QuietContext;
 use super::{RunError, Worker};
+use crate::events::{RecordRepartitioned, RegistryCall, RegistryUnavailable};
 use crate::normalize::InputRecord;
 
 impl Worker {
@@ -49,11 +50,11 @@ impl Worker {
                 };
                 self.send(out)?;
                 self.cycle_bytes += rekeyed.key.len() + rekeyed.value.as_ref().map_or(0, Vec::len);
-                self.metrics.repartitioned_record(&self.tables[table].name, source);
+                RecordRepartitioned { table: &self.tables[table].name, source }.emit(&self.metrics);
                 Ok(())
             }
             Err(e) if e.is_retriable() => {
-                self.metrics.registry_error("decode");
+                RegistryUnavailable { call: RegistryCall::Decode }.emit(&self.metrics);
                 Err(RunError::RegistryUnavailable(e.to_string()))
             }
             Err(e) => {

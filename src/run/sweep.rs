@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::BaseRecord;
 
 use super::{RunError, Worker, SWEEP_BATCH};
+use crate::events::TombstonesDropped;
 
 impl Worker {
     /// How often deleted keys are collected: a quarter of the shortest
@@ -50,8 +51,8 @@ impl Worker {
                     task.remove(key);
                 }
             }
-            self.counters.tombstones_dropped += keys.len() as u64;
-            tracing::info!(table = %self.tables[ti].name, partition = p, keys = keys.len(), "dropped deleted keys past tombstone_retention");
+            TombstonesDropped { table: &self.tables[ti].name, partition: p, keys: keys.len() }
+                .emit(&self.metrics, &mut self.counters);
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::events::RestoreProgress;
 use crate::store::TaskStore;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -172,7 +173,7 @@ impl Worker {
         let start = task.checkpoint().max(low);
         if start >= high {
             task.commit(start)?;
-            self.metrics.restore(&table.name, p, 0, 0.0);
+            RestoreProgress { table: &table.name, partition: p, remaining: 0, rate: 0.0 }.emit(&self.metrics);
             return Ok(0);
         }
         let began = Instant::now();
@@ -183,7 +184,8 @@ impl Worker {
         let result = self.restore_from(table, task, start, high, began);
         let _ = self.restorer.unassign();
         let restored = result?;
-        self.metrics.restore(&table.name, p, 0, restored as f64 / began.elapsed().as_secs_f64().max(1e-3));
+        let rate = restored as f64 / began.elapsed().as_secs_f64().max(1e-3);
+        RestoreProgress { table: &table.name, partition: p, remaining: 0, rate }.emit(&self.metrics);
         Ok(restored)
     }
 
@@ -262,12 +264,8 @@ impl Worker {
                         task.commit(next)?;
                     }
                     if restored.is_multiple_of(1000) {
-                        self.metrics.restore(
-                            &table.name,
-                            p,
-                            high - next,
-                            restored as f64 / began.elapsed().as_secs_f64().max(1e-3),
-                        );
+                        let rate = restored as f64 / began.elapsed().as_secs_f64().max(1e-3);
+                        RestoreProgress { table: &table.name, partition: p, remaining: high - next, rate }.emit(&self.metrics);
                     }
                     if last_log.elapsed() > Duration::from_secs(5) {
                         tracing::info!(partition = p, at = next, to = high, restored, "restoring");
