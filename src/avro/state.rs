@@ -51,7 +51,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::binary::{read_bytes, read_long, write_len, write_long, write_str, ReadError};
-use crate::merge::{CounterState, Delta, ElementSet, FieldState, FieldVersion, KeyState, Op, Row, Tally, Version, VersionVector};
+use crate::merge::{
+    ColumnWrite, CounterState, Delta, ElementVersions, FieldState, FieldVersion, KeyState, Op, Row, Tally, Version, VersionVector,
+};
 
 /// The changelog state schema (`schemas/changelog-state.avsc`), as compiled in.
 pub const CHANGELOG_SCHEMA_JSON: &str = include_str!("../../schemas/changelog-state.avsc");
@@ -323,7 +325,7 @@ fn write_field_state(buf: &mut Vec<u8>, fields: &FieldState) {
         write_len(buf, fields.fields.len());
         for (column, writes) in &fields.fields {
             write_str(buf, column);
-            write_array(buf, writes, write_field_version);
+            write_array(buf, writes, |buf, w| write_column_write(buf, fields, w));
         }
     }
     buf.push(0);
@@ -332,8 +334,8 @@ fn write_field_state(buf: &mut Vec<u8>, fields: &FieldState) {
         write_len(buf, fields.sets.len());
         for (column, set) in &fields.sets {
             write_str(buf, column);
-            write_array(buf, &set.adds, write_field_version);
-            write_array(buf, &set.removes, write_field_version);
+            write_array(buf, &set.adds, |buf, w| write_column_write(buf, fields, w));
+            write_array(buf, &set.removes, |buf, w| write_column_write(buf, fields, w));
         }
     }
     buf.push(0);
@@ -364,6 +366,16 @@ fn write_counter(buf: &mut Vec<u8>, counter: &CounterState) {
         }
     }
     buf.push(0);
+}
+
+/// A column write (or set operation) as the `FieldVersion` record of its
+/// event and value.
+fn write_column_write(buf: &mut Vec<u8>, fields: &FieldState, w: &ColumnWrite) {
+    let stamp = fields.stamp(w);
+    write_str(buf, &stamp.source);
+    write_clock(buf, &stamp.vv);
+    write_long(buf, stamp.ts);
+    write_json(buf, &w.value);
 }
 
 /// One `FieldVersion` record.
@@ -660,7 +672,7 @@ fn read_field_state(r: &mut Reader<'_>, version: SchemaVersion) -> Decoded<Field
             let column = r.str("a union column's name")?.to_owned();
             let adds = r.array("a union column's additions", read_field_version)?;
             let removes = r.array("a union column's removals", read_field_version)?;
-            sets.insert(column, ElementSet { adds, removes });
+            sets.insert(column, ElementVersions { adds, removes });
             Ok(())
         })?;
     }
@@ -672,7 +684,7 @@ fn read_field_state(r: &mut Reader<'_>, version: SchemaVersion) -> Decoded<Field
             Ok(())
         })?;
     }
-    Ok(FieldState { fields: columns, cleared, sets, counters, ..FieldState::default() })
+    Ok(FieldState { cleared, counters, ..FieldState::with_writes(columns, sets) })
 }
 
 /// One `CounterState` record.

@@ -160,6 +160,12 @@ impl VersionVector {
         }
     }
 
+    /// A total order on clocks (entry by entry, in source-name order), for
+    /// keeping sets of them in one canonical order; unrelated to causality.
+    pub fn total_cmp(&self, other: &VersionVector) -> Ordering {
+        self.0.cmp(&other.0)
+    }
+
     /// True when `self < other` strictly in the causal order.
     pub fn happened_before(&self, other: &VersionVector) -> bool {
         self.causality(other) == Causality::Before

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ChangeEvent, FieldState, FieldVersion, Insert, MergeEngine, Op, VersionVector};
+use super::{ChangeEvent, ColumnWrite, FieldState, FieldVersion, Insert, MergeEngine, Op, VersionVector};
 
 /// The state of one `counter` column.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -377,12 +377,11 @@ impl MergeEngine {
         let visible = |w: &&FieldVersion| !fields.cleared.iter().any(|c| w.vv.happened_before(c));
         let latest = |a: &&FieldVersion, b: &&FieldVersion| self.lww_cmp(*a, *b);
         // A counter written before the column had the rule starts from its latest plain write.
-        let initial = counter
-            .creates
-            .iter()
-            .filter(visible)
-            .max_by(latest)
-            .or_else(|| fields.fields.get(column).and_then(|w| w.iter().filter(visible).max_by(latest)));
+        let initial = counter.creates.iter().filter(visible).max_by(latest).map(|w| &w.value).or_else(|| {
+            let writes = fields.fields.get(column)?;
+            let latest = |a: &&ColumnWrite, b: &&ColumnWrite| self.lww_cmp(&fields.written(a), &fields.written(b));
+            writes.iter().filter(|w| fields.visible(w)).max_by(latest).map(|w| &w.value)
+        });
         let deltas: Vec<(&str, &Delta)> = counter
             .tallies
             .iter()
@@ -394,7 +393,7 @@ impl MergeEngine {
         if initial.is_none() && deltas.is_empty() {
             return None;
         }
-        let start = initial.and_then(|w| Amount::of(&w.value)).unwrap_or(Amount::ZERO);
+        let start = initial.and_then(Amount::of).unwrap_or(Amount::ZERO);
         let mut exact = Some(start);
         for (_, d) in &deltas {
             exact = exact.and_then(|sum| sum.checked_add(stored(d)));

@@ -28,10 +28,10 @@ use serde_json::Value;
 pub use clock::{Causality, VersionVector};
 pub use counter::{CounterState, Delta, Refusal, Tally};
 use fields::Rendered;
-pub use fields::{ColumnWinner, FieldState, FieldVersion};
+pub use fields::{ColumnWinner, ColumnWrite, FieldState, FieldVersion, Stamp};
 pub use rules::ColumnRule;
 use rules::{value_cmp, value_rank};
-pub use union::ElementSet;
+pub use union::{ElementSet, ElementVersions};
 
 /// A row image: a flat JSON object (column → value).
 pub type Row = serde_json::Map<String, Value>;

@@ -1036,3 +1036,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn field_lww_stores_each_writing_event_once() {
+    let e = with_rules(engine(Policy::FieldLww, DeletePolicy::Lww), &[("last", ColumnRule::Max)]);
+    let mut s = KeyState::default();
+    e.apply(&mut s, upsert("eu", vv(&[("eu", 1)]), 1, json!({"id":1,"name":"a","last":5})));
+    e.apply(&mut s, upsert("us", vv(&[("us", 1)]), 2, json!({"id":1,"name":"b","last":3})));
+    // Changes `name` only: eu's first event still wrote the latest `id` and `last` of eu.
+    e.apply(&mut s, update("eu", vv(&[("eu", 2)]), 3, json!({"id":1,"name":"a","last":5}), json!({"id":1,"name":"c","last":5})));
+    let stamps = |s: &KeyState| {
+        let f = s.fields.as_ref().unwrap();
+        let events: Vec<(String, i64)> = f.stamps.iter().map(|t| (t.source.clone(), t.ts)).collect();
+        let columns: BTreeMap<String, Vec<usize>> =
+            f.fields.iter().map(|(c, ws)| (c.clone(), ws.iter().map(|w| w.stamp).collect())).collect();
+        (events, columns)
+    };
+    let (events, columns) = stamps(&s);
+    // One stamp per event, newest first; each column points at its writers, winner first.
+    assert_eq!(events, [("eu".to_string(), 3), ("us".to_string(), 2), ("eu".to_string(), 1)]);
+    assert_eq!(columns["name"], [0, 1]);
+    assert_eq!(columns["id"], [1, 2]);
+    assert_eq!(columns["last"], [1, 2]);
+    assert_eq!(out(&e, &s), Some(json!({"id":1,"name":"c","last":5})));
+    // A full image from eu supersedes both of eu's earlier events in every
+    // column: their stamps go, and no stamp is left that nothing points at.
+    e.apply(&mut s, upsert("eu", vv(&[("eu", 3)]), 4, json!({"id":1,"name":"d","last":6})));
+    let (events, columns) = stamps(&s);
+    assert_eq!(events, [("eu".to_string(), 4), ("us".to_string(), 2)]);
+    assert!(columns.values().all(|ws| ws == &[0, 1]), "{columns:?}");
+    assert_eq!(out(&e, &s), Some(json!({"id":1,"name":"d","last":6})));
+    // The legacy JSON form spells every column write out, and reads back to
+    // the same stamps.
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["fields"]["fields"]["name"][1], json!({"source":"us","vv":{"us":1},"ts":2,"value":"b"}));
+    assert_eq!(serde_json::from_value::<KeyState>(json).unwrap(), s);
+}

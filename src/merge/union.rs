@@ -5,16 +5,29 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{assign_value, same_json, value_cmp, Causality, ColumnRule, FieldState, FieldVersion, Insert, MergeEngine};
+use super::fields::Stamps;
+use super::{
+    assign_value, same_json, value_cmp, Causality, ColumnRule, ColumnWrite, FieldState, FieldVersion, Insert, MergeEngine,
+};
 
 /// The state of one `union` column: an add-wins observed-remove set. Each
-/// addition and removal of an element is kept with the writing event's
-/// clock (as a [`FieldVersion`] whose value is the element), as the maximal
-/// ones per element. An element is present when some addition of it is
-/// neither followed by a removal of it (the remover had seen it: the
-/// addition's clock ≤ the removal's) nor hidden by a delete of the row.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// addition and removal of an element is kept with the writing event (a
+/// [`ColumnWrite`] whose value is the element, pointing at the event's
+/// stamp), as the maximal ones per element. An element is present when
+/// some addition of it is neither followed by a removal of it (the remover
+/// had seen it: the addition's clock ≤ the removal's) nor hidden by a
+/// delete of the row.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ElementSet {
+    /// Maximal additions, per element.
+    pub adds: Vec<ColumnWrite>,
+    /// Maximal removals, per element.
+    pub removes: Vec<ColumnWrite>,
+}
+
+/// An [`ElementSet`] with its events spelled out: the encoded form.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ElementVersions {
     /// Maximal additions, per element.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adds: Vec<FieldVersion>,
@@ -30,28 +43,25 @@ impl MergeEngine {
     /// no `before` image) every element is an addition and nothing is removed.
     /// Returns whether the write added or removed any element, and whether
     /// that changed the set (a redelivery does not).
-    /// `write` is the event's write template (source, clock, commit time).
     pub(super) fn apply_union(
         &self,
         set: &mut ElementSet,
-        write: &mut FieldVersion,
+        stamps: &Stamps<'_>,
         before: Option<&Value>,
         after: &Value,
     ) -> (bool, bool) {
         let after = elements(after);
         let before = before.map(elements).unwrap_or_default();
         let contains = |list: &[Cow<'_, Value>], x: &Value| list.iter().any(|y| same_json(y, x));
-        let order = self.column_order(Some(&ColumnRule::Union));
+        let rule = Some(&ColumnRule::Union);
         let (mut operations, mut changed) = (false, false);
         for x in after.iter().filter(|x| !contains(&before, x)) {
             operations = true;
-            assign_value(&mut write.value, x);
-            changed |= self.insert_into(&mut set.adds, write, &order) == Insert::Added;
+            changed |= self.insert_column_write(&mut set.adds, stamps, rule, x) == Insert::Added;
         }
         for x in before.iter().filter(|x| !contains(&after, x)) {
             operations = true;
-            assign_value(&mut write.value, x);
-            changed |= self.insert_into(&mut set.removes, write, &order) == Insert::Added;
+            changed |= self.insert_column_write(&mut set.removes, stamps, rule, x) == Insert::Added;
         }
         (operations, changed)
     }
@@ -92,14 +102,15 @@ pub(super) fn union_elements(fields: &FieldState, set: &ElementSet) -> Option<Ve
 
 /// [`union_elements`], borrowed from the set.
 pub(super) fn present_elements<'s>(fields: &FieldState, set: &'s ElementSet) -> Option<Vec<&'s Value>> {
-    let visible = |w: &FieldVersion| !fields.cleared.iter().any(|c| w.vv.happened_before(c));
+    let visible = |w: &ColumnWrite| fields.visible(w);
     if !set.adds.iter().chain(&set.removes).any(visible) {
         return None;
     }
-    let observed = |a: &FieldVersion| {
-        set.removes
-            .iter()
-            .any(|r| same_json(&r.value, &a.value) && matches!(a.vv.causality(&r.vv), Causality::Before | Causality::Equal))
+    let observed = |a: &ColumnWrite| {
+        set.removes.iter().any(|r| {
+            same_json(&r.value, &a.value)
+                && matches!(fields.stamp(a).vv.causality(&fields.stamp(r).vv), Causality::Before | Causality::Equal)
+        })
     };
     let mut present: Vec<&Value> = set.adds.iter().filter(|a| visible(a) && !observed(a)).map(|a| &a.value).collect();
     present.sort_by(|a, b| value_cmp(a, b));

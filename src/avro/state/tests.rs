@@ -58,11 +58,9 @@ fn sample() -> KeyState {
             upsert("ap", clock(&[]), i64::MIN, json!({})),
         ],
         fields: Some(FieldState {
-            fields: columns,
             cleared: vec![clock(&[("us", 7)]), clock(&[("eu", 1), ("ap", 1)])],
-            sets: sample_sets(),
             counters: sample_counters(),
-            ..FieldState::default()
+            ..FieldState::with_writes(columns, sample_sets())
         }),
     }
 }
@@ -83,18 +81,18 @@ fn sample_counters() -> BTreeMap<String, CounterState> {
     counters
 }
 
-fn sample_sets() -> BTreeMap<String, ElementSet> {
+fn sample_sets() -> BTreeMap<String, ElementVersions> {
     let write =
         |source: &str, vv: VersionVector, value: serde_json::Value| FieldVersion { source: source.into(), vv, ts: 7, value };
     let mut sets = BTreeMap::new();
     sets.insert(
         "labels".to_string(),
-        ElementSet {
+        ElementVersions {
             adds: vec![write("eu", clock(&[("eu", 1)]), json!("vip")), write("us", clock(&[("us", 2)]), json!(3))],
             removes: vec![write("us", clock(&[("eu", 1), ("us", 3)]), json!("vip"))],
         },
     );
-    sets.insert("empty".to_string(), ElementSet::default());
+    sets.insert("empty".to_string(), ElementVersions::default());
     sets
 }
 
@@ -181,7 +179,7 @@ fn to_avro(state: &KeyState) -> Avro {
             (
                 "columns".into(),
                 Avro::Map(
-                    f.fields
+                    f.column_versions()
                         .iter()
                         .map(|(c, ws)| (c.clone(), Avro::Array(ws.iter().map(avro_field_version).collect())))
                         .collect(),
@@ -191,7 +189,7 @@ fn to_avro(state: &KeyState) -> Avro {
             (
                 "sets".into(),
                 Avro::Map(
-                    f.sets
+                    f.set_versions()
                         .iter()
                         .map(|(c, set)| {
                             let set = Avro::Record(vec![
@@ -302,7 +300,7 @@ fn from_avro(value: &Avro) -> KeyState {
                 .iter()
                 .map(|(c, set)| {
                     let set = record(set);
-                    (c.clone(), ElementSet { adds: writes(set["adds"]), removes: writes(set["removes"]) })
+                    (c.clone(), ElementVersions { adds: writes(set["adds"]), removes: writes(set["removes"]) })
                 })
                 .collect(),
             other => panic!("not a map: {other:?}"),
@@ -312,11 +310,9 @@ fn from_avro(value: &Avro) -> KeyState {
             other => panic!("not a map: {other:?}"),
         };
         FieldState {
-            fields: columns,
             cleared: from_avro_array(f["cleared"]).iter().map(from_avro_clock).collect(),
-            sets,
             counters,
-            ..FieldState::default()
+            ..FieldState::with_writes(columns, sets)
         }
     });
     KeyState { versions: from_avro_array(r["versions"]).iter().map(from_avro_version).collect(), fields }
@@ -440,7 +436,7 @@ fn ser_state(state: &KeyState) -> SerKeyState {
             .collect(),
         fields: state.fields.as_ref().map(|f| SerFieldState {
             columns: f
-                .fields
+                .column_versions()
                 .iter()
                 .map(|(c, ws)| {
                     let ws = ws
@@ -457,7 +453,7 @@ fn ser_state(state: &KeyState) -> SerKeyState {
                 .collect(),
             cleared: f.cleared.iter().map(ser_clock).collect(),
             sets: f
-                .sets
+                .set_versions()
                 .iter()
                 .map(|(c, set)| {
                     let set = SerElementSet {
@@ -540,17 +536,15 @@ fn arb_field_state() -> impl Strategy<Value = FieldState> {
         prop::collection::btree_map(
             ".{0,8}",
             (prop::collection::vec(arb_field_version(), 0..3), prop::collection::vec(arb_field_version(), 0..2))
-                .prop_map(|(adds, removes)| ElementSet { adds, removes }),
+                .prop_map(|(adds, removes)| ElementVersions { adds, removes }),
             0..3,
         ),
         prop::collection::btree_map(".{0,8}", arb_counter(), 0..2),
     )
         .prop_map(|(fields, cleared, sets, counters)| FieldState {
-            fields,
             cleared,
-            sets,
             counters,
-            ..FieldState::default()
+            ..FieldState::with_writes(fields, sets)
         })
 }
 
@@ -632,7 +626,7 @@ fn hand_made_multi_block_and_negative_count_sequences_decode() {
     // a sized block of two.
     let fields = state.fields.as_ref().unwrap();
     write_long(&mut datum, 1);
-    for (column, writes) in &fields.fields {
+    for (column, writes) in &fields.column_versions() {
         write_long(&mut datum, 1);
         write_str(&mut datum, column);
         write_array(&mut datum, writes, write_field_version);
@@ -647,7 +641,7 @@ fn hand_made_multi_block_and_negative_count_sequences_decode() {
     datum.extend_from_slice(&cleared);
     datum.push(0);
     // sets: one sized block per column.
-    for (column, set) in &fields.sets {
+    for (column, set) in &fields.set_versions() {
         let mut entry = Vec::new();
         write_str(&mut entry, column);
         write_array(&mut entry, &set.adds, write_field_version);
@@ -889,8 +883,9 @@ fn version_2_values_still_decode() {
 #[test]
 fn version_1_values_still_decode() {
     let mut state = sample();
-    state.fields.as_mut().unwrap().sets.clear();
-    state.fields.as_mut().unwrap().counters.clear();
+    // Without sets (and their events' stamps) and counters.
+    let fields = state.fields.as_mut().unwrap();
+    *fields = FieldState { cleared: fields.cleared.clone(), ..FieldState::with_columns(fields.column_versions()) };
     // apache-avro writing with the version 1 schema, framed with its fingerprint.
     let v1 = Schema::parse_str(&v1_schema_json()).unwrap();
     let datum = GenericDatumWriter::builder(&v1).build().unwrap().write_value_to_vec(to_avro_v1(&state)).unwrap();
@@ -930,4 +925,33 @@ fn the_fingerprint_ignores_logical_types_as_the_specification_says() {
     let with = r#"{"type":"record","name":"R","fields":[{"name":"t","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#;
     let without = r#"{"type":"record","name":"R","fields":[{"name":"t","type":"long"}]}"#;
     assert_eq!(spec_fingerprint(with), spec_fingerprint(without));
+}
+
+#[test]
+fn column_writes_of_one_event_share_one_stamp_and_encode_as_before() {
+    // The schema spells every column write out (source, clock, ts); in
+    // memory the writes of one event point at one stamp. apache-avro reads
+    // the bytes as the spelled-out writes, its encoding of them decodes to
+    // the same stamps, and so do the bytes.
+    let write = |source: &str, n: u64, ts: i64, value: serde_json::Value| FieldVersion {
+        source: source.into(),
+        vv: clock(&[(source, n)]),
+        ts,
+        value,
+    };
+    let mut columns = BTreeMap::new();
+    columns.insert("a".to_string(), vec![write("us", 2, 20, json!("x")), write("eu", 1, 10, json!("y"))]);
+    columns.insert("b".to_string(), vec![write("eu", 1, 10, json!(7))]);
+    columns.insert("c".to_string(), vec![write("eu", 1, 10, json!(null)), write("us", 2, 20, json!([1]))]);
+    let fields = FieldState::with_columns(columns.clone());
+    assert_eq!(fields.stamps.len(), 2, "{:?}", fields.stamps);
+    assert_eq!((fields.stamps[0].source.as_str(), fields.stamps[0].ts), ("us", 20), "newest first");
+    assert_eq!(fields.fields["a"].iter().map(|w| w.stamp).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(fields.fields["c"].iter().map(|w| w.stamp).collect::<Vec<_>>(), [1, 0]);
+    assert_eq!(fields.column_versions(), columns, "written out again in stored order");
+    let state = KeyState { versions: vec![upsert("eu", clock(&[("eu", 1)]), 10, json!({"id": 1}))], fields: Some(fields) };
+    let bytes = encode_state(&state);
+    assert_eq!(from_avro(&avro_read(&bytes[HEADER_LEN..])), state);
+    assert_eq!(decode_state(&with_header(&avro_write(&state))).unwrap(), state);
+    assert_eq!(decode_state(&bytes).unwrap(), state);
 }
