@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::kafka::{self, admin_addr, create_topic, http_get, produce, read_topic, unique, Processor, Rec};
+use common::kafka::{self, admin_addr, create_topic, http_get, metric, produce, read_topic, unique, Processor, Rec};
 use common::setup::{topic_exists, HELD_BACK};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -369,16 +369,6 @@ fn assert_state_matches(addr: &str, table: Option<&str>, replay: &[Value], sampl
 }
 
 /// The value of one sample line, summed over label sets containing all `labels`.
-fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
 fn metadata_client() -> BaseConsumer {
     ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().expect("metadata client")
 }

@@ -14,13 +14,9 @@ fn example(file: &str) -> std::path::PathBuf {
     root().join("examples/legacy-erp").join(file)
 }
 
-/// The value of one sample line, summed over label sets that contain `labels`.
+/// One metric's sum over the series whose labels hold `labels` (0 when none).
 fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    common::kafka::metric(text, name, &[labels]).unwrap_or(0.0)
 }
 
 /// The example's dump on this test's topics, every time (record `ts`,

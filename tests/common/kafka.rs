@@ -374,6 +374,26 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, response.text().unwrap_or_else(|e| panic!("GET {path} on {addr}: body: {e}")))
 }
 
+/// The sum of every series of metric `name` (in Prometheus' text format)
+/// whose line holds each of `labels` (e.g. `source="us"`); `None` when no
+/// series matches. The one reader of `/metrics` the tests share.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// The processor's `/metrics` text.
+pub fn metrics_of(p: &Processor) -> String {
+    let (status, text) = http_get(&admin_addr(p), "/metrics");
+    assert_eq!(status, 200, "GET /metrics: {text}");
+    text
+}
+
 /// The admin address from the processor's log line.
 pub fn admin_addr(p: &Processor) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
