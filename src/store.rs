@@ -174,7 +174,7 @@ impl StateDb {
             clean: HashMap::new(),
             clean_bytes: 0,
             sweep_cursor: None,
-            restored: None,
+            restored: Restored::default(),
         })
     }
 
@@ -182,6 +182,66 @@ impl StateDb {
     pub fn persist(&self) -> Result<(), StoreError> {
         self.db.persist(PersistMode::SyncAll).map_err(|source| StoreError::Db { path: self.path.clone(), source })
     }
+}
+
+/// Restored changelog records taken from a task ([`TaskStore::take_restored`]).
+pub struct RestoredBatch(Restored);
+
+/// Writes a task's restored records from another thread than the task's,
+/// so that reading the changelog and writing the store overlap. Batches of
+/// one task must be written in the order they were taken.
+pub struct RestoreWriter {
+    db: StateDb,
+    keyspace: Keyspace,
+    checkpoint_key: String,
+    changelog: Option<String>,
+    stream_time: BTreeMap<String, i64>,
+}
+
+impl RestoreWriter {
+    /// Writes `batch` (see [`ingest`]), then the checkpoint `offset` it
+    /// completes the keyspace up to. The task's own view of its
+    /// checkpoint catches up at its next commit.
+    pub fn write(&self, batch: &mut RestoredBatch, offset: i64) -> Result<(), StoreError> {
+        ingest(&self.db, &self.keyspace, &batch.0)?;
+        batch.0.clear();
+        let checkpoint =
+            Checkpoint { offset, changelog: self.changelog.clone(), written_ms: now_ms(), stream_time: self.stream_time.clone() };
+        let bytes = serde_json::to_vec(&checkpoint).expect("checkpoints serialize");
+        self.db
+            .meta
+            .insert(self.checkpoint_key.as_str(), bytes)
+            .map_err(|source| StoreError::Db { path: self.db.path.clone(), source })
+    }
+}
+
+/// Writes restored records, sorted by key and the last per key only,
+/// straight into new tables of the keyspace (fjall's ingestion: no journal,
+/// no memtable), above everything written before. Not atomic with the
+/// checkpoint written next: a crash between leaves the keyspace ahead of
+/// its checkpoint, and reading the changelog again from the checkpoint
+/// rewrites the same last values.
+fn ingest(db: &StateDb, keyspace: &Keyspace, r: &Restored) -> Result<(), StoreError> {
+    if r.records.is_empty() {
+        return Ok(());
+    }
+    let err = |source| StoreError::Db { path: db.path.clone(), source };
+    // By key, and in changelog order among a key's records (a stable sort).
+    let mut order: Vec<u32> = (0..r.records.len() as u32).collect();
+    order.sort_by(|a, b| r.key(*a as usize).cmp(r.key(*b as usize)));
+    let mut ingestion = keyspace.start_ingestion().map_err(err)?;
+    for (n, &i) in order.iter().enumerate() {
+        let key = r.key(i as usize);
+        if order.get(n + 1).is_some_and(|&next| r.key(next as usize) == key) {
+            continue; // a later record of the key follows
+        }
+        match r.value(i as usize) {
+            Some(v) => ingestion.write(key, v),
+            None => ingestion.write_tombstone(key),
+        }
+        .map_err(err)?;
+    }
+    ingestion.finish().map_err(err)
 }
 
 fn checkpoint_key(partition: i32) -> String {
@@ -213,7 +273,49 @@ pub struct TaskStore {
     sweep_cursor: Option<Vec<u8>>,
     /// Changelog records of a restore, written as they are (no decode, no
     /// encode) by the next commit.
-    restored: Option<fjall::OwnedWriteBatch>,
+    restored: Restored,
+}
+
+/// Changelog records of a restore not written yet, in changelog order:
+/// keys and values in one buffer, kept from commit to commit (a restore
+/// fills it many times; allocating each record would fault fresh memory in
+/// every time).
+#[derive(Default)]
+struct Restored {
+    bytes: Vec<u8>,
+    /// Per record: where its key starts in `bytes`, the key's length, and
+    /// the value's length (it follows the key; `None`: the key was removed).
+    records: Vec<(usize, u32, Option<u32>)>,
+}
+
+impl Restored {
+    fn push(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        if let Some(v) = value {
+            self.bytes.extend_from_slice(v);
+        }
+        self.records.push((at, key.len() as u32, value.map(|v| v.len() as u32)));
+    }
+
+    fn key(&self, i: usize) -> &[u8] {
+        let (at, k, _) = self.records[i];
+        &self.bytes[at..at + k as usize]
+    }
+
+    fn value(&self, i: usize) -> Option<&[u8]> {
+        let (at, k, v) = self.records[i];
+        v.map(|v| &self.bytes[at + k as usize..at + k as usize + v as usize])
+    }
+
+    fn len_bytes(&self) -> usize {
+        self.bytes.len() + self.records.len() * std::mem::size_of::<(usize, u32, Option<u32>)>()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
+    }
 }
 
 /// Estimated memory of a decoded state beyond its encoding: the map entry,
@@ -274,7 +376,7 @@ impl TaskStore {
         self.clean.clear();
         self.clean_bytes = 0;
         self.sweep_cursor = None;
-        self.restored = None;
+        self.restored = Restored::default();
         let mut removed = 0u64;
         loop {
             let keys: Vec<fjall::Slice> =
@@ -362,11 +464,43 @@ impl TaskStore {
             self.encoded.remove(k);
             self.cache.remove(k);
         }
-        let batch = self.restored.get_or_insert_with(|| self.db.db.batch());
-        match value {
-            Some(v) => batch.insert(&self.keyspace, key, v),
-            None => batch.remove(&self.keyspace, key),
+        self.restored.push(key, value);
+        Ok(())
+    }
+
+    /// Bytes of restored changelog records the next commit writes.
+    pub fn restored_bytes(&self) -> usize {
+        self.restored.len_bytes()
+    }
+
+    /// Takes the restored records not written yet, for a [`RestoreWriter`]
+    /// (on another thread); `spare` (a batch written before, emptied) takes
+    /// their place, so a restore reuses its buffers.
+    pub fn take_restored(&mut self, spare: Option<RestoredBatch>) -> RestoredBatch {
+        let mut next = spare.map(|b| b.0).unwrap_or_default();
+        next.clear();
+        RestoredBatch(std::mem::replace(&mut self.restored, next))
+    }
+
+    /// Writes batches of this task's restored records from another thread.
+    pub fn restore_writer(&self) -> RestoreWriter {
+        RestoreWriter {
+            db: self.db.clone(),
+            keyspace: self.keyspace.clone(),
+            checkpoint_key: self.checkpoint_key.clone(),
+            changelog: self.changelog.clone(),
+            stream_time: self.checkpoint.stream_time.clone(),
         }
+    }
+
+    /// Lets go of the memory a restore used (once it is over).
+    pub fn release_restore_buffer(&mut self) {
+        self.restored = Restored::default();
+    }
+
+    fn ingest_restored(&mut self) -> Result<(), StoreError> {
+        ingest(&self.db, &self.keyspace, &self.restored)?;
+        self.restored.clear();
         Ok(())
     }
 
@@ -380,7 +514,10 @@ impl TaskStore {
     /// atomically, then clears the cache. Call only after the Kafka
     /// transaction carrying the same changes committed.
     pub fn commit(&mut self, checkpoint: i64) -> Result<(), StoreError> {
-        let mut batch = self.restored.take().unwrap_or_else(|| self.db.db.batch());
+        if !self.restored.records.is_empty() {
+            self.ingest_restored()?;
+        }
+        let mut batch = self.db.db.batch();
         let mut committed = Vec::with_capacity(self.cache.len());
         let mut added = 0;
         for (key, state) in self.cache.drain() {
@@ -497,7 +634,7 @@ impl TaskStore {
     pub fn abort(&mut self) {
         self.cache.clear();
         self.encoded.clear();
-        self.restored = None;
+        self.restored.clear();
     }
 
     /// Number of keys on disk (approximate; for metrics and logs).
@@ -717,6 +854,37 @@ mod tests {
         t.abort();
         t.commit(30).unwrap();
         assert_eq!(t.get("gone").unwrap(), None);
+    }
+
+    #[test]
+    fn restores_in_several_commits_keep_the_last_value_per_key_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = StateDb::open(dir.path()).unwrap();
+            let mut t = db.task(1).unwrap();
+            t.update("k0", |s| *s = state(1)).unwrap();
+            t.commit(5).unwrap();
+            // Two chunks of a restore, the later ones written above the earlier.
+            for (i, n) in [(0, 2), (1, 3), (0, 4)] {
+                t.put_restored_bytes(format!("k{i}").as_bytes(), Some(&encode_state(&state(n)))).unwrap();
+            }
+            assert!(t.restored_bytes() > 0);
+            t.commit(8).unwrap();
+            assert_eq!(t.restored_bytes(), 0);
+            t.put_restored_bytes(b"k1", None).unwrap();
+            t.put_restored_bytes(b"k2", Some(&encode_state(&state(6)))).unwrap();
+            t.commit(10).unwrap();
+            // Processing after the restore writes above it.
+            t.update("k2", |s| *s = state(7)).unwrap();
+            t.commit(11).unwrap();
+            db.persist().unwrap();
+        }
+        let db = StateDb::open(dir.path()).unwrap();
+        let mut t = db.task(1).unwrap();
+        assert_eq!(t.checkpoint(), 11);
+        assert_eq!(t.get("k0").unwrap(), Some(state(4)));
+        assert_eq!(t.get("k1").unwrap(), None);
+        assert_eq!(t.get("k2").unwrap(), Some(state(7)));
     }
 
     #[test]

@@ -23,9 +23,13 @@ final class Streams {
         return p;
     }
 
-    /** Runs the topology until SIGTERM, then closes it cleanly; exits non-zero when a stream thread dies. */
+    /**
+     * Runs the topology until SIGTERM, then closes it cleanly; exits non-zero when a stream thread dies. Restores
+     * from changelogs are reported on stderr ({@link RestoreReport}).
+     */
     static void run(Topology topology, Properties config) throws InterruptedException {
         KafkaStreams streams = new KafkaStreams(topology, config);
+        streams.setGlobalStateRestoreListener(new RestoreReport());
         CountDownLatch done = new CountDownLatch(1);
         int[] exit = {0};
         streams.setUncaughtExceptionHandler(e -> {
