@@ -313,6 +313,7 @@ impl MergeEngine {
     /// The `lww` order: larger `ts`, then larger priority, then the source
     /// name that sorts first, then the larger own clock entry, then the larger
     /// canonical content. `Greater` means `a` wins.
+    #[inline]
     fn lww_cmp<T: Versioned>(&self, a: &T, b: &T) -> Ordering {
         a.ts()
             .cmp(&b.ts())
