@@ -17,6 +17,30 @@ use tributary::config::Config;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc asks the kernel for transparent huge pages on its arenas
+/// (`MADV_HUGEPAGE`), so the first touch of any part of 2 MiB makes all of
+/// it resident: on a 50 000-key run that was 20-90 MB of huge pages
+/// (`AnonHugePages` in `/proc/<pid>/smaps_rollup`) and about 35 MB of the
+/// peak resident memory. The kernel checks this flag at each page fault, so
+/// the arenas mimalloc reserved before `main` are covered too.
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        use std::ffi::{c_int, c_ulong};
+        extern "C" {
+            fn prctl(option: c_int, ...) -> c_int;
+        }
+        const PR_SET_THP_DISABLE: c_int = 41;
+        // SAFETY: prctl with PR_SET_THP_DISABLE takes four unsigned long
+        // arguments and only sets a flag of this process; a kernel without
+        // it returns EINVAL, and the process then runs with huge pages.
+        let (on, unused): (c_ulong, c_ulong) = (1, 0);
+        unsafe {
+            prctl(PR_SET_THP_DISABLE, on, unused, unused, unused);
+        }
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "tributary", version, about = "Multi-source replication over Kafka: per-key version vectors, convergent merge")]
 struct Cli {
@@ -119,6 +143,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    no_transparent_huge_pages();
     let cli = Cli::parse();
     // The demo prints its own report; the processor's start-up lines would bury it.
     let default_level = if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" };
@@ -324,5 +349,19 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn transparent_huge_pages_are_off_for_the_process() {
+        super::no_transparent_huge_pages();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        // Kernels before 6.0 do not report the flag; there is nothing to check then.
+        if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+            assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+        }
     }
 }
