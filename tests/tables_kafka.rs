@@ -368,7 +368,6 @@ fn assert_state_matches(addr: &str, table: Option<&str>, replay: &[Value], sampl
     }
 }
 
-/// The value of one sample line, summed over label sets containing all `labels`.
 fn metadata_client() -> BaseConsumer {
     ClientConfig::new().set("bootstrap.servers", kafka::bootstrap()).create().expect("metadata client")
 }
@@ -378,7 +377,23 @@ fn watermarks(topic: &str) -> Vec<(i64, i64)> {
     let client = metadata_client();
     let md = client.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
     let partitions = md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len());
-    (0..partitions as i32).map(|p| client.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks")).collect()
+    (0..partitions as i32)
+        .map(|p| {
+            // A partition the processor has just created may not have its
+            // leader yet (NotLeaderForPartition): ask again for a while.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match client.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+                    Ok(w) => break w,
+                    Err(e) if Instant::now() < deadline => {
+                        eprintln!("watermarks of {topic} [{p}]: {e}; asking again");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => panic!("watermarks of {topic} [{p}]: {e}"),
+                }
+            }
+        })
+        .collect()
 }
 
 /// A topic's configuration value as the broker describes it.
