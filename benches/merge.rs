@@ -42,8 +42,10 @@
 //! `TRIBUTARY_BENCH_KEYS=2000 valgrind --tool=callgrind --dump-instr=no
 //! --toggle-collect=merge::merge_one target/release/deps/merge-HASH --bench
 //! --profile-time 2 'apply\+resolve/lww/'`, then the inclusive cost and call
-//! count of `merge_one` as called from `MergeFixture::run` (the set-up's two
-//! rounds call it too).
+//! count of `merge_one` as called from `MergeFixture::run`
+//! (`callgrind_annotate --inclusive=yes --tree=caller`; the set-up's two
+//! rounds call it too). With `--profile-time 20` the timed calls outnumber
+//! the set-up's five to one, so the per-function profile is the steady state's.
 //!
 //! Run: `cargo bench -j2 --bench merge`; `TRIBUTARY_BENCH_KEYS=10000 cargo bench …`
 //! for a smaller state; `cargo bench -j2 --bench merge -- process/` for the
