@@ -226,13 +226,21 @@ fn ingest(db: &StateDb, keyspace: &Keyspace, r: &Restored) -> Result<(), StoreEr
         return Ok(());
     }
     let err = |source| StoreError::Db { path: db.path.clone(), source };
-    // By key, and in changelog order among a key's records (a stable sort).
-    let mut order: Vec<u32> = (0..r.records.len() as u32).collect();
-    order.sort_by(|a, b| r.key(*a as usize).cmp(r.key(*b as usize)));
+    // By key, and in changelog order among a key's records (a stable
+    // sort); the keys' first 16 bytes decide most comparisons without
+    // reading the buffer again.
+    let prefix = |key: &[u8]| {
+        let mut head = [0u8; 16];
+        let n = key.len().min(16);
+        head[..n].copy_from_slice(&key[..n]);
+        u128::from_be_bytes(head)
+    };
+    let mut order: Vec<(u128, u32)> = (0..r.records.len()).map(|i| (prefix(r.key(i)), i as u32)).collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| r.key(a.1 as usize).cmp(r.key(b.1 as usize))));
     let mut ingestion = keyspace.start_ingestion().map_err(err)?;
-    for (n, &i) in order.iter().enumerate() {
+    for (n, &(head, i)) in order.iter().enumerate() {
         let key = r.key(i as usize);
-        if order.get(n + 1).is_some_and(|&next| r.key(next as usize) == key) {
+        if order.get(n + 1).is_some_and(|&(h, next)| h == head && r.key(next as usize) == key) {
             continue; // a later record of the key follows
         }
         match r.value(i as usize) {
@@ -451,7 +459,6 @@ impl TaskStore {
     /// next commit as it is: the restore neither decodes nor re-encodes it.
     /// Only its header is checked here; the state decodes when first read.
     pub fn put_restored_bytes(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
-        let text = std::str::from_utf8(key).ok();
         if let Some(v) = value {
             crate::avro::state::check_state_header(v).map_err(|source| StoreError::Decode {
                 partition: self.partition,
@@ -459,10 +466,13 @@ impl TaskStore {
                 source,
             })?;
         }
-        if let Some(k) = text {
-            self.forget_clean(k);
-            self.encoded.remove(k);
-            self.cache.remove(k);
+        // Nothing is cached while a task opens: no lookups per record then.
+        if !(self.clean.is_empty() && self.encoded.is_empty() && self.cache.is_empty()) {
+            if let Ok(k) = std::str::from_utf8(key) {
+                self.forget_clean(k);
+                self.encoded.remove(k);
+                self.cache.remove(k);
+            }
         }
         self.restored.push(key, value);
         Ok(())
@@ -885,6 +895,28 @@ mod tests {
         assert_eq!(t.get("k0").unwrap(), Some(state(4)));
         assert_eq!(t.get("k1").unwrap(), None);
         assert_eq!(t.get("k2").unwrap(), Some(state(7)));
+    }
+
+    #[test]
+    fn a_restore_keeps_the_last_record_of_keys_sharing_long_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let mut t = db.task(0).unwrap();
+        let long = |i: u64| format!("{{\"id\":\"a shared prefix longer than sixteen bytes {i}\"}}");
+        let keys: Vec<String> = ["a", "a\0", "ab"].iter().map(|k| k.to_string()).chain((0..30).map(long)).collect();
+        // Each key three times, interleaved; the third value is the last.
+        for round in 1..=3 {
+            for (i, k) in keys.iter().enumerate() {
+                let gone = round == 3 && i % 7 == 0;
+                t.put_restored_bytes(k.as_bytes(), (!gone).then(|| encode_state(&state(round * 100 + i as u64))).as_deref())
+                    .unwrap();
+            }
+        }
+        t.commit(1).unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            let expected = (i % 7 != 0).then(|| state(300 + i as u64));
+            assert_eq!(t.get(k).unwrap(), expected, "key {k:?}");
+        }
     }
 
     #[test]
