@@ -14,16 +14,17 @@ use crate::config::{Config, Processing};
 /// Memory bounds of the Kafka clients, chosen on purpose (librdkafka's
 /// defaults suit a process that does nothing else; `[kafka.properties]`
 /// overrides each). The group consumer keeps at most this much prefetched
-/// (librdkafka: 64 MiB). 4 MiB is about 8 000 Debezium events, a few fetches
-/// of every partition ahead of the processing thread; at 16 MiB the prefetch
-/// and its fetch buffers held about 47 MB more of a 50 000-key run's peak
-/// (2026-12-02, 200 000 events) for no throughput.
+/// (librdkafka: 64 MiB): a cycle takes at most `max_cycle_bytes` (32 MiB) of
+/// state anyway, and 16 MiB still holds several fetches of every partition.
+/// 4 MiB took about 50 MB off a 50 000-key run's peak but cost 10-15 % of
+/// its events/s at less CPU per event (benches/e2e, 300 000 events,
+/// 2026-12-02), so the processing thread waited, most likely for fetches.
 /// The restore consumer keeps librdkafka's defaults: it reads one partition
 /// at a time, only while a task opens, and with a 16 MiB queue it restored at
 /// half the speed (`scripts/bench/restore`).
-pub(super) const CONSUMER_QUEUE_KBYTES: &str = "4096";
+pub(super) const CONSUMER_QUEUE_KBYTES: &str = "16384";
 /// Largest fetch response (librdkafka: 50 MiB), in line with the queue.
-pub(super) const FETCH_MAX_BYTES: &str = "4194304";
+pub(super) const FETCH_MAX_BYTES: &str = "16777216";
 /// The producer's queue (librdkafka: 1 GiB). A cycle's output, changelog and
 /// audit records wait here until the commit flushes them; a full queue makes
 /// `send` serve delivery reports and retry, so this bounds memory, not records.
