@@ -14,7 +14,7 @@
 //!   each (`100,500`): the interval bounds the latency, since output becomes
 //!   visible to `read_committed` readers only when its transaction commits;
 //! - `TRIBUTARY_BENCH_AUDIT`: `0` switches the conflict audit off;
-//! - `TRIBUTARY_BENCH_BIN`: the `tributary` binary to measure (default: the
+//! - `TRIBUTARY_BIN`: the `tributary` binary to measure (default: the
 //!   one cargo built beside this bench).
 //!
 //! Every event has a key of its own, so every event changes its key's state
@@ -212,8 +212,8 @@ fn start_tributary(broker: &Broker, group: &str, topics: &[String], output: &str
     let path = dir.join("latency.toml");
     std::fs::write(&path, config).unwrap();
     let log = std::fs::File::create(dir.join("latency.log")).unwrap();
-    // `TRIBUTARY_BENCH_BIN` measures another build (e.g. a clean checkout's).
-    let bin = std::env::var("TRIBUTARY_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tributary").to_string());
+    // `TRIBUTARY_BIN` measures another build (e.g. a clean checkout's).
+    let bin = std::env::var("TRIBUTARY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tributary").to_string());
     let child = Command::new(bin)
         .args(["run", "-c"])
         .arg(&path)
