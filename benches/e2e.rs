@@ -169,6 +169,9 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// The broker: given by `TRIBUTARY_TEST_BOOTSTRAP`, or started here and
 /// stopped on drop.
+#[path = "support/broker.rs"]
+mod broker;
+
 struct Broker {
     bootstrap: String,
     started_dir: Option<String>,
@@ -181,20 +184,9 @@ impl Broker {
             return Broker { bootstrap: b, started_dir: None, created_topics: Vec::new() };
         }
         eprintln!("starting a Kafka broker (scripts/kafka/kafka start)…");
-        let out = Command::new(root().join("scripts/kafka/kafka"))
-            .arg("start")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("scripts/kafka/kafka runs");
-        assert!(out.status.success(), "could not start a Kafka broker");
-        let text = String::from_utf8(out.stdout).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        eprintln!("broker in {} at {}", lines[0], lines.last().unwrap());
-        Broker {
-            bootstrap: lines.last().unwrap().trim().to_string(),
-            started_dir: Some(lines[0].to_string()),
-            created_topics: Vec::new(),
-        }
+        let (dir, bootstrap) = broker::start();
+        eprintln!("broker in {dir} at {bootstrap}");
+        Broker { bootstrap, started_dir: Some(dir), created_topics: Vec::new() }
     }
 
     fn admin(&self) -> AdminClient<DefaultClientContext> {
@@ -226,7 +218,7 @@ impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(dir) = &self.started_dir {
             eprintln!("stopping the broker in {dir}");
-            let _ = Command::new(root().join("scripts/kafka/kafka")).args(["stop", dir, "--rm"]).stdout(Stdio::null()).status();
+            broker::stop(dir);
         } else if !self.created_topics.is_empty() {
             // A shared development broker: leave it as it was.
             let names: Vec<&str> = self.created_topics.iter().map(String::as_str).collect();

@@ -24,7 +24,7 @@
 //! out (the group's first assignment and the producer's first transaction).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,16 +39,15 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
+#[path = "support/broker.rs"]
+mod broker;
+
 const SOURCES: [&str; 3] = ["eu", "us", "ap"];
 const PARTITIONS: i32 = 3;
 const WARM_UP: Duration = Duration::from_secs(1);
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The broker of `TRIBUTARY_TEST_BOOTSTRAP`, or one started here (stopped on drop).
@@ -62,15 +61,8 @@ impl Broker {
         if let Ok(b) = std::env::var("TRIBUTARY_TEST_BOOTSTRAP") {
             return Broker { bootstrap: b, started_dir: None };
         }
-        let out = Command::new(root().join("scripts/kafka/kafka"))
-            .arg("start")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("scripts/kafka/kafka runs");
-        assert!(out.status.success(), "could not start a Kafka broker");
-        let text = String::from_utf8(out.stdout).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        Broker { bootstrap: lines.last().unwrap().trim().to_string(), started_dir: Some(lines[0].to_string()) }
+        let (dir, bootstrap) = broker::start();
+        Broker { bootstrap, started_dir: Some(dir) }
     }
 
     fn create_topics(&self, topics: &[(String, &[(&str, &str)])]) {
@@ -92,7 +84,7 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(dir) = &self.started_dir {
-            let _ = Command::new(root().join("scripts/kafka/kafka")).args(["stop", dir, "--rm"]).stdout(Stdio::null()).status();
+            broker::stop(dir);
         }
     }
 }
