@@ -22,6 +22,33 @@ pub enum Causality {
     Concurrent,
 }
 
+/// Room for the relations of one event to each member of a version set,
+/// on the stack for the usual handful of members: an insert compares each
+/// member once and keeps the relations for its `retain` pass.
+pub(super) struct Relations {
+    stack: [Causality; Relations::ON_STACK],
+    heap: Vec<Causality>,
+}
+
+impl Relations {
+    const ON_STACK: usize = 8;
+
+    pub(super) fn new() -> Self {
+        Self { stack: [Causality::Concurrent; Self::ON_STACK], heap: Vec::new() }
+    }
+
+    /// A slice of `n` relations (initially `Concurrent`).
+    #[inline]
+    pub(super) fn of(&mut self, n: usize) -> &mut [Causality] {
+        if n <= Self::ON_STACK {
+            &mut self.stack[..n]
+        } else {
+            self.heap.resize(n, Causality::Concurrent);
+            &mut self.heap
+        }
+    }
+}
+
 /// A version vector (source name → counter), ordered pointwise.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]

@@ -9,6 +9,7 @@ use std::iter::Peekable;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::clock::Relations;
 use super::union::{present_elements, union_elements, union_value, write_union};
 use super::{
     assign_value, same_json, value_rank, Applied, ApplyReport, Causality, ChangeEvent, ColumnRule, CounterState, ElementSet,
@@ -503,15 +504,8 @@ impl MergeEngine {
         value: &Value,
     ) -> Insert {
         let e = Written { stamp: stamps.event, value };
-        const ON_STACK: usize = 8;
-        let mut stack = [Causality::Concurrent; ON_STACK];
-        let mut heap = Vec::new();
-        let relations: &mut [Causality] = if set.len() <= ON_STACK {
-            &mut stack[..set.len()]
-        } else {
-            heap.resize(set.len(), Causality::Concurrent);
-            &mut heap
-        };
+        let mut room = Relations::new();
+        let relations = room.of(set.len());
         for (w, relation) in set.iter().zip(relations.iter_mut()) {
             let v = stamps.written(w);
             *relation = rule_relation(rule, stamps.relation(w.stamp), v.stamp.source, v.value, e.stamp.source, value);

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use clock::Relations;
 pub use clock::{Causality, VersionVector};
 pub use counter::{CounterState, Delta, Refusal, Tally};
 use fields::Rendered;
@@ -372,15 +373,8 @@ impl MergeEngine {
     fn insert_into<T: Versioned + Slot>(&self, set: &mut Vec<T>, e: &mut T, order: impl Fn(&T, &T) -> Causality) -> Insert {
         // Each member is compared once: the relations are kept for the
         // `retain` below (on the stack for the usual handful of members).
-        const ON_STACK: usize = 8;
-        let mut stack = [Causality::Concurrent; ON_STACK];
-        let mut heap = Vec::new();
-        let relations: &mut [Causality] = if set.len() <= ON_STACK {
-            &mut stack[..set.len()]
-        } else {
-            heap.resize(set.len(), Causality::Concurrent);
-            &mut heap
-        };
+        let mut room = Relations::new();
+        let relations = room.of(set.len());
         for (v, relation) in set.iter().zip(relations.iter_mut()) {
             *relation = order(v, e);
             match *relation {
