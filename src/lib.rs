@@ -32,6 +32,6 @@ pub mod replay;
 mod retry;
 pub mod run;
 pub mod sink;
-mod store;
+pub mod store;
 pub mod time;
 mod transform;
