@@ -1,6 +1,7 @@
-//! A throw-away Kafka broker for the benches that need one when
-//! `TRIBUTARY_TEST_BOOTSTRAP` names none: started and stopped with the
-//! project's own `scripts/kafka/kafka` (included by `#[path]`, so each bench
+//! A throw-away Kafka broker for the benches and the integration tests
+//! (`tests/common/kafka.rs`) that need one when `TRIBUTARY_TEST_BOOTSTRAP`
+//! names none: started and stopped with the project's own
+//! `scripts/kafka/kafka` (included by `#[path]`, so each bench and test
 //! binary compiles its own copy of these two functions).
 
 use std::path::PathBuf;

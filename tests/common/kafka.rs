@@ -40,17 +40,13 @@ pub fn bootstrap() -> String {
         .clone()
 }
 
+/// Starting and stopping a throw-away broker, shared with the benches.
+#[path = "../../benches/support/broker.rs"]
+mod broker;
+
 /// Starts a broker with `scripts/kafka/kafka start`: its directory and bootstrap address.
 fn start_broker() -> (String, String) {
-    let out = Command::new(root().join("scripts/kafka/kafka"))
-        .arg("start")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("scripts/kafka/kafka runs");
-    assert!(out.status.success(), "could not start a Kafka broker");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    (lines[0].to_string(), lines.last().unwrap().to_string())
+    broker::start()
 }
 
 /// A name no other test (or earlier run) uses.
@@ -509,12 +505,7 @@ impl OwnedBroker {
 
 impl Drop for OwnedBroker {
     fn drop(&mut self) {
-        let _ = Command::new(root().join("scripts/kafka/kafka"))
-            .arg("stop")
-            .arg(&self.dir)
-            .arg("--rm")
-            .stderr(Stdio::null())
-            .status();
+        broker::stop(&self.dir.to_string_lossy());
         if let Some(mut child) = self.relaunched.take() {
             let _ = child.kill();
             let _ = child.wait();
