@@ -7,9 +7,17 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value as Avro;
 use apache_avro::writer::datum::GenericDatumWriter;
 use proptest::prelude::*;
+use serde::Serialize;
 use serde_json::json;
 
+use super::encode::{
+    op_index, write_array, write_clock, write_counter, write_field_version, write_op, write_optional_row, write_version,
+};
 use super::*;
+use crate::avro::binary::{write_len, write_long, write_str};
+use crate::merge::{
+    CounterState, Delta, ElementVersions, FieldState, FieldVersion, KeyState, Op, Row, Tally, Version, VersionVector,
+};
 
 // --- Fixtures -----------------------------------------------------------
 
