@@ -1,0 +1,262 @@
+//! Applying an event to a key's `field-lww` state: the row-existence
+//! register, each written column's set of writes under its rule, and the
+//! stamps of the events behind them.
+
+use std::cmp::Ordering;
+
+use serde_json::Value;
+
+use super::{seek, settle_stamps, ColumnWrite, FieldState, StampRef, Stamps, Written};
+use crate::merge::clock::Relations;
+use crate::merge::{
+    assign_value, same_json, value_rank, Applied, ApplyReport, Causality, ChangeEvent, ColumnRule, Insert, KeyState, MergeEngine,
+    Op, Row, Version, VersionVector,
+};
+
+impl MergeEngine {
+    /// The columns with rule `counter`.
+    pub(in crate::merge) fn counter_columns(&self) -> impl Iterator<Item = &str> {
+        self.settings.columns.iter().filter(|(_, r)| **r == ColumnRule::Counter).map(|(c, _)| c.as_str())
+    }
+
+    /// `field-lww`: the row-existence register plus one set of writes per column.
+    pub(in crate::merge) fn apply_fields(&self, state: &mut KeyState, event: ChangeEvent) -> ApplyReport {
+        let mut foreign_owner_writes = 0;
+        // Counter columns are decided first, from the state as it is: a
+        // refused event changes nothing.
+        let mut counter_writes = Vec::new();
+        if self.settings.columns.values().any(|r| *r == ColumnRule::Counter) {
+            let empty = FieldState::default();
+            let fields = state.fields.as_ref().unwrap_or(&empty);
+            for column in self.counter_columns() {
+                match self.counter_write(fields, column, &event) {
+                    Ok(write) => counter_writes.push((column, write)),
+                    Err(refusal) => {
+                        return ApplyReport { applied: Applied::Refused, foreign_owner_writes: 0, refused: Some(refusal) };
+                    }
+                }
+            }
+        }
+        let fields = state.fields.get_or_insert_with(FieldState::default);
+        let mut fields_changed = false;
+        match event.op {
+            Op::Delete => {
+                // Every delete clock is recorded, stale at row level or not, so
+                // the set of delete clocks converges like everything else.
+                if !fields.cleared.iter().any(|c| matches!(c.causality(&event.vv), Causality::After | Causality::Equal)) {
+                    fields.cleared.retain(|c| c.causality(&event.vv) != Causality::Before);
+                    fields.cleared.push(event.vv.clone());
+                    fields.cleared.sort_by_key(VersionVector::to_json);
+                    fields_changed = true;
+                }
+            }
+            Op::Upsert => {
+                if let Some(row) = &event.row {
+                    let (changed, foreign) = self.write_columns(fields, &event, row);
+                    fields_changed |= changed;
+                    foreign_owner_writes += foreign;
+                }
+            }
+        }
+        for (column, write) in counter_writes {
+            fields_changed |= self.apply_counter(fields, column, &event, write);
+            fields_changed |= self.compact_counter(fields, column);
+        }
+        let version = Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row };
+        let applied = match self.insert(&mut state.versions, version) {
+            Insert::Added => Applied::Changed,
+            _ if fields_changed => Applied::Changed,
+            Insert::Duplicate => Applied::Duplicate,
+            Insert::Stale => Applied::Stale,
+        };
+        let fresh = state.fields.as_ref().is_some_and(|f| f.rendered.engine == self.id && f.rendered.row.is_some());
+        if applied == Applied::Changed || !fresh {
+            self.rerender(state);
+        }
+        ApplyReport { applied, foreign_owner_writes, refused: None }
+    }
+
+    /// Writes the columns an upsert changed (all of them for a full image)
+    /// into the column state. Returns whether the state changed and how
+    /// many of the writes were foreign writes to `owner` columns.
+    ///
+    /// The event is compared with each stored stamp once, up front; each
+    /// column then only looks up how its writes' events relate to it.
+    fn write_columns(&self, fields: &mut FieldState, event: &ChangeEvent, row: &Row) -> (bool, u32) {
+        let (mut changed_any, mut foreign_owner_writes) = (false, 0);
+        let FieldState { stamps, fields: columns, sets, .. } = fields;
+        let me = StampRef { source: &event.source, vv: &event.vv, ts: event.ts };
+        const ON_STACK: usize = 16;
+        let mut stack = [Causality::Concurrent; ON_STACK];
+        let mut heap = Vec::new();
+        let relations: &mut [Causality] = if stamps.len() <= ON_STACK {
+            &mut stack[..stamps.len()]
+        } else {
+            heap.resize(stamps.len(), Causality::Concurrent);
+            &mut heap
+        };
+        let mut event_id = stamps.len();
+        for (i, (stamp, relation)) in stamps.iter().zip(relations.iter_mut()).enumerate() {
+            *relation = stamp.vv.causality(&event.vv);
+            if *relation == Causality::Equal && stamp.ts == event.ts && stamp.source == event.source {
+                event_id = i;
+            }
+        }
+        let ctx = Stamps { stored: stamps, event: me, event_id, relations };
+        // The row, the rules and the column map are all sorted by column
+        // name: walked together, no column is looked up.
+        let mut rules = self.settings.columns.iter().peekable();
+        let mut known = columns.iter_mut().peekable();
+        let mut new_columns = Vec::new();
+        for (name, value) in row {
+            let changed = event.full_image || event.before.as_ref().is_none_or(|before| before.get(name) != Some(value));
+            if !changed {
+                continue;
+            }
+            let rule = seek(&mut rules, name);
+            if rule == Some(&ColumnRule::Counter) {
+                continue; // by the caller
+            }
+            if rule == Some(&ColumnRule::Union) {
+                let before = if event.full_image { None } else { event.before.as_ref().and_then(|b| b.get(name)) };
+                let set = match sets.get_mut(name) {
+                    Some(set) => set,
+                    None => sets.entry(name.clone()).or_default(),
+                };
+                let (operations, changed) = self.apply_union(set, &ctx, before, value);
+                changed_any |= changed;
+                if operations {
+                    continue;
+                }
+                // The write added and removed nothing (`[]`, null, a
+                // reordering): it still says the column exists, so it is
+                // kept as a plain write, shown while no set operation is
+                // visible. Else a row whose base lacks the column would lose it.
+            }
+            match seek(&mut known, name) {
+                Some(writes) => {
+                    let (added, foreign) = self.write_column(writes, &ctx, rule, value);
+                    changed_any |= added;
+                    foreign_owner_writes += u32::from(foreign);
+                }
+                None => new_columns.push((name, rule, value)),
+            }
+        }
+        drop(known);
+        for (name, rule, value) in new_columns {
+            let writes = columns.entry(name.clone()).or_default();
+            let (added, foreign) = self.write_column(writes, &ctx, rule, value);
+            changed_any |= added;
+            foreign_owner_writes += u32::from(foreign);
+        }
+        settle_stamps(stamps, columns, sets, me, event_id);
+        (changed_any, foreign_owner_writes)
+    }
+
+    /// Inserts one column write (the event's, with `value`) into the
+    /// column's set of writes under its rule. Returns whether the set
+    /// changed, and whether that write was a foreign write to an `owner`
+    /// column (counted once: a redelivery is a duplicate).
+    fn write_column(
+        &self,
+        set: &mut Vec<ColumnWrite>,
+        stamps: &Stamps<'_>,
+        rule: Option<&ColumnRule>,
+        value: &Value,
+    ) -> (bool, bool) {
+        // A row-stale event's column writes still apply: a later version
+        // that did not change this column does not carry this write, so
+        // dropping it would depend on arrival order.
+        let foreign = matches!(rule, Some(ColumnRule::Owner { source }) if *source != stamps.event.source);
+        // Plain writes of a `union` column are ordered by their clocks alone.
+        let rule = rule.filter(|r| **r != ColumnRule::Union);
+        let added = self.insert_column_write(set, stamps, rule, value) == Insert::Added;
+        (added, added && foreign)
+    }
+
+    /// [`insert_into`](Self::insert_into) for a column's writes: the same
+    /// antichain, with each write's clock relation to the event looked up
+    /// rather than computed.
+    pub(in crate::merge) fn insert_column_write(
+        &self,
+        set: &mut Vec<ColumnWrite>,
+        stamps: &Stamps<'_>,
+        rule: Option<&ColumnRule>,
+        value: &Value,
+    ) -> Insert {
+        let e = Written { stamp: stamps.event, value };
+        let mut room = Relations::new();
+        let relations = room.of(set.len());
+        for (w, relation) in set.iter().zip(relations.iter_mut()) {
+            let v = stamps.written(w);
+            *relation = rule_relation(rule, stamps.relation(w.stamp), v.stamp.source, v.value, e.stamp.source, value);
+            match *relation {
+                Causality::After => return Insert::Stale,
+                Causality::Equal if self.equal_clock_cmp(&v, &e) != Ordering::Less => {
+                    return if same_json(v.value, value) { Insert::Duplicate } else { Insert::Stale };
+                }
+                _ => {}
+            }
+        }
+        let superseded = |r: &Causality| matches!(r, Causality::Before | Causality::Equal);
+        let mut at = match relations.iter().position(superseded) {
+            Some(first) => {
+                set[first].stamp = stamps.event_id;
+                assign_value(&mut set[first].value, value);
+                let mut relation = relations.iter().enumerate();
+                set.retain(|_| relation.next().is_some_and(|(i, r)| i == first || !superseded(r)));
+                first
+            }
+            None => {
+                set.push(ColumnWrite { stamp: stamps.event_id, value: value.clone() });
+                set.len() - 1
+            }
+        };
+        // The other writes are in order (winner first, and `retain` kept
+        // it); the new one moves to its place. Cheaper than a sort.
+        let wins = |a: &ColumnWrite, b: &ColumnWrite| self.lww_cmp(&stamps.written(a), &stamps.written(b)) == Ordering::Greater;
+        while at > 0 && wins(&set[at], &set[at - 1]) {
+            set.swap(at, at - 1);
+            at -= 1;
+        }
+        while at + 1 < set.len() && wins(&set[at + 1], &set[at]) {
+            set.swap(at, at + 1);
+            at += 1;
+        }
+        Insert::Added
+    }
+}
+
+/// How a stored write `v` of a column relates to a new write `e` of it
+/// under the column's rule, given how their clocks relate.
+fn rule_relation(
+    rule: Option<&ColumnRule>,
+    clocks: Causality,
+    v_source: &str,
+    v_value: &Value,
+    e_source: &str,
+    e_value: &Value,
+) -> Causality {
+    match rule {
+        None => clocks,
+        // Every rule keeps concurrent writes apart: no need to look further.
+        Some(_) if clocks == Causality::Concurrent => Causality::Concurrent,
+        // Owner and non-owner writes are kept apart: a non-owner write that
+        // saw the owner's must not displace it.
+        Some(ColumnRule::Owner { source }) if (v_source == source) != (e_source == source) => Causality::Concurrent,
+        Some(ColumnRule::Owner { .. }) => clocks,
+        // Additions and removals of one element each form an antichain;
+        // different elements are unrelated.
+        Some(ColumnRule::Union) if !same_json(v_value, e_value) => Causality::Concurrent,
+        Some(ColumnRule::Union | ColumnRule::Counter) => clocks,
+        // A write is redundant when a causally later (or equal) write holds
+        // a value at least as good: whenever a delete hides the later one it
+        // hides the earlier one too.
+        Some(rule @ (ColumnRule::Max | ColumnRule::Min)) => match (clocks, value_rank(rule, v_value, e_value)) {
+            (Causality::Equal, Ordering::Equal) => Causality::Equal,
+            (Causality::After | Causality::Equal, Ordering::Greater | Ordering::Equal) => Causality::After,
+            (Causality::Before | Causality::Equal, Ordering::Less | Ordering::Equal) => Causality::Before,
+            _ => Causality::Concurrent,
+        },
+    }
+}
