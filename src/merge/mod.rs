@@ -316,16 +316,36 @@ impl MergeEngine {
     /// canonical content. `Greater` means `a` wins.
     #[inline]
     fn lww_cmp<T: Versioned>(&self, a: &T, b: &T) -> Ordering {
-        a.ts()
-            .cmp(&b.ts())
-            .then_with(|| self.priority(a.source()).cmp(&self.priority(b.source())))
-            .then_with(|| b.source().cmp(a.source()))
-            .then_with(|| a.vv().get(a.source()).cmp(&b.vv().get(b.source())))
+        // Commit times almost always differ: that much inline, the rest not.
+        match a.ts().cmp(&b.ts()) {
+            Ordering::Equal => self.lww_tie(a, b),
+            decided => decided,
+        }
+    }
+
+    /// [`lww_cmp`](Self::lww_cmp) between two members with equal commit times.
+    #[inline(never)]
+    fn lww_tie<T: Versioned>(&self, a: &T, b: &T) -> Ordering {
+        self.lww_event_cmp((a.ts(), a.source(), a.vv()), (b.ts(), b.source(), b.vv()))
             .then_with(|| a.content_json().cmp(&b.content_json()))
             // Beyond the design's order: two distinct versions of one set can
             // agree on all of the above in carried mode; the clock decides, so
             // the order is total and set order never depends on arrival.
             .then_with(|| a.vv().to_json().cmp(&b.vv().to_json()))
+    }
+
+    /// The part of the `lww` order that the writing events decide: commit
+    /// time, priority, source name, own clock entry. `Equal` leaves it to
+    /// the content (and then the clock).
+    fn lww_event_cmp(
+        &self,
+        (a_ts, a, a_vv): (i64, &str, &VersionVector),
+        (b_ts, b, b_vv): (i64, &str, &VersionVector),
+    ) -> Ordering {
+        a_ts.cmp(&b_ts)
+            .then_with(|| self.priority(a).cmp(&self.priority(b)))
+            .then_with(|| b.cmp(a))
+            .then_with(|| a_vv.get(a).cmp(&b_vv.get(b)))
     }
 
     /// The order of the configured row policy. `Greater` means `a` wins.

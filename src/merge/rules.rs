@@ -6,6 +6,8 @@ use std::cmp::Ordering;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::same_json;
+
 /// How one column resolves under `field-lww` (`[merge.columns]`); a column
 /// without a rule takes its latest write by the `lww` order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,7 +141,9 @@ pub(super) fn value_cmp(a: &Value, b: &Value) -> Ordering {
                 (None, Some(_), Some(_), _) => Ordering::Greater,
                 _ => x.as_f64().unwrap_or(f64::NAN).total_cmp(&y.as_f64().unwrap_or(f64::NAN)),
             };
-            by_value.then_with(text)
+            // Equal JSON text needs no serializing (the usual case when a
+            // source rewrites a column with its value unchanged).
+            by_value.then_with(|| if same_json(a, b) { Ordering::Equal } else { text() })
         }
         (Value::String(x), Value::String(y)) => x.cmp(y),
         _ => kind(a).cmp(&kind(b)).then_with(text),

@@ -246,6 +246,9 @@ pub(super) struct Stamps<'a> {
     /// commit time, else `stored.len()` (stored when the event is done).
     event_id: usize,
     relations: &'a [Causality],
+    /// How the event ranks against each stored stamp in the `lww` order,
+    /// as far as the events decide it ([`MergeEngine::lww_event_cmp`]).
+    ranks: &'a [Ordering],
 }
 
 impl<'a> Stamps<'a> {
@@ -266,6 +269,14 @@ impl<'a> Stamps<'a> {
     /// How the write's event relates to the event being applied.
     fn relation(&self, id: usize) -> Causality {
         self.relations.get(id).copied().unwrap_or(Causality::Equal)
+    }
+
+    /// How the event's write of a column ranks against the write with
+    /// stamp `id` in the `lww` order, as far as their events decide it
+    /// (`Greater`: the event's write comes first); `Equal` when the values
+    /// must decide, as between two writes of the event itself.
+    fn rank(&self, id: usize) -> Ordering {
+        self.ranks.get(id).copied().unwrap_or(Ordering::Equal)
     }
 }
 

@@ -87,22 +87,24 @@ impl MergeEngine {
         let FieldState { stamps, fields: columns, sets, .. } = fields;
         let me = StampRef { source: &event.source, vv: &event.vv, ts: event.ts };
         const ON_STACK: usize = 16;
-        let mut stack = [Causality::Concurrent; ON_STACK];
-        let mut heap = Vec::new();
-        let relations: &mut [Causality] = if stamps.len() <= ON_STACK {
-            &mut stack[..stamps.len()]
+        let (mut stack, mut stack_ranks) = ([Causality::Concurrent; ON_STACK], [Ordering::Equal; ON_STACK]);
+        let (mut heap, mut heap_ranks) = (Vec::new(), Vec::new());
+        let (relations, ranks): (&mut [Causality], &mut [Ordering]) = if stamps.len() <= ON_STACK {
+            (&mut stack[..stamps.len()], &mut stack_ranks[..stamps.len()])
         } else {
             heap.resize(stamps.len(), Causality::Concurrent);
-            &mut heap
+            heap_ranks.resize(stamps.len(), Ordering::Equal);
+            (&mut heap, &mut heap_ranks)
         };
         let mut event_id = stamps.len();
-        for (i, (stamp, relation)) in stamps.iter().zip(relations.iter_mut()).enumerate() {
+        for (i, (stamp, (relation, rank))) in stamps.iter().zip(relations.iter_mut().zip(ranks.iter_mut())).enumerate() {
             *relation = stamp.vv.causality(&event.vv);
             if *relation == Causality::Equal && stamp.ts == event.ts && stamp.source == event.source {
                 event_id = i;
             }
+            *rank = self.lww_event_cmp((me.ts, me.source, me.vv), (stamp.ts, &stamp.source, &stamp.vv));
         }
-        let ctx = Stamps { stored: stamps, event: me, event_id, relations };
+        let ctx = Stamps { stored: stamps, event: me, event_id, relations, ranks };
         // The row, the rules and the column map are all sorted by column
         // name: walked together, no column is looked up.
         let mut rules = self.settings.columns.iter().peekable();
@@ -184,27 +186,41 @@ impl MergeEngine {
         rule: Option<&ColumnRule>,
         value: &Value,
     ) -> Insert {
-        let e = Written { stamp: stamps.event, value };
+        // Each member is compared once: the relations are kept for the
+        // `retain` below (on the stack for the usual handful of members).
         let mut room = Relations::new();
         let relations = room.of(set.len());
+        let mut superseded = 0;
         for (w, relation) in set.iter().zip(relations.iter_mut()) {
-            let v = stamps.written(w);
-            *relation = rule_relation(rule, stamps.relation(w.stamp), v.stamp.source, v.value, e.stamp.source, value);
+            let clocks = stamps.relation(w.stamp);
+            *relation = match rule {
+                None => clocks,
+                // Every rule keeps concurrent writes apart.
+                Some(_) if clocks == Causality::Concurrent => Causality::Concurrent,
+                Some(_) => rule_relation(rule, clocks, stamps.get(w.stamp).source, &w.value, stamps.event.source, value),
+            };
             match *relation {
                 Causality::After => return Insert::Stale,
-                Causality::Equal if self.equal_clock_cmp(&v, &e) != Ordering::Less => {
-                    return if same_json(v.value, value) { Insert::Duplicate } else { Insert::Stale };
+                Causality::Equal => {
+                    let (v, e) = (stamps.written(w), Written { stamp: stamps.event, value });
+                    if self.equal_clock_cmp(&v, &e) != Ordering::Less {
+                        return if same_json(v.value, value) { Insert::Duplicate } else { Insert::Stale };
+                    }
+                    superseded += 1;
                 }
-                _ => {}
+                Causality::Before => superseded += 1,
+                Causality::Concurrent => {}
             }
         }
-        let superseded = |r: &Causality| matches!(r, Causality::Before | Causality::Equal);
-        let mut at = match relations.iter().position(superseded) {
+        let is_superseded = |r: &Causality| matches!(r, Causality::Before | Causality::Equal);
+        let mut at = match relations.iter().position(is_superseded) {
             Some(first) => {
                 set[first].stamp = stamps.event_id;
                 assign_value(&mut set[first].value, value);
-                let mut relation = relations.iter().enumerate();
-                set.retain(|_| relation.next().is_some_and(|(i, r)| i == first || !superseded(r)));
+                if superseded > 1 {
+                    let mut relation = relations.iter().enumerate();
+                    set.retain(|_| relation.next().is_some_and(|(i, r)| i == first || !is_superseded(r)));
+                }
                 first
             }
             None => {
@@ -213,13 +229,18 @@ impl MergeEngine {
             }
         };
         // The other writes are in order (winner first, and `retain` kept
-        // it); the new one moves to its place. Cheaper than a sort.
-        let wins = |a: &ColumnWrite, b: &ColumnWrite| self.lww_cmp(&stamps.written(a), &stamps.written(b)) == Ordering::Greater;
-        while at > 0 && wins(&set[at], &set[at - 1]) {
+        // it); the new one moves to its place. Cheaper than a sort. How it
+        // ranks against another write is mostly decided by their events,
+        // compared once per event; the values decide the rest.
+        let wins = |other: &ColumnWrite, new: &ColumnWrite| match stamps.rank(other.stamp) {
+            Ordering::Equal => self.lww_cmp(&stamps.written(new), &stamps.written(other)),
+            decided => decided,
+        };
+        while at > 0 && wins(&set[at - 1], &set[at]) == Ordering::Greater {
             set.swap(at, at - 1);
             at -= 1;
         }
-        while at + 1 < set.len() && wins(&set[at + 1], &set[at]) {
+        while at + 1 < set.len() && wins(&set[at + 1], &set[at]) == Ordering::Less {
             set.swap(at, at + 1);
             at += 1;
         }
