@@ -105,6 +105,7 @@ fn basic_auth_credentials_are_sent_and_a_refusal_is_retriable() {
     // the processor pauses and retries rather than dead-lettering.
     assert!(e.is_retriable(), "{e}");
     assert!(e.to_string().contains("401"), "{e}");
+    assert_eq!(e.failure().status, Some(401), "{e:?}");
 }
 
 #[test]
@@ -136,7 +137,7 @@ fn tls_with_a_private_ca_and_mutual_tls() {
     // A key file that is not PEM is a start-up error naming the setting.
     let mut bad = with_cert.clone();
     bad.key_location = Some(path(&certs, "ca.pem"));
-    let e = Registry::new(&bad).unwrap_err();
+    let e = Registry::new(&bad).unwrap_err().to_string();
     assert!(e.contains("schema_registry.certificate_location/key_location"), "{e}");
 }
 
@@ -150,12 +151,15 @@ fn timeouts_unknown_ids_and_several_urls() {
 
     // An unknown id is the record's fault, named as such.
     match registry.schema(id + 1000) {
-        Err(RegistryError::NotFound(d)) => assert!(d.contains(&format!("{}", id + 1000)), "{d}"),
+        Err(RegistryError::NotFound(d)) => {
+            assert!(d.detail().contains(&format!("{}", id + 1000)), "{d}");
+            assert_eq!((d.schema_id, d.status), (Some(id + 1000), Some(404)), "{d:?}");
+        }
         other => panic!("expected NotFound, got {other:?}"),
     }
     let framed = tributary::avro::registry::frame(id + 1000, &[2]);
     match registry.decode(&framed) {
-        Err(RegistryError::NotFound(d)) => assert!(d.contains(&format!("unknown schema id {}", id + 1000)), "{d}"),
+        Err(RegistryError::NotFound(d)) => assert!(d.detail().contains(&format!("unknown schema id {}", id + 1000)), "{d}"),
         other => panic!("expected NotFound, got {other:?}"),
     }
 

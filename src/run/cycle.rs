@@ -201,7 +201,7 @@ impl Worker {
     pub(super) fn abort(&mut self, consumer: &GroupConsumer, error: KafkaError) -> Result<(), RunError> {
         if let KafkaError::Transaction(rd) = &error {
             if rd.is_fatal() {
-                return Err(RunError::Fatal(error.to_string()));
+                return Err(RunError::Fatal { source: error });
             }
         }
         self.abort_cycle(consumer, &error.to_string())
@@ -214,8 +214,8 @@ impl Worker {
         self.failed_cycles = self.failed_cycles.saturating_add(1);
         self.cycle_bytes = 0;
         if self.exactly_once && self.txn_open {
-            if let Err(e) = self.abort_transaction(TIMEOUT) {
-                return Err(RunError::Fatal(format!("abort after `{why}` failed: {e}")));
+            if let Err(source) = self.abort_transaction(TIMEOUT) {
+                return Err(RunError::AbortFailed { why: why.to_string(), source });
             }
         }
         self.take_delivery_failures();
@@ -285,12 +285,8 @@ impl Worker {
                 Offset::Offset(o) => Offset::Offset(o),
                 // No offset committed yet: auto.offset.reset (earliest).
                 Offset::Invalid => Offset::Beginning,
-                other => {
-                    return Err(RunError::Topics(format!(
-                        "unexpected committed offset {other:?} for {} partition {}",
-                        el.topic(),
-                        el.partition()
-                    )))
+                offset => {
+                    return Err(RunError::CommittedOffset { topic: el.topic().to_string(), partition: el.partition(), offset })
                 }
             };
             consumer

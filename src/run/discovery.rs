@@ -68,8 +68,7 @@ impl Worker {
         if new.is_empty() {
             return Ok(());
         }
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| RunError::Config("table discovery needs the tokio runtime".into()))?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(RunError::NoRuntime)?;
         let kafka = Probe::new(&self.config)?;
         let mut added = Vec::new();
         for table in new {

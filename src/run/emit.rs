@@ -27,7 +27,7 @@ impl Worker {
         self.cycle_events += 1;
         let partition = msg.partition();
         let Some(route) = self.routes.get(msg.topic()) else {
-            return Err(RunError::Assignment(format!("received {} partition {partition}, a topic of no table", msg.topic())));
+            return Err(RunError::UnknownTopic { topic: msg.topic().to_string(), partition });
         };
         let (ti, source_label, rekey) = (route.table, route.source.clone(), route.rekey.is_some());
         RecordConsumed { table: &self.tables[ti].name, source: &source_label }.emit(&self.metrics, &mut self.counters);
@@ -53,11 +53,7 @@ impl Worker {
         }
         let table = &mut self.tables[ti];
         let Some(task) = table.tasks.get_mut(&partition) else {
-            return Err(RunError::Assignment(format!(
-                "received {} partition {partition} but task {partition} of table {} is not open",
-                msg.topic(),
-                table.name
-            )));
+            return Err(RunError::TaskNotOpen { topic: msg.topic().to_string(), partition, table: table.name.clone() });
         };
         let step = table.pipeline.process(&record, task);
         let table_name = table.name.clone();
@@ -160,14 +156,15 @@ impl Worker {
             // The registry is unavailable: not the record's fault. The
             // cycle is aborted and the record comes back after a wait.
             Err(ProcessError::Rejected(e)) if e.reason.is_retriable() => {
+                let (topic, offset) = (msg.topic().to_string(), msg.offset());
                 return Err(match e.reason {
                     DeadLetterReason::Output(error) => {
                         RegistryUnavailable { call: RegistryCall::Register }.emit(&self.metrics);
-                        RunError::RegistryUnavailable(error.to_string())
+                        RunError::RegistryUnavailable { topic, partition, offset, source: Box::new(error) }
                     }
                     _ => {
                         RegistryUnavailable { call: RegistryCall::Decode }.emit(&self.metrics);
-                        RunError::RegistryUnavailable(e.to_string())
+                        RunError::RegistryUnavailable { topic, partition, offset, source: e }
                     }
                 });
             }

@@ -48,9 +48,9 @@ impl TableLayout {
 pub(super) fn plan_partitions(table: &TableConfig, counts: &BTreeMap<String, i32>) -> Result<(i32, Vec<usize>), RunError> {
     let count = |s: &crate::config::SourceConfig| counts.get(&s.topic).copied().unwrap_or(0);
     let never: BTreeSet<i32> = table.sources.iter().filter(|s| s.repartition == Repartition::Never).map(count).collect();
-    let listing = || table.sources.iter().map(|s| format!("{}: {} partitions", s.topic, count(s))).collect::<Vec<_>>().join(", ");
+    let listing = || RunError::CoPartitioning { counts: table.sources.iter().map(|s| (s.topic.clone(), count(s))).collect() };
     if never.len() > 1 {
-        return Err(RunError::CoPartitioning(listing()));
+        return Err(listing());
     }
     let partitions = match never.first() {
         Some(n) => *n,
@@ -69,7 +69,7 @@ pub(super) fn plan_partitions(table: &TableConfig, counts: &BTreeMap<String, i32
     for (i, s) in table.sources.iter().enumerate() {
         let differs = count(s) != partitions;
         match s.repartition {
-            Repartition::Never if differs => return Err(RunError::CoPartitioning(listing())),
+            Repartition::Never if differs => return Err(listing()),
             Repartition::Always => rekeyed.push(i),
             Repartition::Auto if differs => rekeyed.push(i),
             _ => {}

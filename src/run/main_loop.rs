@@ -40,10 +40,10 @@ pub(super) fn main_loop(
                 // A produce failure (e.g. the transaction entered an abortable
                 // state): abort, rewind and go on; `abort` stops on fatal ones.
                 Err(RunError::Kafka { source, .. }) => w.abort(consumer, source),
-                Err(RunError::RegistryUnavailable(why)) => w.registry_wait(consumer, &why, shutdown),
+                Err(RunError::RegistryUnavailable { source, .. }) => w.registry_wait(consumer, &source.to_string(), shutdown),
                 other => other,
             },
-            Some(Err(e)) if is_fatal_consumer_error(&e) => Err(RunError::Fatal(format!("consumer: {e}"))),
+            Some(Err(e)) if is_fatal_consumer_error(&e) => Err(RunError::FatalConsumer { source: e }),
             Some(Err(e)) => {
                 tracing::warn!("consumer: {e}");
                 Ok(())

@@ -34,7 +34,7 @@ pub mod topics;
 /// librdkafka's expected conditions at DEBUG (shared with sink and load).
 pub use crate::kafka::quiet;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use quiet::QuietContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -82,12 +82,88 @@ pub enum RunError {
     },
     /// Sources that must not be repartitioned have different partition counts.
     #[error(
-        "co-partitioning violated: sources with repartition = \"never\" must all have the table's partition count so that key k lives in partition p of every source; let Tributary re-key the others (repartition = \"auto\") ({0})"
+        "co-partitioning violated: sources with repartition = \"never\" must all have the table's partition count so that key k lives in partition p of every source; let Tributary re-key the others (repartition = \"auto\") ({})",
+        topics::partition_listing(.counts)
     )]
-    CoPartitioning(String),
-    /// A topic is missing or misconfigured.
-    #[error("{0}")]
-    Topics(String),
+    CoPartitioning {
+        /// Each source topic and its partition count.
+        counts: Vec<(String, i32)>,
+    },
+    /// An existing output, changelog, dead-letter or audit topic has another
+    /// partition count than the source topics.
+    #[error("{role} topic {topic} has {partitions} partitions, the source topics have {expected}: partition p of the output must belong to task p")]
+    TopicPartitions {
+        /// "output", "changelog", "dead-letter", ...
+        role: &'static str,
+        /// The topic.
+        topic: String,
+        /// Its partition count.
+        partitions: i32,
+        /// The source topics' partition count.
+        expected: i32,
+    },
+    /// A topic that must be compacted is not.
+    #[error("{role} topic {topic} has cleanup.policy={policy}; it must be compacted (cleanup.policy=compact)")]
+    NotCompacted {
+        /// "output", "changelog", ...
+        role: &'static str,
+        /// The topic.
+        topic: String,
+        /// Its `cleanup.policy`.
+        policy: String,
+    },
+    /// The changelog topic also deletes by time.
+    #[error("changelog topic {topic} has cleanup.policy={policy}; it must be compact only (with delete, retention removes states that were never superseded)")]
+    ChangelogDeletes {
+        /// The changelog topic.
+        topic: String,
+        /// Its `cleanup.policy`.
+        policy: String,
+    },
+    /// The broker refused to create a topic.
+    #[error("cannot create {role} topic {topic}: {code}")]
+    CreateTopic {
+        /// "output", "changelog", ...
+        role: &'static str,
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        #[source]
+        code: RDKafkaErrorCode,
+    },
+    /// A topic Tributary created does not show in the broker's metadata.
+    #[error("topic {topic} was created but is not in the broker's metadata after {} s", .waited.as_secs())]
+    NotInMetadata {
+        /// The topic.
+        topic: String,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+    /// The cluster id, part of a changelog's identity, could not be read.
+    #[error("could not read the cluster id while checking topic {topic}")]
+    ClusterId {
+        /// The topic being checked.
+        topic: String,
+    },
+    /// The topic id, part of a changelog's identity, could not be read.
+    #[error("describe topic {topic}: {source}")]
+    DescribeTopic {
+        /// The topic.
+        topic: String,
+        /// Why DescribeTopics gave no id.
+        #[source]
+        source: topics::DescribeError,
+    },
+    /// The group's committed offset of a partition is neither an offset nor unset.
+    #[error("unexpected committed offset {offset:?} for {topic} partition {partition}")]
+    CommittedOffset {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// What the group holds.
+        offset: rdkafka::Offset,
+    },
     /// Source topics that do not exist (yet).
     #[error("source topic(s) do not exist: {}{}", topics.join(", "), bootstrap.as_ref().map(|b| format!(" (bootstrap servers {b})")).unwrap_or_default())]
     SourcesMissing {
@@ -104,6 +180,13 @@ pub enum RunError {
         #[source]
         source: crate::avro::registry::RegistryError,
     },
+    /// The schema registry client could not be built from `[schema_registry]`.
+    #[error("{0}")]
+    RegistryClient(#[source] crate::avro::registry::ClientError),
+    /// An Avro source or output without `[schema_registry]` (caught here
+    /// when the configuration was built in code rather than loaded and validated).
+    #[error("[schema_registry] is required for Avro")]
+    NoRegistry,
     /// The admin port could not listen.
     #[error("admin.listen {listen}: {source}")]
     Admin {
@@ -113,22 +196,98 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
-    /// A setting is missing or contradicts another (caught here when the
-    /// configuration was built in code rather than loaded and validated).
+    /// `admin.token` / `admin.token_file` cannot be used (the message names the key).
     #[error("{0}")]
-    Config(String),
+    AdminToken(String),
+    /// `[tables_pattern]` matched no topic yet.
+    #[error("no table to merge: [tables_pattern] matched no topic yet (the processor needs one to start)")]
+    NoTables,
+    /// A source that is not co-partitioned cannot be re-keyed.
+    #[error("table {table} source {source_name}: {source}")]
+    Rekeyer {
+        /// The table.
+        table: String,
+        /// The source.
+        source_name: String,
+        /// Why.
+        #[source]
+        source: crate::repartition::RekeyerError,
+    },
+    /// New tables were found outside the tokio runtime, which creating their
+    /// topics needs.
+    #[error("table discovery needs the tokio runtime")]
+    NoRuntime(#[source] tokio::runtime::TryCurrentError),
+    /// The group handed this member a partition of a topic no table consumes.
+    #[error("assignment violates co-partitioning: received {topic} partition {partition}, a topic of no table")]
+    UnknownTopic {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+    },
+    /// A record of a task that is not open (its partition was not assigned
+    /// for every topic of the table).
+    #[error("assignment violates co-partitioning: received {topic} partition {partition} but task {partition} of table {table} is not open")]
+    TaskNotOpen {
+        /// The record's topic.
+        topic: String,
+        /// The record's partition (the task).
+        partition: i32,
+        /// The table.
+        table: String,
+    },
     /// The group handed this member an assignment that splits a task.
-    #[error("assignment violates co-partitioning: {0}")]
-    Assignment(String),
+    #[error("assignment violates co-partitioning: partition {partition} of table {table} was assigned for {assigned:?} but not for {missing:?}; use partition.assignment.strategy=range and equal partition counts")]
+    SplitTask {
+        /// The table.
+        table: String,
+        /// The partition (task).
+        partition: i32,
+        /// The table's topics assigned with that partition.
+        assigned: BTreeSet<String>,
+        /// The table's topics not assigned with it.
+        missing: Vec<String>,
+    },
     /// The local state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The schema registry is unavailable: abort the cycle, wait, retry.
-    #[error("{0}")]
-    RegistryUnavailable(String),
+    /// The schema registry is unavailable while a record is processed:
+    /// abort the cycle, wait, retry.
+    #[error("{source}")]
+    RegistryUnavailable {
+        /// The record's topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+        /// What could not be done (its text says which registry call).
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Fenced by a newer instance, or a fatal producer error: stop.
-    #[error("fatal producer error (fenced by another instance with the same transactional.id, or unrecoverable): {0}")]
-    Fatal(String),
+    #[error("fatal producer error (fenced by another instance with the same transactional.id, or unrecoverable): {source}")]
+    Fatal {
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The transaction of a failed cycle could not be aborted: stop.
+    #[error("fatal producer error (fenced by another instance with the same transactional.id, or unrecoverable): abort after `{why}` failed: {source}")]
+    AbortFailed {
+        /// Why the cycle was aborted.
+        why: String,
+        /// Why the abort failed.
+        #[source]
+        source: KafkaError,
+    },
+    /// The consumer failed for good (fenced by a member with the same
+    /// `group.instance.id`, an invalid group id, a fatal librdkafka error).
+    #[error("fatal consumer error (fenced by another member with the same group.instance.id, or unrecoverable): {source}")]
+    FatalConsumer {
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
     /// SIGINT or SIGTERM arrived while a task was waiting to restore: not an
     /// error, the process stops.
     #[error("stopped while restoring")]
@@ -352,6 +511,32 @@ topic = "t"
         let mut bad = client_config(&config, &[]);
         bad.set("no.such.property", "1");
         assert!(bad.create::<BaseConsumer>().is_err());
+    }
+
+    #[test]
+    fn errors_name_what_failed_in_the_words_of_before() {
+        let e = RunError::CoPartitioning { counts: vec![("a".into(), 3), ("b".into(), 4)] };
+        assert!(e.to_string().starts_with("co-partitioning violated: "), "{e}");
+        assert!(e.to_string().ends_with("(a: 3 partitions, b: 4 partitions)"), "{e}");
+        let e = RunError::SplitTask {
+            table: "t".into(),
+            partition: 2,
+            assigned: BTreeSet::from(["a".to_string()]),
+            missing: vec!["b".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "assignment violates co-partitioning: partition 2 of table t was assigned for {\"a\"} but not for [\"b\"]; use partition.assignment.strategy=range and equal partition counts"
+        );
+        let e = RunError::TopicPartitions { role: "output", topic: "o".into(), partitions: 2, expected: 3 };
+        assert_eq!(
+            e.to_string(),
+            "output topic o has 2 partitions, the source topics have 3: partition p of the output must belong to task p"
+        );
+        let e = RunError::CreateTopic { role: "changelog", topic: "c".into(), code: RDKafkaErrorCode::TopicAuthorizationFailed };
+        assert!(std::error::Error::source(&e).is_some_and(|s| s.downcast_ref::<RDKafkaErrorCode>().is_some()));
+        let e = RunError::NotInMetadata { topic: "o".into(), waited: Duration::from_secs(10) };
+        assert_eq!(e.to_string(), "topic o was created but is not in the broker's metadata after 10 s");
     }
 
     #[test]

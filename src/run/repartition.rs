@@ -55,7 +55,12 @@ impl Worker {
             }
             Err(e) if e.is_retriable() => {
                 RegistryUnavailable { call: RegistryCall::Decode }.emit(&self.metrics);
-                Err(RunError::RegistryUnavailable(e.to_string()))
+                Err(RunError::RegistryUnavailable {
+                    topic: msg.topic().to_string(),
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                    source: Box::new(e),
+                })
             }
             Err(e) => {
                 let dead = e.into_dead_letter(record);

@@ -36,9 +36,8 @@ pub(super) fn avro_startup(
     shutdown: &AtomicBool,
 ) -> Result<(crate::avro::AvroContext, Option<AvroRecordIds>), RunError> {
     use crate::avro::registry::{unavailable_backoff, Registry, RegistryError};
-    let settings =
-        config.schema_registry.as_ref().ok_or_else(|| RunError::Config("[schema_registry] is required for Avro".into()))?;
-    let registry = Registry::new(settings).map_err(RunError::Config)?;
+    let settings = config.schema_registry.as_ref().ok_or(RunError::NoRegistry)?;
+    let registry = Registry::new(settings).map_err(RunError::RegistryClient)?;
     let ctx = crate::avro::AvroContext { registry: registry.clone(), catalog: Default::default() };
     let mut backoff = unavailable_backoff(settings.max_backoff);
     loop {
@@ -179,9 +178,7 @@ fn resolve_tables(config: &Config, consumer: &BaseConsumer<QuietContext>) -> Res
         }
     }
     if tables.is_empty() {
-        return Err(RunError::Config(
-            "no table to merge: [tables_pattern] matched no topic yet (the processor needs one to start)".into(),
-        ));
+        return Err(RunError::NoTables);
     }
     Ok(tables)
 }
@@ -218,7 +215,7 @@ async fn serve_admin(
     slot: WorkerSlot,
     control: Arc<SourceControl>,
 ) -> Result<(), RunError> {
-    let token = config.admin.resolve_token().map_err(RunError::Config)?;
+    let token = config.admin.resolve_token().map_err(RunError::AdminToken)?;
     match (&token, &config.admin.token_file) {
         (Some(_), Some(file)) => tracing::info!(
             token_file = %file.display(),
@@ -325,7 +322,7 @@ impl Worker {
         }
         for (source, topic, repartition) in &layout.rekeyed {
             let rekeyer = crate::repartition::Rekeyer::new(&layout.original, source, layout.partitions, ctx)
-                .map_err(|e| RunError::Config(format!("table {} source {source}: {e}", layout.name)))?;
+                .map_err(|e| RunError::Rekeyer { table: layout.name.clone(), source_name: source.clone(), source: e })?;
             self.routes.insert(
                 topic.clone(),
                 Route {

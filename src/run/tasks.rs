@@ -54,11 +54,12 @@ impl Worker {
             let table = &self.tables[*ti];
             for (p, topics) in partitions {
                 if topics != &table.topics {
-                    let missing: Vec<&String> = table.topics.difference(topics).collect();
-                    return Err(RunError::Assignment(format!(
-                        "partition {p} of table {} was assigned for {topics:?} but not for {missing:?}; use partition.assignment.strategy=range and equal partition counts",
-                        table.name
-                    )));
+                    return Err(RunError::SplitTask {
+                        table: table.name.clone(),
+                        partition: *p,
+                        assigned: topics.clone(),
+                        missing: table.topics.difference(topics).cloned().collect(),
+                    });
                 }
                 if !table.tasks.contains_key(p) {
                     new.push((*ti, *p));

@@ -44,8 +44,7 @@ pub fn check_co_partitioning(
     let counts = partition_counts(consumer, topics, timeout)?;
     let distinct: std::collections::BTreeSet<i32> = counts.values().copied().collect();
     if distinct.len() > 1 {
-        let listing = counts.iter().map(|(t, c)| format!("{t}: {c} partitions")).collect::<Vec<_>>().join(", ");
-        return Err(RunError::CoPartitioning(listing));
+        return Err(RunError::CoPartitioning { counts: counts.into_iter().collect() });
     }
     Ok(*distinct.iter().next().expect("at least one source topic"))
 }
@@ -113,10 +112,12 @@ pub async fn ensure_topics(
         match existing {
             Some(n) if n > 0 => {
                 if n != partitions && !spec.any_partitions {
-                    return Err(RunError::Topics(format!(
-                        "{} topic {} has {n} partitions, the source topics have {partitions}: partition p of the output must belong to task p",
-                        spec.role, spec.name
-                    )));
+                    return Err(RunError::TopicPartitions {
+                        role: spec.role,
+                        topic: spec.name.clone(),
+                        partitions: n,
+                        expected: partitions,
+                    });
                 }
                 let described = admin
                     .describe_configs([&ResourceSpecifier::Topic(&spec.name)], &opts)
@@ -129,19 +130,13 @@ pub async fn ensure_topics(
                     .and_then(|r| r.get("cleanup.policy").and_then(|e| e.value.clone()))
                     .unwrap_or_default();
                 if spec.cleanup_policy == "compact" && !policy.split(',').any(|p| p.trim() == "compact") {
-                    return Err(RunError::Topics(format!(
-                        "{} topic {} has cleanup.policy={policy}; it must be compacted (cleanup.policy=compact)",
-                        spec.role, spec.name
-                    )));
+                    return Err(RunError::NotCompacted { role: spec.role, topic: spec.name.clone(), policy });
                 }
                 // Time-based deletion would drop the only copy of a key's
                 // state that no later record replaces: a restore would then
                 // silently miss keys.
                 if spec.role == "changelog" && policy.split(',').any(|p| p.trim() == "delete") {
-                    return Err(RunError::Topics(format!(
-                        "changelog topic {} has cleanup.policy={policy}; it must be compact only (with delete, retention removes states that were never superseded)",
-                        spec.name
-                    )));
+                    return Err(RunError::ChangelogDeletes { topic: spec.name.clone(), policy });
                 }
             }
             _ => {
@@ -161,9 +156,7 @@ pub async fn ensure_topics(
                             wait_in_metadata(consumer, &spec.name, partitions, timeout)?;
                         }
                         Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                        Err((name, code)) => {
-                            return Err(RunError::Topics(format!("cannot create {} topic {name}: {code}", spec.role)))
-                        }
+                        Err((topic, code)) => return Err(RunError::CreateTopic { role: spec.role, topic, code }),
                     }
                 }
             }
@@ -199,10 +192,7 @@ fn wait_in_metadata(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(RunError::Topics(format!(
-                "topic {topic} was created but is not in the broker's metadata after {} s",
-                MISSING_TOPIC_GRACE.as_secs()
-            )));
+            return Err(RunError::NotInMetadata { topic: topic.to_string(), waited: MISSING_TOPIC_GRACE });
         }
         std::thread::sleep(backoff.next_delay());
     }
@@ -238,9 +228,7 @@ pub fn topic_identity(
     topic: &str,
     timeout: Duration,
 ) -> Result<String, RunError> {
-    let cluster = client
-        .fetch_cluster_id(timeout)
-        .ok_or_else(|| RunError::Topics(format!("could not read the cluster id while checking topic {topic}")))?;
+    let cluster = client.fetch_cluster_id(timeout).ok_or_else(|| RunError::ClusterId { topic: topic.to_string() })?;
     // A topic created moments ago (by this start-up, or by whoever created
     // it just before) can be unknown to the broker's metadata for a short
     // while after CreateTopics answered.
@@ -253,7 +241,7 @@ pub fn topic_identity(
                 tracing::debug!(topic, "topic not in the broker's metadata yet; asking again");
                 std::thread::sleep(backoff.next_delay());
             }
-            Err(e) => return Err(RunError::Topics(format!("describe topic {topic}: {e}"))),
+            Err(source) => return Err(RunError::DescribeTopic { topic: topic.to_string(), source }),
         }
     };
     Ok(format!("{cluster}/{id}"))
@@ -261,12 +249,18 @@ pub fn topic_identity(
 
 /// Why DescribeTopics gave no topic id.
 #[derive(Debug, thiserror::Error)]
-enum DescribeError {
+pub enum DescribeError {
     /// The broker does not know the topic (yet).
     #[error("UNKNOWN_TOPIC_OR_PART")]
     UnknownTopic,
+    /// Anything else librdkafka or the broker said.
     #[error("{0}")]
     Other(String),
+}
+
+/// "topic: n partitions, ..." for a co-partitioning message.
+pub(crate) fn partition_listing(counts: &[(String, i32)]) -> String {
+    counts.iter().map(|(t, c)| format!("{t}: {c} partitions")).collect::<Vec<_>>().join(", ")
 }
 
 /// The topic id of `topic` through librdkafka's DescribeTopics (which the

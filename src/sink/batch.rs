@@ -7,14 +7,83 @@ use serde_json::Value;
 
 use super::*;
 
+/// Why a value does not fit its column; its text is the dead row's reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ColumnError {
+    /// The value is not of the column's kind (text for an integer column).
+    #[error("column `{column}` ({ty}): {value} is not {expected}")]
+    Mismatch {
+        /// The column.
+        column: String,
+        /// Its type.
+        ty: ColumnType,
+        /// The value.
+        value: Value,
+        /// What the column takes ("an integer", "a 32-bit integer", ...).
+        expected: &'static str,
+    },
+    /// The value is of the column's kind but does not fit it.
+    #[error("column `{column}` ({ty}): {value} {why}")]
+    Misfit {
+        /// The column.
+        column: String,
+        /// Its type.
+        ty: ColumnType,
+        /// The value.
+        value: Value,
+        /// Why.
+        #[source]
+        why: types::Misfit,
+    },
+    /// Text or JSON holding a NUL character.
+    #[error("column `{column}` ({ty}): the value contains a NUL character, which databases reject")]
+    Nul {
+        /// The column.
+        column: String,
+        /// Its type.
+        ty: ColumnType,
+    },
+}
+
+/// Why a record becomes a dead row rather than a change; its text is the
+/// dead row's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    /// The record could not be read (an undecodable Avro payload).
+    #[error("{0}")]
+    Unreadable(String),
+    /// A record without a key.
+    #[error("the record has no key")]
+    NoKey,
+    /// The key is not a JSON object.
+    #[error("the key is not a JSON object: {0}")]
+    KeyNotObject(#[source] serde_json::Error),
+    /// The key lacks a key column.
+    #[error("key column `{column}` is missing or null in the key {key}")]
+    KeyColumnMissing {
+        /// The key column.
+        column: String,
+        /// The key's text.
+        key: String,
+    },
+    /// The value is not a JSON object.
+    #[error("the value is not a JSON object: {0}")]
+    ValueNotObject(#[source] serde_json::Error),
+    /// A column's value does not fit.
+    #[error(transparent)]
+    Column(#[from] ColumnError),
+}
+
 /// Converts a JSON value to a column value, or says why it does not fit.
-pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, String> {
+pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, ColumnError> {
     let v = match value {
         None | Some(Value::Null) => return Ok(SqlValue::Null),
         Some(v) => v,
     };
-    let mismatch = |what: &str| format!("column `{}` ({}): {v} is not {what}", column.name, column.ty);
-    let misfit = |why: String| format!("column `{}` ({}): {v} {why}", column.name, column.ty);
+    let mismatch =
+        |expected: &'static str| ColumnError::Mismatch { column: column.name.clone(), ty: column.ty, value: v.clone(), expected };
+    let misfit = |why| ColumnError::Misfit { column: column.name.clone(), ty: column.ty, value: v.clone(), why };
+    let nul = || ColumnError::Nul { column: column.name.clone(), ty: column.ty };
     Ok(match column.ty {
         ColumnType::Text => {
             let text = match v {
@@ -22,10 +91,7 @@ pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, String
                 other => other.to_string(),
             };
             if text.contains('\0') {
-                return Err(format!(
-                    "column `{}` (text): the value contains a NUL character, which databases reject",
-                    column.name
-                ));
+                return Err(nul());
             }
             SqlValue::Text(text)
         }
@@ -53,10 +119,7 @@ pub fn to_sql(column: &Column, value: Option<&Value>) -> Result<SqlValue, String
         },
         ColumnType::Json => {
             if v.to_string().contains("\\u0000") {
-                return Err(format!(
-                    "column `{}` (json): the value contains a NUL character, which databases reject",
-                    column.name
-                ));
+                return Err(nul());
             }
             SqlValue::Json(v.clone())
         }
@@ -131,7 +194,7 @@ pub(super) fn batch_of(spec: &TableSpec, records: &[RawRecord], resync: Option<&
                 offset: r.offset,
                 key: r.key.clone(),
                 value: r.value.clone(),
-                error,
+                error: error.to_string(),
             }),
         }
     }
@@ -173,32 +236,30 @@ pub struct RawRecord {
 }
 
 /// The record's key as column values, in key order.
-pub(super) fn key_values(spec: &TableSpec, r: &RawRecord) -> Result<Vec<SqlValue>, String> {
-    let key_text = r.key.as_deref().ok_or("the record has no key")?;
-    let key: serde_json::Map<String, Value> =
-        serde_json::from_str(key_text).map_err(|e| format!("the key is not a JSON object: {e}"))?;
+pub(super) fn key_values(spec: &TableSpec, r: &RawRecord) -> Result<Vec<SqlValue>, RowError> {
+    let key_text = r.key.as_deref().ok_or(RowError::NoKey)?;
+    let key: serde_json::Map<String, Value> = serde_json::from_str(key_text).map_err(RowError::KeyNotObject)?;
     spec.key
         .iter()
         .map(|&i| {
             let c = &spec.columns[i];
             match key.get(&c.name) {
-                Some(Value::Null) | None => Err(format!("key column `{}` is missing or null in the key {key_text}", c.name)),
-                Some(v) => to_sql(c, Some(v)),
+                Some(Value::Null) | None => Err(RowError::KeyColumnMissing { column: c.name.clone(), key: key_text.to_string() }),
+                Some(v) => Ok(to_sql(c, Some(v))?),
             }
         })
         .collect()
 }
 
-pub(super) fn convert(spec: &TableSpec, r: &RawRecord) -> Result<Change, String> {
+pub(super) fn convert(spec: &TableSpec, r: &RawRecord) -> Result<Change, RowError> {
     if let Some(e) = &r.error {
-        return Err(e.clone());
+        return Err(RowError::Unreadable(e.clone()));
     }
     let key_values = key_values(spec, r)?;
     let Some(value) = r.value.as_deref() else {
         return Ok(Change::Delete(key_values));
     };
-    let row: serde_json::Map<String, Value> =
-        serde_json::from_str(value).map_err(|e| format!("the value is not a JSON object: {e}"))?;
+    let row: serde_json::Map<String, Value> = serde_json::from_str(value).map_err(RowError::ValueNotObject)?;
     let mut values = Vec::with_capacity(spec.columns.len());
     for (i, c) in spec.columns.iter().enumerate() {
         if let Some(k) = spec.key.iter().position(|&ki| ki == i) {

@@ -78,7 +78,7 @@ pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) ->
     };
     let mut avro: AvroReader = match (config.output.format, &config.schema_registry) {
         (crate::config::OutputFormat::Avro, Some(r)) => Some((
-            crate::avro::registry::JsonReader::new(crate::avro::registry::Registry::new(r).map_err(SinkError::Config)?),
+            crate::avro::registry::JsonReader::new(crate::avro::registry::Registry::new(r).map_err(SinkError::Registry)?),
             r.max_backoff,
         )),
         _ => None,
@@ -133,10 +133,11 @@ pub fn run_with(config: &Config, shutdown: &AtomicBool, options: SinkOptions) ->
             let mut now = Vec::with_capacity(tables.len());
             for t in &tables {
                 let topic = &t.topic;
-                now.push(
-                    partition_count(&consumer, topic, Duration::from_secs(30))
-                        .map_err(|e| SinkError::Metadata(format!("metadata of {topic} (bootstrap servers {bootstrap}): {e}")))?,
-                );
+                now.push(partition_count(&consumer, topic, Duration::from_secs(30)).map_err(|source| SinkError::Metadata {
+                    topic: topic.clone(),
+                    bootstrap: bootstrap.clone(),
+                    source: Box::new(source),
+                })?);
             }
             if now.iter().zip(&partitions).any(|(now, before)| now > before) {
                 for (t, p) in tables.iter().zip(&mut pending) {
@@ -226,11 +227,13 @@ fn wait_for_topics(
                 Err(e) if waiting.elapsed() < STARTUP_TIMEOUT => {
                     tracing::debug!(bootstrap_servers = %bootstrap, "waiting for the metadata of {topic}: {e}");
                 }
-                Err(e) => {
-                    return Err(SinkError::Metadata(format!(
-                        "cannot read the metadata of topic {topic} from the bootstrap servers {bootstrap} within {}s: {e}",
-                        STARTUP_TIMEOUT.as_secs()
-                    )))
+                Err(source) => {
+                    return Err(SinkError::MetadataTimeout {
+                        topic: topic.clone(),
+                        bootstrap: bootstrap.to_string(),
+                        waited: STARTUP_TIMEOUT,
+                        source: Box::new(source),
+                    })
                 }
             }
         };
@@ -303,14 +306,14 @@ pub(super) fn partition_count<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     timeout: Duration,
-) -> Result<i32, String> {
-    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| e.to_string())?;
+) -> Result<i32, MetadataError> {
+    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(MetadataError::Kafka)?;
     md.topics()
         .iter()
         .find(|t| t.name() == topic && t.error().is_none())
         .map(|t| t.partitions().len() as i32)
         .filter(|n| *n > 0)
-        .ok_or_else(|| format!("topic {topic} does not exist"))
+        .ok_or_else(|| MetadataError::NoTopic { topic: topic.to_string() })
 }
 
 /// The sink consumer's context: an unreachable broker is reported once with
@@ -343,18 +346,15 @@ impl ConsumerContext for SinkContext {}
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on its own thread.
 pub(super) fn serve_admin(listen: &str, metrics: Arc<crate::metrics::Metrics>) -> Result<(), SinkError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| SinkError::Config(format!("sink.admin_listen: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SinkError::AdminStart)?;
     let addr = runtime
         .block_on(crate::admin::serve(listen, metrics, crate::admin::Endpoints::default()))
-        .map_err(|e| SinkError::Config(format!("sink.admin_listen: cannot listen on {listen}: {e}")))?;
+        .map_err(|source| SinkError::AdminListen { listen: listen.to_string(), source })?;
     tracing::debug!(%addr, "sink admin port");
     std::thread::Builder::new()
         .name("sink-admin".into())
         .spawn(move || runtime.block_on(std::future::pending::<()>()))
-        .map_err(|e| SinkError::Config(format!("sink.admin_listen: {e}")))?;
+        .map_err(SinkError::AdminStart)?;
     Ok(())
 }
 

@@ -25,8 +25,9 @@ mod types;
 
 use crate::config::Config;
 pub use crate::config::{EpochUnit, SinkConfig, SinkTableConfig, TargetKind};
-pub use batch::{build_batch, build_resync_batch, to_sql, RawRecord};
+pub use batch::{build_batch, build_resync_batch, to_sql, ColumnError, RawRecord, RowError};
 pub use consume::{run, run_with, SinkOptions, SinkStats};
+pub use types::Misfit;
 
 // The submodules share their crate-private helpers through this module.
 use consume::*;
@@ -217,15 +218,33 @@ pub enum SinkError {
     /// The `[sink]` section is missing or invalid.
     #[error("sink configuration: {0}")]
     Config(String),
+    /// The schema registry client could not be built from `[schema_registry]`.
+    #[error("sink configuration: {0}")]
+    Registry(#[source] crate::avro::registry::ClientError),
+    /// The admin port could not listen on `sink.admin_listen`.
+    #[error("sink configuration: sink.admin_listen: cannot listen on {listen}: {source}")]
+    AdminListen {
+        /// The configured address.
+        listen: String,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin port's runtime or thread could not start.
+    #[error("sink configuration: sink.admin_listen: {0}")]
+    AdminStart(#[source] std::io::Error),
     /// The database failed.
-    #[error("{target} {url}: {message}")]
+    #[error("{target} {url}: {doing}: {source}")]
     Db {
         /// Target kind.
         target: &'static str,
         /// The URL or path (no password).
         url: String,
-        /// What failed.
-        message: String,
+        /// What was being done ("connect", "apply a batch", ...).
+        doing: &'static str,
+        /// What the database said.
+        #[source]
+        source: DbError,
     },
     /// A Kafka call failed.
     #[error("kafka: {context}: {source}")]
@@ -236,10 +255,89 @@ pub enum SinkError {
         #[source]
         source: KafkaError,
     },
-    /// The topic's metadata could not be read (the topic is missing, or
-    /// the cluster did not answer).
-    #[error("kafka: {0}")]
-    Metadata(String),
+    /// A topic's metadata could not be read (the topic is missing, or the
+    /// cluster did not answer).
+    #[error("kafka: metadata of {topic} (bootstrap servers {bootstrap}): {source}")]
+    Metadata {
+        /// The topic.
+        topic: String,
+        /// The bootstrap servers asked.
+        bootstrap: String,
+        /// Why.
+        #[source]
+        source: Box<MetadataError>,
+    },
+    /// A topic's metadata could not be read within the start-up timeout.
+    #[error("kafka: cannot read the metadata of topic {topic} from the bootstrap servers {bootstrap} within {}s: {source}", .waited.as_secs())]
+    MetadataTimeout {
+        /// The topic.
+        topic: String,
+        /// The bootstrap servers asked.
+        bootstrap: String,
+        /// How long it was tried.
+        waited: std::time::Duration,
+        /// The last failure.
+        #[source]
+        source: Box<MetadataError>,
+    },
+}
+
+/// What the database said, by target.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// PostgreSQL's error (shown with its causes: `postgres::Error` alone
+    /// says only "db error" or "error connecting to server").
+    #[error("{}", postgres::describe(.0))]
+    Postgres(#[source] ::postgres::Error),
+    /// SQLite's error.
+    #[error("{0}")]
+    Sqlite(#[source] rusqlite::Error),
+    /// The SQLite file's lock file could not be opened.
+    #[error("cannot open the lock file {}: {source}", path.display())]
+    LockFile {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The SQLite file's lock file could not be locked.
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another sink writes the SQLite file.
+    #[error("another tributary sink holds this database (lock file {}); only one sink may write an SQLite file at a time", lock_file.display())]
+    SqliteBusy {
+        /// The lock file it holds.
+        lock_file: std::path::PathBuf,
+    },
+    /// Another sink of the group writes the topic into this PostgreSQL database.
+    #[error("another sink of group {group} is already writing topic {topic} here")]
+    PostgresBusy {
+        /// The sink's consumer group.
+        group: String,
+        /// The topic.
+        topic: String,
+    },
+}
+
+/// Why a topic's partition count could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// The metadata request failed.
+    #[error("{0}")]
+    Kafka(#[source] KafkaError),
+    /// The cluster does not have the topic (or it has no partitions).
+    #[error("topic {topic} does not exist")]
+    NoTopic {
+        /// The topic.
+        topic: String,
+    },
 }
 
 /// A database the sink writes to.

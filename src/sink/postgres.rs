@@ -7,8 +7,8 @@ use postgres::{Client, NoTls, Statement};
 
 use super::{
     chunk_sizes, create_sql, delete_sql, live_delete_sql, live_insert_sql, live_keys_ddl, offset_upsert_sql, rows_per_statement,
-    sweep_select_sql, upsert_sql, Batch, Change, ColumnType, SinkError, SqlValue, StoredOffset, Sweep, TableSpec, Target,
-    DEAD_DDL, LIVE_KEYS, OFFSETS_DDL, OFFSETS_TS_COLUMN, RESYNC_DDL,
+    sweep_select_sql, upsert_sql, Batch, Change, ColumnType, DbError, SinkError, SqlValue, StoredOffset, Sweep, TableSpec,
+    Target, DEAD_DDL, LIVE_KEYS, OFFSETS_DDL, OFFSETS_TS_COLUMN, RESYNC_DDL,
 };
 
 /// A PostgreSQL database.
@@ -22,7 +22,7 @@ pub struct Postgres {
 
 /// The error with its causes: `postgres::Error` shows only its kind ("error
 /// connecting to server", "db error"); the cause says what happened.
-pub(super) fn describe(e: &postgres::Error) -> String {
+pub(super) fn describe(e: &::postgres::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
@@ -37,7 +37,7 @@ impl Postgres {
     /// Connects (TLS is not built in: use a local socket, a sidecar or a tunnel).
     pub fn open(url: &str) -> Result<Postgres, SinkError> {
         let shown = redact(url);
-        let fail = |e: postgres::Error| SinkError::Db { target: "postgres", url: shown.clone(), message: describe(&e) };
+        let fail = |e| db_error(&shown, "connect", e);
         let mut config: postgres::Config = url.parse().map_err(fail)?;
         if config.get_connect_timeout().is_none() {
             // A host that drops packets would otherwise hold the start for minutes.
@@ -50,18 +50,22 @@ impl Postgres {
         Ok(Postgres { client, url: shown, statements: HashMap::new() })
     }
 
-    fn err(&self, e: postgres::Error) -> SinkError {
-        SinkError::Db { target: "postgres", url: self.url.clone(), message: describe(&e) }
+    fn err(&self, doing: &'static str, e: postgres::Error) -> SinkError {
+        db_error(&self.url, doing, e)
     }
 
     fn statement(&mut self, sql: String) -> Result<Statement, SinkError> {
         if let Some(s) = self.statements.get(&sql) {
             return Ok(s.clone());
         }
-        let statement = self.client.prepare(&sql).map_err(|e| self.err(e))?;
+        let statement = self.client.prepare(&sql).map_err(|e| self.err("prepare a statement", e))?;
         self.statements.insert(sql, statement.clone());
         Ok(statement)
     }
+}
+
+fn db_error(url: &str, doing: &'static str, e: postgres::Error) -> SinkError {
+    SinkError::Db { target: "postgres", url: url.to_string(), doing, source: DbError::Postgres(e) }
 }
 
 /// The URL without its password, for messages.
@@ -128,7 +132,7 @@ impl Target for Postgres {
             "{};\n{OFFSETS_DDL};\nALTER TABLE tributary_sink_offsets ADD COLUMN IF NOT EXISTS {OFFSETS_TS_COLUMN} BIGINT;\n{DEAD_DDL};\n{RESYNC_DDL};",
             create_sql(spec, true)
         );
-        self.client.batch_execute(&sql).map_err(|e| self.err(e))
+        self.client.batch_execute(&sql).map_err(|e| self.err("create the tables", e))
     }
 
     fn offsets(&mut self, group: &str, topic: &str) -> Result<HashMap<i32, StoredOffset>, SinkError> {
@@ -140,13 +144,14 @@ impl Target for Postgres {
         let locked: bool = self
             .client
             .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&format!("tributary-sink/{group}/{topic}")])
-            .map_err(|e| self.err(e))?
+            .map_err(|e| self.err("read the stored offsets", e))?
             .get(0);
         if !locked {
             return Err(SinkError::Db {
                 target: "postgres",
                 url: self.url.clone(),
-                message: format!("another sink of group {group} is already writing topic {topic} here"),
+                doing: "read the stored offsets",
+                source: DbError::PostgresBusy { group: group.to_string(), topic: topic.to_string() },
             });
         }
         let rows = self
@@ -155,7 +160,7 @@ impl Target for Postgres {
                 "SELECT partition_id, next_offset, last_record_ts FROM tributary_sink_offsets WHERE consumer_group = $1 AND topic = $2",
                 &[&group, &topic],
             )
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.err("read the stored offsets", e))?;
         Ok(rows.iter().map(|r| (r.get::<_, i32>(0), StoredOffset { next: r.get(1), record_ts: r.get(2) })).collect())
     }
 
@@ -176,7 +181,7 @@ impl Target for Postgres {
         let dead_statement = self.statement("INSERT INTO tributary_sink_dead_letters (topic, partition_id, record_offset, record_key, record_value, error) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING".into())?;
         let offset_statement = self.statement(offset_upsert_sql('$'))?;
         let url = self.url.clone();
-        let e = |e: postgres::Error| SinkError::Db { target: "postgres", url: url.clone(), message: describe(&e) };
+        let e = |e| db_error(&url, "apply a batch", e);
         let mut tx = self.client.transaction().map_err(e)?;
         let mut rest = &upserts[..];
         for (rows, statement) in &upsert_statements {
@@ -231,13 +236,13 @@ impl Target for Postgres {
                 "SELECT started_at_ms FROM tributary_sink_resync WHERE consumer_group = $1 AND topic = $2",
                 &[&group, &topic],
             )
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.err("read the resync state", e))?;
         Ok(row.map(|r| r.get(0)))
     }
 
     fn begin_resync(&mut self, spec: &TableSpec, group: &str, topic: &str, reset: &[i32]) -> Result<(), SinkError> {
         let url = self.url.clone();
-        let e = |e: postgres::Error| SinkError::Db { target: "postgres", url: url.clone(), message: describe(&e) };
+        let e = |e| db_error(&url, "begin a resync", e);
         let mut tx = self.client.transaction().map_err(e)?;
         // A resync that starts over keeps its first start time.
         tx.execute(
@@ -258,7 +263,7 @@ impl Target for Postgres {
 
     fn sweep(&mut self, spec: &TableSpec, after: Option<&[SqlValue]>, limit: usize) -> Result<Sweep, SinkError> {
         let url = self.url.clone();
-        let e = |e: postgres::Error| SinkError::Db { target: "postgres", url: url.clone(), message: describe(&e) };
+        let e = |e| db_error(&url, "sweep the rows the topic no longer holds", e);
         let mut tx = self.client.transaction().map_err(e)?;
         let params: Vec<Box<dyn ToSql + Sync>> =
             after.unwrap_or_default().iter().zip(&spec.key).map(|(v, &i)| param(spec.columns[i].ty, v)).collect();
@@ -292,7 +297,7 @@ impl Target for Postgres {
 
     fn finish_resync(&mut self, group: &str, topic: &str) -> Result<(), SinkError> {
         let url = self.url.clone();
-        let e = |e: postgres::Error| SinkError::Db { target: "postgres", url: url.clone(), message: describe(&e) };
+        let e = |e| db_error(&url, "finish a resync", e);
         let mut tx = self.client.transaction().map_err(e)?;
         tx.execute("DELETE FROM tributary_sink_resync WHERE consumer_group = $1 AND topic = $2", &[&group, &topic]).map_err(e)?;
         tx.batch_execute(&format!("DROP TABLE IF EXISTS {LIVE_KEYS}")).map_err(e)?;

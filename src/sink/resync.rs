@@ -243,22 +243,49 @@ pub fn delete_retention_ms(kafka: &KafkaConfig, topic: &str) -> i64 {
     }
 }
 
-fn describe_delete_retention(kafka: &KafkaConfig, topic: &str) -> Result<i64, String> {
+/// Why a topic's `delete.retention.ms` could not be read.
+#[derive(Debug, thiserror::Error)]
+enum RetentionError {
+    /// The admin client could not be created or the request failed.
+    #[error("{0}")]
+    Kafka(#[from] KafkaError),
+    /// The runtime for the admin client's answer could not start.
+    #[error("{0}")]
+    Runtime(#[from] std::io::Error),
+    /// The broker answered for no topic.
+    #[error("no answer")]
+    NoAnswer,
+    /// The broker refused to describe the topic.
+    #[error("{0:?}")]
+    Refused(rdkafka::types::RDKafkaErrorCode),
+    /// The answer lacks the setting.
+    #[error("no delete.retention.ms in the answer")]
+    Missing,
+    /// The setting is not a number.
+    #[error("delete.retention.ms = {value:?}: {source}")]
+    NotANumber {
+        /// The setting's text.
+        value: String,
+        /// Why it does not parse.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+}
+
+fn describe_delete_retention(kafka: &KafkaConfig, topic: &str) -> Result<i64, RetentionError> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
     for (k, v) in &kafka.properties {
         config.set(k, v);
     }
-    let admin: AdminClient<DefaultClientContext> = config.create().map_err(|e| e.to_string())?;
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
     // The sink runs on a plain thread; the admin client's answer is a future.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let opts = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
-    let described =
-        runtime.block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts)).map_err(|e| e.to_string())?;
-    let resource = described.into_iter().next().ok_or("no answer")?.map_err(|e| format!("{e:?}"))?;
-    let value =
-        resource.get("delete.retention.ms").and_then(|e| e.value.clone()).ok_or("no delete.retention.ms in the answer")?;
-    value.parse::<i64>().map_err(|e| format!("delete.retention.ms = {value:?}: {e}"))
+    let described = runtime.block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts))?;
+    let resource = described.into_iter().next().ok_or(RetentionError::NoAnswer)?.map_err(RetentionError::Refused)?;
+    let value = resource.get("delete.retention.ms").and_then(|e| e.value.clone()).ok_or(RetentionError::Missing)?;
+    value.parse::<i64>().map_err(|source| RetentionError::NotANumber { value, source })
 }
 
 /// Runs the resync. Returns false when `shutdown` stopped it before the end

@@ -8,7 +8,7 @@ use rusqlite::{params_from_iter, Connection, OptionalExtension, ToSql};
 
 use super::{
     chunk_sizes, create_sql, delete_sql, live_delete_sql, live_insert_sql, live_keys_ddl, offset_upsert_sql, rows_per_statement,
-    sweep_select_sql, upsert_sql, Batch, Change, SinkError, SqlValue, StoredOffset, Sweep, TableSpec, Target, DEAD_DDL,
+    sweep_select_sql, upsert_sql, Batch, Change, DbError, SinkError, SqlValue, StoredOffset, Sweep, TableSpec, Target, DEAD_DDL,
     LIVE_KEYS, OFFSETS_DDL, OFFSETS_TS_COLUMN, RESYNC_DDL,
 };
 
@@ -38,12 +38,12 @@ impl Sqlite {
     /// Takes the single-writer lock, then opens (or creates) the database file.
     pub fn open(path: &str) -> Result<Sqlite, SinkError> {
         let lock = lock(path)?;
-        let conn = Connection::open(path).map_err(|e| err(path, e))?;
+        let conn = Connection::open(path).map_err(|e| err(path, "open", e))?;
         // Room for every statement a batch uses (see `chunk_sizes`), so none is prepared twice.
         conn.set_prepared_statement_cache_capacity(64);
         // WAL: readers (a user's `sqlite3`) do not block the sink.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(path, e))?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| err(path, e))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(path, "open", e))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| err(path, "open", e))?;
         Ok(Sqlite { conn, path: path.to_string(), _lock: lock })
     }
 }
@@ -64,26 +64,18 @@ fn lock(path: &str) -> Result<Option<File>, SinkError> {
         // Nothing on disk to share (or a URI whose file we cannot name).
         return Ok(None);
     }
-    let lock_path = format!("{path}.lock");
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| SinkError::Db {
-        target: "sqlite",
-        url: path.to_string(),
-        message: format!("cannot open the lock file {lock_path}: {e}"),
-    })?;
+    let lock_path = std::path::PathBuf::from(format!("{path}.lock"));
+    let fail = |source| SinkError::Db { target: "sqlite", url: path.to_string(), doing: "take the single-writer lock", source };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| fail(DbError::LockFile { path: lock_path.clone(), source }))?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
-        Err(TryLockError::WouldBlock) => Err(SinkError::Db {
-            target: "sqlite",
-            url: path.to_string(),
-            message: format!(
-                "another tributary sink holds this database (lock file {lock_path}); only one sink may write an SQLite file at a time"
-            ),
-        }),
-        Err(TryLockError::Error(e)) => Err(SinkError::Db {
-            target: "sqlite",
-            url: path.to_string(),
-            message: format!("cannot lock {lock_path}: {e}"),
-        }),
+        Err(TryLockError::WouldBlock) => Err(fail(DbError::SqliteBusy { lock_file: lock_path })),
+        Err(TryLockError::Error(source)) => Err(fail(DbError::Lock { path: lock_path, source })),
     }
 }
 
@@ -99,8 +91,8 @@ fn from_sqlite(v: SqliteValue) -> SqlValue {
     }
 }
 
-fn err(path: &str, e: rusqlite::Error) -> SinkError {
-    SinkError::Db { target: "sqlite", url: path.to_string(), message: e.to_string() }
+fn err(path: &str, doing: &'static str, e: rusqlite::Error) -> SinkError {
+    SinkError::Db { target: "sqlite", url: path.to_string(), doing, source: DbError::Sqlite(e) }
 }
 
 /// Parameters per statement that SQLite allows.
@@ -109,7 +101,7 @@ const MAX_PARAMS: usize = 32_766;
 impl Target for Sqlite {
     fn prepare(&mut self, spec: &TableSpec) -> Result<(), SinkError> {
         for sql in [create_sql(spec, false), OFFSETS_DDL.to_string(), DEAD_DDL.to_string(), RESYNC_DDL.to_string()] {
-            self.conn.execute(&sql, []).map_err(|e| err(&self.path, e))?;
+            self.conn.execute(&sql, []).map_err(|e| err(&self.path, "create the tables", e))?;
         }
         let has_ts: bool = self
             .conn
@@ -118,11 +110,11 @@ impl Target for Sqlite {
                 [OFFSETS_TS_COLUMN],
                 |r| r.get(0),
             )
-            .map_err(|e| err(&self.path, e))?;
+            .map_err(|e| err(&self.path, "create the tables", e))?;
         if !has_ts {
             self.conn
                 .execute(&format!("ALTER TABLE tributary_sink_offsets ADD COLUMN {OFFSETS_TS_COLUMN} BIGINT"), [])
-                .map_err(|e| err(&self.path, e))?;
+                .map_err(|e| err(&self.path, "create the tables", e))?;
             tracing::info!(path = %self.path, "sink offsets table migrated: added {OFFSETS_TS_COLUMN}");
         }
         Ok(())
@@ -132,16 +124,16 @@ impl Target for Sqlite {
         let mut stmt = self
             .conn
             .prepare("SELECT partition_id, next_offset, last_record_ts FROM tributary_sink_offsets WHERE consumer_group = ?1 AND topic = ?2")
-            .map_err(|e| err(&self.path, e))?;
+            .map_err(|e| err(&self.path, "read the stored offsets", e))?;
         let rows = stmt
             .query_map([group, topic], |r| Ok((r.get::<_, i32>(0)?, StoredOffset { next: r.get(1)?, record_ts: r.get(2)? })))
-            .map_err(|e| err(&self.path, e))?;
-        rows.collect::<Result<HashMap<_, _>, _>>().map_err(|e| err(&self.path, e))
+            .map_err(|e| err(&self.path, "read the stored offsets", e))?;
+        rows.collect::<Result<HashMap<_, _>, _>>().map_err(|e| err(&self.path, "read the stored offsets", e))
     }
 
     fn apply(&mut self, spec: &TableSpec, group: &str, batch: &Batch) -> Result<(), SinkError> {
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| err(&path, e))?;
+        let tx = self.conn.transaction().map_err(|e| err(&path, "apply a batch", e))?;
         let upserts: Vec<&Vec<SqlValue>> =
             batch.changes.iter().filter_map(|c| if let Change::Upsert(v) = c { Some(v) } else { None }).collect();
         // Statements are cached by the connection across batches; the sizes
@@ -150,8 +142,8 @@ impl Target for Sqlite {
         for rows in chunk_sizes(upserts.len(), rows_per_statement(spec.columns.len(), MAX_PARAMS)) {
             let (chunk, tail) = rest.split_at(rows);
             rest = tail;
-            let mut upsert = tx.prepare_cached(&upsert_sql(spec, rows, '?')).map_err(|e| err(&path, e))?;
-            upsert.execute(params_from_iter(chunk.iter().flat_map(|r| r.iter()))).map_err(|e| err(&path, e))?;
+            let mut upsert = tx.prepare_cached(&upsert_sql(spec, rows, '?')).map_err(|e| err(&path, "apply a batch", e))?;
+            upsert.execute(params_from_iter(chunk.iter().flat_map(|r| r.iter()))).map_err(|e| err(&path, "apply a batch", e))?;
         }
         let deletes: Vec<&Vec<SqlValue>> =
             batch.changes.iter().filter_map(|c| if let Change::Delete(k) = c { Some(k) } else { None }).collect();
@@ -159,35 +151,36 @@ impl Target for Sqlite {
         for rows in chunk_sizes(deletes.len(), rows_per_statement(spec.key.len(), MAX_PARAMS)) {
             let (chunk, tail) = rest.split_at(rows);
             rest = tail;
-            let mut delete = tx.prepare_cached(&delete_sql(spec, rows, '?')).map_err(|e| err(&path, e))?;
-            delete.execute(params_from_iter(chunk.iter().flat_map(|k| k.iter()))).map_err(|e| err(&path, e))?;
+            let mut delete = tx.prepare_cached(&delete_sql(spec, rows, '?')).map_err(|e| err(&path, "apply a batch", e))?;
+            delete.execute(params_from_iter(chunk.iter().flat_map(|k| k.iter()))).map_err(|e| err(&path, "apply a batch", e))?;
         }
         {
             let mut dead = tx
                 .prepare_cached("INSERT OR REPLACE INTO tributary_sink_dead_letters (topic, partition_id, record_offset, record_key, record_value, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-                .map_err(|e| err(&path, e))?;
+                .map_err(|e| err(&path, "apply a batch", e))?;
             for d in &batch.dead {
                 dead.execute(rusqlite::params![d.topic, d.partition, d.offset, d.key, d.value, d.error])
-                    .map_err(|e| err(&path, e))?;
+                    .map_err(|e| err(&path, "apply a batch", e))?;
             }
-            let mut off = tx.prepare_cached(&offset_upsert_sql('?')).map_err(|e| err(&path, e))?;
+            let mut off = tx.prepare_cached(&offset_upsert_sql('?')).map_err(|e| err(&path, "apply a batch", e))?;
             for o in &batch.offsets {
-                off.execute(rusqlite::params![group, o.topic, o.partition, o.next, o.record_ts]).map_err(|e| err(&path, e))?;
+                off.execute(rusqlite::params![group, o.topic, o.partition, o.next, o.record_ts])
+                    .map_err(|e| err(&path, "apply a batch", e))?;
             }
             if !batch.live.is_empty() {
-                let mut live = tx.prepare_cached(&live_insert_sql(spec, '?')).map_err(|e| err(&path, e))?;
+                let mut live = tx.prepare_cached(&live_insert_sql(spec, '?')).map_err(|e| err(&path, "apply a batch", e))?;
                 for key in &batch.live {
-                    live.execute(params_from_iter(key.iter())).map_err(|e| err(&path, e))?;
+                    live.execute(params_from_iter(key.iter())).map_err(|e| err(&path, "apply a batch", e))?;
                 }
             }
             if !batch.gone.is_empty() {
-                let mut gone = tx.prepare_cached(&live_delete_sql(spec, '?')).map_err(|e| err(&path, e))?;
+                let mut gone = tx.prepare_cached(&live_delete_sql(spec, '?')).map_err(|e| err(&path, "apply a batch", e))?;
                 for key in &batch.gone {
-                    gone.execute(params_from_iter(key.iter())).map_err(|e| err(&path, e))?;
+                    gone.execute(params_from_iter(key.iter())).map_err(|e| err(&path, "apply a batch", e))?;
                 }
             }
         }
-        tx.commit().map_err(|e| err(&path, e))
+        tx.commit().map_err(|e| err(&path, "apply a batch", e))
     }
 
     fn resync_started(&mut self, group: &str, topic: &str) -> Result<Option<i64>, SinkError> {
@@ -198,46 +191,50 @@ impl Target for Sqlite {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| err(&self.path, e))
+            .map_err(|e| err(&self.path, "read the resync state", e))
     }
 
     fn begin_resync(&mut self, spec: &TableSpec, group: &str, topic: &str, reset: &[i32]) -> Result<(), SinkError> {
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| err(&path, e))?;
+        let tx = self.conn.transaction().map_err(|e| err(&path, "begin a resync", e))?;
         // A resync that starts over keeps its first start time.
         tx.execute(
             "INSERT INTO tributary_sink_resync (consumer_group, topic, started_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
             rusqlite::params![group, topic, super::resync::now_ms()],
         )
-        .map_err(|e| err(&path, e))?;
+        .map_err(|e| err(&path, "begin a resync", e))?;
         for p in reset {
             tx.execute(
                 "DELETE FROM tributary_sink_offsets WHERE consumer_group = ?1 AND topic = ?2 AND partition_id = ?3",
                 rusqlite::params![group, topic, p],
             )
-            .map_err(|e| err(&path, e))?;
+            .map_err(|e| err(&path, "begin a resync", e))?;
         }
-        tx.execute(&live_keys_ddl(spec, false), []).map_err(|e| err(&path, e))?;
-        tx.execute(&format!("DELETE FROM {LIVE_KEYS}"), []).map_err(|e| err(&path, e))?;
-        tx.commit().map_err(|e| err(&path, e))
+        tx.execute(&live_keys_ddl(spec, false), []).map_err(|e| err(&path, "begin a resync", e))?;
+        tx.execute(&format!("DELETE FROM {LIVE_KEYS}"), []).map_err(|e| err(&path, "begin a resync", e))?;
+        tx.commit().map_err(|e| err(&path, "begin a resync", e))
     }
 
     fn sweep(&mut self, spec: &TableSpec, after: Option<&[SqlValue]>, limit: usize) -> Result<Sweep, SinkError> {
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| err(&path, e))?;
+        let tx = self.conn.transaction().map_err(|e| err(&path, "sweep the rows the topic no longer holds", e))?;
         let n = spec.key.len();
         let mut examined = 0;
         let mut last = None;
         let mut dead = Vec::new();
         {
-            let mut select = tx.prepare(&sweep_select_sql(spec, after.is_some(), limit, '?')).map_err(|e| err(&path, e))?;
-            let mut rows = select.query(params_from_iter(after.unwrap_or_default().iter())).map_err(|e| err(&path, e))?;
-            while let Some(row) = rows.next().map_err(|e| err(&path, e))? {
+            let mut select = tx
+                .prepare(&sweep_select_sql(spec, after.is_some(), limit, '?'))
+                .map_err(|e| err(&path, "sweep the rows the topic no longer holds", e))?;
+            let mut rows = select
+                .query(params_from_iter(after.unwrap_or_default().iter()))
+                .map_err(|e| err(&path, "sweep the rows the topic no longer holds", e))?;
+            while let Some(row) = rows.next().map_err(|e| err(&path, "sweep the rows the topic no longer holds", e))? {
                 let key = (0..n)
                     .map(|i| row.get::<_, SqliteValue>(i).map(from_sqlite))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| err(&path, e))?;
-                let live: bool = row.get(n).map_err(|e| err(&path, e))?;
+                    .map_err(|e| err(&path, "sweep the rows the topic no longer holds", e))?;
+                let live: bool = row.get(n).map_err(|e| err(&path, "sweep the rows the topic no longer holds", e))?;
                 examined += 1;
                 if !live {
                     dead.push(key.clone());
@@ -246,21 +243,24 @@ impl Target for Sqlite {
             }
         }
         {
-            let mut del = tx.prepare_cached(&delete_sql(spec, 1, '?')).map_err(|e| err(&path, e))?;
+            let mut del = tx
+                .prepare_cached(&delete_sql(spec, 1, '?'))
+                .map_err(|e| err(&path, "sweep the rows the topic no longer holds", e))?;
             for key in &dead {
-                del.execute(params_from_iter(key.iter())).map_err(|e| err(&path, e))?;
+                del.execute(params_from_iter(key.iter()))
+                    .map_err(|e| err(&path, "sweep the rows the topic no longer holds", e))?;
             }
         }
-        tx.commit().map_err(|e| err(&path, e))?;
+        tx.commit().map_err(|e| err(&path, "sweep the rows the topic no longer holds", e))?;
         Ok(Sweep { examined, deleted: dead.len(), last })
     }
 
     fn finish_resync(&mut self, group: &str, topic: &str) -> Result<(), SinkError> {
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| err(&path, e))?;
+        let tx = self.conn.transaction().map_err(|e| err(&path, "finish a resync", e))?;
         tx.execute("DELETE FROM tributary_sink_resync WHERE consumer_group = ?1 AND topic = ?2", [group, topic])
-            .map_err(|e| err(&path, e))?;
-        tx.execute(&format!("DROP TABLE IF EXISTS {LIVE_KEYS}"), []).map_err(|e| err(&path, e))?;
-        tx.commit().map_err(|e| err(&path, e))
+            .map_err(|e| err(&path, "finish a resync", e))?;
+        tx.execute(&format!("DROP TABLE IF EXISTS {LIVE_KEYS}"), []).map_err(|e| err(&path, "finish a resync", e))?;
+        tx.commit().map_err(|e| err(&path, "finish a resync", e))
     }
 }

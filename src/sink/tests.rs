@@ -278,6 +278,7 @@ fn a_second_sqlite_sink_on_one_file_fails_naming_the_file() {
     let Err(e) = open_target(&cfg) else { panic!("a second sink opened the file") };
     let text = e.to_string();
     assert!(text.contains(&cfg.url) && text.contains("another tributary sink holds"), "{text}");
+    assert!(matches!(e, SinkError::Db { source: DbError::SqliteBusy { .. }, .. }), "{e:?}");
     drop(first);
     assert!(open_target(&cfg).is_ok(), "the lock goes with the first sink");
 }
@@ -414,4 +415,17 @@ fn two_tables_share_one_database_and_keep_their_offsets_apart() {
     let placed: String = conn.query_row("SELECT placed FROM orders WHERE order_id = 'o-1'", [], |r| r.get(0)).unwrap();
     assert_eq!(placed, "2023-11-14 22:13:20", "the table's time_units (micros) applied");
     assert_eq!(ids(&path, "customers"), vec![1]);
+}
+
+#[test]
+fn a_value_that_does_not_fit_says_which_column_and_why_by_type() {
+    let col = |name: &str, ty| Column { name: name.into(), ty, unit: None };
+    let e = to_sql(&col("n", ColumnType::Integer), Some(&json!("x"))).unwrap_err();
+    assert!(matches!(&e, ColumnError::Mismatch { column, expected: "an integer", .. } if column == "n"), "{e:?}");
+    assert_eq!(e.to_string(), r#"column `n` (integer): "x" is not an integer"#);
+    let e = to_sql(&col("d", ColumnType::Date), Some(&json!("May"))).unwrap_err();
+    assert!(matches!(e, ColumnError::Misfit { why: Misfit::NotDateText, .. }), "{e:?}");
+    assert_eq!(e.to_string(), r#"column `d` (date): "May" is not a date (YYYY-MM-DD)"#);
+    let e = to_sql(&col("t", ColumnType::Text), Some(&json!("a\u{0}b"))).unwrap_err();
+    assert_eq!(e.to_string(), "column `t` (text): the value contains a NUL character, which databases reject");
 }

@@ -79,16 +79,73 @@ pub fn bound_as_text(ty: ColumnType) -> bool {
     )
 }
 
+/// Why a value does not fit its column's type: the end of a dead row's
+/// reason, after the column and the value ("column `d` (date): \"May\" is
+/// not a date ...").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Misfit {
+    /// Not a decimal number (`numeric`).
+    #[error("is not a decimal number")]
+    NotDecimal,
+    /// An exponent too large to write out.
+    #[error("is out of range")]
+    OutOfRange,
+    /// More decimal places than the column's scale, not all zero.
+    #[error("has more than {scale} decimal places (it would be rounded)")]
+    Rounded {
+        /// The column's scale.
+        scale: usize,
+    },
+    /// More digits before the point than `numeric(p,s)` allows.
+    #[error("does not fit numeric({precision},{scale}) (at most {} digits before the point)", .precision - .scale)]
+    TooManyDigits {
+        /// The column's precision.
+        precision: usize,
+        /// The column's scale.
+        scale: usize,
+    },
+    /// A number of days that is not whole.
+    #[error("is not a whole number of days since 1970-01-01")]
+    NotWholeDays,
+    /// An epoch time that is not a whole number.
+    #[error("is not a whole number")]
+    NotWhole,
+    /// Neither days since 1970-01-01 nor date text.
+    #[error("is not a date (days since 1970-01-01, or YYYY-MM-DD)")]
+    NotDate,
+    /// Text that is not a YYYY-MM-DD date.
+    #[error("is not a date (YYYY-MM-DD)")]
+    NotDateText,
+    /// A date or time outside what the databases store.
+    #[error("is outside the years 1 to 9999")]
+    YearRange,
+    /// Text that is not an ISO-8601 date-time.
+    #[error("is not an ISO-8601 date-time such as 2024-05-01T12:30:00Z")]
+    NotIso,
+    /// Neither an epoch number nor date-time text.
+    #[error("is not a timestamp (epoch number or ISO-8601 text)")]
+    NotTimestamp,
+    /// Not a UUID.
+    #[error("is not a UUID")]
+    NotUuid,
+    /// Not text (`bytea` takes base64 text).
+    #[error("is not base64 text")]
+    NotBase64Text,
+    /// Text that is not base64.
+    #[error("is not base64 ({0})")]
+    NotBase64(#[source] base64::DecodeError),
+}
+
 /// A decimal, exactly: from Debezium's `decimal.handling.mode=string` text
 /// (or a JSON number, read from its text, never through a float), scaled to
 /// the column. Digits that the scale would round away are refused, not rounded.
-pub fn decimal(v: &Value, precision: Option<u32>, scale: u32) -> Result<String, String> {
+pub fn decimal(v: &Value, precision: Option<u32>, scale: u32) -> Result<String, Misfit> {
     let text = match v {
         Value::String(s) => s.trim().to_string(),
         Value::Number(n) => n.to_string(),
-        _ => return Err("is not a decimal number".into()),
+        _ => return Err(Misfit::NotDecimal),
     };
-    let bad = || "is not a decimal number".to_string();
+    let bad = || Misfit::NotDecimal;
     let (negative, rest) = match text.as_bytes().first() {
         Some(b'-') => (true, &text[1..]),
         Some(b'+') => (false, &text[1..]),
@@ -103,7 +160,7 @@ pub fn decimal(v: &Value, precision: Option<u32>, scale: u32) -> Result<String, 
         return Err(bad());
     }
     if exponent.abs() > 10_000 {
-        return Err("is out of range".into());
+        return Err(Misfit::OutOfRange);
     }
     // digits × 10^(point - len(digits))
     let digits: String = format!("{int}{frac}");
@@ -122,17 +179,14 @@ pub fn decimal(v: &Value, precision: Option<u32>, scale: u32) -> Result<String, 
             let scale = scale as usize;
             if frac.len() > scale {
                 if frac[scale..].bytes().any(|b| b != b'0') {
-                    return Err(format!("has more than {scale} decimal places (it would be rounded)"));
+                    return Err(Misfit::Rounded { scale });
                 }
                 frac.truncate(scale);
             }
             frac.extend(std::iter::repeat_n('0', scale - frac.len()));
             let int_digits = if int == "0" { 0 } else { int.len() };
             if int_digits > p as usize - scale {
-                return Err(format!(
-                    "does not fit numeric({p},{scale}) (at most {} digits before the point)",
-                    p as usize - scale
-                ));
+                return Err(Misfit::TooManyDigits { precision: p as usize, scale });
             }
         }
         None => frac = frac.trim_end_matches('0').to_string(),
@@ -184,15 +238,15 @@ fn parse_date(s: &str) -> Option<i64> {
 }
 
 /// A `date`: Debezium's days since the epoch (`io.debezium.time.Date`), or ISO `YYYY-MM-DD`.
-pub fn date(v: &Value) -> Result<String, String> {
+pub fn date(v: &Value) -> Result<String, Misfit> {
     let days = match v {
-        Value::Number(n) => n.as_i64().ok_or("is not a whole number of days since 1970-01-01")?,
-        Value::String(s) => parse_date(s.trim()).ok_or("is not a date (YYYY-MM-DD)")?,
-        _ => return Err("is not a date (days since 1970-01-01, or YYYY-MM-DD)".into()),
+        Value::Number(n) => n.as_i64().ok_or(Misfit::NotWholeDays)?,
+        Value::String(s) => parse_date(s.trim()).ok_or(Misfit::NotDateText)?,
+        _ => return Err(Misfit::NotDate),
     };
     let (y, m, d) = civil_from_days(days.clamp(-10_000_000, 10_000_000));
     if !YEARS.contains(&y) {
-        return Err("is outside the years 1 to 9999".into());
+        return Err(Misfit::YearRange);
     }
     Ok(format!("{y:04}-{m:02}-{d:02}"))
 }
@@ -279,19 +333,19 @@ fn parse_iso(s: &str) -> Option<i64> {
 /// A `timestamp` or `timestamptz`, from an epoch number (see [`to_micros`])
 /// or ISO-8601 text, as `YYYY-MM-DD hh:mm:ss[.ffffff]` in UTC (`+00:00`
 /// appended for `timestamptz`). An ISO value with an offset is converted to UTC.
-pub fn timestamp(v: &Value, unit: Option<EpochUnit>, zoned: bool) -> Result<String, String> {
+pub fn timestamp(v: &Value, unit: Option<EpochUnit>, zoned: bool) -> Result<String, Misfit> {
     let micros = match v {
-        Value::Number(n) => to_micros(n.as_i64().ok_or("is not a whole number")?, unit),
+        Value::Number(n) => to_micros(n.as_i64().ok_or(Misfit::NotWhole)?, unit),
         Value::String(s) => match s.trim().parse::<i64>() {
             Ok(n) => to_micros(n, unit),
-            Err(_) => parse_iso(s.trim()).ok_or("is not an ISO-8601 date-time such as 2024-05-01T12:30:00Z")?,
+            Err(_) => parse_iso(s.trim()).ok_or(Misfit::NotIso)?,
         },
-        _ => return Err("is not a timestamp (epoch number or ISO-8601 text)".into()),
+        _ => return Err(Misfit::NotTimestamp),
     };
     let days = micros.div_euclid(MICROS_PER_DAY);
     let (y, m, d) = civil_from_days(days);
     if !YEARS.contains(&y) {
-        return Err("is outside the years 1 to 9999".into());
+        return Err(Misfit::YearRange);
     }
     let t = micros.rem_euclid(MICROS_PER_DAY);
     let (s, us) = (t / 1_000_000, t % 1_000_000);
@@ -306,22 +360,22 @@ pub fn timestamp(v: &Value, unit: Option<EpochUnit>, zoned: bool) -> Result<Stri
 }
 
 /// A `uuid`, as lowercase `8-4-4-4-12` hex (hyphens optional in the input).
-pub fn uuid(v: &Value) -> Result<String, String> {
-    let Value::String(s) = v else { return Err("is not a UUID".into()) };
+pub fn uuid(v: &Value) -> Result<String, Misfit> {
+    let Value::String(s) = v else { return Err(Misfit::NotUuid) };
     let s = s.trim();
     let hyphens_ok = s.len() == 32 || (s.len() == 36 && [8, 13, 18, 23].iter().all(|&i| s.as_bytes()[i] == b'-'));
     let hex: String = s.chars().filter(|&c| c != '-').collect();
     if !hyphens_ok || hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("is not a UUID".into());
+        return Err(Misfit::NotUuid);
     }
     let h = hex.to_ascii_lowercase();
     Ok(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
 }
 
 /// A `bytea`: Debezium's `binary.handling.mode=base64` (standard alphabet, padded).
-pub fn bytes(v: &Value) -> Result<Vec<u8>, String> {
-    let Value::String(s) = v else { return Err("is not base64 text".into()) };
-    base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(|e| format!("is not base64 ({e})"))
+pub fn bytes(v: &Value) -> Result<Vec<u8>, Misfit> {
+    let Value::String(s) = v else { return Err(Misfit::NotBase64Text) };
+    base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(Misfit::NotBase64)
 }
 
 #[cfg(test)]
@@ -352,8 +406,15 @@ mod tests {
         assert_eq!(decimal(&json!("1.5e3"), Some(6), 1).unwrap(), "1500.0");
         assert_eq!(decimal(&json!("12345678901234567890.123456789"), None, 0).unwrap(), "12345678901234567890.123456789");
         assert_eq!(decimal(&json!("1.200"), Some(4), 1).unwrap(), "1.2");
-        assert!(decimal(&json!("1.234"), Some(12), 2).unwrap_err().contains("more than 2 decimal places"));
-        assert!(decimal(&json!("10000000000"), Some(12), 2).unwrap_err().contains("does not fit numeric(12,2)"));
+        assert_eq!(decimal(&json!("1.234"), Some(12), 2), Err(Misfit::Rounded { scale: 2 }));
+        assert_eq!(
+            decimal(&json!("1.234"), Some(12), 2).unwrap_err().to_string(),
+            "has more than 2 decimal places (it would be rounded)"
+        );
+        assert_eq!(
+            decimal(&json!("10000000000"), Some(12), 2).unwrap_err().to_string(),
+            "does not fit numeric(12,2) (at most 10 digits before the point)"
+        );
         assert!(decimal(&json!("12a"), None, 0).is_err());
         assert!(decimal(&json!("."), None, 0).is_err());
         assert!(decimal(&json!(true), None, 0).is_err());
@@ -367,7 +428,7 @@ mod tests {
         assert_eq!(date(&json!("2024-02-29")).unwrap(), "2024-02-29");
         assert!(date(&json!("2023-02-29")).is_err());
         assert!(date(&json!("2024-13-01")).is_err());
-        assert!(date(&json!(3_000_000)).unwrap_err().contains("years"));
+        assert_eq!(date(&json!(3_000_000)), Err(Misfit::YearRange));
         for days in [-719_162i64, -1, 0, 59, 60, 11_016, 2_932_896] {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days);
@@ -391,7 +452,7 @@ mod tests {
         for bad in ["2024-05-01T25:00:00Z", "2024-05-01T12:30:00+2", "yesterday", "2024-05-01T12:30:61"] {
             assert!(timestamp(&json!(bad), None, true).is_err(), "{bad}");
         }
-        assert!(timestamp(&json!(i64::MAX), Some(EpochUnit::Millis), false).unwrap_err().contains("years"));
+        assert!(timestamp(&json!(i64::MAX), Some(EpochUnit::Millis), false).unwrap_err().to_string().contains("years"));
     }
 
     #[test]
