@@ -5,6 +5,102 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value as Json};
 
+/// Why the output schemas cannot be derived from the sources' schemas, or
+/// why a row does not fit the schemas accepted so far: a schema conflict.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SchemaError {
+    /// Named types that refer to themselves.
+    #[error("recursive named types are not supported in the output schema")]
+    Recursive,
+    /// A type name no definition in the schema has.
+    #[error("unknown type name {0}")]
+    UnknownName(String),
+    /// A record field that is not a JSON object.
+    #[error("a field is not an object")]
+    FieldNotObject,
+    /// A record field without a name.
+    #[error("a field has no name")]
+    FieldWithoutName,
+    /// A record field without a type.
+    #[error("field {0} has no type")]
+    FieldWithoutType(String),
+    /// A Debezium envelope schema without the `after` image.
+    #[error("the envelope schema has no `after` field")]
+    NoAfter,
+    /// The envelope's `after` field has no type.
+    #[error("`after` has no type")]
+    AfterWithoutType,
+    /// A schema that should be a record is not one.
+    #[error("not a record schema")]
+    NotRecord,
+    /// Two schemas give a column types that do not promote to one.
+    #[error("column `{column}` is {one} in one schema and {other} in another")]
+    ColumnTypes {
+        /// The column.
+        column: String,
+        /// Its type in one schema.
+        one: Json,
+        /// Its type in the other.
+        other: Json,
+    },
+    /// Two sources define a named type differently.
+    #[error("type {0} is defined differently by two sources")]
+    NameClash(String),
+    /// A `key_fields` column that no source's schema has.
+    #[error("key field `{0}` is in no source's schema")]
+    UnknownKeyField(String),
+    /// The previous output schema (read from the registry) is not JSON.
+    #[error("previous output schema: {0}")]
+    PreviousNotJson(String),
+    /// A source's schema is not JSON.
+    #[error("source {source_name}: {}schema is not JSON: {error}", if *.key { "key " } else { "" })]
+    NotJson {
+        /// The source.
+        source_name: String,
+        /// Its key schema (else its value schema).
+        key: bool,
+        /// The JSON parser's complaint.
+        error: String,
+    },
+    /// A source's schema cannot be used.
+    #[error("source {source_name}{}: {error}", if *.key { " key" } else { "" })]
+    Source {
+        /// The source.
+        source_name: String,
+        /// Its key schema (else its value schema).
+        key: bool,
+        /// Why.
+        #[source]
+        error: Box<SchemaError>,
+    },
+    /// The derived schema is not valid Avro (apache-avro's complaint).
+    #[error("derived schema: {0}")]
+    Unparsable(String),
+    /// The derived schema's names do not resolve, or no writer can be built
+    /// for it (apache-avro's complaint).
+    #[error("{0}")]
+    Unusable(String),
+    /// A row does not fit the output schema while some sources' schemas
+    /// were refused for conflicting with it: most likely one of theirs.
+    #[error(
+        "{misfit}; refused for conflicting with the output schema: {}",
+        .refused.iter().map(|(s, id, why)| format!("source {s} schema id {id} ({why})")).collect::<Vec<_>>().join("; ")
+    )]
+    Refused {
+        /// Why the row does not fit.
+        #[source]
+        misfit: super::error::CodecError,
+        /// Each refused schema: source, schema id, why.
+        refused: Vec<(String, u32, String)>,
+    },
+}
+
+impl SchemaError {
+    fn of_source(self, source: &str, key: bool) -> Self {
+        Self::Source { source_name: source.to_string(), key, error: Box::new(self) }
+    }
+}
+
 /// An Avro namespace from a topic name: segments of `[A-Za-z0-9_]`, not
 /// starting with a digit.
 pub fn namespace_of(topic: &str) -> String {
@@ -70,15 +166,15 @@ pub(super) fn collect_names(schema: &Json, namespace: &str, out: &mut HashMap<St
 
 /// `schema` with every named reference replaced by its definition and every
 /// definition's name made a full name, so it can move to another namespace.
-pub(super) fn inline(schema: &Json, namespace: &str, names: &HashMap<String, Json>, depth: usize) -> Result<Json, String> {
+pub(super) fn inline(schema: &Json, namespace: &str, names: &HashMap<String, Json>, depth: usize) -> Result<Json, SchemaError> {
     if depth > 32 {
-        return Err("recursive named types are not supported in the output schema".into());
+        return Err(SchemaError::Recursive);
     }
     Ok(match schema {
         Json::String(s) if PRIMITIVES.contains(&s.as_str()) => schema.clone(),
         Json::String(s) => {
             let full = if s.contains('.') || namespace.is_empty() { s.clone() } else { format!("{namespace}.{s}") };
-            let def = names.get(&full).or_else(|| names.get(s)).ok_or_else(|| format!("unknown type name {s}"))?;
+            let def = names.get(&full).or_else(|| names.get(s)).ok_or_else(|| SchemaError::UnknownName(s.clone()))?;
             let def_ns = full.rsplit_once('.').map(|(n, _)| n).unwrap_or("");
             inline(def, def_ns, names, depth + 1)?
         }
@@ -99,7 +195,7 @@ pub(super) fn inline(schema: &Json, namespace: &str, names: &HashMap<String, Jso
             if let Some(Json::Array(fields)) = o.get("fields") {
                 let mut new_fields = Vec::with_capacity(fields.len());
                 for f in fields {
-                    let mut f = f.as_object().cloned().ok_or("a field is not an object")?;
+                    let mut f = f.as_object().cloned().ok_or(SchemaError::FieldNotObject)?;
                     if let Some(ft) = f.get("type") {
                         let t = inline(ft, &ns, names, depth + 1)?;
                         f.insert("type".into(), t);
@@ -126,7 +222,7 @@ pub(super) fn inline(schema: &Json, namespace: &str, names: &HashMap<String, Jso
 }
 
 /// The fields of the record a Debezium envelope's `after` holds, inlined.
-pub(super) fn after_fields(envelope: &Json) -> Result<Vec<Map<String, Json>>, String> {
+pub(super) fn after_fields(envelope: &Json) -> Result<Vec<Map<String, Json>>, SchemaError> {
     let mut names = HashMap::new();
     collect_names(envelope, "", &mut names);
     let env = inline(envelope, "", &names, 0)?;
@@ -134,19 +230,19 @@ pub(super) fn after_fields(envelope: &Json) -> Result<Vec<Map<String, Json>>, St
         .get("fields")
         .and_then(Json::as_array)
         .and_then(|fs| fs.iter().find(|f| f.get("name").and_then(Json::as_str) == Some("after")))
-        .ok_or("the envelope schema has no `after` field")?;
-    let record = non_null(after.get("type").ok_or("`after` has no type")?);
+        .ok_or(SchemaError::NoAfter)?;
+    let record = non_null(after.get("type").ok_or(SchemaError::AfterWithoutType)?);
     record_fields(&record)
 }
 
 /// The fields of a record schema, inlined.
-pub(super) fn record_fields(record: &Json) -> Result<Vec<Map<String, Json>>, String> {
+pub(super) fn record_fields(record: &Json) -> Result<Vec<Map<String, Json>>, SchemaError> {
     record
         .get("fields")
         .and_then(Json::as_array)
-        .ok_or_else(|| "not a record schema".to_string())?
+        .ok_or(SchemaError::NotRecord)?
         .iter()
-        .map(|f| f.as_object().cloned().ok_or_else(|| "a field is not an object".to_string()))
+        .map(|f| f.as_object().cloned().ok_or(SchemaError::FieldNotObject))
         .collect()
 }
 
@@ -252,7 +348,7 @@ pub(super) fn decimal_params(t: &Json) -> Option<(u64, u64)> {
 }
 
 /// The type a column gets when two schemas give it `a` and `b`.
-pub(super) fn merge_types(column: &str, a: &Json, b: &Json) -> Result<Json, String> {
+pub(super) fn merge_types(column: &str, a: &Json, b: &Json) -> Result<Json, SchemaError> {
     if type_key(a) == type_key(b) {
         return Ok(a.clone());
     }
@@ -284,12 +380,12 @@ pub(super) fn merge_types(column: &str, a: &Json, b: &Json) -> Result<Json, Stri
         );
         return Ok(Json::Object(out));
     }
-    Err(format!("column `{column}` is {} in one schema and {} in another", type_key(a), type_key(b)))
+    Err(SchemaError::ColumnTypes { column: column.to_string(), one: type_key(a), other: type_key(b) })
 }
 
 /// Replaces repeated definitions of a named type by its name (Avro allows
 /// one definition per name); differing definitions are a conflict.
-pub(super) fn dedupe_names(t: &mut Json, seen: &mut HashMap<String, Json>) -> Result<(), String> {
+pub(super) fn dedupe_names(t: &mut Json, seen: &mut HashMap<String, Json>) -> Result<(), SchemaError> {
     match t {
         Json::Array(b) => b.iter_mut().try_for_each(|x| dedupe_names(x, seen)),
         Json::Object(o) => {
@@ -299,7 +395,7 @@ pub(super) fn dedupe_names(t: &mut Json, seen: &mut HashMap<String, Json>) -> Re
                     let key = type_key(&Json::Object(o.clone()));
                     if let Some(prev) = seen.get(&name) {
                         if *prev != key {
-                            return Err(format!("type {name} is defined differently by two sources"));
+                            return Err(SchemaError::NameClash(name));
                         }
                         *t = Json::String(name);
                         return Ok(());
@@ -327,12 +423,14 @@ pub(super) fn dedupe_names(t: &mut Json, seen: &mut HashMap<String, Json>) -> Re
 
 /// Merges field lists in order: the column set is the union, types by
 /// [`merge_types`].
-pub(super) fn merge_fields<'a>(lists: impl IntoIterator<Item = &'a [Map<String, Json>]>) -> Result<Vec<(String, Json)>, String> {
+pub(super) fn merge_fields<'a>(
+    lists: impl IntoIterator<Item = &'a [Map<String, Json>]>,
+) -> Result<Vec<(String, Json)>, SchemaError> {
     let mut out: Vec<(String, Json)> = Vec::new();
     for list in lists {
         for f in list {
-            let name = f.get("name").and_then(Json::as_str).ok_or("a field has no name")?;
-            let t = non_null(f.get("type").ok_or_else(|| format!("field {name} has no type"))?);
+            let name = f.get("name").and_then(Json::as_str).ok_or(SchemaError::FieldWithoutName)?;
+            let t = non_null(f.get("type").ok_or_else(|| SchemaError::FieldWithoutType(name.to_string()))?);
             match out.iter_mut().find(|(n, _)| n == name) {
                 Some((_, existing)) => *existing = merge_types(name, existing, &t)?,
                 None => out.push((name.to_string(), t)),
@@ -343,10 +441,14 @@ pub(super) fn merge_fields<'a>(lists: impl IntoIterator<Item = &'a [Map<String, 
 }
 
 /// Derives the output value schema (pretty-stable JSON text).
-pub fn derive_value_schema(namespace: &str, previous: Option<&str>, sources: &[(String, Vec<String>)]) -> Result<Json, String> {
+pub fn derive_value_schema(
+    namespace: &str,
+    previous: Option<&str>,
+    sources: &[(String, Vec<String>)],
+) -> Result<Json, SchemaError> {
     let mut lists: Vec<Vec<Map<String, Json>>> = Vec::new();
     if let Some(p) = previous {
-        let parsed: Json = serde_json::from_str(p).map_err(|e| format!("previous output schema: {e}"))?;
+        let parsed: Json = serde_json::from_str(p).map_err(|e| SchemaError::PreviousNotJson(e.to_string()))?;
         let mut names = HashMap::new();
         collect_names(&parsed, "", &mut names);
         let inlined = inline(&parsed, "", &names, 0)?;
@@ -354,8 +456,12 @@ pub fn derive_value_schema(namespace: &str, previous: Option<&str>, sources: &[(
     }
     for (source, schemas) in sources {
         for s in schemas {
-            let parsed: Json = serde_json::from_str(s).map_err(|e| format!("source {source}: schema is not JSON: {e}"))?;
-            lists.push(after_fields(&parsed).map_err(|e| format!("source {source}: {e}"))?);
+            let parsed: Json = serde_json::from_str(s).map_err(|e| SchemaError::NotJson {
+                source_name: source.clone(),
+                key: false,
+                error: e.to_string(),
+            })?;
+            lists.push(after_fields(&parsed).map_err(|e| e.of_source(source, false))?);
         }
     }
     let fields = merge_fields(lists.iter().map(Vec::as_slice))?;
@@ -389,7 +495,7 @@ pub fn derive_key_schema(
     key_fields: Option<&[String]>,
     source_keys: &[(String, Vec<String>)],
     value: &Json,
-) -> Result<Json, String> {
+) -> Result<Json, SchemaError> {
     let fields: Vec<(String, Json)> = match key_fields {
         Some(names) => {
             let vf = record_fields(value)?;
@@ -399,21 +505,24 @@ pub fn derive_key_schema(
                     let f = vf
                         .iter()
                         .find(|f| f.get("name").and_then(Json::as_str) == Some(n))
-                        .ok_or_else(|| format!("key field `{n}` is in no source's schema"))?;
+                        .ok_or_else(|| SchemaError::UnknownKeyField(n.clone()))?;
                     Ok((n.clone(), non_null(f.get("type").expect("derived fields have types"))))
                 })
-                .collect::<Result<_, String>>()?
+                .collect::<Result<_, SchemaError>>()?
         }
         None => {
             let mut lists = Vec::new();
             for (source, schemas) in source_keys {
                 for s in schemas {
-                    let parsed: Json =
-                        serde_json::from_str(s).map_err(|e| format!("source {source}: key schema is not JSON: {e}"))?;
+                    let parsed: Json = serde_json::from_str(s).map_err(|e| SchemaError::NotJson {
+                        source_name: source.clone(),
+                        key: true,
+                        error: e.to_string(),
+                    })?;
                     let mut names = HashMap::new();
                     collect_names(&parsed, "", &mut names);
                     let inlined = inline(&parsed, "", &names, 0)?;
-                    lists.push(record_fields(&inlined).map_err(|e| format!("source {source} key: {e}"))?);
+                    lists.push(record_fields(&inlined).map_err(|e| e.of_source(source, true))?);
                 }
             }
             merge_fields(lists.iter().map(Vec::as_slice))?

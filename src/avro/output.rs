@@ -37,7 +37,7 @@ use super::value::{Names, Shape};
 use crate::merge::Row;
 
 pub use super::catalog::SchemaCatalog;
-pub use super::derive::{derive_key_schema, derive_value_schema, namespace_of};
+pub use super::derive::{derive_key_schema, derive_value_schema, namespace_of, SchemaError};
 
 /// Why the output could not be encoded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -45,14 +45,28 @@ pub enum OutputError {
     /// The registry: unavailable (retry), or it refused the schema.
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    /// Sources disagree on a column's type beyond the promotion rules.
+    /// Sources disagree on a column's type beyond the promotion rules, or a
+    /// row does not fit because its source's schema was refused.
     #[error("schema conflict: {0}")]
-    Conflict(String),
+    Conflict(#[source] SchemaError),
     /// The row does not fit the output schema.
     #[error("the merged row does not fit the output schema: {0}")]
     Misfit(#[source] super::error::CodecError),
-    /// The row or key cannot be written for a reason outside the codec (the
-    /// key is not JSON, a column no known schema has, apache-avro refused it).
+    /// The row has a column that no schema known to this process has.
+    #[error("the merged row does not fit the output schema: column `{column}` is in no source schema known to this process")]
+    UnknownColumn {
+        /// The column.
+        column: String,
+    },
+    /// The canonical key cannot be written with the key schema.
+    #[error("the merged row does not fit the output schema: key {key}: {why}")]
+    Key {
+        /// The canonical key.
+        key: String,
+        /// Why (the key is not JSON, or does not fit).
+        why: String,
+    },
+    /// apache-avro refused to write the value.
     #[error("the merged row does not fit the output schema: {0}")]
     Unwritable(String),
 }
@@ -69,7 +83,7 @@ impl OutputError {
             Self::Registry(RegistryError::Unavailable(_)) => "registry_unavailable",
             Self::Registry(_) => "schema_rejected",
             Self::Conflict(_) => "schema_conflict",
-            Self::Misfit(_) | Self::Unwritable(_) => "schema_misfit",
+            Self::Misfit(_) | Self::UnknownColumn { .. } | Self::Key { .. } | Self::Unwritable(_) => "schema_misfit",
         }
     }
 }
@@ -87,14 +101,16 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn new(id: u32, text: String) -> Result<Self, String> {
+    fn new(id: u32, text: String) -> Result<Self, SchemaError> {
         // Leaked on purpose: one per registered schema version, kept for the
         // process's life (the writer borrows it).
-        let schema: &'static Schema = Box::leak(Box::new(Schema::parse_str(&text).map_err(|e| format!("derived schema: {e}"))?));
-        let resolved = apache_avro::schema::ResolvedSchema::try_from(schema).map_err(|e| e.to_string())?;
+        let schema: &'static Schema =
+            Box::leak(Box::new(Schema::parse_str(&text).map_err(|e| SchemaError::Unparsable(e.to_string()))?));
+        let resolved = apache_avro::schema::ResolvedSchema::try_from(schema).map_err(|e| SchemaError::Unusable(e.to_string()))?;
         let names: Names<'_> = resolved.get_names().clone();
         let shape = Shape::of(schema, &names);
-        let writer = GenericDatumWriter::builder(schema).validate(false).build().map_err(|e| e.to_string())?;
+        let writer =
+            GenericDatumWriter::builder(schema).validate(false).build().map_err(|e| SchemaError::Unusable(e.to_string()))?;
         Ok(Self { id, text, shape, writer })
     }
 
@@ -216,7 +232,7 @@ impl AvroOutput {
             let mut trial = accepted.clone();
             trial.push(entry.clone());
             let refusal = match self.derive(&snapshot, &trial) {
-                Err(e) => Some(e),
+                Err(e) => Some(e.to_string()),
                 Ok((v, k)) if v != value && !self.registry_takes(&v)? => {
                     let _ = k;
                     Some(format!(
@@ -295,17 +311,16 @@ impl AvroOutput {
     fn explain(&self, e: OutputError) -> OutputError {
         let rejected = self.catalog.rejected();
         match e {
-            OutputError::Misfit(m) if !rejected.is_empty() => OutputError::Conflict(format!(
-                "{m}; refused for conflicting with the output schema: {}",
-                rejected.iter().map(|(s, id, why)| format!("source {s} schema id {id} ({why})")).collect::<Vec<_>>().join("; ")
-            )),
+            OutputError::Misfit(misfit) if !rejected.is_empty() => {
+                OutputError::Conflict(SchemaError::Refused { misfit, refused: rejected })
+            }
             other => other,
         }
     }
 
     /// The value and key schemas the `entries` of a catalog snapshot give
     /// (with the previous output schema).
-    fn derive(&self, snapshot: &CatalogInner, entries: &[Entry]) -> Result<(Json, Json), String> {
+    fn derive(&self, snapshot: &CatalogInner, entries: &[Entry]) -> Result<(Json, Json), SchemaError> {
         let in_order = |is_key: bool, m: &BTreeMap<String, BTreeMap<u32, String>>| -> Vec<(String, Vec<String>)> {
             self.sources
                 .iter()
@@ -330,15 +345,14 @@ impl AvroOutput {
         let mut current = self.current.lock().expect("avro output");
         self.refresh_locked(&mut current)?;
         let c = current.as_ref().expect("refreshed");
-        let key_json: Json = serde_json::from_str(key).map_err(|e| OutputError::Unwritable(format!("key {key}: {e}")))?;
-        let key_bytes = c.key.encode(&key_json).map_err(|e| OutputError::Unwritable(format!("key {key}: {e}")))?;
+        let unwritable = |why: String| OutputError::Key { key: key.to_string(), why };
+        let key_json: Json = serde_json::from_str(key).map_err(|e| unwritable(e.to_string()))?;
+        let key_bytes = c.key.encode(&key_json).map_err(|e| unwritable(e.to_string()))?;
         let value = match row {
             None => None,
             Some(row) => {
                 if let Some(col) = row.keys().find(|k| !c.columns.contains(*k)) {
-                    return Err(self.explain(OutputError::Unwritable(format!(
-                        "column `{col}` is in no source schema known to this process"
-                    ))));
+                    return Err(self.explain(OutputError::UnknownColumn { column: col.clone() }));
                 }
                 Some(c.value.encode_row(row).map_err(|e| self.explain(e))?)
             }
@@ -415,7 +429,8 @@ mod tests {
         assert_eq!(second["fields"][0], first["fields"][0], "old columns keep their place");
         let bad = envelope("us.t", json!([{"name": "a", "type": "boolean"}]));
         let e = derive_value_schema("o", Some(&second.to_string()), &[("us".into(), vec![bad])]).unwrap_err();
-        assert!(e.contains("column `a`"), "{e}");
+        assert!(matches!(&e, SchemaError::ColumnTypes { column, .. } if column == "a"), "{e:?}");
+        assert_eq!(e.to_string(), r#"column `a` is "string" in one schema and "boolean" in another"#);
     }
 
     #[test]
@@ -452,7 +467,9 @@ mod tests {
             json!({"type": "record", "name": "Key", "namespace": "eu.t", "fields": [{"name": "id", "type": "int"}]}).to_string();
         let k = derive_key_schema("o", None, &[("eu".into(), vec![key])], &value).unwrap();
         assert_eq!(k["fields"], json!([{"name": "id", "type": "int"}]));
-        assert!(derive_key_schema("o", Some(&["nope".to_string()]), &[], &value).is_err());
+        let e = derive_key_schema("o", Some(&["nope".to_string()]), &[], &value).unwrap_err();
+        assert_eq!(e, SchemaError::UnknownKeyField("nope".into()));
+        assert_eq!(e.to_string(), "key field `nope` is in no source's schema");
     }
 
     #[test]
