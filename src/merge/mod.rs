@@ -268,6 +268,7 @@ impl Slot for Version {
 }
 
 /// `*dst = src.clone()`, reusing `dst`'s string buffer where both are strings.
+#[inline]
 fn assign_value(dst: &mut Value, src: &Value) {
     match (dst, src) {
         (Value::String(d), Value::String(s)) => d.clone_from(s),
