@@ -1,5 +1,7 @@
 //! Unit tests of every rule of design §1, and property tests of convergence.
 
+use std::collections::BTreeSet;
+
 use super::*;
 use proptest::prelude::*;
 use serde_json::json;
@@ -1045,30 +1047,44 @@ fn field_lww_stores_each_writing_event_once() {
     e.apply(&mut s, upsert("us", vv(&[("us", 1)]), 2, json!({"id":1,"name":"b","last":3})));
     // Changes `name` only: eu's first event still wrote the latest `id` and `last` of eu.
     e.apply(&mut s, update("eu", vv(&[("eu", 2)]), 3, json!({"id":1,"name":"a","last":5}), json!({"id":1,"name":"c","last":5})));
+    // The events the writes point at, newest first, and each column's
+    // writers, winner first; each event is one stamp.
     let stamps = |s: &KeyState| {
         let f = s.fields.as_ref().unwrap();
-        let events: Vec<(String, i64)> = f.stamps.iter().map(|t| (t.source.clone(), t.ts)).collect();
-        let columns: BTreeMap<String, Vec<usize>> =
-            f.fields.iter().map(|(c, ws)| (c.clone(), ws.iter().map(|w| w.stamp).collect())).collect();
+        let event = |w: &ColumnWrite| (f.stamps[w.stamp].source.clone(), f.stamps[w.stamp].ts);
+        let live: BTreeSet<usize> = f.fields.values().flatten().map(|w| w.stamp).collect();
+        let mut events: Vec<(String, i64)> = live.iter().map(|&i| (f.stamps[i].source.clone(), f.stamps[i].ts)).collect();
+        events.sort_by(|a, b| b.1.cmp(&a.1));
+        let distinct: BTreeSet<&(String, i64)> = events.iter().collect();
+        assert_eq!(distinct.len(), events.len(), "one stamp per event: {:?}", f.stamps);
+        let columns: BTreeMap<String, Vec<(String, i64)>> =
+            f.fields.iter().map(|(c, ws)| (c.clone(), ws.iter().map(event).collect())).collect();
         (events, columns)
     };
+    let at = |source: &str, ts: i64| (source.to_string(), ts);
     let (events, columns) = stamps(&s);
-    // One stamp per event, newest first; each column points at its writers, winner first.
-    assert_eq!(events, [("eu".to_string(), 3), ("us".to_string(), 2), ("eu".to_string(), 1)]);
-    assert_eq!(columns["name"], [0, 1]);
-    assert_eq!(columns["id"], [1, 2]);
-    assert_eq!(columns["last"], [1, 2]);
+    assert_eq!(events, [at("eu", 3), at("us", 2), at("eu", 1)]);
+    assert_eq!(columns["name"], [at("eu", 3), at("us", 2)]);
+    assert_eq!(columns["id"], [at("us", 2), at("eu", 1)]);
+    assert_eq!(columns["last"], [at("us", 2), at("eu", 1)]);
     assert_eq!(out(&e, &s), Some(json!({"id":1,"name":"c","last":5})));
     // A full image from eu supersedes both of eu's earlier events in every
-    // column: their stamps go, and no stamp is left that nothing points at.
+    // column: only its stamp and us's are pointed at.
     e.apply(&mut s, upsert("eu", vv(&[("eu", 3)]), 4, json!({"id":1,"name":"d","last":6})));
     let (events, columns) = stamps(&s);
-    assert_eq!(events, [("eu".to_string(), 4), ("us".to_string(), 2)]);
-    assert!(columns.values().all(|ws| ws == &[0, 1]), "{columns:?}");
+    assert_eq!(events, [at("eu", 4), at("us", 2)]);
+    assert!(columns.values().all(|ws| ws == &[at("eu", 4), at("us", 2)]), "{columns:?}");
     assert_eq!(out(&e, &s), Some(json!({"id":1,"name":"d","last":6})));
     // The legacy JSON form spells every column write out, and reads back to
     // the same stamps.
     let json = serde_json::to_value(&s).unwrap();
     assert_eq!(json["fields"]["fields"]["name"][1], json!({"source":"us","vv":{"us":1},"ts":2,"value":"b"}));
     assert_eq!(serde_json::from_value::<KeyState>(json).unwrap(), s);
+    // The stamps nothing points at any more stay as free slots, and the
+    // next event's stamp takes one instead of adding a slot.
+    let slots = s.fields.as_ref().unwrap().stamps.len();
+    e.apply(&mut s, upsert("us", vv(&[("us", 2)]), 5, json!({"id":1,"name":"e","last":7})));
+    assert_eq!(stamps(&s).0, [at("us", 5), at("eu", 4)]);
+    assert_eq!(s.fields.as_ref().unwrap().stamps.len(), slots);
+    assert_eq!(out(&e, &s), Some(json!({"id":1,"name":"e","last":7})));
 }

@@ -6,6 +6,7 @@
 mod render;
 mod write;
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::iter::Peekable;
@@ -61,13 +62,20 @@ pub struct ColumnWrite {
 ///
 /// Serialized (the legacy JSON state) with every column write spelled out
 /// as a [`FieldVersion`], as before the stamps existed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Equality compares the writes with their events (what the encoding
+/// holds), not stamp indices: see [`FieldState::stamps`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(from = "FieldStateWire", into = "FieldStateWire")]
 pub struct FieldState {
-    /// The events the column writes in `fields` come from, each once, in
-    /// one canonical order (newest commit first, then source name, then
-    /// clock; see [`stamp_order`]): equal states hold equal vectors. Every
-    /// stamp is the writer of some column write or `union` set operation.
+    /// The events the column writes in `fields` come from, each once. A
+    /// decoded state holds them in one canonical order (newest commit
+    /// first, then source name, then clock; see [`stamp_order`]). Applying
+    /// an event never renumbers them: when every write of an event has
+    /// been superseded its slot stays, free, and the next new event's
+    /// stamp takes it, so an event costs no walk over every column write.
+    /// A free slot is one no column write or `union` set operation refers
+    /// to; its content means nothing.
     pub stamps: Vec<Stamp>,
     /// Per column, the antichain of its maximal writes, winner first.
     pub fields: BTreeMap<String, Vec<ColumnWrite>>,
@@ -82,6 +90,30 @@ pub struct FieldState {
     pub counters: BTreeMap<String, CounterState>,
     /// The merged row as last rendered: derived from the rest, never stored.
     pub(crate) rendered: Rendered,
+    /// How many writes refer to each stamp: derived from the rest, never
+    /// stored, counted afresh when its length is not the number of stamps
+    /// (a decoded state).
+    pub(crate) uses: Vec<u32>,
+}
+
+impl PartialEq for FieldState {
+    /// The same writes, in the same order, by the same events: what the
+    /// encoded state holds. Stamp indices do not matter.
+    fn eq(&self, other: &Self) -> bool {
+        let same = |a: &[ColumnWrite], b: &[ColumnWrite]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.value == y.value && self.stamp(x) == other.stamp(y))
+        };
+        self.cleared == other.cleared
+            && self.counters == other.counters
+            && self.fields.len() == other.fields.len()
+            && self.fields.iter().zip(&other.fields).all(|((c, a), (d, b))| c == d && same(a, b))
+            && self.sets.len() == other.sets.len()
+            && self
+                .sets
+                .iter()
+                .zip(&other.sets)
+                .all(|((c, a), (d, b))| c == d && same(&a.adds, &b.adds) && same(&a.removes, &b.removes))
+    }
 }
 
 /// [`FieldState`] as serde sees it: the layout before stamps.
@@ -253,14 +285,18 @@ pub(super) struct Stamps<'a> {
     /// How the event ranks against each stored stamp in the `lww` order,
     /// as far as the events decide it ([`MergeEngine::lww_event_cmp`]).
     ranks: &'a [Ordering],
+    /// [`FieldState::uses`], kept up to date as writes are superseded and
+    /// added (one more entry when the event's stamp is new).
+    uses: &'a [Cell<u32>],
 }
 
 impl<'a> Stamps<'a> {
     #[inline]
     fn get(&self, id: usize) -> StampRef<'a> {
-        match self.stored.get(id) {
-            Some(s) => s.as_ref(),
-            None => self.event,
+        if id == self.event_id {
+            self.event
+        } else {
+            self.stored[id].as_ref()
         }
     }
 
@@ -275,7 +311,11 @@ impl<'a> Stamps<'a> {
     /// How the write's event relates to the event being applied.
     #[inline]
     fn relation(&self, id: usize) -> Causality {
-        self.relations.get(id).copied().unwrap_or(Causality::Equal)
+        if id == self.event_id {
+            Causality::Equal
+        } else {
+            self.relations[id]
+        }
     }
 
     /// How the event's write of a column ranks against the write with
@@ -284,7 +324,24 @@ impl<'a> Stamps<'a> {
     /// must decide, as between two writes of the event itself.
     #[inline]
     fn rank(&self, id: usize) -> Ordering {
-        self.ranks.get(id).copied().unwrap_or(Ordering::Equal)
+        if id == self.event_id {
+            Ordering::Equal
+        } else {
+            self.ranks[id]
+        }
+    }
+
+    /// A write of stamp `id` has been superseded.
+    #[inline]
+    fn release(&self, id: usize) {
+        self.uses[id].set(self.uses[id].get() - 1);
+    }
+
+    /// A write of the event has been stored.
+    #[inline]
+    fn acquire(&self) {
+        let uses = &self.uses[self.event_id];
+        uses.set(uses.get() + 1);
     }
 }
 
@@ -327,80 +384,41 @@ impl Slot for FieldVersion {
     }
 }
 
-/// After an event's column writes: drops the stamps no write (or set
-/// operation) refers to any
-/// more and stores the event's (`event_id == stamps.len()`) if a write
-/// refers to it, in a dropped stamp's allocations where there is one, at
-/// its place in the canonical order; the writes are renumbered to match.
-fn settle_stamps(
-    stamps: &mut Vec<Stamp>,
-    columns: &mut BTreeMap<String, Vec<ColumnWrite>>,
-    sets: &mut BTreeMap<String, ElementSet>,
-    event: StampRef<'_>,
-    event_id: usize,
+/// Counts the writes (and set operations) that refer to each stamp.
+fn count_uses(
+    uses: &mut Vec<u32>,
+    stamps: usize,
+    columns: &BTreeMap<String, Vec<ColumnWrite>>,
+    sets: &BTreeMap<String, ElementSet>,
 ) {
-    let n = stamps.len();
-    const ON_STACK: usize = 16;
-    let mut stack = [false; ON_STACK + 1];
-    let mut heap = Vec::new();
-    let used: &mut [bool] = if n < ON_STACK {
-        &mut stack[..=n]
-    } else {
-        heap.resize(n + 1, false);
-        &mut heap
-    };
-    // Plain loops: the adapter chain over the maps cost several times more.
+    uses.clear();
+    uses.resize(stamps, 0);
     for writes in columns.values().chain(sets.values().flat_map(|s| [&s.adds, &s.removes])) {
         for w in writes {
-            used[w.stamp] = true;
+            uses[w.stamp] += 1;
         }
     }
-    let dead = used[..n].iter().position(|u| !u);
-    let new = event_id == n && used[n];
-    if dead.is_none() && !new {
-        return;
-    }
-    let fresh = new.then(|| {
-        let mut s = dead.map(|d| std::mem::take(&mut stamps[d])).unwrap_or_default();
-        s.source.clear();
-        s.source.push_str(event.source);
+}
+
+/// After an event's column writes: stores the event's stamp in its slot
+/// (`event_id`; a new one at the end when `event_id == stamps.len()`) if
+/// some write refers to it and `fresh` (the slot does not hold it yet),
+/// reusing the allocations of the free slot it takes.
+fn settle_stamps(stamps: &mut Vec<Stamp>, uses: &mut Vec<u32>, event: StampRef<'_>, event_id: usize, fresh: bool) {
+    if event_id == stamps.len() {
+        if uses[event_id] > 0 {
+            stamps.push(Stamp { source: event.source.to_owned(), vv: event.vv.clone(), ts: event.ts });
+        } else {
+            uses.pop();
+        }
+    } else if fresh && uses[event_id] > 0 {
+        let s = &mut stamps[event_id];
+        if s.source != event.source {
+            s.source.clear();
+            s.source.push_str(event.source);
+        }
         s.vv.assign(event.vv);
         s.ts = event.ts;
-        s
-    });
-    // The stored stamps that stay keep their order; the event's goes where
-    // the canonical order puts it.
-    let place = fresh.as_ref().map_or(usize::MAX, |s| {
-        stamps.iter().zip(used.iter()).filter(|(t, u)| **u && stamp_order(t.as_ref(), s.as_ref()) == Ordering::Less).count()
-    });
-    let mut stack = [0usize; ON_STACK + 1];
-    let mut heap = Vec::new();
-    let renumber: &mut [usize] = if n < ON_STACK {
-        &mut stack[..=n]
-    } else {
-        heap.resize(n + 1, 0);
-        &mut heap
-    };
-    let mut next = 0;
-    for (i, u) in used[..n].iter().enumerate() {
-        if *u {
-            renumber[i] = if next >= place { next + 1 } else { next };
-            next += 1;
-        }
-    }
-    renumber[n] = place;
-    let mut i = 0;
-    stamps.retain(|_| {
-        i += 1;
-        used[i - 1]
-    });
-    if let Some(s) = fresh {
-        stamps.insert(place, s);
-    }
-    for writes in columns.values_mut().chain(sets.values_mut().flat_map(|s| [&mut s.adds, &mut s.removes])) {
-        for w in writes {
-            w.stamp = renumber[w.stamp];
-        }
     }
 }
 

@@ -2,11 +2,12 @@
 //! register, each written column's set of writes under its rule, and the
 //! stamps of the events behind them.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 
 use serde_json::Value;
 
-use super::{seek, settle_stamps, ColumnWrite, FieldState, StampRef, Stamps, Written};
+use super::{count_uses, seek, settle_stamps, ColumnWrite, FieldState, StampRef, Stamps, Written};
 use crate::merge::clock::Relations;
 use crate::merge::{
     assign_value, same_json, value_rank, Applied, ApplyReport, Causality, ChangeEvent, ColumnRule, Insert, KeyState, MergeEngine,
@@ -84,7 +85,10 @@ impl MergeEngine {
     /// column then only looks up how its writes' events relate to it.
     fn write_columns(&self, fields: &mut FieldState, event: &ChangeEvent, row: &Row) -> (bool, u32) {
         let (mut changed_any, mut foreign_owner_writes) = (false, 0);
-        let FieldState { stamps, fields: columns, sets, .. } = fields;
+        let FieldState { stamps, fields: columns, sets, uses, .. } = fields;
+        if uses.len() != stamps.len() {
+            count_uses(uses, stamps.len(), columns, sets);
+        }
         let me = StampRef { source: &event.source, vv: &event.vv, ts: event.ts };
         const ON_STACK: usize = 16;
         let (mut stack, mut stack_ranks) = ([Causality::Concurrent; ON_STACK], [Ordering::Equal; ON_STACK]);
@@ -96,15 +100,26 @@ impl MergeEngine {
             heap_ranks.resize(stamps.len(), Ordering::Equal);
             (&mut heap, &mut heap_ranks)
         };
-        let mut event_id = stamps.len();
+        // The event's stamp: the stored one it equals, else a free slot,
+        // else a new slot at the end.
+        let (mut same, mut free) = (None, None);
         for (i, (stamp, (relation, rank))) in stamps.iter().zip(relations.iter_mut().zip(ranks.iter_mut())).enumerate() {
+            if uses[i] == 0 {
+                free = free.or(Some(i));
+                continue;
+            }
             *relation = stamp.vv.causality(&event.vv);
             if *relation == Causality::Equal && stamp.ts == event.ts && stamp.source == event.source {
-                event_id = i;
+                same = Some(i);
             }
             *rank = self.lww_event_cmp((me.ts, me.source, me.vv), (stamp.ts, &stamp.source, &stamp.vv));
         }
-        let ctx = Stamps { stored: stamps, event: me, event_id, relations, ranks };
+        let event_id = same.or(free).unwrap_or(stamps.len());
+        if event_id == stamps.len() {
+            uses.push(0);
+        }
+        let counts = Cell::from_mut(&mut uses[..]).as_slice_of_cells();
+        let ctx = Stamps { stored: stamps, event: me, event_id, relations, ranks, uses: counts };
         // The row, the rules and the column map are all sorted by column
         // name: walked together, no column is looked up.
         let mut rules = self.settings.columns.iter().peekable();
@@ -151,7 +166,7 @@ impl MergeEngine {
             changed_any |= added;
             foreign_owner_writes += u32::from(foreign);
         }
-        settle_stamps(stamps, columns, sets, me, event_id);
+        settle_stamps(stamps, uses, me, event_id, same.is_none());
         (changed_any, foreign_owner_writes)
     }
 
@@ -215,15 +230,21 @@ impl MergeEngine {
         let is_superseded = |r: &Causality| matches!(r, Causality::Before | Causality::Equal);
         let mut at = match relations.iter().position(is_superseded) {
             Some(first) => {
+                stamps.release(set[first].stamp);
+                stamps.acquire();
                 set[first].stamp = stamps.event_id;
                 assign_value(&mut set[first].value, value);
                 if superseded > 1 {
+                    for (w, _) in set.iter().zip(relations.iter()).skip(first + 1).filter(|(_, r)| is_superseded(r)) {
+                        stamps.release(w.stamp);
+                    }
                     let mut relation = relations.iter().enumerate();
                     set.retain(|_| relation.next().is_some_and(|(i, r)| i == first || !is_superseded(r)));
                 }
                 first
             }
             None => {
+                stamps.acquire();
                 set.push(ColumnWrite { stamp: stamps.event_id, value: value.clone() });
                 set.len() - 1
             }
