@@ -14,7 +14,7 @@ use rdkafka::producer::BaseRecord;
 
 use super::audit::{audit_record, AuditSource, Merged};
 use super::TABLE_HEADER;
-use super::{now_ms, RunError, Worker};
+use super::{now_ms, RegistryBlocked, RunError, Worker};
 
 impl Worker {
     pub(super) fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), RunError> {
@@ -160,11 +160,12 @@ impl Worker {
                 return Err(match e.reason {
                     DeadLetterReason::Output(error) => {
                         RegistryUnavailable { call: RegistryCall::Register }.emit(&self.metrics);
-                        RunError::RegistryUnavailable { topic, partition, offset, source: Box::new(error) }
+                        let source = RegistryBlocked::Register(Box::new(error));
+                        RunError::RegistryUnavailable { topic, partition, offset, source }
                     }
                     _ => {
                         RegistryUnavailable { call: RegistryCall::Decode }.emit(&self.metrics);
-                        RunError::RegistryUnavailable { topic, partition, offset, source: e }
+                        RunError::RegistryUnavailable { topic, partition, offset, source: RegistryBlocked::Decode(e) }
                     }
                 });
             }

@@ -261,8 +261,8 @@ pub enum RunError {
         partition: i32,
         /// Its offset.
         offset: i64,
-        /// What could not be done (its text says which registry call).
-        source: Box<dyn std::error::Error + Send + Sync>,
+        /// What could not be done.
+        source: RegistryBlocked,
     },
     /// Fenced by a newer instance, or a fatal producer error: stop.
     #[error("fatal producer error (fenced by another instance with the same transactional.id, or unrecoverable): {source}")]
@@ -292,6 +292,20 @@ pub enum RunError {
     /// error, the process stops.
     #[error("stopped while restoring")]
     Interrupted,
+}
+
+/// What a record could not get for want of the schema registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryBlocked {
+    /// The writer schema to decode it.
+    #[error(transparent)]
+    Decode(Box<crate::pipeline::DeadLetter>),
+    /// The writer schema to re-key it (a source that is not co-partitioned).
+    #[error(transparent)]
+    Rekey(Box<crate::repartition::RekeyError>),
+    /// The registration of the output schema its merged row needs.
+    #[error(transparent)]
+    Register(Box<crate::avro::output::OutputError>),
 }
 
 impl RunError {

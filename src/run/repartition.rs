@@ -59,7 +59,7 @@ impl Worker {
                     topic: msg.topic().to_string(),
                     partition: msg.partition(),
                     offset: msg.offset(),
-                    source: Box::new(e),
+                    source: super::RegistryBlocked::Rekey(Box::new(e)),
                 })
             }
             Err(e) => {
