@@ -1054,7 +1054,7 @@ fn field_lww_stores_each_writing_event_once() {
         let event = |w: &ColumnWrite| (f.stamps[w.stamp].source.clone(), f.stamps[w.stamp].ts);
         let live: BTreeSet<usize> = f.fields.values().flatten().map(|w| w.stamp).collect();
         let mut events: Vec<(String, i64)> = live.iter().map(|&i| (f.stamps[i].source.clone(), f.stamps[i].ts)).collect();
-        events.sort_by(|a, b| b.1.cmp(&a.1));
+        events.sort_by_key(|e| std::cmp::Reverse(e.1));
         let distinct: BTreeSet<&(String, i64)> = events.iter().collect();
         assert_eq!(distinct.len(), events.len(), "one stamp per event: {:?}", f.stamps);
         let columns: BTreeMap<String, Vec<(String, i64)>> =
