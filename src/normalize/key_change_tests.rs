@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::config::SourceConfig;
-use crate::merge::{DeletePolicy, KeyState, MergeEngine, MergeSettings};
+use crate::merge::{DeletePolicy, KeyState, MergeEngine, MergeSettings, Op, Policy};
 use serde_json::json;
 
 const NEW_KEY: &[(&str, &[u8])] = &[(NEW_KEY_HEADER, br#"{"id":2}"#), ("__debezium.context.connectorName", b"postgresql")];

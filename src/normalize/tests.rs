@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::SourceConfig;
+use crate::merge::{Op, Policy};
 use proptest::strategy::{Just, Strategy as _};
 use serde_json::json;
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::config::SourceConfig;
+use crate::merge::{Op, Policy};
 use serde_json::json;
 
 const LEGACY: &str = r#"
