@@ -104,6 +104,14 @@ impl VersionVector {
                     return;
                 }
             }
+            // Another source's entry: its key's buffer (and the map's node)
+            // are reused rather than freed and allocated again.
+            if let (Some((mut key, _)), Some((theirs, &counter))) = (self.0.pop_first(), other.0.first_key_value()) {
+                key.clear();
+                key.push_str(theirs);
+                self.0.insert(key, counter);
+                return;
+            }
         }
         if self.0.len() == other.0.len() && self.0.keys().eq(other.0.keys()) {
             for (mine, theirs) in self.0.values_mut().zip(other.0.values()) {
