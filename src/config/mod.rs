@@ -4,7 +4,15 @@
 //! Loading goes file → TOML table → environment overrides → typed structs
 //! (`deny_unknown_fields` everywhere) → semantic checks. Every problem found
 //! by the checks is reported at once, each with the key it is about.
+//!
+//! Here: the whole configuration and how it is loaded. The sections are in
+//! `sections.rs` (the sink's in `sink.rs`), `[[tables]]` and
+//! `[tables_pattern]` in `tables.rs`, the semantic checks in `validate.rs`,
+//! the environment overrides in `env.rs`, and the line a problem's key is on
+//! in `lines.rs`.
 
+mod env;
+mod lines;
 mod sections;
 mod serde_text;
 mod sink;
@@ -13,6 +21,7 @@ mod tables;
 mod tables_tests;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 pub use sections::{
     AdminConfig, AuditConfig, KafkaConfig, MergeConfig, OutputConfig, OutputFormat, Processing, Repartition, RuntimeConfig,
@@ -23,13 +32,15 @@ pub use serde_text::is_secret_property;
 pub use sink::{EpochUnit, SinkConfig, SinkTableConfig, TargetKind};
 pub use tables::{glob_matches, is_pattern_table_name, TableConfig, TablesPattern, DEFAULT_TABLE, MAX_TABLES};
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::merge::MergeSettings;
+use env::apply_override;
+use lines::with_lines;
+use validate::validate_source;
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "TRIBUTARY_";
@@ -230,96 +241,6 @@ impl Config {
         Ok((config, overridden))
     }
 
-    /// The checks `tributary sink` needs: the Kafka connection, the topic and `[sink]`.
-    pub fn validate_for_sink(&self, origin: &str) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        if self.kafka.group_id.trim().is_empty() {
-            problems.push("kafka.group_id: must not be empty".into());
-        }
-        if self.kafka.bootstrap_servers.trim().is_empty() {
-            problems.push("kafka.bootstrap_servers: must not be empty".into());
-        }
-        for name in ["isolation.level", "enable.auto.commit", "group.id"] {
-            if self.kafka.properties.contains_key(name) {
-                problems.push(format!("kafka.properties.\"{name}\": Tributary sets it"));
-            }
-        }
-        match &self.sink {
-            None => problems.push("sink: the configuration has no [sink] section".into()),
-            Some(sink) => problems.extend(sink.problems(self)),
-        }
-        if self.output.format == OutputFormat::Avro && self.schema_registry.is_none() {
-            problems.push("schema_registry: output.format = \"avro\" needs [schema_registry] to decode".into());
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid { origin: origin.into(), problems })
-        }
-    }
-
-    /// Semantic checks. Reports every problem, each naming its key.
-    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        if self.kafka.group_id.trim().is_empty() {
-            problems.push("kafka.group_id: must not be empty".into());
-        }
-        if self.kafka.bootstrap_servers.trim().is_empty() {
-            problems.push("kafka.bootstrap_servers: must not be empty".into());
-        }
-        for (name, why) in [
-            ("isolation.level", "the processor and the sink must read committed data only"),
-            ("partition.assignment.strategy", "co-partitioning needs the range assignor"),
-            ("enable.auto.commit", "offsets are committed with the output"),
-            ("transactional.id", "derived from group_id and instance_id"),
-            ("group.id", "set kafka.group_id"),
-            ("group.instance.id", "set kafka.instance_id"),
-        ] {
-            if self.kafka.properties.contains_key(name) {
-                problems.push(format!("kafka.properties.\"{name}\": Tributary sets it ({why})"));
-            }
-        }
-        if let Some(id) = &self.kafka.instance_id {
-            if id.trim().is_empty() {
-                problems.push("kafka.instance_id: must not be empty when set".into());
-            }
-        }
-        if matches!(self.kafka.replication_factor, Some(n) if n < 1) {
-            problems.push("kafka.replication_factor: must be at least 1".into());
-        }
-        if self.admin.enabled && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
-            problems.push(format!("admin.listen: \"{}\" is not an address such as \"0.0.0.0:9464\"", self.admin.listen));
-        }
-        // An inline token (or both keys) is checked here; a token file is
-        // read at start-up, where the mounted secret is.
-        if self.admin.token.is_some() {
-            if let Err(problem) = self.admin.resolve_token() {
-                problems.push(problem);
-            }
-        }
-        let known = self.source_names();
-        for name in self.admin.start_paused.iter().filter(|n| !known.contains(n)) {
-            let known: Vec<&str> = known.iter().map(String::as_str).collect();
-            problems.push(format!("admin.start_paused: no source named \"{name}\" (the sources are {})", known.join(", ")));
-        }
-        if self.runtime.commit_interval.is_zero() {
-            problems.push("runtime.commit_interval: must be greater than zero".into());
-        }
-        if self.runtime.max_cycle_bytes < 1 << 16 {
-            problems.push(format!("runtime.max_cycle_bytes: {} is too small (at least 65536)", self.runtime.max_cycle_bytes));
-        }
-        self.validate_tables(&mut problems);
-        self.validate_registry(&mut problems);
-        if let Some(sink) = &self.sink {
-            problems.extend(sink.problems(self));
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid { origin: origin.into(), problems })
-        }
-    }
-
     /// The tables configured: the `[[tables]]` entries, or the single table
     /// "default" of the legacy form (`[output]`, `[[sources]]`). Tables
     /// found by `[tables_pattern]` are not among them (see
@@ -349,82 +270,6 @@ impl Config {
             tables: Vec::new(),
             tables_pattern: None,
             ..self.clone()
-        }
-    }
-
-    /// True when some source or output is Avro (a registry is needed).
-    pub fn uses_avro(&self) -> bool {
-        !self.avro_users().is_empty()
-    }
-
-    /// The keys that make Avro of a source or an output.
-    fn avro_users(&self) -> Vec<String> {
-        let mut who = Vec::new();
-        for (prefix, t) in self.checked_tables() {
-            for (j, s) in t.sources.iter().enumerate().filter(|(_, s)| s.format == SourceFormat::DebeziumAvro) {
-                // The legacy form names the source, as before.
-                who.push(if prefix.is_empty() {
-                    format!("sources.{}.format", s.name)
-                } else {
-                    format!("{prefix}sources[{j}].format")
-                });
-            }
-            if t.output.format == OutputFormat::Avro {
-                who.push(format!("{prefix}output.format"));
-            }
-        }
-        if self.tables_pattern.as_ref().is_some_and(|p| p.source.format == SourceFormat::DebeziumAvro) {
-            who.push("tables_pattern.source.format".into());
-        }
-        who
-    }
-
-    fn validate_registry(&self, problems: &mut Vec<String>) {
-        let Some(registry) = &self.schema_registry else {
-            let who = self.avro_users();
-            if !who.is_empty() {
-                problems.push(format!(
-                    "schema_registry: required by {} (Avro); add [schema_registry] url = \"http://…\"",
-                    who.join(", ")
-                ));
-            }
-            return;
-        };
-        for (prefix, t) in self.checked_tables() {
-            if t.output.format == OutputFormat::Avro && !t.sources.iter().any(|s| s.format == SourceFormat::DebeziumAvro) {
-                problems.push(format!(
-                    "{prefix}output.format: \"avro\" derives the output schema from the sources' Avro schemas; at least one source needs format = \"debezium-avro\""
-                ));
-            }
-        }
-        let urls = registry.urls();
-        if urls.is_empty() {
-            problems.push("schema_registry.url: must not be empty".into());
-        }
-        for u in &urls {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                problems.push(format!("schema_registry.url: \"{u}\" must start with http:// or https://"));
-            }
-        }
-        if registry.basic_auth_password.is_some() && registry.basic_auth_user.is_none() {
-            problems.push("schema_registry.basic_auth_password: set without basic_auth_user".into());
-        }
-        if registry.certificate_location.is_some() != registry.key_location.is_some() {
-            problems.push("schema_registry.certificate_location/key_location: mutual TLS needs both".into());
-        }
-        for (key, path) in [
-            ("ca_location", &registry.ca_location),
-            ("certificate_location", &registry.certificate_location),
-            ("key_location", &registry.key_location),
-        ] {
-            if let Some(p) = path {
-                if !p.is_file() {
-                    problems.push(format!("schema_registry.{key}: {} is not a readable file", p.display()));
-                }
-            }
-        }
-        if registry.timeout.is_zero() {
-            problems.push("schema_registry.timeout: must be positive".into());
         }
     }
 
@@ -482,197 +327,5 @@ impl Config {
             }
         }
         toml::to_string_pretty(&value).expect("the configuration serializes")
-    }
-}
-
-/// The checks of one source (or of the pattern's template) whose keys start with `at`.
-fn validate_source(s: &SourceConfig, at: &str, problems: &mut Vec<String>) {
-    if let Some(seq) = &s.sequence {
-        if seq.split('.').any(str::is_empty) {
-            problems.push(format!("{at}.sequence: \"{seq}\" is not a dotted path such as \"source.lsn\""));
-        }
-        if s.format == SourceFormat::Json {
-            problems.push(format!(
-                "{at}.sequence: not supported with format = \"json\": a delete (tombstone) carries no sequence; use the Kafka offset (the default) or clock_field"
-            ));
-        } else if !seq.starts_with("source.") {
-            problems.push(format!(
-                "{at}.sequence: \"{seq}\" must be a field of the Debezium `source` block, e.g. \"source.lsn\" (row fields are absent from deletes)"
-            ));
-        }
-        if s.clock_field.is_some() {
-            problems.push(format!("{at}.sequence: set together with clock_field; a source's clock is either derived or carried"));
-        }
-    }
-    if let Some(f) = &s.clock_field {
-        if f.is_empty() {
-            problems.push(format!("{at}.clock_field: must not be empty"));
-        }
-    }
-    if let Some(k) = &s.key_fields {
-        if k.is_empty() || k.iter().any(String::is_empty) {
-            problems.push(format!("{at}.key_fields: must list at least one non-empty field name"));
-        }
-        if k.iter().collect::<HashSet<_>>().len() != k.len() {
-            problems.push(format!("{at}.key_fields: lists a field twice"));
-        }
-    }
-    if s.ts_field.is_some() && s.format != SourceFormat::Json {
-        problems.push(format!("{at}.ts_field: only applies to format = \"json\" (Debezium events carry source.ts_ms)"));
-    }
-    validate_transform(s, at, problems);
-}
-
-/// Compiles a source's `transform` and `where` as start-up will, listing
-/// each problem with its key and the source's name; key and clock columns
-/// must survive the mapping.
-fn validate_transform(s: &SourceConfig, at: &str, problems: &mut Vec<String>) {
-    // The pattern's template has no name (it is every region's source).
-    let label = if s.name.is_empty() { String::new() } else { format!(" (source \"{}\")", s.name) };
-    let named = |p: crate::transform::SpecProblem| format!("{at}.{}{label}: {}", p.key, p.message);
-    if let Some(spec) = &s.transform {
-        match crate::transform::Transform::compile(spec) {
-            Ok(t) => {
-                for f in s.key_fields.iter().flatten().filter(|f| !t.keeps(f)) {
-                    problems
-                        .push(format!("{at}.key_fields: \"{f}\" is dropped by the transform (key fields name columns after it)"));
-                }
-                if let Some(f) = s.clock_field.as_ref().filter(|f| !t.keeps(f)) {
-                    problems.push(format!("{at}.clock_field: \"{f}\" is dropped by the transform"));
-                }
-            }
-            Err(found) => problems.extend(found.into_iter().map(named)),
-        }
-    }
-    if let Some(spec) = &s.filter {
-        if let Err(found) = crate::transform::Filter::compile(spec) {
-            problems.extend(found.into_iter().map(named));
-        }
-    }
-}
-
-/// Applies one `TRIBUTARY_<SECTION>__<KEY>` override to the parsed table.
-///
-/// `TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS`, `TRIBUTARY_MERGE__POLICY`,
-/// `TRIBUTARY_KAFKA__PROPERTIES__SASL_PASSWORD` (→ `sasl.password`),
-/// `TRIBUTARY_SOURCES__EU__PRIORITY` (source by name; `_` matches `-`).
-/// Returns the key path it set (`merge.deletes`, `sources[0].priority`).
-/// Adds the line of the key each problem names (`sources[2].transform.cast.balance
-/// ...: unknown cast "centz" (line 53)`), where the key is in the file (not
-/// for keys set by environment overrides, or missing ones).
-fn with_lines(e: ConfigError, text: &str, overridden: &[String]) -> ConfigError {
-    let ConfigError::Invalid { origin, problems } = e else { return e };
-    let Ok(doc) = toml_edit::ImDocument::parse(text) else { return ConfigError::Invalid { origin, problems } };
-    let problems = problems
-        .into_iter()
-        .map(|p| {
-            let path = p.split([' ', ':']).next().unwrap_or_default();
-            let from_env =
-                overridden.iter().any(|k| path == k || path.starts_with(&format!("{k}.")) || k.starts_with(&format!("{path}.")));
-            match key_line(&doc, text, path).filter(|_| !from_env) {
-                Some(line) => format!("{p} (line {line})"),
-                None => p,
-            }
-        })
-        .collect();
-    ConfigError::Invalid { origin, problems }
-}
-
-/// The line (1-based) of the key at `path` (`a.b[2].c`) in `doc`, parsed
-/// from `text`, or of its closest enclosing key that is there.
-fn key_line(doc: &toml_edit::ImDocument<&str>, text: &str, path: &str) -> Option<usize> {
-    let mut table: &dyn toml_edit::TableLike = doc.as_table();
-    let mut span = None;
-    let mut segments = path.split('.').peekable();
-    while let Some(segment) = segments.next() {
-        let (name, index) = match segment.split_once('[') {
-            Some((name, rest)) => (name, Some(rest.strip_suffix(']')?.parse::<usize>().ok()?)),
-            None => (segment, None),
-        };
-        // A key that is missing (`tables[1].sources` of a table without
-        // sources) is named by the line of the section that lacks it.
-        let Some((key, item)) = table.get_key_value(name) else { break };
-        span = key.span().or(span);
-        let item = match index {
-            None => item,
-            Some(i) => {
-                let Some(t) = item.as_array_of_tables().and_then(|a| a.get(i)) else { break };
-                span = t.span().or(span);
-                if segments.peek().is_none() {
-                    break;
-                }
-                table = t;
-                continue;
-            }
-        };
-        if segments.peek().is_some() {
-            table = item.as_table_like()?;
-        }
-    }
-    let start = span?.start;
-    Some(text[..start.min(text.len())].matches('\n').count() + 1)
-}
-
-fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<String, ConfigError> {
-    let err = |message: String| ConfigError::Env { var: var.into(), message };
-    let parts: Vec<String> = var[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect();
-    let value = parse_env_value(raw);
-    match parts.as_slice() {
-        [section, props, name] if section == "kafka" && props == "properties" => {
-            let kafka = table_mut(table, "kafka").map_err(&err)?;
-            let properties = table_mut(kafka, "properties").map_err(&err)?;
-            properties.insert(name.replace('_', "."), toml::Value::String(raw.to_string()));
-            Ok(format!("kafka.properties.{}", name.replace('_', ".")))
-        }
-        [section, name, key] if section == "sources" => {
-            let sources = table
-                .get_mut("sources")
-                .and_then(toml::Value::as_array_mut)
-                .ok_or_else(|| err("the file has no [[sources]]".into()))?;
-            let wanted = name.replace('_', "-");
-            let (index, source) = sources
-                .iter_mut()
-                .filter_map(toml::Value::as_table_mut)
-                .enumerate()
-                .find(|(_, t)| {
-                    t.get("name")
-                        .and_then(toml::Value::as_str)
-                        .is_some_and(|n| n.to_ascii_lowercase().replace('_', "-") == wanted)
-                })
-                .ok_or_else(|| err(format!("no source named \"{name}\" in the file")))?;
-            source.insert(key.clone(), value);
-            Ok(format!("sources[{index}].{key}"))
-        }
-        [section, ..] if section == "tables" => Err(err(
-            "[[tables]] cannot be set from the environment; write the tables in the file (TRIBUTARY_TABLES_PATTERN__<KEY> sets a key of [tables_pattern])".into(),
-        )),
-        [section, key] if section != "sources" => {
-            table_mut(table, section).map_err(&err)?.insert(key.clone(), value);
-            Ok(format!("{section}.{key}"))
-        }
-        _ => Err(err(
-            "expected TRIBUTARY_<SECTION>__<KEY>, TRIBUTARY_KAFKA__PROPERTIES__<NAME> or TRIBUTARY_SOURCES__<NAME>__<KEY>".into(),
-        )),
-    }
-}
-
-fn table_mut<'a>(table: &'a mut toml::Table, key: &str) -> Result<&'a mut toml::Table, String> {
-    table
-        .entry(key.to_string())
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-        .as_table_mut()
-        .ok_or_else(|| format!("`{key}` is not a table"))
-}
-
-/// An override value: a TOML literal when it parses as one (numbers,
-/// booleans, arrays, quoted strings), otherwise the raw text as a string.
-fn parse_env_value(raw: &str) -> toml::Value {
-    #[derive(Deserialize)]
-    struct Holder {
-        v: toml::Value,
-    }
-    match toml::from_str::<Holder>(&format!("v = {raw}")) {
-        Ok(h) if !matches!(h.v, toml::Value::Datetime(_)) => h.v,
-        _ => toml::Value::String(raw.to_string()),
     }
 }
