@@ -371,10 +371,14 @@ impl Pipeline {
         let engine = &self.engine;
         let emit = Emit { engine, avro, limit: self.record_limit, key: &key, partition: record.partition, event_ts };
         let foreign = &self.foreign_owner_writes;
-        let may_undo = avro.is_some() || self.record_limit.is_some();
+        // A refusal takes the change back: the engine does it for the
+        // row-level policies (no copy); under `field-lww` the store does.
+        let may_refuse = avro.is_some() || self.record_limit.is_some();
+        let may_undo = may_refuse && !engine.undoes_without_copy();
         let step = store
             .try_update(&key, may_undo, |state| {
-                let report = engine.apply_reported(state, event);
+                let (report, undo) =
+                    if may_refuse { engine.apply_undoable(state, event) } else { (engine.apply_reported(state, event), None) };
                 // Looked up only when there is something to count: no hashing per event.
                 if report.foreign_owner_writes > 0 {
                     if let Some(n) = foreign.get(&source) {
@@ -392,7 +396,13 @@ impl Pipeline {
                     Applied::Duplicate => Verdict::Unchanged(Ok(Step::Duplicate { source })),
                     Applied::Changed => match emitted(&emit, source, state) {
                         Ok(step) => Verdict::Changed(Ok(step)),
-                        Err(refused) => Verdict::Undo(Err(refused)),
+                        Err(refused) => match undo {
+                            Some(undo) => {
+                                engine.undo(state, undo);
+                                Verdict::Unchanged(Err(refused))
+                            }
+                            None => Verdict::Undo(Err(refused)),
+                        },
                     },
                 }
             })
@@ -558,9 +568,22 @@ topic = "us.customers"
         assert!(matches!(step, Step::Emitted { state: None, .. }), "{step:?}");
     }
 
+    /// The row-level policies undo in the engine, `field-lww` in the store.
+    const POLICIES: [&str; 2] = ["lww", "field-lww"];
+
+    fn pipeline_under(policy: &str, limit: Option<usize>) -> Pipeline {
+        pipeline_of(&CONFIG.replace("policy = \"lww\"", &format!("policy = \"{policy}\"")), limit)
+    }
+
     #[test]
     fn a_merged_record_over_the_limit_is_refused_and_the_state_stays_as_it_was() {
-        let p = pipeline(Some(LIMIT));
+        for policy in POLICIES {
+            refused_under(policy);
+        }
+    }
+
+    fn refused_under(policy: &str) {
+        let p = pipeline_under(policy, Some(LIMIT));
         let mut store = MemoryStore::default();
         let key = json!({"id": 1}).to_string();
         process(&p, &mut store, "eu.customers", 0, json!({"id": 1, "name": "a"})).unwrap();
@@ -581,10 +604,16 @@ topic = "us.customers"
 
     #[test]
     fn the_task_store_undoes_a_refused_record_in_every_case() {
+        for policy in POLICIES {
+            task_store_undoes_under(policy);
+        }
+    }
+
+    fn task_store_undoes_under(policy: &str) {
         let dir = tempfile::tempdir().unwrap();
         let db = StateDb::open(dir.path()).unwrap();
         let mut task: TaskStore = db.task(0).unwrap();
-        let p = pipeline(Some(LIMIT));
+        let p = pipeline_under(policy, Some(LIMIT));
         let key = json!({"id": 1}).to_string();
         let emit = |task: &mut TaskStore, topic: &str, offset: i64, after: serde_json::Value| {
             let step = process(&p, task, topic, offset, after).unwrap();
@@ -605,9 +634,12 @@ topic = "us.customers"
         // The commit writes the state as it was before the refused events.
         task.commit(1).unwrap();
         assert_eq!(task.get(&key).unwrap().as_ref(), Some(&changed));
-        // A committed key loaded for the refused event: not cached, read again.
+        // A committed key loaded for the refused event: the store's undo
+        // does not cache it (it is read again); the engine's undo leaves it
+        // as loaded, and cached.
         too_large(process(&p, &mut task, "us.customers", 3, big()));
-        assert_eq!(task.cached(&key), None);
+        let cached = if p.engine().undoes_without_copy() { Some(&changed) } else { None };
+        assert_eq!(task.cached(&key), cached, "{policy}");
         assert_eq!(task.get(&key).unwrap().as_ref(), Some(&changed));
         // A key loaded by a stale event (no encoding remembered): undone from a copy.
         process(&p, &mut task, "eu.customers", 0, json!({"id": 1, "name": "a"})).unwrap();

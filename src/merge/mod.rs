@@ -396,19 +396,11 @@ impl MergeEngine {
         // `retain` below (on the stack for the usual handful of members).
         let mut room = Relations::new();
         let relations = room.of(set.len());
-        for (v, relation) in set.iter().zip(relations.iter_mut()) {
-            *relation = order(v, e);
-            match *relation {
-                Causality::After => return Insert::Stale,
-                Causality::Equal if self.equal_clock_cmp(v, e) != Ordering::Less => {
-                    return if v.same_content(e) { Insert::Duplicate } else { Insert::Stale };
-                }
-                _ => {}
-            }
+        if let Some(refused) = self.relate(set, e, order, relations) {
+            return refused;
         }
         // Nothing supersedes `e`: drop what `e` supersedes (everything before
         // it, and the equal clock it beats, if any).
-        let superseded = |r: &Causality| matches!(r, Causality::Before | Causality::Equal);
         match relations.iter().position(superseded) {
             Some(first) => {
                 set[first].overwrite(e);
@@ -419,6 +411,66 @@ impl MergeEngine {
         }
         self.sort_winner_first(set);
         Insert::Added
+    }
+
+    /// Fills `relations` with how each member of `set` relates to `e`
+    /// (`order(member, e)`), stopping at the first member that supersedes
+    /// `e` or holds it already: then `e` is not inserted, and that is the
+    /// outcome returned.
+    fn relate<T: Versioned>(
+        &self,
+        set: &[T],
+        e: &T,
+        order: impl Fn(&T, &T) -> Causality,
+        relations: &mut [Causality],
+    ) -> Option<Insert> {
+        for (v, relation) in set.iter().zip(relations.iter_mut()) {
+            *relation = order(v, e);
+            match *relation {
+                Causality::After => return Some(Insert::Stale),
+                Causality::Equal if self.equal_clock_cmp(v, e) != Ordering::Less => {
+                    return Some(if v.same_content(e) { Insert::Duplicate } else { Insert::Stale });
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// [`insert`](Self::insert) of a version that keeps what it displaced,
+    /// so that [`undo`](Self::undo) can put the set back exactly. The set
+    /// ends as `insert` leaves it: the order is total, so the place found
+    /// for `e` is the place sorting would give it.
+    fn insert_undoable(&self, set: &mut Vec<Version>, e: Version) -> Result<Undo, Insert> {
+        let mut room = Relations::new();
+        let relations = room.of(set.len());
+        if let Some(refused) = self.relate(set, &e, |v, e| v.vv.causality(&e.vv), relations) {
+            return Err(refused);
+        }
+        let mut displaced = Vec::new();
+        let mut kept = 0;
+        for (index, relation) in relations.iter().enumerate() {
+            if superseded(relation) {
+                displaced.push((index, set.remove(kept)));
+            } else {
+                kept += 1;
+            }
+        }
+        let at = set.partition_point(|v| self.lww_cmp(v, &e) == Ordering::Greater);
+        set.insert(at, e);
+        Ok(Undo { at, displaced })
+    }
+
+    /// Puts a key's state back as it was before the
+    /// [`apply_undoable`](Self::apply_undoable) that returned `undo`. Nothing
+    /// is copied: the event's version is dropped and the versions it
+    /// displaced return to their places.
+    pub fn undo(&self, state: &mut KeyState, undo: Undo) {
+        state.versions.remove(undo.at);
+        // Ascending original places: each lands where it was.
+        for (index, version) in undo.displaced {
+            state.versions.insert(index, version);
+        }
     }
 
     /// Keeps a set in one canonical order (winner first by `lww`), so equal
@@ -447,6 +499,30 @@ impl MergeEngine {
             return ApplyReport { applied, foreign_owner_writes: 0, refused: None };
         }
         self.apply_fields(state, event)
+    }
+
+    /// [`apply_reported`](Self::apply_reported), keeping what
+    /// [`undo`](Self::undo) needs to take a change back without a copy of
+    /// the state. `None` when nothing changed, and under `field-lww`, whose
+    /// column state only a copy taken before can restore
+    /// ([`undoes_without_copy`](Self::undoes_without_copy) is false).
+    pub fn apply_undoable(&self, state: &mut KeyState, event: ChangeEvent) -> (ApplyReport, Option<Undo>) {
+        if self.settings.policy == Policy::FieldLww {
+            return (self.apply_fields(state, event), None);
+        }
+        let version = Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row };
+        let (applied, undo) = match self.insert_undoable(&mut state.versions, version) {
+            Ok(undo) => (Applied::Changed, Some(undo)),
+            Err(Insert::Duplicate) => (Applied::Duplicate, None),
+            Err(_) => (Applied::Stale, None),
+        };
+        (ApplyReport { applied, foreign_owner_writes: 0, refused: None }, undo)
+    }
+
+    /// True when every change [`apply_undoable`](Self::apply_undoable)
+    /// makes comes with its [`Undo`] (the row-level policies).
+    pub fn undoes_without_copy(&self) -> bool {
+        self.settings.policy != Policy::FieldLww
     }
 
     /// Picks the deciding version of the set under the delete policy, with
@@ -505,6 +581,22 @@ impl MergeEngine {
             Some(ts) => self.resolve(state).row.is_none() && ts.saturating_add(self.settings.tombstone_retention_ms) < now_ms,
         }
     }
+}
+
+/// Members an insert supersedes: everything before the new one, and the
+/// equal clock it beats, if any.
+fn superseded(relation: &Causality) -> bool {
+    matches!(relation, Causality::Before | Causality::Equal)
+}
+
+/// What [`MergeEngine::apply_undoable`] took out of a key's state, for
+/// [`MergeEngine::undo`] to put back.
+#[derive(Debug)]
+pub struct Undo {
+    /// Where the event's version went.
+    at: usize,
+    /// The versions it superseded, with their places, in ascending order.
+    displaced: Vec<(usize, Version)>,
 }
 
 /// What one event did, with what the column rules counted.

@@ -1020,6 +1020,41 @@ proptest! {
         }
     }
 
+    /// `apply_undoable` changes a state as `apply` does, and `undo` puts
+    /// it back exactly (same versions in the same order), for every policy
+    /// that undoes without a copy, at every point of a random history.
+    #[test]
+    fn an_undo_puts_the_state_back_exactly(hist in history(), clocks in clocks(), a in prop::collection::vec(0usize..3, 1..40)) {
+        let queues = events(&hist, clocks);
+        for e in all_engines(clocks).into_iter().filter(MergeEngine::undoes_without_copy) {
+            let mut pos = vec![0usize; queues.len()];
+            let mut states: BTreeMap<String, KeyState> = BTreeMap::new();
+            let mut pick = a.iter().cycle();
+            for _ in 0..queues.iter().map(Vec::len).sum::<usize>() {
+                let mut q = *pick.next().unwrap() % queues.len();
+                while pos[q] >= queues[q].len() {
+                    q = (q + 1) % queues.len();
+                }
+                let ev = queues[q][pos[q]].clone();
+                pos[q] += 1;
+                let st = states.entry(ev.key.clone()).or_default();
+                let before = st.clone();
+                let mut applied = before.clone();
+                let plain = e.apply(&mut applied, ev.clone());
+                let (report, undo) = e.apply_undoable(st, ev.clone());
+                prop_assert_eq!(report.applied, plain);
+                prop_assert_eq!(&*st, &applied, "apply_undoable changed the state as apply does");
+                prop_assert_eq!(undo.is_some(), plain == Applied::Changed);
+                if let Some(undo) = undo {
+                    // Take it back, check, and apply again to go on.
+                    e.undo(st, undo);
+                    prop_assert_eq!(&*st, &before, "the undo restored the state");
+                    e.apply(st, ev);
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_state_is_an_antichain_bounded_per_source_in_derived_mode(hist in history(), a in prop::collection::vec(0usize..3, 1..40)) {
         let queues = events(&hist, Clocks::Derived);
