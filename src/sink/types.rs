@@ -8,6 +8,7 @@ use base64::Engine;
 use serde_json::Value;
 
 use super::{ColumnType, EpochUnit};
+use crate::time::{civil_from_days, days_from_civil};
 
 /// Parses a column type, PostgreSQL spellings included
 /// (`double precision`, `timestamp with time zone`, `numeric(12,2)`).
@@ -194,30 +195,6 @@ pub fn decimal(v: &Value, precision: Option<u32>, scale: u32) -> Result<String, 
     let zero = int == "0" && frac.bytes().all(|b| b == b'0');
     let sign = if negative && !zero { "-" } else { "" };
     Ok(if frac.is_empty() { format!("{sign}{int}") } else { format!("{sign}{int}.{frac}") })
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number (inverse of [`days_from_civil`]).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// Years both databases and ISO-8601's plain form agree on.
