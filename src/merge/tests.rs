@@ -912,6 +912,24 @@ fn events(hist: &[Vec<Step>], clocks: Clocks) -> Vec<Vec<ChangeEvent>> {
     out
 }
 
+/// The events of the per-source queues in the order `picks` chooses (each
+/// pick selects a non-empty queue), keeping every queue's own order.
+fn interleaved(queues: &[Vec<ChangeEvent>], picks: &[usize]) -> Vec<ChangeEvent> {
+    let mut pos = vec![0usize; queues.len()];
+    let mut pick = picks.iter().cycle();
+    let total: usize = queues.iter().map(Vec::len).sum();
+    (0..total)
+        .map(|_| {
+            let mut q = *pick.next().unwrap() % queues.len();
+            while pos[q] >= queues[q].len() {
+                q = (q + 1) % queues.len();
+            }
+            pos[q] += 1;
+            queues[q][pos[q] - 1].clone()
+        })
+        .collect()
+}
+
 /// Feeds the per-source queues in the order `picks` chooses (each pick
 /// selects a non-empty queue), keeping every queue's own order; returns the
 /// final states and the last emitted output per key.
@@ -920,18 +938,9 @@ fn run(
     queues: &[Vec<ChangeEvent>],
     picks: &[usize],
 ) -> (BTreeMap<String, KeyState>, BTreeMap<String, Option<Value>>) {
-    let mut pos = vec![0usize; queues.len()];
     let mut states: BTreeMap<String, KeyState> = BTreeMap::new();
     let mut emitted = BTreeMap::new();
-    let total: usize = queues.iter().map(Vec::len).sum();
-    let mut pick = picks.iter().cycle();
-    for _ in 0..total {
-        let mut q = *pick.next().unwrap() % queues.len();
-        while pos[q] >= queues[q].len() {
-            q = (q + 1) % queues.len();
-        }
-        let ev = queues[q][pos[q]].clone();
-        pos[q] += 1;
+    for ev in interleaved(queues, picks) {
         let st = states.entry(ev.key.clone()).or_default();
         let applied = e.apply(st, ev.clone());
         assert_ne!(applied, Applied::Refused, "the generated events are all mergeable: {ev:?}");
@@ -1027,16 +1036,8 @@ proptest! {
     fn an_undo_puts_the_state_back_exactly(hist in history(), clocks in clocks(), a in prop::collection::vec(0usize..3, 1..40)) {
         let queues = events(&hist, clocks);
         for e in all_engines(clocks).into_iter().filter(MergeEngine::undoes_without_copy) {
-            let mut pos = vec![0usize; queues.len()];
             let mut states: BTreeMap<String, KeyState> = BTreeMap::new();
-            let mut pick = a.iter().cycle();
-            for _ in 0..queues.iter().map(Vec::len).sum::<usize>() {
-                let mut q = *pick.next().unwrap() % queues.len();
-                while pos[q] >= queues[q].len() {
-                    q = (q + 1) % queues.len();
-                }
-                let ev = queues[q][pos[q]].clone();
-                pos[q] += 1;
+            for ev in interleaved(&queues, &a) {
                 let st = states.entry(ev.key.clone()).or_default();
                 let before = st.clone();
                 let mut applied = before.clone();
