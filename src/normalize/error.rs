@@ -63,6 +63,14 @@ pub enum NormalizeErrorKind {
     /// No key could be found.
     #[error("missing key: the record has no key and no key_fields are configured")]
     MissingKey,
+    /// The canonical key is longer than the state store takes.
+    #[error("the key is {bytes} bytes, over the state store's limit of {limit} bytes")]
+    KeyTooLarge {
+        /// Length of the canonical key.
+        bytes: usize,
+        /// [`MAX_KEY_BYTES`](super::MAX_KEY_BYTES).
+        limit: usize,
+    },
     /// A configured key field is absent from the row.
     #[error("key field `{0}` is missing from the row")]
     MissingKeyField(String),
@@ -136,6 +144,7 @@ impl NormalizeErrorKind {
             Self::BadValue { .. } => "bad_value",
             Self::BadKey(_) => "bad_key",
             Self::MissingKey | Self::MissingKeyField(_) => "missing_key",
+            Self::KeyTooLarge { .. } => "key_too_large",
             Self::MissingOp | Self::UnsupportedOp(_) => "bad_op",
             Self::Truncate => "truncate",
             Self::MissingAfter(_) => "bad_value",

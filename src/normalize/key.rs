@@ -6,6 +6,19 @@ use serde_json::Value;
 
 use super::{json_kind, InputRecord, NormalizeErrorKind};
 
+/// The longest canonical key a record may have: the state store's key limit
+/// (fjall panics on a longer key, which would stop the processor at every
+/// restart on the same record).
+pub const MAX_KEY_BYTES: usize = u16::MAX as usize;
+
+/// `key` when the state store can hold it.
+pub(super) fn within_limit(key: String) -> Result<String, NormalizeErrorKind> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(NormalizeErrorKind::KeyTooLarge { bytes: key.len(), limit: MAX_KEY_BYTES });
+    }
+    Ok(key)
+}
+
 /// The record key as a canonical JSON object (Debezium `payload` unwrapped).
 pub(super) fn record_key(record: &InputRecord<'_>) -> Result<String, NormalizeErrorKind> {
     let bytes = record.key.filter(|k| !k.is_empty()).ok_or(NormalizeErrorKind::MissingKey)?;

@@ -30,6 +30,7 @@ pub use debezium_avro::DebeziumAvro;
 pub use debezium_json::DebeziumJson;
 pub use error::{NormalizeError, NormalizeErrorKind, RecordPosition};
 pub use flat_json::FlatJson;
+pub use key::MAX_KEY_BYTES;
 #[cfg(test)]
 use key::{already_canonical, canonicalize_key};
 pub use key_change::{KeyChange, NEW_KEY_HEADER, OLD_KEY_HEADER};

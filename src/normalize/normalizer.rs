@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::key::record_key;
+use super::key::{record_key, within_limit};
 use super::{
     json_kind, origin, DebeziumAvro, DebeziumJson, FilterCounts, FlatJson, Format, InputRecord, NormalizeError,
     NormalizeErrorKind, Normalized, Parsed, RawChange, RawOp,
@@ -152,7 +152,7 @@ impl SourceNormalizer {
         // no need to parse the value. Errors take the long way, which
         // reports what normalizing would (a filtered record is no error).
         if self.key_fields.is_none() && !self.format.decodes_key() {
-            if let Ok(key) = self.record_key_image(record) {
+            if let Ok(key) = self.record_key_image(record).and_then(within_limit) {
                 return Ok(Some(key));
             }
         }
@@ -205,7 +205,7 @@ impl SourceNormalizer {
                 t.apply(before, Image::Before).map_err(failed)?;
             }
         }
-        let key = self.key(record, &raw)?;
+        let key = within_limit(self.key(record, &raw)?)?;
         let ts = raw.ts.or(record.timestamp.filter(|t| *t >= 0)).ok_or(NormalizeErrorKind::MissingTimestamp)?;
         let vv = match &self.clock_field {
             Some(field) => {

@@ -161,6 +161,20 @@ fn key_fields_pick_from_the_row_and_the_record_key() {
 }
 
 #[test]
+fn a_key_longer_than_the_state_store_takes_is_refused() {
+    let n = source("");
+    let at_limit = format!(r#"{{"id":"{}"}}"#, "k".repeat(MAX_KEY_BYTES - 9));
+    assert_eq!(event(n.normalize(&rec(Some(&at_limit), Some(UPDATE)))).key.len(), MAX_KEY_BYTES);
+    let over = format!(r#"{{"id":"{}"}}"#, "k".repeat(MAX_KEY_BYTES - 8));
+    let e = err(n.normalize(&rec(Some(&over), Some(UPDATE))));
+    assert_eq!(e.kind, NormalizeErrorKind::KeyTooLarge { bytes: MAX_KEY_BYTES + 1, limit: MAX_KEY_BYTES });
+    assert_eq!(e.kind.reason(), "key_too_large");
+    assert!(e.to_string().contains("the key is 65536 bytes, over the state store's limit of 65535 bytes"), "{e}");
+    // Re-keying reports it as normalizing would.
+    assert!(matches!(n.canonical_key(&rec(Some(&over), Some(UPDATE))), Err(NormalizeErrorKind::KeyTooLarge { .. })));
+}
+
+#[test]
 fn flat_json_rows_tombstones_and_rewritten_deletes() {
     let n = source("format = \"json\"\nts_field = \"updated_ms\"");
     let e = event(n.normalize(&rec(Some(r#"{"id":1}"#), Some(r#"{"id":1,"v":"x","updated_ms":77,"__deleted":"false"}"#))));

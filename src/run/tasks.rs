@@ -7,7 +7,8 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::events::RestoreProgress;
+use crate::events::{ChangelogRecordSkipped, RestoreProgress};
+use crate::normalize::MAX_KEY_BYTES;
 use crate::store::{RestoreWriter, RestoredBatch, StoreError, TaskStore};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -319,7 +320,14 @@ impl Worker {
                         ended = Some(m.partition());
                     } else {
                         // Stored as it is: the state decodes when first read.
-                        o.task.put_restored_bytes(m.key().unwrap_or_default(), m.payload())?;
+                        let key = m.key().unwrap_or_default();
+                        if (1..=MAX_KEY_BYTES).contains(&key.len()) {
+                            o.task.put_restored_bytes(key, m.payload())?;
+                        } else {
+                            let table = &self.tables[o.table].name;
+                            ChangelogRecordSkipped { table, partition: m.partition(), offset: m.offset(), key_bytes: key.len() }
+                                .emit();
+                        }
                         o.next = m.offset() + 1;
                         o.restored += 1;
                         o.at_end = false;
