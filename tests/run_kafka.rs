@@ -692,3 +692,39 @@ fn owner_rule_counts_foreign_writes_and_explains_columns() {
     let body: Value = serde_json::from_str(audit.last().unwrap()["payload"].as_str().unwrap()).unwrap();
     assert!(body["columns"].as_array().is_some_and(|c| c.iter().any(|c| c["column"] == "name" && c["source"] == "eu")), "{body}");
 }
+
+/// A commit time that is no time in milliseconds (Debezium's `ts_us` by
+/// mistake; `i64::MIN`, whose age overflowed at emit and panicked the
+/// worker of a debug build at every restart) is a dead letter naming the
+/// field and the value; every other record is output exactly once.
+#[test]
+fn a_commit_time_outside_the_calendar_is_a_dead_letter() {
+    let s = Setup::new("badts");
+    let mut live = HashMap::new();
+    let mut records = history(&s, 6, 0..2, &mut live);
+    let expected = expected_outputs(&records);
+    let bad = [s.epoch_ms * 1000, i64::MIN];
+    for (i, ts) in bad.iter().enumerate() {
+        let key = json!({"id": 900 + i}).to_string();
+        let partition = tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS);
+        let value = json!({"before": null, "after": {"id": 900 + i}, "op": "c", "source": {"ts_ms": ts}}).to_string();
+        records.insert(records.len() / 2 + i, Rec { topic: s.topics[i].clone(), partition, key: Some(key), value: Some(value) });
+    }
+    produce(&records);
+    let p = Processor::start(&s.config("a"), &s.log("a"));
+    let dlq = wait_for_records(&format!("{}-dlq", s.group), bad.len(), Duration::from_secs(60));
+    let output = wait_for_records(&s.output, expected, Duration::from_secs(60));
+    assert!(p.stop().success(), "the processor ran to the end");
+    assert_eq!(dlq.len(), bad.len(), "{dlq:?}");
+    for ts in bad {
+        let r = dlq.iter().find(|r| r["payload"].as_str().is_some_and(|v| v.contains(&ts.to_string()))).expect("in the DLQ");
+        assert_eq!(header(r, "tributary.error.reason"), "bad_timestamp");
+        let error = header(r, "tributary.error");
+        assert!(
+            error.contains(&format!("`source.ts_ms` or `ts_ms`: {ts} is not a time between the years 1 and 9999")),
+            "{error}"
+        );
+    }
+    assert_exactly_once(&output, expected);
+    assert_same_view(&output, &s.replay());
+}

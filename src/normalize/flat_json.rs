@@ -31,6 +31,10 @@ impl Format for FlatJson {
         "json"
     }
 
+    fn ts_path(&self) -> &str {
+        self.ts_field.as_ref().map_or("", |(name, _)| name)
+    }
+
     fn parse(&self, record: &InputRecord<'_>, sequence: Option<&[String]>) -> Result<Option<RawChange>, NormalizeErrorKind> {
         let Some(bytes) = record.value.filter(|v| !v.is_empty()) else {
             // With flat rows a tombstone *is* the delete; the key comes from the record key.

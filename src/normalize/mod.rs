@@ -149,6 +149,10 @@ pub trait Format: Send + Sync + fmt::Debug {
     fn decodes_key(&self) -> bool {
         false
     }
+    /// Where [`RawChange::ts`] comes from, for messages (inside backquotes).
+    fn ts_path(&self) -> &str {
+        "source.ts_ms` or `ts_ms"
+    }
 }
 
 /// Looks up a dotted path (already split) in a JSON value.

@@ -206,7 +206,13 @@ impl SourceNormalizer {
             }
         }
         let key = within_limit(self.key(record, &raw)?)?;
-        let ts = raw.ts.or(record.timestamp.filter(|t| *t >= 0)).ok_or(NormalizeErrorKind::MissingTimestamp)?;
+        let ts = match raw.ts {
+            Some(ts) => commit_time(self.format.ts_path(), ts)?,
+            None => match record.timestamp.filter(|t| *t >= 0) {
+                Some(ts) => commit_time("<kafka record timestamp>", ts)?,
+                None => return Err(NormalizeErrorKind::MissingTimestamp),
+            },
+        };
         let vv = match &self.clock_field {
             Some(field) => {
                 // Carried: the clock column is metadata. Take it out of both
@@ -309,6 +315,29 @@ impl SourceNormalizer {
         }
         Ok(row)
     }
+}
+
+/// The earliest commit time taken: 0001-01-01T00:00:00Z, in ms.
+pub(super) const MIN_TS_MS: i64 = -62_135_596_800_000;
+/// The latest commit time taken: 9999-12-31T23:59:59.999Z, in ms.
+pub(super) const MAX_TS_MS: i64 = 253_402_300_799_999;
+
+/// `ts` (ms since the epoch) when it is a time between the years 1 and
+/// 9999. Anything else is not a commit time in milliseconds (most often one
+/// in micro- or nanoseconds: Debezium's `ts_us`, `ts_ns`); taken, it would
+/// outrank every real write under `lww`, and the age arithmetic at emit
+/// overflows on values near `i64::MIN`.
+fn commit_time(path: &str, ts: i64) -> Result<i64, NormalizeErrorKind> {
+    if (MIN_TS_MS..=MAX_TS_MS).contains(&ts) {
+        return Ok(ts);
+    }
+    Err(NormalizeErrorKind::BadTimestamp {
+        path: path.to_string(),
+        problem: format!(
+            "{ts} is not a time between the years 1 and 9999 in milliseconds since the epoch{}",
+            if ts > MAX_TS_MS { " (micro- or nanoseconds?)" } else { "" }
+        ),
+    })
 }
 
 /// A carried clock: a JSON object of non-negative integers, or a string holding one.

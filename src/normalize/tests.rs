@@ -494,3 +494,36 @@ proptest::proptest! {
         proptest::prop_assert_eq!(canonicalize_key(text.as_bytes()), Ok(text));
     }
 }
+
+#[test]
+fn a_commit_time_outside_the_years_1_to_9999_is_a_dead_letter() {
+    // Debezium's ts_us by mistake, and the extremes whose age the emit step
+    // computed with an overflow (a panic in debug builds, a wrapped metric in release).
+    let micros = 1_733_130_000_000_000i64;
+    for (ts, hint) in [(micros, true), (i64::MAX, true), (i64::MIN, false), (super::normalizer::MIN_TS_MS - 1, false)] {
+        let v = format!(r#"{{"after":{{"id":1}},"op":"c","source":{{"ts_ms":{ts}}}}}"#);
+        let e = err(source("").normalize(&rec(Some(r#"{"id":1}"#), Some(&v))));
+        assert_eq!(e.kind.reason(), "bad_timestamp", "{e}");
+        let text = e.to_string();
+        assert!(text.contains(&format!("`source.ts_ms` or `ts_ms`: {ts} is not a time between the years 1 and 9999")), "{text}");
+        assert_eq!(text.contains("micro- or nanoseconds?"), hint, "{text}");
+        assert!(text.contains("topic eu.t partition 2 offset 41"), "{text}");
+    }
+    let v = format!(r#"{{"after":{{"id":1}},"op":"c","ts_ms":{micros}}}"#);
+    let e = err(source("").normalize(&rec(Some(r#"{"id":1}"#), Some(&v))));
+    assert_eq!(e.kind.reason(), "bad_timestamp", "{e}");
+    let flat = source("format = \"json\"\nts_field = \"updated\"");
+    let e = err(flat.normalize(&rec(Some(r#"{"id":1}"#), Some(&format!(r#"{{"id":1,"updated":{micros}}}"#)))));
+    assert!(e.to_string().contains(&format!("timestamp field `updated`: {micros} is not a time")), "{e}");
+    let mut r = rec(Some(r#"{"id":1}"#), Some(r#"{"after":{"id":1},"op":"c"}"#));
+    r.timestamp = Some(i64::MAX);
+    assert!(err(source("").normalize(&r)).to_string().contains("`<kafka record timestamp>`"));
+    // The bounds are the calendar's: both ends are taken.
+    for ts in [super::normalizer::MIN_TS_MS, super::normalizer::MAX_TS_MS, -1, 0] {
+        assert!(crate::time::format_millis(ts).is_some());
+        let v = format!(r#"{{"after":{{"id":1}},"op":"c","source":{{"ts_ms":{ts}}}}}"#);
+        assert_eq!(event(source("").normalize(&rec(Some(r#"{"id":1}"#), Some(&v)))).ts, ts);
+    }
+    assert!(crate::time::format_millis(super::normalizer::MAX_TS_MS + 1).is_none());
+    assert!(crate::time::format_millis(super::normalizer::MIN_TS_MS - 1).is_none());
+}
