@@ -25,7 +25,8 @@ pub struct OutputRecord {
     pub value: Option<Vec<u8>>,
     /// `tributary.*` headers, in a fixed order.
     pub headers: Vec<(&'static str, String)>,
-    /// Record timestamp: the newest commit time in the key's version set.
+    /// Record timestamp: the newest commit time in the key's version set,
+    /// or the current time when that is earlier (see [`record_timestamp`]).
     pub timestamp: i64,
 }
 
@@ -47,7 +48,21 @@ pub fn without_value(partition: i32, key: String, resolved: &Resolved<'_>, times
         headers.push((HEADER_WINNER, w.to_string()));
     }
     headers.push((HEADER_SIBLINGS, resolved.siblings.to_string()));
-    OutputRecord { partition, key, key_bytes: None, value, headers, timestamp }
+    OutputRecord { partition, key, key_bytes: None, value, headers, timestamp: record_timestamp(timestamp, now_ms()) }
+}
+
+/// The timestamp to write for a key whose newest commit time is `newest`:
+/// no later than `now`. The broker refuses a record timestamp more than
+/// `message.timestamp.after.max.ms` ahead of its clock (one hour by default
+/// since Kafka 4.0), and a refused output record aborts the transaction,
+/// again at every retry: one commit time from a source whose clock runs
+/// ahead would stall its partition for good.
+fn record_timestamp(newest: i64, now: i64) -> i64 {
+    newest.min(now)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(i64::MAX, |d| d.as_millis() as i64)
 }
 
 impl OutputRecord {
@@ -59,5 +74,23 @@ impl OutputRecord {
     /// The value as text (JSON output).
     pub fn value_text(&self) -> Option<&str> {
         self.value.as_deref().and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merge::VersionVector;
+
+    #[test]
+    fn a_commit_time_in_the_future_is_written_as_now() {
+        assert_eq!(record_timestamp(1_000, 2_000), 1_000);
+        assert_eq!(record_timestamp(3_000, 2_000), 2_000);
+        let resolved = Resolved { row: None, vv: VersionVector::single("eu", 1), winner: None, siblings: 1 };
+        let before = now_ms();
+        let year_9999 = 253_402_300_799_999;
+        let out = encode_owned(0, "k".into(), &resolved, year_9999);
+        assert!((before..=now_ms()).contains(&out.timestamp), "{}", out.timestamp);
+        assert_eq!(encode_owned(0, "k".into(), &resolved, 1_700_000_000_000).timestamp, 1_700_000_000_000);
     }
 }

@@ -728,3 +728,31 @@ fn a_commit_time_outside_the_calendar_is_a_dead_letter() {
     assert_exactly_once(&output, expected);
     assert_same_view(&output, &s.replay());
 }
+
+/// A commit time ahead of the broker's clock (a source whose clock runs two
+/// hours fast) is merged, and its output record is written with the current
+/// time: the broker refuses a timestamp more than an hour ahead
+/// (`message.timestamp.after.max.ms`), which aborted every cycle of the
+/// partition, again at every retry.
+#[test]
+fn a_commit_time_in_the_future_does_not_stall_the_output() {
+    let s = Setup::new("futurets");
+    let mut live = HashMap::new();
+    let mut records = history(&s, 6, 0..2, &mut live);
+    let key = json!({"id": 777}).to_string();
+    let partition = tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS);
+    let ahead = s.epoch_ms + 2 * 3_600_000;
+    let value = json!({"before": null, "after": {"id": 777, "name": "ahead"}, "op": "c", "source": {"ts_ms": ahead}}).to_string();
+    records.insert(records.len() / 2, Rec { topic: s.topics[1].clone(), partition, key: Some(key.clone()), value: Some(value) });
+    produce(&records);
+    let expected = expected_outputs(&records);
+    let p = Processor::start(&s.config("a"), &s.log("a"));
+    let output = wait_for_records(&s.output, expected, Duration::from_secs(60));
+    let log = p.log_text();
+    assert!(p.stop().success(), "the processor ran to the end");
+    assert!(!log.contains("INVALID_TIMESTAMP"), "{log}");
+    assert_exactly_once(&output, expected);
+    assert_same_view(&output, &s.replay());
+    let ahead_record = output.iter().find(|r| r["key"].as_str() == Some(key.as_str())).expect("the record is merged");
+    assert!(ahead_record["ts"].as_i64().is_some_and(|t| t < ahead), "{ahead_record}");
+}
