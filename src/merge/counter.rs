@@ -154,6 +154,10 @@ impl Amount {
             units = units.checked_mul(10)?.checked_add(i128::from(b - b'0'))?;
         }
         let mut scale = i64::try_from(frac.len()).ok()? - i64::from(exponent);
+        if units == 0 {
+            // What the loops below give, without up to 2^31 steps of them.
+            scale = scale.clamp(0, i64::from(MAX_SCALE));
+        }
         while scale < 0 {
             units = units.checked_mul(10)?;
             scale += 1;
@@ -416,4 +420,26 @@ impl MergeEngine {
 /// deltas at or below it were seen by a delete and are gone with the row.
 fn cut(cleared: &[VersionVector], source: &str) -> u64 {
     cleared.iter().map(|c| c.get(source)).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Amount;
+
+    #[test]
+    fn a_zero_with_a_huge_exponent_parses_at_once() {
+        // Zero never overflows, so scaling it one digit at a time took up to
+        // 2^31 steps for the exponent alone: seconds to minutes per event,
+        // again at every render of a counter created with such a value.
+        assert_eq!(Amount::parse("0e-2147483648"), Some(Amount { units: 0, scale: 18 }));
+        assert_eq!(Amount::parse("-0.0E2147483647"), Some(Amount { units: 0, scale: 0 }));
+        assert_eq!(Amount::parse("0.000e-20"), Some(Amount { units: 0, scale: 18 }));
+        assert_eq!(Amount::parse("0.00"), Some(Amount { units: 0, scale: 2 }));
+        assert_eq!(Amount::parse("0e5"), Some(Amount { units: 0, scale: 0 }));
+        // Other values are as before: exact, or refused past 38 digits.
+        assert_eq!(Amount::parse("1.50e-2"), Some(Amount { units: 150, scale: 4 }));
+        assert_eq!(Amount::parse("1e-2147483648"), None);
+        assert_eq!(Amount::parse("1e2147483647"), None);
+        assert_eq!(Amount::parse("12e3"), Some(Amount { units: 12_000, scale: 0 }));
+    }
 }
