@@ -79,7 +79,7 @@ pub enum Refusal {
         column: String,
         /// `after` or `before`.
         image: &'static str,
-        /// The value, as JSON.
+        /// The value, as JSON (its first 120 bytes or so, when longer).
         value: String,
     },
     /// An update of a `counter` column without the value it had before.
@@ -252,11 +252,7 @@ impl MergeEngine {
         }
         let Some(after) = event.row.as_ref().and_then(|r| r.get(column)) else { return Ok(CounterWrite::Nothing) };
         let number = |value: &Value, image: &'static str| {
-            Amount::of(value).ok_or_else(|| Refusal::CounterNotNumeric {
-                column: column.to_owned(),
-                image,
-                value: value.to_string(),
-            })
+            Amount::of(value).ok_or_else(|| Refusal::CounterNotNumeric { column: column.to_owned(), image, value: shown(value) })
         };
         let new = number(after, "after")?;
         if event.full_image {
@@ -281,7 +277,7 @@ impl MergeEngine {
         let delta = new.checked_sub(old).ok_or_else(|| Refusal::CounterNotNumeric {
             column: column.to_owned(),
             image: "after",
-            value: after.to_string(),
+            value: shown(after),
         })?;
         Ok(CounterWrite::Delta(delta))
     }
@@ -416,6 +412,24 @@ impl MergeEngine {
     }
 }
 
+/// `value`'s JSON text for a refusal, cut to its first 120 bytes or so
+/// when longer: the refusal becomes the dead letter's `tributary.error`
+/// header and a log line, and a whole column value there (a long text in a
+/// column given the counter rule) could make the dead letter itself too
+/// large for the broker, failing the cycle at every retry.
+fn shown(value: &Value) -> String {
+    const MAX: usize = 120;
+    let text = value.to_string();
+    if text.len() <= MAX {
+        return text;
+    }
+    let mut end = MAX - 3;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
+}
+
 /// The highest entry for `source` among the delete clocks: that source's
 /// deltas at or below it were seen by a delete and are gone with the row.
 fn cut(cleared: &[VersionVector], source: &str) -> u64 {
@@ -424,7 +438,41 @@ fn cut(cleared: &[VersionVector], source: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::Amount;
+    use super::{shown, Amount};
+
+    #[test]
+    fn a_refusal_shows_the_start_of_a_long_value() {
+        assert_eq!(shown(&serde_json::json!("abc")), "\"abc\"");
+        let long = serde_json::json!("é".repeat(500_000));
+        let text = shown(&long);
+        assert!(text.starts_with("\"éé") && text.ends_with("... (1000002 bytes)"), "{text}");
+        assert!(text.len() < 150, "{}", text.len());
+        // Through the engine: a megabyte of text in a counter column is
+        // refused with a message of a few hundred bytes.
+        use crate::merge::*;
+        let engine = MergeEngine::new(MergeSettings {
+            policy: Policy::FieldLww,
+            deletes: DeletePolicy::Lww,
+            priorities: Default::default(),
+            clock_field: None,
+            tombstone_retention_ms: 1000,
+            columns: [("n".to_string(), ColumnRule::Counter)].into_iter().collect(),
+        });
+        let row = serde_json::json!({"id": 1, "n": "x".repeat(1_000_000)}).as_object().unwrap().clone();
+        let event = ChangeEvent {
+            source: "eu".into(),
+            key: r#"{"id":1}"#.into(),
+            op: Op::Upsert,
+            row: Some(row),
+            before: None,
+            full_image: true,
+            ts: 1,
+            vv: VersionVector::single("eu", 1),
+        };
+        let report = engine.apply_reported(&mut KeyState::default(), event);
+        let refusal = report.refused.expect("refused").to_string();
+        assert!(refusal.len() < 400 && refusal.contains("... (1000002 bytes)"), "{} bytes: {}", refusal.len(), &refusal[..200]);
+    }
 
     #[test]
     fn a_zero_with_a_huge_exponent_parses_at_once() {
