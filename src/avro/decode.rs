@@ -23,12 +23,14 @@ const MAX_EMPTY_ITEMS: u64 = 65_536;
 pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Array and map items claimed so far in the whole datum.
+    items: u64,
 }
 
 impl<'a> Reader<'a> {
     /// Reads from the start of `buf`.
     pub fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0 }
+        Self { buf, pos: 0, items: 0 }
     }
 
     /// Bytes consumed so far.
@@ -78,7 +80,10 @@ impl<'a> Reader<'a> {
     /// Runs `item` for every element of an array or map (block-encoded).
     /// Items may take no bytes at all (`null`, an empty record), so the
     /// count cannot be checked against the bytes left; it is capped instead,
-    /// so a forged count cannot spin for ages.
+    /// so a forged count cannot spin for ages. The cap holds for the whole
+    /// datum too: nested arrays of such items (each inner array a few bytes
+    /// claiming 65 536 nulls) would otherwise multiply into billions of
+    /// values from a small record.
     fn blocks(&mut self, mut item: impl FnMut(&mut Self) -> Result<(), CodecError>) -> Result<(), CodecError> {
         let mut total: u64 = 0;
         loop {
@@ -90,9 +95,11 @@ impl<'a> Reader<'a> {
                 self.long()?; // the block's size in bytes: not needed here
             }
             total = total.saturating_add(count.unsigned_abs());
+            self.items = self.items.saturating_add(count.unsigned_abs());
             let cap = (self.buf.len() - self.pos) as u64 + MAX_EMPTY_ITEMS;
-            if total > cap {
-                return Err(CodecError::TooManyItems { items: total, left: self.buf.len() - self.pos });
+            // Every item that takes a byte takes one of the datum's own.
+            if total > cap || self.items > self.buf.len() as u64 + MAX_EMPTY_ITEMS {
+                return Err(CodecError::TooManyItems { items: total.max(self.items), left: self.buf.len() - self.pos });
             }
             for _ in 0..count.unsigned_abs() {
                 item(self)?;
@@ -521,6 +528,35 @@ mod tests {
         super::write_long(&mut ok, 1000);
         ok.push(0);
         assert_eq!(shape.decode_json(&mut Reader::new(&ok)).unwrap().as_array().unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn nested_arrays_of_empty_items_are_capped_for_the_whole_datum() {
+        // array<array<null>>: 100 inner arrays of 65 536 nulls in 402 bytes
+        // decoded to 6.5 million values (1 000 inner arrays: 65 million, 2 GB).
+        let shape = Shape::Array(Box::new(Shape::Array(Box::new(Shape::Null))));
+        let mut bytes = Vec::new();
+        super::write_long(&mut bytes, 100);
+        for _ in 0..100 {
+            super::write_long(&mut bytes, 65_536);
+            bytes.push(0);
+        }
+        bytes.push(0);
+        match shape.decode_json(&mut Reader::new(&bytes)) {
+            Err(e) => assert!(matches!(e, CodecError::TooManyItems { items: 131_172, .. }), "{e}"),
+            Ok(json) => panic!("decoded {} values", json.as_array().map_or(0, |a| a.len() * 65_536)),
+        }
+        assert!(shape.skip(&mut Reader::new(&bytes)).is_err());
+        // Within the cap, nesting decodes as before.
+        let mut ok = Vec::new();
+        super::write_long(&mut ok, 3);
+        for _ in 0..3 {
+            super::write_long(&mut ok, 1000);
+            ok.push(0);
+        }
+        ok.push(0);
+        let json = shape.decode_json(&mut Reader::new(&ok)).unwrap();
+        assert_eq!(json.as_array().unwrap().iter().map(|a| a.as_array().unwrap().len()).sum::<usize>(), 3000);
     }
 
     #[test]
