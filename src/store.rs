@@ -106,17 +106,22 @@ pub struct StateDb {
 }
 
 /// Default for [`StateDb::open`]'s decoded-state cache.
-pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
 
 /// fjall's block cache (its default is 32 MiB). Hot states are served by
 /// the task caches above it (`runtime.state_cache_bytes`), so the block
-/// cache only needs the index and filter blocks and a few data blocks.
-const BLOCK_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// cache only needs the index and filter blocks and a few data blocks; the
+/// operating system's page cache holds the files anyway. With this, 4 MiB
+/// memtables and the smaller runtime defaults of 2026-12-02, a 50 000-key
+/// run's peak fell from 225-237 to 160-169 MB at the same events/s
+/// (doc/benchmarks.md, "Memory").
+const BLOCK_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// Largest memtable of a task's keyspace before fjall flushes it to a
 /// segment (its default is 64 MiB per keyspace, so 64 MiB per task: most of
 /// the memory of a process with a few tasks). States are written once per
-/// cycle, in batches, so small memtables cost little throughput.
-const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// cycle, in batches, so small memtables cost little throughput; a full one
+/// is flushed in the background while a new one fills.
+const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 
 impl StateDb {
     /// Opens (or creates) the store under `dir`.

@@ -359,12 +359,19 @@ pub(super) fn default_commit_interval() -> Duration {
     Duration::from_millis(100)
 }
 
+/// A few thousand decoded `lww` states (~5 kB each). 64 MiB, the default
+/// before 2026-12-02, raised a 50 000-key run's peak by ~30 MB; the smaller
+/// memory defaults of that day together ran at the same events/s
+/// (doc/benchmarks.md, "Memory").
 pub(super) fn default_state_cache_bytes() -> usize {
-    64 << 20
+    16 << 20
 }
 
+/// Encoded bytes; the open cycle holds its states decoded, several times
+/// that, until the commit. With 100 ms cycles and ~1 kB states the interval
+/// ends a cycle first below about 80 k events/s.
 pub(super) fn default_max_cycle_bytes() -> usize {
-    32 << 20
+    8 << 20
 }
 
 pub(super) fn default_state_dir() -> PathBuf {

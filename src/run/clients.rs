@@ -14,14 +14,17 @@ use crate::config::{Config, Processing};
 /// Memory bounds of the Kafka clients, chosen on purpose (librdkafka's
 /// defaults suit a process that does nothing else; `[kafka.properties]`
 /// overrides each). The group consumer keeps at most this much prefetched
-/// (librdkafka: 64 MiB): a cycle takes at most `max_cycle_bytes` (32 MiB) of
-/// state anyway, and 16 MiB still holds several fetches of every partition.
-/// 4 MiB took about 50 MB off a 50 000-key run's peak but cost 10-15 % of
-/// its events/s at less CPU per event (benches/e2e, 300 000 events,
-/// 2026-12-02), so the processing thread waited, most likely for fetches.
-/// The restore consumer keeps librdkafka's defaults: it reads one partition
-/// at a time, only while a task opens, and with a 16 MiB queue it restored at
-/// half the speed (`scripts/bench/restore`).
+/// (librdkafka: 64 MiB). librdkafka's bookkeeping per prefetched message
+/// costs about as much as the message again, beside the fetch responses the
+/// messages point into: the 16 MiB queue held ~47 MB of a 50 000-key run's
+/// peak (heaptrack, 2026-12-02). A 4 MiB queue took 35-40 MB off it but cost
+/// 15-25 % of the events/s at less CPU per event: once the queue is full,
+/// librdkafka waits `fetch.queue.backoff.ms` (1 s) before a partition's next
+/// fetch, so a small queue runs dry. With that backoff at 20 ms, 4 MiB ran as
+/// fast as 16 MiB (doc/benchmarks.md, "Memory").
+/// The restore consumer keeps librdkafka's defaults: it runs only while
+/// tasks open, and with a 16 MiB queue it restored at half the speed
+/// (`scripts/bench/restore`).
 pub(super) const CONSUMER_QUEUE_KBYTES: &str = "16384";
 /// Largest fetch response (librdkafka: 50 MiB), in line with the queue.
 pub(super) const FETCH_MAX_BYTES: &str = "16777216";
