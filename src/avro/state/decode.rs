@@ -10,7 +10,7 @@ use super::reader::{Decoded, Reader};
 use super::{
     changelog_fingerprint, StateDecodeError, CHANGELOG, HEADER_LEN, SINGLE_OBJECT_MARKER, V1_FINGERPRINT, V2_FINGERPRINT,
 };
-use crate::merge::{CounterState, Delta, ElementVersions, FieldState, FieldVersion, KeyState, Row, Tally, Version};
+use crate::merge::{CounterState, Delta, ElementVersions, FieldState, FieldVersion, KeyState, Op, Row, Tally, Version};
 
 /// Decodes a key state from the store or the changelog: single-object Avro,
 /// or the legacy JSON encoding (a value starting with `{`).
@@ -18,7 +18,11 @@ pub fn decode_state(bytes: &[u8]) -> Result<KeyState, StateDecodeError> {
     if bytes.starts_with(&SINGLE_OBJECT_MARKER) {
         decode_single_object(bytes)
     } else if bytes.starts_with(b"{") {
-        serde_json::from_slice(bytes).map_err(StateDecodeError::LegacyJson)
+        let state: KeyState = serde_json::from_slice(bytes).map_err(StateDecodeError::LegacyJson)?;
+        match state.versions.iter().any(|v| (v.op == Op::Upsert) != v.row.is_some()) {
+            true => Err(upsert_row_error(0)),
+            false => Ok(state),
+        }
     } else if bytes.is_empty() {
         Err(StateDecodeError::Empty)
     } else {
@@ -76,6 +80,13 @@ fn decode_single_object(bytes: &[u8]) -> Result<KeyState, StateDecodeError> {
     Ok(state)
 }
 
+/// What every reader of a state relies on: an upsert carries its row and a
+/// delete none. A value that breaks it (written by hand, or corrupted) is
+/// refused when decoded, not met as a panic when the key is next merged.
+fn upsert_row_error(offset: usize) -> StateDecodeError {
+    StateDecodeError::Malformed { what: "a version's row", offset, problem: "an upsert must carry a row and a delete none" }
+}
+
 /// The schema version a value was written with.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum SchemaVersion {
@@ -99,7 +110,11 @@ fn read_version(r: &mut Reader<'_>) -> Decoded<Version> {
     let vv = r.clock("a version's clock")?;
     let ts = r.long("a version's ts")?;
     let op = r.op("a version's op")?;
+    let at = r.pos;
     let row = if r.present("a version's row")? { Some(r.json::<Row>("a version's row")?) } else { None };
+    if (op == Op::Upsert) != row.is_some() {
+        return Err(upsert_row_error(at));
+    }
     Ok(Version { source, vv, ts, op, row })
 }
 

@@ -522,15 +522,14 @@ fn arb_clock() -> impl Strategy<Value = VersionVector> {
 }
 
 fn arb_version() -> impl Strategy<Value = Version> {
-    (".{0,8}", arb_clock(), any::<i64>(), any::<bool>(), prop::option::of(arb_row())).prop_map(
-        |(source, vv, ts, is_delete, row)| {
-            if is_delete {
-                Version { source, vv, ts, op: Op::Delete, row: None }
-            } else {
-                Version { source, vv, ts, op: Op::Upsert, row }
-            }
-        },
-    )
+    // An upsert carries its row, a delete none (the decoder refuses others).
+    (".{0,8}", arb_clock(), any::<i64>(), any::<bool>(), arb_row()).prop_map(|(source, vv, ts, is_delete, row)| {
+        if is_delete {
+            Version { source, vv, ts, op: Op::Delete, row: None }
+        } else {
+            Version { source, vv, ts, op: Op::Upsert, row: Some(row) }
+        }
+    })
 }
 
 fn arb_field_version() -> impl Strategy<Value = FieldVersion> {
@@ -962,4 +961,25 @@ fn column_writes_of_one_event_share_one_stamp_and_encode_as_before() {
     assert_eq!(from_avro(&avro_read(&bytes[HEADER_LEN..])), state);
     assert_eq!(decode_state(&with_header(&avro_write(&state))).unwrap(), state);
     assert_eq!(decode_state(&bytes).unwrap(), state);
+}
+
+/// An upsert without its row (or a delete with one) is refused when decoded,
+/// in both encodings: merging the key would otherwise panic on it.
+#[test]
+fn an_upsert_without_a_row_is_refused_when_decoded() {
+    let rowless = Version { source: "eu".into(), vv: clock(&[("eu", 1)]), ts: 1, op: Op::Upsert, row: None };
+    let mut with_row = delete("us", clock(&[("us", 1)]), 2);
+    with_row.row = Some(row(json!({"id": 1})));
+    for bad in [rowless, with_row] {
+        let state = KeyState { versions: vec![upsert("ap", clock(&[("ap", 1)]), 3, json!({"id": 1})), bad], fields: None };
+        for bytes in [encode_state(&state), serde_json::to_vec(&state).unwrap()] {
+            let e = decode_state(&bytes).unwrap_err();
+            assert!(
+                matches!(e, StateDecodeError::Malformed { what: "a version's row", .. }),
+                "{e}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+            assert!(e.to_string().contains("an upsert must carry a row and a delete none"), "{e}");
+        }
+    }
 }
