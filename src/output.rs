@@ -80,13 +80,14 @@ impl OutputRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merge::VersionVector;
+    use crate::merge::{MergedClock, Op, Version, VersionVector};
 
     #[test]
     fn a_commit_time_in_the_future_is_written_as_now() {
         assert_eq!(record_timestamp(1_000, 2_000), 1_000);
         assert_eq!(record_timestamp(3_000, 2_000), 2_000);
-        let resolved = Resolved { row: None, vv: VersionVector::single("eu", 1), winner: None, siblings: 1 };
+        let versions = [Version { source: "eu".into(), vv: VersionVector::single("eu", 1), ts: 1, op: Op::Delete, row: None }];
+        let resolved = Resolved { row: None, vv: MergedClock::of(&versions), winner: None, siblings: 1 };
         let before = now_ms();
         let year_9999 = 253_402_300_799_999;
         let out = encode_owned(0, "k".into(), &resolved, year_9999);

@@ -83,6 +83,11 @@ impl VersionVector {
         }
     }
 
+    /// Number of sources with an entry.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// True when no source has an entry.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

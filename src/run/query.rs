@@ -85,7 +85,7 @@ impl Worker {
                     "row": r.row.as_deref(),
                     "deleted": r.row.is_none(),
                     "winner": r.winner,
-                    "vv": r.vv,
+                    "vv": r.vv.to_vv(),
                     "conflict": r.conflict(),
                     "siblings": r.siblings,
                     "versions": state.versions,
