@@ -16,21 +16,26 @@ use crate::config::{Config, Processing};
 /// overrides each). The group consumer keeps at most this much prefetched
 /// (librdkafka: 64 MiB). librdkafka's bookkeeping per prefetched message
 /// costs about as much as the message again, beside the fetch responses the
-/// messages point into: the 16 MiB queue held ~47 MB of a 50 000-key run's
-/// peak (heaptrack, 2026-12-02). A 4 MiB queue took 35-40 MB off it but cost
-/// 15-25 % of the events/s at less CPU per event: once the queue is full,
-/// librdkafka waits `fetch.queue.backoff.ms` (1 s) before a partition's next
-/// fetch, so a small queue runs dry. With that backoff at 20 ms, 4 MiB ran as
-/// fast as 16 MiB (doc/benchmarks.md, "Memory").
-pub(super) const CONSUMER_QUEUE_KBYTES: &str = "16384";
-/// Largest fetch response (librdkafka: 50 MiB), in line with the queue.
-pub(super) const FETCH_MAX_BYTES: &str = "16777216";
-/// The restore consumer has the same queue and fetch bounds. With them
-/// alone it restored at half the speed of librdkafka's 64 MiB: the queue
-/// filled and each partition then waited the 1 s backoff. Waiting 20 ms it
-/// restored 1.4-1.8 times as fast as with 64 MiB, at a lower peak
-/// (`scripts/bench/restore`, 2026-12-02).
-const RESTORE_FETCH_BACKOFF_MS: &str = "20";
+/// messages point into: a 16 MiB queue held ~47 MB of a 50 000-key run's
+/// peak (heaptrack, 2026-12-02). A 4 MiB queue alone took 35-40 MB off it
+/// but cost 15-25 % of the events/s: once the queue is full, librdkafka
+/// waits `fetch.queue.backoff.ms` (1 s) before a partition's next fetch, so
+/// a small queue ran dry. With that backoff at 20 ms ([`FETCH_QUEUE_BACKOFF_MS`])
+/// 4 MiB ran at least as fast as 16 MiB, at 150-163 MB peak instead of
+/// 160-169 MB (doc/benchmarks.md, "Memory").
+pub(super) const GROUP_QUEUE_KBYTES: &str = "4096";
+/// Largest fetch response of the group consumer (librdkafka: 50 MiB), in
+/// line with its queue.
+pub(super) const GROUP_FETCH_MAX_BYTES: &str = "4194304";
+/// How long a consumer whose queue is full waits before fetching a partition
+/// again (librdkafka: 1 s, long enough for a bounded queue to run dry).
+pub(super) const FETCH_QUEUE_BACKOFF_MS: &str = "20";
+/// The restore consumer reads only while tasks open, and as fast as it can:
+/// a 16 MiB queue with the 20 ms backoff restored 1.4-1.8 times as fast as
+/// librdkafka's 64 MiB, at a lower peak (`scripts/bench/restore`, 2026-12-02).
+const RESTORE_QUEUE_KBYTES: &str = "16384";
+/// Largest fetch response of the restore consumer, in line with its queue.
+const RESTORE_FETCH_MAX_BYTES: &str = "16777216";
 /// The producer's queue (librdkafka: 1 GiB). A cycle's output, changelog and
 /// audit records wait here until the commit flushes them; a full queue makes
 /// `send` serve delivery reports and retry, so this bounds memory, not records.
@@ -55,9 +60,9 @@ pub(super) fn create_clients(config: &Config) -> Result<Clients, RunError> {
             ("enable.auto.commit", "false"),
             ("auto.offset.reset", "error"),
             ("group.id", "tributary-restore"),
-            ("queued.max.messages.kbytes", CONSUMER_QUEUE_KBYTES),
-            ("fetch.max.bytes", FETCH_MAX_BYTES),
-            ("fetch.queue.backoff.ms", RESTORE_FETCH_BACKOFF_MS),
+            ("queued.max.messages.kbytes", RESTORE_QUEUE_KBYTES),
+            ("fetch.max.bytes", RESTORE_FETCH_MAX_BYTES),
+            ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
         ],
     )
     .create_with_context(QuietContext)

@@ -14,7 +14,7 @@ use crate::store::StateDb;
 use rdkafka::admin::AdminClient;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::clients::{create_clients, Clients, CONSUMER_QUEUE_KBYTES, FETCH_MAX_BYTES};
+use super::clients::{create_clients, Clients, FETCH_QUEUE_BACKOFF_MS, GROUP_FETCH_MAX_BYTES, GROUP_QUEUE_KBYTES};
 use super::discovery::Discovery;
 use super::group::{GroupConsumer, GroupContext};
 use super::layout::{prepare_shared, prepare_table, SharedLayout, TableLayout};
@@ -389,8 +389,9 @@ fn subscribe(
         ("isolation.level", "read_committed"),
         ("auto.offset.reset", "earliest"),
         ("statistics.interval.ms", "5000"),
-        ("queued.max.messages.kbytes", CONSUMER_QUEUE_KBYTES),
-        ("fetch.max.bytes", FETCH_MAX_BYTES),
+        ("queued.max.messages.kbytes", GROUP_QUEUE_KBYTES),
+        ("fetch.max.bytes", GROUP_FETCH_MAX_BYTES),
+        ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
     ];
     if let Some(id) = &config.kafka.instance_id {
         consumer_defaults.push(("group.instance.id", id.as_str()));
