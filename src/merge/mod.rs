@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use clock::Relations;
-pub use clock::{Causality, VersionVector};
+pub use clock::{Causality, MergedClock, VersionVector};
 pub use counter::{CounterState, Delta, Refusal, Tally};
 use fields::Rendered;
 pub use fields::{ColumnWinner, ColumnWrite, FieldState, FieldVersion, Stamp};
@@ -189,98 +189,6 @@ pub struct Resolved<'a> {
     pub winner: Option<&'a str>,
     /// The number of versions in the set.
     pub siblings: usize,
-}
-
-/// The merged clock of a version set: the pointwise maximum of its clocks.
-/// Nothing is built until asked: the output wants it as JSON text, which
-/// [`to_json`](Self::to_json) writes straight from the versions' clocks
-/// (the map [`to_vv`](Self::to_vv) builds costs an allocation per source).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MergedClock<'a> {
-    versions: &'a [Version],
-}
-
-impl<'a> MergedClock<'a> {
-    /// The merged clock of `versions`.
-    pub fn of(versions: &'a [Version]) -> Self {
-        Self { versions }
-    }
-
-    /// The merged clock as a clock.
-    pub fn to_vv(&self) -> VersionVector {
-        let mut vv = VersionVector::new();
-        for v in self.versions {
-            vv.join(&v.vv);
-        }
-        vv
-    }
-
-    /// The same text as `self.to_vv().to_json()`: `{"source":counter,...}`
-    /// in source order, without whitespace. Derived clocks give a handful of
-    /// entries, gathered on the stack; only the text is allocated.
-    pub fn to_json(&self) -> String {
-        const ON_STACK: usize = 8;
-        let total: usize = self.versions.iter().map(|v| v.vv.len()).sum();
-        let mut stack = [("", 0u64); ON_STACK];
-        let mut heap = Vec::new();
-        let entries: &mut [(&str, u64)] = if total <= ON_STACK {
-            let mut n = 0;
-            for entry in self.versions.iter().flat_map(|v| v.vv.iter()) {
-                stack[n] = entry;
-                n += 1;
-            }
-            &mut stack[..n]
-        } else {
-            heap.extend(self.versions.iter().flat_map(|v| v.vv.iter()));
-            &mut heap
-        };
-        // By source, the largest counter first; the first of each source is kept.
-        entries.sort_unstable_by(|a, b| a.0.cmp(b.0).then(b.1.cmp(&a.1)));
-        let mut text = String::with_capacity(2 + entries.iter().map(|(s, _)| s.len() + 24).sum::<usize>());
-        text.push('{');
-        let mut last: Option<&str> = None;
-        for &(source, counter) in entries.iter() {
-            if last == Some(source) {
-                continue;
-            }
-            if last.is_some() {
-                text.push(',');
-            }
-            last = Some(source);
-            if source.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
-                text.push('"');
-                text.push_str(source);
-                text.push('"');
-            } else {
-                text.push_str(&serde_json::to_string(source).expect("a string serializes"));
-            }
-            text.push(':');
-            push_decimal(&mut text, counter);
-        }
-        text.push('}');
-        text
-    }
-}
-
-/// Appends `n` in decimal.
-fn push_decimal(text: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    text.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
-}
-
-impl Serialize for MergedClock<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.to_vv().serialize(serializer)
-    }
 }
 
 impl Resolved<'_> {
