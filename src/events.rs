@@ -321,6 +321,21 @@ impl RestoreProgress<'_> {
     }
 }
 
+/// How far a standby copy of a task (kept for another member that owns it)
+/// is behind its changelog's end. A gauge only: copies starting, catching
+/// up, stopping and being handed over are logged where they happen.
+pub(crate) struct StandbyLag<'a> {
+    pub table: &'a str,
+    pub partition: i32,
+    pub lag: i64,
+}
+
+impl StandbyLag<'_> {
+    pub(crate) fn emit(self, metrics: &Metrics) {
+        metrics.standby_lag(self.table, self.partition, self.lag);
+    }
+}
+
 /// A changelog record whose key the state store cannot hold (none, or over
 /// [`MAX_KEY_BYTES`](crate::normalize::MAX_KEY_BYTES)) was left out of a
 /// restore. Tributary writes no such record (such source keys are dead

@@ -26,6 +26,7 @@ pub struct Metrics {
     state_keys: IntGaugeVec,
     restore_remaining: IntGaugeVec,
     restore_rate: prometheus::GaugeVec,
+    standby_lag: IntGaugeVec,
     transactions: IntCounterVec,
     rebalances: IntCounterVec,
     registry_errors: IntCounterVec,
@@ -171,6 +172,12 @@ impl Metrics {
             state_keys: gauge(p, "tributary_state_keys", "Keys in a task's local state (approximate)", &["table", "partition"]),
             restore_remaining: gauge(p, "tributary_restore_remaining_records", "Changelog records left to restore", &["table", "partition"]),
             restore_rate: float_gauge(p, "tributary_restore_rate_records_per_second", "Restore speed", &["table", "partition"]),
+            standby_lag: gauge(
+                p,
+                "tributary_standby_lag_records",
+                "Changelog records a standby copy of a task this instance does not own is behind (one series per task kept warm)",
+                &["table", "partition"],
+            ),
             transactions: counter(p, "tributary_transactions_total", "Processing cycles by outcome", &["outcome"]),
             rebalances: counter(p, "tributary_rebalances_total", "Group rebalance callbacks", &["kind"]),
             registry_errors: counter(
@@ -349,6 +356,16 @@ impl Metrics {
         let p = partition.to_string();
         self.restore_remaining.with_label_values(&[table, &p]).set(remaining.max(0));
         self.restore_rate.with_label_values(&[table, &p]).set(rate);
+    }
+
+    /// How far a standby copy of a task is behind its changelog's end.
+    pub fn standby_lag(&self, table: &str, partition: i32, lag: i64) {
+        self.standby_lag.with_label_values(&[table, &partition.to_string()]).set(lag.max(0));
+    }
+
+    /// A task no longer kept warm here (taken over, or its standby moved).
+    pub fn forget_standby(&self, table: &str, partition: i32) {
+        let _ = self.standby_lag.remove_label_values(&[table, &partition.to_string()]);
     }
 
     /// A source's pause state (`paused`: its partitions are not fetched).

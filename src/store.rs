@@ -152,6 +152,19 @@ impl StateDb {
     /// table of a single-table configuration, whose keyspaces keep the names
     /// they had before tables existed (`task-<p>`), so upgrading keeps the state.
     pub fn table_task(&self, table: Option<&str>, partition: i32) -> Result<TaskStore, StoreError> {
+        let task = self.open_task(table, partition, true)?;
+        self.open_tasks.fetch_add(1, Ordering::Relaxed);
+        Ok(task)
+    }
+
+    /// Opens the task store of (`table`, `partition`) to keep a standby copy
+    /// of a task another instance owns up to date: written like a restore,
+    /// it takes no share of the decoded-state cache.
+    pub fn standby_task(&self, table: Option<&str>, partition: i32) -> Result<TaskStore, StoreError> {
+        self.open_task(table, partition, false)
+    }
+
+    fn open_task(&self, table: Option<&str>, partition: i32, counted: bool) -> Result<TaskStore, StoreError> {
         let (name, checkpoint_key) = match table {
             None => (format!("task-{partition}"), checkpoint_key(partition)),
             Some(t) => (format!("task-{t}-{partition}"), format!("checkpoint/{t}/{partition}")),
@@ -166,9 +179,9 @@ impl StateDb {
             .map_err(|source| StoreError::Db { path: self.path.clone(), source })?
             .map(|v| Checkpoint::decode(&v))
             .unwrap_or_default();
-        self.open_tasks.fetch_add(1, Ordering::Relaxed);
         Ok(TaskStore {
             db: self.clone(),
+            counted,
             keyspace,
             partition,
             checkpoint_key,
@@ -264,6 +277,9 @@ fn checkpoint_key(partition: i32) -> String {
 /// One task's slice of the store plus the open transaction's changes.
 pub struct TaskStore {
     db: StateDb,
+    /// Whether it takes a share of the cache budget (an owned task) or not
+    /// (a standby copy).
+    counted: bool,
     keyspace: Keyspace,
     partition: i32,
     /// Where the checkpoint lives in the meta keyspace.
@@ -425,7 +441,9 @@ fn value_bytes(value: &serde_json::Value) -> usize {
 
 impl Drop for TaskStore {
     fn drop(&mut self) {
-        self.db.open_tasks.fetch_sub(1, Ordering::Relaxed);
+        if self.counted {
+            self.db.open_tasks.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

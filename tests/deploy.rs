@@ -28,6 +28,7 @@ const SCALARS: &[&str] = &[
     "tributary_state_keys",
     "tributary_restore_remaining_records",
     "tributary_restore_rate_records_per_second",
+    "tributary_standby_lag_records",
     "tributary_transactions_total",
     "tributary_rebalances_total",
     "tributary_schema_registry_errors_total",

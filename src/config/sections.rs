@@ -341,6 +341,11 @@ pub struct RuntimeConfig {
     /// for the open transaction and the size of the local write at commit.
     #[serde(default = "default_max_cycle_bytes")]
     pub max_cycle_bytes: usize,
+    /// Warm copies kept of every task, each by another member of the group
+    /// than its owner (tailing the task's changelog into its local store),
+    /// so that a takeover restores only the tail; 0: none.
+    #[serde(default)]
+    pub standby_replicas: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -351,6 +356,7 @@ impl Default for RuntimeConfig {
             state_dir: default_state_dir(),
             state_cache_bytes: default_state_cache_bytes(),
             max_cycle_bytes: default_max_cycle_bytes(),
+            standby_replicas: 0,
         }
     }
 }

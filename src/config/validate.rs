@@ -7,6 +7,9 @@ use std::collections::HashSet;
 
 use super::{Config, ConfigError, OutputFormat, SourceConfig, SourceFormat};
 
+/// Most warm copies of a task `[runtime] standby_replicas` may ask for.
+pub const MAX_STANDBY_REPLICAS: u32 = 8;
+
 impl Config {
     /// The checks `tributary sink` needs: the Kafka connection, the topic and `[sink]`.
     pub fn validate_for_sink(&self, origin: &str) -> Result<(), ConfigError> {
@@ -82,6 +85,12 @@ impl Config {
         }
         if self.runtime.commit_interval.is_zero() {
             problems.push("runtime.commit_interval: must be greater than zero".into());
+        }
+        if self.runtime.standby_replicas > MAX_STANDBY_REPLICAS {
+            problems.push(format!(
+                "runtime.standby_replicas: {} is more than {MAX_STANDBY_REPLICAS} (each copy reads the whole changelog of its tasks)",
+                self.runtime.standby_replicas
+            ));
         }
         if self.runtime.max_cycle_bytes < 1 << 16 {
             problems.push(format!("runtime.max_cycle_bytes: {} is too small (at least 65536)", self.runtime.max_cycle_bytes));

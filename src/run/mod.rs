@@ -25,6 +25,7 @@ mod main_loop;
 mod pause;
 mod query;
 mod repartition;
+mod standby;
 mod startup;
 mod sweep;
 mod table;
@@ -417,6 +418,8 @@ struct Worker {
     watermarks: BaseConsumer<QuietContext>,
     /// Set by SIGINT/SIGTERM.
     shutdown: Arc<AtomicBool>,
+    /// Warm copies of tasks other members own (`[runtime] standby_replicas`).
+    standby: Option<standby::Standbys>,
     /// Bytes of state and output the open cycle wrote.
     cycle_bytes: usize,
     /// Cycles that failed in a row (the wait before the next grows).

@@ -119,6 +119,7 @@ pub(super) async fn run_inner(config: Config, shutdown: Arc<AtomicBool>, options
     let clients = create_clients(&config)?;
     let purge = super::repartition::Purge::new(Some(Arc::new(kafka.admin)), purge_interval(&config));
     let mut worker = new_worker(&config, shared, clients, db.clone(), &metrics, &shutdown, purge);
+    worker.standby = super::standby::Standbys::start(&config, db.clone(), metrics.clone(), shutdown.clone())?;
     for (layout, avro) in layouts.into_iter().zip(avro) {
         worker.add_table(layout, avro)?;
     }
@@ -296,6 +297,7 @@ fn new_worker(
         restorer: clients.restorer,
         watermarks: clients.watermarks,
         shutdown: shutdown.clone(),
+        standby: None,
         cycle_bytes: 0,
         failed_cycles: 0,
         purge,
@@ -336,6 +338,16 @@ impl Worker {
             self.metrics.repartitioned(&layout.name, source);
         }
         drop(labels);
+        if let Some(standby) = &self.standby {
+            standby.add_table(super::standby::StandbyTable {
+                name: layout.name.clone(),
+                store_name: layout.store_name.clone(),
+                changelog: layout.changelog.clone(),
+                changelog_id: layout.changelog_id.clone(),
+                changelog_delete_retention_ms: layout.changelog_delete_retention_ms,
+                topics: layout.config.sources.iter().map(|s| s.topic.clone()).collect(),
+            });
+        }
         let repartitioned: BTreeSet<&str> = layout.rekeyed.iter().map(|(_, _, t)| t.as_str()).collect();
         let pipeline = Pipeline::with_avro(&layout.config, ctx)
             .with_record_limit(self.record_limit)

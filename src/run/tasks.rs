@@ -16,12 +16,17 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::group::{is_fatal_consumer_error, GroupConsumer};
-use super::{now_ms, RunError, Table, Worker, TIMEOUT};
+use super::{now_ms, RunError, Worker, TIMEOUT};
 
 impl Worker {
     pub(super) fn on_revoke(&mut self, consumer: &GroupConsumer, tpl: &TopicPartitionList) -> Result<(), RunError> {
         self.commit(consumer)?;
-        for (ti, partitions) in self.tasks_of(tpl) {
+        let revoked = self.tasks_of(tpl);
+        if let Some(standby) = &self.standby {
+            let tasks: Vec<(usize, i32)> = revoked.iter().flat_map(|(t, ps)| ps.keys().map(|p| (*t, *p))).collect();
+            standby.revoked(&tasks);
+        }
+        for (ti, partitions) in revoked {
             let table = &mut self.tables[ti];
             for p in partitions.into_keys() {
                 if table.tasks.remove(&p).is_some() {
@@ -50,6 +55,9 @@ impl Worker {
 
     pub(super) fn on_assign(&mut self, consumer: &GroupConsumer, tpl: &TopicPartitionList) -> Result<(), RunError> {
         let assigned = self.tasks_of(tpl);
+        if let Some(standby) = &self.standby {
+            standby.set_member(consumer);
+        }
         let mut new: Vec<(usize, i32)> = Vec::new();
         for (ti, partitions) in &assigned {
             let table = &self.tables[*ti];
@@ -69,6 +77,10 @@ impl Worker {
         }
         if new.is_empty() {
             return Ok(());
+        }
+        if let Some(standby) = &self.standby {
+            // Their copies written out first: the tasks then open from there.
+            standby.release(&new);
         }
         // The group's committed offsets first: with read_committed this
         // fetch waits until no transactional offset commit of the group is
@@ -107,41 +119,6 @@ impl Worker {
             table.tasks.insert(o.task.partition(), o.task);
         }
         Ok(())
-    }
-
-    /// Why the task's local keyspace cannot be taken to continue at its
-    /// checkpoint within the changelog partition spanning `low..high`
-    /// (`None`: it can).
-    pub(super) fn discontinuity(table: &Table, task: &TaskStore, low: i64, high: i64) -> Option<String> {
-        let cp = task.checkpoint_info();
-        if cp.offset == 0 && task.approximate_keys() == 0 {
-            return None;
-        }
-        match &cp.changelog {
-            None => return Some("the checkpoint does not say which changelog it belongs to (written by an earlier version)".into()),
-            Some(id) if *id != table.changelog_id => {
-                return Some(format!("the changelog is not the one the checkpoint belongs to (it was {id}, now {}): deleted and created again, or another cluster", table.changelog_id))
-            }
-            Some(_) => {}
-        }
-        if cp.offset > high {
-            return Some(format!("the checkpoint {} is past the changelog's end {high}", cp.offset));
-        }
-        if cp.offset < low {
-            return Some(format!("the checkpoint {} is below the changelog's start {low}", cp.offset));
-        }
-        let age = now_ms() - cp.written_ms;
-        if cp.offset < high && age >= table.changelog_delete_retention_ms {
-            // Another owner wrote after the checkpoint; a null record it
-            // wrote (a key deleted and collected) may have been compacted
-            // away since, and the local keyspace would keep that key.
-            return Some(format!(
-                "the checkpoint was written {} s ago, longer than the changelog's delete.retention.ms ({} s): null records written since may be compacted away",
-                age / 1000,
-                table.changelog_delete_retention_ms / 1000
-            ));
-        }
-        None
     }
 
     /// Brings each task's keyspace up to its changelog partition's high
@@ -193,7 +170,7 @@ impl Worker {
             std::thread::sleep(Duration::from_millis(100));
             (low, high) = watermarks()?;
         }
-        if let Some(why) = Self::discontinuity(table, &o.task, low, high) {
+        if let Some(why) = discontinuity(&table.changelog_id, table.changelog_delete_retention_ms, &o.task, low, high) {
             let removed = o.task.wipe()?;
             tracing::info!(
                 table = %table.name,
@@ -455,6 +432,47 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// Why the task's local keyspace cannot be taken to continue at its
+/// checkpoint within the changelog partition spanning `low..high`
+/// (`None`: it can). Owned tasks and standby copies alike.
+pub(super) fn discontinuity(
+    changelog_id: &str,
+    delete_retention_ms: i64,
+    task: &TaskStore,
+    low: i64,
+    high: i64,
+) -> Option<String> {
+    let cp = task.checkpoint_info();
+    if cp.offset == 0 && task.approximate_keys() == 0 {
+        return None;
+    }
+    match &cp.changelog {
+        None => return Some("the checkpoint does not say which changelog it belongs to (written by an earlier version)".into()),
+        Some(id) if *id != changelog_id => {
+            return Some(format!("the changelog is not the one the checkpoint belongs to (it was {id}, now {}): deleted and created again, or another cluster", changelog_id))
+        }
+        Some(_) => {}
+    }
+    if cp.offset > high {
+        return Some(format!("the checkpoint {} is past the changelog's end {high}", cp.offset));
+    }
+    if cp.offset < low {
+        return Some(format!("the checkpoint {} is below the changelog's start {low}", cp.offset));
+    }
+    let age = now_ms() - cp.written_ms;
+    if cp.offset < high && age >= delete_retention_ms {
+        // Another owner wrote after the checkpoint; a null record it
+        // wrote (a key deleted and collected) may have been compacted
+        // away since, and the local keyspace would keep that key.
+        return Some(format!(
+            "the checkpoint was written {} s ago, longer than the changelog's delete.retention.ms ({} s): null records written since may be compacted away",
+            age / 1000,
+            delete_retention_ms / 1000
+        ));
+    }
+    None
 }
 
 /// Restored records the tasks being restored hold together before each

@@ -10,6 +10,7 @@ use serde_json::Value;
 pub mod kafka;
 pub mod registry;
 pub mod setup;
+pub mod views;
 
 /// The crate root.
 pub fn root() -> PathBuf {
