@@ -51,6 +51,50 @@ fn lines_by_partition(log: &str, from: usize, what: &str) -> BTreeMap<i32, Strin
         .collect()
 }
 
+/// Waits until each member keeps a caught-up copy of exactly the tasks the
+/// other owns; returns the copies of each (partition → records behind).
+fn wait_for_copies(a: &Processor, b: &Processor) -> (BTreeMap<i32, f64>, BTreeMap<i32, f64>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (ca, cb) = (copies(a), copies(b));
+        let all: BTreeSet<i32> = ca.keys().chain(cb.keys()).copied().collect();
+        let disjoint = ca.keys().all(|p| !cb.contains_key(p));
+        if !ca.is_empty()
+            && !cb.is_empty()
+            && disjoint
+            && all.len() == PARTITIONS as usize
+            && ca.values().chain(cb.values()).all(|v| *v == 0.0)
+        {
+            return (ca, cb);
+        }
+        assert!(Instant::now() < deadline, "no caught-up standby copies of every task within 120 s: A {ca:?}, B {cb:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Waits until `b` opened every task of `kept` after byte `mark` of its
+/// log (the other member was killed); returns those `task opened` lines.
+fn wait_for_takeover(b: &Processor, mark: usize, kept: &BTreeMap<i32, f64>) -> BTreeMap<i32, String> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let opened = lines_by_partition(&b.log_text(), mark, "task opened");
+        if kept.keys().all(|p| opened.contains_key(p)) {
+            return opened;
+        }
+        assert!(Instant::now() < deadline, "B did not take over the tasks {kept:?} within 90 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until `p` consumed `n` records.
+fn wait_consumed(p: &Processor, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while metric(&metrics_of(p), "tributary_records_consumed_total", &[]).unwrap_or(0.0) < n as f64 {
+        assert!(Instant::now() < deadline, "not every event consumed within 120 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Two members with one standby each: every task is owned by one and kept
 /// warm by the other. Killing one (SIGKILL) hands its tasks to the other,
 /// which opens them from its copies: no changelog record read again. Without
@@ -62,43 +106,14 @@ fn killed_owner_is_taken_over_from_warm_copies_without_a_restore() {
     let first = history(&s, KEYS, 0..3);
     produce(&first);
     let a = Processor::start(&config(&s, "a", 1), &s.log("a"));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while metric(&metrics_of(&a), "tributary_records_consumed_total", &[]).unwrap_or(0.0) < first.len() as f64 {
-        assert!(Instant::now() < deadline, "A did not consume every event within 120 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_consumed(&a, first.len());
     let b = Processor::start(&config(&s, "b", 1), &s.log("b"));
 
-    // Each member keeps a caught-up copy of exactly the tasks the other owns.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (kept_by_a, kept_by_b) = loop {
-        let (ca, cb) = (copies(&a), copies(&b));
-        let all: BTreeSet<i32> = ca.keys().chain(cb.keys()).copied().collect();
-        let disjoint = ca.keys().all(|p| !cb.contains_key(p));
-        if !ca.is_empty()
-            && !cb.is_empty()
-            && disjoint
-            && all.len() == PARTITIONS as usize
-            && ca.values().chain(cb.values()).all(|v| *v == 0.0)
-        {
-            break (ca, cb);
-        }
-        assert!(Instant::now() < deadline, "no caught-up standby copies of every task within 120 s: A {ca:?}, B {cb:?}");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let (kept_by_a, kept_by_b) = wait_for_copies(&a, &b);
     assert!(b.log_text().contains("standby caught up"), "{}", b.log_text());
-
     let mark = b.log_text().len();
     a.kill9();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let opened = loop {
-        let opened = lines_by_partition(&b.log_text(), mark, "task opened");
-        if kept_by_b.keys().all(|p| opened.contains_key(p)) {
-            break opened;
-        }
-        assert!(Instant::now() < deadline, "B did not take over A's tasks {kept_by_b:?} within 90 s");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let opened = wait_for_takeover(&b, mark, &kept_by_b);
     let log = b.log_text();
     let handed = lines_by_partition(&log, mark, "standby copy handed over");
     let restoring = lines_by_partition(&log, mark, "restoring state from the changelog");
@@ -116,5 +131,52 @@ fn killed_owner_is_taken_over_from_warm_copies_without_a_restore() {
     let (_, replay) = wait_for_view(&s, "", Duration::from_secs(120));
     assert_state_matches(&admin_addr(&b), &replay, 20);
     assert!(copies(&b).is_empty(), "B keeps copies with no other member: {:?}", copies(&b));
+    assert!(b.stop().success());
+}
+
+/// Copies follow the continuity rules of owned tasks. The same two state
+/// directories serve a second application (another group, so another
+/// changelog) over the same keys: each copy finds a keyspace whose
+/// checkpoint belongs to the first application's changelog, wipes it and
+/// reads its own changelog from the start, and the takeover then reads
+/// nothing. With the check left out, a copy read the new changelog over the
+/// first application's states; here the takeover caught it (the copy's
+/// checkpoint, an offset of the first changelog, lay past the new one's
+/// end) and restored from scratch, failing `restored=0`; an offset below the
+/// new end would have had the stale states taken as they were.
+#[test]
+fn copies_do_not_trust_local_state_of_another_changelog() {
+    let old = Setup::new("standby-old");
+    let first = history(&old, KEYS, 0..4);
+    produce(&first);
+    let a = Processor::start(&config(&old, "a", 1), &old.log("a"));
+    wait_consumed(&a, first.len());
+    let b = Processor::start(&config(&old, "b", 1), &old.log("b"));
+    wait_for_copies(&a, &b);
+    assert!(a.stop().success());
+    assert!(b.stop().success());
+
+    // The second application, on the first one's state directories.
+    let new = Setup::new("standby-new");
+    let state = |name: &str| old.dir.path().join(name).display().to_string();
+    let second = history(&new, KEYS, 0..2);
+    produce(&second);
+    let a = Processor::start(&config(&new, &state("a"), 1), &new.log("a"));
+    wait_consumed(&a, second.len());
+    let b = Processor::start(&config(&new, &state("b"), 1), &new.log("b"));
+    let (_, kept_by_b) = wait_for_copies(&a, &b);
+    let log = b.log_text();
+    let distrusted = lines_by_partition(&log, 0, "local copy of task");
+    for p in kept_by_b.keys() {
+        assert!(distrusted.get(p).is_some_and(|l| l.contains("not trusted")), "copy {p} trusted the old state: {log}");
+    }
+    let mark = b.log_text().len();
+    a.kill9();
+    let opened = wait_for_takeover(&b, mark, &kept_by_b);
+    for p in kept_by_b.keys() {
+        assert!(opened[p].contains("restored=0 "), "task {p} read its changelog again: {}", opened[p]);
+    }
+    let (_, replay) = wait_for_view(&new, "", Duration::from_secs(120));
+    assert_state_matches(&admin_addr(&b), &replay, 20);
     assert!(b.stop().success());
 }
