@@ -187,3 +187,14 @@ fn carried_clock_columns_must_agree_or_be_named() {
     let text = text.replace("topic = \"customers.merged\"", "topic = \"customers.merged\"\nclock_field = \"_vv\"");
     assert_eq!(parse(&text, &[]).unwrap().output_clock_field().as_deref(), Some("_vv"));
 }
+
+#[test]
+fn standby_replicas_default_to_none_and_are_bounded() {
+    assert_eq!(parse(BASE, &[]).unwrap().runtime.standby_replicas, 0);
+    let c = parse(&format!("{BASE}\n[runtime]\nstandby_replicas = 2\n"), &[]).unwrap();
+    assert_eq!(c.runtime.standby_replicas, 2);
+    let c = parse(BASE, &[("TRIBUTARY_RUNTIME__STANDBY_REPLICAS", "1")]).unwrap();
+    assert_eq!(c.runtime.standby_replicas, 1);
+    let e = parse(&format!("{BASE}\n[runtime]\nstandby_replicas = 9\n"), &[]).unwrap_err().to_string();
+    assert!(e.contains("runtime.standby_replicas: 9 is more than 8"), "{e}");
+}
