@@ -1,7 +1,8 @@
 //! Chaos: `tributary run` on a broker this test owns, while three sources
 //! feed many keys in batches and the processes come and go (issue 9):
 //! `kill -9` at random moments, scale-out and back in, one instance restarted
-//! with its state directory wiped, and one broker restart. Afterwards the
+//! with its state directory wiped, and one broker restart, every instance
+//! keeping standby copies of the others' tasks. Afterwards the
 //! `read_committed` output must hold one record per change event, its last
 //! record per key must equal what `tributary replay` makes of the source
 //! topics, and no key's `tributary.vv` may ever repeat or go backwards.
@@ -212,10 +213,12 @@ impl Chaos {
     }
 
     /// Dynamic membership (the default): a killed member holds its
-    /// partitions until its session times out, so keep that short.
+    /// partitions until its session times out, so keep that short. Every
+    /// instance keeps a standby copy of the others' tasks, so takeovers
+    /// also start from copies caught up to any point of the faults.
     const CONF: Conf<'static> = Conf {
         merge: "",
-        runtime: "",
+        runtime: "standby_replicas = 1",
         tables: "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"",
     };
 
