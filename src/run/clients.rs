@@ -36,6 +36,12 @@ pub(super) const FETCH_QUEUE_BACKOFF_MS: &str = "20";
 const RESTORE_QUEUE_KBYTES: &str = "16384";
 /// Largest fetch response of the restore consumer, in line with its queue.
 const RESTORE_FETCH_MAX_BYTES: &str = "16777216";
+/// How long the broker holds a restore's fetch when nothing more is there
+/// (librdkafka: 500 ms). A restore ends on the end-of-partition that such a
+/// fetch reports, and under exactly-once the changelog's last record is
+/// followed by a transaction marker, so every restore waited this long at
+/// its end: a takeover of a few records took half a second.
+const RESTORE_FETCH_WAIT_MS: &str = "10";
 /// The producer's queue (librdkafka: 1 GiB). A cycle's output, changelog and
 /// audit records wait here until the commit flushes them; a full queue makes
 /// `send` serve delivery reports and retry, so this bounds memory, not records.
@@ -63,6 +69,7 @@ pub(super) fn create_clients(config: &Config) -> Result<Clients, RunError> {
             ("queued.max.messages.kbytes", RESTORE_QUEUE_KBYTES),
             ("fetch.max.bytes", RESTORE_FETCH_MAX_BYTES),
             ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
+            ("fetch.wait.max.ms", RESTORE_FETCH_WAIT_MS),
         ],
     )
     .create_with_context(QuietContext)
