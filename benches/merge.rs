@@ -10,9 +10,15 @@
 //!   so under `field-lww` every column is written each time.
 //! * `decode_merge_encode`: [`Pipeline::process`] on pre-built Debezium JSON
 //!   records (normalize → apply → resolve → encode), state in a [`MemoryStore`].
+//!   `process/debezium-json/lww/3src` under `lww`;
+//!   `process/debezium-json/field-lww+rules/3src` under `field-lww` with the
+//!   same column rules as above. These records are Debezium updates with a
+//!   `before` image in which `balance` and `updated_at` changed, so
+//!   `field-lww` writes those two columns per event (what an update that
+//!   touches some columns costs, where `merge_only` shows a full image).
 //!
 //! Workload (both groups): 3 sources (`eu`, `us`, `ap`), `TRIBUTARY_BENCH_KEYS`
-//! keys (default 100 000), rows of about 200 bytes of JSON, `lww`, derived
+//! keys (default 100 000), rows of about 200 bytes of JSON, `lww` unless named, derived
 //! clocks (Kafka offset + 1). Every source writes every key once per round;
 //! the records of the three topics are interleaved in polls of 500 records, as
 //! a consumer with `max.poll.records = 500` would see them. The store is
@@ -383,9 +389,6 @@ const PIPELINE_CONFIG: &str = r#"
 [output]
 topic = "customers.merged"
 
-[merge]
-policy = "lww"
-
 [[sources]]
 name = "eu"
 topic = "eu.public.customers"
@@ -397,6 +400,21 @@ topic = "us.public.customers"
 [[sources]]
 name = "ap"
 topic = "ap.public.customers"
+"#;
+
+/// The `[merge]` section of `process/debezium-json/lww/3src`.
+const LWW: &str = "[merge]\npolicy = \"lww\"\n";
+
+/// The `[merge]` section of `process/debezium-json/field-lww+rules/3src`:
+/// the rules of [`mixed_rules`], as a user writes them.
+const MIXED_RULES: &str = r#"
+[merge]
+policy = "field-lww"
+[merge.columns]
+email = { rule = "owner", source = "eu" }
+balance = { rule = "max" }
+updated_at = { rule = "max" }
+tier = { rule = "union" }
 "#;
 
 /// The `decode_merge_encode` fixture: a pipeline, one round of records and a
@@ -412,8 +430,10 @@ struct PipelineFixture {
 }
 
 impl PipelineFixture {
-    fn new(keys: usize) -> Self {
-        let config = Config::parse(PIPELINE_CONFIG, "bench", std::iter::empty()).expect("bench config");
+    /// The JSON fixture under `merge` (a `[merge]` section).
+    fn new(keys: usize, merge: &str) -> Self {
+        let text = format!("{merge}{PIPELINE_CONFIG}");
+        let config = Config::parse(&text, "bench", std::iter::empty()).expect("bench config");
         let pipeline = Pipeline::new(&config);
         let records: Vec<Record> = json_records(keys, round_order(keys));
         eprintln!(
@@ -736,7 +756,7 @@ impl AvroEnv {
         let n = SOURCES.len() * keys.min(POLL);
         let order: Vec<(usize, usize)> = round_order(keys).take(n).collect();
         let json = json_records(keys, order.iter().copied());
-        let config = Config::parse(PIPELINE_CONFIG, "bench", std::iter::empty()).expect("bench config");
+        let config = Config::parse(&format!("{LWW}{PIPELINE_CONFIG}"), "bench", std::iter::empty()).expect("bench config");
         let json_pipeline = Pipeline::new(&config);
         let (avro_json, avro_avro) = (self.pipeline("json"), self.pipeline("avro"));
         let mut stores: [MemoryStore; 3] = Default::default();
@@ -785,7 +805,7 @@ fn feed(pipeline: &Pipeline, store: &mut MemoryStore, r: &Record, round: u64, ke
     pipeline.process(&input, store).expect("bench records are valid")
 }
 
-/// [`PIPELINE_CONFIG`] with Avro sources, a registry and an output format.
+/// [`PIPELINE_CONFIG`] under `lww` with Avro sources, a registry and an output format.
 fn avro_config(registry_url: &str, output_format: &str) -> String {
     let mut text = format!(
         "[schema_registry]\nurl = \"{registry_url}\"\n\n[output]\ntopic = \"{OUTPUT_TOPIC}\"\nformat = \"{output_format}\"\n\n[merge]\npolicy = \"lww\"\n"
@@ -813,13 +833,15 @@ fn decode_merge_encode(c: &mut Criterion) {
     let mut fixture: Option<PipelineFixture> = None;
     let mut group = c.benchmark_group("decode_merge_encode");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("process/debezium-json/lww/3src", |b| {
-        let f = fixture.get_or_insert_with(|| PipelineFixture::new(keys()));
-        // The output record is consumed (and dropped) inside the timed loop.
-        b.iter(|| black_box(f.step()))
-    });
-    // The JSON fixture's state is freed before the Avro fixtures are built.
-    drop(fixture);
+    for (name, merge) in [("process/debezium-json/lww/3src", LWW), ("process/debezium-json/field-lww+rules/3src", MIXED_RULES)] {
+        group.bench_function(name, |b| {
+            let f = fixture.get_or_insert_with(|| PipelineFixture::new(keys(), merge));
+            // The output record is consumed (and dropped) inside the timed loop.
+            b.iter(|| black_box(f.step()))
+        });
+        // Each fixture's state is freed before the next one is built.
+        fixture = None;
+    }
     // Built on first use: a run filtered to the JSON bench starts no registry.
     let mut env: Option<AvroEnv> = None;
     for (name, output) in [("process/debezium-avro/lww/3src", "json"), ("process/debezium-avro→avro/lww/3src", "avro")] {
