@@ -236,8 +236,7 @@ impl DebeziumJson {
         B: BeforeImage + Deserialize<'a>,
     {
         // No trailing-bytes check: only the envelope value is read.
-        let mut env = Envelope::<S, B>::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
-            .map_err(|e| describe_error(bytes, e))?;
+        let mut env = crate::json::first_value::<Envelope<S, B>>(bytes).map_err(|e| describe_error(bytes, e))?;
         if env.op.is_none() {
             match env.payload.take() {
                 Some(inner) => env = *inner,

@@ -41,7 +41,7 @@ impl Format for FlatJson {
             return Ok(Some(RawChange { op: RawOp::Delete, before: None, after: None, ts: None, sequence: None, key: None }));
         };
         let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| NormalizeErrorKind::BadValue { format: "json", detail: e.to_string() })?;
+            crate::json::from_bytes(bytes).map_err(|e| NormalizeErrorKind::BadValue { format: "json", detail: e.to_string() })?;
         let Value::Object(mut row) = value else {
             return Err(NormalizeErrorKind::BadValue {
                 format: "json",

@@ -30,7 +30,7 @@ pub(super) fn record_key(record: &InputRecord<'_>) -> Result<String, NormalizeEr
 
 /// [`record_key`] the long way: parse, unwrap, re-serialize.
 pub(super) fn canonicalize_key(bytes: &[u8]) -> Result<String, NormalizeErrorKind> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| NormalizeErrorKind::BadKey(e.to_string()))?;
+    let value: Value = crate::json::from_bytes(bytes).map_err(|e| NormalizeErrorKind::BadKey(e.to_string()))?;
     let value = match value {
         Value::Object(mut o) if o.contains_key("payload") && o.contains_key("schema") => {
             o.remove("payload").unwrap_or(Value::Null)

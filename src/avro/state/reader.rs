@@ -70,9 +70,9 @@ impl<'a> Reader<'a> {
     /// An Avro `string` holding JSON text, parsed.
     pub(super) fn json<T: serde::de::DeserializeOwned>(&mut self, what: &'static str) -> Decoded<T> {
         let start = self.pos;
-        // serde_json checks UTF-8 itself while parsing.
+        // Checked as UTF-8 once (or by serde_json while parsing, if not).
         let text = self.bytes(what)?;
-        serde_json::from_slice(text).map_err(|source| StateDecodeError::Json { what, offset: start, source })
+        crate::json::from_bytes(text).map_err(|source| StateDecodeError::Json { what, offset: start, source })
     }
 
     /// A union or enum index in `0..=max`.
