@@ -15,14 +15,13 @@ mod clock;
 mod counter;
 mod fields;
 mod rules;
+mod types;
 mod union;
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use clock::Relations;
@@ -32,188 +31,11 @@ use fields::Rendered;
 pub use fields::{ColumnWinner, ColumnWrite, FieldState, FieldVersion, Stamp};
 pub use rules::ColumnRule;
 use rules::{value_cmp, value_rank};
+pub use types::{Applied, ChangeEvent, DeletePolicy, KeyState, MergeSettings, Op, Policy, Resolved, Version};
 pub use union::{ElementSet, ElementVersions};
 
 /// A row image: a flat JSON object (column → value).
 pub type Row = serde_json::Map<String, Value>;
-
-/// Whether an event writes or removes the entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Op {
-    /// Debezium `c`, `u` or `r`: the entity exists with the `after` image.
-    Upsert,
-    /// Debezium `d`: the entity is gone.
-    Delete,
-}
-
-/// A normalized change event: what every input format is turned into.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChangeEvent {
-    /// The configured source name.
-    pub source: String,
-    /// The canonical key (sorted-field JSON object, no whitespace).
-    pub key: String,
-    /// Upsert or delete.
-    pub op: Op,
-    /// The `after` image (upserts only). In carried mode the clock column is removed.
-    pub row: Option<Row>,
-    /// The `before` image, when the source sent one.
-    pub before: Option<Row>,
-    /// True for `c`/`r` events and whenever no `before` image came: every field
-    /// of `row` counts as written (used by `field-lww`).
-    pub full_image: bool,
-    /// Source commit time in milliseconds since the epoch.
-    pub ts: i64,
-    /// The event's version vector.
-    pub vv: VersionVector,
-}
-
-/// How the merged output is chosen from a key's version set (`[merge] policy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Policy {
-    /// Last writer wins by source commit time (ties: priority, name, own clock entry, content).
-    #[default]
-    Lww,
-    /// Larger source priority wins, then as `lww`.
-    SourcePriority,
-    /// Column-level merge: every field resolves by `lww` among its own writes.
-    FieldLww,
-}
-
-/// How deletes compete with concurrent updates (`[merge] deletes`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeletePolicy {
-    /// A delete is a version like any other.
-    #[default]
-    Lww,
-    /// Any delete in the set makes the entity deleted.
-    DeleteWins,
-    /// The entity is deleted only when every version in the set is a delete.
-    UpdateWins,
-}
-
-impl Policy {
-    /// The configuration spelling (`lww`, `source-priority`, `field-lww`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Lww => "lww",
-            Policy::SourcePriority => "source-priority",
-            Policy::FieldLww => "field-lww",
-        }
-    }
-}
-
-impl DeletePolicy {
-    /// The configuration spelling (`lww`, `delete-wins`, `update-wins`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeletePolicy::Lww => "lww",
-            DeletePolicy::DeleteWins => "delete-wins",
-            DeletePolicy::UpdateWins => "update-wins",
-        }
-    }
-}
-
-/// One maximal version of a key, as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Version {
-    /// The source that wrote it.
-    pub source: String,
-    /// Its version vector.
-    pub vv: VersionVector,
-    /// Source commit time (ms).
-    pub ts: i64,
-    /// Upsert or delete.
-    pub op: Op,
-    /// The row image (upserts); `None` for deletes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub row: Option<Row>,
-}
-
-/// Everything stored for one key.
-///
-/// Change it through [`MergeEngine::apply`] only: under `field-lww` it
-/// also holds the row last rendered ([`FieldState`]), which `resolve` lends
-/// out and a direct change of the fields would leave stale.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct KeyState {
-    /// The antichain of maximal versions, sorted winner-first by the `lww` order.
-    pub versions: Vec<Version>,
-    /// Column state, kept only under `field-lww`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fields: Option<FieldState>,
-}
-
-impl KeyState {
-    /// True when nothing is stored (such a state need not be kept).
-    pub fn is_empty(&self) -> bool {
-        self.versions.is_empty() && self.fields.is_none()
-    }
-
-    /// The merged clock: pointwise maximum over the version set.
-    pub fn merged_clock(&self) -> VersionVector {
-        let mut vv = VersionVector::new();
-        for v in &self.versions {
-            vv.join(&v.vv);
-        }
-        vv
-    }
-}
-
-/// What applying an event did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// The state changed: a new output record is due.
-    Changed,
-    /// A stored version supersedes the event: nothing changes.
-    Stale,
-    /// The same clock and content is stored already (a redelivery or an echo of
-    /// a merged record): nothing is emitted.
-    Duplicate,
-    /// A column rule cannot take the event ([`ApplyReport::refused`] says
-    /// why): nothing changes, and the record belongs on the dead-letter topic.
-    Refused,
-}
-
-/// The merged view of one key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Resolved<'a> {
-    /// The merged row, or `None` when the entity resolves to deleted.
-    pub row: Option<Cow<'a, Row>>,
-    /// Pointwise maximum over the version set, worked out when asked.
-    pub vv: MergedClock<'a>,
-    /// The winning source (row-level policies only).
-    pub winner: Option<&'a str>,
-    /// The number of versions in the set.
-    pub siblings: usize,
-}
-
-impl Resolved<'_> {
-    /// More than one version: concurrent updates are live.
-    pub fn conflict(&self) -> bool {
-        self.siblings > 1
-    }
-}
-
-/// The merge settings: policy, delete policy, source priorities, clock column.
-#[derive(Debug, Clone, Default)]
-pub struct MergeSettings {
-    /// Row or column resolution policy.
-    pub policy: Policy,
-    /// Delete policy.
-    pub deletes: DeletePolicy,
-    /// Source priorities (absent sources count as 0).
-    pub priorities: HashMap<String, i64>,
-    /// In carried mode, the output row's clock column (set to the merged clock).
-    pub clock_field: Option<String>,
-    /// How long a deleted key's state is kept, in milliseconds.
-    pub tombstone_retention_ms: i64,
-    /// Column rules (`field-lww` only); columns not listed take `lww`.
-    pub columns: BTreeMap<String, ColumnRule>,
-}
 
 /// Anything that takes part in an antichain: versions and column writes.
 trait Versioned {

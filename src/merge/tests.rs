@@ -1,6 +1,6 @@
 //! Unit tests of every rule of design §1, and property tests of convergence.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::*;
 use proptest::prelude::*;
