@@ -439,7 +439,7 @@ impl JsonReader {
     }
 
     /// [`read`](Self::read), waiting out an unavailable registry (with
-    /// [`unavailable_backoff`], up to `max_backoff` between tries) until `stop` is set.
+    /// `unavailable_backoff`, up to `max_backoff` between tries) until `stop` is set.
     pub fn read_patiently(
         &mut self,
         framed: &[u8],

@@ -32,7 +32,7 @@
 //!   the block's size in bytes.
 //!
 //! Values written before this encoding existed are JSON objects (serde_json
-//! of [`KeyState`]); [`decode_state`] still reads them, so existing stores and
+//! of [`KeyState`](crate::merge::KeyState)); [`decode_state`] still reads them, so existing stores and
 //! changelogs keep working.
 //!
 //! Schema versions: version 2 added `FieldState.sets` (`union` columns) at

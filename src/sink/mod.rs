@@ -11,7 +11,7 @@
 //! Targets sit behind [`Target`]: SQLite (embedded default) and PostgreSQL.
 //!
 //! A sink that was stopped longer than the topic keeps tombstones would never
-//! see the ones the cleaner removed meanwhile; [`resync`] detects that at
+//! see the ones the cleaner removed meanwhile; `resync` detects that at
 //! start-up and re-reads the topic from the beginning.
 
 mod batch;

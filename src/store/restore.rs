@@ -23,7 +23,7 @@ pub struct RestoreWriter {
 }
 
 impl RestoreWriter {
-    /// Writes `batch` (see [`ingest`]), then the checkpoint `offset` it
+    /// Writes `batch` (see `ingest`), then the checkpoint `offset` it
     /// completes the keyspace up to. The task's own view of its
     /// checkpoint catches up at its next commit.
     pub fn write(&self, batch: &mut RestoredBatch, offset: i64) -> Result<(), StoreError> {

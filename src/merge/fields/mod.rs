@@ -70,7 +70,7 @@ pub struct ColumnWrite {
 pub struct FieldState {
     /// The events the column writes in `fields` come from, each once. A
     /// decoded state holds them in one canonical order (newest commit
-    /// first, then source name, then clock; see [`stamp_order`]). Applying
+    /// first, then source name, then clock; see `stamp_order`). Applying
     /// an event never renumbers them: when every write of an event has
     /// been superseded its slot stays, free, and the next new event's
     /// stamp takes it, so an event costs no walk over every column write.
