@@ -19,7 +19,7 @@ use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
-use crate::merge::{ColumnWinner, Op, Row, Version, VersionVector};
+use crate::merge::{ColumnWinner, LazyRow, Op, Version, VersionVector};
 
 /// The conflict audit schema (`schemas/conflict-audit.avsc`), as compiled in.
 pub const AUDIT_SCHEMA_JSON: &str = include_str!("../../schemas/conflict-audit.avsc");
@@ -183,10 +183,13 @@ fn op_value(op: Op) -> Value {
     }
 }
 
-/// A row as compact JSON text.
-fn row_json(row: &Row) -> Value {
+/// A row as compact JSON text (the text a stored row was decoded from, while unchanged).
+fn row_json(row: &LazyRow) -> Value {
     // Maps with string keys and JSON values always serialize.
-    Value::String(serde_json::to_string(row).expect("JSON rows serialize"))
+    Value::String(match row.json_text() {
+        Some(text) => text.to_owned(),
+        None => serde_json::to_string(&**row).expect("JSON rows serialize"),
+    })
 }
 
 /// One `io.tributary.audit.Version` record.

@@ -59,7 +59,7 @@ use apache_avro::rabin::Rabin;
 use apache_avro::Schema;
 use serde_json::Value;
 
-pub use decode::{check_state_header, decode_state};
+pub use decode::{check_state_header, decode_state, keep_row_texts};
 pub use encode::encode_state;
 
 /// The changelog state schema (`schemas/changelog-state.avsc`), as compiled in.

@@ -14,6 +14,7 @@
 mod clock;
 mod counter;
 mod fields;
+mod row;
 mod rules;
 mod types;
 mod union;
@@ -29,6 +30,7 @@ pub use clock::{Causality, MergedClock, VersionVector};
 pub use counter::{CounterState, Delta, Refusal, Tally};
 use fields::Rendered;
 pub use fields::{ColumnWinner, ColumnWrite, FieldState, FieldVersion, Stamp};
+pub use row::LazyRow;
 pub use rules::ColumnRule;
 use rules::{value_cmp, value_rank};
 pub use types::{Applied, ChangeEvent, DeletePolicy, KeyState, MergeSettings, Op, Policy, Resolved, Version};
@@ -312,7 +314,8 @@ impl MergeEngine {
     /// the event (for metrics).
     pub fn apply_reported(&self, state: &mut KeyState, event: ChangeEvent) -> ApplyReport {
         if self.settings.policy != Policy::FieldLww {
-            let version = Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row };
+            let version =
+                Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row.map(LazyRow::from) };
             let applied = match self.insert(&mut state.versions, version) {
                 Insert::Added => Applied::Changed,
                 Insert::Duplicate => Applied::Duplicate,
@@ -332,7 +335,8 @@ impl MergeEngine {
         if self.settings.policy == Policy::FieldLww {
             return (self.apply_fields(state, event), None);
         }
-        let version = Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row };
+        let version =
+            Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row.map(LazyRow::from) };
         let (applied, undo) = match self.insert_undoable(&mut state.versions, version) {
             Ok(undo) => (Applied::Changed, Some(undo)),
             Err(Insert::Duplicate) => (Applied::Duplicate, None),
@@ -378,7 +382,7 @@ impl MergeEngine {
                 Some(i) => {
                     let w = &state.versions[i];
                     let row = match w.op {
-                        Op::Upsert => Some(Cow::Borrowed(w.row.as_ref().expect("upserts carry a row"))),
+                        Op::Upsert => Some(Cow::Borrowed(w.row.as_deref().expect("upserts carry a row"))),
                         Op::Delete => None,
                     };
                     (row, Some(w.source.as_str()))

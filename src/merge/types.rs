@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ColumnRule, FieldState, MergedClock, Row, VersionVector};
+use super::{ColumnRule, FieldState, LazyRow, MergedClock, Row, VersionVector};
 
 /// Whether an event writes or removes the entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -99,9 +99,10 @@ pub struct Version {
     pub ts: i64,
     /// Upsert or delete.
     pub op: Op,
-    /// The row image (upserts); `None` for deletes.
+    /// The row image (upserts); `None` for deletes. A decoded state keeps
+    /// it as its JSON text until it is used ([`LazyRow`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub row: Option<Row>,
+    pub row: Option<LazyRow>,
 }
 
 /// Everything stored for one key.

@@ -389,10 +389,14 @@ impl TaskStore {
         let mut batch = self.db.db.batch();
         let mut committed = Vec::with_capacity(self.cache.len());
         let mut added = 0;
-        for (key, state) in self.cache.drain() {
-            let size = match &state {
+        for (key, mut state) in self.cache.drain() {
+            let size = match &mut state {
                 Some(s) => {
                     let bytes = self.encoded.remove(&key).unwrap_or_else(|| encode_state(s));
+                    // Kept decoded with its rows as text: smaller, and
+                    // written back as it is when the key changes again.
+                    let kept = crate::avro::state::keep_row_texts(s, &bytes);
+                    debug_assert!(kept, "a state's own encoding lines up with it");
                     let size = decoded_bytes(&key, s, bytes.len());
                     batch.insert(&self.keyspace, key.as_str(), bytes);
                     size

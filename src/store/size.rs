@@ -28,7 +28,11 @@ pub fn decoded_bytes(key: &str, state: &KeyState, encoded_len: usize) -> usize {
     for v in &state.versions {
         bytes += heap(v.source.capacity()) + clock_bytes(&v.vv);
         if let Some(row) = &v.row {
-            bytes += map_bytes(row);
+            // A decoded row stays text until it is used (`LazyRow`).
+            bytes += row.json_text().map_or(0, |t| heap(t.len()));
+            if row.is_parsed() {
+                bytes += map_bytes(row);
+            }
         }
     }
     if state.fields.is_some() {

@@ -10,7 +10,7 @@ use super::reader::{Decoded, Reader};
 use super::{
     changelog_fingerprint, StateDecodeError, CHANGELOG, HEADER_LEN, SINGLE_OBJECT_MARKER, V1_FINGERPRINT, V2_FINGERPRINT,
 };
-use crate::merge::{CounterState, Delta, ElementVersions, FieldState, FieldVersion, KeyState, Op, Row, Tally, Version};
+use crate::merge::{CounterState, Delta, ElementVersions, FieldState, FieldVersion, KeyState, Op, Tally, Version};
 
 /// Decodes a key state from the store or the changelog: single-object Avro,
 /// or the legacy JSON encoding (a value starting with `{`).
@@ -53,6 +53,43 @@ pub fn check_state_header(bytes: &[u8]) -> Result<(), StateDecodeError> {
     let mut fingerprint = [0; 8];
     fingerprint.copy_from_slice(found);
     Err(StateDecodeError::UnknownFingerprint { found: fingerprint, expected: changelog_fingerprint() })
+}
+
+/// Gives the rows of `state` that are maps their JSON text from `bytes`,
+/// the state's own encoding ([`encode_state`](super::encode_state) of this
+/// very state), and drops the maps: a state kept decoded for later events
+/// then holds each row as text, a fraction of the memory, and writes it
+/// back as it is. Reads only the Avro structure (no JSON). Returns false,
+/// changing nothing, when `bytes` is not a single-object encoding with a
+/// row exactly where `state` has one.
+pub fn keep_row_texts(state: &mut KeyState, bytes: &[u8]) -> bool {
+    if !state.versions.iter().any(|v| v.row.as_ref().is_some_and(|r| r.json_text().is_none())) {
+        return true;
+    }
+    if !bytes.starts_with(&CHANGELOG.header) {
+        return false;
+    }
+    let mut reader = Reader { bytes, pos: HEADER_LEN };
+    let mut texts = Vec::with_capacity(state.versions.len());
+    let walked = reader.blocks("versions", |r| {
+        r.str("a version's source")?;
+        r.blocks("a version's clock", |r| r.str("a clock's source").and_then(|_| r.long("a clock's counter")).map(drop))?;
+        r.long("a version's ts")?;
+        r.op("a version's op")?;
+        texts.push(if r.present("a version's row")? { Some(r.str("a version's row")?) } else { None });
+        Ok(())
+    });
+    let lines_up =
+        texts.len() == state.versions.len() && state.versions.iter().zip(&texts).all(|(v, t)| v.row.is_some() == t.is_some());
+    if walked.is_err() || !lines_up {
+        return false;
+    }
+    for (v, text) in state.versions.iter_mut().zip(texts) {
+        if let (Some(row), Some(text)) = (v.row.as_mut(), text) {
+            row.keep_text(text);
+        }
+    }
+    true
 }
 
 /// Checks the header's fingerprint, then reads the datum, which must fill the
@@ -111,7 +148,7 @@ fn read_version(r: &mut Reader<'_>) -> Decoded<Version> {
     let ts = r.long("a version's ts")?;
     let op = r.op("a version's op")?;
     let at = r.pos;
-    let row = if r.present("a version's row")? { Some(r.json::<Row>("a version's row")?) } else { None };
+    let row = if r.present("a version's row")? { Some(r.json_row("a version's row")?) } else { None };
     if (op == Op::Upsert) != row.is_some() {
         return Err(upsert_row_error(at));
     }

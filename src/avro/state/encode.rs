@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{CHANGELOG, HEADER_LEN};
 use crate::avro::binary::{write_len, write_long, write_str};
-use crate::merge::{ColumnWrite, CounterState, Delta, FieldState, FieldVersion, KeyState, Op, Row, Version, VersionVector};
+use crate::merge::{ColumnWrite, CounterState, Delta, FieldState, FieldVersion, KeyState, LazyRow, Op, Version, VersionVector};
 
 /// Initial buffer room per stored version: a source name, a small clock and a
 /// row of a few hundred bytes of JSON, so most states encode without regrowing.
@@ -71,13 +71,17 @@ pub(super) fn op_index(op: Op) -> i64 {
     }
 }
 
-/// `["null", "string"]` with the row as JSON text.
-pub(super) fn write_optional_row(buf: &mut Vec<u8>, row: Option<&Row>) {
+/// `["null", "string"]` with the row as JSON text: the text it was decoded
+/// from, while unchanged, else the map serialized.
+pub(super) fn write_optional_row(buf: &mut Vec<u8>, row: Option<&LazyRow>) {
     match row {
         None => write_long(buf, 0),
         Some(row) => {
             write_long(buf, 1);
-            write_json(buf, row);
+            match row.json_text() {
+                Some(text) => write_str(buf, text),
+                None => write_json(buf, &**row),
+            }
         }
     }
 }

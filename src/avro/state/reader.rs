@@ -6,7 +6,7 @@
 //! handled in one place.
 
 use crate::avro::binary::{read_bytes, read_long, ReadError};
-use crate::merge::{Op, VersionVector};
+use crate::merge::{LazyRow, Op, Row, VersionVector};
 
 use super::StateDecodeError;
 
@@ -73,6 +73,19 @@ impl<'a> Reader<'a> {
         // Checked as UTF-8 once (or by serde_json while parsing, if not).
         let text = self.bytes(what)?;
         crate::json::from_bytes(text).map_err(|source| StateDecodeError::Json { what, offset: start, source })
+    }
+
+    /// An Avro `string` holding a row's JSON object, checked and kept as
+    /// text ([`LazyRow`]): most stored rows are written back unread.
+    pub(super) fn json_row(&mut self, what: &'static str) -> Decoded<LazyRow> {
+        let start = self.pos;
+        let text = self.bytes(what)?;
+        let err = |source| StateDecodeError::Json { what, offset: start, source };
+        match std::str::from_utf8(text) {
+            Ok(text) => LazyRow::from_json(text).map_err(err),
+            // Not UTF-8: serde_json's byte reader names the error, as before.
+            Err(_) => serde_json::from_slice::<Row>(text).map(LazyRow::from).map_err(err),
+        }
     }
 
     /// A union or enum index in `0..=max`.

@@ -33,7 +33,7 @@ fn row(value: serde_json::Value) -> Row {
 }
 
 fn upsert(source: &str, vv: VersionVector, ts: i64, r: serde_json::Value) -> Version {
-    Version { source: source.into(), vv, ts, op: Op::Upsert, row: Some(row(r)) }
+    Version { source: source.into(), vv, ts, op: Op::Upsert, row: Some(row(r).into()) }
 }
 
 fn delete(source: &str, vv: VersionVector, ts: i64) -> Version {
@@ -527,7 +527,7 @@ fn arb_version() -> impl Strategy<Value = Version> {
         if is_delete {
             Version { source, vv, ts, op: Op::Delete, row: None }
         } else {
-            Version { source, vv, ts, op: Op::Upsert, row: Some(row) }
+            Version { source, vv, ts, op: Op::Upsert, row: Some(row.into()) }
         }
     })
 }
@@ -969,7 +969,7 @@ fn column_writes_of_one_event_share_one_stamp_and_encode_as_before() {
 fn an_upsert_without_a_row_is_refused_when_decoded() {
     let rowless = Version { source: "eu".into(), vv: clock(&[("eu", 1)]), ts: 1, op: Op::Upsert, row: None };
     let mut with_row = delete("us", clock(&[("us", 1)]), 2);
-    with_row.row = Some(row(json!({"id": 1})));
+    with_row.row = Some(row(json!({"id": 1})).into());
     for bad in [rowless, with_row] {
         let state = KeyState { versions: vec![upsert("ap", clock(&[("ap", 1)]), 3, json!({"id": 1})), bad], fields: None };
         for bytes in [encode_state(&state), serde_json::to_vec(&state).unwrap()] {
@@ -982,4 +982,60 @@ fn an_upsert_without_a_row_is_refused_when_decoded() {
             assert!(e.to_string().contains("an upsert must carry a row and a delete none"), "{e}");
         }
     }
+}
+
+// --- Rows kept as text --------------------------------------------------
+
+#[test]
+fn decoded_rows_stay_text_and_are_written_back_as_they_were() {
+    let state = sample();
+    let bytes = encode_state(&state);
+    let decoded = decode_state(&bytes).unwrap();
+    for v in &decoded.versions {
+        if let Some(r) = &v.row {
+            assert!(!r.is_parsed() && r.json_text().is_some(), "a decoded row is not parsed until used");
+        }
+    }
+    assert_eq!(encode_state(&decoded), bytes, "unparsed rows are written back byte for byte");
+    assert_eq!(decoded, state);
+}
+
+#[test]
+fn a_row_that_is_not_a_json_object_is_refused_when_decoded() {
+    for text in [r#"[1,2]"#, r#"{"a":1e400}"#, r#"{"a":"#, "{\"a\":\"\u{1}\"}"] {
+        let mut datum = Vec::new();
+        write_array(&mut datum, &[()], |buf, _| {
+            write_str(buf, "eu");
+            write_clock(buf, &clock(&[("eu", 1)]));
+            write_long(buf, 5);
+            write_op(buf, Op::Upsert);
+            write_long(buf, 1);
+            write_str(buf, text);
+        });
+        write_long(&mut datum, 0);
+        let mut bytes = CHANGELOG.header.to_vec();
+        bytes.extend_from_slice(&datum);
+        let err = decode_state(&bytes).expect_err(text).to_string();
+        assert!(err.contains("a version's row"), "{text}: {err}");
+    }
+}
+
+#[test]
+fn a_committed_state_keeps_its_rows_as_the_text_of_its_own_encoding() {
+    let mut state = sample();
+    assert!(state.versions.iter().filter_map(|v| v.row.as_ref()).all(|r| r.json_text().is_none()));
+    let bytes = encode_state(&state);
+    assert!(keep_row_texts(&mut state, &bytes));
+    for r in state.versions.iter().filter_map(|v| v.row.as_ref()) {
+        assert!(!r.is_parsed());
+        assert_eq!(r.json_text(), Some(serde_json::to_string(&**r).unwrap().as_str()));
+    }
+    assert_eq!(encode_state(&state), bytes);
+    assert_eq!(state, sample());
+    // Not its own encoding (another number of versions): left alone.
+    let mut other = sample();
+    other.versions.pop();
+    assert!(!keep_row_texts(&mut other, &encode_state(&sample())));
+    assert!(!keep_row_texts(&mut other, b"{}"));
+    assert!(other.versions.iter().filter_map(|v| v.row.as_ref()).all(|r| r.is_parsed() && r.json_text().is_none()));
 }

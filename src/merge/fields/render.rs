@@ -125,7 +125,7 @@ impl MergeEngine {
         self.decide(&state.versions, |a, b| self.lww_cmp(a, b))
             .map(|i| &state.versions[i])
             .filter(|v| v.op == Op::Upsert)
-            .and_then(|v| v.row.as_ref())
+            .and_then(|v| v.row.as_deref())
     }
 
     /// Brings the state's rendered row up to date: in place when it has the
