@@ -9,6 +9,7 @@ use std::fmt;
 
 use super::Version;
 use serde::{Deserialize, Deserializer, Serialize};
+use smallvec::SmallVec;
 
 /// How two version vectors relate in the causal (pointwise) order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,9 +52,13 @@ impl Relations {
 }
 
 /// A version vector (source name → counter), ordered pointwise.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
-pub struct VersionVector(BTreeMap<String, u64>);
+///
+/// The entries are kept sorted by source name in a small vector that holds
+/// one entry inline: derived clocks (one entry each) cost no allocation but
+/// the name's, where a `BTreeMap` allocated a whole node (about 400 bytes
+/// per clock, most of a cached state's memory).
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct VersionVector(SmallVec<[(Box<str>, u64); 1]>);
 
 impl VersionVector {
     /// The empty clock: nothing seen from any source.
@@ -68,19 +73,26 @@ impl VersionVector {
         vv
     }
 
+    /// Where `source`'s entry is, or would be inserted.
+    #[inline]
+    fn find(&self, source: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(source))
+    }
+
     /// The entry for `source` (zero when absent).
     pub fn get(&self, source: &str) -> u64 {
-        self.0.get(source).copied().unwrap_or(0)
+        self.find(source).map_or(0, |i| self.0[i].1)
     }
 
     /// Sets the entry for `source`; zero removes it.
     pub fn set(&mut self, source: &str, counter: u64) {
-        if counter == 0 {
-            self.0.remove(source);
-        } else if let Some(slot) = self.0.get_mut(source) {
-            *slot = counter;
-        } else {
-            self.0.insert(source.to_owned(), counter);
+        match (self.find(source), counter) {
+            (Ok(i), 0) => {
+                self.0.remove(i);
+            }
+            (Ok(i), _) => self.0[i].1 = counter,
+            (Err(_), 0) => {}
+            (Err(i), _) => self.0.insert(i, (source.into(), counter)),
         }
     }
 
@@ -96,32 +108,25 @@ impl VersionVector {
 
     /// Iterates the non-zero entries in source-name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), *v))
+        self.0.iter().map(|(k, v)| (&**k, *v))
+    }
+
+    /// Heap bytes of the entry array: zero while the one inline slot holds
+    /// the clock (the names' own allocations are not included).
+    pub fn entries_heap_bytes(&self) -> usize {
+        if self.0.spilled() {
+            self.0.capacity() * std::mem::size_of::<(Box<str>, u64)>()
+        } else {
+            0
+        }
     }
 
     /// Becomes a copy of `other`, in place when both have the same sources
     /// (no allocation: the usual case for one source's successive writes).
     pub fn assign(&mut self, other: &VersionVector) {
-        // Derived clocks have one entry: no walk of both maps.
-        if self.0.len() == 1 && other.0.len() == 1 {
-            if let (Some(mut mine), Some((theirs, &counter))) = (self.0.first_entry(), other.0.first_key_value()) {
-                if mine.key() == theirs {
-                    mine.insert(counter);
-                    return;
-                }
-            }
-            // Another source's entry: its key's buffer (and the map's node)
-            // are reused rather than freed and allocated again.
-            if let (Some((mut key, _)), Some((theirs, &counter))) = (self.0.pop_first(), other.0.first_key_value()) {
-                key.clear();
-                key.push_str(theirs);
-                self.0.insert(key, counter);
-                return;
-            }
-        }
-        if self.0.len() == other.0.len() && self.0.keys().eq(other.0.keys()) {
-            for (mine, theirs) in self.0.values_mut().zip(other.0.values()) {
-                *mine = *theirs;
+        if self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| a.0 == b.0) {
+            for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+                mine.1 = theirs.1;
             }
         } else {
             self.0.clone_from(&other.0);
@@ -130,7 +135,7 @@ impl VersionVector {
 
     /// Pointwise maximum with `other`, in place.
     pub fn join(&mut self, other: &VersionVector) {
-        for (source, &counter) in &other.0 {
+        for (source, counter) in other.iter() {
             if counter > self.get(source) {
                 self.set(source, counter);
             }
@@ -139,9 +144,8 @@ impl VersionVector {
 
     /// Compares two clocks in the causal order.
     pub fn causality(&self, other: &VersionVector) -> Causality {
-        // Derived clocks have one entry: compare them without walking the maps.
-        if self.0.len() == 1 && other.0.len() == 1 {
-            let ((a, x), (b, y)) = (self.0.first_key_value().unwrap(), other.0.first_key_value().unwrap());
+        // Derived clocks have one entry: compare them without walking.
+        if let ([(a, x)], [(b, y)]) = (self.0.as_slice(), other.0.as_slice()) {
             return if a != b {
                 Causality::Concurrent
             } else {
@@ -152,37 +156,32 @@ impl VersionVector {
                 }
             };
         }
-        // Walk both sorted maps at once: one pass, no allocation.
+        // Walk both sorted entry lists at once: one pass, no allocation.
+        let (a, b) = (self.0.as_slice(), other.0.as_slice());
+        let (mut i, mut j) = (0, 0);
         let mut less = false;
         let mut greater = false;
-        let mut a = self.0.iter().peekable();
-        let mut b = other.0.iter().peekable();
-        loop {
-            let (x, y) = match (a.peek(), b.peek()) {
-                (None, None) => break,
-                (Some((_, &x)), None) => {
-                    a.next();
-                    (x, 0)
+        while i < a.len() || j < b.len() {
+            let order = match (a.get(i), b.get(j)) {
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+                (None, None) => unreachable!("the loop condition"),
+            };
+            let (x, y) = match order {
+                Ordering::Less => {
+                    i += 1;
+                    (a[i - 1].1, 0)
                 }
-                (None, Some((_, &y))) => {
-                    b.next();
-                    (0, y)
+                Ordering::Greater => {
+                    j += 1;
+                    (0, b[j - 1].1)
                 }
-                (Some((ka, &x)), Some((kb, &y))) => match ka.cmp(kb) {
-                    Ordering::Less => {
-                        a.next();
-                        (x, 0)
-                    }
-                    Ordering::Greater => {
-                        b.next();
-                        (0, y)
-                    }
-                    Ordering::Equal => {
-                        a.next();
-                        b.next();
-                        (x, y)
-                    }
-                },
+                Ordering::Equal => {
+                    i += 1;
+                    j += 1;
+                    (a[i - 1].1, b[j - 1].1)
+                }
             };
             match x.cmp(&y) {
                 Ordering::Less => less = true,
@@ -204,7 +203,7 @@ impl VersionVector {
     /// A total order on clocks (entry by entry, in source-name order), for
     /// keeping sets of them in one canonical order; unrelated to causality.
     pub fn total_cmp(&self, other: &VersionVector) -> Ordering {
-        self.0.cmp(&other.0)
+        self.0.as_slice().cmp(other.0.as_slice())
     }
 
     /// True when `self < other` strictly in the causal order.
@@ -214,7 +213,22 @@ impl VersionVector {
 
     /// The clock as a compact JSON object, e.g. `{"eu":3,"us":5}`.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.0).expect("a map of integers always serializes")
+        serde_json::to_string(self).expect("a map of integers always serializes")
+    }
+}
+
+impl Serialize for VersionVector {
+    /// As a JSON object in source-name order, e.g. `{"eu":3,"us":5}`.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl fmt::Debug for VersionVector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VersionVector(")?;
+        f.debug_map().entries(self.iter()).finish()?;
+        f.write_str(")")
     }
 }
 

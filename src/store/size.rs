@@ -70,13 +70,7 @@ fn btree_leaf<K, V>() -> usize {
 }
 
 fn clock_bytes(vv: &crate::merge::VersionVector) -> usize {
-    let mut n = 0;
-    let mut bytes = 0;
-    for (source, _) in vv.iter() {
-        n += 1;
-        bytes += heap(source.len());
-    }
-    bytes + btree_nodes(n, btree_leaf::<String, u64>())
+    heap(vv.entries_heap_bytes()) + vv.iter().map(|(source, _)| heap(source.len())).sum::<usize>()
 }
 
 fn map_bytes(map: &serde_json::Map<String, serde_json::Value>) -> usize {
