@@ -33,7 +33,11 @@ pub struct OutputRecord {
 /// Encodes a merged view as an output record (JSON value).
 pub fn encode_owned(partition: i32, key: String, resolved: &Resolved<'_>, timestamp: i64) -> OutputRecord {
     let mut record = without_value(partition, key, resolved, timestamp);
-    record.value = resolved.row.as_ref().map(|r| serde_json::to_vec(r.as_ref()).expect("rows serialize"));
+    record.value = resolved.row.as_ref().map(|r| match r.json_text() {
+        // A stored row's text is its serialization already (see `json_text`).
+        Some(text) => text.as_bytes().to_vec(),
+        None => serde_json::to_vec(&**r).expect("rows serialize"),
+    });
     record
 }
 
@@ -80,7 +84,30 @@ impl OutputRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merge::{MergedClock, Op, Version, VersionVector};
+    use crate::merge::{LazyRow, MergedClock, Op, Version, VersionVector};
+
+    #[test]
+    fn a_stored_row_is_written_as_its_text_without_parsing_it() {
+        use crate::merge::{KeyState, MergeEngine, MergeSettings};
+        let row = serde_json::json!({"id": 7, "name": "Zoë", "n": {"b": [1.5, null], "a": "\u{1}"}});
+        let text = serde_json::to_string(&row).unwrap();
+        let version = |row| Version { source: "eu".into(), vv: VersionVector::single("eu", 1), ts: 1, op: Op::Upsert, row };
+        let engine = MergeEngine::new(MergeSettings::default());
+        // Decoded from a state: the row is its text until used.
+        let stored = KeyState { versions: vec![version(Some(LazyRow::from_json(&text).unwrap()))], fields: None };
+        let out = encode_owned(0, "k".into(), &engine.resolve(&stored), 1);
+        assert_eq!(out.value_text(), Some(text.as_str()));
+        assert!(!stored.versions[0].row.as_ref().unwrap().is_parsed(), "the output did not parse the row");
+        // The same row as a map gives the same bytes.
+        let parsed = KeyState { versions: vec![version(Some(LazyRow::from(row.as_object().unwrap().clone())))], fields: None };
+        assert_eq!(encode_owned(0, "k".into(), &engine.resolve(&parsed), 1).value, out.value);
+        // With a clock column the row is copied and changed: the text is not used.
+        let carried = MergeEngine::new(MergeSettings { clock_field: Some("_vv".into()), ..MergeSettings::default() });
+        let out = encode_owned(0, "k".into(), &carried.resolve(&stored), 1);
+        let written: serde_json::Value = serde_json::from_slice(out.value.as_ref().unwrap()).unwrap();
+        assert_eq!(written["_vv"], serde_json::json!(r#"{"eu":1}"#));
+        assert_eq!(written["name"], "Zoë");
+    }
 
     #[test]
     fn a_commit_time_in_the_future_is_written_as_now() {

@@ -60,7 +60,7 @@ use apache_avro::Schema;
 use serde_json::Value;
 
 pub use decode::{check_state_header, decode_state, keep_row_texts};
-pub use encode::encode_state;
+pub use encode::{encode_state, encode_state_knowing};
 
 /// The changelog state schema (`schemas/changelog-state.avsc`), as compiled in.
 pub const CHANGELOG_SCHEMA_JSON: &str = include_str!("../../schemas/changelog-state.avsc");

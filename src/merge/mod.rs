@@ -19,7 +19,6 @@ mod rules;
 mod types;
 mod union;
 
-use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
@@ -30,7 +29,7 @@ pub use clock::{Causality, MergedClock, VersionVector};
 pub use counter::{CounterState, Delta, Refusal, Tally};
 use fields::Rendered;
 pub use fields::{ColumnWinner, ColumnWrite, FieldState, FieldVersion, Stamp};
-pub use row::LazyRow;
+pub use row::{LazyRow, MergedRow};
 pub use rules::ColumnRule;
 use rules::{value_cmp, value_rank};
 pub use types::{Applied, ChangeEvent, DeletePolicy, KeyState, MergeSettings, Op, Policy, Resolved, Version};
@@ -373,16 +372,16 @@ impl MergeEngine {
     pub fn resolve<'a>(&self, state: &'a KeyState) -> Resolved<'a> {
         let vv = MergedClock::of(&state.versions);
         let siblings = state.versions.len();
-        let (mut row, winner): (Option<Cow<'a, Row>>, Option<&'a str>) = match self.settings.policy {
+        let (mut row, winner): (Option<MergedRow<'a>>, Option<&'a str>) = match self.settings.policy {
             Policy::FieldLww => match state.fields.as_ref().map(|f| &f.rendered) {
-                Some(Rendered { engine, row: Some(row) }) if *engine == self.id => (row.as_ref().map(Cow::Borrowed), None),
-                _ => (self.field_base(state).map(|base| Cow::Owned(self.render_fields(state, base))), None),
+                Some(Rendered { engine, row: Some(row) }) if *engine == self.id => (row.as_ref().map(MergedRow::Borrowed), None),
+                _ => (self.field_base(state).map(|base| MergedRow::Owned(self.render_fields(state, base))), None),
             },
             Policy::Lww | Policy::SourcePriority => match self.decide(&state.versions, |a, b| self.policy_cmp(a, b)) {
                 Some(i) => {
                     let w = &state.versions[i];
                     let row = match w.op {
-                        Op::Upsert => Some(Cow::Borrowed(w.row.as_deref().expect("upserts carry a row"))),
+                        Op::Upsert => Some(MergedRow::Stored(w.row.as_ref().expect("upserts carry a row"))),
                         Op::Delete => None,
                     };
                     (row, Some(w.source.as_str()))

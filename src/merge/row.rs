@@ -151,6 +151,73 @@ impl<'de> Deserialize<'de> for LazyRow {
     }
 }
 
+/// The merged row of a key ([`Resolved::row`](super::Resolved::row)): a
+/// stored version's row as it is (not parsed until read, so that its text
+/// can be written out as it is), a rendered row, or a row made for this
+/// view (a copy with the clock column). Reads as a [`Row`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum MergedRow<'a> {
+    /// The winning version's row (row-level policies), unchanged.
+    Stored(&'a LazyRow),
+    /// A row held elsewhere in the state (`field-lww`'s rendered row).
+    Borrowed(&'a Row),
+    /// A row made for this view.
+    Owned(Row),
+}
+
+impl MergedRow<'_> {
+    /// The row's compact JSON text, when it is a stored row that still
+    /// holds the text of the state it was decoded from: the same bytes as
+    /// serializing the map (the state encoding writes rows with serde_json,
+    /// whose maps are sorted by key here), without parsing or serializing.
+    pub fn json_text(&self) -> Option<&str> {
+        match self {
+            MergedRow::Stored(row) => row.json_text(),
+            _ => None,
+        }
+    }
+
+    /// The row to change, copied first unless it is already this view's.
+    pub fn to_mut(&mut self) -> &mut Row {
+        if let MergedRow::Stored(_) | MergedRow::Borrowed(_) = self {
+            *self = MergedRow::Owned((**self).clone());
+        }
+        match self {
+            MergedRow::Owned(row) => row,
+            _ => unreachable!("made owned above"),
+        }
+    }
+
+    /// The row as a map of its own.
+    pub fn into_owned(self) -> Row {
+        match self {
+            MergedRow::Owned(row) => row,
+            other => (*other).clone(),
+        }
+    }
+}
+
+impl Deref for MergedRow<'_> {
+    type Target = Row;
+
+    fn deref(&self) -> &Row {
+        match self {
+            MergedRow::Stored(row) => row,
+            MergedRow::Borrowed(row) => row,
+            MergedRow::Owned(row) => row,
+        }
+    }
+}
+
+impl Serialize for MergedRow<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MergedRow::Stored(row) => row.serialize(s),
+            other => (**other).serialize(s),
+        }
+    }
+}
+
 /// Checks a JSON object as deserializing it into a [`Row`] would (numbers
 /// in range, strings well escaped), without keeping anything.
 struct ObjectCheck;

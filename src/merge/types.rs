@@ -1,12 +1,11 @@
 //! The merge engine's data: events, versions, a key's state, what applying
 //! and resolving give back, and the settings.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ColumnRule, FieldState, LazyRow, MergedClock, Row, VersionVector};
+use super::{ColumnRule, FieldState, LazyRow, MergedClock, MergedRow, Row, VersionVector};
 
 /// Whether an event writes or removes the entity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -154,7 +153,7 @@ pub enum Applied {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved<'a> {
     /// The merged row, or `None` when the entity resolves to deleted.
-    pub row: Option<Cow<'a, Row>>,
+    pub row: Option<MergedRow<'a>>,
     /// Pointwise maximum over the version set, worked out when asked.
     pub vv: MergedClock<'a>,
     /// The winning source (row-level policies only).

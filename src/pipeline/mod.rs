@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 
 use crate::config::Config;
-use crate::merge::{Applied, KeyState, MergeEngine};
+use crate::merge::{Applied, KeyState, MergeEngine, MergedRow};
 use crate::normalize::{InputRecord, NormalizeError, NormalizeErrorKind, Normalized, RecordPosition, SourceNormalizer};
 use crate::output::{encode_owned, OutputRecord};
 
@@ -462,9 +462,14 @@ fn emitted_record(e: &Emit<'_>, state: &KeyState) -> Result<EmittedRecord, DeadL
     };
     let winner = resolved.winner.map(str::to_string);
     let siblings = resolved.siblings;
-    drop(resolved);
+    // The JSON output of a stored row unchanged is that row's text: the
+    // state encoding below writes it rather than serializing the row again.
+    let known = match (&resolved.row, avro, &out.value) {
+        (Some(MergedRow::Stored(row)), None, Some(text)) => Some((*row, text.as_slice())),
+        _ => None,
+    };
     let Some(limit) = limit else { return Ok((out, winner, siblings, None)) };
-    let encoded = crate::avro::state::encode_state(state);
+    let encoded = crate::avro::state::encode_state_knowing(state, known);
     let key_len = out.key_bytes.as_ref().map_or(key.len(), Vec::len);
     let header_bytes: usize = out.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
     let bytes = key_len + header_bytes + encoded.len().max(out.value.as_ref().map_or(0, Vec::len));

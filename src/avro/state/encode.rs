@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::{CHANGELOG, HEADER_LEN};
-use crate::avro::binary::{write_len, write_long, write_str};
+use crate::avro::binary::{write_bytes, write_len, write_long, write_str};
 use crate::merge::{ColumnWrite, CounterState, Delta, FieldState, FieldVersion, KeyState, LazyRow, Op, Version, VersionVector};
 
 /// Initial buffer room per stored version: a source name, a small clock and a
@@ -13,9 +13,29 @@ use crate::merge::{ColumnWrite, CounterState, Delta, FieldState, FieldVersion, K
 const RESERVE_PER_VERSION: usize = 256;
 /// Encodes a key state for the store and the changelog (single-object Avro).
 pub fn encode_state(state: &KeyState) -> Vec<u8> {
+    encode_state_knowing(state, None)
+}
+
+/// [`encode_state`], given the compact JSON text of one of the state's
+/// rows (`row` is a reference into `state.versions`), which is then written
+/// as it is rather than serialized again: the output record of a row-level
+/// policy holds exactly that text.
+pub fn encode_state_knowing(state: &KeyState, known: Option<(&LazyRow, &[u8])>) -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER_LEN + RESERVE_PER_VERSION * (state.versions.len() + 1));
     buf.extend_from_slice(&CHANGELOG.header);
-    write_array(&mut buf, &state.versions, write_version);
+    write_array(&mut buf, &state.versions, |buf, version| match (known, version.row.as_ref()) {
+        (Some((row, text)), Some(own)) if std::ptr::eq(row, own) => {
+            debug_assert!(
+                own.json_text()
+                    .map_or_else(|| serde_json::to_vec(&**own).expect("rows serialize") == text, |t| t.as_bytes() == text),
+                "the known text is the row's"
+            );
+            write_version_head(buf, version);
+            write_long(buf, 1);
+            write_bytes(buf, text);
+        }
+        _ => write_version(buf, version),
+    });
     write_optional_field_state(&mut buf, state.fields.as_ref());
     buf
 }
@@ -88,11 +108,16 @@ pub(super) fn write_optional_row(buf: &mut Vec<u8>, row: Option<&LazyRow>) {
 
 /// One `Version` record.
 pub(super) fn write_version(buf: &mut Vec<u8>, version: &Version) {
+    write_version_head(buf, version);
+    write_optional_row(buf, version.row.as_ref());
+}
+
+/// A `Version` record's fields before its row.
+fn write_version_head(buf: &mut Vec<u8>, version: &Version) {
     write_str(buf, &version.source);
     write_clock(buf, &version.vv);
     write_long(buf, version.ts);
     write_op(buf, version.op);
-    write_optional_row(buf, version.row.as_ref());
 }
 
 /// `["null", FieldState]`.
