@@ -155,7 +155,7 @@ impl<'de> Deserialize<'de> for LazyRow {
 /// stored version's row as it is (not parsed until read, so that its text
 /// can be written out as it is), a rendered row, or a row made for this
 /// view (a copy with the clock column). Reads as a [`Row`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum MergedRow<'a> {
     /// The winning version's row (row-level policies), unchanged.
     Stored(&'a LazyRow),
@@ -170,6 +170,9 @@ impl MergedRow<'_> {
     /// holds the text of the state it was decoded from: the same bytes as
     /// serializing the map (the state encoding writes rows with serde_json,
     /// whose maps are sorted by key here), without parsing or serializing.
+    /// A state written by anything but Tributary's encoder may spell the
+    /// same JSON otherwise (spacing, key order, escapes): its row is then
+    /// written in that spelling, equal as JSON.
     pub fn json_text(&self) -> Option<&str> {
         match self {
             MergedRow::Stored(row) => row.json_text(),
@@ -206,6 +209,13 @@ impl Deref for MergedRow<'_> {
             MergedRow::Borrowed(row) => row,
             MergedRow::Owned(row) => row,
         }
+    }
+}
+
+impl PartialEq for MergedRow<'_> {
+    /// The same row, however it is held (as `Cow` compares).
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
     }
 }
 
@@ -351,5 +361,26 @@ mod tests {
         assert_eq!(serde_json::to_string(&unparsed).unwrap(), r#"{"b":[1,2],"a":"\u00e9"}"#);
         assert_eq!(serde_json::to_value(&unparsed).unwrap(), json!({"a": "é", "b": [1, 2]}));
         assert!(!unparsed.is_parsed());
+    }
+
+    #[test]
+    fn a_merged_row_compares_by_content_and_copies_before_a_change() {
+        let text = r#"{"a":1,"b":"x"}"#;
+        let stored = LazyRow::from_json(text).unwrap();
+        let map = row(json!({"a": 1, "b": "x"}));
+        let views = [MergedRow::Stored(&stored), MergedRow::Borrowed(&map), MergedRow::Owned(map.clone())];
+        for a in &views {
+            for b in &views {
+                assert_eq!(a, b, "held differently, the same row");
+            }
+        }
+        assert_eq!(views[0].json_text(), Some(text));
+        assert_eq!(views[1].json_text(), None);
+        let mut changed = MergedRow::Stored(&stored);
+        changed.to_mut().insert("c".into(), json!(true));
+        assert!(matches!(changed, MergedRow::Owned(_)));
+        assert_eq!(changed.json_text(), None, "a changed row is not the stored text any more");
+        assert_eq!(stored.json_text(), Some(text), "the stored row is untouched");
+        assert_eq!(changed.into_owned(), row(json!({"a": 1, "b": "x", "c": true})));
     }
 }
