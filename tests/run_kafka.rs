@@ -434,6 +434,65 @@ fn an_event_whose_merged_record_is_too_large_is_set_aside_not_looped_on() {
 }
 
 #[test]
+fn a_poison_record_quoting_huge_input_or_with_a_huge_key_is_set_aside_not_looped_on() {
+    // Every topic of the run takes records of at most 400 000 bytes, the
+    // dead-letter topic too; the sources take the broker's default (1 MB).
+    let s = Setup::with_output_config("dlqbound", &[("max.message.bytes", "400000")]);
+    create_topic(&format!("{}-dlq", s.group), PARTITIONS, &[("max.message.bytes", "400000")]);
+    let mut live = HashMap::new();
+    let mut records = history(&s, 6, 0..2, &mut live);
+    let expected = expected_outputs(&records);
+    let key = json!({"id": 78}).to_string();
+    let partition = tributary::kafka::murmur2_partition(key.as_bytes(), PARTITIONS);
+    // Text the producer's compression cannot shrink (the topic limit is on
+    // compressed batches).
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut noise = |n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[(seed % 62) as usize])
+            })
+            .collect()
+    };
+    // An `op` of 450 000 bytes: the error quotes it.
+    let op = noise(450_000);
+    let value = json!({"before": null, "after": {"id": 78}, "op": op, "source": {"ts_ms": s.epoch_ms}}).to_string();
+    records.insert(3, Rec { topic: s.topics[0].clone(), partition, key: Some(key), value: Some(value) });
+    // A key of 450 000 bytes: over the state store's key limit, and too
+    // large to go out with the dead letter.
+    let huge_key = json!({"id": noise(450_000)}).to_string();
+    let huge_key_len = huge_key.len();
+    let value = json!({"before": null, "after": {"id": 79}, "op": "c", "source": {"ts_ms": s.epoch_ms}}).to_string();
+    records.insert(5, Rec { topic: s.topics[1].clone(), partition: 0, key: Some(huge_key), value: Some(value) });
+    produce(&records);
+    let p = Processor::start(&s.config("a"), &s.log("a"));
+    let dlq = wait_for_records(&format!("{}-dlq", s.group), 2, Duration::from_secs(60));
+    let output = wait_for_records(&s.output, expected, Duration::from_secs(60));
+    assert!(p.stop().success());
+    assert_eq!(dlq.len(), 2, "{dlq:?}");
+    let by_reason = |r: &str| dlq.iter().find(|d| header(d, "tributary.error.reason") == r).unwrap_or_else(|| panic!("no {r}"));
+    let bad_op = by_reason("bad_op");
+    let error = header(bad_op, "tributary.error");
+    assert!(
+        error.contains(&format!("unsupported op `{}", &op[..100])) && error.contains("more bytes of this error left out"),
+        "{}",
+        &error[..200]
+    );
+    assert!(error.len() < 5_000, "the error text is bounded: {}", error.len());
+    assert!(bad_op["payload"].is_null(), "the value does not fit beside the error");
+    assert!(header(bad_op, "tributary.value.omitted.bytes").parse::<usize>().unwrap() > 450_000);
+    let bad_key = dlq.iter().find(|d| d["key"].is_null()).expect("the huge key is left out");
+    assert_eq!(header(bad_key, "tributary.key.omitted.bytes"), huge_key_len.to_string());
+    let error = header(bad_key, "tributary.error");
+    assert!(error.contains("key is too large for the dead-letter topic"), "{error}");
+    assert!(bad_key["payload"].as_str().unwrap().contains("\"id\":79"), "the value goes out");
+    assert_exactly_once(&output, expected);
+}
+
+#[test]
 fn an_oversized_merged_record_is_a_dead_letter_without_an_aborted_cycle() {
     let s = Setup::with_output_config("oversize", &[("max.message.bytes", "400000")]);
     let key = json!({"id": 5}).to_string();

@@ -194,7 +194,7 @@ impl DeadLetterReason {
 /// A record the pipeline refuses: where it is, its source and why. The
 /// key's state is as it was before the record.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{position}: {reason}")]
+#[error("{position}: {}", Clipped(&.reason, MAX_ERROR_TEXT))]
 pub struct DeadLetter {
     /// The record's position.
     pub position: RecordPosition,
@@ -202,6 +202,50 @@ pub struct DeadLetter {
     pub source_name: Option<String>,
     /// Why.
     pub reason: DeadLetterReason,
+}
+
+/// The most bytes of a dead letter's reason that its text (the
+/// `tributary.error` header, the log line) carries. Some reasons quote the
+/// input (an unsupported `op`, a bad value): a multi-megabyte quote would
+/// make the dead letter itself too large for its topic, failing the cycle
+/// again on every retry.
+pub const MAX_ERROR_TEXT: usize = 4096;
+
+/// Displays at most `.1` bytes of `.0` (cut at a character boundary), and
+/// then how many bytes were left out.
+struct Clipped<'a, T>(&'a T, usize);
+
+impl<T: std::fmt::Display> std::fmt::Display for Clipped<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        /// Passes text on until `left` runs out, then counts what it drops.
+        struct Limit<'a, 'b> {
+            out: &'a mut std::fmt::Formatter<'b>,
+            left: usize,
+            dropped: usize,
+        }
+        impl std::fmt::Write for Limit<'_, '_> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                if self.dropped > 0 || s.len() > self.left {
+                    let mut cut = self.left.min(s.len());
+                    while !s.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    self.out.write_str(&s[..cut])?;
+                    self.left = 0;
+                    self.dropped += s.len() - cut;
+                    return Ok(());
+                }
+                self.left -= s.len();
+                self.out.write_str(s)
+            }
+        }
+        let mut limit = Limit { out: f, left: self.1, dropped: 0 };
+        std::fmt::write(&mut limit, format_args!("{}", self.0))?;
+        match limit.dropped {
+            0 => Ok(()),
+            n => write!(f, "… ({n} more bytes of this error left out)"),
+        }
+    }
 }
 
 impl From<NormalizeError> for DeadLetter {

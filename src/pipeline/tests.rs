@@ -183,3 +183,28 @@ fn a_column_rule_refusal_is_a_dead_letter_with_the_rule_reason() {
     assert!(!d.reason.is_retriable());
     assert!(store.is_empty());
 }
+
+#[test]
+fn a_dead_letter_quoting_huge_input_carries_a_bounded_text() {
+    let position = RecordPosition { topic: "t".into(), partition: 2, offset: 9 };
+    let letter = |op: String| DeadLetter {
+        position: position.clone(),
+        source_name: None,
+        reason: DeadLetterReason::Input(NormalizeErrorKind::UnsupportedOp(op)),
+    };
+    // Short: as it was.
+    assert_eq!(letter("z".into()).to_string(), "topic t partition 2 offset 9: unsupported op `z` (expected c, u, r or d)");
+    // Huge, with multi-byte characters at the cut: the start, cut at a
+    // character boundary, and how much was left out.
+    let text = letter("é".repeat(1_000_000)).to_string();
+    assert!(text.len() < MAX_ERROR_TEXT + 200, "{}", text.len());
+    assert!(text.starts_with("topic t partition 2 offset 9: unsupported op `éé"), "{}", &text[..60]);
+    let full = format!("unsupported op `{}` (expected c, u, r or d)", "é".repeat(1_000_000));
+    let kept = text.split_once(": ").unwrap().1.split('…').next().unwrap().len();
+    assert!((MAX_ERROR_TEXT - 1..=MAX_ERROR_TEXT).contains(&kept), "{kept}");
+    assert!(
+        text.ends_with(&format!("… ({} more bytes of this error left out)", full.len() - kept)),
+        "{}",
+        &text[text.len() - 80..]
+    );
+}

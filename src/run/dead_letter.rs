@@ -15,26 +15,38 @@ impl Worker {
         // A value too large to go out again (a record near the size limit,
         // plus the error and headers) is left out rather than failing the
         // cycle on every retry; the source offset still finds it.
-        let key_len = msg.key().map_or(0, <[u8]>::len);
-        let value = msg.payload().filter(|v| key_len + v.len() + error.len() + 1024 <= self.record_limit);
+        // The same for a key too large to go out with the error (the error
+        // text itself is bounded: `MAX_ERROR_TEXT`).
+        let key = msg.key().filter(|k| k.len() + error.len() + 2048 <= self.record_limit);
+        let key_omitted = msg.key().filter(|_| key.is_none()).map(|k| k.len().to_string());
+        let key_len = key.map_or(0, <[u8]>::len);
+        let value = msg.payload().filter(|v| key_len + v.len() + error.len() + 2048 <= self.record_limit);
         let omitted = msg.payload().filter(|_| value.is_none()).map(|v| v.len().to_string());
+        if let Some(n) = &key_omitted {
+            error.push_str(&format!(
+                " (the {n}-byte key is too large for the dead-letter topic and is left out; read it at the source offset)"
+            ));
+        }
         if let Some(n) = &omitted {
             error.push_str(&format!(
                 " (the {n}-byte value is too large for the dead-letter topic and is left out; read it at the source offset)"
             ));
         }
-        let mut headers = OwnedHeaders::new_with_capacity(7)
+        let mut headers = OwnedHeaders::new_with_capacity(8)
             .insert(Header { key: TABLE_HEADER, value: Some(table.as_bytes()) })
             .insert(Header { key: "tributary.error", value: Some(error.as_bytes()) })
             .insert(Header { key: "tributary.error.reason", value: Some(e.reason.reason().as_bytes()) })
             .insert(Header { key: "tributary.source.topic", value: Some(msg.topic().as_bytes()) })
             .insert(Header { key: "tributary.source.partition", value: Some(partition.as_bytes()) })
             .insert(Header { key: "tributary.source.offset", value: Some(offset.as_bytes()) });
+        if let Some(n) = &key_omitted {
+            headers = headers.insert(Header { key: "tributary.key.omitted.bytes", value: Some(n.as_bytes()) });
+        }
         if let Some(n) = &omitted {
             headers = headers.insert(Header { key: "tributary.value.omitted.bytes", value: Some(n.as_bytes()) });
         }
         let mut record = BaseRecord::to(&self.dlq).partition(msg.partition() % self.shared_partitions).headers(headers);
-        if let Some(k) = msg.key() {
+        if let Some(k) = key {
             record = record.key(k);
         }
         // Avro output: the dead letter is a `schemas/dead-letter.avsc`
@@ -49,7 +61,7 @@ impl Worker {
                 partition: msg.partition(),
                 offset: msg.offset(),
                 timestamp: msg.timestamp().to_millis(),
-                key: msg.key(),
+                key,
                 value,
             });
             crate::avro::registry::frame(ids.dead_letter, &body)
