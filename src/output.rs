@@ -1,6 +1,7 @@
 //! The merged output record (design §1, "Output record").
 
 use crate::merge::Resolved;
+use crate::time::now_ms;
 
 /// Header carrying the merged clock as a JSON object.
 pub const HEADER_VV: &str = "tributary.vv";
@@ -63,10 +64,6 @@ pub fn without_value(partition: i32, key: String, resolved: &Resolved<'_>, times
 /// ahead would stall its partition for good.
 fn record_timestamp(newest: i64, now: i64) -> i64 {
     newest.min(now)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(i64::MAX, |d| d.as_millis() as i64)
 }
 
 impl OutputRecord {

@@ -1,12 +1,19 @@
 //! Calendar arithmetic, once for the crate and its benches: the
 //! `timestamp` casts of a source's `transform` and the benches that build
-//! the rows those casts would produce.
+//! the rows those casts would produce; and the wall clock in epoch
+//! milliseconds ([`now_ms`]).
 //!
 //! The one timestamp form casts produce is RFC 3339 in UTC with
 //! microseconds, `2024-03-01T10:00:00.000000Z`, from epoch seconds, millis,
 //! micros or an ISO-8601 text. Microseconds hold every PostgreSQL timestamp
 //! and every epoch-millis value without loss; a finer input is refused, not
 //! rounded.
+
+/// The wall clock in milliseconds since the Unix epoch (0 for a clock set
+/// before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
 /// algorithm: exact for every `i64` year the result fits in).

@@ -48,6 +48,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::{StateDb, StoreError};
+use crate::time::now_ms;
 
 use deliveries::Producer_;
 use startup::run_inner;
@@ -483,10 +484,6 @@ pub async fn run_with(config: Config, shutdown: Arc<AtomicBool>, options: RunOpt
         }
         other => other,
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

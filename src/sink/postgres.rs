@@ -247,7 +247,7 @@ impl Target for Postgres {
         // A resync that starts over keeps its first start time.
         tx.execute(
             "INSERT INTO tributary_sink_resync (consumer_group, topic, started_at_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            &[&group, &topic, &super::resync::now_ms()],
+            &[&group, &topic, &crate::time::now_ms()],
         )
         .map_err(e)?;
         for p in reset {

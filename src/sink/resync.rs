@@ -30,6 +30,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{apply_batch, build_resync_batch, read_message, AvroReader, RawRecord, SinkError, SinkStats, TableSpec, Target};
 use crate::config::KafkaConfig;
+use crate::time::now_ms;
 
 /// The broker's default `log.cleaner.delete.retention.ms` (one day), used
 /// when the topic's setting cannot be read.
@@ -37,11 +38,6 @@ pub const DEFAULT_DELETE_RETENTION_MS: i64 = 86_400_000;
 
 /// How long a broker request may take before the check gives up on it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 /// The topic the sink reads and how to reach it.
 pub struct Source<'a> {

@@ -200,7 +200,7 @@ impl Target for Sqlite {
         // A resync that starts over keeps its first start time.
         tx.execute(
             "INSERT INTO tributary_sink_resync (consumer_group, topic, started_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-            rusqlite::params![group, topic, super::resync::now_ms()],
+            rusqlite::params![group, topic, crate::time::now_ms()],
         )
         .map_err(|e| err(&path, "begin a resync", e))?;
         for p in reset {

@@ -17,6 +17,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::merge::KeyState;
 use crate::pipeline::{StateStore, Verdict};
+use crate::time::now_ms;
 
 mod restore;
 mod size;
@@ -584,8 +585,4 @@ impl StateStore for TaskStore {
             Verdict::Undo(t) => Ok(t),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
