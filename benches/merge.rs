@@ -7,7 +7,10 @@
 //!   same events under `field-lww`, and `apply+resolve/field-lww+rules/3src`
 //!   with mixed column rules (`email` owned by `eu`, `balance` and
 //!   `updated_at` by `max`, `tier` by `union`). Every event is a full image,
-//!   so under `field-lww` every column is written each time.
+//!   so under `field-lww` every column is written each time. The events'
+//!   rows are what the processor's Debezium decoder gives the engine: their
+//!   canonical JSON text under the row-level policies ([`CanonicalRow`]),
+//!   maps under `field-lww`.
 //! * `decode_merge_encode`: [`Pipeline::process`] on pre-built Debezium JSON
 //!   records (normalize → apply → resolve → encode), state in a [`MemoryStore`].
 //!   `process/debezium-json/lww/3src` under `lww`;
@@ -76,7 +79,9 @@ use tributary::avro::registry::{frame, Registry};
 use tributary::avro::value::Shape;
 use tributary::avro::AvroContext;
 use tributary::config::Config;
-use tributary::merge::{Applied, ChangeEvent, ColumnRule, KeyState, MergeEngine, MergeSettings, Op, Policy, Row, VersionVector};
+use tributary::merge::{
+    Applied, CanonicalRow, ChangeEvent, ColumnRule, KeyState, MergeEngine, MergeSettings, Op, Policy, Row, VersionVector,
+};
 use tributary::normalize::InputRecord;
 use tributary::pipeline::{MemoryStore, Pipeline, Step};
 
@@ -188,7 +193,10 @@ struct EventSource {
 }
 
 impl EventSource {
-    fn new(keys: usize) -> Self {
+    /// `text_rows`: rows as their canonical JSON text, as the processor's
+    /// decoder gives them under the row-level policies
+    /// ([`CanonicalRow`]); else as maps, as under `field-lww`.
+    fn new(keys: usize, text_rows: bool) -> Self {
         let order: Vec<(usize, usize)> = round_order(keys).collect();
         let template = order
             .iter()
@@ -198,7 +206,13 @@ impl EventSource {
                     source: SOURCES[s].to_string(),
                     key: format!("{{\"id\":{k}}}"),
                     op: Op::Upsert,
-                    row: Some(row(k, s, 0, ts)),
+                    row: Some(match text_rows {
+                        true => {
+                            let text = serde_json::to_string(&row(k, s, 0, ts)).unwrap();
+                            serde_json::from_str::<CanonicalRow>(&text).unwrap().0
+                        }
+                        false => row(k, s, 0, ts).into(),
+                    }),
                     before: None,
                     full_image: true,
                     ts,
@@ -265,8 +279,10 @@ fn mixed_rules() -> MergeSettings {
 impl MergeFixture {
     fn new(keys: usize, settings: MergeSettings) -> Self {
         let policy = settings.policy.as_str();
+        // The processor's decoder gives the row-level policies rows as text.
+        let text_rows = settings.policy != Policy::FieldLww;
         let engine = MergeEngine::new(settings);
-        let mut source = EventSource::new(keys);
+        let mut source = EventSource::new(keys, text_rows);
         let per_round = source.order.len();
         eprintln!(
             "merge_only ({policy}): {keys} keys x {} sources, row {} bytes of JSON",

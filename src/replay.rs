@@ -335,7 +335,7 @@ pub fn transform_test(
                 summary.filtered += 1;
                 writeln!(out, "  dropped by where")?;
                 if let Some(e) = &original {
-                    let row = e.row.as_ref().or(e.before.as_ref());
+                    let row = e.row.as_deref().or(e.before.as_ref());
                     writeln!(
                         out,
                         "    {}",
@@ -353,7 +353,7 @@ pub fn transform_test(
                 writeln!(out, "  {op}, key {source_key} -> {}", e.key)?;
                 let transform = mapped.transform();
                 let pairs = [
-                    ("after", original.as_ref().and_then(|o| o.row.as_ref()), e.row.as_ref()),
+                    ("after", original.as_ref().and_then(|o| o.row.as_deref()), e.row.as_deref()),
                     ("before", original.as_ref().and_then(|o| o.before.as_ref()), e.before.as_ref()),
                 ];
                 for (label, from, to) in pairs {

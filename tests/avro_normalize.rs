@@ -171,7 +171,7 @@ fn debezium_avro_envelopes_normalize_like_their_json_twins() {
         ];
         for (bytes, path) in &cases {
             let Normalized::Event(e) = n.normalize(&input(4, Some(&key), Some(bytes))).unwrap() else { panic!("an event") };
-            let mut row = Value::Object(e.row.clone().unwrap());
+            let mut row = Value::Object(e.row.clone().unwrap().into_row());
             row.as_object_mut().unwrap().remove("span");
             assert_eq!(row, expected_row, "{path}");
             assert_eq!(e.key, r#"{"id":7}"#, "{path}");

@@ -81,7 +81,7 @@ fn encoded_states(settings: MergeSettings) -> Vec<(String, Vec<u8>)> {
                             source: source.to_string(),
                             key: format!("{{\"id\":{k}}}"),
                             op: Op::Upsert,
-                            row: Some(row(k, s, round)),
+                            row: Some(row(k, s, round).into()),
                             before: None,
                             full_image: true,
                             ts: 1_714_566_896_000 + (round * KEYS + k) as i64 * 10 + s as i64,

@@ -463,7 +463,7 @@ mod tests {
             source: "eu".into(),
             key: r#"{"id":1}"#.into(),
             op: Op::Upsert,
-            row: Some(row),
+            row: Some(row.into()),
             before: None,
             full_image: true,
             ts: 1,

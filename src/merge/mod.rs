@@ -11,6 +11,7 @@
 //! partial order, the maximal elements of a set do not depend on the order the
 //! elements arrived in, so every interleaving of the same events converges.
 
+mod canonical;
 mod clock;
 mod counter;
 mod fields;
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use serde_json::Value;
 
+pub use canonical::CanonicalRow;
 use clock::Relations;
 pub use clock::{Causality, MergedClock, VersionVector};
 pub use counter::{CounterState, Delta, Refusal, Tally};
@@ -313,8 +315,7 @@ impl MergeEngine {
     /// the event (for metrics).
     pub fn apply_reported(&self, state: &mut KeyState, event: ChangeEvent) -> ApplyReport {
         if self.settings.policy != Policy::FieldLww {
-            let version =
-                Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row.map(LazyRow::from) };
+            let version = Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row };
             let applied = match self.insert(&mut state.versions, version) {
                 Insert::Added => Applied::Changed,
                 Insert::Duplicate => Applied::Duplicate,
@@ -334,8 +335,7 @@ impl MergeEngine {
         if self.settings.policy == Policy::FieldLww {
             return (self.apply_fields(state, event), None);
         }
-        let version =
-            Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row.map(LazyRow::from) };
+        let version = Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row };
         let (applied, undo) = match self.insert_undoable(&mut state.versions, version) {
             Ok(undo) => (Applied::Changed, Some(undo)),
             Err(Insert::Duplicate) => (Applied::Duplicate, None),

@@ -42,6 +42,16 @@ impl LazyRow {
         Ok(LazyRow { text: Some(text.into()), parsed: OnceLock::new() })
     }
 
+    /// A row held as `text`, which must be the compact JSON that
+    /// serializing its map gives ([`CanonicalRow`](super::canonical::CanonicalRow)).
+    pub(super) fn from_canonical_text(text: Box<str>) -> LazyRow {
+        debug_assert_eq!(
+            serde_json::from_str::<Row>(&text).map(|row| serde_json::to_string(&row).unwrap()).ok().as_deref(),
+            Some(&*text)
+        );
+        LazyRow { text: Some(text), parsed: OnceLock::new() }
+    }
+
     /// The JSON text the row was decoded from, while it is unchanged.
     pub fn json_text(&self) -> Option<&str> {
         self.text.as_deref()

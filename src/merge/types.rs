@@ -26,8 +26,10 @@ pub struct ChangeEvent {
     pub key: String,
     /// Upsert or delete.
     pub op: Op,
-    /// The `after` image (upserts only). In carried mode the clock column is removed.
-    pub row: Option<Row>,
+    /// The `after` image (upserts only). In carried mode the clock column
+    /// is removed. A map, or the canonical text the decoder wrote when
+    /// nothing before the merge reads the columns ([`CanonicalRow`](super::CanonicalRow)).
+    pub row: Option<LazyRow>,
     /// The `before` image, when the source sent one.
     pub before: Option<Row>,
     /// True for `c`/`r` events and whenever no `before` image came: every field

@@ -23,7 +23,7 @@ use crate::avro::error::CodecError;
 use crate::avro::output::SchemaCatalog;
 use crate::avro::registry::{frame_id, Registry, RegistryError};
 use crate::avro::value::{Names, Shape};
-use crate::merge::Row;
+use crate::merge::{LazyRow, Row};
 
 const FORMAT: &str = "debezium-avro";
 
@@ -342,6 +342,9 @@ impl Format for DebeziumAvro {
             Some(k) => Some(self.key(k)?),
             None => None,
         };
-        Ok(Some(Parsed { raw: RawChange { op, before, after, ts: source_ts.or(ts_ms), sequence, key }, had_before }))
+        Ok(Some(Parsed {
+            raw: RawChange { op, before, after: after.map(LazyRow::from), ts: source_ts.or(ts_ms), sequence, key },
+            had_before,
+        }))
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::{Format, InputRecord, NormalizeErrorKind, Parsed, RawChange, RawOp};
-use crate::merge::Row;
+use crate::merge::{CanonicalRow, LazyRow, Row};
 
 /// The `debezium-json` format.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,20 +26,21 @@ pub struct DebeziumJson;
 /// The envelope fields Tributary reads; the rest (e.g. `transaction`) is
 /// skipped without building values for it. `S` is how `source` is read
 /// ([`Row`] or [`SourceTs`]), `B` how `before` is read ([`Row`] or
-/// [`SkippedRow`]); `Envelope<Row, Row>` is the complete envelope.
+/// [`SkippedRow`]), `A` how `after` is read ([`Row`] or [`CanonicalRow`]);
+/// `Envelope<Row, Row, Row>` is the complete envelope.
 #[derive(Deserialize)]
-#[serde(bound(deserialize = "S: Deserialize<'de>, B: Deserialize<'de>"))]
-struct Envelope<'a, S, B> {
+#[serde(bound(deserialize = "S: Deserialize<'de>, B: Deserialize<'de>, A: Deserialize<'de>"))]
+struct Envelope<'a, S, B, A = Row> {
     #[serde(default)]
     schema: Option<IgnoredAny>,
     #[serde(default)]
-    payload: Option<Box<Envelope<'a, S, B>>>,
+    payload: Option<Box<Envelope<'a, S, B, A>>>,
     #[serde(default, borrow)]
     op: Option<Cow<'a, str>>,
     #[serde(default)]
     before: Option<B>,
     #[serde(default)]
-    after: Option<Row>,
+    after: Option<A>,
     #[serde(default)]
     source: Option<S>,
     #[serde(default)]
@@ -89,6 +90,23 @@ impl BeforeImage for Row {
     const KEPT: bool = true;
     fn into_row(self) -> Option<Row> {
         Some(self)
+    }
+}
+
+/// How the `after` image is kept.
+trait AfterImage {
+    fn into_lazy(self) -> LazyRow;
+}
+
+impl AfterImage for Row {
+    fn into_lazy(self) -> LazyRow {
+        LazyRow::from(self)
+    }
+}
+
+impl AfterImage for CanonicalRow {
+    fn into_lazy(self) -> LazyRow {
+        self.0
     }
 }
 
@@ -229,14 +247,15 @@ impl<'de> Visitor<'de> for ValueVisitor {
 }
 
 impl DebeziumJson {
-    /// Parses `bytes` with `source` read as `S` and `before` as `B`.
-    fn parse_as<'a, S, B>(bytes: &'a [u8], sequence: Option<&[String]>) -> Result<Option<Parsed>, NormalizeErrorKind>
+    /// Parses `bytes` with `source` read as `S`, `before` as `B` and `after` as `A`.
+    fn parse_as<'a, S, B, A>(bytes: &'a [u8], sequence: Option<&[String]>) -> Result<Option<Parsed>, NormalizeErrorKind>
     where
         S: SourceBlock + Deserialize<'a>,
         B: BeforeImage + Deserialize<'a>,
+        A: AfterImage + Deserialize<'a>,
     {
         // No trailing-bytes check: only the envelope value is read.
-        let mut env = crate::json::first_value::<Envelope<S, B>>(bytes).map_err(|e| describe_error(bytes, e))?;
+        let mut env = crate::json::first_value::<Envelope<S, B, A>>(bytes).map_err(|e| describe_error(bytes, e))?;
         if env.op.is_none() {
             match env.payload.take() {
                 Some(inner) => env = *inner,
@@ -257,7 +276,7 @@ impl DebeziumJson {
         if op == RawOp::Delete && !B::KEPT {
             // A delete's before image is its key and its carried clock: read
             // the record again, keeping it (deletes are the minority).
-            return Self::parse_as::<S, Row>(bytes, sequence);
+            return Self::parse_as::<S, Row, A>(bytes, sequence);
         }
         let source_ts = match env.source.as_ref().and_then(S::ts_ms) {
             None | Some(Value::Null) => None,
@@ -284,13 +303,36 @@ impl DebeziumJson {
             raw: RawChange {
                 op,
                 before: env.before.and_then(B::into_row),
-                after: env.after,
+                after: env.after.map(A::into_lazy),
                 ts: source_ts.or(env.ts_ms),
                 sequence,
                 key: None,
             },
             had_before,
         }))
+    }
+}
+
+impl DebeziumJson {
+    /// [`Format::parse_lean`] with the `after` image read as `A`.
+    fn parse_after_as<'a, A>(
+        record: &InputRecord<'a>,
+        sequence: Option<&[String]>,
+        upsert_before: bool,
+    ) -> Result<Option<Parsed>, NormalizeErrorKind>
+    where
+        A: AfterImage + Deserialize<'a>,
+    {
+        let Some(bytes) = record.value.filter(|v| !v.is_empty()) else {
+            return Ok(None); // Debezium's tombstone after a delete.
+        };
+        // The whole `source` block only when a sequence path reads from it.
+        match (sequence.is_some(), upsert_before) {
+            (true, true) => Self::parse_as::<Row, Row, A>(bytes, sequence),
+            (true, false) => Self::parse_as::<Row, SkippedRow, A>(bytes, sequence),
+            (false, true) => Self::parse_as::<SourceTs, Row, A>(bytes, sequence),
+            (false, false) => Self::parse_as::<SourceTs, SkippedRow, A>(bytes, sequence),
+        }
     }
 }
 
@@ -326,15 +368,15 @@ impl Format for DebeziumJson {
         sequence: Option<&[String]>,
         upsert_before: bool,
     ) -> Result<Option<Parsed>, NormalizeErrorKind> {
-        let Some(bytes) = record.value.filter(|v| !v.is_empty()) else {
-            return Ok(None); // Debezium's tombstone after a delete.
-        };
-        // The whole `source` block only when a sequence path reads from it.
-        match (sequence.is_some(), upsert_before) {
-            (true, true) => Self::parse_as::<Row, Row>(bytes, sequence),
-            (true, false) => Self::parse_as::<Row, SkippedRow>(bytes, sequence),
-            (false, true) => Self::parse_as::<SourceTs, Row>(bytes, sequence),
-            (false, false) => Self::parse_as::<SourceTs, SkippedRow>(bytes, sequence),
-        }
+        Self::parse_after_as::<Row>(record, sequence, upsert_before)
+    }
+
+    fn parse_text(
+        &self,
+        record: &InputRecord<'_>,
+        sequence: Option<&[String]>,
+        upsert_before: bool,
+    ) -> Result<Option<Parsed>, NormalizeErrorKind> {
+        Self::parse_after_as::<CanonicalRow>(record, sequence, upsert_before)
     }
 }

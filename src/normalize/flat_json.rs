@@ -70,7 +70,7 @@ impl Format for FlatJson {
             RawChange { op: RawOp::Delete, before: Some(row), after: None, ts, sequence, key: None }
         } else {
             // No before image: every field counts as written.
-            RawChange { op: RawOp::Update, before: None, after: Some(row), ts, sequence, key: None }
+            RawChange { op: RawOp::Update, before: None, after: Some(row.into()), ts, sequence, key: None }
         }))
     }
 }

@@ -126,7 +126,7 @@ fn the_halves_are_a_plain_delete_of_the_old_key_and_a_full_create_of_the_new_key
         let (delete, create) = (&events[2], &events[3]);
         assert_eq!((delete.key.as_str(), delete.op), (K1, Op::Delete));
         assert_eq!((create.key.as_str(), create.op, create.full_image), (K2, Op::Upsert, true), "every column counts as written");
-        assert_eq!(create.row.as_ref().map(|r| Value::Object(r.clone())), Some(row(2, "new@eu", "Oslo")));
+        assert_eq!(create.row.as_deref().map(|r| Value::Object(r.clone())), Some(row(2, "new@eu", "Oslo")));
     }
 }
 

@@ -24,7 +24,7 @@ use std::fmt;
 pub(crate) use crate::json::json_kind;
 use serde_json::Value;
 
-use crate::merge::{ChangeEvent, Row};
+use crate::merge::{ChangeEvent, LazyRow, Row};
 
 pub use debezium_avro::DebeziumAvro;
 pub use debezium_json::DebeziumJson;
@@ -104,8 +104,9 @@ pub struct RawChange {
     pub op: RawOp,
     /// `before` image.
     pub before: Option<Row>,
-    /// `after` image.
-    pub after: Option<Row>,
+    /// `after` image: a map, or its canonical text when the format decoded
+    /// it so ([`Format::parse_text`]).
+    pub after: Option<LazyRow>,
     /// The commit time the envelope carries, if any.
     pub ts: Option<i64>,
     /// The configured sequence field's value, if one is configured.
@@ -143,6 +144,18 @@ pub trait Format: Send + Sync + fmt::Debug {
     ) -> Result<Option<Parsed>, NormalizeErrorKind> {
         let _ = upsert_before;
         Ok(self.parse(record, sequence)?.map(|raw| Parsed { had_before: raw.before.is_some(), raw }))
+    }
+    /// As [`parse_lean`](Format::parse_lean), except that the `after`
+    /// image may come as its canonical JSON text instead of a map
+    /// ([`CanonicalRow`](crate::merge::CanonicalRow)): for callers that read
+    /// none of its columns before the merge. The same row either way.
+    fn parse_text(
+        &self,
+        record: &InputRecord<'_>,
+        sequence: Option<&[String]>,
+        upsert_before: bool,
+    ) -> Result<Option<Parsed>, NormalizeErrorKind> {
+        self.parse_lean(record, sequence, upsert_before)
     }
     /// True when the format decodes the record key itself
     /// ([`RawChange::key`]); false: the key is the record key's JSON text.

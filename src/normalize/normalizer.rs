@@ -172,10 +172,27 @@ impl SourceNormalizer {
         Ok(Value::Object(self.key_image(row)?).to_string())
     }
 
+    /// True when nothing here reads or changes the `after` image's columns
+    /// (no filter, transform, carried clock or key fields) and the policy
+    /// merges whole rows: the format may then give the image as its
+    /// canonical text, which the state and the output hold it as anyway.
+    /// (Only a matter of speed: a map is made from the text when read.)
+    fn after_as_text(&self) -> bool {
+        !self.upsert_before
+            && self.filter.is_none()
+            && self.transform.is_none()
+            && self.clock_field.is_none()
+            && self.key_fields.is_none()
+    }
+
     /// `count`: whether the `where` filter's counts take the record.
     fn normalize_inner(&self, record: &InputRecord<'_>, count: bool) -> Result<Normalized, NormalizeErrorKind> {
         let seq_path = self.sequence.as_ref().map(|(_, p)| p.as_slice());
-        let Some(Parsed { mut raw, had_before }) = self.format.parse_lean(record, seq_path, self.upsert_before)? else {
+        let parsed = match self.after_as_text() {
+            true => self.format.parse_text(record, seq_path, self.upsert_before)?,
+            false => self.format.parse_lean(record, seq_path, self.upsert_before)?,
+        };
+        let Some(Parsed { mut raw, had_before }) = parsed else {
             return Ok(Normalized::Tombstone);
         };
         let op = match raw.op {
@@ -186,7 +203,7 @@ impl SourceNormalizer {
             return Err(NormalizeErrorKind::MissingAfter(format!("{:?}", raw.op).to_lowercase()));
         }
         if let Some((filter, counts)) = &self.filter {
-            let row = if op == Op::Upsert { raw.after.as_ref() } else { raw.before.as_ref() };
+            let row = if op == Op::Upsert { raw.after.as_deref() } else { raw.before.as_ref() };
             let keep = filter.keeps(row, op == Op::Delete);
             if count {
                 let n = if keep { &counts.matched } else { &counts.dropped };
@@ -275,7 +292,7 @@ impl SourceNormalizer {
             // A delete without a before image still has the record key: pick
             // the same fields from it, so both paths give the same key.
             let from_key;
-            let row = match raw.after.as_ref().or(raw.before.as_ref()) {
+            let row = match raw.after.as_deref().or(raw.before.as_ref()) {
                 Some(row) => row,
                 None => {
                     let text = match &raw.key {

@@ -10,8 +10,8 @@ use serde_json::Value;
 use super::{count_uses, seek, settle_stamps, ColumnWrite, FieldState, StampRef, Stamps, Written};
 use crate::merge::clock::Relations;
 use crate::merge::{
-    assign_value, same_json, value_rank, Applied, ApplyReport, Causality, ChangeEvent, ColumnRule, Insert, KeyState, LazyRow,
-    MergeEngine, Op, Row, Version, VersionVector,
+    assign_value, same_json, value_rank, Applied, ApplyReport, Causality, ChangeEvent, ColumnRule, Insert, KeyState, MergeEngine,
+    Op, Row, Version, VersionVector,
 };
 
 impl MergeEngine {
@@ -63,8 +63,7 @@ impl MergeEngine {
             fields_changed |= self.apply_counter(fields, column, &event, write);
             fields_changed |= self.compact_counter(fields, column);
         }
-        let version =
-            Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row.map(LazyRow::from) };
+        let version = Version { source: event.source, vv: event.vv, ts: event.ts, op: event.op, row: event.row };
         let applied = match self.insert(&mut state.versions, version) {
             Insert::Added => Applied::Changed,
             _ if fields_changed => Applied::Changed,
