@@ -70,7 +70,7 @@ fn btree_leaf<K, V>() -> usize {
 }
 
 fn clock_bytes(vv: &crate::merge::VersionVector) -> usize {
-    heap(vv.entries_heap_bytes()) + vv.iter().map(|(source, _)| heap(source.len())).sum::<usize>()
+    heap(vv.entries_heap_bytes()) + vv.heap_name_lengths().map(heap).sum::<usize>()
 }
 
 fn map_bytes(map: &serde_json::Map<String, serde_json::Value>) -> usize {
