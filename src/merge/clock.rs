@@ -54,7 +54,7 @@ impl Relations {
 /// A version vector (source name → counter), ordered pointwise.
 ///
 /// The entries are kept sorted by source name in a small vector that holds
-/// one entry inline, and a name of up to [`Name::INLINE`] bytes is held in
+/// one entry inline, and a source name of up to 22 bytes is held in
 /// the entry itself: a derived clock (one entry) of such a source costs no
 /// allocation at all, and comparing two clocks reads no memory beyond them,
 /// where a `BTreeMap` allocated a whole node (about 400 bytes per clock,
