@@ -298,6 +298,11 @@ impl Worker {
                     } else {
                         // Stored as it is: the state decodes when first read.
                         let key = m.key().unwrap_or_default();
+                        if o.task.restored_bytes() == 0 {
+                            // The batch's share in one allocation (plus the
+                            // record that crosses it).
+                            o.task.reserve_restored(RESTORE_BUFFER_BYTES / active.len() + (1 << 20));
+                        }
                         if (1..=MAX_KEY_BYTES).contains(&key.len()) {
                             o.task.put_restored_bytes(key, m.payload())?;
                         } else {

@@ -172,7 +172,8 @@ fn a_restore_keeps_the_last_record_of_keys_sharing_long_prefixes() {
     let db = StateDb::open(dir.path()).unwrap();
     let mut t = db.task(0).unwrap();
     let long = |i: u64| format!("{{\"id\":\"a shared prefix longer than sixteen bytes {i}\"}}");
-    let keys: Vec<String> = ["a", "a\0", "ab"].iter().map(|k| k.to_string()).chain((0..30).map(long)).collect();
+    let short = ["a", "a\0", "a\0\0", "ab", "b", "0123456789abcdef", "0123456789abcdef\0", "0123456789abcdefg"];
+    let keys: Vec<String> = short.iter().map(|k| k.to_string()).chain((0..30).map(long)).collect();
     // Each key three times, interleaved; the third value is the last.
     for round in 1..=3 {
         for (i, k) in keys.iter().enumerate() {
@@ -215,4 +216,60 @@ fn remembered_encodings_are_dropped_when_the_state_changes_again() {
     t.update("k", |s| s.versions[0].ts += 10).unwrap();
     t.abort();
     assert_eq!(t.get("k").unwrap(), Some(state(2)), "an abort falls back to the committed state");
+}
+
+#[test]
+fn a_reserved_restore_batch_fills_without_growing_its_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = StateDb::open(dir.path()).unwrap();
+    let mut t = db.task(0).unwrap();
+    let value = encode_state(&state(1));
+    let n = 1000;
+    t.reserve_restored(n * (value.len() + 8));
+    let (at, capacity) = (t.restored.bytes.as_ptr(), t.restored.bytes.capacity());
+    assert!(capacity >= n * (value.len() + 8));
+    for i in 0..n {
+        t.put_restored_bytes(format!("k{i:06}").as_bytes(), Some(&value)).unwrap();
+    }
+    // One allocation: neither moved nor grown while the batch filled.
+    assert_eq!((t.restored.bytes.as_ptr(), t.restored.bytes.capacity()), (at, capacity));
+    // Reserving again for what a batch already holds changes nothing.
+    t.reserve_restored(10);
+    assert_eq!(t.restored.bytes.capacity(), capacity);
+    t.commit(n as i64).unwrap();
+    assert_eq!(t.get("k000999").unwrap(), Some(state(1)));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Restored records of keys around the 16-byte head the restore sorts
+    /// by (trailing zero bytes, shared heads, both sides of 16 bytes), in
+    /// any order and in one or several batches: the store keeps each key's
+    /// last record, as a map does.
+    #[test]
+    fn a_restore_keeps_the_last_record_per_key_whatever_the_keys(
+        records in proptest::collection::vec(
+            (proptest::collection::vec(proptest::sample::select(vec![0u8, b'a', b'b']), 1..20), proptest::option::of(0u64..1000)),
+            1..200,
+        ),
+        batch in 1usize..200,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let mut t = db.task(0).unwrap();
+        let mut model = std::collections::BTreeMap::new();
+        for (n, (key, value)) in records.iter().enumerate() {
+            t.put_restored_bytes(key, value.map(|v| encode_state(&state(v))).as_deref()).unwrap();
+            model.insert(key.clone(), *value);
+            if (n + 1) % batch == 0 {
+                t.commit(n as i64).unwrap();
+            }
+        }
+        t.commit(records.len() as i64).unwrap();
+        for (key, value) in &model {
+            let stored = t.keyspace.get(key).unwrap().map(|v| decode_state(&v).unwrap());
+            proptest::prop_assert_eq!(stored, value.map(state), "key {:?}", key);
+        }
+        proptest::prop_assert_eq!(t.keyspace.iter().count(), model.values().filter(|v| v.is_some()).count());
+    }
 }
