@@ -215,6 +215,7 @@ impl EventSource {
                     }),
                     before: None,
                     full_image: true,
+                    changed: None,
                     ts,
                     vv: VersionVector::single(SOURCES[s], sequence(0, keys, k)),
                 }

@@ -292,12 +292,12 @@ pub fn transform_test(
         )));
     }
     // Under field-lww, upserts keep their before image: show it too.
-    let mapped = SourceNormalizer::new(source, crate::merge::Policy::FieldLww);
+    let mapped = SourceNormalizer::new(source, crate::merge::Policy::FieldLww).whole_before();
     // The same source without mapping, filter, key fields or clock: the
     // record as it arrives (key fields and the clock name target columns).
     let mut plain_config = source.clone();
     (plain_config.transform, plain_config.filter, plain_config.key_fields, plain_config.clock_field) = (None, None, None, None);
-    let plain = SourceNormalizer::new(&plain_config, crate::merge::Policy::FieldLww);
+    let plain = SourceNormalizer::new(&plain_config, crate::merge::Policy::FieldLww).whole_before();
     let mut summary = TransformTestSummary { source: source_name.to_string(), ..Default::default() };
     for (index, line) in input.lines().enumerate() {
         let line = line?;

@@ -84,6 +84,7 @@ fn encoded_states(settings: MergeSettings) -> Vec<(String, Vec<u8>)> {
                             row: Some(row(k, s, round).into()),
                             before: None,
                             full_image: true,
+                            changed: None,
                             ts: 1_714_566_896_000 + (round * KEYS + k) as i64 * 10 + s as i64,
                             vv: VersionVector::single(source, seq),
                         },

@@ -267,13 +267,16 @@ impl MergeEngine {
                 problem: "the update has no before image (or is a repeated snapshot read of a row the source already had)",
             });
         }
-        let Some(before) = event.before.as_ref().and_then(|b| b.get(column)) else {
-            return Err(Refusal::CounterNeedsBefore {
-                column: column.to_owned(),
-                problem: "the update's before image lacks the column",
-            });
+        let old = match event.before_value(column) {
+            Some(Some(before)) => number(before, "before")?,
+            Some(None) => {
+                return Err(Refusal::CounterNeedsBefore {
+                    column: column.to_owned(),
+                    problem: "the update's before image lacks the column",
+                })
+            }
+            None => new, // unchanged: the decoder kept no copy
         };
-        let old = number(before, "before")?;
         let delta = new.checked_sub(old).ok_or_else(|| Refusal::CounterNotNumeric {
             column: column.to_owned(),
             image: "after",
@@ -466,6 +469,7 @@ mod tests {
             row: Some(row.into()),
             before: None,
             full_image: true,
+            changed: None,
             ts: 1,
             vv: VersionVector::single("eu", 1),
         };

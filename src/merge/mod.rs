@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use serde_json::Value;
 
-pub use canonical::CanonicalRow;
+pub use canonical::{CanonicalRow, ColumnTexts};
 use clock::Relations;
 pub use clock::{Causality, MergedClock, VersionVector};
 pub use counter::{CounterState, Delta, Refusal, Tally};
@@ -34,7 +34,7 @@ pub use fields::{ColumnWinner, ColumnWrite, FieldState, FieldVersion, Stamp};
 pub use row::{LazyRow, MergedRow};
 pub use rules::ColumnRule;
 use rules::{value_cmp, value_rank};
-pub use types::{Applied, ChangeEvent, DeletePolicy, KeyState, MergeSettings, Op, Policy, Resolved, Version};
+pub use types::{Applied, ChangeEvent, ChangedColumns, DeletePolicy, KeyState, MergeSettings, Op, Policy, Resolved, Version};
 pub use union::{ElementSet, ElementVersions};
 
 /// A row image: a flat JSON object (column → value).

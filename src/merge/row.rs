@@ -45,9 +45,10 @@ impl LazyRow {
     /// A row held as `text`, which must be the compact JSON that
     /// serializing its map gives ([`CanonicalRow`](super::canonical::CanonicalRow),
     /// whose property test checks it). Parsing the text back need not give
-    /// that very map: serde_json reads a float's last digit approximately,
-    /// and takes an object whose first key is its private raw-value key as
-    /// raw JSON (as it does for any stored row).
+    /// that very map: serde_json takes an object whose first key is its
+    /// private raw-value key as raw JSON (as it does for any stored row).
+    /// (Floats read back exactly since serde_json's `float_roundtrip`
+    /// feature is on; before, their last digit could differ.)
     pub(super) fn from_canonical_text(text: Box<str>) -> LazyRow {
         LazyRow { text: Some(text), parsed: OnceLock::new() }
     }

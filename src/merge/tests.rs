@@ -22,6 +22,7 @@ fn upsert(source: &str, clock: VersionVector, ts: i64, r: Value) -> ChangeEvent 
         row: Some(row(r).into()),
         before: None,
         full_image: true,
+        changed: None,
         ts,
         vv: clock,
     }
@@ -39,6 +40,7 @@ fn delete(source: &str, clock: VersionVector, ts: i64) -> ChangeEvent {
         row: None,
         before: None,
         full_image: false,
+        changed: None,
         ts,
         vv: clock,
     }
@@ -879,6 +881,7 @@ fn events(hist: &[Vec<Step>], clocks: Clocks) -> Vec<Vec<ChangeEvent>> {
                     row: None,
                     before,
                     full_image: false,
+                    changed: None,
                     ts: st.ts,
                     vv: clock,
                 }
@@ -900,6 +903,7 @@ fn events(hist: &[Vec<Step>], clocks: Clocks) -> Vec<Vec<ChangeEvent>> {
                     op: Op::Upsert,
                     row: Some(r.into()),
                     full_image: before.is_none(),
+                    changed: None,
                     before,
                     ts: st.ts,
                     vv: clock,

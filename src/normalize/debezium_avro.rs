@@ -345,6 +345,7 @@ impl Format for DebeziumAvro {
         Ok(Some(Parsed {
             raw: RawChange { op, before, after: after.map(LazyRow::from), ts: source_ts.or(ts_ms), sequence, key },
             had_before,
+            changed: None,
         }))
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::{Format, InputRecord, NormalizeErrorKind, Parsed, RawChange, RawOp};
-use crate::merge::{CanonicalRow, LazyRow, Row};
+use crate::merge::{CanonicalRow, ChangedColumns, ColumnTexts, LazyRow, Row};
 
 /// The `debezium-json` format.
 #[derive(Debug, Clone, Copy, Default)]
@@ -83,13 +83,28 @@ impl SourceBlock for SourceTs {
 trait BeforeImage {
     /// True when the image is built.
     const KEPT: bool;
-    fn into_row(self) -> Option<Row>;
+    /// The image to pass on, and which columns of `after` differ from it
+    /// when that is worked out here.
+    fn finish(self, after: Option<&LazyRow>) -> (Option<Row>, Option<ChangedColumns>);
 }
 
 impl BeforeImage for Row {
     const KEPT: bool = true;
-    fn into_row(self) -> Option<Row> {
-        Some(self)
+    fn finish(self, _: Option<&LazyRow>) -> (Option<Row>, Option<ChangedColumns>) {
+        (Some(self), None)
+    }
+}
+
+/// The `before` image compared with `after` as canonical texts: passed on
+/// are only the before values of the columns that changed (see
+/// [`ChangeEvent::changed`](crate::merge::ChangeEvent::changed)).
+impl BeforeImage for ColumnTexts<'_> {
+    const KEPT: bool = false;
+    fn finish(mut self, after: Option<&LazyRow>) -> (Option<Row>, Option<ChangedColumns>) {
+        match after.and_then(|after| self.changes(after)) {
+            Some((before, changed)) => (Some(before), Some(changed)),
+            None => (Some(self.into_row()), None),
+        }
     }
 }
 
@@ -116,8 +131,8 @@ struct SkippedRow;
 
 impl BeforeImage for SkippedRow {
     const KEPT: bool = false;
-    fn into_row(self) -> Option<Row> {
-        None
+    fn finish(self, _: Option<&LazyRow>) -> (Option<Row>, Option<ChangedColumns>) {
+        (None, None)
     }
 }
 
@@ -299,15 +314,14 @@ impl DebeziumJson {
             _ => None,
         });
         let had_before = env.before.is_some();
+        let after = env.after.map(A::into_lazy);
+        let (before, changed) = match env.before {
+            Some(before) => before.finish(after.as_ref()),
+            None => (None, None),
+        };
         Ok(Some(Parsed {
-            raw: RawChange {
-                op,
-                before: env.before.and_then(B::into_row),
-                after: env.after.map(A::into_lazy),
-                ts: source_ts.or(env.ts_ms),
-                sequence,
-                key: None,
-            },
+            changed,
+            raw: RawChange { op, before, after, ts: source_ts.or(env.ts_ms), sequence, key: None },
             had_before,
         }))
     }
@@ -318,7 +332,7 @@ impl DebeziumJson {
     fn parse_after_as<'a, A>(
         record: &InputRecord<'a>,
         sequence: Option<&[String]>,
-        upsert_before: bool,
+        before: Before,
     ) -> Result<Option<Parsed>, NormalizeErrorKind>
     where
         A: AfterImage + Deserialize<'a>,
@@ -327,11 +341,34 @@ impl DebeziumJson {
             return Ok(None); // Debezium's tombstone after a delete.
         };
         // The whole `source` block only when a sequence path reads from it.
-        match (sequence.is_some(), upsert_before) {
-            (true, true) => Self::parse_as::<Row, Row, A>(bytes, sequence),
-            (true, false) => Self::parse_as::<Row, SkippedRow, A>(bytes, sequence),
-            (false, true) => Self::parse_as::<SourceTs, Row, A>(bytes, sequence),
-            (false, false) => Self::parse_as::<SourceTs, SkippedRow, A>(bytes, sequence),
+        match (sequence.is_some(), before) {
+            (true, Before::Kept) => Self::parse_as::<Row, Row, A>(bytes, sequence),
+            (true, Before::Compared) => Self::parse_as::<Row, ColumnTexts, A>(bytes, sequence),
+            (true, Before::Skipped) => Self::parse_as::<Row, SkippedRow, A>(bytes, sequence),
+            (false, Before::Kept) => Self::parse_as::<SourceTs, Row, A>(bytes, sequence),
+            (false, Before::Compared) => Self::parse_as::<SourceTs, ColumnTexts, A>(bytes, sequence),
+            (false, Before::Skipped) => Self::parse_as::<SourceTs, SkippedRow, A>(bytes, sequence),
+        }
+    }
+}
+
+/// What becomes of an upsert's `before` image.
+#[derive(Clone, Copy)]
+enum Before {
+    /// Decoded into a map.
+    Kept,
+    /// Compared with the `after` image ([`Format::parse_changes`]).
+    Compared,
+    /// Checked, not kept.
+    Skipped,
+}
+
+impl Before {
+    fn kept(upsert_before: bool) -> Before {
+        if upsert_before {
+            Before::Kept
+        } else {
+            Before::Skipped
         }
     }
 }
@@ -368,7 +405,11 @@ impl Format for DebeziumJson {
         sequence: Option<&[String]>,
         upsert_before: bool,
     ) -> Result<Option<Parsed>, NormalizeErrorKind> {
-        Self::parse_after_as::<Row>(record, sequence, upsert_before)
+        Self::parse_after_as::<Row>(record, sequence, Before::kept(upsert_before))
+    }
+
+    fn parse_changes(&self, record: &InputRecord<'_>, sequence: Option<&[String]>) -> Result<Option<Parsed>, NormalizeErrorKind> {
+        Self::parse_after_as::<Row>(record, sequence, Before::Compared)
     }
 
     fn parse_text(
@@ -377,6 +418,6 @@ impl Format for DebeziumJson {
         sequence: Option<&[String]>,
         upsert_before: bool,
     ) -> Result<Option<Parsed>, NormalizeErrorKind> {
-        Self::parse_after_as::<CanonicalRow>(record, sequence, upsert_before)
+        Self::parse_after_as::<CanonicalRow>(record, sequence, Before::kept(upsert_before))
     }
 }

@@ -24,7 +24,7 @@ use std::fmt;
 pub(crate) use crate::json::json_kind;
 use serde_json::Value;
 
-use crate::merge::{ChangeEvent, LazyRow, Row};
+use crate::merge::{ChangeEvent, ChangedColumns, LazyRow, Row};
 
 pub use debezium_avro::DebeziumAvro;
 pub use debezium_json::DebeziumJson;
@@ -58,6 +58,9 @@ pub struct InputRecord<'a> {
 
 /// What normalizing a record gave.
 #[derive(Debug, Clone, PartialEq)]
+// Not boxed: nearly every record gives an event, consumed at once; a box
+// would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
 pub enum Normalized {
     /// A change event to merge.
     Event(ChangeEvent),
@@ -124,6 +127,10 @@ pub struct Parsed {
     pub raw: RawChange,
     /// True when the record carried a `before` image (kept or not).
     pub had_before: bool,
+    /// Which columns of the `after` image differ from the `before` image,
+    /// when the format compared them itself ([`Format::parse_changes`]);
+    /// `raw.before` then holds only the changed columns' before values.
+    pub changed: Option<ChangedColumns>,
 }
 
 /// A format adapter: parses one record's value into a [`RawChange`].
@@ -143,7 +150,7 @@ pub trait Format: Send + Sync + fmt::Debug {
         upsert_before: bool,
     ) -> Result<Option<Parsed>, NormalizeErrorKind> {
         let _ = upsert_before;
-        Ok(self.parse(record, sequence)?.map(|raw| Parsed { had_before: raw.before.is_some(), raw }))
+        Ok(self.parse(record, sequence)?.map(|raw| Parsed { had_before: raw.before.is_some(), raw, changed: None }))
     }
     /// As [`parse_lean`](Format::parse_lean), except that the `after`
     /// image may come as its canonical JSON text instead of a map
@@ -156,6 +163,14 @@ pub trait Format: Send + Sync + fmt::Debug {
         upsert_before: bool,
     ) -> Result<Option<Parsed>, NormalizeErrorKind> {
         self.parse_lean(record, sequence, upsert_before)
+    }
+    /// As [`parse_lean`](Format::parse_lean) with the `before` image kept,
+    /// except that an update's `before` image may come compared with its
+    /// `after` image ([`Parsed::changed`]): for `field-lww`, which reads
+    /// an update's before values only to tell which columns it changed, and
+    /// those of the changed columns. The same records accepted and rejected.
+    fn parse_changes(&self, record: &InputRecord<'_>, sequence: Option<&[String]>) -> Result<Option<Parsed>, NormalizeErrorKind> {
+        self.parse_lean(record, sequence, true)
     }
     /// True when the format decodes the record key itself
     /// ([`RawChange::key`]); false: the key is the record key's JSON text.

@@ -54,6 +54,9 @@ pub struct SourceNormalizer {
     /// The source is read from its repartition topic: each record stands
     /// for the original named by its origin headers (see [`origin`]).
     repartitioned: bool,
+    /// Updates carry their whole `before` image, not only what changed
+    /// ([`Format::parse_changes`]): for showing the images as they came.
+    whole_before: bool,
 }
 
 impl SourceNormalizer {
@@ -95,7 +98,17 @@ impl SourceNormalizer {
                 (filter, FilterCounts::default())
             }),
             repartitioned: false,
+            whole_before: false,
         }
+    }
+
+    /// Gives every update its whole `before` image, where the merge needs
+    /// only the before values of the columns it changed
+    /// ([`ChangeEvent::changed`]): for showing the images (`replay`'s
+    /// transform preview).
+    pub fn whole_before(mut self) -> Self {
+        self.whole_before = true;
+        self
     }
 
     /// Reads the source from its repartition topic: a record's origin
@@ -188,11 +201,15 @@ impl SourceNormalizer {
     /// `count`: whether the `where` filter's counts take the record.
     fn normalize_inner(&self, record: &InputRecord<'_>, count: bool) -> Result<Normalized, NormalizeErrorKind> {
         let seq_path = self.sequence.as_ref().map(|(_, p)| p.as_slice());
-        let parsed = match self.after_as_text() {
-            true => self.format.parse_text(record, seq_path, self.upsert_before)?,
-            false => self.format.parse_lean(record, seq_path, self.upsert_before)?,
+        let parsed = if self.after_as_text() {
+            self.format.parse_text(record, seq_path, self.upsert_before)?
+        } else if self.upsert_before && self.transform.is_none() && !self.whole_before {
+            // The transform changes both images column by column: it gets maps.
+            self.format.parse_changes(record, seq_path)?
+        } else {
+            self.format.parse_lean(record, seq_path, self.upsert_before)?
         };
-        let Some(Parsed { mut raw, had_before }) = parsed else {
+        let Some(Parsed { mut raw, had_before, mut changed }) = parsed else {
             return Ok(Normalized::Tombstone);
         };
         let op = match raw.op {
@@ -234,6 +251,11 @@ impl SourceNormalizer {
             Some(field) => {
                 // Carried: the clock column is metadata. Take it out of both
                 // images so it never takes part in comparisons or merges.
+                if let (Some(changed), Some(after)) = (changed.as_mut(), raw.after.as_deref()) {
+                    if let Some(index) = after.keys().position(|k| k == field) {
+                        changed.remove(index);
+                    }
+                }
                 let after_clock = raw.after.as_mut().and_then(|r| r.remove(field));
                 let before_clock = raw.before.as_mut().and_then(|r| r.remove(field));
                 match op {
@@ -280,6 +302,7 @@ impl SourceNormalizer {
             row: if op == Op::Upsert { raw.after } else { None },
             before: raw.before,
             full_image,
+            changed,
             ts,
             vv,
         }))

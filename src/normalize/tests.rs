@@ -305,7 +305,7 @@ fn check_against_reference(bytes: &[u8]) {
                 o.map(|raw| {
                     let had_before = raw.before.is_some();
                     let keep = upsert_before || raw.op == RawOp::Delete;
-                    Parsed { raw: RawChange { before: if keep { raw.before } else { None }, ..raw }, had_before }
+                    Parsed { raw: RawChange { before: if keep { raw.before } else { None }, ..raw }, had_before, changed: None }
                 })
             });
             assert_eq!(got, want, "parse_lean, sequence {seq:?}, upsert_before {upsert_before}: {text}");
@@ -317,6 +317,32 @@ fn check_against_reference(bytes: &[u8]) {
                 let map = serde_json::to_string(&**after).unwrap();
                 assert_eq!(after.json_text(), Some(map.as_str()), "parse_text keeps the canonical text: {text}");
             }
+        }
+        // The before image compared with the after image: the same records
+        // and errors; an update passes on which columns differ (by value)
+        // and the before values of those.
+        let got = DebeziumJson.parse_changes(&record, seq);
+        match (got, want) {
+            (Ok(Some(got)), Ok(Some(want))) => {
+                assert_eq!(got.had_before, want.before.is_some(), "parse_changes had_before: {text}");
+                let before = match (got.changed, want.after.as_deref(), want.before.as_ref()) {
+                    (Some(changed), Some(after), Some(before)) => {
+                        let mut kept = Row::new();
+                        for (index, (name, value)) in after.iter().enumerate() {
+                            let differs = before.get(name) != Some(value);
+                            assert_eq!(changed.contains(index), differs, "parse_changes, column {name}: {text}");
+                            if let (true, Some(old)) = (differs, before.get(name)) {
+                                kept.insert(name.clone(), old.clone());
+                            }
+                        }
+                        Some(kept)
+                    }
+                    (None, _, before) => before.cloned(),
+                    (Some(_), ..) => panic!("parse_changes compared images it did not have: {text}"),
+                };
+                assert_eq!(got.raw, RawChange { before, ..want }, "parse_changes, sequence {seq:?}: {text}");
+            }
+            (got, want) => assert_eq!(got.map(|p| p.map(|p| p.raw)), want, "parse_changes, sequence {seq:?}: {text}"),
         }
     }
 }
@@ -420,7 +446,7 @@ fn row_level_policies_drop_only_the_upsert_before_image() {
     for extra in ["", r#"sequence = "source.lsn""#, r#"key_fields = ["name"]"#] {
         for value in [UPDATE, del, create] {
             let r = rec(Some(r#"{"id":7}"#), Some(value));
-            let full = source_with(extra, Policy::FieldLww).normalize(&r);
+            let full = source_with(extra, Policy::FieldLww).whole_before().normalize(&r);
             for policy in [Policy::Lww, Policy::SourcePriority] {
                 let lean = source_with(extra, policy).normalize(&r);
                 let want = full.clone().map_err(|e| e.to_string()).map(|n| match n {

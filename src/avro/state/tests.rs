@@ -496,9 +496,9 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        // Finite floats whose JSON text serde_json parses back exactly:
-        // without its `float_roundtrip` feature its parser can be one ULP
-        // off for some values, with any text format (the legacy JSON too).
+        // Finite floats whose JSON text serde_json parses back exactly (all
+        // of them since its `float_roundtrip` feature is on; without it the
+        // parser can be one ULP off for some values, in any text format).
         any::<f64>().prop_filter_map("finite, exactly re-parsed floats", |f| {
             let text = serde_json::to_string(&serde_json::Number::from_f64(f)?).ok()?;
             (serde_json::from_str::<f64>(&text).ok()? == f).then(|| Value::from(f))

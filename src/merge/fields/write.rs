@@ -125,9 +125,8 @@ impl MergeEngine {
         let mut rules = self.settings.columns.iter().peekable();
         let mut known = columns.iter_mut().peekable();
         let mut new_columns = Vec::new();
-        for (name, value) in row {
-            let changed = event.full_image || event.before.as_ref().is_none_or(|before| before.get(name) != Some(value));
-            if !changed {
+        for (index, (name, value)) in row.iter().enumerate() {
+            if !event.writes_column(index, name, value) {
                 continue;
             }
             let rule = seek(&mut rules, name);
