@@ -11,6 +11,9 @@
 //!   rows are what the processor's Debezium decoder gives the engine: their
 //!   canonical JSON text under the row-level policies ([`CanonicalRow`]),
 //!   maps under `field-lww`.
+//!   `apply+resolve/union-3000/3src` and `…/union-3000-full/3src`: one key
+//!   whose `union` column holds 3 000 elements, changed by one element per
+//!   update, with and without `before` images (see [`UnionFixture`]).
 //! * `decode_merge_encode`: [`Pipeline::process`] on pre-built Debezium JSON
 //!   records (normalize → apply → resolve → encode), state in a [`MemoryStore`].
 //!   `process/debezium-json/lww/3src` under `lww`;
@@ -349,7 +352,86 @@ fn merge_only(c: &mut Criterion) {
         b.iter_custom(|iters| f.run(iters))
     });
     drop(fixture);
+    let mut union = None;
+    group.bench_function("apply+resolve/union-3000/3src", |b| {
+        let f = union.get_or_insert_with(UnionFixture::new);
+        b.iter_custom(|iters| f.run(iters, false))
+    });
+    group.bench_function("apply+resolve/union-3000-full/3src", |b| {
+        let f = union.get_or_insert_with(UnionFixture::new);
+        b.iter_custom(|iters| f.run(iters, true))
+    });
     group.finish();
+}
+
+/// `apply+resolve/union-3000/3src`: one key whose `tags` column (rule
+/// `union`) holds 3 000 elements; the three sources take turns, each having
+/// seen everything so far, and each update drops the lowest tag and adds a
+/// new one (a large set changing by one element per update).
+/// `apply+resolve/union-3000-full/3src`: the same events without their
+/// `before` images (full images, as a snapshot or a source without
+/// `before` sends them): every element is written again.
+struct UnionFixture {
+    engine: MergeEngine,
+    state: KeyState,
+    clock: VersionVector,
+    step: u32,
+}
+
+const UNION_TAGS: u32 = 3000;
+
+impl UnionFixture {
+    fn new() -> Self {
+        let settings = MergeSettings {
+            policy: Policy::FieldLww,
+            columns: [("tags".to_string(), ColumnRule::Union)].into_iter().collect(),
+            ..MergeSettings::default()
+        };
+        let mut f =
+            UnionFixture { engine: MergeEngine::new(settings), state: KeyState::default(), clock: VersionVector::new(), step: 0 };
+        f.clock.set("eu", 1);
+        let first = f.event("eu", None, Self::row(0));
+        assert_eq!(f.engine.apply(&mut f.state, first), Applied::Changed);
+        eprintln!("merge_only (union): 1 key, {UNION_TAGS} tags, one moved per update");
+        f
+    }
+
+    fn row(first: u32) -> Row {
+        let tags: Vec<Value> = (first..first + UNION_TAGS).map(|i| json!(format!("tag-{i:07}"))).collect();
+        json!({"id": 1, "name": "n", "tags": tags}).as_object().unwrap().clone()
+    }
+
+    fn event(&self, source: &str, before: Option<Row>, after: Row) -> ChangeEvent {
+        ChangeEvent {
+            source: source.into(),
+            key: r#"{"id":1}"#.into(),
+            op: Op::Upsert,
+            row: Some(after.into()),
+            full_image: before.is_none(),
+            before,
+            changed: None,
+            ts: 1 + i64::from(self.step),
+            vv: self.clock.clone(),
+        }
+    }
+
+    fn run(&mut self, iters: u64, full: bool) -> Duration {
+        let mut timed = Duration::ZERO;
+        for _ in 0..iters {
+            let source = SOURCES[self.step as usize % SOURCES.len()];
+            let own = self.clock.get(source) + 1;
+            self.clock.set(source, own);
+            let before = (!full).then(|| Self::row(self.step));
+            let event = self.event(source, before, Self::row(self.step + 1));
+            self.step += 1;
+            let start = Instant::now();
+            let applied = self.engine.apply(&mut self.state, event);
+            black_box(self.engine.resolve(&self.state));
+            timed += start.elapsed();
+            assert_eq!(applied, Applied::Changed);
+        }
+        timed
+    }
 }
 
 // ------------------------------------------------------- decode_merge_encode

@@ -1156,3 +1156,59 @@ proptest! {
         prop_assert_eq!(merged.to_vv(), joined);
     }
 }
+
+/// JSON values with the spellings that compare equal or nearly:
+/// integers and floats of one value, both zeros, repeated strings, nesting.
+fn close_values() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        (-2i64..3).prop_map(Value::from),
+        prop::sample::select(vec![-0.0, 0.0, 1.0, 2.5, -2.0, 1e300]).prop_map(Value::from),
+        Just(Value::from(u64::MAX)),
+        prop::sample::select(vec!["a", "b", "1", ""]).prop_map(Value::from),
+    ];
+    leaf.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+            prop::collection::vec(("[ab]", inner), 0..3).prop_map(|e| Value::Object(e.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    /// The `union` rule looks elements up in lists sorted by `value_cmp`:
+    /// that order must hold two values equal exactly when `same_json` does.
+    #[test]
+    fn value_order_equality_is_same_json(a in close_values(), b in close_values()) {
+        prop_assert_eq!(value_cmp(&a, &b) == std::cmp::Ordering::Equal, same_json(&a, &b), "{} against {}", a, b);
+        prop_assert_eq!(value_cmp(&a, &b), value_cmp(&b, &a).reverse());
+    }
+}
+
+#[test]
+fn union_column_of_thousands_of_elements_moves_one_element_per_update() {
+    let e = with_rules(engine(Policy::FieldLww, DeletePolicy::Lww), &[("tags", ColumnRule::Union)]);
+    let tags = |range: std::ops::Range<u32>| Value::Array(range.map(|i| json!(format!("t{i:05}"))).collect());
+    let mut s = KeyState::default();
+    e.apply(&mut s, upsert("eu", vv(&[("eu", 1)]), 1, json!({"id":1,"tags":tags(0..3000)})));
+    // Each region in turn saw everything so far, drops the lowest tag and
+    // adds the next one; the integers 1 and 1.0 are two elements.
+    let mut clock = vv(&[("eu", 1)]);
+    for step in 0..30u32 {
+        let source = ["eu", "us", "ap"][step as usize % 3];
+        let own = clock.get(source) + 1;
+        clock.set(source, own);
+        let mut before = tags(step..3000 + step);
+        let mut after = tags(step + 1..3001 + step);
+        if step == 29 {
+            before.as_array_mut().unwrap().push(json!(1));
+            after.as_array_mut().unwrap().extend([json!(1), json!(1.0)]);
+        }
+        let ts = 2 + i64::from(step);
+        e.apply(&mut s, update(source, clock.clone(), ts, json!({"id":1,"tags":before}), json!({"id":1,"tags":after})));
+    }
+    let mut want = tags(30..3030).as_array().unwrap().clone();
+    want.splice(0..0, [json!(1.0)]);
+    assert_eq!(out(&e, &s).unwrap()["tags"], Value::Array(want));
+}

@@ -50,9 +50,11 @@ impl MergeEngine {
         before: Option<&Value>,
         after: &Value,
     ) -> (bool, bool) {
-        let after = elements(after);
-        let before = before.map(elements).unwrap_or_default();
-        let contains = |list: &[Cow<'_, Value>], x: &Value| list.iter().any(|y| same_json(y, x));
+        let (after_elements, before_elements) = (elements(after), before.map(elements).unwrap_or_default());
+        // Each list looked up in the other, sorted: a few comparisons per
+        // element rather than one per pair (a row may hold thousands of tags).
+        let (after, before) = (sorted(&after_elements), sorted(&before_elements));
+        let contains = |list: &[&Value], x: &Value| list.binary_search_by(|y| value_cmp(y, x)).is_ok();
         let rule = Some(&ColumnRule::Union);
         let (mut operations, mut changed) = (false, false);
         for x in after.iter().filter(|x| !contains(&before, x)) {
@@ -65,6 +67,14 @@ impl MergeEngine {
         }
         (operations, changed)
     }
+}
+
+/// The elements, by reference, in [`value_cmp`] order (which holds two
+/// values equal exactly when [`same_json`] does).
+fn sorted<'v>(elements: &'v [Cow<'_, Value>]) -> Vec<&'v Value> {
+    let mut sorted: Vec<&Value> = elements.iter().map(|e| &**e).collect();
+    sorted.sort_by(|a, b| value_cmp(a, b));
+    sorted
 }
 
 /// The elements a `union` column's value stands for: an array's items, the
@@ -106,11 +116,16 @@ pub(super) fn present_elements<'s>(fields: &FieldState, set: &'s ElementSet) -> 
     if !set.adds.iter().chain(&set.removes).any(visible) {
         return None;
     }
+    // The removals by element, so that each addition meets only the
+    // removals of its own element.
+    let mut removes: Vec<&ColumnWrite> = set.removes.iter().collect();
+    removes.sort_by(|a, b| value_cmp(&a.value, &b.value));
     let observed = |a: &ColumnWrite| {
-        set.removes.iter().any(|r| {
-            same_json(&r.value, &a.value)
-                && matches!(fields.stamp(a).vv.causality(&fields.stamp(r).vv), Causality::Before | Causality::Equal)
-        })
+        let first = removes.partition_point(|r| value_cmp(&r.value, &a.value) == std::cmp::Ordering::Less);
+        removes[first..]
+            .iter()
+            .take_while(|r| same_json(&r.value, &a.value))
+            .any(|r| matches!(fields.stamp(a).vv.causality(&fields.stamp(r).vv), Causality::Before | Causality::Equal))
     };
     let mut present: Vec<&Value> = set.adds.iter().filter(|a| visible(a) && !observed(a)).map(|a| &a.value).collect();
     present.sort_by(|a, b| value_cmp(a, b));

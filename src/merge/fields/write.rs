@@ -227,7 +227,7 @@ impl MergeEngine {
             }
         }
         let is_superseded = |r: &Causality| matches!(r, Causality::Before | Causality::Equal);
-        let mut at = match relations.iter().position(is_superseded) {
+        let at = match relations.iter().position(is_superseded) {
             Some(first) => {
                 stamps.release(set[first].stamp);
                 stamps.acquire();
@@ -249,20 +249,19 @@ impl MergeEngine {
             }
         };
         // The other writes are in order (winner first, and `retain` kept
-        // it); the new one moves to its place. Cheaper than a sort. How it
-        // ranks against another write is mostly decided by their events,
+        // it); the new one moves to its place, found by bisection: a
+        // `union` column holds a write per element, thousands of them, and
+        // walking there compared (by their JSON text) with every one. How
+        // it ranks against another write is mostly decided by their events,
         // compared once per event; the values decide the rest.
         let wins = |other: &ColumnWrite, new: &ColumnWrite| match stamps.rank(other.stamp) {
             Ordering::Equal => self.lww_cmp(&stamps.written(new), &stamps.written(other)),
             decided => decided,
         };
-        while at > 0 && wins(&set[at - 1], &set[at]) == Ordering::Greater {
-            set.swap(at, at - 1);
-            at -= 1;
-        }
-        while at + 1 < set.len() && wins(&set[at + 1], &set[at]) == Ordering::Less {
-            set.swap(at, at + 1);
-            at += 1;
+        if set.len() > 1 {
+            let new = set.remove(at);
+            let place = set.partition_point(|other| wins(other, &new) == Ordering::Less);
+            set.insert(place, new);
         }
         Insert::Added
     }
