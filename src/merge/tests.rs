@@ -1212,3 +1212,68 @@ fn union_column_of_thousands_of_elements_moves_one_element_per_update() {
     want.splice(0..0, [json!(1.0)]);
     assert_eq!(out(&e, &s).unwrap()["tags"], Value::Array(want));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// A `union` column's writes inserted all at once keep exactly what
+    /// inserting them one by one keeps, in the same order, with the same
+    /// stamps: across sources that did or did not see each other, full
+    /// images, updates, deletes and redeliveries, in any order.
+    #[test]
+    fn union_writes_at_once_are_those_one_by_one(
+        steps in prop::collection::vec((0usize..3, prop::collection::vec(0usize..6, 0..5), any::<bool>(), 0u8..4), 1..14),
+        shuffle in any::<u64>(),
+    ) {
+        use crate::merge::fields::ONE_BY_ONE;
+        let pool = [json!("a"), json!("b"), json!(1), json!(1.0), json!(["x"]), json!({"k": 1})];
+        let e = with_rules(engine(Policy::FieldLww, DeletePolicy::UpdateWins), &[("tags", ColumnRule::Union)]);
+        let sources = ["eu", "us", "ap"];
+        let mut counters = [0u64; 3];
+        let mut images: [Option<Value>; 3] = [None, None, None];
+        let mut events: Vec<ChangeEvent> = Vec::new();
+        for (i, (si, tags, saw, kind)) in steps.into_iter().enumerate() {
+            if kind == 3 {
+                if let Some(last) = events.last().cloned() {
+                    events.push(last); // a redelivery
+                }
+                continue;
+            }
+            counters[si] += 1;
+            let mut clock = VersionVector::single(sources[si], counters[si]);
+            if saw {
+                for (oi, other) in sources.iter().enumerate() {
+                    if oi != si && counters[oi] > 0 {
+                        clock.set(other, counters[oi]);
+                    }
+                }
+            }
+            let ts = i as i64 + 1;
+            let after = json!({"id": 1, "tags": tags.iter().map(|t| pool[*t].clone()).collect::<Vec<_>>()});
+            let ev = match (kind, images[si].take()) {
+                (2, _) => delete(sources[si], clock, ts),
+                (1, Some(before)) => update(sources[si], clock, ts, before, after.clone()),
+                _ => upsert(sources[si], clock, ts, after.clone()),
+            };
+            if kind != 2 {
+                images[si] = Some(after);
+            }
+            events.push(ev);
+        }
+        // Applied in any order (a causally later write may come first).
+        let mut seed = shuffle;
+        for i in (1..events.len()).rev() {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            events.swap(i, (seed >> 33) as usize % (i + 1));
+        }
+        let run = |one_by_one: bool| {
+            ONE_BY_ONE.with(|c| c.set(one_by_one));
+            let mut s = KeyState::default();
+            let applied: Vec<Applied> = events.iter().map(|ev| e.apply(&mut s, ev.clone())).collect();
+            ONE_BY_ONE.with(|c| c.set(false));
+            let row = out(&e, &s);
+            (applied, s, row)
+        };
+        prop_assert_eq!(run(false), run(true));
+    }
+}

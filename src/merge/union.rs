@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::fields::Stamps;
-use super::{
-    assign_value, same_json, value_cmp, Causality, ColumnRule, ColumnWrite, FieldState, FieldVersion, Insert, MergeEngine,
-};
+use super::{assign_value, same_json, value_cmp, Causality, ColumnWrite, FieldState, FieldVersion, MergeEngine};
 
 /// The state of one `union` column: an add-wins observed-remove set. Each
 /// addition and removal of an element is kept with the writing event (a
@@ -54,19 +52,21 @@ impl MergeEngine {
         // Each list looked up in the other, sorted: a few comparisons per
         // element rather than one per pair (a row may hold thousands of tags).
         let (after, before) = (sorted(&after_elements), sorted(&before_elements));
-        let contains = |list: &[&Value], x: &Value| list.binary_search_by(|y| value_cmp(y, x)).is_ok();
-        let rule = Some(&ColumnRule::Union);
-        let (mut operations, mut changed) = (false, false);
-        for x in after.iter().filter(|x| !contains(&before, x)) {
-            operations = true;
-            changed |= self.insert_column_write(&mut set.adds, stamps, rule, x) == Insert::Added;
-        }
-        for x in before.iter().filter(|x| !contains(&after, x)) {
-            operations = true;
-            changed |= self.insert_column_write(&mut set.removes, stamps, rule, x) == Insert::Added;
-        }
-        (operations, changed)
+        let (additions, removals) = (only(&after, &before), only(&before, &after));
+        let operations = !additions.is_empty() || !removals.is_empty();
+        let added = self.insert_union_writes(&mut set.adds, stamps, &additions);
+        let removed = self.insert_union_writes(&mut set.removes, stamps, &removals);
+        (operations, added | removed)
     }
+}
+
+/// The distinct elements of `list` that `other` lacks (both in
+/// [`value_cmp`] order), in that order: a repeated element is one operation.
+fn only<'v>(list: &[&'v Value], other: &[&Value]) -> Vec<&'v Value> {
+    let mut only: Vec<&'v Value> =
+        list.iter().copied().filter(|x| other.binary_search_by(|y| value_cmp(y, x)).is_err()).collect();
+    only.dedup_by(|a, b| same_json(a, b));
+    only
 }
 
 /// The elements, by reference, in [`value_cmp`] order (which holds two

@@ -16,6 +16,8 @@ use serde_json::Value;
 
 pub use render::ColumnWinner;
 pub(crate) use render::Rendered;
+#[cfg(test)]
+pub(in crate::merge) use write::ONE_BY_ONE;
 
 use super::{same_json, Causality, CounterState, ElementSet, ElementVersions, Slot, VersionVector, Versioned};
 

@@ -10,8 +10,8 @@ use serde_json::Value;
 use super::{count_uses, seek, settle_stamps, ColumnWrite, FieldState, StampRef, Stamps, Written};
 use crate::merge::clock::Relations;
 use crate::merge::{
-    assign_value, same_json, value_rank, Applied, ApplyReport, Causality, ChangeEvent, ColumnRule, Insert, KeyState, MergeEngine,
-    Op, Row, Version, VersionVector,
+    assign_value, same_json, value_cmp, value_rank, Applied, ApplyReport, Causality, ChangeEvent, ColumnRule, Insert, KeyState,
+    MergeEngine, Op, Row, Version, VersionVector,
 };
 
 impl MergeEngine {
@@ -265,6 +265,109 @@ impl MergeEngine {
         }
         Insert::Added
     }
+}
+
+impl MergeEngine {
+    /// [`insert_column_write`](Self::insert_column_write) of the event's
+    /// write of each of `elements` (distinct, in [`value_cmp`] order) into
+    /// a `union` column's additions or removals, all at once: the same
+    /// writes kept and the same order as inserting them one by one, in
+    /// time linear in the writes rather than in writes times elements (a
+    /// snapshot of a row with thousands of tags writes every one). Returns
+    /// whether any write was added.
+    pub(in crate::merge) fn insert_union_writes(
+        &self,
+        set: &mut Vec<ColumnWrite>,
+        stamps: &Stamps<'_>,
+        elements: &[&Value],
+    ) -> bool {
+        if elements.is_empty() {
+            return false;
+        }
+        #[cfg(test)]
+        if ONE_BY_ONE.with(Cell::get) {
+            let rule = Some(&ColumnRule::Union);
+            let mut added = false;
+            for x in elements {
+                added |= self.insert_column_write(set, stamps, rule, x) == Insert::Added;
+            }
+            return added;
+        }
+        // Writes of one element are related by their clocks; writes of
+        // different elements never are. An element some stored write of
+        // which is causally later (or an equal clock that ranks first) is
+        // not written at all, and supersedes nothing.
+        let mut refused = vec![false; elements.len()];
+        let mut superseded: Vec<(usize, usize)> = Vec::new(); // (write, element)
+        for (i, w) in set.iter().enumerate() {
+            let clocks = stamps.relation(w.stamp);
+            if clocks == Causality::Concurrent {
+                continue;
+            }
+            let Ok(k) = elements.binary_search_by(|x| value_cmp(x, &w.value)) else { continue };
+            match clocks {
+                Causality::After => refused[k] = true,
+                Causality::Equal => {
+                    let (v, e) = (stamps.written(w), Written { stamp: stamps.event, value: elements[k] });
+                    if self.equal_clock_cmp(&v, &e) == Ordering::Less {
+                        superseded.push((i, k));
+                    } else {
+                        refused[k] = true;
+                    }
+                }
+                Causality::Before => superseded.push((i, k)),
+                Causality::Concurrent => {}
+            }
+        }
+        let mut gone = vec![false; set.len()];
+        for (i, k) in superseded {
+            if !refused[k] {
+                gone[i] = true;
+                stamps.release(set[i].stamp);
+            }
+        }
+        let mut new: Vec<ColumnWrite> = elements
+            .iter()
+            .zip(&refused)
+            .filter(|(_, refused)| !**refused)
+            .map(|(x, _)| {
+                stamps.acquire();
+                ColumnWrite { stamp: stamps.event_id, value: (*x).clone() }
+            })
+            .collect();
+        if new.is_empty() {
+            return false;
+        }
+        // Winner first, as `insert_column_write` keeps them: the kept writes
+        // are in that order already; the new ones are sorted and merged in.
+        let wins = |other: &ColumnWrite, new: &ColumnWrite| match stamps.rank(other.stamp) {
+            Ordering::Equal => self.lww_cmp(&stamps.written(new), &stamps.written(other)),
+            decided => decided,
+        };
+        new.sort_by(|a, b| wins(a, b));
+        let old = std::mem::take(set);
+        set.reserve(old.len() + new.len());
+        let mut new = new.into_iter().peekable();
+        for (w, gone) in old.into_iter().zip(gone) {
+            if gone {
+                continue;
+            }
+            while let Some(n) = new.next_if(|n| wins(&w, n) != Ordering::Less) {
+                set.push(n);
+            }
+            set.push(w);
+        }
+        set.extend(new);
+        true
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: [`MergeEngine::insert_union_writes`] inserts one write at a
+    /// time, through `insert_column_write` (the reference it is checked
+    /// against).
+    pub(in crate::merge) static ONE_BY_ONE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// How a stored write `v` of a column relates to a new write `e` of it
