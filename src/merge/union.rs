@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::fields::Stamps;
-use super::{assign_value, same_json, value_cmp, Causality, ColumnWrite, FieldState, FieldVersion, MergeEngine};
+use super::{
+    assign_value, same_json, value_cmp, Causality, ColumnRule, ColumnWrite, FieldState, FieldVersion, Insert, MergeEngine,
+};
 
 /// The state of one `union` column: an add-wins observed-remove set. Each
 /// addition and removal of an element is kept with the writing event (a
@@ -49,6 +51,21 @@ impl MergeEngine {
         after: &Value,
     ) -> (bool, bool) {
         let (after_elements, before_elements) = (elements(after), before.map(elements).unwrap_or_default());
+        if after_elements.len() <= 1 && before_elements.len() <= 1 {
+            // A scalar value (or none): nothing to sort.
+            let (a, b) = (after_elements.first().map(|x| &**x), before_elements.first().map(|x| &**x));
+            let same = matches!((a, b), (Some(a), Some(b)) if same_json(a, b));
+            let (additions, removals) = if same { (None, None) } else { (a, b) };
+            let rule = Some(&ColumnRule::Union);
+            let mut changed = false;
+            if let Some(x) = additions {
+                changed |= self.insert_column_write(&mut set.adds, stamps, rule, x) == Insert::Added;
+            }
+            if let Some(x) = removals {
+                changed |= self.insert_column_write(&mut set.removes, stamps, rule, x) == Insert::Added;
+            }
+            return (additions.is_some() || removals.is_some(), changed);
+        }
         // Each list looked up in the other, sorted: a few comparisons per
         // element rather than one per pair (a row may hold thousands of tags).
         let (after, before) = (sorted(&after_elements), sorted(&before_elements));

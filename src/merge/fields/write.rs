@@ -6,6 +6,7 @@ use std::cell::Cell;
 use std::cmp::Ordering;
 
 use serde_json::Value;
+use smallvec::{smallvec, SmallVec};
 
 use super::{count_uses, seek, settle_stamps, ColumnWrite, FieldState, StampRef, Stamps, Written};
 use crate::merge::clock::Relations;
@@ -258,10 +259,21 @@ impl MergeEngine {
             Ordering::Equal => self.lww_cmp(&stamps.written(new), &stamps.written(other)),
             decided => decided,
         };
-        if set.len() > 1 {
+        if set.len() > 16 {
             let new = set.remove(at);
             let place = set.partition_point(|other| wins(other, &new) == Ordering::Less);
             set.insert(place, new);
+            return Insert::Added;
+        }
+        // A handful (a plain column's concurrent writes): walked there.
+        let mut at = at;
+        while at > 0 && wins(&set[at - 1], &set[at]) == Ordering::Greater {
+            set.swap(at, at - 1);
+            at -= 1;
+        }
+        while at + 1 < set.len() && wins(&set[at + 1], &set[at]) == Ordering::Less {
+            set.swap(at, at + 1);
+            at += 1;
         }
         Insert::Added
     }
@@ -284,8 +296,13 @@ impl MergeEngine {
         if elements.is_empty() {
             return false;
         }
+        // One element (a scalar value, or an update that adds or removes
+        // one): the plain insert, which reuses the superseded write's value.
         #[cfg(test)]
-        if ONE_BY_ONE.with(Cell::get) {
+        let one_by_one = ONE_BY_ONE.with(Cell::get);
+        #[cfg(not(test))]
+        let one_by_one = false;
+        if one_by_one || elements.len() == 1 {
             let rule = Some(&ColumnRule::Union);
             let mut added = false;
             for x in elements {
@@ -297,8 +314,8 @@ impl MergeEngine {
         // different elements never are. An element some stored write of
         // which is causally later (or an equal clock that ranks first) is
         // not written at all, and supersedes nothing.
-        let mut refused = vec![false; elements.len()];
-        let mut superseded: Vec<(usize, usize)> = Vec::new(); // (write, element)
+        let mut refused: SmallVec<[bool; 8]> = smallvec![false; elements.len()];
+        let mut superseded: SmallVec<[(usize, usize); 4]> = SmallVec::new(); // (write, element)
         for (i, w) in set.iter().enumerate() {
             let clocks = stamps.relation(w.stamp);
             if clocks == Causality::Concurrent {
@@ -319,14 +336,20 @@ impl MergeEngine {
                 Causality::Concurrent => {}
             }
         }
-        let mut gone = vec![false; set.len()];
-        for (i, k) in superseded {
-            if !refused[k] {
-                gone[i] = true;
-                stamps.release(set[i].stamp);
-            }
+        // Superseded writes go (in ascending order, as found).
+        let mut gone = superseded.iter().filter(|(_, k)| !refused[*k]).map(|(i, _)| *i).peekable();
+        if gone.peek().is_some() {
+            let mut at = 0;
+            set.retain(|w| {
+                let keep = gone.next_if_eq(&at).is_none();
+                if !keep {
+                    stamps.release(w.stamp);
+                }
+                at += 1;
+                keep
+            });
         }
-        let mut new: Vec<ColumnWrite> = elements
+        let mut new: SmallVec<[ColumnWrite; 2]> = elements
             .iter()
             .zip(&refused)
             .filter(|(_, refused)| !**refused)
@@ -339,19 +362,24 @@ impl MergeEngine {
             return false;
         }
         // Winner first, as `insert_column_write` keeps them: the kept writes
-        // are in that order already; the new ones are sorted and merged in.
+        // are in that order already. A new write or two takes its place by
+        // bisection; more are sorted and merged in.
         let wins = |other: &ColumnWrite, new: &ColumnWrite| match stamps.rank(other.stamp) {
             Ordering::Equal => self.lww_cmp(&stamps.written(new), &stamps.written(other)),
             decided => decided,
         };
+        if new.len() <= 2 {
+            for n in new {
+                let place = set.partition_point(|other| wins(other, &n) == Ordering::Less);
+                set.insert(place, n);
+            }
+            return true;
+        }
         new.sort_by(|a, b| wins(a, b));
         let old = std::mem::take(set);
         set.reserve(old.len() + new.len());
         let mut new = new.into_iter().peekable();
-        for (w, gone) in old.into_iter().zip(gone) {
-            if gone {
-                continue;
-            }
+        for w in old {
             while let Some(n) = new.next_if(|n| wins(&w, n) != Ordering::Less) {
                 set.push(n);
             }
