@@ -13,8 +13,11 @@
 
 mod canonical;
 mod clock;
+mod compare;
 mod counter;
 mod fields;
+#[cfg(test)]
+mod json_strategies;
 mod row;
 mod rules;
 mod types;
@@ -25,9 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use serde_json::Value;
 
-pub use canonical::{CanonicalRow, ColumnTexts};
+pub use canonical::CanonicalRow;
 use clock::Relations;
 pub use clock::{Causality, MergedClock, VersionVector};
+pub use compare::ColumnTexts;
 pub use counter::{CounterState, Delta, Refusal, Tally};
 use fields::Rendered;
 pub use fields::{ColumnWinner, ColumnWrite, FieldState, FieldVersion, Stamp};
