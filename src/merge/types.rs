@@ -39,7 +39,7 @@ pub struct ChangeEvent {
     pub full_image: bool,
     /// Which columns of `row` the update changed, when the decoder compared
     /// the two images itself (`field-lww` on Debezium JSON, where building
-    /// the whole `before` map only to compare it cost a fifth of an event);
+    /// the whole `before` map only to compare it cost a sixth of an event);
     /// `None`: compare `row` with `before`.
     pub changed: Option<ChangedColumns>,
     /// Source commit time in milliseconds since the epoch.
