@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::fields::Stamps;
-use super::{
-    assign_value, same_json, value_cmp, Causality, ColumnRule, ColumnWrite, FieldState, FieldVersion, Insert, MergeEngine,
-};
+use super::{assign_value, same_json, value_cmp, Causality, ColumnWrite, FieldState, FieldVersion, MergeEngine};
 
 /// The state of one `union` column: an add-wins observed-remove set. Each
 /// addition and removal of an element is kept with the writing event (a
@@ -56,15 +54,9 @@ impl MergeEngine {
             let (a, b) = (after_elements.first().map(|x| &**x), before_elements.first().map(|x| &**x));
             let same = matches!((a, b), (Some(a), Some(b)) if same_json(a, b));
             let (additions, removals) = if same { (None, None) } else { (a, b) };
-            let rule = Some(&ColumnRule::Union);
-            let mut changed = false;
-            if let Some(x) = additions {
-                changed |= self.insert_column_write(&mut set.adds, stamps, rule, x) == Insert::Added;
-            }
-            if let Some(x) = removals {
-                changed |= self.insert_column_write(&mut set.removes, stamps, rule, x) == Insert::Added;
-            }
-            return (additions.is_some() || removals.is_some(), changed);
+            let added = self.insert_union_writes(&mut set.adds, stamps, additions.as_slice());
+            let removed = self.insert_union_writes(&mut set.removes, stamps, removals.as_slice());
+            return (additions.is_some() || removals.is_some(), added | removed);
         }
         // Each list looked up in the other, sorted: a few comparisons per
         // element rather than one per pair (a row may hold thousands of tags).
