@@ -95,8 +95,8 @@ impl BeforeImage for Row {
     }
 }
 
-/// The `before` image compared with `after` as canonical texts: passed on
-/// are only the before values of the columns that changed (see
+/// The `before` image read into its column values and compared with
+/// `after`: passed on are only the before values of the columns that changed (see
 /// [`ChangeEvent::changed`](crate::merge::ChangeEvent::changed)).
 impl BeforeImage for ColumnTexts<'_> {
     const KEPT: bool = false;
