@@ -959,6 +959,10 @@ fn run_tributary_config(
     if let (Some(consumed), Some(aborts)) = (stopped_field(&text, "consumed"), stopped_field(&text, "aborts")) {
         note = format!("{note} consumed={consumed} aborts={aborts}");
     }
+    // Of the states not already in the open cycle, the share the decoded-state cache served.
+    if let (Some(cache), Some(store)) = (stopped_field(&text, "states_from_cache"), stopped_field(&text, "states_from_store")) {
+        note = format!("{note} state cache hits={:.0}%", 100.0 * cache as f64 / (cache + store).max(1) as f64);
+    }
     Outcome {
         mode,
         output: outputs.join(","),

@@ -38,6 +38,8 @@ pub struct Counters {
     pub tombstones_dropped: u64,
     /// Debezium tombstones (null values after a delete), ignored by design.
     pub ignored: u64,
+    /// Where events found their keys' states (committed cycles).
+    pub state_reads: crate::store::StateReads,
 }
 
 /// Where a source record is: the structured fields of every log line about one.

@@ -31,6 +31,7 @@ pub struct Metrics {
     rebalances: IntCounterVec,
     registry_errors: IntCounterVec,
     foreign_owner_writes: IntCounterVec,
+    state_reads: IntCounterVec,
     filter_records: IntCounterVec,
     primary_key_changes: IntCounterVec,
     source_paused: IntGaugeVec,
@@ -198,6 +199,12 @@ impl Metrics {
                 "Writes to a column with rule \"owner\" by a source that does not own it (used only while the owner has written nothing)",
                 &["table", "source"],
             ),
+            state_reads: counter(
+                p,
+                "tributary_state_reads_total",
+                "Keys' states events found, by where: cycle (changed earlier in the open cycle), cache (the decoded-state cache, runtime.state_cache_bytes), store (read from disk and decoded)",
+                &["table", "from"],
+            ),
             primary_key_changes: counter(
                 p,
                 "tributary_primary_key_changes_total",
@@ -307,6 +314,13 @@ impl Metrics {
     /// Writes to `owner` columns by a source that does not own them.
     pub fn foreign_owner_writes(&self, table: &str, source: &str, n: u64) {
         self.foreign_owner_writes.with_label_values(&[table, source]).inc_by(n);
+    }
+
+    /// Where a table's events found their keys' states, since the last call.
+    pub fn state_reads(&self, table: &str, reads: crate::store::StateReads) {
+        for (from, n) in [("cycle", reads.cycle), ("cache", reads.cache), ("store", reads.store)] {
+            self.state_reads.with_label_values(&[table, from]).inc_by(n);
+        }
     }
 
     /// One half of a primary-key change was merged. A change counts once, on

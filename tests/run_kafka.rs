@@ -362,6 +362,11 @@ fn metrics_health_state_query_and_conflict_audit() {
     assert_eq!(metric(&text, "tributary_ready", ""), 1.0);
     assert!(metric(&text, "tributary_transactions_total", "outcome=\"committed\"") >= 1.0);
     assert!(metric(&text, "tributary_state_keys", "") > 0.0);
+    // Every event that reached the merge found its key's state somewhere
+    // (dead letters and ignored tombstones read none); this run's first
+    // reads of each key went to disk.
+    assert_eq!(metric(&text, "tributary_state_reads_total", ""), (records.len() - tombstones - 2) as f64, "{text}");
+    assert!(metric(&text, "tributary_state_reads_total", "from=\"store\"") >= 1.0);
     assert!(text.contains("process_resident_memory_bytes"));
 
     // The state of a key: the merged row, the version set, the winner, the partition.

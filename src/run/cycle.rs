@@ -62,6 +62,9 @@ impl Worker {
                     for (p, task) in table.tasks.iter_mut() {
                         let checkpoint = written.and_then(|w| w.get(p)).map_or(task.checkpoint(), |o| o + 1 + marker);
                         task.commit(checkpoint)?;
+                        let reads = task.take_reads();
+                        self.metrics.state_reads(&table.name, reads);
+                        self.counters.state_reads.add(reads);
                     }
                 }
                 self.purge.committed(&self.positions);

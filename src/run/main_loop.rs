@@ -99,6 +99,9 @@ pub(super) fn main_loop(
         dead_letters = c.dead_letters,
         commits = c.commits,
         aborts = c.aborts,
+        states_from_cycle = c.state_reads.cycle,
+        states_from_cache = c.state_reads.cache,
+        states_from_store = c.state_reads.store,
         "stopped"
     );
     Ok(())

@@ -19,11 +19,14 @@ use crate::merge::KeyState;
 use crate::pipeline::{StateStore, Verdict};
 use crate::time::now_ms;
 
+mod decoded;
 mod restore;
 mod size;
 #[cfg(test)]
 mod tests;
 
+use decoded::DecodedCache;
+pub use decoded::StateReads;
 use restore::Restored;
 pub use restore::{RestoreWriter, RestoredBatch};
 pub use size::decoded_bytes;
@@ -199,8 +202,8 @@ impl StateDb {
             checkpoint,
             cache: HashMap::new(),
             encoded: HashMap::new(),
-            clean: HashMap::new(),
-            clean_bytes: 0,
+            clean: DecodedCache::default(),
+            reads: StateReads::default(),
             sweep_cursor: None,
             restored: Restored::default(),
         })
@@ -236,10 +239,10 @@ pub struct TaskStore {
     /// Encodings of cached states already made for the changelog, reused at commit.
     encoded: HashMap<String, Vec<u8>>,
     /// Committed states kept decoded for the next cycles, so hot keys skip
-    /// the disk read and the decode; each with its estimated size.
-    clean: HashMap<String, (KeyState, usize)>,
-    /// Estimated bytes held by `clean`.
-    clean_bytes: usize,
+    /// the disk read and the decode.
+    clean: DecodedCache,
+    /// Where the events' states came from since the last [`take_reads`](Self::take_reads).
+    reads: StateReads,
     /// Where the tombstone sweep goes on from (`None`: the start).
     sweep_cursor: Option<Vec<u8>>,
     /// Changelog records of a restore, written as they are (no decode, no
@@ -301,7 +304,6 @@ impl TaskStore {
         self.cache.clear();
         self.encoded.clear();
         self.clean.clear();
-        self.clean_bytes = 0;
         self.sweep_cursor = None;
         self.restored = Restored::default();
         let mut removed = 0u64;
@@ -331,7 +333,7 @@ impl TaskStore {
         if let Some(cached) = self.cache.get(key) {
             return Ok(cached.clone());
         }
-        if let Some((state, _)) = self.clean.get(key) {
+        if let Some(state) = self.clean.get(key) {
             return Ok(Some(state.clone()));
         }
         self.load(key)
@@ -340,23 +342,26 @@ impl TaskStore {
     /// The committed state of `key`: what the output topic reflects, without
     /// the open transaction's changes (for the state query).
     pub fn get_committed(&self, key: &str) -> Result<Option<KeyState>, StoreError> {
-        if let Some((state, _)) = self.clean.get(key) {
+        if let Some(state) = self.clean.get(key) {
             return Ok(Some(state.clone()));
         }
         self.read(key)
     }
 
+    /// The committed state of `key` for an event to change: taken out of
+    /// the decoded-state cache, else read from disk.
     fn load(&mut self, key: &str) -> Result<Option<KeyState>, StoreError> {
-        if let Some(state) = self.forget_clean(key) {
+        if let Some(state) = self.clean.take(key) {
+            self.reads.cache += 1;
             return Ok(Some(state));
         }
+        self.reads.store += 1;
         self.read(key)
     }
 
-    fn forget_clean(&mut self, key: &str) -> Option<KeyState> {
-        let (state, size) = self.clean.remove(key)?;
-        self.clean_bytes -= size;
-        Some(state)
+    /// Where the events' states came from since the last call.
+    pub fn take_reads(&mut self) -> StateReads {
+        std::mem::take(&mut self.reads)
     }
 
     /// The state on disk.
@@ -389,7 +394,6 @@ impl TaskStore {
         }
         let mut batch = self.db.db.batch();
         let mut committed = Vec::with_capacity(self.cache.len());
-        let mut added = 0;
         for (key, mut state) in self.cache.drain() {
             let size = match &mut state {
                 Some(s) => {
@@ -407,7 +411,6 @@ impl TaskStore {
                     0
                 }
             };
-            added += size;
             committed.push((key, state, size));
         }
         self.encoded.clear();
@@ -425,23 +428,14 @@ impl TaskStore {
         }
         self.checkpoint = next;
         // Each open task may keep an equal share of the cache budget; past
-        // it the decoded states are let go (they are on disk).
+        // it the states committed longest ago are let go (they are on disk).
         let share = self.db.cache_budget / self.db.open_tasks.load(Ordering::Relaxed).max(1);
-        if self.clean_bytes + added > share {
-            self.clean.clear();
-            self.clean_bytes = 0;
-        }
         for (key, state, size) in committed {
             if let Some(s) = state {
-                if size > share {
-                    continue;
-                }
-                if let Some((_, old)) = self.clean.insert(key, (s, size)) {
-                    self.clean_bytes -= old;
-                }
-                self.clean_bytes += size;
+                self.clean.keep(key, s, size, share);
             }
         }
+        self.clean.shrink_to(share);
         Ok(())
     }
 
@@ -462,7 +456,7 @@ impl TaskStore {
 
     /// Removes `key`'s state in the open transaction (tombstone collection).
     pub fn remove(&mut self, key: &str) {
-        self.forget_clean(key);
+        self.clean.take(key);
         self.encoded.remove(key);
         self.cache.insert(key.to_string(), None);
     }
@@ -525,10 +519,14 @@ impl StateStore for TaskStore {
             self.encoded.remove(key); // the state is about to change
         }
         if let Some(Some(state)) = self.cache.get_mut(key) {
+            self.reads.cycle += 1;
             return Ok(f(state));
         }
         let mut state = match self.cache.get(key) {
-            Some(None) => KeyState::default(),
+            Some(None) => {
+                self.reads.cycle += 1;
+                KeyState::default()
+            }
             _ => self.load(key)?.unwrap_or_default(),
         };
         // Cached even when `f` changed nothing (a stale event): rewriting
@@ -546,6 +544,7 @@ impl StateStore for TaskStore {
     fn try_update<T>(&mut self, key: &str, may_undo: bool, f: impl FnOnce(&mut KeyState) -> Verdict<T>) -> Result<T, StoreError> {
         let before = if self.encoded.is_empty() { None } else { self.encoded.remove(key) };
         if let Some(Some(state)) = self.cache.get_mut(key) {
+            self.reads.cycle += 1;
             let copy = (may_undo && before.is_none()).then(|| state.clone());
             return match f(state) {
                 Verdict::Changed(t) => Ok(t),
@@ -574,6 +573,7 @@ impl StateStore for TaskStore {
             };
         }
         let removed = matches!(self.cache.get(key), Some(None));
+        self.reads.cycle += u64::from(removed);
         let mut state = if removed { KeyState::default() } else { self.load(key)?.unwrap_or_default() };
         match f(&mut state) {
             Verdict::Changed(t) | Verdict::Unchanged(t) => {

@@ -161,7 +161,7 @@ impl TaskStore {
         // Nothing is cached while a task opens: no lookups per record then.
         if !(self.clean.is_empty() && self.encoded.is_empty() && self.cache.is_empty()) {
             if let Ok(k) = std::str::from_utf8(key) {
-                self.forget_clean(k);
+                self.clean.take(k);
                 self.encoded.remove(k);
                 self.cache.remove(k);
             }

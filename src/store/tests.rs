@@ -273,3 +273,32 @@ proptest::proptest! {
         proptest::prop_assert_eq!(t.keyspace.iter().count(), model.values().filter(|v| v.is_some()).count());
     }
 }
+
+#[test]
+fn events_find_recently_committed_states_in_the_decoded_cache_and_older_ones_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = decoded_bytes("k00", &state(1), encode_state(&state(1)).len()) + 64;
+    // Room for about four states in the task's share of the cache.
+    let db = StateDb::open_with_cache(dir.path(), 4 * one).unwrap();
+    let mut t = db.task(0).unwrap();
+    for i in 0..8 {
+        t.update(&format!("k{i:02}"), |s| *s = state(i)).unwrap();
+    }
+    t.update("k00", |s| s.versions[0].ts = 1).unwrap(); // the open cycle's own state
+    t.commit(1).unwrap();
+    assert_eq!(t.take_reads(), StateReads { cycle: 1, cache: 0, store: 8 });
+    for i in 8..10 {
+        t.update(&format!("k{i:02}"), |s| *s = state(i)).unwrap();
+    }
+    t.commit(2).unwrap();
+    t.take_reads();
+    // The two just committed are cached, and some of the cycle before.
+    for i in 0..10 {
+        t.update(&format!("k{i:02}"), |s| s.versions[0].ts += 1).unwrap();
+    }
+    let reads = t.take_reads();
+    assert_eq!(reads.cache + reads.store, 10);
+    assert!((3..=4).contains(&reads.cache), "{reads:?}");
+    t.abort();
+    assert_eq!(t.get("k09").unwrap(), Some(state(9)), "read from disk after the abort");
+}
