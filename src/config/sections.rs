@@ -365,12 +365,14 @@ pub(super) fn default_commit_interval() -> Duration {
     Duration::from_millis(100)
 }
 
-/// A few thousand decoded `lww` states (~5 kB each). 64 MiB, the default
-/// before 2026-12-02, raised a 50 000-key run's peak by ~30 MB; the smaller
-/// memory defaults of that day together ran at the same events/s
-/// (doc/benchmarks.md, "Memory").
+/// A few thousand decoded `lww` states (~1.6 kB each in the end-to-end
+/// bench). 64 MiB, the default before 2026-12-02, raised a 50 000-key run's
+/// peak by ~30 MB; 16 MiB, the default until the cache let go of its oldest
+/// states first (2026-12-03), served fewer reads than 8 MiB does now, at a
+/// ~9 MB higher peak (doc/benchmarks.md, "The decoded-state cache lets go
+/// of the oldest states first").
 pub(super) fn default_state_cache_bytes() -> usize {
-    16 << 20
+    8 << 20
 }
 
 /// Encoded bytes; the open cycle holds its states decoded, several times
